@@ -1,0 +1,78 @@
+//! What goes into the Raft logs and what applying it answers.
+
+use cairn_meta::{MetaCommand, MetaResponse};
+use cairn_types::{Epoch, Error, RequestId, TableId};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The application payload of a log entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// A write to a partition group.
+    Kv(KvCommand),
+    /// A change to the metadata (group 0 only).
+    Meta(MetaCommand),
+}
+
+/// A write to one partition, as proposed by its leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KvCommand {
+    /// Set for client writes that must apply at most once.
+    pub request_id: Option<RequestId>,
+    /// The partition epoch the router believed; checked again at apply time.
+    pub epoch: Epoch,
+    /// Leader's wall clock at proposal, in ms since the Unix epoch; drives session expiry
+    /// deterministically (every replica sees the same value).
+    pub proposed_at_ms: u64,
+    /// The change.
+    pub op: KvOp,
+}
+
+/// The change a [`KvCommand`] makes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum KvOp {
+    /// Sets a key.
+    Put {
+        /// Table the partition belongs to.
+        table: TableId,
+        /// User key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Removes a key (absent keys are fine).
+    Delete {
+        /// Table the partition belongs to.
+        table: TableId,
+        /// User key.
+        key: Vec<u8>,
+    },
+    /// The table was dropped: refuse every request from this log position on.
+    Drop,
+}
+
+/// The answer of applying one entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Answer to a [`KvCommand`].
+    Kv(Result<(), Error>),
+    /// Answer to a [`MetaCommand`].
+    Meta(MetaResponse),
+    /// Blank and membership entries answer nothing.
+    None,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Kv(c) => match &c.op {
+                KvOp::Put { table, key, value } => {
+                    write!(f, "put {table} key={}B value={}B", key.len(), value.len())
+                }
+                KvOp::Delete { table, key } => write!(f, "delete {table} key={}B", key.len()),
+                KvOp::Drop => write!(f, "drop"),
+            },
+            Command::Meta(m) => write!(f, "meta {m:?}"),
+        }
+    }
+}

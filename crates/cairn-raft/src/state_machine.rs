@@ -1,0 +1,375 @@
+//! The state machine of a group: a partition's key-value data with its write sessions, or
+//! (for group 0) the cluster metadata.
+//!
+//! State is persistent: each batch of applied entries is written to the engine in one atomic
+//! batch together with the new last-applied log id, so after a crash the state and the
+//! applied id agree and openraft re-applies the rest from the log. Writes here are not
+//! fsynced on their own; the journal orders them before any later log sync.
+
+use crate::log_store::{decode, encode, read};
+use crate::{typ, Command, KvCommand, KvOp, Reply, TypeConfig};
+use cairn_meta::MetaState;
+use cairn_storage::{keys, SharedEngine, Space, WriteBatch};
+use cairn_types::{ClientId, Error, PartitionDesc, PartitionId};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::sync::{Arc, RwLock};
+
+/// A write session is forgotten after this long without writes (by proposal time). A client
+/// retry arriving later than this may apply twice; request deadlines are far shorter.
+pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Session {
+    /// Every seq below this has been answered to the client; a copy arriving now is stale.
+    first_incomplete: u64,
+    /// Applied seqs at or above `first_incomplete`.
+    applied: BTreeSet<u64>,
+    last_write_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<typ::LogId>,
+    membership: typ::StoredMembership,
+    dropped: bool,
+}
+
+/// What the rest of the node may read of a partition replica: its descriptor and whether
+/// its table was dropped, plus its data in the engine.
+#[derive(Clone)]
+pub struct PartitionView {
+    desc: Arc<RwLock<PartitionDesc>>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PartitionView {
+    fn new(desc: PartitionDesc) -> Self {
+        Self { desc: Arc::new(RwLock::new(desc)), dropped: Default::default() }
+    }
+
+    /// The descriptor as of the last applied entry.
+    pub fn desc(&self) -> PartitionDesc {
+        self.desc.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the table was dropped (the replica refuses everything).
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Checks that a request routed with `epoch` for `key` belongs here.
+    pub fn check(&self, epoch: cairn_types::Epoch, key: Option<&[u8]>) -> Result<PartitionDesc, Error> {
+        let desc = self.desc();
+        if self.dropped() {
+            return Err(Error::PartitionNotFound(desc.id));
+        }
+        if epoch.version != desc.epoch.version {
+            return Err(Error::EpochMismatch { partition: desc.id, requested: epoch, current: desc.epoch });
+        }
+        if let Some(k) = key {
+            if !desc.range.contains(k) {
+                return Err(Error::KeyNotInRange(desc.id));
+            }
+        }
+        Ok(desc)
+    }
+}
+
+enum Kind {
+    Partition { view: PartitionView, sessions: HashMap<ClientId, Session>, last_expiry_ms: u64 },
+    Meta { state: Arc<RwLock<MetaState>> },
+}
+
+#[derive(Serialize, Deserialize)]
+enum SnapshotBody {
+    Partition { applied: Applied, sessions: Vec<(ClientId, Session)>, data: Vec<(Vec<u8>, Vec<u8>)> },
+    Meta { applied: Applied, state: MetaState },
+}
+
+/// The state machine of one group.
+pub struct GroupStateMachine {
+    group: PartitionId,
+    engine: SharedEngine,
+    applied: Applied,
+    kind: Kind,
+    current: Option<typ::Snapshot>,
+}
+
+impl GroupStateMachine {
+    /// Opens the state machine of a partition replica, recovering its applied state.
+    pub fn partition(engine: SharedEngine, desc: PartitionDesc) -> io::Result<(Self, PartitionView)> {
+        let group = desc.id;
+        let applied: Applied = read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
+        let view = PartitionView::new(desc);
+        view.dropped.store(applied.dropped, std::sync::atomic::Ordering::Release);
+        let (start, end) = keys::group_sessions_range(group);
+        let mut sessions = HashMap::new();
+        for (k, v) in engine.scan(Space::Data, &start, end.as_deref(), usize::MAX).map_err(io::Error::other)? {
+            let client = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            if let Some(c) = client {
+                sessions.insert(ClientId(c), decode(&k, &v)?);
+            }
+        }
+        let kind = Kind::Partition { view: view.clone(), sessions, last_expiry_ms: 0 };
+        Ok((Self { group, engine, applied, kind, current: None }, view))
+    }
+
+    /// Opens the state machine of the metadata group, recovering its state.
+    pub fn meta(engine: SharedEngine, group: PartitionId) -> io::Result<(Self, Arc<RwLock<MetaState>>)> {
+        let applied: Applied = read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
+        let state: MetaState = read(&*engine, Space::Data, &keys::group_meta_state(group))?.unwrap_or_default();
+        let state = Arc::new(RwLock::new(state));
+        let kind = Kind::Meta { state: state.clone() };
+        Ok((Self { group, engine, applied, kind, current: None }, state))
+    }
+
+    /// Deletes the replica's state-machine bookkeeping and the user data of its range.
+    pub fn destroy(engine: &SharedEngine, desc: &PartitionDesc) -> io::Result<u64> {
+        let (s, e) = keys::group_state_range(desc.id);
+        let mut n = cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+        let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+        n += cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+        Ok(n)
+    }
+
+    fn apply_kv(
+        group: PartitionId,
+        view: &PartitionView,
+        sessions: &mut HashMap<ClientId, Session>,
+        cmd: &KvCommand,
+        batch: &mut WriteBatch,
+    ) -> io::Result<Result<(), Error>> {
+        if let KvOp::Drop = cmd.op {
+            view.dropped.store(true, std::sync::atomic::Ordering::Release);
+            return Ok(Ok(()));
+        }
+        let key = match &cmd.op {
+            KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key.as_slice(),
+            KvOp::Drop => &[],
+        };
+        if let Err(e) = view.check(cmd.epoch, Some(key)) {
+            return Ok(Err(e));
+        }
+        if let Some(rid) = cmd.request_id {
+            let s = sessions.entry(rid.client).or_default();
+            if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
+                // A retry of a write that was applied: applying it again could overwrite
+                // a newer value.
+                return Ok(Ok(()));
+            }
+            s.applied.insert(rid.seq);
+            s.first_incomplete = s.first_incomplete.max(rid.first_incomplete);
+            let floor = s.first_incomplete;
+            s.applied.retain(|seq| *seq >= floor);
+            s.last_write_ms = s.last_write_ms.max(cmd.proposed_at_ms);
+            batch.put(Space::Data, keys::group_session(group, rid.client), encode(&*s)?);
+        }
+        match &cmd.op {
+            KvOp::Put { table, key, value } => batch.put(Space::Data, keys::data(*table, key), value.clone()),
+            KvOp::Delete { table, key } => batch.delete(Space::Data, keys::data(*table, key)),
+            KvOp::Drop => {}
+        }
+        Ok(Ok(()))
+    }
+
+    fn expire_sessions(
+        group: PartitionId,
+        sessions: &mut HashMap<ClientId, Session>,
+        now_ms: u64,
+        batch: &mut WriteBatch,
+    ) {
+        sessions.retain(|client, s| {
+            let keep = now_ms.saturating_sub(s.last_write_ms) < SESSION_TTL_MS;
+            if !keep {
+                batch.delete(Space::Data, keys::group_session(group, *client));
+            }
+            keep
+        });
+    }
+
+    fn snapshot_body(&self) -> io::Result<SnapshotBody> {
+        let applied = self.applied.clone();
+        match &self.kind {
+            Kind::Partition { view, sessions, .. } => {
+                let desc = view.desc();
+                let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+                let rows = self.engine.scan(Space::Data, &s, e.as_deref(), usize::MAX).map_err(io::Error::other)?;
+                let data = rows.into_iter().map(|(k, v)| (keys::user_key(&k).to_vec(), v)).collect();
+                let sessions = sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
+                Ok(SnapshotBody::Partition { applied, sessions, data })
+            }
+            Kind::Meta { state } => {
+                let state = state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                Ok(SnapshotBody::Meta { applied, state })
+            }
+        }
+    }
+}
+
+/// Builds a snapshot from a copy taken when the builder was made.
+pub struct SnapshotBuilder {
+    snapshot: typ::Snapshot,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<typ::Snapshot, io::Error> {
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for GroupStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<typ::LogId>, typ::StoredMembership), io::Error> {
+        Ok((self.applied.last_applied.clone(), self.applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = WriteBatch::new();
+        let mut responders = Vec::new();
+        let mut meta_changed = false;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            self.applied.last_applied = Some(entry.log_id.clone());
+            let reply = match &entry.payload {
+                EntryPayload::Blank => Reply::None,
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = typ::StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    Reply::None
+                }
+                EntryPayload::Normal(cmd) => match (&mut self.kind, cmd) {
+                    (Kind::Partition { view, sessions, last_expiry_ms }, Command::Kv(c)) => {
+                        if c.proposed_at_ms.saturating_sub(*last_expiry_ms) > 60_000 {
+                            *last_expiry_ms = c.proposed_at_ms;
+                            Self::expire_sessions(self.group, sessions, c.proposed_at_ms, &mut batch);
+                        }
+                        let r = Self::apply_kv(self.group, view, sessions, c, &mut batch)?;
+                        if matches!(c.op, KvOp::Drop) {
+                            self.applied.dropped = true;
+                        }
+                        Reply::Kv(r)
+                    }
+                    (Kind::Meta { state }, Command::Meta(c)) => {
+                        meta_changed = true;
+                        Reply::Meta(state.write().unwrap_or_else(|p| p.into_inner()).apply(c))
+                    }
+                    (_, other) => Reply::Kv(Err(Error::Internal(format!(
+                        "{} cannot apply {other}: wrong kind of group",
+                        self.group
+                    )))),
+                },
+            };
+            responders.push((responder, reply));
+        }
+        if let (true, Kind::Meta { state }) = (meta_changed, &self.kind) {
+            let s = state.read().unwrap_or_else(|p| p.into_inner()).clone();
+            batch.put(Space::Data, keys::group_meta_state(self.group), encode(&s)?);
+        }
+        batch.put(Space::Data, keys::group_applied(self.group), encode(&self.applied)?);
+        self.engine.write(batch).map_err(io::Error::other)?;
+        // Answer only once the state is readable, so a client that reads after its write
+        // returns sees it.
+        for (responder, reply) in responders {
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The trait gives no way to fail here; a scan error leaves an empty copy that
+        // try_create_snapshot_builder below never hands out.
+        let body = self.snapshot_body().ok();
+        let snapshot = body.and_then(|b| encode(&b).ok()).unwrap_or_default();
+        let meta = typ::SnapshotMeta {
+            last_log_id: self.applied.last_applied.clone(),
+            last_membership: self.applied.membership.clone(),
+        };
+        let snap = typ::Snapshot { meta, snapshot };
+        self.current = Some(snap.clone());
+        SnapshotBuilder { snapshot: snap }
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        Some(self.get_snapshot_builder().await)
+    }
+
+    async fn install_snapshot(&mut self, meta: &typ::SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let body: SnapshotBody = decode(b"snapshot", &snapshot)?;
+        let mut batch = WriteBatch::new();
+        match (body, &mut self.kind) {
+            (SnapshotBody::Partition { applied, sessions: snap_sessions, data }, Kind::Partition { view, sessions, .. }) => {
+                let desc = view.desc();
+                let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+                let (s, e) = keys::group_sessions_range(self.group);
+                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+                for (k, v) in data {
+                    batch.put(Space::Data, keys::data(desc.table_id, &k), v);
+                }
+                sessions.clear();
+                for (c, s) in snap_sessions {
+                    batch.put(Space::Data, keys::group_session(self.group, c), encode(&s)?);
+                    sessions.insert(c, s);
+                }
+                view.dropped.store(applied.dropped, std::sync::atomic::Ordering::Release);
+                self.applied = applied;
+            }
+            (SnapshotBody::Meta { applied, state: snap_state }, Kind::Meta { state }) => {
+                batch.put(Space::Data, keys::group_meta_state(self.group), encode(&snap_state)?);
+                *state.write().unwrap_or_else(|p| p.into_inner()) = snap_state;
+                self.applied = applied;
+            }
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot of the wrong kind of group")),
+        }
+        self.applied.last_applied = meta.last_log_id.clone();
+        self.applied.membership = meta.last_membership.clone();
+        batch.put(Space::Data, keys::group_applied(self.group), encode(&self.applied)?);
+        self.engine.write(batch).map_err(io::Error::other)?;
+        self.current = Some(typ::Snapshot { meta: meta.clone(), snapshot });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<typ::Snapshot>, io::Error> {
+        Ok(self.current.clone())
+    }
+}
+
+/// Reads of a partition's data, used by the node after a read barrier.
+impl PartitionView {
+    /// The value of `key` in the partition's table.
+    pub fn get(&self, engine: &SharedEngine, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let desc = self.desc();
+        Ok(engine.get(Space::Data, &keys::data(desc.table_id, key))?)
+    }
+
+    /// Up to `limit` pairs with user keys in `[start, end)` ∩ the partition's range.
+    pub fn scan(
+        &self,
+        engine: &SharedEngine,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let desc = self.desc();
+        let lo = if start > desc.range.start.as_slice() { start } else { &desc.range.start };
+        let hi = match (end, desc.range.end.as_deref()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (s, e) = keys::data_range(desc.table_id, lo, hi);
+        let rows = engine.scan(Space::Data, &s, e.as_deref(), limit)?;
+        Ok(rows.into_iter().map(|(k, v)| (keys::user_key(&k).to_vec(), v)).collect())
+    }
+}

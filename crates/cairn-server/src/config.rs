@@ -1,0 +1,62 @@
+//! Node configuration.
+
+use cairn_types::{Limits, NodeId};
+use std::path::PathBuf;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Unique node id.
+    pub id: NodeId,
+    /// Directory of the node's engine.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (clients and peers), e.g. `127.0.0.1:7001`; port 0 picks one.
+    pub listen: String,
+    /// HTTP listen address; port 0 picks one.
+    pub http: String,
+    /// gRPC address peers and clients should use; default: the bound `listen` address.
+    pub advertise: Option<String>,
+    /// Members of the metadata group when forming a new cluster (`id=host:port`).
+    pub initial_cluster: Vec<(NodeId, String)>,
+    /// Addresses of existing nodes to join through.
+    pub join: Vec<String>,
+    /// Key and value size limits.
+    pub limits: Limits,
+}
+
+/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(NodeId, String)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not of the form ID=HOST:PORT (e.g. 1=127.0.0.1:7001)"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} in {part:?} is not a node id (a positive integer)"))?;
+        if id == 0 {
+            return Err("node id 0 is reserved; use ids from 1".into());
+        }
+        if out.iter().any(|(n, _): &(NodeId, String)| n.0 == id) {
+            return Err(format!("node id {id} appears twice in the initial cluster"));
+        }
+        out.push((NodeId(id), addr.trim().to_string()));
+    }
+    if out.is_empty() {
+        return Err("the initial cluster lists no node".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parsing() {
+        let c = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(c, vec![(NodeId(1), "127.0.0.1:7001".into()), (NodeId(2), "127.0.0.1:7002".into())]);
+        assert!(parse_initial_cluster("1:127.0.0.1:7001").is_err());
+        assert!(parse_initial_cluster("x=a").is_err());
+        assert!(parse_initial_cluster("1=a,1=b").is_err());
+        assert!(parse_initial_cluster("").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! The replicas a node hosts and the requests they serve.
+
+use crate::metrics::Metrics;
+use cairn_meta::MetaState;
+use cairn_raft::{
+    data_group_config, from_client_write, from_read_error, meta_group_config, typ, Command, GroupNetwork,
+    GroupStateMachine, KvCommand, KvOp, LogStore, PartitionView, PeerNetwork, Reply, Syncer,
+};
+use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
+use cairn_storage::{keys, SharedEngine, Space, WriteBatch};
+use cairn_types::{Error, Limits, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, Result, META_GROUP};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One hosted replica of a partition.
+#[derive(Clone)]
+pub(crate) struct Replica {
+    pub(crate) raft: typ::Raft,
+    pub(crate) view: PartitionView,
+    log: LogStore,
+}
+
+/// The metadata group replica, on the nodes that are members of it.
+#[derive(Clone)]
+pub(crate) struct MetaReplica {
+    pub(crate) raft: typ::Raft,
+    pub(crate) state: Arc<RwLock<MetaState>>,
+}
+
+/// What a node records about itself in its engine.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    pub(crate) id: NodeId,
+    pub(crate) meta_members: Vec<(NodeId, String)>,
+}
+
+/// The state shared by every part of a node.
+pub(crate) struct Core {
+    pub(crate) id: NodeId,
+    pub(crate) desc: NodeDesc,
+    pub(crate) engine: SharedEngine,
+    pub(crate) syncer: Syncer,
+    pub(crate) peers: PeerNetwork,
+    pub(crate) limits: Limits,
+    pub(crate) identity: Identity,
+    pub(crate) meta: Option<MetaReplica>,
+    pub(crate) replicas: RwLock<HashMap<PartitionId, Replica>>,
+    /// Serializes replica creation and destruction.
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
+    pub(crate) liveness: Mutex<crate::meta_service::Liveness>,
+    pub(crate) meta_leader_hint: Mutex<Option<NodeId>>,
+    pub(crate) metrics: Metrics,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn io_err(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+impl Core {
+    /// Opens the metadata replica of this node if it is a member.
+    pub(crate) async fn open_meta(
+        engine: &SharedEngine,
+        syncer: &Syncer,
+        peers: &PeerNetwork,
+        id: NodeId,
+        identity: &Identity,
+    ) -> Result<Option<MetaReplica>> {
+        if !identity.meta_members.iter().any(|(n, _)| *n == id) {
+            return Ok(None);
+        }
+        let (sm, state) = GroupStateMachine::meta(engine.clone(), META_GROUP).map_err(io_err)?;
+        let log = LogStore::new(META_GROUP, engine.clone(), syncer.clone());
+        let net = GroupNetwork { peers: peers.clone(), group: META_GROUP.0 };
+        let raft = typ::Raft::new(id.0, meta_group_config(), net, log, sm).await.map_err(io_err)?;
+        if !raft.is_initialized().await.map_err(io_err)? {
+            let members: BTreeMap<u64, BasicNode> =
+                identity.meta_members.iter().map(|(n, a)| (n.0, BasicNode { addr: a.clone() })).collect();
+            // Every initial member initializes with the same membership; openraft allows it.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!("metadata group already initialized: {e}");
+            }
+        }
+        Ok(Some(MetaReplica { raft, state }))
+    }
+
+    /// Replicas recorded in the engine by an earlier run.
+    pub(crate) fn recorded_replicas(&self) -> Result<Vec<PartitionDesc>> {
+        let (s, e) = keys::local_replicas_range();
+        let rows = self.engine.scan(Space::Local, &s, e.as_deref(), usize::MAX)?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                postcard::from_bytes(&v)
+                    .map_err(|err| Error::Internal(format!("corrupt replica record {k:02x?}: {err}")))
+            })
+            .collect()
+    }
+
+    /// Opens the replica of `desc` if this node does not host it yet. A replica of a
+    /// partition still in its initial membership initializes the group with `members`.
+    pub(crate) async fn open_replica(&self, desc: &PartitionDesc, members: &[NodeDesc]) -> Result<Replica> {
+        if let Some(r) = self.replica(desc.id) {
+            return Ok(r);
+        }
+        let _guard = self.lifecycle.lock().await;
+        if let Some(r) = self.replica(desc.id) {
+            return Ok(r);
+        }
+        for m in members {
+            self.peers.set_addr(m.id.0, &m.addr);
+        }
+        let record = postcard::to_allocvec(desc).map_err(io_err)?;
+        let mut b = WriteBatch::new();
+        b.put(Space::Local, keys::local_replica(desc.id), record);
+        self.engine.write(b)?;
+        self.syncer.sync().await.map_err(io_err)?;
+
+        let (sm, view) = GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
+        let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone());
+        let net = GroupNetwork { peers: self.peers.clone(), group: desc.id.0 };
+        let raft = typ::Raft::new(self.id.0, data_group_config(), net, log.clone(), sm).await.map_err(io_err)?;
+        let initial = desc.epoch.conf_ver == 1;
+        if initial && !raft.is_initialized().await.map_err(io_err)? {
+            let addrs: HashMap<NodeId, &str> = members.iter().map(|m| (m.id, m.addr.as_str())).collect();
+            let mut voters = BTreeMap::new();
+            for n in &desc.replicas {
+                let addr = addrs.get(n).map(|a| a.to_string()).or_else(|| self.peers.addr(n.0));
+                let Some(addr) = addr else {
+                    return Err(Error::Unavailable(format!("no address known for {n}, a replica of {}", desc.id)));
+                };
+                voters.insert(n.0, BasicNode { addr });
+            }
+            if let Err(e) = raft.initialize(voters).await {
+                tracing::debug!("{} already initialized: {e}", desc.id);
+            }
+        }
+        let replica = Replica { raft, view, log };
+        self.replicas.write().unwrap_or_else(|p| p.into_inner()).insert(desc.id, replica.clone());
+        tracing::info!(partition = %desc.id, range = %desc.range, "opened replica");
+        Ok(replica)
+    }
+
+    /// Reopens the replicas recorded in the engine (after a restart).
+    pub(crate) async fn reopen_recorded(&self) -> Result<()> {
+        for desc in self.recorded_replicas()? {
+            self.open_replica(&desc, &[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the replica of `partition` and deletes its log, state and data.
+    pub(crate) async fn destroy_replica(&self, partition: PartitionId) -> Result<()> {
+        let _guard = self.lifecycle.lock().await;
+        let Some(r) = self.replicas.write().unwrap_or_else(|p| p.into_inner()).remove(&partition) else {
+            return Ok(());
+        };
+        if let Err(e) = r.raft.shutdown().await {
+            tracing::warn!("{partition}: shutdown: {e}");
+        }
+        let desc = r.view.desc();
+        let n = r.log.destroy().map_err(io_err)? + GroupStateMachine::destroy(&self.engine, &desc).map_err(io_err)?;
+        let mut b = WriteBatch::new();
+        b.delete(Space::Local, keys::local_replica(partition));
+        self.engine.write(b)?;
+        self.syncer.sync().await.map_err(io_err)?;
+        tracing::info!(%partition, keys = n, "destroyed replica");
+        Ok(())
+    }
+
+    pub(crate) fn replica(&self, partition: PartitionId) -> Option<Replica> {
+        self.replicas.read().unwrap_or_else(|p| p.into_inner()).get(&partition).cloned()
+    }
+
+    /// Leader and term of every hosted replica.
+    pub(crate) fn replica_statuses(&self) -> Vec<PartitionStatus> {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .iter()
+            .map(|(id, r)| {
+                let m = r.raft.metrics().borrow_watched().clone();
+                PartitionStatus { partition: *id, leader: m.current_leader.map(NodeId), term: m.current_term }
+            })
+            .collect()
+    }
+
+    /// How many hosted replicas this node leads.
+    pub(crate) fn leader_count(&self) -> usize {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas.values().filter(|r| r.raft.metrics().borrow_watched().state == ServerState::Leader).count()
+    }
+
+    async fn write(
+        &self,
+        replica: &Replica,
+        partition: PartitionId,
+        epoch: cairn_types::Epoch,
+        op: KvOp,
+        rid: Option<cairn_types::RequestId>,
+    ) -> Result<PartitionReply> {
+        let cmd = KvCommand { request_id: rid, epoch, proposed_at_ms: now_ms(), op };
+        match replica.raft.client_write(Command::Kv(cmd)).await {
+            Ok(resp) => match resp.data {
+                Reply::Kv(Ok(())) => Ok(PartitionReply::Done),
+                Reply::Kv(Err(e)) => Err(e),
+                other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            },
+            Err(e) => Err(from_client_write(partition, e)),
+        }
+    }
+
+    async fn read_barrier(&self, replica: &Replica, partition: PartitionId) -> Result<()> {
+        replica.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| from_read_error(partition, e))
+    }
+
+    /// Serves a request for a partition replica hosted here.
+    pub(crate) async fn handle_partition(&self, req: PartitionRequest) -> Result<PartitionReply> {
+        if let PartitionOp::Open { desc, members } = &req.op {
+            self.open_replica(desc, members).await?;
+            return Ok(PartitionReply::Done);
+        }
+        let PartitionRequest { partition, epoch, table, op } = req;
+        let replica = self.replica(partition).ok_or(Error::PartitionNotFound(partition))?;
+        match op {
+            PartitionOp::Put { key, value, request_id } => {
+                self.limits.check_key(&key)?;
+                self.limits.check_value(&value)?;
+                replica.view.check(epoch, Some(&key))?;
+                let op = KvOp::Put { table: table, key, value };
+                self.write(&replica, partition, epoch, op, request_id).await
+            }
+            PartitionOp::Delete { key, request_id } => {
+                self.limits.check_key(&key)?;
+                replica.view.check(epoch, Some(&key))?;
+                let op = KvOp::Delete { table: table, key };
+                self.write(&replica, partition, epoch, op, request_id).await
+            }
+            PartitionOp::Drop => self.write(&replica, partition, epoch, KvOp::Drop, None).await,
+            PartitionOp::Get { key, stale } => {
+                self.limits.check_key(&key)?;
+                if !stale {
+                    self.read_barrier(&replica, partition).await?;
+                }
+                replica.view.check(epoch, Some(&key))?;
+                Ok(PartitionReply::Value(replica.view.get(&self.engine, &key)?))
+            }
+            PartitionOp::Scan { start, end, limit, stale } => {
+                if !stale {
+                    self.read_barrier(&replica, partition).await?;
+                }
+                replica.view.check(epoch, None)?;
+                let desc = replica.view.desc();
+                if !desc.range.contains(&start) {
+                    return Err(Error::KeyNotInRange(partition));
+                }
+                Ok(PartitionReply::Rows(replica.view.scan(&self.engine, &start, end.as_deref(), limit as usize)?))
+            }
+            PartitionOp::Leader => Ok(PartitionReply::Leader(replica.raft.metrics().borrow_watched().current_leader.map(NodeId))),
+            PartitionOp::Open { .. } => Ok(PartitionReply::Done),
+        }
+    }
+
+    /// Counts engine keys this node holds for `table` (its data) and for `partitions`
+    /// (their raft logs and replica state), and how many of those replicas are open.
+    pub(crate) fn engine_stats(&self, table: cairn_types::TableId, partitions: &[PartitionId]) -> Result<(u64, u64, u64, u32)> {
+        let (s, e) = keys::data_range(table, b"", None);
+        let data = cairn_storage::count_range(&*self.engine, Space::Data, &s, e.as_deref())?;
+        let (mut raft, mut state, mut open) = (0, 0, 0);
+        for g in partitions {
+            let (s, e) = keys::raft_group_range(*g);
+            raft += cairn_storage::count_range(&*self.engine, Space::Raft, &s, e.as_deref())?;
+            let (s, e) = keys::group_state_range(*g);
+            state += cairn_storage::count_range(&*self.engine, Space::Data, &s, e.as_deref())?;
+            state += u64::from(self.engine.get(Space::Local, &keys::local_replica(*g))?.is_some());
+            open += u32::from(self.replica(*g).is_some());
+        }
+        Ok((data, raft, state, open))
+    }
+}

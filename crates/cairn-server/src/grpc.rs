@@ -1,0 +1,236 @@
+//! The gRPC services: `Kv` (clients), `Admin` (operators) and `Internal` (peers).
+
+use crate::node::Node;
+use crate::transport::{decode, encode};
+use cairn_proto::v1::{self as pb, admin_server, internal_server, kv_server, Envelope};
+use cairn_raft::{serve_raft_rpc, RaftRpc};
+use cairn_router::{MetaRequest, PartitionRequest, TableRoute, DEFAULT_DEADLINE};
+use cairn_types::{ClientId, Error, ErrorCode, PartitionDesc, PartitionId, RequestId, TableId, META_GROUP};
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Converts an error to a Status whose details carry the stable code and message.
+pub(crate) fn status(e: Error) -> Status {
+    let code = e.code();
+    let grpc = match code {
+        ErrorCode::InvalidArgument | ErrorCode::TooLarge => tonic::Code::InvalidArgument,
+        ErrorCode::TableNotFound => tonic::Code::NotFound,
+        ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorCode::NotEnoughNodes => tonic::Code::FailedPrecondition,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Internal => tonic::Code::Internal,
+    };
+    let message = e.to_string();
+    let info = pb::ErrorInfo { code: code.as_str().to_string(), message: message.clone() };
+    Status::with_details(grpc, message, info.encode_to_vec().into())
+}
+
+fn deadline(timeout_ms: u64) -> Instant {
+    let t = if timeout_ms == 0 { DEFAULT_DEADLINE } else { Duration::from_millis(timeout_ms.min(600_000)) };
+    Instant::now() + t
+}
+
+fn request_id(r: Option<pb::RequestId>) -> Option<RequestId> {
+    r.filter(|r| r.client != 0 && r.seq != 0).map(|r| RequestId {
+        client: ClientId(r.client),
+        seq: r.seq,
+        first_incomplete: r.first_incomplete,
+    })
+}
+
+pub(crate) fn partition_pb(p: &PartitionDesc, leader: Option<cairn_types::NodeId>) -> pb::Partition {
+    pb::Partition {
+        id: p.id.0,
+        start: p.range.start.clone(),
+        has_end: p.range.end.is_some(),
+        end: p.range.end.clone().unwrap_or_default(),
+        epoch_version: p.epoch.version,
+        epoch_conf_ver: p.epoch.conf_ver,
+        replicas: p.replicas.iter().map(|n| n.0).collect(),
+        leader: leader.map_or(0, |l| l.0),
+    }
+}
+
+pub(crate) fn table_pb(r: &TableRoute) -> pb::Table {
+    pb::Table {
+        name: r.table.name.clone(),
+        id: r.table.id.0,
+        replication: r.table.replication,
+        partitions: r.table.partitions.iter().map(|p| partition_pb(p, r.leaders.get(&p.id).copied())).collect(),
+    }
+}
+
+struct Kv(Arc<Node>);
+struct Admin(Arc<Node>);
+struct Internal(Arc<Node>);
+
+impl Kv {
+    fn done<T>(&self, op: &str, r: Result<T, Error>) -> Result<Response<T>, Status> {
+        self.0.record(op, r.is_ok());
+        r.map(Response::new).map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl kv_server::Kv for Kv {
+    async fn create_table(&self, req: Request<pb::CreateTableRequest>) -> Result<Response<pb::CreateTableResponse>, Status> {
+        let r = req.into_inner();
+        let res = self.0.create_table(&r.name, r.replication, r.split_keys, deadline(0)).await;
+        self.done("create_table", res.map(|t| pb::CreateTableResponse { table: Some(table_pb(&t)) }))
+    }
+
+    async fn drop_table(&self, req: Request<pb::DropTableRequest>) -> Result<Response<pb::DropTableResponse>, Status> {
+        let res = self.0.drop_table(&req.into_inner().name, deadline(0)).await;
+        self.done("drop_table", res.map(|_| pb::DropTableResponse {}))
+    }
+
+    async fn list_tables(&self, _req: Request<pb::ListTablesRequest>) -> Result<Response<pb::ListTablesResponse>, Status> {
+        let res = self.0.list_tables(deadline(0)).await.map(|ts| pb::ListTablesResponse {
+            tables: ts
+                .into_iter()
+                .map(|t| table_pb(&TableRoute { table: t, leaders: Default::default(), nodes: vec![] }))
+                .collect(),
+        });
+        self.done("list_tables", res)
+    }
+
+    async fn describe_table(&self, req: Request<pb::DescribeTableRequest>) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        let res = self.0.describe_table(&req.into_inner().name, deadline(0)).await;
+        self.done("describe_table", res.map(|t| pb::DescribeTableResponse { table: Some(table_pb(&t)) }))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = req.into_inner();
+        let res = self.0.put(&r.table, r.key, r.value, request_id(r.request_id), deadline(r.timeout_ms)).await;
+        self.done("put", res.map(|_| pb::PutResponse {}))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.into_inner();
+        let stale = r.consistency == pb::Consistency::Stale as i32;
+        let res = self.0.get(&r.table, r.key, stale, deadline(r.timeout_ms)).await;
+        self.done("get", res.map(|v| pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = req.into_inner();
+        let res = self.0.delete(&r.table, r.key, request_id(r.request_id), deadline(r.timeout_ms)).await;
+        self.done("delete", res.map(|_| pb::DeleteResponse {}))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.into_inner();
+        let res = crate::http::list_bounds(&r.prefix, &r.start, &r.end, &r.cursor, r.limit as usize);
+        let res = match res {
+            Ok((start, end, limit)) => {
+                let stale = r.consistency == pb::Consistency::Stale as i32;
+                self.0.list(&r.table, start, end, limit, stale, deadline(r.timeout_ms)).await
+            }
+            Err(e) => Err(e),
+        };
+        let res = res.map(|page| {
+            let cursor = if page.more { page.rows.last().map(|(k, _)| k.clone()).unwrap_or_default() } else { Vec::new() };
+            let (keys, values): (Vec<_>, Vec<_>) = page.rows.into_iter().unzip();
+            pb::ListResponse { keys, values: if r.values { values } else { Vec::new() }, has_more: page.more, cursor }
+        });
+        self.done("list", res)
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for Admin {
+    async fn nodes(&self, _req: Request<pb::NodesRequest>) -> Result<Response<pb::NodesResponse>, Status> {
+        let nodes = self.0.nodes(deadline(0)).await.map_err(status)?;
+        Ok(Response::new(pb::NodesResponse {
+            nodes: nodes
+                .into_iter()
+                .map(|n| pb::NodeInfo {
+                    id: n.node.id.0,
+                    addr: n.node.addr,
+                    http_addr: n.node.http_addr,
+                    live: n.live,
+                    replicas: n.replicas,
+                    leaders: n.leaders,
+                    metadata_member: n.metadata_member,
+                    last_heartbeat_ms_ago: n.last_heartbeat_ms_ago.unwrap_or(u64::MAX),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn partitions(&self, req: Request<pb::PartitionsRequest>) -> Result<Response<pb::PartitionsResponse>, Status> {
+        let name = req.into_inner().table;
+        let d = deadline(0);
+        let names: Vec<String> = if name.is_empty() {
+            self.0.list_tables(d).await.map_err(status)?.into_iter().map(|t| t.name).collect()
+        } else {
+            vec![name]
+        };
+        let mut tables = Vec::new();
+        for n in names {
+            let r = self.0.describe_table(&n, d).await.map_err(status)?;
+            tables.push(pb::TablePartitions { table: n, partitions: table_pb(&r).partitions });
+        }
+        Ok(Response::new(pb::PartitionsResponse { tables }))
+    }
+
+    async fn engine_stats(&self, req: Request<pb::EngineStatsRequest>) -> Result<Response<pb::EngineStatsResponse>, Status> {
+        let r = req.into_inner();
+        let parts: Vec<PartitionId> = r.partitions.into_iter().map(PartitionId).collect();
+        let (data_keys, raft_keys, replica_keys, open_replicas) =
+            self.0.engine_stats(TableId(r.table_id), &parts).map_err(status)?;
+        Ok(Response::new(pb::EngineStatsResponse { data_keys, raft_keys, replica_keys, open_replicas }))
+    }
+}
+
+#[tonic::async_trait]
+impl internal_server::Internal for Internal {
+    async fn raft(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc: RaftRpc = decode(req.get_ref()).map_err(status)?;
+        let group = PartitionId(rpc.group());
+        let raft = if group == META_GROUP {
+            self.0.core.meta.as_ref().map(|m| m.raft.clone())
+        } else {
+            self.0.core.replica(group).map(|r| r.raft)
+        };
+        let raft = raft.ok_or_else(|| Status::not_found(format!("{group} has no replica on node {}", self.0.id())))?;
+        Ok(Response::new(Envelope { payload: serve_raft_rpc(&raft, rpc).await }))
+    }
+
+    async fn partition(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let r: PartitionRequest = decode(req.get_ref()).map_err(status)?;
+        let res = self.0.core.handle_partition(r).await;
+        Ok(Response::new(encode(&res)))
+    }
+
+    async fn meta(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let r: MetaRequest = decode(req.get_ref()).map_err(status)?;
+        let res = self.0.core.handle_meta(r).await;
+        Ok(Response::new(encode(&res)))
+    }
+}
+
+/// Serves the three services on `listener` until `stop` turns true, then drains.
+pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let max = cairn_proto::MAX_MESSAGE_BYTES;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let res = tonic::transport::Server::builder()
+        .add_service(kv_server::KvServer::new(Kv(node.clone())).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(admin_server::AdminServer::new(Admin(node.clone())))
+        .add_service(
+            internal_server::InternalServer::new(Internal(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!("gRPC server stopped: {e}");
+    }
+}

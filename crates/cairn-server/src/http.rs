@@ -1,0 +1,362 @@
+//! The HTTP/JSON API, metrics and console, on the node's `--http` address.
+//!
+//! Keys in paths and query strings are percent-encoded bytes (a `+` is a literal plus).
+//! Every error is `{"error":{"code":"…","message":"…"}}` with a fitting status; bad input
+//! never yields a 500.
+
+use crate::node::Node;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawPathParams, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use cairn_router::{TableRoute, DEFAULT_DEADLINE};
+use cairn_storage::keys::{prefix_end, successor};
+use cairn_types::{Error, DEFAULT_REPLICATION};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Default and largest page sizes of List.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+struct ApiError(Error);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let body = json!({"error": {"code": code.as_str(), "message": self.0.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(Error::InvalidArgument(msg.into()))
+}
+
+/// Decodes percent-encoding strictly: every `%` must start two hex digits.
+pub(crate) fn percent_decode(s: &str) -> Result<Vec<u8>, Error> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(v) => out.push(v),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "invalid percent-encoding at byte {i} of {s:?}: '%' must be followed by two hex digits"
+                    )))
+                }
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn params(raw: &RawPathParams) -> Result<HashMap<String, Vec<u8>>, ApiError> {
+    raw.iter().map(|(k, v)| Ok((k.to_string(), percent_decode(v)?))).collect()
+}
+
+fn table_name(p: &HashMap<String, Vec<u8>>) -> Result<String, ApiError> {
+    let t = p.get("table").cloned().unwrap_or_default();
+    String::from_utf8(t).map_err(|_| bad("table names are ASCII: use 1 to 128 characters from A-Z a-z 0-9 _ . -"))
+}
+
+fn query(uri: &Uri) -> Result<HashMap<String, Vec<u8>>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(String::from_utf8_lossy(&percent_decode(k)?).into_owned(), percent_decode(v)?);
+    }
+    Ok(out)
+}
+
+fn deadline() -> Instant {
+    Instant::now() + DEFAULT_DEADLINE
+}
+
+/// Turns List parameters into `[start, end)` and a limit; shared with gRPC.
+pub(crate) fn list_bounds(
+    prefix: &[u8],
+    start: &[u8],
+    end: &[u8],
+    cursor: &[u8],
+    limit: usize,
+) -> Result<(Vec<u8>, Option<Vec<u8>>, usize), Error> {
+    let limit = match limit {
+        0 => DEFAULT_LIMIT,
+        l if l > MAX_LIMIT => {
+            return Err(Error::InvalidArgument(format!("limit {l} is above the maximum of {MAX_LIMIT}; page with the cursor")))
+        }
+        l => l,
+    };
+    let mut lo = start.to_vec();
+    let mut hi = if end.is_empty() { None } else { Some(end.to_vec()) };
+    if !prefix.is_empty() {
+        lo = lo.max(prefix.to_vec());
+        hi = match (hi, prefix_end(prefix)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    if !cursor.is_empty() {
+        lo = lo.max(successor(cursor));
+    }
+    Ok((lo, hi, limit))
+}
+
+fn table_json(r: &TableRoute) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    json!({
+        "name": r.table.name,
+        "id": r.table.id.0,
+        "replication": r.table.replication,
+        "partitions": r.table.partitions.iter().map(|p| json!({
+            "id": p.id.0,
+            "start": text(&p.range.start),
+            "end": p.range.end.as_deref().map(text),
+            "epoch": {"version": p.epoch.version, "conf_ver": p.epoch.conf_ver},
+            "replicas": p.replicas.iter().map(|n| n.0).collect::<Vec<_>>(),
+            "leader": r.leaders.get(&p.id).map(|n| n.0),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTable {
+    name: String,
+    #[serde(default)]
+    replication: Option<u32>,
+    #[serde(default)]
+    split_keys: Vec<String>,
+}
+
+async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
+    let req: CreateTable = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!("malformed JSON body: {e}; expected {{\"name\":\"t\",\"replication\":3,\"split_keys\":[\"m\"]}}"))
+    })?;
+    let splits = req.split_keys.into_iter().map(String::into_bytes).collect();
+    let res = node.create_table(&req.name, req.replication.unwrap_or(DEFAULT_REPLICATION), splits, deadline()).await;
+    node.record("create_table", res.is_ok());
+    Ok((StatusCode::CREATED, Json(table_json(&res?))).into_response())
+}
+
+async fn list_tables(State(node): State<Arc<Node>>) -> ApiResult {
+    let res = node.list_tables(deadline()).await;
+    node.record("list_tables", res.is_ok());
+    let tables: Vec<Value> = res?
+        .into_iter()
+        .map(|t| json!({"name": t.name, "replication": t.replication, "partitions": t.partitions.len()}))
+        .collect();
+    Ok(Json(json!({ "tables": tables })).into_response())
+}
+
+async fn describe_table(State(node): State<Arc<Node>>, raw: RawPathParams) -> ApiResult {
+    let name = table_name(&params(&raw)?)?;
+    let res = node.describe_table(&name, deadline()).await;
+    node.record("describe_table", res.is_ok());
+    Ok(Json(table_json(&res?)).into_response())
+}
+
+async fn drop_table(State(node): State<Arc<Node>>, raw: RawPathParams) -> ApiResult {
+    let name = table_name(&params(&raw)?)?;
+    let res = node.drop_table(&name, deadline()).await;
+    node.record("drop_table", res.is_ok());
+    res?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn table_and_key(raw: &RawPathParams) -> Result<(String, Vec<u8>), ApiError> {
+    let p = params(raw)?;
+    Ok((table_name(&p)?, p.get("key").cloned().unwrap_or_default()))
+}
+
+async fn put_key(State(node): State<Arc<Node>>, raw: RawPathParams, body: Bytes) -> ApiResult {
+    let (table, key) = table_and_key(&raw)?;
+    let res = node.put(&table, key, body.to_vec(), None, deadline()).await;
+    node.record("put", res.is_ok());
+    res?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_key(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) -> ApiResult {
+    let (table, key) = table_and_key(&raw)?;
+    let q = query(&uri)?;
+    let stale = match q.get("consistency").map(|v| v.as_slice()) {
+        None | Some(b"linearizable") => false,
+        Some(b"stale") => true,
+        Some(_) => return Err(bad("consistency must be linearizable (the default) or stale")),
+    };
+    let res = node.get(&table, key, stale, deadline()).await;
+    node.record("get", res.is_ok());
+    match res? {
+        Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
+        None => Ok((
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "KEY_NOT_FOUND", "message": "no value under that key"}})),
+        )
+            .into_response()),
+    }
+}
+
+async fn delete_key(State(node): State<Arc<Node>>, raw: RawPathParams) -> ApiResult {
+    let (table, key) = table_and_key(&raw)?;
+    let res = node.delete(&table, key, None, deadline()).await;
+    node.record("delete", res.is_ok());
+    res?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_keys(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) -> ApiResult {
+    let table = table_name(&params(&raw)?)?;
+    let q = query(&uri)?;
+    let arg = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let limit = match q.get("limit") {
+        None => 0,
+        Some(l) => std::str::from_utf8(l)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .ok_or_else(|| bad("limit must be a number from 1 to 10000"))?,
+    };
+    let cursor = match q.get("cursor") {
+        Some(c) if !c.is_empty() => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .map_err(|_| bad("cursor is not one this server returned; pass the cursor from the previous page unchanged"))?,
+        _ => Vec::new(),
+    };
+    let values = matches!(q.get("values").map(|v| v.as_slice()), Some(b"true") | Some(b"1"));
+    let stale = matches!(q.get("consistency").map(|v| v.as_slice()), Some(b"stale"));
+    let force_b64 = matches!(q.get("encoding").map(|v| v.as_slice()), Some(b"base64"));
+    let (start, end, limit) = list_bounds(&arg("prefix"), &arg("start"), &arg("end"), &cursor, limit)?;
+    let res = node.list(&table, start, end, limit, stale, deadline()).await;
+    node.record("list", res.is_ok());
+    let page = res?;
+    let b64 = force_b64
+        || page.rows.iter().any(|(k, v)| std::str::from_utf8(k).is_err() || (values && std::str::from_utf8(v).is_err()));
+    let show = |b: &[u8]| {
+        if b64 {
+            base64::engine::general_purpose::STANDARD.encode(b)
+        } else {
+            String::from_utf8_lossy(b).into_owned()
+        }
+    };
+    let cursor = if page.more {
+        page.rows.last().map(|(k, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k))
+    } else {
+        None
+    };
+    let mut body = json!({
+        "keys": page.rows.iter().map(|(k, _)| show(k)).collect::<Vec<_>>(),
+        "cursor": cursor,
+    });
+    if values {
+        body["values"] = json!(page.rows.iter().map(|(_, v)| show(v)).collect::<Vec<_>>());
+    }
+    if b64 {
+        body["encoding"] = json!("base64");
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
+    let nodes: Vec<Value> = node
+        .nodes(deadline())
+        .await?
+        .into_iter()
+        .map(|n| {
+            json!({"id": n.node.id.0, "addr": n.node.addr, "http_addr": n.node.http_addr, "live": n.live,
+                   "replicas": n.replicas, "leaders": n.leaders, "metadata_member": n.metadata_member,
+                   "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago})
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })).into_response())
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    Json(json!({"status": "serving", "node": node.id().0})).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics_text()).into_response()
+}
+
+async fn console() -> Html<&'static str> {
+    Html(include_str!("console.html"))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::InvalidArgument("no such endpoint; see the README for the HTTP API".into()))
+}
+
+/// The HTTP routes of a node.
+pub(crate) fn app(node: Arc<Node>) -> Router {
+    let body_limit = node.core.limits.max_value_bytes.saturating_mul(2).saturating_add(1 << 20);
+    Router::new()
+        .route("/", get(console))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/admin/nodes", get(nodes))
+        .route("/v1/tables", get(list_tables).post(create_table))
+        .route("/v1/tables/{table}", get(describe_table).delete(drop_table))
+        .route("/v1/tables/{table}/keys", get(list_keys))
+        .route("/v1/tables/{table}/keys/{key}", get(get_key).put(put_key).delete(delete_key))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(node)
+}
+
+/// Serves HTTP until `stop` turns true.
+pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let res = axum::serve(listener, app(node))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!("HTTP server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("a%2Fb%ff").unwrap(), b"a/b\xff".to_vec());
+        assert_eq!(percent_decode("plain+text").unwrap(), b"plain+text".to_vec());
+        assert!(percent_decode("bad%zz").is_err());
+        assert!(percent_decode("cut%4").is_err());
+    }
+
+    #[test]
+    fn list_bounds_combine_prefix_start_and_cursor() {
+        let (s, e, l) = list_bounds(b"user/", b"", b"", b"", 0).unwrap();
+        assert_eq!((s, e, l), (b"user/".to_vec(), Some(b"user0".to_vec()), 1000));
+        let (s, _, _) = list_bounds(b"user/", b"", b"", b"user/7", 10).unwrap();
+        assert_eq!(s, b"user/7\0".to_vec());
+        assert!(list_bounds(b"", b"", b"", b"", 10_001).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! A Cairn node.
+//!
+//! ```text
+//!            clients (gRPC Kv / HTTP)          peers (gRPC Internal)
+//!                     │                               │
+//!                 ┌───▼────────┐   Transport   ┌──────▼──────────┐
+//!                 │   Router   │──────────────▶│ Core            │
+//!                 │ route cache│  local or RPC │  replicas: one  │
+//!                 └────────────┘               │  openraft group │
+//!                                              │  per partition  │
+//!                                              │  + metadata grp │
+//!                                              └──────┬──────────┘
+//!                                                     ▼
+//!                                         one engine (fjall), one syncer
+//! ```
+//!
+//! [`Node::start`] opens the engine, recovers the replicas recorded in it, joins or forms
+//! the cluster, and serves gRPC and HTTP until [`Node::shutdown`]. Background tasks send
+//! heartbeats to the metadata leader and reconcile the local replicas with the metadata.
+
+mod config;
+mod core;
+mod grpc;
+mod http;
+mod meta_service;
+mod metrics;
+mod node;
+mod transport;
+
+pub use config::{parse_initial_cluster, ServerConfig};
+pub use node::Node;

@@ -1,0 +1,200 @@
+//! Requests served by the metadata group's leader: table routes, table creation and
+//! removal, node heartbeats and liveness.
+
+use crate::core::Core;
+use cairn_meta::{placement, MetaCommand, MetaResponse, MetaState};
+use cairn_raft::{from_client_write, from_read_error, Command, Reply};
+use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
+use cairn_types::{validate_table_name, Error, NodeDesc, NodeId, PartitionId, Result, TableDesc, META_GROUP};
+use openraft::async_runtime::WatchReceiver;
+use openraft::ReadPolicy;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// A node counts as live this long after its last heartbeat.
+pub(crate) const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
+
+/// Liveness and replica reports as seen by this metadata replica while it leads.
+#[derive(Default)]
+pub(crate) struct Liveness {
+    seen: HashMap<NodeId, Instant>,
+    reports: HashMap<NodeId, Vec<cairn_types::PartitionStatus>>,
+    /// When this replica last became leader; before any heartbeat arrives, every
+    /// registered node is given the benefit of the doubt for one window.
+    leader_since: Option<Instant>,
+}
+
+impl Liveness {
+    fn live(&self, node: NodeId) -> bool {
+        match self.seen.get(&node) {
+            Some(t) => t.elapsed() < LIVENESS_WINDOW,
+            None => self.leader_since.is_some_and(|t| t.elapsed() < LIVENESS_WINDOW),
+        }
+    }
+
+    /// Leader hints: for each partition, the leader in the report with the highest term.
+    fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
+        let mut best: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
+        for reports in self.reports.values() {
+            for r in reports {
+                if let Some(l) = r.leader {
+                    let e = best.entry(r.partition).or_insert((r.term, l));
+                    if r.term > e.0 {
+                        *e = (r.term, l);
+                    }
+                }
+            }
+        }
+        best.into_iter().map(|(p, (_, l))| (p, l)).collect()
+    }
+}
+
+impl Core {
+    fn meta_replica(&self) -> Result<&crate::core::MetaReplica> {
+        self.meta.as_ref().ok_or(Error::NotLeader { partition: META_GROUP, leader: *self.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner()) })
+    }
+
+    /// Confirms this replica leads the metadata group and has applied everything committed.
+    async fn meta_barrier(&self) -> Result<MetaState> {
+        let m = self.meta_replica()?;
+        m.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| from_read_error(META_GROUP, e))?;
+        self.note_leadership();
+        Ok(m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn note_leadership(&self) {
+        let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        if l.leader_since.is_none() {
+            l.leader_since = Some(Instant::now());
+        }
+    }
+
+    /// Forgets leader-only state when this replica is not the leader.
+    pub(crate) fn observe_meta_role(&self) {
+        if let Some(m) = &self.meta {
+            let leader = m.raft.metrics().borrow_watched().current_leader;
+            *self.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = leader.map(NodeId);
+            if leader != Some(self.id.0) {
+                let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                *l = Liveness::default();
+            }
+        }
+    }
+
+    async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaResponse> {
+        let m = self.meta_replica()?;
+        match m.raft.client_write(Command::Meta(cmd)).await {
+            Ok(resp) => match resp.data {
+                Reply::Meta(r) => Ok(r),
+                other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            },
+            Err(e) => Err(from_client_write(META_GROUP, e)),
+        }
+    }
+
+    fn route_of(&self, state: &MetaState, table: TableDesc) -> TableRoute {
+        let leaders = self.liveness.lock().unwrap_or_else(|p| p.into_inner()).leaders();
+        let ids: BTreeSet<NodeId> = table.partitions.iter().flat_map(|p| p.replicas.iter().copied()).collect();
+        let nodes = ids.iter().filter_map(|n| state.nodes.get(n).cloned()).collect();
+        let leaders = leaders.into_iter().filter(|(p, _)| table.partitions.iter().any(|x| x.id == *p)).collect();
+        TableRoute { table, leaders, nodes }
+    }
+
+    /// Serves a metadata request; refuses with `NotLeader` unless this node leads group 0.
+    pub(crate) async fn handle_meta(&self, req: MetaRequest) -> Result<MetaReply> {
+        match req {
+            MetaRequest::ClusterInfo => Ok(MetaReply::Cluster(self.identity.meta_members.clone())),
+            MetaRequest::GetTable(name) => {
+                let state = self.meta_barrier().await?;
+                let table = state.tables.get(&name).cloned().ok_or_else(|| Error::TableNotFound(name.clone()))?;
+                Ok(MetaReply::Table(self.route_of(&state, table)))
+            }
+            MetaRequest::ListTables => Ok(MetaReply::Tables(self.meta_barrier().await?.tables.into_values().collect())),
+            MetaRequest::CreateTable { name, replication, split_keys } => {
+                validate_table_name(&name)?;
+                cairn_meta::validate_split_keys(&split_keys)?;
+                for k in &split_keys {
+                    self.limits.check_key(k)?;
+                }
+                let state = self.meta_barrier().await?;
+                if state.tables.contains_key(&name) {
+                    return Err(Error::AlreadyExists(name));
+                }
+                let live: BTreeSet<NodeId> = {
+                    let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                    state.nodes.keys().copied().filter(|n| l.live(*n)).collect()
+                };
+                let placement = placement::place(&state, &live, split_keys.len() + 1, replication)?;
+                let cmd = MetaCommand::CreateTable { name, replication, split_keys, placement };
+                match self.propose_meta(cmd).await? {
+                    MetaResponse::Table(t) => {
+                        let state = self.meta_replica()?.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        Ok(MetaReply::Table(self.route_of(&state, t)))
+                    }
+                    MetaResponse::Refused(e) => Err(e),
+                    MetaResponse::Done => Err(Error::Internal("create answered nothing".into())),
+                }
+            }
+            MetaRequest::DropTable(name) => match self.propose_meta(MetaCommand::DropTable { name }).await? {
+                MetaResponse::Table(t) => {
+                    let state = self.meta_replica()?.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    Ok(MetaReply::Table(self.route_of(&state, t)))
+                }
+                MetaResponse::Refused(e) => Err(e),
+                MetaResponse::Done => Err(Error::Internal("drop answered nothing".into())),
+            },
+            MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,
+            MetaRequest::PartitionsOn(node) => {
+                let state = self.meta_barrier().await?;
+                let placements = state
+                    .partitions_on(node)
+                    .into_iter()
+                    .map(|p| {
+                        let members = p.replicas.iter().filter_map(|n| state.nodes.get(n).cloned()).collect();
+                        (p, members)
+                    })
+                    .collect();
+                Ok(MetaReply::Placements(placements))
+            }
+            MetaRequest::Nodes => {
+                let state = self.meta_barrier().await?;
+                let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                let leaders = l.leaders();
+                let members: BTreeSet<NodeId> = self.identity.meta_members.iter().map(|(n, _)| *n).collect();
+                let nodes = state
+                    .nodes
+                    .values()
+                    .map(|n| NodeStatus {
+                        node: n.clone(),
+                        live: l.live(n.id),
+                        last_heartbeat_ms_ago: l.seen.get(&n.id).map(|t| t.elapsed().as_millis() as u64),
+                        replicas: state.partitions().filter(|(_, p)| p.replicas.contains(&n.id)).count() as u32,
+                        leaders: leaders.values().filter(|x| **x == n.id).count() as u32,
+                        metadata_member: members.contains(&n.id),
+                    })
+                    .collect();
+                Ok(MetaReply::Nodes(nodes))
+            }
+        }
+    }
+
+    async fn heartbeat(&self, hb: Heartbeat) -> Result<MetaReply> {
+        let m = self.meta_replica()?;
+        let metrics = m.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.id.0) {
+            return Err(Error::NotLeader { partition: META_GROUP, leader: metrics.current_leader.map(NodeId) });
+        }
+        self.note_leadership();
+        let known: Option<NodeDesc> = m.state.read().unwrap_or_else(|p| p.into_inner()).nodes.get(&hb.node.id).cloned();
+        if known.as_ref() != Some(&hb.node) {
+            match self.propose_meta(MetaCommand::RegisterNode(hb.node.clone())).await? {
+                MetaResponse::Refused(e) => return Err(e),
+                _ => tracing::info!(node = %hb.node.id, addr = %hb.node.addr, "registered node"),
+            }
+        }
+        let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        l.seen.insert(hb.node.id, Instant::now());
+        l.reports.insert(hb.node.id, hb.replicas);
+        Ok(MetaReply::Done)
+    }
+}

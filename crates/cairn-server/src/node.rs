@@ -1,0 +1,473 @@
+//! Node startup, background loops, shutdown, and the operations the APIs call.
+
+use crate::config::ServerConfig;
+use crate::core::{Core, Identity};
+use crate::metrics::Metrics;
+use crate::transport::NodeTransport;
+use anyhow::{bail, Context};
+use cairn_raft::{PeerNetwork, Syncer};
+use cairn_router::{
+    Heartbeat, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply, PartitionRequest, Router,
+    TableRoute, Transport,
+};
+use cairn_storage::{keys, SharedEngine, Space, WriteBatch};
+use cairn_storage_fjall::FjallEngine;
+use cairn_types::{
+    ClientId, Error, NodeDesc, NodeId, PartitionDesc, RequestId, Result, Session, TableDesc, DEFAULT_REPLICATION,
+};
+use openraft::async_runtime::WatchReceiver;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// A running node.
+pub struct Node {
+    pub(crate) core: Arc<Core>,
+    pub(crate) router: Router<NodeTransport>,
+    /// Issues request ids for writes that arrive without one (HTTP, old clients).
+    session: Session,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}: is another process using the port? pick another with the flag"))
+}
+
+async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Result<Identity> {
+    if let Some(bytes) = engine.get(Space::Local, &keys::local_identity())? {
+        let id: Identity = postcard::from_bytes(&bytes).context("the node identity record in the data dir is corrupt")?;
+        if id.id != cfg.id {
+            bail!(
+                "data dir {} belongs to node {} but --id is {}; use the matching id or another data dir",
+                cfg.data_dir.display(),
+                id.id,
+                cfg.id
+            );
+        }
+        return Ok(id);
+    }
+    let meta_members = if !cfg.initial_cluster.is_empty() {
+        cfg.initial_cluster.clone()
+    } else if !cfg.join.is_empty() {
+        ask_cluster(&cfg.join).await?
+    } else {
+        bail!(
+            "data dir {} holds no cluster: start a new cluster with --initial-cluster 1=HOST:PORT,... or join one with --join HOST:PORT",
+            cfg.data_dir.display()
+        );
+    };
+    let identity = Identity { id: cfg.id, meta_members };
+    let mut b = WriteBatch::new();
+    b.put(Space::Local, keys::local_identity(), postcard::to_allocvec(&identity)?);
+    engine.write(b)?;
+    engine.sync()?;
+    Ok(identity)
+}
+
+/// Asks the nodes at `addrs` for the metadata members, for up to 30 s.
+async fn ask_cluster(addrs: &[String]) -> anyhow::Result<Vec<(NodeId, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for a in addrs {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{a}")) else {
+                bail!("--join address {a:?} is not HOST:PORT");
+            };
+            let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).connect().await else { continue };
+            let mut c = cairn_proto::v1::internal_client::InternalClient::new(channel);
+            if let Ok(resp) = c.meta(crate::transport::encode(&MetaRequest::ClusterInfo)).await {
+                if let Ok(Ok(MetaReply::Cluster(m))) = crate::transport::decode::<Result<MetaReply>>(resp.get_ref()) {
+                    return Ok(m);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no node at {addrs:?} answered within 30 s; check the --join addresses");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Node {
+    /// Opens the data dir, joins or forms the cluster and starts serving.
+    pub async fn start(cfg: ServerConfig) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+        let engine: SharedEngine = Arc::new(
+            FjallEngine::open(&cfg.data_dir)
+                .with_context(|| format!("cannot open the engine in {} (is another node using it?)", cfg.data_dir.display()))?,
+        );
+        let identity = load_identity(&engine, &cfg).await?;
+        let grpc = bind(&cfg.listen, "gRPC").await?;
+        let http = bind(&cfg.http, "HTTP").await?;
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let advertise = cfg.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+        let desc = NodeDesc { id: cfg.id, addr: advertise.clone(), http_addr: http_addr.to_string() };
+
+        let syncer = Syncer::start(engine.clone()).context("cannot start the sync thread")?;
+        let peers = PeerNetwork::new();
+        for (n, a) in &identity.meta_members {
+            peers.set_addr(n.0, a);
+        }
+        peers.set_addr(cfg.id.0, &advertise);
+        let meta = Core::open_meta(&engine, &syncer, &peers, cfg.id, &identity).await?;
+        let core = Arc::new(Core {
+            id: cfg.id,
+            desc,
+            engine,
+            syncer,
+            peers,
+            limits: cfg.limits,
+            identity,
+            meta,
+            replicas: Default::default(),
+            lifecycle: Default::default(),
+            liveness: Default::default(),
+            meta_leader_hint: Default::default(),
+            metrics: Metrics::default(),
+        });
+        core.reopen_recorded().await?;
+        let (stop, _) = watch::channel(false);
+        let client = ClientId(rand::random::<u64>() | 1);
+        let node = Arc::new(Node {
+            router: Router::new(NodeTransport { core: core.clone() }),
+            core,
+            session: Session::new(client),
+            grpc_addr,
+            http_addr,
+            stop,
+            tasks: Default::default(),
+        });
+        let mut tasks = vec![
+            tokio::spawn(crate::grpc::serve(node.clone(), grpc, node.stop.subscribe())),
+            tokio::spawn(crate::http::serve(node.clone(), http, node.stop.subscribe())),
+            tokio::spawn(heartbeat_loop(node.clone(), node.stop.subscribe())),
+            tokio::spawn(reconcile_loop(node.clone(), node.stop.subscribe())),
+        ];
+        node.tasks.lock().unwrap_or_else(|p| p.into_inner()).append(&mut tasks);
+        tracing::info!(node = %cfg.id, grpc = %grpc_addr, http = %http_addr, "node started");
+        Ok(node)
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, stops every group and makes
+    /// the engine durable.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        let replicas: Vec<_> = self.core.replicas.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for r in replicas {
+            let _ = r.raft.shutdown().await;
+        }
+        if let Some(m) = &self.core.meta {
+            let _ = m.raft.shutdown().await;
+        }
+        if let Err(e) = self.core.syncer.sync().await {
+            tracing::error!("final sync failed: {e}");
+        }
+        tracing::info!(node = %self.core.id, "node stopped");
+    }
+
+    pub(crate) fn is_meta_leader(&self) -> bool {
+        self.core.meta.as_ref().is_some_and(|m| m.raft.metrics().borrow_watched().current_leader == Some(self.core.id.0))
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub(crate) fn metrics_text(&self) -> String {
+        let replicas = self.core.replicas.read().unwrap_or_else(|p| p.into_inner()).len();
+        self.core.metrics.render(self.core.id.0, replicas, self.core.leader_count(), self.is_meta_leader())
+    }
+
+    pub(crate) fn record(&self, op: &str, ok: bool) {
+        self.core.metrics.record(op, ok);
+    }
+
+    /// Creates a table and waits (until `deadline`) for each partition to elect a leader.
+    pub async fn create_table(
+        &self,
+        name: &str,
+        replication: u32,
+        split_keys: Vec<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<TableRoute> {
+        let replication = if replication == 0 { DEFAULT_REPLICATION } else { replication };
+        let req = MetaRequest::CreateTable { name: name.to_string(), replication, split_keys };
+        let MetaReply::Table(route) = self.router.meta(req, deadline).await? else {
+            return Err(Error::Internal("create table answered no table".into()));
+        };
+        self.router.transport().learn(&route.nodes);
+        let transport = self.router.transport();
+        for p in &route.table.partitions {
+            let members: Vec<NodeDesc> = route.nodes.iter().filter(|n| p.replicas.contains(&n.id)).cloned().collect();
+            let opens = p.replicas.iter().map(|n| {
+                let req = PartitionRequest {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    table: p.table_id,
+                    op: PartitionOp::Open { desc: p.clone(), members: members.clone() },
+                };
+                transport.partition(*n, req)
+            });
+            for r in futures::future::join_all(opens).await {
+                if let Err(e) = r {
+                    // The replica's node opens it from the metadata when it can.
+                    tracing::warn!(partition = %p.id, "could not open a replica now: {e}");
+                }
+            }
+        }
+        let mut route = route;
+        for p in &route.table.partitions.clone() {
+            if let Some(l) = self.wait_leader(p, deadline).await {
+                route.leaders.insert(p.id, l);
+            }
+        }
+        self.router.cache().insert(route.clone());
+        Ok(route)
+    }
+
+    async fn wait_leader(&self, p: &PartitionDesc, deadline: Instant) -> Option<NodeId> {
+        loop {
+            for n in &p.replicas {
+                let req = PartitionRequest { partition: p.id, epoch: p.epoch, table: p.table_id, op: PartitionOp::Leader };
+                if let Ok(PartitionReply::Leader(Some(l))) = self.router.transport().partition(*n, req).await {
+                    return Some(l);
+                }
+            }
+            if Instant::now() + Duration::from_millis(50) > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Drops a table: it is unknown to every router at once; each partition then refuses
+    /// every request through its own log before this returns, and its replicas are
+    /// destroyed by the nodes shortly after.
+    pub async fn drop_table(&self, name: &str, deadline: Instant) -> Result<()> {
+        let MetaReply::Table(route) = self.router.meta(MetaRequest::DropTable(name.to_string()), deadline).await? else {
+            return Err(Error::Internal("drop table answered no table".into()));
+        };
+        self.router.cache().invalidate(name);
+        self.router.transport().learn(&route.nodes);
+        for p in &route.table.partitions {
+            self.drop_partition(p, route.leaders.get(&p.id).copied(), deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_partition(&self, p: &PartitionDesc, hint: Option<NodeId>, deadline: Instant) -> Result<()> {
+        let mut next = hint.or_else(|| p.replicas.first().copied());
+        let mut gone: HashSet<NodeId> = HashSet::new();
+        let mut turn = 0usize;
+        while let Some(target) = next {
+            let req = PartitionRequest { partition: p.id, epoch: p.epoch, table: p.table_id, op: PartitionOp::Drop };
+            next = None;
+            match self.router.transport().partition(target, req).await {
+                Ok(_) => return Ok(()),
+                // The node's reconcile loop already destroyed its replica.
+                Err(Error::PartitionNotFound(_)) => {
+                    gone.insert(target);
+                }
+                Err(Error::NotLeader { leader: Some(l), .. }) if l != target => next = Some(l),
+                Err(e) => tracing::debug!(partition = %p.id, "drop attempt on {target}: {e}"),
+            }
+            if p.replicas.iter().all(|n| gone.contains(n)) {
+                return Ok(());
+            }
+            if Instant::now() + Duration::from_millis(100) > deadline {
+                return Err(Error::Unavailable(format!(
+                    "the table is removed from the metadata but {} did not confirm the drop in time; its replicas are removed once it recovers",
+                    p.id
+                )));
+            }
+            if next.is_none() {
+                turn += 1;
+                next = p.replicas.get(turn % p.replicas.len()).copied();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every table.
+    pub async fn list_tables(&self, deadline: Instant) -> Result<Vec<TableDesc>> {
+        self.router.tables(deadline).await
+    }
+
+    /// A table with its partitions and leader hints.
+    pub async fn describe_table(&self, name: &str, deadline: Instant) -> Result<TableRoute> {
+        self.router.describe(name, deadline).await
+    }
+
+    fn begin_write(&self, given: Option<RequestId>) -> (RequestId, bool) {
+        match given {
+            Some(id) => (id, false),
+            None => (self.session.begin(), true),
+        }
+    }
+
+    /// Writes `value` under `key`.
+    pub async fn put(&self, table: &str, key: Vec<u8>, value: Vec<u8>, rid: Option<RequestId>, deadline: Instant) -> Result<()> {
+        self.core.limits.check_key(&key)?;
+        self.core.limits.check_value(&value)?;
+        let (rid, own) = self.begin_write(rid);
+        let r = self
+            .router
+            .keyed(table, &key, || PartitionOp::Put { key: key.clone(), value: value.clone(), request_id: Some(rid) }, false, deadline)
+            .await;
+        if own {
+            self.session.finish(rid);
+        }
+        r.map(|_| ())
+    }
+
+    /// Deletes `key` (absent keys are fine).
+    pub async fn delete(&self, table: &str, key: Vec<u8>, rid: Option<RequestId>, deadline: Instant) -> Result<()> {
+        self.core.limits.check_key(&key)?;
+        let (rid, own) = self.begin_write(rid);
+        let r = self
+            .router
+            .keyed(table, &key, || PartitionOp::Delete { key: key.clone(), request_id: Some(rid) }, false, deadline)
+            .await;
+        if own {
+            self.session.finish(rid);
+        }
+        r.map(|_| ())
+    }
+
+    /// Reads `key`; linearizable unless `stale`.
+    pub async fn get(&self, table: &str, key: Vec<u8>, stale: bool, deadline: Instant) -> Result<Option<Vec<u8>>> {
+        self.core.limits.check_key(&key)?;
+        let reply = if stale {
+            self.stale_get(table, &key, deadline).await?
+        } else {
+            self.router.keyed(table, &key, || PartitionOp::Get { key: key.clone(), stale: false }, false, deadline).await?
+        };
+        match reply {
+            PartitionReply::Value(v) => Ok(v),
+            other => Err(Error::Internal(format!("get answered {other:?}"))),
+        }
+    }
+
+    /// A stale read prefers this node's own replica, then the router's choice.
+    async fn stale_get(&self, table: &str, key: &[u8], deadline: Instant) -> Result<PartitionReply> {
+        let route = self.router.route(table, deadline).await?;
+        if let Some((p, _)) = route.locate(key) {
+            if self.core.replica(p.id).is_some() {
+                let req = PartitionRequest {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    table: p.table_id,
+                    op: PartitionOp::Get { key: key.to_vec(), stale: true },
+                };
+                if let Ok(r) = self.core.handle_partition(req).await {
+                    return Ok(r);
+                }
+            }
+        }
+        self.router.keyed(table, key, || PartitionOp::Get { key: key.to_vec(), stale: true }, true, deadline).await
+    }
+
+    /// Lists keys in `[start, end)`.
+    pub async fn list(
+        &self,
+        table: &str,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        stale: bool,
+        deadline: Instant,
+    ) -> Result<ListPage> {
+        self.router.list(table, start, end, limit, stale, deadline).await
+    }
+
+    /// Nodes with liveness and load, from the metadata leader.
+    pub async fn nodes(&self, deadline: Instant) -> Result<Vec<NodeStatus>> {
+        match self.router.meta(MetaRequest::Nodes, deadline).await? {
+            MetaReply::Nodes(n) => Ok(n),
+            other => Err(Error::Internal(format!("nodes answered {other:?}"))),
+        }
+    }
+
+    /// Engine key counts for a table on this node.
+    pub(crate) fn engine_stats(&self, table: cairn_types::TableId, partitions: &[cairn_types::PartitionId]) -> Result<(u64, u64, u64, u32)> {
+        self.core.engine_stats(table, partitions)
+    }
+
+    /// Opens missing replicas and destroys those the metadata no longer places here.
+    async fn reconcile(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let MetaReply::Placements(placed) = self.router.meta(MetaRequest::PartitionsOn(self.core.id), deadline).await? else {
+            return Err(Error::Internal("unexpected reply to PartitionsOn".into()));
+        };
+        let wanted: HashSet<_> = placed.iter().map(|(p, _)| p.id).collect();
+        for (desc, members) in &placed {
+            if self.core.replica(desc.id).is_none() {
+                if let Err(e) = self.core.open_replica(desc, members).await {
+                    tracing::warn!(partition = %desc.id, "reconcile could not open replica: {e}");
+                }
+            }
+        }
+        let hosted: Vec<_> = self.core.replicas.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        for p in hosted.into_iter().filter(|p| !wanted.contains(p)) {
+            self.core.destroy_replica(p).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        node.core.observe_meta_role();
+        let hb = Heartbeat { node: node.core.desc.clone(), replicas: node.core.replica_statuses() };
+        let deadline = Instant::now() + HEARTBEAT_EVERY;
+        if let Err(e) = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {
+            tracing::debug!("heartbeat not delivered: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = node.reconcile().await {
+            tracing::debug!("reconcile: {e}");
+        }
+    }
+}

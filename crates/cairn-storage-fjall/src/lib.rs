@@ -1,0 +1,136 @@
+//! [`cairn_storage::Engine`] on fjall: one database per node with one keyspace per
+//! [`Space`], so the Raft logs of all groups, the state machines' data and the node's own
+//! bookkeeping share one journal, and one `persist` makes all of them durable (group commit).
+//!
+//! The database is opened with manual journal persistence on the database and on every
+//! keyspace: nothing is made durable implicitly, only by [`Engine::sync`].
+
+use cairn_storage::{Engine, Error, KeyValue, Op, Result, Space, WriteBatch};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::ops::Bound;
+use std::path::Path;
+
+/// A node's fjall database.
+pub struct FjallEngine {
+    db: Database,
+    raft: Keyspace,
+    data: Keyspace,
+    local: Keyspace,
+}
+
+fn err(e: fjall::Error) -> Error {
+    Error::Engine(e.to_string())
+}
+
+impl FjallEngine {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .cache_size(64 << 20)
+            .worker_threads(2)
+            .open()
+            .map_err(err)?;
+        let open = |name: &str| {
+            db.keyspace(name, || KeyspaceCreateOptions::default().manual_journal_persist(true)).map_err(err)
+        };
+        Ok(Self { raft: open("raft")?, data: open("data")?, local: open("local")?, db })
+    }
+
+    fn space(&self, s: Space) -> &Keyspace {
+        match s {
+            Space::Raft => &self.raft,
+            Space::Data => &self.data,
+            Space::Local => &self.local,
+        }
+    }
+
+    fn collect(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        for g in iter.take(limit) {
+            let (k, v) = g.into_inner().map_err(err)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn range<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded))
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.space(space).get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        Self::collect(self.space(space).range::<&[u8], _>(range(start, end)), limit)
+    }
+
+    fn scan_rev(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        Self::collect(self.space(space).range::<&[u8], _>(range(start, end)).rev(), limit)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch.ops.len());
+        for op in batch.ops {
+            match op {
+                Op::Put(s, k, v) => b.insert(self.space(s), k, v),
+                Op::Delete(s, k) => b.remove(self.space(s), k),
+            }
+        }
+        b.commit().map_err(err)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncAll).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        cairn_storage::conformance::run_all(&|| {
+            let d = tempfile::tempdir().unwrap();
+            let e = FjallEngine::open(d.path()).unwrap();
+            dirs.lock().unwrap().push(d);
+            Box::new(e)
+        });
+    }
+
+    #[test]
+    fn synced_writes_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let e = FjallEngine::open(d.path()).unwrap();
+            let mut b = WriteBatch::new();
+            b.put(Space::Raft, b"log".to_vec(), b"entry".to_vec());
+            b.put(Space::Data, b"k".to_vec(), b"v".to_vec());
+            e.write(b).unwrap();
+            e.sync().unwrap();
+        }
+        let e = FjallEngine::open(d.path()).unwrap();
+        assert_eq!(e.get(Space::Raft, b"log").unwrap(), Some(b"entry".to_vec()));
+        assert_eq!(e.get(Space::Data, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+}

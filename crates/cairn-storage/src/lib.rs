@@ -1,0 +1,150 @@
+//! Storage engine traits and the on-disk key layout.
+//!
+//! A node has one engine holding three spaces (see [`Space`]): the Raft logs and votes of
+//! every group, the state machines' data, and node-local bookkeeping. This crate never
+//! depends on a concrete engine; `cairn-storage-fjall` implements [`Engine`] on fjall and
+//! [`MemEngine`] implements it in memory for tests.
+//!
+//! Durability contract: [`Engine::write`] applies a batch atomically but makes it durable
+//! only at the next [`Engine::sync`]; a crash loses a suffix of unsynced batches, never a
+//! middle one, and never part of a batch.
+
+pub mod conformance;
+mod error;
+pub mod keys;
+mod memory;
+
+pub use error::{Error, Result};
+pub use memory::MemEngine;
+
+use std::sync::Arc;
+
+/// The separately kept key spaces of an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Raft logs, votes and log metadata of every group.
+    Raft,
+    /// State machine data: user data under table prefixes, plus per-group applied state.
+    Data,
+    /// Node-local bookkeeping: which replicas this node hosts, cluster identity.
+    Local,
+}
+
+impl Space {
+    /// Every space, in a fixed order.
+    pub const ALL: [Space; 3] = [Space::Raft, Space::Data, Space::Local];
+}
+
+/// One change in a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to the value.
+    Put(Space, Vec<u8>, Vec<u8>),
+    /// Remove `key` if present.
+    Delete(Space, Vec<u8>),
+}
+
+/// A set of changes applied atomically by [`Engine::write`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// The changes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(space, key.into(), value.into()));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(space, key.into()));
+    }
+
+    /// Appends another batch's changes after this one's.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+
+    /// Whether the batch has no changes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A key and its value as returned by scans.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value engine with atomic batches and explicit durability.
+///
+/// Implementations are shared between threads (`Send + Sync`); reads see every batch
+/// written before them.
+pub trait Engine: Send + Sync + 'static {
+    /// The value of `key`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` pairs with `start <= key < end` (no upper bound when `end` is `None`),
+    /// in ascending key order.
+    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize)
+    -> Result<Vec<KeyValue>>;
+
+    /// Up to `limit` pairs with `start <= key < end`, in descending key order.
+    fn scan_rev(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>>;
+
+    /// Applies the batch atomically. Durable only after the next [`Engine::sync`].
+    fn write(&self, batch: WriteBatch) -> Result<()>;
+
+    /// Makes every batch written so far durable (fsync).
+    fn sync(&self) -> Result<()>;
+}
+
+/// The engine as shared by the rest of a node.
+pub type SharedEngine = Arc<dyn Engine>;
+
+/// Deletes every key of `space` in `[start, end)`, in batches of `chunk` keys, and returns
+/// how many were deleted. Not atomic as a whole; each chunk is.
+pub fn delete_range(
+    engine: &dyn Engine,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+    chunk: usize,
+) -> Result<u64> {
+    let mut deleted = 0u64;
+    loop {
+        let found = engine.scan(space, start, end, chunk.max(1))?;
+        if found.is_empty() {
+            return Ok(deleted);
+        }
+        let mut batch = WriteBatch::new();
+        for (k, _) in &found {
+            batch.delete(space, k.clone());
+        }
+        deleted += found.len() as u64;
+        engine.write(batch)?;
+    }
+}
+
+/// Counts the keys of `space` in `[start, end)`.
+pub fn count_range(engine: &dyn Engine, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<u64> {
+    let mut count = 0u64;
+    let mut from = start.to_vec();
+    loop {
+        let page = engine.scan(space, &from, end, 1024)?;
+        let Some((last, _)) = page.last() else { return Ok(count) };
+        count += page.len() as u64;
+        from = keys::successor(last);
+    }
+}

@@ -1,0 +1,175 @@
+//! The error vocabulary shared by replicas, routers, servers and clients.
+//!
+//! Routing errors (`NotLeader`, `EpochMismatch`, `KeyNotInRange`, `PartitionNotFound`)
+//! carry their hints as fields; the router acts on them and the client normally never sees
+//! them. [`Error::is_retryable`] separates what a retry may fix from what it cannot.
+
+use crate::{Epoch, NodeId, PartitionId};
+use serde::{Deserialize, Serialize};
+
+/// Result alias using [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a Cairn request can fail with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    /// The request is malformed; retrying it unchanged cannot succeed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Key longer than the configured limit.
+    #[error("key is {len} bytes; the limit is {max} bytes")]
+    KeyTooLarge {
+        /// Length of the refused key.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// Value longer than the configured limit.
+    #[error("value is {len} bytes; the limit is {max} bytes")]
+    ValueTooLarge {
+        /// Length of the refused value.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// No such table (or it is being dropped).
+    #[error("table {0:?} not found; `cairn table list` shows the tables")]
+    TableNotFound(String),
+    /// A table of that name exists already.
+    #[error("table {0:?} already exists")]
+    AlreadyExists(String),
+    /// Too few live nodes to place the replicas asked for.
+    #[error("replication {wanted} needs {wanted} live nodes but only {live} are live; start more nodes or lower the replication")]
+    NotEnoughNodes {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Live nodes known to the metadata group.
+        live: u32,
+    },
+    /// This replica is not the leader of its group; `leader` is a hint.
+    #[error("{partition} is not led by this node (leader hint: {leader:?})")]
+    NotLeader {
+        /// The partition asked for.
+        partition: PartitionId,
+        /// The leader as this replica knows it.
+        leader: Option<NodeId>,
+    },
+    /// The request was routed with an old view of the partition.
+    #[error("{partition} epoch mismatch: request had {requested}, replica has {current}")]
+    EpochMismatch {
+        /// The partition asked for.
+        partition: PartitionId,
+        /// Epoch the request carried.
+        requested: Epoch,
+        /// Epoch of the replica.
+        current: Epoch,
+    },
+    /// The key lies outside the range of the partition the request was sent to.
+    #[error("key not in the range of {0}")]
+    KeyNotInRange(PartitionId),
+    /// The node holds no replica of that partition (any more).
+    #[error("{0} has no replica on this node")]
+    PartitionNotFound(PartitionId),
+    /// No answer could be had within the deadline; the operation may or may not have
+    /// happened if it was a write.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a storage failure; details are in the node's log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Stable, machine-readable error codes used on HTTP and gRPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// See [`Error::InvalidArgument`].
+    InvalidArgument,
+    /// See [`Error::KeyTooLarge`] and [`Error::ValueTooLarge`].
+    TooLarge,
+    /// See [`Error::TableNotFound`].
+    TableNotFound,
+    /// See [`Error::AlreadyExists`].
+    AlreadyExists,
+    /// See [`Error::NotEnoughNodes`].
+    NotEnoughNodes,
+    /// Any routing error that outlived the request deadline, and [`Error::Unavailable`].
+    Unavailable,
+    /// See [`Error::Internal`].
+    Internal,
+}
+
+impl ErrorCode {
+    /// The upper-case code string used on the wire, e.g. `TABLE_NOT_FOUND`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::TooLarge => "TOO_LARGE",
+            Self::TableNotFound => "TABLE_NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::NotEnoughNodes => "NOT_ENOUGH_NODES",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status that fits the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidArgument => 400,
+            Self::TooLarge => 413,
+            Self::TableNotFound => 404,
+            Self::AlreadyExists => 409,
+            Self::NotEnoughNodes | Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// Parses a code string as produced by [`ErrorCode::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "INVALID_ARGUMENT" => Self::InvalidArgument,
+            "TOO_LARGE" => Self::TooLarge,
+            "TABLE_NOT_FOUND" => Self::TableNotFound,
+            "ALREADY_EXISTS" => Self::AlreadyExists,
+            "NOT_ENOUGH_NODES" => Self::NotEnoughNodes,
+            "UNAVAILABLE" => Self::Unavailable,
+            "INTERNAL" => Self::Internal,
+            _ => return None,
+        })
+    }
+}
+
+impl Error {
+    /// The wire code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::KeyTooLarge { .. } | Self::ValueTooLarge { .. } => ErrorCode::TooLarge,
+            Self::TableNotFound(_) => ErrorCode::TableNotFound,
+            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::NotEnoughNodes { .. } => ErrorCode::NotEnoughNodes,
+            Self::NotLeader { .. }
+            | Self::EpochMismatch { .. }
+            | Self::KeyNotInRange(_)
+            | Self::PartitionNotFound(_)
+            | Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Whether the router should refresh its routes and try again.
+    pub fn is_routing(&self) -> bool {
+        matches!(
+            self,
+            Self::NotLeader { .. }
+                | Self::EpochMismatch { .. }
+                | Self::KeyNotInRange(_)
+                | Self::PartitionNotFound(_)
+        )
+    }
+
+    /// Whether a retry (after a route refresh or backoff) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.is_routing() || matches!(self, Self::Unavailable(_) | Self::NotEnoughNodes { .. })
+    }
+}

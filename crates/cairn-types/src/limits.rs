@@ -1,0 +1,79 @@
+//! Request limits and name validation, checked before anything is written.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Size limits applied to every write and key lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest key in bytes (keys must also be non-empty). Default 4096.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes. Default 1 MiB.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_key_bytes: 4096, max_value_bytes: 1 << 20 }
+    }
+}
+
+impl Limits {
+    /// Refuses an empty or oversized key.
+    pub fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("key must not be empty".into()));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Error::KeyTooLarge { len: key.len(), max: self.max_key_bytes });
+        }
+        Ok(())
+    }
+
+    /// Refuses an oversized value.
+    pub fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.max_value_bytes {
+            return Err(Error::ValueTooLarge { len: value.len(), max: self.max_value_bytes });
+        }
+        Ok(())
+    }
+}
+
+/// Table names match `[A-Za-z0-9_.-]{1,128}`.
+pub fn validate_table_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid table name {name:?}: use 1 to 128 characters from A-Z a-z 0-9 _ . -"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert!(validate_table_name("users_v1.2-x").is_ok());
+        assert!(validate_table_name("").is_err());
+        assert!(validate_table_name("has space").is_err());
+        assert!(validate_table_name("slash/").is_err());
+        assert!(validate_table_name(&"a".repeat(128)).is_ok());
+        assert!(validate_table_name(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn key_and_value_limits() {
+        let l = Limits::default();
+        assert!(matches!(l.check_key(b""), Err(Error::InvalidArgument(_))));
+        assert!(l.check_key(&[7u8; 4096]).is_ok());
+        assert!(matches!(l.check_key(&[7u8; 4097]), Err(Error::KeyTooLarge { .. })));
+        assert!(l.check_value(&vec![0u8; 1 << 20]).is_ok());
+        assert!(matches!(l.check_value(&vec![0u8; (1 << 20) + 1]), Err(Error::ValueTooLarge { .. })));
+    }
+}
