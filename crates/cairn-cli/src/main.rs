@@ -1,1 +1,79 @@
-fn main() {}
+//! `cairn`: the Cairn server, a one-command local cluster, and a command-line client.
+
+mod client_cmds;
+mod playground;
+mod server_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Default endpoints: the playground's three nodes.
+pub(crate) const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: a distributed, strongly consistent key-value store"
+)]
+struct Cli {
+    /// Nodes the client commands talk to: comma-separated HOST:PORT (gRPC).
+    #[arg(long, env = "CAIRN_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, global = true)]
+    endpoints: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node.
+    Server(server_cmd::ServerArgs),
+    /// Start a local cluster of N nodes (child processes) and stop them on Ctrl-C.
+    Playground(playground::PlaygroundArgs),
+    /// Create, drop, list and describe tables.
+    Table(client_cmds::TableArgs),
+    /// Write a value.
+    Put(client_cmds::PutArgs),
+    /// Read a value (linearizable unless --stale).
+    Get(client_cmds::GetArgs),
+    /// Delete a key.
+    Delete(client_cmds::KeyArgs),
+    /// List keys in byte order.
+    List(client_cmds::ListArgs),
+    /// Inspect the cluster.
+    Admin(client_cmds::AdminArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let conn = client_cmds::Conn::new(cli.endpoints.clone());
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(a) => server_cmd::run(a).await,
+            Command::Playground(a) => playground::run(a).await,
+            Command::Table(a) => client_cmds::table(a, conn).await,
+            Command::Put(a) => client_cmds::put(a, conn).await,
+            Command::Get(a) => client_cmds::get(a, conn).await,
+            Command::Delete(a) => client_cmds::delete(a, conn).await,
+            Command::List(a) => client_cmds::list(a, conn).await,
+            Command::Admin(a) => client_cmds::admin(a, conn).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

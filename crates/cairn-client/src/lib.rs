@@ -1,1 +1,526 @@
-//! placeholder
+//! Rust client for Cairn.
+//!
+//! A [`Client`] takes several node endpoints and spreads requests over them round-robin.
+//! An endpoint that fails to answer is set aside for a moment and the request moves to the
+//! next one; retryable errors are retried with backoff until the request's deadline
+//! (default 10 s). Writes carry a request id from the client's session, so a retried write
+//! is applied at most once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cairn_client::Error> {
+//! let c = cairn_client::Client::new(["127.0.0.1:7001", "127.0.0.1:7002"])?;
+//! c.create_table("users", 3, vec![b"m".to_vec()]).await?;
+//! c.put("users", b"alice", b"1").await?;
+//! assert_eq!(c.get("users", b"alice").await?, Some(b"1".to_vec()));
+//! # Ok(()) }
+//! ```
+
+mod error;
+
+pub use error::{Error, Result};
+
+use cairn_proto::v1::{self as pb, admin_client::AdminClient, kv_client::KvClient};
+use cairn_types::{ClientId, ErrorCode, RequestId, Session};
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Default time a call may take, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an endpoint that failed is skipped.
+const COOLDOWN: Duration = Duration::from_secs(1);
+
+struct Node {
+    addr: String,
+    channel: Channel,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// A table as the client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Name.
+    pub name: String,
+    /// Numeric id.
+    pub id: u64,
+    /// Replicas per partition.
+    pub replication: u32,
+    /// Partitions in key order.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A partition as the client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition id.
+    pub id: u64,
+    /// Inclusive start key.
+    pub start: Vec<u8>,
+    /// Exclusive end key; `None` is unbounded.
+    pub end: Option<Vec<u8>>,
+    /// Epoch as `(version, conf_ver)`.
+    pub epoch: (u64, u64),
+    /// Replica node ids.
+    pub replicas: Vec<u64>,
+    /// Leader node id, if known.
+    pub leader: Option<u64>,
+}
+
+/// Options of [`Client::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// Only keys with this prefix.
+    pub prefix: Vec<u8>,
+    /// Only keys `>= start`.
+    pub start: Vec<u8>,
+    /// Only keys `< end` (empty: no bound).
+    pub end: Vec<u8>,
+    /// Page size (0: 1000; at most 10000).
+    pub limit: u32,
+    /// Resume after the page that returned this cursor.
+    pub cursor: Vec<u8>,
+    /// Also return values.
+    pub values: bool,
+    /// Allow a stale read.
+    pub stale: bool,
+}
+
+/// One page of [`Client::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Keys in byte order.
+    pub keys: Vec<Vec<u8>>,
+    /// Values, when asked for.
+    pub values: Vec<Vec<u8>>,
+    /// Pass to the next call to continue; `None` after the last page.
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// Engine key counts of one table on one node (see [`Client::engine_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// User data keys of the table.
+    pub data_keys: u64,
+    /// Raft log and vote keys of the given partitions.
+    pub raft_keys: u64,
+    /// Replica bookkeeping keys of the given partitions.
+    pub replica_keys: u64,
+    /// How many of the given partitions have an open replica.
+    pub open_replicas: u32,
+}
+
+/// A node's status as shown by [`Client::nodes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: u64,
+    /// gRPC address.
+    pub addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+    /// Heartbeat seen recently.
+    pub live: bool,
+    /// Replicas hosted.
+    pub replicas: u32,
+    /// Partitions led.
+    pub leaders: u32,
+    /// Member of the metadata group.
+    pub metadata_member: bool,
+}
+
+/// A Cairn client; cheap to share between tasks (`&Client` is enough).
+pub struct Client {
+    nodes: Vec<Node>,
+    next: AtomicUsize,
+    session: Session,
+    timeout: Duration,
+}
+
+fn partition_info(p: pb::Partition) -> PartitionInfo {
+    PartitionInfo {
+        id: p.id,
+        start: p.start,
+        end: p.has_end.then_some(p.end),
+        epoch: (p.epoch_version, p.epoch_conf_ver),
+        replicas: p.replicas,
+        leader: (p.leader != 0).then_some(p.leader),
+    }
+}
+
+fn table_info(t: Option<pb::Table>) -> Result<TableInfo> {
+    let t =
+        t.ok_or_else(|| Error::new(ErrorCode::Internal, "the server answered without a table"))?;
+    Ok(TableInfo {
+        name: t.name,
+        id: t.id,
+        replication: t.replication,
+        partitions: t.partitions.into_iter().map(partition_info).collect(),
+    })
+}
+
+fn to_pb(id: RequestId) -> pb::RequestId {
+    pb::RequestId {
+        client: id.client.0,
+        seq: id.seq,
+        first_incomplete: id.first_incomplete,
+    }
+}
+
+impl Client {
+    /// A client for the given `host:port` endpoints. Connections are made lazily.
+    pub fn new<I, S>(endpoints: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut nodes = Vec::new();
+        for e in endpoints {
+            let addr = e.as_ref().trim().trim_start_matches("http://").to_string();
+            if addr.is_empty() {
+                continue;
+            }
+            let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|err| {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!("endpoint {addr:?} is not HOST:PORT: {err}"),
+                )
+            })?;
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .connect_lazy();
+            nodes.push(Node {
+                addr,
+                channel,
+                down_until: Mutex::new(None),
+            });
+        }
+        if nodes.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "no endpoints given; pass HOST:PORT of one or more nodes",
+            ));
+        }
+        let start = rand::random::<u64>() as usize % nodes.len();
+        let client = ClientId(rand::random::<u64>() | 1);
+        Ok(Self {
+            nodes,
+            next: AtomicUsize::new(start),
+            session: Session::new(client),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Sets the time a call may take, retries included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The endpoints, in the order given.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    fn pick(&self) -> &Node {
+        let n = self.nodes.len();
+        let now = Instant::now();
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            let node = &self.nodes[i];
+            let down = node.down_until.lock().unwrap_or_else(|p| p.into_inner());
+            if down.is_none_or(|t| t <= now) {
+                return node;
+            }
+        }
+        // Every endpoint failed recently: try the next one anyway.
+        &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % n]
+    }
+
+    /// Runs `call` on endpoints in turn until it succeeds, fails for good, or the
+    /// deadline passes.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0u32;
+        loop {
+            let node = self.pick();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, call(node.channel.clone(), left)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(status)) => Error::from_status(&status, &node.addr),
+                Err(_) => Error::new(
+                    ErrorCode::Unavailable,
+                    format!("{} did not answer in time", node.addr),
+                ),
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            if err.is_transport() {
+                *node.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now() + COOLDOWN);
+            }
+            let pause = Duration::from_millis((25u64 << attempt.min(4)).min(400));
+            if Instant::now() + pause >= deadline {
+                return Err(err.timed_out(self.timeout));
+            }
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    fn kv(ch: Channel) -> KvClient<Channel> {
+        KvClient::new(ch)
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Creates a table with `replication` replicas per partition (0: the default of 3)
+    /// and partitions split at `split_keys`.
+    pub async fn create_table(
+        &self,
+        name: &str,
+        replication: u32,
+        split_keys: Vec<Vec<u8>>,
+    ) -> Result<TableInfo> {
+        let req = pb::CreateTableRequest {
+            name: name.to_string(),
+            replication,
+            split_keys,
+        };
+        let resp = self
+            .retry(|ch, _| {
+                let r = req.clone();
+                async move { Self::kv(ch).create_table(r).await }
+            })
+            .await?;
+        table_info(resp.into_inner().table)
+    }
+
+    /// Drops a table and all of its data.
+    pub async fn drop_table(&self, name: &str) -> Result<()> {
+        let req = pb::DropTableRequest {
+            name: name.to_string(),
+        };
+        self.retry(|ch, _| {
+            let r = req.clone();
+            async move { Self::kv(ch).drop_table(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every table.
+    pub async fn list_tables(&self) -> Result<Vec<TableInfo>> {
+        let resp = self
+            .retry(|ch, _| {
+                let r = pb::ListTablesRequest {};
+                async move { Self::kv(ch).list_tables(r).await }
+            })
+            .await?;
+        resp.into_inner()
+            .tables
+            .into_iter()
+            .map(|t| table_info(Some(t)))
+            .collect()
+    }
+
+    /// A table with its partitions and their leaders.
+    pub async fn describe_table(&self, name: &str) -> Result<TableInfo> {
+        let req = pb::DescribeTableRequest {
+            name: name.to_string(),
+        };
+        let resp = self
+            .retry(|ch, _| {
+                let r = req.clone();
+                async move { Self::kv(ch).describe_table(r).await }
+            })
+            .await?;
+        table_info(resp.into_inner().table)
+    }
+
+    async fn write<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel, pb::RequestId, u64) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let id = self.session.begin();
+        let r = self
+            .retry(|ch, left| {
+                let rid = to_pb(self.session.retry(id));
+                call(ch, rid, left.as_millis() as u64)
+            })
+            .await;
+        self.session.finish(id);
+        r
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.write(|ch, rid, ms| {
+            let r = pb::PutRequest {
+                table: table.to_string(),
+                key: key.to_vec(),
+                value: value.to_vec(),
+                request_id: Some(rid),
+                timeout_ms: ms,
+            };
+            async move { Self::kv(ch).put(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes `key`; removing an absent key is not an error.
+    pub async fn delete(&self, table: &str, key: &[u8]) -> Result<()> {
+        self.write(|ch, rid, ms| {
+            let r = pb::DeleteRequest {
+                table: table.to_string(),
+                key: key.to_vec(),
+                request_id: Some(rid),
+                timeout_ms: ms,
+            };
+            async move { Self::kv(ch).delete(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_with(
+        &self,
+        table: &str,
+        key: &[u8],
+        consistency: pb::Consistency,
+    ) -> Result<Option<Vec<u8>>> {
+        let resp = self
+            .retry(|ch, left| {
+                let r = pb::GetRequest {
+                    table: table.to_string(),
+                    key: key.to_vec(),
+                    consistency: consistency as i32,
+                    timeout_ms: left.as_millis() as u64,
+                };
+                async move { Self::kv(ch).get(r).await }
+            })
+            .await?
+            .into_inner();
+        Ok(resp.found.then_some(resp.value))
+    }
+
+    /// Reads `key` linearizably.
+    pub async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(table, key, pb::Consistency::Linearizable)
+            .await
+    }
+
+    /// Reads `key` from whichever replica answers, possibly stale.
+    pub async fn get_stale(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(table, key, pb::Consistency::Stale).await
+    }
+
+    /// One page of keys in byte order.
+    pub async fn list(&self, table: &str, opts: &ListOptions) -> Result<ListPage> {
+        let consistency = if opts.stale {
+            pb::Consistency::Stale
+        } else {
+            pb::Consistency::Linearizable
+        };
+        let resp = self
+            .retry(|ch, left| {
+                let r = pb::ListRequest {
+                    table: table.to_string(),
+                    prefix: opts.prefix.clone(),
+                    start: opts.start.clone(),
+                    end: opts.end.clone(),
+                    limit: opts.limit,
+                    cursor: opts.cursor.clone(),
+                    values: opts.values,
+                    consistency: consistency as i32,
+                    timeout_ms: left.as_millis() as u64,
+                };
+                async move { Self::kv(ch).list(r).await }
+            })
+            .await?
+            .into_inner();
+        Ok(ListPage {
+            keys: resp.keys,
+            values: resp.values,
+            cursor: resp.has_more.then_some(resp.cursor),
+        })
+    }
+
+    /// Registered nodes with liveness and load.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let resp = self
+            .retry(|ch, _| {
+                let r = pb::NodesRequest {};
+                async move { AdminClient::new(ch).nodes(r).await }
+            })
+            .await?;
+        Ok(resp
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| NodeInfo {
+                id: n.id,
+                addr: n.addr,
+                http_addr: n.http_addr,
+                live: n.live,
+                replicas: n.replicas,
+                leaders: n.leaders,
+                metadata_member: n.metadata_member,
+            })
+            .collect())
+    }
+
+    /// Partitions of `table` (or of every table when empty), by table name.
+    pub async fn partitions(&self, table: &str) -> Result<Vec<(String, Vec<PartitionInfo>)>> {
+        let req = pb::PartitionsRequest {
+            table: table.to_string(),
+        };
+        let resp = self
+            .retry(|ch, _| {
+                let r = req.clone();
+                async move { AdminClient::new(ch).partitions(r).await }
+            })
+            .await?;
+        Ok(resp
+            .into_inner()
+            .tables
+            .into_iter()
+            .map(|t| {
+                (
+                    t.table,
+                    t.partitions.into_iter().map(partition_info).collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// Engine key counts for a table on the node behind the first endpoint.
+    pub async fn engine_stats(&self, table_id: u64, partitions: &[u64]) -> Result<EngineStats> {
+        let node = &self.nodes[0];
+        let req = pb::EngineStatsRequest {
+            table_id,
+            partitions: partitions.to_vec(),
+        };
+        let r = AdminClient::new(node.channel.clone())
+            .engine_stats(req)
+            .await
+            .map_err(|s| Error::from_status(&s, &node.addr))?
+            .into_inner();
+        Ok(EngineStats {
+            data_keys: r.data_keys,
+            raft_keys: r.raft_keys,
+            replica_keys: r.replica_keys,
+            open_replicas: r.open_replicas,
+        })
+    }
+}

@@ -10,4 +10,4 @@
 pub mod placement;
 mod state;
 
-pub use state::{validate_split_keys, MetaCommand, MetaResponse, MetaState};
+pub use state::{MetaCommand, MetaResponse, MetaState, validate_split_keys};

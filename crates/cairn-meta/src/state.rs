@@ -1,8 +1,8 @@
 //! The replicated metadata state and its commands.
 
 use cairn_types::{
-    validate_table_name, Epoch, Error, KeyRange, NodeDesc, NodeId, PartitionDesc, PartitionId,
-    TableDesc, TableId, TableState,
+    Epoch, Error, KeyRange, NodeDesc, NodeId, PartitionDesc, PartitionId, TableDesc, TableId,
+    TableState, validate_table_name,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,12 +63,15 @@ impl MetaState {
                 self.nodes.insert(node.id, node.clone());
                 MetaResponse::Done
             }
-            MetaCommand::CreateTable { name, replication, split_keys, placement } => {
-                match self.create_table(name, *replication, split_keys, placement) {
-                    Ok(t) => MetaResponse::Table(t),
-                    Err(e) => MetaResponse::Refused(e),
-                }
-            }
+            MetaCommand::CreateTable {
+                name,
+                replication,
+                split_keys,
+                placement,
+            } => match self.create_table(name, *replication, split_keys, placement) {
+                Ok(t) => MetaResponse::Table(t),
+                Err(e) => MetaResponse::Refused(e),
+            },
             MetaCommand::DropTable { name } => match self.tables.remove(name) {
                 Some(t) => MetaResponse::Table(t),
                 None => MetaResponse::Refused(Error::TableNotFound(name.clone())),
@@ -111,7 +114,10 @@ impl MetaState {
                     id: pid,
                     table_id: id,
                     range,
-                    epoch: Epoch { conf_ver: 1, version: 1 },
+                    epoch: Epoch {
+                        conf_ver: 1,
+                        version: 1,
+                    },
                     replicas: replicas.clone(),
                 }
             })
@@ -129,22 +135,31 @@ impl MetaState {
 
     /// Every partition of every table, with its table.
     pub fn partitions(&self) -> impl Iterator<Item = (&TableDesc, &PartitionDesc)> {
-        self.tables.values().flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+        self.tables
+            .values()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
     }
 
     /// The partitions that have a replica on `node`.
     pub fn partitions_on(&self, node: NodeId) -> Vec<PartitionDesc> {
-        self.partitions().filter(|(_, p)| p.replicas.contains(&node)).map(|(_, p)| p.clone()).collect()
+        self.partitions()
+            .filter(|(_, p)| p.replicas.contains(&node))
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 }
 
 /// Split keys must be non-empty, strictly increasing (so distinct).
 pub fn validate_split_keys(split_keys: &[Vec<u8>]) -> Result<(), Error> {
     if split_keys.iter().any(|k| k.is_empty()) {
-        return Err(Error::InvalidArgument("split keys must not be empty".into()));
+        return Err(Error::InvalidArgument(
+            "split keys must not be empty".into(),
+        ));
     }
     if split_keys.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(Error::InvalidArgument("split keys must be distinct and sorted".into()));
+        return Err(Error::InvalidArgument(
+            "split keys must be distinct and sorted".into(),
+        ));
     }
     Ok(())
 }
@@ -156,18 +171,27 @@ mod tests {
     fn create(s: &mut MetaState, name: &str, splits: &[&str]) -> MetaResponse {
         let split_keys: Vec<Vec<u8>> = splits.iter().map(|k| k.as_bytes().to_vec()).collect();
         let placement = vec![vec![NodeId(1)]; split_keys.len() + 1];
-        s.apply(&MetaCommand::CreateTable { name: name.into(), replication: 1, split_keys, placement })
+        s.apply(&MetaCommand::CreateTable {
+            name: name.into(),
+            replication: 1,
+            split_keys,
+            placement,
+        })
     }
 
     #[test]
     fn create_assigns_ids_and_ranges() {
         let mut s = MetaState::default();
-        let MetaResponse::Table(t) = create(&mut s, "t", &["g", "p"]) else { panic!("refused") };
+        let MetaResponse::Table(t) = create(&mut s, "t", &["g", "p"]) else {
+            panic!("refused")
+        };
         assert_eq!(t.id, TableId(1));
         let ids: Vec<_> = t.partitions.iter().map(|p| p.id.0).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         assert_eq!(t.partition_for(b"h").map(|p| p.id), Some(PartitionId(2)));
-        let MetaResponse::Table(t2) = create(&mut s, "u", &[]) else { panic!("refused") };
+        let MetaResponse::Table(t2) = create(&mut s, "u", &[]) else {
+            panic!("refused")
+        };
         assert_eq!((t2.id, t2.partitions[0].id), (TableId(2), PartitionId(4)));
     }
 
@@ -176,11 +200,23 @@ mod tests {
         let mut s = MetaState::default();
         create(&mut s, "t", &[]);
         let before = s.clone();
-        assert_eq!(create(&mut s, "t", &[]), MetaResponse::Refused(Error::AlreadyExists("t".into())));
-        assert!(matches!(create(&mut s, "bad name", &[]), MetaResponse::Refused(Error::InvalidArgument(_))));
-        assert!(matches!(create(&mut s, "x", &["b", "a"]), MetaResponse::Refused(Error::InvalidArgument(_))));
+        assert_eq!(
+            create(&mut s, "t", &[]),
+            MetaResponse::Refused(Error::AlreadyExists("t".into()))
+        );
+        assert!(matches!(
+            create(&mut s, "bad name", &[]),
+            MetaResponse::Refused(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            create(&mut s, "x", &["b", "a"]),
+            MetaResponse::Refused(Error::InvalidArgument(_))
+        ));
         assert_eq!(s, before);
-        assert!(matches!(s.apply(&MetaCommand::DropTable { name: "t".into() }), MetaResponse::Table(_)));
+        assert!(matches!(
+            s.apply(&MetaCommand::DropTable { name: "t".into() }),
+            MetaResponse::Table(_)
+        ));
         assert_eq!(
             s.apply(&MetaCommand::DropTable { name: "t".into() }),
             MetaResponse::Refused(Error::TableNotFound("t".into()))

@@ -17,6 +17,11 @@ fn build(heartbeat_ms: u64, election_min_ms: u64, election_max_ms: u64) -> Arc<C
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
         install_snapshot_timeout: 10_000,
+        // State machine writes are not fsynced on apply and the committed log id is not
+        // persisted, so a leader restarted with leadership restored could serve reads from
+        // a state machine that lost applied entries (found by the kill-all-nodes test: a
+        // deleted key came back). A restarted node must win a fresh election instead.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     // The values above are constants that satisfy validate(); fall back to defaults

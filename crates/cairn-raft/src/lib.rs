@@ -25,7 +25,7 @@ pub use command::{Command, KvCommand, KvOp, Reply};
 pub use config::{data_group_config, meta_group_config};
 pub use error::{from_client_write, from_read_error};
 pub use log_store::{LogStore, Syncer};
-pub use network::{serve_raft_rpc, GroupNetwork, PeerNetwork, RaftRpc};
+pub use network::{GroupNetwork, PeerNetwork, RaftRpc, serve_raft_rpc};
 pub use state_machine::{GroupStateMachine, PartitionView, SESSION_TTL_MS};
 
 openraft::declare_raft_types!(

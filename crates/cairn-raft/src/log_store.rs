@@ -1,13 +1,13 @@
 //! The Raft log of one group, kept in the node's shared engine, and the [`Syncer`] that makes
 //! the appends of all groups durable with one fsync.
 
-use crate::{typ, TypeConfig};
-use cairn_storage::{keys, Engine, SharedEngine, Space, WriteBatch};
+use crate::{TypeConfig, typ};
+use cairn_storage::{Engine, SharedEngine, Space, WriteBatch, keys};
 use cairn_types::PartitionId;
-use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use serde::de::DeserializeOwned;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -27,19 +27,23 @@ impl Syncer {
     /// Starts the sync thread for `engine`. It stops when every `Syncer` clone is dropped.
     pub fn start(engine: SharedEngine) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Done>();
-        std::thread::Builder::new().name("cairn-syncer".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut waiting = vec![first];
-                waiting.extend(rx.try_iter());
-                let result = engine.sync().map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::error!("fsync failed, the node can no longer make writes durable: {e}");
+        std::thread::Builder::new()
+            .name("cairn-syncer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = engine.sync().map_err(|e| e.to_string());
+                    if let Err(e) = &result {
+                        tracing::error!(
+                            "fsync failed, the node can no longer make writes durable: {e}"
+                        );
+                    }
+                    for done in waiting {
+                        done(result.clone().map_err(io::Error::other));
+                    }
                 }
-                for done in waiting {
-                    done(result.clone().map_err(io::Error::other));
-                }
-            }
-        })?;
+            })?;
         Ok(Self { tx })
     }
 
@@ -56,7 +60,8 @@ impl Syncer {
         self.request(move |r| {
             let _ = tx.send(r);
         });
-        rx.await.map_err(|_| io::Error::other("the sync thread has stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("the sync thread has stopped"))?
     }
 }
 
@@ -66,11 +71,18 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> io::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record under key {key:02x?}: {e}"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("corrupt record under key {key:02x?}: {e}"),
+        )
     })
 }
 
-pub(crate) fn read<T: DeserializeOwned>(engine: &dyn Engine, space: Space, key: &[u8]) -> io::Result<Option<T>> {
+pub(crate) fn read<T: DeserializeOwned>(
+    engine: &dyn Engine,
+    space: Space,
+    key: &[u8],
+) -> io::Result<Option<T>> {
     match engine.get(space, key).map_err(io::Error::other)? {
         Some(b) => decode(key, &b).map(Some),
         None => Ok(None),
@@ -88,7 +100,11 @@ pub struct LogStore {
 impl LogStore {
     /// The log of `group` in `engine`.
     pub fn new(group: PartitionId, engine: SharedEngine, syncer: Syncer) -> Self {
-        Self { group, engine, syncer }
+        Self {
+            group,
+            engine,
+            syncer,
+        }
     }
 
     fn write(&self, batch: WriteBatch) -> io::Result<()> {
@@ -98,7 +114,8 @@ impl LogStore {
     /// Deletes every log entry, the vote and the log metadata of the group.
     pub fn destroy(&self) -> io::Result<u64> {
         let (start, end) = keys::raft_group_range(self.group);
-        cairn_storage::delete_range(&*self.engine, Space::Raft, &start, end.as_deref(), 1024).map_err(io::Error::other)
+        cairn_storage::delete_range(&*self.engine, Space::Raft, &start, end.as_deref(), 1024)
+            .map_err(io::Error::other)
     }
 }
 
@@ -122,7 +139,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Some(e) => keys::raft_log(self.group, e),
             None => keys::raft_log(self.group, u64::MAX),
         };
-        let rows = self.engine.scan(Space::Raft, &start_key, Some(&end_key), usize::MAX).map_err(io::Error::other)?;
+        let rows = self
+            .engine
+            .scan(Space::Raft, &start_key, Some(&end_key), usize::MAX)
+            .map_err(io::Error::other)?;
         rows.iter().map(|(k, v)| decode(k, v)).collect()
     }
 
@@ -135,15 +155,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let purged: Option<typ::LogId> = read(&*self.engine, Space::Raft, &keys::raft_purged(self.group))?;
+        let purged: Option<typ::LogId> =
+            read(&*self.engine, Space::Raft, &keys::raft_purged(self.group))?;
         let first = keys::raft_log(self.group, 0);
         let last = keys::raft_log(self.group, u64::MAX);
-        let newest = self.engine.scan_rev(Space::Raft, &first, Some(&last), 1).map_err(io::Error::other)?;
+        let newest = self
+            .engine
+            .scan_rev(Space::Raft, &first, Some(&last), 1)
+            .map_err(io::Error::other)?;
         let last_log_id = match newest.first() {
             Some((k, v)) => Some(decode::<typ::Entry>(k, v)?.log_id),
             None => purged.clone(),
         };
-        Ok(LogState { last_purged_log_id: purged, last_log_id })
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -161,22 +188,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not synced: a lost committed id is only an optimisation lost (re-learned from
         // the leader), never a safety issue.
         let mut b = WriteBatch::new();
-        b.put(Space::Raft, keys::raft_committed(self.group), encode(&committed)?);
+        b.put(
+            Space::Raft,
+            keys::raft_committed(self.group),
+            encode(&committed)?,
+        );
         self.write(b)
     }
 
     async fn read_committed(&mut self) -> Result<Option<typ::LogId>, io::Error> {
-        Ok(read::<Option<typ::LogId>>(&*self.engine, Space::Raft, &keys::raft_committed(self.group))?.flatten())
+        Ok(read::<Option<typ::LogId>>(
+            &*self.engine,
+            Space::Raft,
+            &keys::raft_committed(self.group),
+        )?
+        .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = typ::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut b = WriteBatch::new();
         for e in entries {
-            b.put(Space::Raft, keys::raft_log(self.group, e.log_id.index), encode(&e)?);
+            b.put(
+                Space::Raft,
+                keys::raft_log(self.group, e.log_id.index),
+                encode(&e)?,
+            );
         }
         self.write(b)?;
         self.syncer.request(move |r| callback.io_completed(r));
@@ -188,7 +232,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let start = keys::raft_log(self.group, from);
         let end = keys::raft_log(self.group, u64::MAX);
         // Deleting newest-first keeps the log free of holes if we stop half way.
-        let rows = self.engine.scan(Space::Raft, &start, Some(&end), usize::MAX).map_err(io::Error::other)?;
+        let rows = self
+            .engine
+            .scan(Space::Raft, &start, Some(&end), usize::MAX)
+            .map_err(io::Error::other)?;
         let mut b = WriteBatch::new();
         for (k, _) in rows.into_iter().rev() {
             b.delete(Space::Raft, k);
@@ -199,7 +246,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: typ::LogId) -> Result<(), io::Error> {
         let start = keys::raft_log(self.group, 0);
         let end = keys::raft_log(self.group, log_id.index.saturating_add(1));
-        let rows = self.engine.scan(Space::Raft, &start, Some(&end), usize::MAX).map_err(io::Error::other)?;
+        let rows = self
+            .engine
+            .scan(Space::Raft, &start, Some(&end), usize::MAX)
+            .map_err(io::Error::other)?;
         let mut b = WriteBatch::new();
         b.put(Space::Raft, keys::raft_purged(self.group), encode(&log_id)?);
         for (k, _) in rows {

@@ -3,12 +3,14 @@
 //!
 //! Messages travel as postcard-encoded [`RaftRpc`] values inside the `Internal.Raft` call.
 
-use crate::{typ, TypeConfig};
-use cairn_proto::v1::internal_client::InternalClient;
+use crate::{TypeConfig, typ};
 use cairn_proto::v1::Envelope;
+use cairn_proto::v1::internal_client::InternalClient;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend};
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use serde::de::DeserializeOwned;
@@ -36,7 +38,10 @@ impl RaftRpc {
     /// The group the message is for.
     pub fn group(&self) -> u64 {
         match self {
-            RaftRpc::Append(g, _) | RaftRpc::Vote(g, _) | RaftRpc::PreVote(g, _) | RaftRpc::Snapshot(g, ..) => *g,
+            RaftRpc::Append(g, _)
+            | RaftRpc::Vote(g, _)
+            | RaftRpc::PreVote(g, _)
+            | RaftRpc::Snapshot(g, ..) => *g,
         }
     }
 }
@@ -51,9 +56,15 @@ pub async fn serve_raft_rpc(raft: &typ::Raft, rpc: RaftRpc) -> Vec<u8> {
         RaftRpc::Append(_, req) => enc(raft.append_entries(req).await),
         RaftRpc::Vote(_, req) => enc(raft.vote(req).await),
         RaftRpc::PreVote(_, req) => enc(raft.pre_vote(req).await),
-        RaftRpc::Snapshot(_, vote, meta, data) => {
-            enc(raft.install_full_snapshot(vote, typ::Snapshot { meta, snapshot: data }).await)
-        }
+        RaftRpc::Snapshot(_, vote, meta, data) => enc(raft
+            .install_full_snapshot(
+                vote,
+                typ::Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
+            .await),
     }
 }
 
@@ -89,13 +100,24 @@ impl PeerNetwork {
 
     /// The known address of `node`.
     pub fn addr(&self, node: u64) -> Option<String> {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).addrs.get(&node).cloned()
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .addrs
+            .get(&node)
+            .cloned()
     }
 
     /// A (lazily connected) client for `node`, if its address is known.
     pub fn client(&self, node: u64) -> Option<InternalClient<Channel>> {
         let addr = self.addr(node)?;
-        if let Some((a, c)) = self.peers.read().unwrap_or_else(|p| p.into_inner()).clients.get(&node) {
+        if let Some((a, c)) = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clients
+            .get(&node)
+        {
             if *a == addr {
                 return Some(c.clone());
             }
@@ -115,18 +137,32 @@ impl PeerNetwork {
         Some(client)
     }
 
-    async fn call<T: DeserializeOwned>(&self, target: u64, rpc: &RaftRpc, ttl: Duration) -> Result<T, RPCError<TypeConfig>> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        target: u64,
+        rpc: &RaftRpc,
+        ttl: Duration,
+    ) -> Result<T, RPCError<TypeConfig>> {
         let unreachable = |m: String| RPCError::Unreachable(Unreachable::new(&Msg(m)));
-        let mut client = self.client(target).ok_or_else(|| unreachable(format!("no address for node {target}")))?;
-        let payload = postcard::to_allocvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self
+            .client(target)
+            .ok_or_else(|| unreachable(format!("no address for node {target}")))?;
+        let payload =
+            postcard::to_allocvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let call = client.raft(Envelope { payload });
         let reply = match tokio::time::timeout(ttl, call).await {
-            Err(_) => return Err(unreachable(format!("node {target}: timed out after {ttl:?}"))),
-            Ok(Err(status)) => return Err(unreachable(format!("node {target}: {}", status.message()))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "node {target}: timed out after {ttl:?}"
+                )));
+            }
+            Ok(Err(status)) => {
+                return Err(unreachable(format!("node {target}: {}", status.message())));
+            }
             Ok(Ok(r)) => r.into_inner(),
         };
-        let decoded: Result<T, String> =
-            postcard::from_bytes(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let decoded: Result<T, String> = postcard::from_bytes(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|m| RPCError::Network(NetworkError::new(&Msg(m))))
     }
 }
@@ -141,7 +177,8 @@ impl GroupRouter<TypeConfig, u64> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(target, &RaftRpc::Append(group_id, rpc), option.hard_ttl()).await
+        self.call(target, &RaftRpc::Append(group_id, rpc), option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -151,7 +188,8 @@ impl GroupRouter<TypeConfig, u64> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(target, &RaftRpc::Vote(group_id, rpc), option.hard_ttl()).await
+        self.call(target, &RaftRpc::Vote(group_id, rpc), option.hard_ttl())
+            .await
     }
 
     async fn pre_vote(
@@ -161,7 +199,8 @@ impl GroupRouter<TypeConfig, u64> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(target, &RaftRpc::PreVote(group_id, rpc), option.hard_ttl()).await
+        self.call(target, &RaftRpc::PreVote(group_id, rpc), option.hard_ttl())
+            .await
     }
 
     async fn full_snapshot(

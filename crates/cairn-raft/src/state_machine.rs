@@ -7,9 +7,9 @@
 //! fsynced on their own; the journal orders them before any later log sync.
 
 use crate::log_store::{decode, encode, read};
-use crate::{typ, Command, KvCommand, KvOp, Reply, TypeConfig};
+use crate::{Command, KvCommand, KvOp, Reply, TypeConfig, typ};
 use cairn_meta::MetaState;
-use cairn_storage::{keys, SharedEngine, Space, WriteBatch};
+use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_types::{ClientId, Error, PartitionDesc, PartitionId};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -49,7 +49,10 @@ pub struct PartitionView {
 
 impl PartitionView {
     fn new(desc: PartitionDesc) -> Self {
-        Self { desc: Arc::new(RwLock::new(desc)), dropped: Default::default() }
+        Self {
+            desc: Arc::new(RwLock::new(desc)),
+            dropped: Default::default(),
+        }
     }
 
     /// The descriptor as of the last applied entry.
@@ -63,13 +66,21 @@ impl PartitionView {
     }
 
     /// Checks that a request routed with `epoch` for `key` belongs here.
-    pub fn check(&self, epoch: cairn_types::Epoch, key: Option<&[u8]>) -> Result<PartitionDesc, Error> {
+    pub fn check(
+        &self,
+        epoch: cairn_types::Epoch,
+        key: Option<&[u8]>,
+    ) -> Result<PartitionDesc, Error> {
         let desc = self.desc();
         if self.dropped() {
             return Err(Error::PartitionNotFound(desc.id));
         }
         if epoch.version != desc.epoch.version {
-            return Err(Error::EpochMismatch { partition: desc.id, requested: epoch, current: desc.epoch });
+            return Err(Error::EpochMismatch {
+                partition: desc.id,
+                requested: epoch,
+                current: desc.epoch,
+            });
         }
         if let Some(k) = key {
             if !desc.range.contains(k) {
@@ -81,14 +92,27 @@ impl PartitionView {
 }
 
 enum Kind {
-    Partition { view: PartitionView, sessions: HashMap<ClientId, Session>, last_expiry_ms: u64 },
-    Meta { state: Arc<RwLock<MetaState>> },
+    Partition {
+        view: PartitionView,
+        sessions: HashMap<ClientId, Session>,
+        last_expiry_ms: u64,
+    },
+    Meta {
+        state: Arc<RwLock<MetaState>>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
 enum SnapshotBody {
-    Partition { applied: Applied, sessions: Vec<(ClientId, Session)>, data: Vec<(Vec<u8>, Vec<u8>)> },
-    Meta { applied: Applied, state: MetaState },
+    Partition {
+        applied: Applied,
+        sessions: Vec<(ClientId, Session)>,
+        data: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Meta {
+        applied: Applied,
+        state: MetaState,
+    },
 }
 
 /// The state machine of one group.
@@ -102,38 +126,80 @@ pub struct GroupStateMachine {
 
 impl GroupStateMachine {
     /// Opens the state machine of a partition replica, recovering its applied state.
-    pub fn partition(engine: SharedEngine, desc: PartitionDesc) -> io::Result<(Self, PartitionView)> {
+    pub fn partition(
+        engine: SharedEngine,
+        desc: PartitionDesc,
+    ) -> io::Result<(Self, PartitionView)> {
         let group = desc.id;
-        let applied: Applied = read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
+        let applied: Applied =
+            read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
         let view = PartitionView::new(desc);
-        view.dropped.store(applied.dropped, std::sync::atomic::Ordering::Release);
+        view.dropped
+            .store(applied.dropped, std::sync::atomic::Ordering::Release);
         let (start, end) = keys::group_sessions_range(group);
         let mut sessions = HashMap::new();
-        for (k, v) in engine.scan(Space::Data, &start, end.as_deref(), usize::MAX).map_err(io::Error::other)? {
-            let client = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        for (k, v) in engine
+            .scan(Space::Data, &start, end.as_deref(), usize::MAX)
+            .map_err(io::Error::other)?
+        {
+            let client = k
+                .get(k.len().saturating_sub(8)..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
             if let Some(c) = client {
                 sessions.insert(ClientId(c), decode(&k, &v)?);
             }
         }
-        let kind = Kind::Partition { view: view.clone(), sessions, last_expiry_ms: 0 };
-        Ok((Self { group, engine, applied, kind, current: None }, view))
+        let kind = Kind::Partition {
+            view: view.clone(),
+            sessions,
+            last_expiry_ms: 0,
+        };
+        Ok((
+            Self {
+                group,
+                engine,
+                applied,
+                kind,
+                current: None,
+            },
+            view,
+        ))
     }
 
     /// Opens the state machine of the metadata group, recovering its state.
-    pub fn meta(engine: SharedEngine, group: PartitionId) -> io::Result<(Self, Arc<RwLock<MetaState>>)> {
-        let applied: Applied = read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
-        let state: MetaState = read(&*engine, Space::Data, &keys::group_meta_state(group))?.unwrap_or_default();
+    pub fn meta(
+        engine: SharedEngine,
+        group: PartitionId,
+    ) -> io::Result<(Self, Arc<RwLock<MetaState>>)> {
+        let applied: Applied =
+            read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
+        let state: MetaState =
+            read(&*engine, Space::Data, &keys::group_meta_state(group))?.unwrap_or_default();
         let state = Arc::new(RwLock::new(state));
-        let kind = Kind::Meta { state: state.clone() };
-        Ok((Self { group, engine, applied, kind, current: None }, state))
+        let kind = Kind::Meta {
+            state: state.clone(),
+        };
+        Ok((
+            Self {
+                group,
+                engine,
+                applied,
+                kind,
+                current: None,
+            },
+            state,
+        ))
     }
 
     /// Deletes the replica's state-machine bookkeeping and the user data of its range.
     pub fn destroy(engine: &SharedEngine, desc: &PartitionDesc) -> io::Result<u64> {
         let (s, e) = keys::group_state_range(desc.id);
-        let mut n = cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+        let mut n = cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
+            .map_err(io::Error::other)?;
         let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
-        n += cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+        n += cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
+            .map_err(io::Error::other)?;
         Ok(n)
     }
 
@@ -145,7 +211,8 @@ impl GroupStateMachine {
         batch: &mut WriteBatch,
     ) -> io::Result<Result<(), Error>> {
         if let KvOp::Drop = cmd.op {
-            view.dropped.store(true, std::sync::atomic::Ordering::Release);
+            view.dropped
+                .store(true, std::sync::atomic::Ordering::Release);
             return Ok(Ok(()));
         }
         let key = match &cmd.op {
@@ -167,10 +234,16 @@ impl GroupStateMachine {
             let floor = s.first_incomplete;
             s.applied.retain(|seq| *seq >= floor);
             s.last_write_ms = s.last_write_ms.max(cmd.proposed_at_ms);
-            batch.put(Space::Data, keys::group_session(group, rid.client), encode(&*s)?);
+            batch.put(
+                Space::Data,
+                keys::group_session(group, rid.client),
+                encode(&*s)?,
+            );
         }
         match &cmd.op {
-            KvOp::Put { table, key, value } => batch.put(Space::Data, keys::data(*table, key), value.clone()),
+            KvOp::Put { table, key, value } => {
+                batch.put(Space::Data, keys::data(*table, key), value.clone())
+            }
             KvOp::Delete { table, key } => batch.delete(Space::Data, keys::data(*table, key)),
             KvOp::Drop => {}
         }
@@ -197,11 +270,22 @@ impl GroupStateMachine {
         match &self.kind {
             Kind::Partition { view, sessions, .. } => {
                 let desc = view.desc();
-                let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
-                let rows = self.engine.scan(Space::Data, &s, e.as_deref(), usize::MAX).map_err(io::Error::other)?;
-                let data = rows.into_iter().map(|(k, v)| (keys::user_key(&k).to_vec(), v)).collect();
+                let (s, e) =
+                    keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+                let rows = self
+                    .engine
+                    .scan(Space::Data, &s, e.as_deref(), usize::MAX)
+                    .map_err(io::Error::other)?;
+                let data = rows
+                    .into_iter()
+                    .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
+                    .collect();
                 let sessions = sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
-                Ok(SnapshotBody::Partition { applied, sessions, data })
+                Ok(SnapshotBody::Partition {
+                    applied,
+                    sessions,
+                    data,
+                })
             }
             Kind::Meta { state } => {
                 let state = state.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -228,8 +312,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<typ::LogId>, typ::StoredMembership), io::Error> {
-        Ok((self.applied.last_applied.clone(), self.applied.membership.clone()))
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<typ::LogId>, typ::StoredMembership), io::Error> {
+        Ok((
+            self.applied.last_applied.clone(),
+            self.applied.membership.clone(),
+        ))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -244,14 +333,27 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::None,
                 EntryPayload::Membership(m) => {
-                    self.applied.membership = typ::StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    self.applied.membership =
+                        typ::StoredMembership::new(Some(entry.log_id.clone()), m.clone());
                     Reply::None
                 }
                 EntryPayload::Normal(cmd) => match (&mut self.kind, cmd) {
-                    (Kind::Partition { view, sessions, last_expiry_ms }, Command::Kv(c)) => {
+                    (
+                        Kind::Partition {
+                            view,
+                            sessions,
+                            last_expiry_ms,
+                        },
+                        Command::Kv(c),
+                    ) => {
                         if c.proposed_at_ms.saturating_sub(*last_expiry_ms) > 60_000 {
                             *last_expiry_ms = c.proposed_at_ms;
-                            Self::expire_sessions(self.group, sessions, c.proposed_at_ms, &mut batch);
+                            Self::expire_sessions(
+                                self.group,
+                                sessions,
+                                c.proposed_at_ms,
+                                &mut batch,
+                            );
                         }
                         let r = Self::apply_kv(self.group, view, sessions, c, &mut batch)?;
                         if matches!(c.op, KvOp::Drop) {
@@ -275,7 +377,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let s = state.read().unwrap_or_else(|p| p.into_inner()).clone();
             batch.put(Space::Data, keys::group_meta_state(self.group), encode(&s)?);
         }
-        batch.put(Space::Data, keys::group_applied(self.group), encode(&self.applied)?);
+        batch.put(
+            Space::Data,
+            keys::group_applied(self.group),
+            encode(&self.applied)?,
+        );
         self.engine.write(batch).map_err(io::Error::other)?;
         // Answer only once the state is readable, so a client that reads after its write
         // returns sees it.
@@ -305,16 +411,30 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Some(self.get_snapshot_builder().await)
     }
 
-    async fn install_snapshot(&mut self, meta: &typ::SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &typ::SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let body: SnapshotBody = decode(b"snapshot", &snapshot)?;
         let mut batch = WriteBatch::new();
         match (body, &mut self.kind) {
-            (SnapshotBody::Partition { applied, sessions: snap_sessions, data }, Kind::Partition { view, sessions, .. }) => {
+            (
+                SnapshotBody::Partition {
+                    applied,
+                    sessions: snap_sessions,
+                    data,
+                },
+                Kind::Partition { view, sessions, .. },
+            ) => {
                 let desc = view.desc();
-                let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
-                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+                let (s, e) =
+                    keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024)
+                    .map_err(io::Error::other)?;
                 let (s, e) = keys::group_sessions_range(self.group);
-                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024).map_err(io::Error::other)?;
+                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024)
+                    .map_err(io::Error::other)?;
                 for (k, v) in data {
                     batch.put(Space::Data, keys::data(desc.table_id, &k), v);
                 }
@@ -323,21 +443,44 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     batch.put(Space::Data, keys::group_session(self.group, c), encode(&s)?);
                     sessions.insert(c, s);
                 }
-                view.dropped.store(applied.dropped, std::sync::atomic::Ordering::Release);
+                view.dropped
+                    .store(applied.dropped, std::sync::atomic::Ordering::Release);
                 self.applied = applied;
             }
-            (SnapshotBody::Meta { applied, state: snap_state }, Kind::Meta { state }) => {
-                batch.put(Space::Data, keys::group_meta_state(self.group), encode(&snap_state)?);
+            (
+                SnapshotBody::Meta {
+                    applied,
+                    state: snap_state,
+                },
+                Kind::Meta { state },
+            ) => {
+                batch.put(
+                    Space::Data,
+                    keys::group_meta_state(self.group),
+                    encode(&snap_state)?,
+                );
                 *state.write().unwrap_or_else(|p| p.into_inner()) = snap_state;
                 self.applied = applied;
             }
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot of the wrong kind of group")),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "snapshot of the wrong kind of group",
+                ));
+            }
         }
         self.applied.last_applied = meta.last_log_id.clone();
         self.applied.membership = meta.last_membership.clone();
-        batch.put(Space::Data, keys::group_applied(self.group), encode(&self.applied)?);
+        batch.put(
+            Space::Data,
+            keys::group_applied(self.group),
+            encode(&self.applied)?,
+        );
         self.engine.write(batch).map_err(io::Error::other)?;
-        self.current = Some(typ::Snapshot { meta: meta.clone(), snapshot });
+        self.current = Some(typ::Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        });
         Ok(())
     }
 
@@ -363,13 +506,20 @@ impl PartitionView {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
         let desc = self.desc();
-        let lo = if start > desc.range.start.as_slice() { start } else { &desc.range.start };
+        let lo = if start > desc.range.start.as_slice() {
+            start
+        } else {
+            &desc.range.start
+        };
         let hi = match (end, desc.range.end.as_deref()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let (s, e) = keys::data_range(desc.table_id, lo, hi);
         let rows = engine.scan(Space::Data, &s, e.as_deref(), limit)?;
-        Ok(rows.into_iter().map(|(k, v)| (keys::user_key(&k).to_vec(), v)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
+            .collect())
     }
 }

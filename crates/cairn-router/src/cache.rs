@@ -39,7 +39,11 @@ impl RouteCache {
 
     /// The cached route of `table`.
     pub fn get(&self, table: &str) -> Option<TableRoute> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).get(table).cloned()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(table)
+            .cloned()
     }
 
     /// Stores a route fetched from the metadata group.
@@ -50,7 +54,10 @@ impl RouteCache {
 
     /// Forgets `table` so the next request fetches it again.
     pub fn invalidate(&self, table: &str) {
-        self.tables.write().unwrap_or_else(|p| p.into_inner()).remove(table);
+        self.tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(table);
     }
 
     /// Records that `leader` leads `partition` of `table`.
@@ -83,12 +90,25 @@ mod tests {
                 id: PartitionId(i as u64 + 1),
                 table_id: TableId(1),
                 range,
-                epoch: Epoch { conf_ver: 1, version: 1 },
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
+                },
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             })
             .collect();
-        let table = TableDesc { id: TableId(1), name: "t".into(), replication: 3, state: TableState::Active, partitions: parts };
-        TableRoute { table, leaders: BTreeMap::from([(PartitionId(2), NodeId(3))]), nodes: vec![] }
+        let table = TableDesc {
+            id: TableId(1),
+            name: "t".into(),
+            replication: 3,
+            state: TableState::Active,
+            partitions: parts,
+        };
+        TableRoute {
+            table,
+            leaders: BTreeMap::from([(PartitionId(2), NodeId(3))]),
+            nodes: vec![],
+        }
     }
 
     #[test]
@@ -96,10 +116,19 @@ mod tests {
         let c = RouteCache::new();
         c.insert(route());
         let r = c.get("t").unwrap();
-        assert_eq!(r.locate(b"a").map(|(p, l)| (p.id, l)), Some((PartitionId(1), None)));
-        assert_eq!(r.locate(b"z").map(|(p, l)| (p.id, l)), Some((PartitionId(2), Some(NodeId(3)))));
+        assert_eq!(
+            r.locate(b"a").map(|(p, l)| (p.id, l)),
+            Some((PartitionId(1), None))
+        );
+        assert_eq!(
+            r.locate(b"z").map(|(p, l)| (p.id, l)),
+            Some((PartitionId(2), Some(NodeId(3))))
+        );
         c.set_leader("t", PartitionId(1), NodeId(2));
-        assert_eq!(c.get("t").unwrap().leaders.get(&PartitionId(1)), Some(&NodeId(2)));
+        assert_eq!(
+            c.get("t").unwrap().leaders.get(&PartitionId(1)),
+            Some(&NodeId(2))
+        );
         c.clear_leader("t", PartitionId(1));
         assert_eq!(c.get("t").unwrap().leaders.get(&PartitionId(1)), None);
         c.invalidate("t");

@@ -15,4 +15,4 @@ pub use cache::{RouteCache, TableRoute};
 pub use messages::{
     Heartbeat, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply, PartitionRequest,
 };
-pub use router::{ListPage, Router, Transport, DEFAULT_DEADLINE};
+pub use router::{DEFAULT_DEADLINE, ListPage, Router, Transport};

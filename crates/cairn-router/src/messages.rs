@@ -2,7 +2,10 @@
 //! postcard-encoded in the `Internal.Meta` and `Internal.Partition` gRPC calls.
 
 use crate::TableRoute;
-use cairn_types::{Epoch, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, RequestId, TableDesc, TableId};
+use cairn_types::{
+    Epoch, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, RequestId, TableDesc,
+    TableId,
+};
 use serde::{Deserialize, Serialize};
 
 /// A request served by the metadata group's leader.

@@ -1,6 +1,8 @@
 //! Routing with retry on stale routes until the request deadline.
 
-use crate::{MetaReply, MetaRequest, PartitionOp, PartitionReply, PartitionRequest, RouteCache, TableRoute};
+use crate::{
+    MetaReply, MetaRequest, PartitionOp, PartitionReply, PartitionRequest, RouteCache, TableRoute,
+};
 use cairn_types::{Error, NodeId, PartitionDesc, Result, TableDesc};
 use std::future::Future;
 use std::time::Duration;
@@ -16,7 +18,11 @@ pub trait Transport: Send + Sync + 'static {
     /// Learns node addresses from a route.
     fn learn(&self, nodes: &[cairn_types::NodeDesc]);
     /// Sends a request to the replica of a partition on `node`.
-    fn partition(&self, node: NodeId, req: PartitionRequest) -> impl Future<Output = Result<PartitionReply>> + Send;
+    fn partition(
+        &self,
+        node: NodeId,
+        req: PartitionRequest,
+    ) -> impl Future<Output = Result<PartitionReply>> + Send;
 }
 
 /// One page of a List.
@@ -41,7 +47,10 @@ fn backoff(attempt: u32) -> Duration {
 impl<T: Transport> Router<T> {
     /// A router with an empty cache.
     pub fn new(transport: T) -> Self {
-        Self { transport, cache: RouteCache::new() }
+        Self {
+            transport,
+            cache: RouteCache::new(),
+        }
     }
 
     /// The transport.
@@ -64,7 +73,9 @@ impl<T: Transport> Router<T> {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
-                Err(e) if e.is_retryable() => return Err(Error::Unavailable(format!("metadata group: {e}"))),
+                Err(e) if e.is_retryable() => {
+                    return Err(Error::Unavailable(format!("metadata group: {e}")));
+                }
                 other => return other,
             }
         }
@@ -72,16 +83,22 @@ impl<T: Transport> Router<T> {
 
     /// The route of `table`, from the cache or the metadata group.
     pub async fn route(&self, table: &str, deadline: Instant) -> Result<TableRoute> {
+        cairn_types::validate_table_name(table)?;
         if let Some(r) = self.cache.get(table) {
             return Ok(r);
         }
-        match self.meta(MetaRequest::GetTable(table.to_string()), deadline).await? {
+        match self
+            .meta(MetaRequest::GetTable(table.to_string()), deadline)
+            .await?
+        {
             MetaReply::Table(r) => {
                 self.transport.learn(&r.nodes);
                 self.cache.insert(r.clone());
                 Ok(r)
             }
-            other => Err(Error::Internal(format!("unexpected metadata reply {other:?}"))),
+            other => Err(Error::Internal(format!(
+                "unexpected metadata reply {other:?}"
+            ))),
         }
     }
 
@@ -101,7 +118,9 @@ impl<T: Transport> Router<T> {
         loop {
             let route = self.route(table, deadline).await?;
             let Some(part) = pick(&route) else {
-                return Err(Error::Internal(format!("table {table} has no partition for the request")));
+                return Err(Error::Internal(format!(
+                    "table {table} has no partition for the request"
+                )));
             };
             let hint = route.leaders.get(&part.id).copied();
             // Try the hinted leader first, then the other replicas in turn.
@@ -110,7 +129,12 @@ impl<T: Transport> Router<T> {
             let Some(target) = order.get(skip % order.len().max(1)).copied() else {
                 return Err(Error::Internal(format!("{} has no replicas", part.id)));
             };
-            let req = PartitionRequest { partition: part.id, epoch: part.epoch, table: part.table_id, op: op() };
+            let req = PartitionRequest {
+                partition: part.id,
+                epoch: part.epoch,
+                table: part.table_id,
+                op: op(),
+            };
             let res = self.transport.partition(target, req).await;
             match res {
                 Ok(r) => {
@@ -119,12 +143,18 @@ impl<T: Transport> Router<T> {
                     }
                     return Ok(r);
                 }
-                Err(Error::NotLeader { leader: Some(l), .. }) if l != target => {
+                Err(Error::NotLeader {
+                    leader: Some(l), ..
+                }) if l != target => {
                     self.cache.set_leader(table, part.id, l);
                     skip = 0;
                     last_err = Error::Unavailable(format!("{} leader moved to {l}", part.id));
                 }
-                Err(e @ (Error::EpochMismatch { .. } | Error::KeyNotInRange(_) | Error::PartitionNotFound(_))) => {
+                Err(
+                    e @ (Error::EpochMismatch { .. }
+                    | Error::KeyNotInRange(_)
+                    | Error::PartitionNotFound(_)),
+                ) => {
                     self.cache.invalidate(table);
                     last_err = e;
                 }
@@ -157,7 +187,14 @@ impl<T: Transport> Router<T> {
         stale_ok: bool,
         deadline: Instant,
     ) -> Result<PartitionReply> {
-        self.on_partition(table, |r| r.locate(key).map(|(p, _)| p.clone()), op, stale_ok, deadline).await
+        self.on_partition(
+            table,
+            |r| r.locate(key).map(|(p, _)| p.clone()),
+            op,
+            stale_ok,
+            deadline,
+        )
+        .await
     }
 
     /// Lists up to `limit` rows with keys in `[start, end)`, walking partitions in order;
@@ -180,7 +217,12 @@ impl<T: Transport> Router<T> {
                 .keyed(
                     table,
                     &from,
-                    || PartitionOp::Scan { start: from.clone(), end: end.clone(), limit: want as u32 + 1, stale },
+                    || PartitionOp::Scan {
+                        start: from.clone(),
+                        end: end.clone(),
+                        limit: want as u32 + 1,
+                        stale,
+                    },
                     stale,
                     deadline,
                 )
@@ -222,7 +264,9 @@ impl<T: Transport> Router<T> {
     pub async fn tables(&self, deadline: Instant) -> Result<Vec<TableDesc>> {
         match self.meta(MetaRequest::ListTables, deadline).await? {
             MetaReply::Tables(t) => Ok(t),
-            other => Err(Error::Internal(format!("unexpected metadata reply {other:?}"))),
+            other => Err(Error::Internal(format!(
+                "unexpected metadata reply {other:?}"
+            ))),
         }
     }
 }

@@ -28,10 +28,13 @@ pub struct ServerConfig {
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<(NodeId, String)>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?} is not of the form ID=HOST:PORT (e.g. 1=127.0.0.1:7001)"))?;
-        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} in {part:?} is not a node id (a positive integer)"))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            format!("{part:?} is not of the form ID=HOST:PORT (e.g. 1=127.0.0.1:7001)")
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} in {part:?} is not a node id (a positive integer)"))?;
         if id == 0 {
             return Err("node id 0 is reserved; use ids from 1".into());
         }
@@ -53,7 +56,13 @@ mod tests {
     #[test]
     fn initial_cluster_parsing() {
         let c = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
-        assert_eq!(c, vec![(NodeId(1), "127.0.0.1:7001".into()), (NodeId(2), "127.0.0.1:7002".into())]);
+        assert_eq!(
+            c,
+            vec![
+                (NodeId(1), "127.0.0.1:7001".into()),
+                (NodeId(2), "127.0.0.1:7002".into())
+            ]
+        );
         assert!(parse_initial_cluster("1:127.0.0.1:7001").is_err());
         assert!(parse_initial_cluster("x=a").is_err());
         assert!(parse_initial_cluster("1=a,1=b").is_err());

@@ -3,18 +3,26 @@
 use crate::metrics::Metrics;
 use cairn_meta::MetaState;
 use cairn_raft::{
-    data_group_config, from_client_write, from_read_error, meta_group_config, typ, Command, GroupNetwork,
-    GroupStateMachine, KvCommand, KvOp, LogStore, PartitionView, PeerNetwork, Reply, Syncer,
+    Command, GroupNetwork, GroupStateMachine, KvCommand, KvOp, LogStore, PartitionView,
+    PeerNetwork, Reply, Syncer, data_group_config, from_client_write, from_read_error,
+    meta_group_config, typ,
 };
 use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
-use cairn_storage::{keys, SharedEngine, Space, WriteBatch};
-use cairn_types::{Error, Limits, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, Result, META_GROUP};
+use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
+use cairn_types::{
+    Error, Limits, META_GROUP, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus,
+    Result,
+};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a non-preferred replica of a new group waits for a leader before it
+/// initializes the group itself.
+const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(6);
 
 /// One hosted replica of a partition.
 #[derive(Clone)]
@@ -57,7 +65,10 @@ pub(crate) struct Core {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn io_err(e: impl std::fmt::Display) -> Error {
@@ -78,11 +89,19 @@ impl Core {
         }
         let (sm, state) = GroupStateMachine::meta(engine.clone(), META_GROUP).map_err(io_err)?;
         let log = LogStore::new(META_GROUP, engine.clone(), syncer.clone());
-        let net = GroupNetwork { peers: peers.clone(), group: META_GROUP.0 };
-        let raft = typ::Raft::new(id.0, meta_group_config(), net, log, sm).await.map_err(io_err)?;
+        let net = GroupNetwork {
+            peers: peers.clone(),
+            group: META_GROUP.0,
+        };
+        let raft = typ::Raft::new(id.0, meta_group_config(), net, log, sm)
+            .await
+            .map_err(io_err)?;
         if !raft.is_initialized().await.map_err(io_err)? {
-            let members: BTreeMap<u64, BasicNode> =
-                identity.meta_members.iter().map(|(n, a)| (n.0, BasicNode { addr: a.clone() })).collect();
+            let members: BTreeMap<u64, BasicNode> = identity
+                .meta_members
+                .iter()
+                .map(|(n, a)| (n.0, BasicNode { addr: a.clone() }))
+                .collect();
             // Every initial member initializes with the same membership; openraft allows it.
             if let Err(e) = raft.initialize(members).await {
                 tracing::info!("metadata group already initialized: {e}");
@@ -94,18 +113,25 @@ impl Core {
     /// Replicas recorded in the engine by an earlier run.
     pub(crate) fn recorded_replicas(&self) -> Result<Vec<PartitionDesc>> {
         let (s, e) = keys::local_replicas_range();
-        let rows = self.engine.scan(Space::Local, &s, e.as_deref(), usize::MAX)?;
+        let rows = self
+            .engine
+            .scan(Space::Local, &s, e.as_deref(), usize::MAX)?;
         rows.into_iter()
             .map(|(k, v)| {
-                postcard::from_bytes(&v)
-                    .map_err(|err| Error::Internal(format!("corrupt replica record {k:02x?}: {err}")))
+                postcard::from_bytes(&v).map_err(|err| {
+                    Error::Internal(format!("corrupt replica record {k:02x?}: {err}"))
+                })
             })
             .collect()
     }
 
     /// Opens the replica of `desc` if this node does not host it yet. A replica of a
     /// partition still in its initial membership initializes the group with `members`.
-    pub(crate) async fn open_replica(&self, desc: &PartitionDesc, members: &[NodeDesc]) -> Result<Replica> {
+    pub(crate) async fn open_replica(
+        &self,
+        desc: &PartitionDesc,
+        members: &[NodeDesc],
+    ) -> Result<Replica> {
         if let Some(r) = self.replica(desc.id) {
             return Ok(r);
         }
@@ -122,35 +148,69 @@ impl Core {
         self.engine.write(b)?;
         self.syncer.sync().await.map_err(io_err)?;
 
-        let (sm, view) = GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
+        let (sm, view) =
+            GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
         let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone());
-        let net = GroupNetwork { peers: self.peers.clone(), group: desc.id.0 };
-        let raft = typ::Raft::new(self.id.0, data_group_config(), net, log.clone(), sm).await.map_err(io_err)?;
-        let initial = desc.epoch.conf_ver == 1;
-        if initial && !raft.is_initialized().await.map_err(io_err)? {
-            let addrs: HashMap<NodeId, &str> = members.iter().map(|m| (m.id, m.addr.as_str())).collect();
-            let mut voters = BTreeMap::new();
-            for n in &desc.replicas {
-                let addr = addrs.get(n).map(|a| a.to_string()).or_else(|| self.peers.addr(n.0));
-                let Some(addr) = addr else {
-                    return Err(Error::Unavailable(format!("no address known for {n}, a replica of {}", desc.id)));
-                };
-                voters.insert(n.0, BasicNode { addr });
-            }
-            if let Err(e) = raft.initialize(voters).await {
-                tracing::debug!("{} already initialized: {e}", desc.id);
-            }
+        let net = GroupNetwork {
+            peers: self.peers.clone(),
+            group: desc.id.0,
+        };
+        let raft = typ::Raft::new(self.id.0, data_group_config(), net, log.clone(), sm)
+            .await
+            .map_err(io_err)?;
+        if desc.epoch.conf_ver == 1 && !raft.is_initialized().await.map_err(io_err)? {
+            self.bootstrap_group(&raft, desc);
         }
         let replica = Replica { raft, view, log };
-        self.replicas.write().unwrap_or_else(|p| p.into_inner()).insert(desc.id, replica.clone());
+        self.replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(desc.id, replica.clone());
         tracing::info!(partition = %desc.id, range = %desc.range, "opened replica");
         Ok(replica)
+    }
+
+    /// Forms a new group. The preferred leader (first replica) initializes at once, so it
+    /// usually wins the first election and leaders spread as placement intended; the other
+    /// replicas initialize only if no leader has reached them after a while, so a group
+    /// whose preferred leader is down still forms. openraft allows every initial member to
+    /// initialize with the same membership.
+    fn bootstrap_group(&self, raft: &typ::Raft, desc: &PartitionDesc) {
+        let preferred = desc.replicas.first() == Some(&self.id);
+        let (raft, desc, peers) = (raft.clone(), desc.clone(), self.peers.clone());
+        tokio::spawn(async move {
+            if !preferred {
+                tokio::time::sleep(BOOTSTRAP_FALLBACK).await;
+            }
+            loop {
+                match raft.is_initialized().await {
+                    Ok(false) => {}
+                    _ => return,
+                }
+                let voters: Option<BTreeMap<u64, BasicNode>> = desc
+                    .replicas
+                    .iter()
+                    .map(|n| peers.addr(n.0).map(|addr| (n.0, BasicNode { addr })))
+                    .collect();
+                match voters {
+                    Some(v) => {
+                        if let Err(e) = raft.initialize(v).await {
+                            tracing::debug!("{} already initialized: {e}", desc.id);
+                        }
+                        return;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        });
     }
 
     /// Reopens the replicas recorded in the engine (after a restart).
     pub(crate) async fn reopen_recorded(&self) -> Result<()> {
         for desc in self.recorded_replicas()? {
-            self.open_replica(&desc, &[]).await?;
+            if let Err(e) = self.open_replica(&desc, &[]).await {
+                tracing::error!(partition = %desc.id, "cannot reopen replica: {e}");
+            }
         }
         Ok(())
     }
@@ -158,14 +218,20 @@ impl Core {
     /// Stops the replica of `partition` and deletes its log, state and data.
     pub(crate) async fn destroy_replica(&self, partition: PartitionId) -> Result<()> {
         let _guard = self.lifecycle.lock().await;
-        let Some(r) = self.replicas.write().unwrap_or_else(|p| p.into_inner()).remove(&partition) else {
+        let Some(r) = self
+            .replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition)
+        else {
             return Ok(());
         };
         if let Err(e) = r.raft.shutdown().await {
             tracing::warn!("{partition}: shutdown: {e}");
         }
         let desc = r.view.desc();
-        let n = r.log.destroy().map_err(io_err)? + GroupStateMachine::destroy(&self.engine, &desc).map_err(io_err)?;
+        let n = r.log.destroy().map_err(io_err)?
+            + GroupStateMachine::destroy(&self.engine, &desc).map_err(io_err)?;
         let mut b = WriteBatch::new();
         b.delete(Space::Local, keys::local_replica(partition));
         self.engine.write(b)?;
@@ -175,7 +241,11 @@ impl Core {
     }
 
     pub(crate) fn replica(&self, partition: PartitionId) -> Option<Replica> {
-        self.replicas.read().unwrap_or_else(|p| p.into_inner()).get(&partition).cloned()
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .cloned()
     }
 
     /// Leader and term of every hosted replica.
@@ -185,7 +255,11 @@ impl Core {
             .iter()
             .map(|(id, r)| {
                 let m = r.raft.metrics().borrow_watched().clone();
-                PartitionStatus { partition: *id, leader: m.current_leader.map(NodeId), term: m.current_term }
+                PartitionStatus {
+                    partition: *id,
+                    leader: m.current_leader.map(NodeId),
+                    term: m.current_term,
+                }
             })
             .collect()
     }
@@ -193,7 +267,10 @@ impl Core {
     /// How many hosted replicas this node leads.
     pub(crate) fn leader_count(&self) -> usize {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-        replicas.values().filter(|r| r.raft.metrics().borrow_watched().state == ServerState::Leader).count()
+        replicas
+            .values()
+            .filter(|r| r.raft.metrics().borrow_watched().state == ServerState::Leader)
+            .count()
     }
 
     async fn write(
@@ -204,7 +281,12 @@ impl Core {
         op: KvOp,
         rid: Option<cairn_types::RequestId>,
     ) -> Result<PartitionReply> {
-        let cmd = KvCommand { request_id: rid, epoch, proposed_at_ms: now_ms(), op };
+        let cmd = KvCommand {
+            request_id: rid,
+            epoch,
+            proposed_at_ms: now_ms(),
+            op,
+        };
         match replica.raft.client_write(Command::Kv(cmd)).await {
             Ok(resp) => match resp.data {
                 Reply::Kv(Ok(())) => Ok(PartitionReply::Done),
@@ -216,7 +298,12 @@ impl Core {
     }
 
     async fn read_barrier(&self, replica: &Replica, partition: PartitionId) -> Result<()> {
-        replica.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| from_read_error(partition, e))
+        replica
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+            .map_err(|e| from_read_error(partition, e))
     }
 
     /// Serves a request for a partition replica hosted here.
@@ -225,14 +312,29 @@ impl Core {
             self.open_replica(desc, members).await?;
             return Ok(PartitionReply::Done);
         }
-        let PartitionRequest { partition, epoch, table, op } = req;
-        let replica = self.replica(partition).ok_or(Error::PartitionNotFound(partition))?;
+        let PartitionRequest {
+            partition,
+            epoch,
+            table,
+            op,
+        } = req;
+        let replica = self
+            .replica(partition)
+            .ok_or(Error::PartitionNotFound(partition))?;
         match op {
-            PartitionOp::Put { key, value, request_id } => {
+            PartitionOp::Put {
+                key,
+                value,
+                request_id,
+            } => {
                 self.limits.check_key(&key)?;
                 self.limits.check_value(&value)?;
                 replica.view.check(epoch, Some(&key))?;
-                let op = KvOp::Put { table: table, key, value };
+                let op = KvOp::Put {
+                    table: table,
+                    key,
+                    value,
+                };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Delete { key, request_id } => {
@@ -241,7 +343,10 @@ impl Core {
                 let op = KvOp::Delete { table: table, key };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
-            PartitionOp::Drop => self.write(&replica, partition, epoch, KvOp::Drop, None).await,
+            PartitionOp::Drop => {
+                self.write(&replica, partition, epoch, KvOp::Drop, None)
+                    .await
+            }
             PartitionOp::Get { key, stale } => {
                 self.limits.check_key(&key)?;
                 if !stale {
@@ -250,7 +355,12 @@ impl Core {
                 replica.view.check(epoch, Some(&key))?;
                 Ok(PartitionReply::Value(replica.view.get(&self.engine, &key)?))
             }
-            PartitionOp::Scan { start, end, limit, stale } => {
+            PartitionOp::Scan {
+                start,
+                end,
+                limit,
+                stale,
+            } => {
                 if !stale {
                     self.read_barrier(&replica, partition).await?;
                 }
@@ -259,16 +369,32 @@ impl Core {
                 if !desc.range.contains(&start) {
                     return Err(Error::KeyNotInRange(partition));
                 }
-                Ok(PartitionReply::Rows(replica.view.scan(&self.engine, &start, end.as_deref(), limit as usize)?))
+                Ok(PartitionReply::Rows(replica.view.scan(
+                    &self.engine,
+                    &start,
+                    end.as_deref(),
+                    limit as usize,
+                )?))
             }
-            PartitionOp::Leader => Ok(PartitionReply::Leader(replica.raft.metrics().borrow_watched().current_leader.map(NodeId))),
+            PartitionOp::Leader => Ok(PartitionReply::Leader(
+                replica
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .current_leader
+                    .map(NodeId),
+            )),
             PartitionOp::Open { .. } => Ok(PartitionReply::Done),
         }
     }
 
     /// Counts engine keys this node holds for `table` (its data) and for `partitions`
     /// (their raft logs and replica state), and how many of those replicas are open.
-    pub(crate) fn engine_stats(&self, table: cairn_types::TableId, partitions: &[PartitionId]) -> Result<(u64, u64, u64, u32)> {
+    pub(crate) fn engine_stats(
+        &self,
+        table: cairn_types::TableId,
+        partitions: &[PartitionId],
+    ) -> Result<(u64, u64, u64, u32)> {
         let (s, e) = keys::data_range(table, b"", None);
         let data = cairn_storage::count_range(&*self.engine, Space::Data, &s, e.as_deref())?;
         let (mut raft, mut state, mut open) = (0, 0, 0);
@@ -277,7 +403,11 @@ impl Core {
             raft += cairn_storage::count_range(&*self.engine, Space::Raft, &s, e.as_deref())?;
             let (s, e) = keys::group_state_range(*g);
             state += cairn_storage::count_range(&*self.engine, Space::Data, &s, e.as_deref())?;
-            state += u64::from(self.engine.get(Space::Local, &keys::local_replica(*g))?.is_some());
+            state += u64::from(
+                self.engine
+                    .get(Space::Local, &keys::local_replica(*g))?
+                    .is_some(),
+            );
             open += u32::from(self.replica(*g).is_some());
         }
         Ok((data, raft, state, open))

@@ -2,10 +2,12 @@
 
 use crate::node::Node;
 use crate::transport::{decode, encode};
-use cairn_proto::v1::{self as pb, admin_server, internal_server, kv_server, Envelope};
-use cairn_raft::{serve_raft_rpc, RaftRpc};
-use cairn_router::{MetaRequest, PartitionRequest, TableRoute, DEFAULT_DEADLINE};
-use cairn_types::{ClientId, Error, ErrorCode, PartitionDesc, PartitionId, RequestId, TableId, META_GROUP};
+use cairn_proto::v1::{self as pb, Envelope, admin_server, internal_server, kv_server};
+use cairn_raft::{RaftRpc, serve_raft_rpc};
+use cairn_router::{DEFAULT_DEADLINE, MetaRequest, PartitionRequest, TableRoute};
+use cairn_types::{
+    ClientId, Error, ErrorCode, META_GROUP, PartitionDesc, PartitionId, RequestId, TableId,
+};
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,24 +27,35 @@ pub(crate) fn status(e: Error) -> Status {
         ErrorCode::Internal => tonic::Code::Internal,
     };
     let message = e.to_string();
-    let info = pb::ErrorInfo { code: code.as_str().to_string(), message: message.clone() };
+    let info = pb::ErrorInfo {
+        code: code.as_str().to_string(),
+        message: message.clone(),
+    };
     Status::with_details(grpc, message, info.encode_to_vec().into())
 }
 
 fn deadline(timeout_ms: u64) -> Instant {
-    let t = if timeout_ms == 0 { DEFAULT_DEADLINE } else { Duration::from_millis(timeout_ms.min(600_000)) };
+    let t = if timeout_ms == 0 {
+        DEFAULT_DEADLINE
+    } else {
+        Duration::from_millis(timeout_ms.min(600_000))
+    };
     Instant::now() + t
 }
 
 fn request_id(r: Option<pb::RequestId>) -> Option<RequestId> {
-    r.filter(|r| r.client != 0 && r.seq != 0).map(|r| RequestId {
-        client: ClientId(r.client),
-        seq: r.seq,
-        first_incomplete: r.first_incomplete,
-    })
+    r.filter(|r| r.client != 0 && r.seq != 0)
+        .map(|r| RequestId {
+            client: ClientId(r.client),
+            seq: r.seq,
+            first_incomplete: r.first_incomplete,
+        })
 }
 
-pub(crate) fn partition_pb(p: &PartitionDesc, leader: Option<cairn_types::NodeId>) -> pb::Partition {
+pub(crate) fn partition_pb(
+    p: &PartitionDesc,
+    leader: Option<cairn_types::NodeId>,
+) -> pb::Partition {
     pb::Partition {
         id: p.id.0,
         start: p.range.start.clone(),
@@ -60,7 +73,12 @@ pub(crate) fn table_pb(r: &TableRoute) -> pb::Table {
         name: r.table.name.clone(),
         id: r.table.id.0,
         replication: r.table.replication,
-        partitions: r.table.partitions.iter().map(|p| partition_pb(p, r.leaders.get(&p.id).copied())).collect(),
+        partitions: r
+            .table
+            .partitions
+            .iter()
+            .map(|p| partition_pb(p, r.leaders.get(&p.id).copied()))
+            .collect(),
     }
 }
 
@@ -77,65 +95,147 @@ impl Kv {
 
 #[tonic::async_trait]
 impl kv_server::Kv for Kv {
-    async fn create_table(&self, req: Request<pb::CreateTableRequest>) -> Result<Response<pb::CreateTableResponse>, Status> {
+    async fn create_table(
+        &self,
+        req: Request<pb::CreateTableRequest>,
+    ) -> Result<Response<pb::CreateTableResponse>, Status> {
         let r = req.into_inner();
-        let res = self.0.create_table(&r.name, r.replication, r.split_keys, deadline(0)).await;
-        self.done("create_table", res.map(|t| pb::CreateTableResponse { table: Some(table_pb(&t)) }))
+        let res = self
+            .0
+            .create_table(&r.name, r.replication, r.split_keys, deadline(0))
+            .await;
+        self.done(
+            "create_table",
+            res.map(|t| pb::CreateTableResponse {
+                table: Some(table_pb(&t)),
+            }),
+        )
     }
 
-    async fn drop_table(&self, req: Request<pb::DropTableRequest>) -> Result<Response<pb::DropTableResponse>, Status> {
+    async fn drop_table(
+        &self,
+        req: Request<pb::DropTableRequest>,
+    ) -> Result<Response<pb::DropTableResponse>, Status> {
         let res = self.0.drop_table(&req.into_inner().name, deadline(0)).await;
         self.done("drop_table", res.map(|_| pb::DropTableResponse {}))
     }
 
-    async fn list_tables(&self, _req: Request<pb::ListTablesRequest>) -> Result<Response<pb::ListTablesResponse>, Status> {
-        let res = self.0.list_tables(deadline(0)).await.map(|ts| pb::ListTablesResponse {
-            tables: ts
-                .into_iter()
-                .map(|t| table_pb(&TableRoute { table: t, leaders: Default::default(), nodes: vec![] }))
-                .collect(),
-        });
+    async fn list_tables(
+        &self,
+        _req: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        let res = self
+            .0
+            .list_tables(deadline(0))
+            .await
+            .map(|ts| pb::ListTablesResponse {
+                tables: ts
+                    .into_iter()
+                    .map(|t| {
+                        table_pb(&TableRoute {
+                            table: t,
+                            leaders: Default::default(),
+                            nodes: vec![],
+                        })
+                    })
+                    .collect(),
+            });
         self.done("list_tables", res)
     }
 
-    async fn describe_table(&self, req: Request<pb::DescribeTableRequest>) -> Result<Response<pb::DescribeTableResponse>, Status> {
-        let res = self.0.describe_table(&req.into_inner().name, deadline(0)).await;
-        self.done("describe_table", res.map(|t| pb::DescribeTableResponse { table: Some(table_pb(&t)) }))
+    async fn describe_table(
+        &self,
+        req: Request<pb::DescribeTableRequest>,
+    ) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        let res = self
+            .0
+            .describe_table(&req.into_inner().name, deadline(0))
+            .await;
+        self.done(
+            "describe_table",
+            res.map(|t| pb::DescribeTableResponse {
+                table: Some(table_pb(&t)),
+            }),
+        )
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = req.into_inner();
-        let res = self.0.put(&r.table, r.key, r.value, request_id(r.request_id), deadline(r.timeout_ms)).await;
+        let res = self
+            .0
+            .put(
+                &r.table,
+                r.key,
+                r.value,
+                request_id(r.request_id),
+                deadline(r.timeout_ms),
+            )
+            .await;
         self.done("put", res.map(|_| pb::PutResponse {}))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.into_inner();
         let stale = r.consistency == pb::Consistency::Stale as i32;
-        let res = self.0.get(&r.table, r.key, stale, deadline(r.timeout_ms)).await;
-        self.done("get", res.map(|v| pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
+        let res = self
+            .0
+            .get(&r.table, r.key, stale, deadline(r.timeout_ms))
+            .await;
+        self.done(
+            "get",
+            res.map(|v| pb::GetResponse {
+                found: v.is_some(),
+                value: v.unwrap_or_default(),
+            }),
+        )
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = req.into_inner();
-        let res = self.0.delete(&r.table, r.key, request_id(r.request_id), deadline(r.timeout_ms)).await;
+        let res = self
+            .0
+            .delete(
+                &r.table,
+                r.key,
+                request_id(r.request_id),
+                deadline(r.timeout_ms),
+            )
+            .await;
         self.done("delete", res.map(|_| pb::DeleteResponse {}))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.into_inner();
-        let res = crate::http::list_bounds(&r.prefix, &r.start, &r.end, &r.cursor, r.limit as usize);
+        let res =
+            crate::http::list_bounds(&r.prefix, &r.start, &r.end, &r.cursor, r.limit as usize);
         let res = match res {
             Ok((start, end, limit)) => {
                 let stale = r.consistency == pb::Consistency::Stale as i32;
-                self.0.list(&r.table, start, end, limit, stale, deadline(r.timeout_ms)).await
+                self.0
+                    .list(&r.table, start, end, limit, stale, deadline(r.timeout_ms))
+                    .await
             }
             Err(e) => Err(e),
         };
         let res = res.map(|page| {
-            let cursor = if page.more { page.rows.last().map(|(k, _)| k.clone()).unwrap_or_default() } else { Vec::new() };
+            let cursor = if page.more {
+                page.rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let (keys, values): (Vec<_>, Vec<_>) = page.rows.into_iter().unzip();
-            pb::ListResponse { keys, values: if r.values { values } else { Vec::new() }, has_more: page.more, cursor }
+            pb::ListResponse {
+                keys,
+                values: if r.values { values } else { Vec::new() },
+                has_more: page.more,
+                cursor,
+            }
         });
         self.done("list", res)
     }
@@ -143,7 +243,10 @@ impl kv_server::Kv for Kv {
 
 #[tonic::async_trait]
 impl admin_server::Admin for Admin {
-    async fn nodes(&self, _req: Request<pb::NodesRequest>) -> Result<Response<pb::NodesResponse>, Status> {
+    async fn nodes(
+        &self,
+        _req: Request<pb::NodesRequest>,
+    ) -> Result<Response<pb::NodesResponse>, Status> {
         let nodes = self.0.nodes(deadline(0)).await.map_err(status)?;
         Ok(Response::new(pb::NodesResponse {
             nodes: nodes
@@ -162,28 +265,50 @@ impl admin_server::Admin for Admin {
         }))
     }
 
-    async fn partitions(&self, req: Request<pb::PartitionsRequest>) -> Result<Response<pb::PartitionsResponse>, Status> {
+    async fn partitions(
+        &self,
+        req: Request<pb::PartitionsRequest>,
+    ) -> Result<Response<pb::PartitionsResponse>, Status> {
         let name = req.into_inner().table;
         let d = deadline(0);
         let names: Vec<String> = if name.is_empty() {
-            self.0.list_tables(d).await.map_err(status)?.into_iter().map(|t| t.name).collect()
+            self.0
+                .list_tables(d)
+                .await
+                .map_err(status)?
+                .into_iter()
+                .map(|t| t.name)
+                .collect()
         } else {
             vec![name]
         };
         let mut tables = Vec::new();
         for n in names {
             let r = self.0.describe_table(&n, d).await.map_err(status)?;
-            tables.push(pb::TablePartitions { table: n, partitions: table_pb(&r).partitions });
+            tables.push(pb::TablePartitions {
+                table: n,
+                partitions: table_pb(&r).partitions,
+            });
         }
         Ok(Response::new(pb::PartitionsResponse { tables }))
     }
 
-    async fn engine_stats(&self, req: Request<pb::EngineStatsRequest>) -> Result<Response<pb::EngineStatsResponse>, Status> {
+    async fn engine_stats(
+        &self,
+        req: Request<pb::EngineStatsRequest>,
+    ) -> Result<Response<pb::EngineStatsResponse>, Status> {
         let r = req.into_inner();
         let parts: Vec<PartitionId> = r.partitions.into_iter().map(PartitionId).collect();
-        let (data_keys, raft_keys, replica_keys, open_replicas) =
-            self.0.engine_stats(TableId(r.table_id), &parts).map_err(status)?;
-        Ok(Response::new(pb::EngineStatsResponse { data_keys, raft_keys, replica_keys, open_replicas }))
+        let (data_keys, raft_keys, replica_keys, open_replicas) = self
+            .0
+            .engine_stats(TableId(r.table_id), &parts)
+            .map_err(status)?;
+        Ok(Response::new(pb::EngineStatsResponse {
+            data_keys,
+            raft_keys,
+            replica_keys,
+            open_replicas,
+        }))
     }
 }
 
@@ -197,8 +322,12 @@ impl internal_server::Internal for Internal {
         } else {
             self.0.core.replica(group).map(|r| r.raft)
         };
-        let raft = raft.ok_or_else(|| Status::not_found(format!("{group} has no replica on node {}", self.0.id())))?;
-        Ok(Response::new(Envelope { payload: serve_raft_rpc(&raft, rpc).await }))
+        let raft = raft.ok_or_else(|| {
+            Status::not_found(format!("{group} has no replica on node {}", self.0.id()))
+        })?;
+        Ok(Response::new(Envelope {
+            payload: serve_raft_rpc(&raft, rpc).await,
+        }))
     }
 
     async fn partition(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
@@ -215,11 +344,19 @@ impl internal_server::Internal for Internal {
 }
 
 /// Serves the three services on `listener` until `stop` turns true, then drains.
-pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let max = cairn_proto::MAX_MESSAGE_BYTES;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let res = tonic::transport::Server::builder()
-        .add_service(kv_server::KvServer::new(Kv(node.clone())).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(
+            kv_server::KvServer::new(Kv(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .add_service(admin_server::AdminServer::new(Admin(node.clone())))
         .add_service(
             internal_server::InternalServer::new(Internal(node.clone()))

@@ -6,17 +6,17 @@
 
 use crate::node::Node;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawPathParams, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
-use cairn_router::{TableRoute, DEFAULT_DEADLINE};
+use cairn_router::{DEFAULT_DEADLINE, TableRoute};
 use cairn_storage::keys::{prefix_end, successor};
-use cairn_types::{Error, DEFAULT_REPLICATION};
+use cairn_types::{DEFAULT_REPLICATION, Error};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -31,7 +31,8 @@ struct ApiError(Error);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.0.code();
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         let body = json!({"error": {"code": code.as_str(), "message": self.0.to_string()}});
         (status, Json(body)).into_response()
     }
@@ -56,13 +57,16 @@ pub(crate) fn percent_decode(s: &str) -> Result<Vec<u8>, Error> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(v) => out.push(v),
                 None => {
                     return Err(Error::InvalidArgument(format!(
                         "invalid percent-encoding at byte {i} of {s:?}: '%' must be followed by two hex digits"
-                    )))
+                    )));
                 }
             }
             i += 3;
@@ -74,20 +78,38 @@ pub(crate) fn percent_decode(s: &str) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-fn params(raw: &RawPathParams) -> Result<HashMap<String, Vec<u8>>, ApiError> {
-    raw.iter().map(|(k, v)| Ok((k.to_string(), percent_decode(v)?))).collect()
+/// The table and (for key routes) the key of a `/v1/tables/{table}[/keys/{key}]` path,
+/// decoded from the raw path so any byte string can be a key.
+fn path_parts(uri: &Uri) -> Result<(String, Option<Vec<u8>>), ApiError> {
+    let rest = uri.path().strip_prefix("/v1/tables/").unwrap_or_default();
+    let (table, key) = match rest.split_once('/') {
+        Some((t, k)) => (t, k.strip_prefix("keys/")),
+        None => (rest, None),
+    };
+    let table = String::from_utf8(percent_decode(table)?).map_err(|_| {
+        bad("table names are ASCII: use 1 to 128 characters from A-Z a-z 0-9 _ . -")
+    })?;
+    let key = key.map(percent_decode).transpose()?;
+    Ok((table, key))
 }
 
-fn table_name(p: &HashMap<String, Vec<u8>>) -> Result<String, ApiError> {
-    let t = p.get("table").cloned().unwrap_or_default();
-    String::from_utf8(t).map_err(|_| bad("table names are ASCII: use 1 to 128 characters from A-Z a-z 0-9 _ . -"))
+fn table_name(uri: &Uri) -> Result<String, ApiError> {
+    Ok(path_parts(uri)?.0)
 }
 
 fn query(uri: &Uri) -> Result<HashMap<String, Vec<u8>>, ApiError> {
     let mut out = HashMap::new();
-    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.insert(String::from_utf8_lossy(&percent_decode(k)?).into_owned(), percent_decode(v)?);
+        out.insert(
+            String::from_utf8_lossy(&percent_decode(k)?).into_owned(),
+            percent_decode(v)?,
+        );
     }
     Ok(out)
 }
@@ -107,12 +129,18 @@ pub(crate) fn list_bounds(
     let limit = match limit {
         0 => DEFAULT_LIMIT,
         l if l > MAX_LIMIT => {
-            return Err(Error::InvalidArgument(format!("limit {l} is above the maximum of {MAX_LIMIT}; page with the cursor")))
+            return Err(Error::InvalidArgument(format!(
+                "limit {l} is above the maximum of {MAX_LIMIT}; page with the cursor"
+            )));
         }
         l => l,
     };
     let mut lo = start.to_vec();
-    let mut hi = if end.is_empty() { None } else { Some(end.to_vec()) };
+    let mut hi = if end.is_empty() {
+        None
+    } else {
+        Some(end.to_vec())
+    };
     if !prefix.is_empty() {
         lo = lo.max(prefix.to_vec());
         hi = match (hi, prefix_end(prefix)) {
@@ -158,7 +186,14 @@ async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
         bad(format!("malformed JSON body: {e}; expected {{\"name\":\"t\",\"replication\":3,\"split_keys\":[\"m\"]}}"))
     })?;
     let splits = req.split_keys.into_iter().map(String::into_bytes).collect();
-    let res = node.create_table(&req.name, req.replication.unwrap_or(DEFAULT_REPLICATION), splits, deadline()).await;
+    let res = node
+        .create_table(
+            &req.name,
+            req.replication.unwrap_or(DEFAULT_REPLICATION),
+            splits,
+            deadline(),
+        )
+        .await;
     node.record("create_table", res.is_ok());
     Ok((StatusCode::CREATED, Json(table_json(&res?))).into_response())
 }
@@ -173,41 +208,45 @@ async fn list_tables(State(node): State<Arc<Node>>) -> ApiResult {
     Ok(Json(json!({ "tables": tables })).into_response())
 }
 
-async fn describe_table(State(node): State<Arc<Node>>, raw: RawPathParams) -> ApiResult {
-    let name = table_name(&params(&raw)?)?;
+async fn describe_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
+    let name = table_name(&uri)?;
     let res = node.describe_table(&name, deadline()).await;
     node.record("describe_table", res.is_ok());
     Ok(Json(table_json(&res?)).into_response())
 }
 
-async fn drop_table(State(node): State<Arc<Node>>, raw: RawPathParams) -> ApiResult {
-    let name = table_name(&params(&raw)?)?;
+async fn drop_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
+    let name = table_name(&uri)?;
     let res = node.drop_table(&name, deadline()).await;
     node.record("drop_table", res.is_ok());
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn table_and_key(raw: &RawPathParams) -> Result<(String, Vec<u8>), ApiError> {
-    let p = params(raw)?;
-    Ok((table_name(&p)?, p.get("key").cloned().unwrap_or_default()))
+fn table_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
+    let (table, key) = path_parts(uri)?;
+    Ok((table, key.unwrap_or_default()))
 }
 
-async fn put_key(State(node): State<Arc<Node>>, raw: RawPathParams, body: Bytes) -> ApiResult {
-    let (table, key) = table_and_key(&raw)?;
+async fn put_key(State(node): State<Arc<Node>>, uri: Uri, body: Bytes) -> ApiResult {
+    let (table, key) = table_and_key(&uri)?;
     let res = node.put(&table, key, body.to_vec(), None, deadline()).await;
     node.record("put", res.is_ok());
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_key(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) -> ApiResult {
-    let (table, key) = table_and_key(&raw)?;
+async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
+    let (table, key) = table_and_key(&uri)?;
     let q = query(&uri)?;
     let stale = match q.get("consistency").map(|v| v.as_slice()) {
         None | Some(b"linearizable") => false,
         Some(b"stale") => true,
-        Some(_) => return Err(bad("consistency must be linearizable (the default) or stale")),
+        Some(_) => {
+            return Err(bad(
+                "consistency must be linearizable (the default) or stale",
+            ));
+        }
     };
     let res = node.get(&table, key, stale, deadline()).await;
     node.record("get", res.is_ok());
@@ -221,16 +260,16 @@ async fn get_key(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) ->
     }
 }
 
-async fn delete_key(State(node): State<Arc<Node>>, raw: RawPathParams) -> ApiResult {
-    let (table, key) = table_and_key(&raw)?;
+async fn delete_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
+    let (table, key) = table_and_key(&uri)?;
     let res = node.delete(&table, key, None, deadline()).await;
     node.record("delete", res.is_ok());
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_keys(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) -> ApiResult {
-    let table = table_name(&params(&raw)?)?;
+async fn list_keys(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
+    let table = table_name(&uri)?;
     let q = query(&uri)?;
     let arg = |k: &str| q.get(k).cloned().unwrap_or_default();
     let limit = match q.get("limit") {
@@ -246,15 +285,23 @@ async fn list_keys(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) 
             .map_err(|_| bad("cursor is not one this server returned; pass the cursor from the previous page unchanged"))?,
         _ => Vec::new(),
     };
-    let values = matches!(q.get("values").map(|v| v.as_slice()), Some(b"true") | Some(b"1"));
+    let values = matches!(
+        q.get("values").map(|v| v.as_slice()),
+        Some(b"true") | Some(b"1")
+    );
     let stale = matches!(q.get("consistency").map(|v| v.as_slice()), Some(b"stale"));
     let force_b64 = matches!(q.get("encoding").map(|v| v.as_slice()), Some(b"base64"));
-    let (start, end, limit) = list_bounds(&arg("prefix"), &arg("start"), &arg("end"), &cursor, limit)?;
-    let res = node.list(&table, start, end, limit, stale, deadline()).await;
+    let (start, end, limit) =
+        list_bounds(&arg("prefix"), &arg("start"), &arg("end"), &cursor, limit)?;
+    let res = node
+        .list(&table, start, end, limit, stale, deadline())
+        .await;
     node.record("list", res.is_ok());
     let page = res?;
     let b64 = force_b64
-        || page.rows.iter().any(|(k, v)| std::str::from_utf8(k).is_err() || (values && std::str::from_utf8(v).is_err()));
+        || page.rows.iter().any(|(k, v)| {
+            std::str::from_utf8(k).is_err() || (values && std::str::from_utf8(v).is_err())
+        });
     let show = |b: &[u8]| {
         if b64 {
             base64::engine::general_purpose::STANDARD.encode(b)
@@ -263,7 +310,9 @@ async fn list_keys(State(node): State<Arc<Node>>, raw: RawPathParams, uri: Uri) 
         }
     };
     let cursor = if page.more {
-        page.rows.last().map(|(k, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k))
+        page.rows
+            .last()
+            .map(|(k, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k))
     } else {
         None
     };
@@ -299,20 +348,35 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics_text()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn console() -> Html<&'static str> {
     Html(include_str!("console.html"))
 }
 
+async fn empty_key() -> ApiError {
+    bad("key must not be empty")
+}
+
 async fn not_found() -> ApiError {
-    ApiError(Error::InvalidArgument("no such endpoint; see the README for the HTTP API".into()))
+    ApiError(Error::InvalidArgument(
+        "no such endpoint; see the README for the HTTP API".into(),
+    ))
 }
 
 /// The HTTP routes of a node.
 pub(crate) fn app(node: Arc<Node>) -> Router {
-    let body_limit = node.core.limits.max_value_bytes.saturating_mul(2).saturating_add(1 << 20);
+    let body_limit = node
+        .core
+        .limits
+        .max_value_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20);
     Router::new()
         .route("/", get(console))
         .route("/health", get(health))
@@ -321,14 +385,25 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/v1/tables", get(list_tables).post(create_table))
         .route("/v1/tables/{table}", get(describe_table).delete(drop_table))
         .route("/v1/tables/{table}/keys", get(list_keys))
-        .route("/v1/tables/{table}/keys/{key}", get(get_key).put(put_key).delete(delete_key))
+        .route(
+            "/v1/tables/{table}/keys/{key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route(
+            "/v1/tables/{table}/keys/",
+            get(empty_key).put(empty_key).delete(empty_key),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
 }
 
 /// Serves HTTP until `stop` turns true.
-pub(crate) async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let res = axum::serve(listener, app(node))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -346,7 +421,10 @@ mod tests {
     #[test]
     fn percent_decoding_is_strict() {
         assert_eq!(percent_decode("a%2Fb%ff").unwrap(), b"a/b\xff".to_vec());
-        assert_eq!(percent_decode("plain+text").unwrap(), b"plain+text".to_vec());
+        assert_eq!(
+            percent_decode("plain+text").unwrap(),
+            b"plain+text".to_vec()
+        );
         assert!(percent_decode("bad%zz").is_err());
         assert!(percent_decode("cut%4").is_err());
     }
@@ -354,7 +432,10 @@ mod tests {
     #[test]
     fn list_bounds_combine_prefix_start_and_cursor() {
         let (s, e, l) = list_bounds(b"user/", b"", b"", b"", 0).unwrap();
-        assert_eq!((s, e, l), (b"user/".to_vec(), Some(b"user0".to_vec()), 1000));
+        assert_eq!(
+            (s, e, l),
+            (b"user/".to_vec(), Some(b"user0".to_vec()), 1000)
+        );
         let (s, _, _) = list_bounds(b"user/", b"", b"", b"user/7", 10).unwrap();
         assert_eq!(s, b"user/7\0".to_vec());
         assert!(list_bounds(b"", b"", b"", b"", 10_001).is_err());

@@ -27,5 +27,5 @@ mod metrics;
 mod node;
 mod transport;
 
-pub use config::{parse_initial_cluster, ServerConfig};
+pub use config::{ServerConfig, parse_initial_cluster};
 pub use node::Node;

@@ -2,12 +2,14 @@
 //! removal, node heartbeats and liveness.
 
 use crate::core::Core;
-use cairn_meta::{placement, MetaCommand, MetaResponse, MetaState};
-use cairn_raft::{from_client_write, from_read_error, Command, Reply};
+use cairn_meta::{MetaCommand, MetaResponse, MetaState, placement};
+use cairn_raft::{Command, Reply, from_client_write, from_read_error};
 use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
-use cairn_types::{validate_table_name, Error, NodeDesc, NodeId, PartitionId, Result, TableDesc, META_GROUP};
-use openraft::async_runtime::WatchReceiver;
+use cairn_types::{
+    Error, META_GROUP, NodeDesc, NodeId, PartitionId, Result, TableDesc, validate_table_name,
+};
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,9 @@ impl Liveness {
     fn live(&self, node: NodeId) -> bool {
         match self.seen.get(&node) {
             Some(t) => t.elapsed() < LIVENESS_WINDOW,
-            None => self.leader_since.is_some_and(|t| t.elapsed() < LIVENESS_WINDOW),
+            None => self
+                .leader_since
+                .is_some_and(|t| t.elapsed() < LIVENESS_WINDOW),
         }
     }
 
@@ -51,13 +55,22 @@ impl Liveness {
 
 impl Core {
     fn meta_replica(&self) -> Result<&crate::core::MetaReplica> {
-        self.meta.as_ref().ok_or(Error::NotLeader { partition: META_GROUP, leader: *self.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner()) })
+        self.meta.as_ref().ok_or(Error::NotLeader {
+            partition: META_GROUP,
+            leader: *self
+                .meta_leader_hint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        })
     }
 
     /// Confirms this replica leads the metadata group and has applied everything committed.
     async fn meta_barrier(&self) -> Result<MetaState> {
         let m = self.meta_replica()?;
-        m.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| from_read_error(META_GROUP, e))?;
+        m.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| from_read_error(META_GROUP, e))?;
         self.note_leadership();
         Ok(m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
@@ -73,7 +86,10 @@ impl Core {
     pub(crate) fn observe_meta_role(&self) {
         if let Some(m) = &self.meta {
             let leader = m.raft.metrics().borrow_watched().current_leader;
-            *self.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = leader.map(NodeId);
+            *self
+                .meta_leader_hint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = leader.map(NodeId);
             if leader != Some(self.id.0) {
                 let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                 *l = Liveness::default();
@@ -93,11 +109,29 @@ impl Core {
     }
 
     fn route_of(&self, state: &MetaState, table: TableDesc) -> TableRoute {
-        let leaders = self.liveness.lock().unwrap_or_else(|p| p.into_inner()).leaders();
-        let ids: BTreeSet<NodeId> = table.partitions.iter().flat_map(|p| p.replicas.iter().copied()).collect();
-        let nodes = ids.iter().filter_map(|n| state.nodes.get(n).cloned()).collect();
-        let leaders = leaders.into_iter().filter(|(p, _)| table.partitions.iter().any(|x| x.id == *p)).collect();
-        TableRoute { table, leaders, nodes }
+        let leaders = self
+            .liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leaders();
+        let ids: BTreeSet<NodeId> = table
+            .partitions
+            .iter()
+            .flat_map(|p| p.replicas.iter().copied())
+            .collect();
+        let nodes = ids
+            .iter()
+            .filter_map(|n| state.nodes.get(n).cloned())
+            .collect();
+        let leaders = leaders
+            .into_iter()
+            .filter(|(p, _)| table.partitions.iter().any(|x| x.id == *p))
+            .collect();
+        TableRoute {
+            table,
+            leaders,
+            nodes,
+        }
     }
 
     /// Serves a metadata request; refuses with `NotLeader` unless this node leads group 0.
@@ -106,11 +140,21 @@ impl Core {
             MetaRequest::ClusterInfo => Ok(MetaReply::Cluster(self.identity.meta_members.clone())),
             MetaRequest::GetTable(name) => {
                 let state = self.meta_barrier().await?;
-                let table = state.tables.get(&name).cloned().ok_or_else(|| Error::TableNotFound(name.clone()))?;
+                let table = state
+                    .tables
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| Error::TableNotFound(name.clone()))?;
                 Ok(MetaReply::Table(self.route_of(&state, table)))
             }
-            MetaRequest::ListTables => Ok(MetaReply::Tables(self.meta_barrier().await?.tables.into_values().collect())),
-            MetaRequest::CreateTable { name, replication, split_keys } => {
+            MetaRequest::ListTables => Ok(MetaReply::Tables(
+                self.meta_barrier().await?.tables.into_values().collect(),
+            )),
+            MetaRequest::CreateTable {
+                name,
+                replication,
+                split_keys,
+            } => {
                 validate_table_name(&name)?;
                 cairn_meta::validate_split_keys(&split_keys)?;
                 for k in &split_keys {
@@ -125,24 +169,41 @@ impl Core {
                     state.nodes.keys().copied().filter(|n| l.live(*n)).collect()
                 };
                 let placement = placement::place(&state, &live, split_keys.len() + 1, replication)?;
-                let cmd = MetaCommand::CreateTable { name, replication, split_keys, placement };
+                let cmd = MetaCommand::CreateTable {
+                    name,
+                    replication,
+                    split_keys,
+                    placement,
+                };
                 match self.propose_meta(cmd).await? {
                     MetaResponse::Table(t) => {
-                        let state = self.meta_replica()?.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        let state = self
+                            .meta_replica()?
+                            .state
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
                         Ok(MetaReply::Table(self.route_of(&state, t)))
                     }
                     MetaResponse::Refused(e) => Err(e),
                     MetaResponse::Done => Err(Error::Internal("create answered nothing".into())),
                 }
             }
-            MetaRequest::DropTable(name) => match self.propose_meta(MetaCommand::DropTable { name }).await? {
-                MetaResponse::Table(t) => {
-                    let state = self.meta_replica()?.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    Ok(MetaReply::Table(self.route_of(&state, t)))
+            MetaRequest::DropTable(name) => {
+                match self.propose_meta(MetaCommand::DropTable { name }).await? {
+                    MetaResponse::Table(t) => {
+                        let state = self
+                            .meta_replica()?
+                            .state
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        Ok(MetaReply::Table(self.route_of(&state, t)))
+                    }
+                    MetaResponse::Refused(e) => Err(e),
+                    MetaResponse::Done => Err(Error::Internal("drop answered nothing".into())),
                 }
-                MetaResponse::Refused(e) => Err(e),
-                MetaResponse::Done => Err(Error::Internal("drop answered nothing".into())),
-            },
+            }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,
             MetaRequest::PartitionsOn(node) => {
                 let state = self.meta_barrier().await?;
@@ -150,7 +211,11 @@ impl Core {
                     .partitions_on(node)
                     .into_iter()
                     .map(|p| {
-                        let members = p.replicas.iter().filter_map(|n| state.nodes.get(n).cloned()).collect();
+                        let members = p
+                            .replicas
+                            .iter()
+                            .filter_map(|n| state.nodes.get(n).cloned())
+                            .collect();
                         (p, members)
                     })
                     .collect();
@@ -160,15 +225,22 @@ impl Core {
                 let state = self.meta_barrier().await?;
                 let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                 let leaders = l.leaders();
-                let members: BTreeSet<NodeId> = self.identity.meta_members.iter().map(|(n, _)| *n).collect();
+                let members: BTreeSet<NodeId> =
+                    self.identity.meta_members.iter().map(|(n, _)| *n).collect();
                 let nodes = state
                     .nodes
                     .values()
                     .map(|n| NodeStatus {
                         node: n.clone(),
                         live: l.live(n.id),
-                        last_heartbeat_ms_ago: l.seen.get(&n.id).map(|t| t.elapsed().as_millis() as u64),
-                        replicas: state.partitions().filter(|(_, p)| p.replicas.contains(&n.id)).count() as u32,
+                        last_heartbeat_ms_ago: l
+                            .seen
+                            .get(&n.id)
+                            .map(|t| t.elapsed().as_millis() as u64),
+                        replicas: state
+                            .partitions()
+                            .filter(|(_, p)| p.replicas.contains(&n.id))
+                            .count() as u32,
                         leaders: leaders.values().filter(|x| **x == n.id).count() as u32,
                         metadata_member: members.contains(&n.id),
                     })
@@ -182,12 +254,24 @@ impl Core {
         let m = self.meta_replica()?;
         let metrics = m.raft.metrics().borrow_watched().clone();
         if metrics.current_leader != Some(self.id.0) {
-            return Err(Error::NotLeader { partition: META_GROUP, leader: metrics.current_leader.map(NodeId) });
+            return Err(Error::NotLeader {
+                partition: META_GROUP,
+                leader: metrics.current_leader.map(NodeId),
+            });
         }
         self.note_leadership();
-        let known: Option<NodeDesc> = m.state.read().unwrap_or_else(|p| p.into_inner()).nodes.get(&hb.node.id).cloned();
+        let known: Option<NodeDesc> = m
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .get(&hb.node.id)
+            .cloned();
         if known.as_ref() != Some(&hb.node) {
-            match self.propose_meta(MetaCommand::RegisterNode(hb.node.clone())).await? {
+            match self
+                .propose_meta(MetaCommand::RegisterNode(hb.node.clone()))
+                .await?
+            {
                 MetaResponse::Refused(e) => return Err(e),
                 _ => tracing::info!(node = %hb.node.id, addr = %hb.node.addr, "registered node"),
             }

@@ -4,16 +4,17 @@ use crate::config::ServerConfig;
 use crate::core::{Core, Identity};
 use crate::metrics::Metrics;
 use crate::transport::NodeTransport;
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use cairn_raft::{PeerNetwork, Syncer};
 use cairn_router::{
-    Heartbeat, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply, PartitionRequest, Router,
-    TableRoute, Transport,
+    Heartbeat, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply,
+    PartitionRequest, Router, TableRoute, Transport,
 };
-use cairn_storage::{keys, SharedEngine, Space, WriteBatch};
+use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_storage_fjall::FjallEngine;
 use cairn_types::{
-    ClientId, Error, NodeDesc, NodeId, PartitionDesc, RequestId, Result, Session, TableDesc, DEFAULT_REPLICATION,
+    ClientId, DEFAULT_REPLICATION, Error, NodeDesc, NodeId, PartitionDesc, RequestId, Result,
+    Session, TableDesc,
 };
 use openraft::async_runtime::WatchReceiver;
 use std::collections::HashSet;
@@ -47,7 +48,8 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener>
 
 async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Result<Identity> {
     if let Some(bytes) = engine.get(Space::Local, &keys::local_identity())? {
-        let id: Identity = postcard::from_bytes(&bytes).context("the node identity record in the data dir is corrupt")?;
+        let id: Identity = postcard::from_bytes(&bytes)
+            .context("the node identity record in the data dir is corrupt")?;
         if id.id != cfg.id {
             bail!(
                 "data dir {} belongs to node {} but --id is {}; use the matching id or another data dir",
@@ -68,9 +70,16 @@ async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Res
             cfg.data_dir.display()
         );
     };
-    let identity = Identity { id: cfg.id, meta_members };
+    let identity = Identity {
+        id: cfg.id,
+        meta_members,
+    };
     let mut b = WriteBatch::new();
-    b.put(Space::Local, keys::local_identity(), postcard::to_allocvec(&identity)?);
+    b.put(
+        Space::Local,
+        keys::local_identity(),
+        postcard::to_allocvec(&identity)?,
+    );
     engine.write(b)?;
     engine.sync()?;
     Ok(identity)
@@ -81,13 +90,25 @@ async fn ask_cluster(addrs: &[String]) -> anyhow::Result<Vec<(NodeId, String)>> 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for a in addrs {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{a}")) else {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+            else {
                 bail!("--join address {a:?} is not HOST:PORT");
             };
-            let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).connect().await else { continue };
+            let Ok(channel) = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .connect()
+                .await
+            else {
+                continue;
+            };
             let mut c = cairn_proto::v1::internal_client::InternalClient::new(channel);
-            if let Ok(resp) = c.meta(crate::transport::encode(&MetaRequest::ClusterInfo)).await {
-                if let Ok(Ok(MetaReply::Cluster(m))) = crate::transport::decode::<Result<MetaReply>>(resp.get_ref()) {
+            if let Ok(resp) = c
+                .meta(crate::transport::encode(&MetaRequest::ClusterInfo))
+                .await
+            {
+                if let Ok(Ok(MetaReply::Cluster(m))) =
+                    crate::transport::decode::<Result<MetaReply>>(resp.get_ref())
+                {
                     return Ok(m);
                 }
             }
@@ -104,17 +125,27 @@ impl Node {
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-        let engine: SharedEngine = Arc::new(
-            FjallEngine::open(&cfg.data_dir)
-                .with_context(|| format!("cannot open the engine in {} (is another node using it?)", cfg.data_dir.display()))?,
-        );
+        let engine: SharedEngine =
+            Arc::new(FjallEngine::open(&cfg.data_dir).with_context(|| {
+                format!(
+                    "cannot open the engine in {} (is another node using it?)",
+                    cfg.data_dir.display()
+                )
+            })?);
         let identity = load_identity(&engine, &cfg).await?;
         let grpc = bind(&cfg.listen, "gRPC").await?;
         let http = bind(&cfg.http, "HTTP").await?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
-        let advertise = cfg.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
-        let desc = NodeDesc { id: cfg.id, addr: advertise.clone(), http_addr: http_addr.to_string() };
+        let advertise = cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string());
+        let desc = NodeDesc {
+            id: cfg.id,
+            addr: advertise.clone(),
+            http_addr: http_addr.to_string(),
+        };
 
         let syncer = Syncer::start(engine.clone()).context("cannot start the sync thread")?;
         let peers = PeerNetwork::new();
@@ -151,12 +182,23 @@ impl Node {
             tasks: Default::default(),
         });
         let mut tasks = vec![
-            tokio::spawn(crate::grpc::serve(node.clone(), grpc, node.stop.subscribe())),
-            tokio::spawn(crate::http::serve(node.clone(), http, node.stop.subscribe())),
+            tokio::spawn(crate::grpc::serve(
+                node.clone(),
+                grpc,
+                node.stop.subscribe(),
+            )),
+            tokio::spawn(crate::http::serve(
+                node.clone(),
+                http,
+                node.stop.subscribe(),
+            )),
             tokio::spawn(heartbeat_loop(node.clone(), node.stop.subscribe())),
             tokio::spawn(reconcile_loop(node.clone(), node.stop.subscribe())),
         ];
-        node.tasks.lock().unwrap_or_else(|p| p.into_inner()).append(&mut tasks);
+        node.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut tasks);
         tracing::info!(node = %cfg.id, grpc = %grpc_addr, http = %http_addr, "node started");
         Ok(node)
     }
@@ -180,11 +222,19 @@ impl Node {
     /// the engine durable.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        let replicas: Vec<_> = self.core.replicas.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let replicas: Vec<_> = self
+            .core
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for r in replicas {
             let _ = r.raft.shutdown().await;
         }
@@ -198,13 +248,25 @@ impl Node {
     }
 
     pub(crate) fn is_meta_leader(&self) -> bool {
-        self.core.meta.as_ref().is_some_and(|m| m.raft.metrics().borrow_watched().current_leader == Some(self.core.id.0))
+        self.core.meta.as_ref().is_some_and(|m| {
+            m.raft.metrics().borrow_watched().current_leader == Some(self.core.id.0)
+        })
     }
 
     /// Prometheus text for `/metrics`.
     pub(crate) fn metrics_text(&self) -> String {
-        let replicas = self.core.replicas.read().unwrap_or_else(|p| p.into_inner()).len();
-        self.core.metrics.render(self.core.id.0, replicas, self.core.leader_count(), self.is_meta_leader())
+        let replicas = self
+            .core
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        self.core.metrics.render(
+            self.core.id.0,
+            replicas,
+            self.core.leader_count(),
+            self.is_meta_leader(),
+        )
     }
 
     pub(crate) fn record(&self, op: &str, ok: bool) {
@@ -219,21 +281,37 @@ impl Node {
         split_keys: Vec<Vec<u8>>,
         deadline: Instant,
     ) -> Result<TableRoute> {
-        let replication = if replication == 0 { DEFAULT_REPLICATION } else { replication };
-        let req = MetaRequest::CreateTable { name: name.to_string(), replication, split_keys };
+        let replication = if replication == 0 {
+            DEFAULT_REPLICATION
+        } else {
+            replication
+        };
+        let req = MetaRequest::CreateTable {
+            name: name.to_string(),
+            replication,
+            split_keys,
+        };
         let MetaReply::Table(route) = self.router.meta(req, deadline).await? else {
             return Err(Error::Internal("create table answered no table".into()));
         };
         self.router.transport().learn(&route.nodes);
         let transport = self.router.transport();
         for p in &route.table.partitions {
-            let members: Vec<NodeDesc> = route.nodes.iter().filter(|n| p.replicas.contains(&n.id)).cloned().collect();
+            let members: Vec<NodeDesc> = route
+                .nodes
+                .iter()
+                .filter(|n| p.replicas.contains(&n.id))
+                .cloned()
+                .collect();
             let opens = p.replicas.iter().map(|n| {
                 let req = PartitionRequest {
                     partition: p.id,
                     epoch: p.epoch,
                     table: p.table_id,
-                    op: PartitionOp::Open { desc: p.clone(), members: members.clone() },
+                    op: PartitionOp::Open {
+                        desc: p.clone(),
+                        members: members.clone(),
+                    },
                 };
                 transport.partition(*n, req)
             });
@@ -257,8 +335,15 @@ impl Node {
     async fn wait_leader(&self, p: &PartitionDesc, deadline: Instant) -> Option<NodeId> {
         loop {
             for n in &p.replicas {
-                let req = PartitionRequest { partition: p.id, epoch: p.epoch, table: p.table_id, op: PartitionOp::Leader };
-                if let Ok(PartitionReply::Leader(Some(l))) = self.router.transport().partition(*n, req).await {
+                let req = PartitionRequest {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    table: p.table_id,
+                    op: PartitionOp::Leader,
+                };
+                if let Ok(PartitionReply::Leader(Some(l))) =
+                    self.router.transport().partition(*n, req).await
+                {
                     return Some(l);
                 }
             }
@@ -273,23 +358,38 @@ impl Node {
     /// every request through its own log before this returns, and its replicas are
     /// destroyed by the nodes shortly after.
     pub async fn drop_table(&self, name: &str, deadline: Instant) -> Result<()> {
-        let MetaReply::Table(route) = self.router.meta(MetaRequest::DropTable(name.to_string()), deadline).await? else {
+        let MetaReply::Table(route) = self
+            .router
+            .meta(MetaRequest::DropTable(name.to_string()), deadline)
+            .await?
+        else {
             return Err(Error::Internal("drop table answered no table".into()));
         };
         self.router.cache().invalidate(name);
         self.router.transport().learn(&route.nodes);
         for p in &route.table.partitions {
-            self.drop_partition(p, route.leaders.get(&p.id).copied(), deadline).await?;
+            self.drop_partition(p, route.leaders.get(&p.id).copied(), deadline)
+                .await?;
         }
         Ok(())
     }
 
-    async fn drop_partition(&self, p: &PartitionDesc, hint: Option<NodeId>, deadline: Instant) -> Result<()> {
+    async fn drop_partition(
+        &self,
+        p: &PartitionDesc,
+        hint: Option<NodeId>,
+        deadline: Instant,
+    ) -> Result<()> {
         let mut next = hint.or_else(|| p.replicas.first().copied());
         let mut gone: HashSet<NodeId> = HashSet::new();
         let mut turn = 0usize;
         while let Some(target) = next {
-            let req = PartitionRequest { partition: p.id, epoch: p.epoch, table: p.table_id, op: PartitionOp::Drop };
+            let req = PartitionRequest {
+                partition: p.id,
+                epoch: p.epoch,
+                table: p.table_id,
+                op: PartitionOp::Drop,
+            };
             next = None;
             match self.router.transport().partition(target, req).await {
                 Ok(_) => return Ok(()),
@@ -297,7 +397,9 @@ impl Node {
                 Err(Error::PartitionNotFound(_)) => {
                     gone.insert(target);
                 }
-                Err(Error::NotLeader { leader: Some(l), .. }) if l != target => next = Some(l),
+                Err(Error::NotLeader {
+                    leader: Some(l), ..
+                }) if l != target => next = Some(l),
                 Err(e) => tracing::debug!(partition = %p.id, "drop attempt on {target}: {e}"),
             }
             if p.replicas.iter().all(|n| gone.contains(n)) {
@@ -336,13 +438,30 @@ impl Node {
     }
 
     /// Writes `value` under `key`.
-    pub async fn put(&self, table: &str, key: Vec<u8>, value: Vec<u8>, rid: Option<RequestId>, deadline: Instant) -> Result<()> {
+    pub async fn put(
+        &self,
+        table: &str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        rid: Option<RequestId>,
+        deadline: Instant,
+    ) -> Result<()> {
         self.core.limits.check_key(&key)?;
         self.core.limits.check_value(&value)?;
         let (rid, own) = self.begin_write(rid);
         let r = self
             .router
-            .keyed(table, &key, || PartitionOp::Put { key: key.clone(), value: value.clone(), request_id: Some(rid) }, false, deadline)
+            .keyed(
+                table,
+                &key,
+                || PartitionOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    request_id: Some(rid),
+                },
+                false,
+                deadline,
+            )
             .await;
         if own {
             self.session.finish(rid);
@@ -351,12 +470,27 @@ impl Node {
     }
 
     /// Deletes `key` (absent keys are fine).
-    pub async fn delete(&self, table: &str, key: Vec<u8>, rid: Option<RequestId>, deadline: Instant) -> Result<()> {
+    pub async fn delete(
+        &self,
+        table: &str,
+        key: Vec<u8>,
+        rid: Option<RequestId>,
+        deadline: Instant,
+    ) -> Result<()> {
         self.core.limits.check_key(&key)?;
         let (rid, own) = self.begin_write(rid);
         let r = self
             .router
-            .keyed(table, &key, || PartitionOp::Delete { key: key.clone(), request_id: Some(rid) }, false, deadline)
+            .keyed(
+                table,
+                &key,
+                || PartitionOp::Delete {
+                    key: key.clone(),
+                    request_id: Some(rid),
+                },
+                false,
+                deadline,
+            )
             .await;
         if own {
             self.session.finish(rid);
@@ -365,12 +499,29 @@ impl Node {
     }
 
     /// Reads `key`; linearizable unless `stale`.
-    pub async fn get(&self, table: &str, key: Vec<u8>, stale: bool, deadline: Instant) -> Result<Option<Vec<u8>>> {
+    pub async fn get(
+        &self,
+        table: &str,
+        key: Vec<u8>,
+        stale: bool,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>> {
         self.core.limits.check_key(&key)?;
         let reply = if stale {
             self.stale_get(table, &key, deadline).await?
         } else {
-            self.router.keyed(table, &key, || PartitionOp::Get { key: key.clone(), stale: false }, false, deadline).await?
+            self.router
+                .keyed(
+                    table,
+                    &key,
+                    || PartitionOp::Get {
+                        key: key.clone(),
+                        stale: false,
+                    },
+                    false,
+                    deadline,
+                )
+                .await?
         };
         match reply {
             PartitionReply::Value(v) => Ok(v),
@@ -379,7 +530,12 @@ impl Node {
     }
 
     /// A stale read prefers this node's own replica, then the router's choice.
-    async fn stale_get(&self, table: &str, key: &[u8], deadline: Instant) -> Result<PartitionReply> {
+    async fn stale_get(
+        &self,
+        table: &str,
+        key: &[u8],
+        deadline: Instant,
+    ) -> Result<PartitionReply> {
         let route = self.router.route(table, deadline).await?;
         if let Some((p, _)) = route.locate(key) {
             if self.core.replica(p.id).is_some() {
@@ -387,14 +543,28 @@ impl Node {
                     partition: p.id,
                     epoch: p.epoch,
                     table: p.table_id,
-                    op: PartitionOp::Get { key: key.to_vec(), stale: true },
+                    op: PartitionOp::Get {
+                        key: key.to_vec(),
+                        stale: true,
+                    },
                 };
                 if let Ok(r) = self.core.handle_partition(req).await {
                     return Ok(r);
                 }
             }
         }
-        self.router.keyed(table, key, || PartitionOp::Get { key: key.to_vec(), stale: true }, true, deadline).await
+        self.router
+            .keyed(
+                table,
+                key,
+                || PartitionOp::Get {
+                    key: key.to_vec(),
+                    stale: true,
+                },
+                true,
+                deadline,
+            )
+            .await
     }
 
     /// Lists keys in `[start, end)`.
@@ -407,7 +577,9 @@ impl Node {
         stale: bool,
         deadline: Instant,
     ) -> Result<ListPage> {
-        self.router.list(table, start, end, limit, stale, deadline).await
+        self.router
+            .list(table, start, end, limit, stale, deadline)
+            .await
     }
 
     /// Nodes with liveness and load, from the metadata leader.
@@ -419,14 +591,22 @@ impl Node {
     }
 
     /// Engine key counts for a table on this node.
-    pub(crate) fn engine_stats(&self, table: cairn_types::TableId, partitions: &[cairn_types::PartitionId]) -> Result<(u64, u64, u64, u32)> {
+    pub(crate) fn engine_stats(
+        &self,
+        table: cairn_types::TableId,
+        partitions: &[cairn_types::PartitionId],
+    ) -> Result<(u64, u64, u64, u32)> {
         self.core.engine_stats(table, partitions)
     }
 
     /// Opens missing replicas and destroys those the metadata no longer places here.
     async fn reconcile(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let MetaReply::Placements(placed) = self.router.meta(MetaRequest::PartitionsOn(self.core.id), deadline).await? else {
+        let MetaReply::Placements(placed) = self
+            .router
+            .meta(MetaRequest::PartitionsOn(self.core.id), deadline)
+            .await?
+        else {
             return Err(Error::Internal("unexpected reply to PartitionsOn".into()));
         };
         let wanted: HashSet<_> = placed.iter().map(|(p, _)| p.id).collect();
@@ -437,7 +617,14 @@ impl Node {
                 }
             }
         }
-        let hosted: Vec<_> = self.core.replicas.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let hosted: Vec<_> = self
+            .core
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
         for p in hosted.into_iter().filter(|p| !wanted.contains(p)) {
             self.core.destroy_replica(p).await?;
         }
@@ -448,7 +635,10 @@ impl Node {
 async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     loop {
         node.core.observe_meta_role();
-        let hb = Heartbeat { node: node.core.desc.clone(), replicas: node.core.replica_statuses() };
+        let hb = Heartbeat {
+            node: node.core.desc.clone(),
+            replicas: node.core.replica_statuses(),
+        };
         let deadline = Instant::now() + HEARTBEAT_EVERY;
         if let Err(e) = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {
             tracing::debug!("heartbeat not delivered: {e}");

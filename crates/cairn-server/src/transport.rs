@@ -5,8 +5,8 @@ use crate::core::Core;
 use cairn_proto::v1::Envelope;
 use cairn_router::{MetaReply, MetaRequest, PartitionReply, PartitionRequest, Transport};
 use cairn_types::{Error, NodeDesc, NodeId, Result};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +14,14 @@ use std::time::Duration;
 const HOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Envelope {
-    Envelope { payload: postcard::to_allocvec(v).unwrap_or_default() }
+    Envelope {
+        payload: postcard::to_allocvec(v).unwrap_or_default(),
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(e: &Envelope) -> Result<T> {
-    postcard::from_bytes(&e.payload).map_err(|err| Error::InvalidArgument(format!("malformed internal message: {err}")))
+    postcard::from_bytes(&e.payload)
+        .map_err(|err| Error::InvalidArgument(format!("malformed internal message: {err}")))
 }
 
 /// The router's transport on a node.
@@ -30,8 +33,12 @@ pub(crate) struct NodeTransport {
 impl NodeTransport {
     async fn remote<T: DeserializeOwned, F, Fut>(&self, node: NodeId, call: F) -> Result<T>
     where
-        F: FnOnce(cairn_proto::v1::internal_client::InternalClient<tonic::transport::Channel>) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Envelope>, tonic::Status>>,
+        F: FnOnce(
+            cairn_proto::v1::internal_client::InternalClient<tonic::transport::Channel>,
+        ) -> Fut,
+        Fut: std::future::Future<
+                Output = std::result::Result<tonic::Response<Envelope>, tonic::Status>,
+            >,
     {
         let client = self
             .core
@@ -39,8 +46,13 @@ impl NodeTransport {
             .client(node.0)
             .ok_or_else(|| Error::Unavailable(format!("no address known for node {node}")))?;
         match tokio::time::timeout(HOP_TIMEOUT, call(client)).await {
-            Err(_) => Err(Error::Unavailable(format!("node {node} did not answer within {HOP_TIMEOUT:?}"))),
-            Ok(Err(status)) => Err(Error::Unavailable(format!("node {node}: {}", status.message()))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "node {node} did not answer within {HOP_TIMEOUT:?}"
+            ))),
+            Ok(Err(status)) => Err(Error::Unavailable(format!(
+                "node {node}: {}",
+                status.message()
+            ))),
             Ok(Ok(resp)) => decode::<std::result::Result<T, Error>>(resp.get_ref())?,
         }
     }
@@ -48,9 +60,20 @@ impl NodeTransport {
 
 impl Transport for NodeTransport {
     async fn meta(&self, req: MetaRequest) -> Result<MetaReply> {
-        let hint = *self.core.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner());
+        let hint = *self
+            .core
+            .meta_leader_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut candidates: Vec<NodeId> = hint.into_iter().collect();
-        candidates.extend(self.core.identity.meta_members.iter().map(|(n, _)| *n).filter(|n| Some(*n) != hint));
+        candidates.extend(
+            self.core
+                .identity
+                .meta_members
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| Some(*n) != hint),
+        );
         let mut last = Error::Unavailable("the cluster lists no metadata member".into());
         let mut tried = Vec::new();
         let mut i = 0;
@@ -65,11 +88,18 @@ impl Transport for NodeTransport {
                 self.core.handle_meta(req.clone()).await
             } else {
                 let env = encode(&req);
-                self.remote(node, |mut c| async move { c.meta(env).await }).await
+                self.remote(node, |mut c| async move { c.meta(env).await })
+                    .await
             };
             match res {
-                Err(Error::NotLeader { leader: Some(l), .. }) => {
-                    *self.core.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
+                Err(Error::NotLeader {
+                    leader: Some(l), ..
+                }) => {
+                    *self
+                        .core
+                        .meta_leader_hint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(l);
                     if !tried.contains(&l) {
                         candidates.insert(i, l);
                     }
@@ -78,7 +108,11 @@ impl Transport for NodeTransport {
                 Err(e) if e.is_retryable() => last = e,
                 other => {
                     if other.is_ok() {
-                        *self.core.meta_leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(node);
+                        *self
+                            .core
+                            .meta_leader_hint
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(node);
                     }
                     return other;
                 }
@@ -98,6 +132,7 @@ impl Transport for NodeTransport {
             return self.core.handle_partition(req).await;
         }
         let env = encode(&req);
-        self.remote(node, |mut c| async move { c.partition(env).await }).await
+        self.remote(node, |mut c| async move { c.partition(env).await })
+            .await
     }
 }

@@ -32,9 +32,17 @@ impl FjallEngine {
             .open()
             .map_err(err)?;
         let open = |name: &str| {
-            db.keyspace(name, || KeyspaceCreateOptions::default().manual_journal_persist(true)).map_err(err)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().manual_journal_persist(true)
+            })
+            .map_err(err)
         };
-        Ok(Self { raft: open("raft")?, data: open("data")?, local: open("local")?, db })
+        Ok(Self {
+            raft: open("raft")?,
+            data: open("data")?,
+            local: open("local")?,
+            db,
+        })
     }
 
     fn space(&self, s: Space) -> &Keyspace {
@@ -56,7 +64,10 @@ impl FjallEngine {
 }
 
 fn range<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
-    (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded))
+    (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    )
 }
 
 impl Engine for FjallEngine {
@@ -64,11 +75,20 @@ impl Engine for FjallEngine {
         Ok(self.space(space).get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
-        Self::collect(self.space(space).range::<&[u8], _>(range(start, end)), limit)
+        Self::collect(
+            self.space(space).range::<&[u8], _>(range(start, end)),
+            limit,
+        )
     }
 
     fn scan_rev(
@@ -81,7 +101,10 @@ impl Engine for FjallEngine {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
-        Self::collect(self.space(space).range::<&[u8], _>(range(start, end)).rev(), limit)
+        Self::collect(
+            self.space(space).range::<&[u8], _>(range(start, end)).rev(),
+            limit,
+        )
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {

@@ -2,7 +2,7 @@
 //! [`run_all`] from their own tests with a factory that makes a fresh, empty engine.
 #![allow(clippy::unwrap_used)]
 
-use crate::{count_range, delete_range, Engine, Space, WriteBatch};
+use crate::{Engine, Space, WriteBatch, count_range, delete_range};
 
 /// Makes a fresh, empty engine for one check.
 pub type Factory<'a> = &'a dyn Fn() -> Box<dyn Engine>;
@@ -23,23 +23,47 @@ fn put(e: &dyn Engine, s: Space, k: &[u8], v: &[u8]) {
 }
 
 fn get_put_delete(e: &dyn Engine) {
-    assert_eq!(e.get(Space::Data, b"k").unwrap(), None, "get_put_delete: fresh engine");
+    assert_eq!(
+        e.get(Space::Data, b"k").unwrap(),
+        None,
+        "get_put_delete: fresh engine"
+    );
     put(e, Space::Data, b"k", b"v1");
     put(e, Space::Data, b"k", b"v2");
-    assert_eq!(e.get(Space::Data, b"k").unwrap(), Some(b"v2".to_vec()), "get_put_delete: overwrite");
+    assert_eq!(
+        e.get(Space::Data, b"k").unwrap(),
+        Some(b"v2".to_vec()),
+        "get_put_delete: overwrite"
+    );
     let mut b = WriteBatch::new();
     b.delete(Space::Data, b"k".to_vec());
     e.write(b).unwrap();
-    assert_eq!(e.get(Space::Data, b"k").unwrap(), None, "get_put_delete: deleted");
+    assert_eq!(
+        e.get(Space::Data, b"k").unwrap(),
+        None,
+        "get_put_delete: deleted"
+    );
     e.sync().unwrap();
 }
 
 fn spaces_are_separate(e: &dyn Engine) {
     put(e, Space::Raft, b"k", b"raft");
     put(e, Space::Data, b"k", b"data");
-    assert_eq!(e.get(Space::Raft, b"k").unwrap(), Some(b"raft".to_vec()), "spaces_are_separate");
-    assert_eq!(e.get(Space::Local, b"k").unwrap(), None, "spaces_are_separate: local");
-    assert_eq!(e.scan(Space::Data, b"", None, 10).unwrap().len(), 1, "spaces_are_separate: scan");
+    assert_eq!(
+        e.get(Space::Raft, b"k").unwrap(),
+        Some(b"raft".to_vec()),
+        "spaces_are_separate"
+    );
+    assert_eq!(
+        e.get(Space::Local, b"k").unwrap(),
+        None,
+        "spaces_are_separate: local"
+    );
+    assert_eq!(
+        e.scan(Space::Data, b"", None, 10).unwrap().len(),
+        1,
+        "spaces_are_separate: scan"
+    );
 }
 
 fn scan_bounds_and_order(e: &dyn Engine) {
@@ -52,13 +76,22 @@ fn scan_bounds_and_order(e: &dyn Engine) {
         vec![b"b".to_vec(), b"c".to_vec(), b"c\xff".to_vec()],
         "scan: half-open, ascending"
     );
-    assert_eq!(keys(e.scan(Space::Data, b"", None, 2).unwrap()), vec![b"a".to_vec(), b"b".to_vec()], "scan: limit");
+    assert_eq!(
+        keys(e.scan(Space::Data, b"", None, 2).unwrap()),
+        vec![b"a".to_vec(), b"b".to_vec()],
+        "scan: limit"
+    );
     assert_eq!(
         keys(e.scan_rev(Space::Data, b"a", Some(b"c\xff"), 2).unwrap()),
         vec![b"c".to_vec(), b"b".to_vec()],
         "scan_rev: descending, end excluded"
     );
-    assert!(e.scan(Space::Data, b"d", Some(b"a"), 10).unwrap().is_empty(), "scan: empty range");
+    assert!(
+        e.scan(Space::Data, b"d", Some(b"a"), 10)
+            .unwrap()
+            .is_empty(),
+        "scan: empty range"
+    );
 }
 
 fn batch_is_atomic_and_ordered(e: &dyn Engine) {
@@ -69,9 +102,21 @@ fn batch_is_atomic_and_ordered(e: &dyn Engine) {
     b.put(Space::Data, b"z".to_vec(), b"3".to_vec());
     e.write(b).unwrap();
     e.sync().unwrap();
-    assert_eq!(e.get(Space::Data, b"x").unwrap(), None, "batch: later delete wins");
-    assert_eq!(e.get(Space::Raft, b"y").unwrap(), Some(b"2".to_vec()), "batch: other space");
-    assert_eq!(e.get(Space::Data, b"z").unwrap(), Some(b"3".to_vec()), "batch: last put");
+    assert_eq!(
+        e.get(Space::Data, b"x").unwrap(),
+        None,
+        "batch: later delete wins"
+    );
+    assert_eq!(
+        e.get(Space::Raft, b"y").unwrap(),
+        Some(b"2".to_vec()),
+        "batch: other space"
+    );
+    assert_eq!(
+        e.get(Space::Data, b"z").unwrap(),
+        Some(b"3".to_vec()),
+        "batch: last put"
+    );
 }
 
 fn ranges_delete_and_count(e: &dyn Engine) {
@@ -79,8 +124,24 @@ fn ranges_delete_and_count(e: &dyn Engine) {
         put(e, Space::Data, format!("r{i:05}").as_bytes(), b"v");
     }
     put(e, Space::Data, b"s", b"outside");
-    assert_eq!(count_range(e, Space::Data, b"r", Some(b"s")).unwrap(), 2500, "count_range");
-    assert_eq!(delete_range(e, Space::Data, b"r", Some(b"s"), 1000).unwrap(), 2500, "delete_range");
-    assert_eq!(count_range(e, Space::Data, b"r", Some(b"s")).unwrap(), 0, "delete_range: gone");
-    assert_eq!(e.get(Space::Data, b"s").unwrap(), Some(b"outside".to_vec()), "delete_range: bounds");
+    assert_eq!(
+        count_range(e, Space::Data, b"r", Some(b"s")).unwrap(),
+        2500,
+        "count_range"
+    );
+    assert_eq!(
+        delete_range(e, Space::Data, b"r", Some(b"s"), 1000).unwrap(),
+        2500,
+        "delete_range"
+    );
+    assert_eq!(
+        count_range(e, Space::Data, b"r", Some(b"s")).unwrap(),
+        0,
+        "delete_range: gone"
+    );
+    assert_eq!(
+        e.get(Space::Data, b"s").unwrap(),
+        Some(b"outside".to_vec()),
+        "delete_range: bounds"
+    );
 }

@@ -91,8 +91,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Up to `limit` pairs with `start <= key < end` (no upper bound when `end` is `None`),
     /// in ascending key order.
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize)
-    -> Result<Vec<KeyValue>>;
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>>;
 
     /// Up to `limit` pairs with `start <= key < end`, in descending key order.
     fn scan_rev(
@@ -138,12 +143,19 @@ pub fn delete_range(
 }
 
 /// Counts the keys of `space` in `[start, end)`.
-pub fn count_range(engine: &dyn Engine, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<u64> {
+pub fn count_range(
+    engine: &dyn Engine,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<u64> {
     let mut count = 0u64;
     let mut from = start.to_vec();
     loop {
         let page = engine.scan(space, &from, end, 1024)?;
-        let Some((last, _)) = page.last() else { return Ok(count) };
+        let Some((last, _)) = page.last() else {
+            return Ok(count);
+        };
         count += page.len() as u64;
         from = keys::successor(last);
     }

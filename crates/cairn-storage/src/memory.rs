@@ -52,7 +52,10 @@ fn apply(spaces: &mut BTreeMap<Space, Tree>, batch: &WriteBatch) {
 }
 
 fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
-    (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded))
+    (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    )
 }
 
 impl Engine for MemEngine {
@@ -61,13 +64,24 @@ impl Engine for MemEngine {
         Ok(g.spaces.get(&space).and_then(|t| t.get(key).cloned()))
     }
 
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = g.spaces.get(&space) else { return Ok(Vec::new()) };
-        Ok(t.range::<[u8], _>(bounds(start, end)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
+        let Some(t) = g.spaces.get(&space) else {
+            return Ok(Vec::new());
+        };
+        Ok(t.range::<[u8], _>(bounds(start, end))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn scan_rev(
@@ -81,7 +95,9 @@ impl Engine for MemEngine {
             return Ok(Vec::new());
         }
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = g.spaces.get(&space) else { return Ok(Vec::new()) };
+        let Some(t) = g.spaces.get(&space) else {
+            return Ok(Vec::new());
+        };
         Ok(t.range::<[u8], _>(bounds(start, end))
             .rev()
             .take(limit)

@@ -39,7 +39,9 @@ pub enum Error {
     #[error("table {0:?} already exists")]
     AlreadyExists(String),
     /// Too few live nodes to place the replicas asked for.
-    #[error("replication {wanted} needs {wanted} live nodes but only {live} are live; start more nodes or lower the replication")]
+    #[error(
+        "replication {wanted} needs {wanted} live nodes but only {live} are live; start more nodes or lower the replication"
+    )]
     NotEnoughNodes {
         /// Replicas asked for.
         wanted: u32,
@@ -170,6 +172,6 @@ impl Error {
 
     /// Whether a retry (after a route refresh or backoff) may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.is_routing() || matches!(self, Self::Unavailable(_) | Self::NotEnoughNodes { .. })
+        self.is_routing() || matches!(self, Self::Unavailable(_))
     }
 }

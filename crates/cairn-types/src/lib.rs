@@ -12,10 +12,10 @@ mod range;
 mod session;
 
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{ClientId, NodeId, PartitionId, RequestId, TableId, META_GROUP};
-pub use limits::{validate_table_name, Limits};
+pub use ids::{ClientId, META_GROUP, NodeId, PartitionId, RequestId, TableId};
+pub use limits::{Limits, validate_table_name};
 pub use model::{
-    NodeDesc, PartitionDesc, PartitionStatus, TableDesc, TableState, DEFAULT_REPLICATION,
+    DEFAULT_REPLICATION, NodeDesc, PartitionDesc, PartitionStatus, TableDesc, TableState,
 };
 pub use range::{Epoch, KeyRange};
 pub use session::Session;

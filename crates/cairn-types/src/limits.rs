@@ -14,7 +14,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_key_bytes: 4096, max_value_bytes: 1 << 20 }
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+        }
     }
 }
 
@@ -25,7 +28,10 @@ impl Limits {
             return Err(Error::InvalidArgument("key must not be empty".into()));
         }
         if key.len() > self.max_key_bytes {
-            return Err(Error::KeyTooLarge { len: key.len(), max: self.max_key_bytes });
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
         }
         Ok(())
     }
@@ -33,7 +39,10 @@ impl Limits {
     /// Refuses an oversized value.
     pub fn check_value(&self, value: &[u8]) -> Result<()> {
         if value.len() > self.max_value_bytes {
-            return Err(Error::ValueTooLarge { len: value.len(), max: self.max_value_bytes });
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: self.max_value_bytes,
+            });
         }
         Ok(())
     }
@@ -43,7 +52,9 @@ impl Limits {
 pub fn validate_table_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -72,8 +83,14 @@ mod tests {
         let l = Limits::default();
         assert!(matches!(l.check_key(b""), Err(Error::InvalidArgument(_))));
         assert!(l.check_key(&[7u8; 4096]).is_ok());
-        assert!(matches!(l.check_key(&[7u8; 4097]), Err(Error::KeyTooLarge { .. })));
+        assert!(matches!(
+            l.check_key(&[7u8; 4097]),
+            Err(Error::KeyTooLarge { .. })
+        ));
         assert!(l.check_value(&vec![0u8; 1 << 20]).is_ok());
-        assert!(matches!(l.check_value(&vec![0u8; (1 << 20) + 1]), Err(Error::ValueTooLarge { .. })));
+        assert!(matches!(
+            l.check_value(&vec![0u8; (1 << 20) + 1]),
+            Err(Error::ValueTooLarge { .. })
+        ));
     }
 }

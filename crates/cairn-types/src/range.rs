@@ -29,7 +29,10 @@ impl KeyRange {
         let mut out = Vec::with_capacity(split_keys.len() + 1);
         let mut start = Vec::new();
         for k in split_keys {
-            out.push(KeyRange { start: std::mem::replace(&mut start, k.clone()), end: Some(k.clone()) });
+            out.push(KeyRange {
+                start: std::mem::replace(&mut start, k.clone()),
+                end: Some(k.clone()),
+            });
         }
         out.push(KeyRange { start, end: None });
         out
@@ -53,7 +56,9 @@ impl fmt::Display for KeyRange {
 
 /// Version of a partition's shape. `version` is bumped by split and merge, `conf_ver` by
 /// membership change; a request carrying an older epoch is refused with `EpochMismatch`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Epoch {
     /// Bumped on every membership change.
     pub conf_ver: u64,

@@ -15,7 +15,10 @@ pub struct Session {
 impl Session {
     /// A session with the given client id.
     pub fn new(client: ClientId) -> Self {
-        Self { client, state: Mutex::new((0, BTreeSet::new())) }
+        Self {
+            client,
+            state: Mutex::new((0, BTreeSet::new())),
+        }
     }
 
     /// The session's client id.
@@ -30,13 +33,20 @@ impl Session {
         let seq = g.0;
         g.1.insert(seq);
         let first_incomplete = g.1.first().copied().unwrap_or(seq);
-        RequestId { client: self.client, seq, first_incomplete }
+        RequestId {
+            client: self.client,
+            seq,
+            first_incomplete,
+        }
     }
 
     /// The id to use when retrying `id`: same seq, refreshed `first_incomplete`.
     pub fn retry(&self, id: RequestId) -> RequestId {
         let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        RequestId { first_incomplete: g.1.first().copied().unwrap_or(id.seq).min(id.seq), ..id }
+        RequestId {
+            first_incomplete: g.1.first().copied().unwrap_or(id.seq).min(id.seq),
+            ..id
+        }
     }
 
     /// Ends a write, answered or abandoned. An abandoned write must not be retried later.

@@ -1,0 +1,350 @@
+//! Client subcommands: tables, keys and admin.
+
+use anyhow::Context;
+use cairn_client::{Client, ListOptions, TableInfo};
+use clap::{Args, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where to connect: the top-level `--endpoints`.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    endpoints: String,
+}
+
+impl Conn {
+    pub(crate) fn new(endpoints: String) -> Self {
+        Self { endpoints }
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.endpoints.split(',')).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+fn fail(e: cairn_client::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// `cairn table …`.
+#[derive(Args, Debug)]
+pub(crate) struct TableArgs {
+    #[command(subcommand)]
+    cmd: TableCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum TableCmd {
+    /// Create a table.
+    Create {
+        /// Table name: 1 to 128 characters from A-Z a-z 0-9 _ . -
+        name: String,
+        /// Replicas per partition: 1, 3 or 5.
+        #[arg(long, short, default_value_t = 3)]
+        replication: u32,
+        /// Split keys (comma-separated or repeated): partitions [-inf,k1), [k1,k2), ...
+        #[arg(long, value_delimiter = ',')]
+        split: Vec<String>,
+    },
+    /// Drop a table and all its data.
+    Drop {
+        /// Table name.
+        name: String,
+    },
+    /// List tables.
+    List,
+    /// Show a table's partitions, replicas and leaders.
+    Describe {
+        /// Table name.
+        name: String,
+    },
+}
+
+fn show_key(k: &[u8]) -> String {
+    match std::str::from_utf8(k) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!(
+            "0x{}",
+            k.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    }
+}
+
+fn print_table(t: &TableInfo) {
+    println!(
+        "table {} (id {}, replication {})",
+        t.name, t.id, t.replication
+    );
+    println!(
+        "{:<10} {:<28} {:<8} {:<14} {}",
+        "PARTITION", "RANGE", "EPOCH", "REPLICAS", "LEADER"
+    );
+    for p in &t.partitions {
+        let end = p
+            .end
+            .as_deref()
+            .map(show_key)
+            .unwrap_or_else(|| "+inf".into());
+        let range = format!("[{:?}, {end})", show_key(&p.start));
+        let replicas = p
+            .replicas
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let leader = p
+            .leader
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "?".into());
+        println!(
+            "{:<10} {:<28} {:<8} {:<14} {}",
+            p.id,
+            range,
+            format!("{}.{}", p.epoch.0, p.epoch.1),
+            replicas,
+            leader
+        );
+    }
+}
+
+pub(crate) async fn table(a: TableArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    let c = conn.client()?;
+    match a.cmd {
+        TableCmd::Create {
+            name,
+            replication,
+            split,
+        } => {
+            let mut keys: Vec<Vec<u8>> = split
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .map(String::into_bytes)
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let t = c
+                .create_table(&name, replication, keys)
+                .await
+                .map_err(fail)?;
+            println!("created");
+            print_table(&t);
+        }
+        TableCmd::Drop { name } => {
+            c.drop_table(&name).await.map_err(fail)?;
+            println!("dropped {name}");
+        }
+        TableCmd::List => {
+            for t in c.list_tables().await.map_err(fail)? {
+                println!(
+                    "{}\treplication={}\tpartitions={}",
+                    t.name,
+                    t.replication,
+                    t.partitions.len()
+                );
+            }
+        }
+        TableCmd::Describe { name } => print_table(&c.describe_table(&name).await.map_err(fail)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn put`.
+#[derive(Args, Debug)]
+pub(crate) struct PutArgs {
+    /// Table name.
+    table: String,
+    /// Key.
+    key: String,
+    /// Value; read from --file or standard input when absent.
+    value: Option<String>,
+    /// Read the value from this file.
+    #[arg(long, conflicts_with = "value")]
+    file: Option<PathBuf>,
+}
+
+pub(crate) async fn put(a: PutArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    let value = match (a.value, a.file) {
+        (Some(v), _) => v.into_bytes(),
+        (None, Some(f)) => {
+            std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the value from standard input")?;
+            buf
+        }
+    };
+    conn.client()?
+        .put(&a.table, a.key.as_bytes(), &value)
+        .await
+        .map_err(fail)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn get`.
+#[derive(Args, Debug)]
+pub(crate) struct GetArgs {
+    /// Table name.
+    table: String,
+    /// Key.
+    key: String,
+    /// Allow a stale read from any replica.
+    #[arg(long)]
+    stale: bool,
+}
+
+pub(crate) async fn get(a: GetArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    let c = conn.client()?;
+    let v = if a.stale {
+        c.get_stale(&a.table, a.key.as_bytes()).await
+    } else {
+        c.get(&a.table, a.key.as_bytes()).await
+    };
+    match v.map_err(fail)? {
+        Some(v) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&v)?;
+            if std::io::IsTerminal::is_terminal(&out) {
+                writeln!(out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("key {:?} not found in table {}", a.key, a.table);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `cairn delete`.
+#[derive(Args, Debug)]
+pub(crate) struct KeyArgs {
+    /// Table name.
+    table: String,
+    /// Key.
+    key: String,
+}
+
+pub(crate) async fn delete(a: KeyArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    conn.client()?
+        .delete(&a.table, a.key.as_bytes())
+        .await
+        .map_err(fail)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn list`.
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    /// Table name.
+    table: String,
+    /// Only keys with this prefix.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Only keys >= this.
+    #[arg(long, default_value = "")]
+    start: String,
+    /// Only keys < this.
+    #[arg(long, default_value = "")]
+    end: String,
+    /// Most keys to print (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Print values too (tab-separated).
+    #[arg(long)]
+    values: bool,
+}
+
+pub(crate) async fn list(a: ListArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    let c = conn.client()?;
+    let mut opts = ListOptions {
+        prefix: a.prefix.into_bytes(),
+        start: a.start.into_bytes(),
+        end: a.end.into_bytes(),
+        limit: 1000,
+        values: a.values,
+        ..Default::default()
+    };
+    let mut printed = 0usize;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let page = c.list(&a.table, &opts).await.map_err(fail)?;
+        for (i, k) in page.keys.iter().enumerate() {
+            if a.limit != 0 && printed == a.limit {
+                return Ok(ExitCode::SUCCESS);
+            }
+            match page.values.get(i) {
+                Some(v) if a.values => {
+                    writeln!(out, "{}\t{}", show_key(k), String::from_utf8_lossy(v))?
+                }
+                _ => writeln!(out, "{}", show_key(k))?,
+            }
+            printed += 1;
+        }
+        match page.cursor {
+            Some(cur) => opts.cursor = cur,
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// `cairn admin …`.
+#[derive(Args, Debug)]
+pub(crate) struct AdminArgs {
+    #[command(subcommand)]
+    cmd: AdminCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Nodes with liveness, replicas and leaders.
+    Nodes,
+    /// Partitions of one table or of all tables.
+    Partitions {
+        /// Table name (default: all tables).
+        table: Option<String>,
+    },
+}
+
+pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    let c = conn.client()?;
+    match a.cmd {
+        AdminCmd::Nodes => {
+            println!(
+                "{:<6} {:<22} {:<22} {:<6} {:<9} {:<8} {}",
+                "ID", "ADDRESS", "HTTP", "LIVE", "REPLICAS", "LEADERS", "METADATA"
+            );
+            for n in c.nodes().await.map_err(fail)? {
+                println!(
+                    "{:<6} {:<22} {:<22} {:<6} {:<9} {:<8} {}",
+                    n.id,
+                    n.addr,
+                    n.http_addr,
+                    if n.live { "yes" } else { "NO" },
+                    n.replicas,
+                    n.leaders,
+                    if n.metadata_member { "member" } else { "" }
+                );
+            }
+        }
+        AdminCmd::Partitions { table } => {
+            for (name, parts) in c
+                .partitions(table.as_deref().unwrap_or(""))
+                .await
+                .map_err(fail)?
+            {
+                print_table(&TableInfo {
+                    name,
+                    id: 0,
+                    replication: 0,
+                    partitions: parts,
+                });
+                println!();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

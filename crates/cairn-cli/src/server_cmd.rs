@@ -1,0 +1,113 @@
+//! `cairn server`: one node, until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use cairn_server::{Node, ServerConfig, parse_initial_cluster};
+use cairn_types::{Limits, NodeId};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `cairn server`; each also reads a `CAIRN_…` environment variable.
+#[derive(Args, Debug)]
+pub(crate) struct ServerArgs {
+    /// Unique id of this node (a positive integer).
+    #[arg(long, env = "CAIRN_ID")]
+    id: u64,
+    /// Directory for this node's data; created if missing.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// gRPC address for clients and peers.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7001")]
+    listen: String,
+    /// HTTP address for the JSON API, /metrics and the console.
+    #[arg(long, env = "CAIRN_HTTP", default_value = "127.0.0.1:8001")]
+    http: String,
+    /// gRPC address other nodes and clients should use (default: the listen address).
+    #[arg(long, env = "CAIRN_ADVERTISE")]
+    advertise: Option<String>,
+    /// Form a new cluster whose metadata group is these nodes: `1=HOST:PORT,2=HOST:PORT,...`.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// Join an existing cluster through these nodes: `HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, env = "CAIRN_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Largest key in bytes.
+    #[arg(long, env = "CAIRN_MAX_KEY_BYTES", default_value_t = 4096)]
+    max_key_bytes: usize,
+    /// Largest value in bytes.
+    #[arg(long, env = "CAIRN_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    max_value_bytes: usize,
+}
+
+pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    if a.id == 0 {
+        anyhow::bail!("--id 0 is reserved; use ids from 1");
+    }
+    let initial_cluster = match &a.initial_cluster {
+        Some(s) => {
+            parse_initial_cluster(s).map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    let cfg = ServerConfig {
+        id: NodeId(a.id),
+        data_dir: a.data_dir,
+        listen: a.listen,
+        http: a.http,
+        advertise: a.advertise,
+        initial_cluster,
+        join: a.join,
+        limits: Limits {
+            max_key_bytes: a.max_key_bytes,
+            max_value_bytes: a.max_value_bytes,
+        },
+    };
+    let mut signals = Signals::install();
+    let node = Node::start(cfg).await.context("the node could not start")?;
+    signals.recv().await;
+    tracing::info!("stopping: finishing in-flight requests");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM and Ctrl-C listeners, installed once so no signal is missed between waits.
+pub(crate) struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers: from now on SIGTERM and SIGINT no longer kill the process.
+    pub(crate) fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Waits for SIGTERM or Ctrl-C.
+    pub(crate) async fn recv(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.int) => {}
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! A cluster of real `cairn server` processes on loopback, for end-to-end tests.
+
+use cairn_client::Client;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port, as the OS hands it out.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Child processes of the built `cairn` binary, each with its own data dir and log.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    cluster_flag: String,
+    tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (all metadata members) and waits until every one is live.
+    pub async fn start(n: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes: Vec<NodeProc> = (1..=n)
+            .map(|id| NodeProc {
+                id,
+                grpc: format!("127.0.0.1:{}", free_port()),
+                http: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let cluster_flag = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            nodes,
+            cluster_flag,
+            tmp,
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c.wait_live(n as usize).await;
+        c
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let flag = self.cluster_flag.clone();
+        let log_path = self.tmp.path().join(format!("node-{id}.log"));
+        let n = &mut self.nodes[(id - 1) as usize];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "server",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &n.grpc,
+                "--http",
+                &n.http,
+            ])
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .args(["--initial-cluster", &flag])
+            .env("CAIRN_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        n.child = Some(child);
+    }
+
+    /// Waits until the metadata leader reports `n` live nodes.
+    pub async fn wait_live(&self, n: usize) {
+        let c = self.client();
+        wait_for(Duration::from_secs(60), "nodes to be live", || async {
+            let nodes = c.nodes().await.ok()?;
+            (nodes.iter().filter(|x| x.live).count() >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// A client over every node.
+    pub fn client(&self) -> Client {
+        Client::new(self.nodes.iter().map(|n| n.grpc.clone())).unwrap()
+    }
+
+    /// A client talking only to node `id`.
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::new([self.nodes[(id - 1) as usize].grpc.clone()]).unwrap()
+    }
+
+    /// The HTTP base URL of node `id`.
+    pub fn http(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[(id - 1) as usize].http)
+    }
+
+    /// Sends SIGKILL to node `id` and reaps it.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes[(id - 1) as usize].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts node `id` from its data dir alone (no cluster flags are needed, but the
+    /// same flags are harmless).
+    pub fn restart(&mut self, id: u64) {
+        assert!(
+            self.nodes[(id - 1) as usize].child.is_none(),
+            "node {id} is running"
+        );
+        let n = &self.nodes[(id - 1) as usize];
+        let log_path = self.tmp.path().join(format!("node-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "server",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &n.grpc,
+                "--http",
+                &n.http,
+            ])
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .env("CAIRN_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.nodes[(id - 1) as usize].child = Some(child);
+    }
+
+    /// Sends SIGTERM to node `id` and waits for it to exit; returns whether it exited 0.
+    pub fn stop(&mut self, id: u64) -> bool {
+        let Some(mut c) = self.nodes[(id - 1) as usize].child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.success();
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log of node `id`, for failure messages.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the logs of a failed test where a developer can read them.
+            let keep = std::env::temp_dir().join(format!("cairn-failed-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for n in &self.nodes {
+                let _ = std::fs::copy(
+                    self.tmp.path().join(format!("node-{}.log", n.id)),
+                    keep.join(format!("node-{}.log", n.id)),
+                );
+            }
+            eprintln!("node logs kept in {}", keep.display());
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests on clusters of real `cairn` processes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod cluster;
+mod t10_tables_and_keys;
+mod t20_leader_crash;
+mod t30_whole_cluster_crash;
+mod t40_bad_input;
+mod t50_retried_writes;
+mod t60_playground;

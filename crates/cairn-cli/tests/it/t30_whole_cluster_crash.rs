@@ -1,0 +1,57 @@
+use crate::cluster::Cluster;
+
+/// Kill -9 every node after acknowledged writes and restart them from their data dirs:
+/// every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t30_kill_all_nodes_and_restart() {
+    let mut c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("d", 3, vec![b"m".to_vec()]).await.unwrap();
+    let mut expect = Vec::new();
+    for i in 0..300 {
+        let k = format!("{}{i:03}", if i % 2 == 0 { "a" } else { "z" });
+        let v = format!("v{i}");
+        cl.put("d", k.as_bytes(), v.as_bytes()).await.unwrap();
+        expect.push((k, v));
+    }
+    cl.delete("d", b"a000").await.unwrap();
+    for id in 1..=3 {
+        c.kill9(id);
+    }
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    c.wait_live(3).await;
+    let cl = c.client();
+    for (k, v) in &expect {
+        let want = if k == "a000" {
+            None
+        } else {
+            Some(v.clone().into_bytes())
+        };
+        assert_eq!(cl.get("d", k.as_bytes()).await.unwrap(), want, "{k}");
+    }
+    // And the cluster still takes writes.
+    cl.put("d", b"after", b"restart").await.unwrap();
+    assert_eq!(
+        cl.get("d", b"after").await.unwrap(),
+        Some(b"restart".to_vec())
+    );
+}
+
+/// SIGTERM stops a node gracefully with exit code 0, and it restarts from its data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t31_graceful_stop_and_restart() {
+    let mut c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("g", 3, vec![]).await.unwrap();
+    cl.put("g", b"k", b"v").await.unwrap();
+    assert!(c.stop(2), "node 2 did not exit 0 on SIGTERM:\n{}", c.log(2));
+    cl.put("g", b"k2", b"v2").await.unwrap();
+    c.restart(2);
+    c.wait_live(3).await;
+    assert_eq!(
+        c.client_of(2).get("g", b"k2").await.unwrap(),
+        Some(b"v2".to_vec())
+    );
+}

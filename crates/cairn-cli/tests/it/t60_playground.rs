@@ -1,0 +1,180 @@
+use crate::cluster::{free_port, wait_for};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A base port whose gRPC ports (base..base+2) and HTTP ports (base+1000..) are free now.
+fn free_base() -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base > 60000 || base < 2000 {
+            continue;
+        }
+        let ok = (0..3).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+        });
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// `cairn playground` starts a working cluster, the README's curl tour works against it,
+/// Ctrl-C stops it, and a second run resumes the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t60_playground_and_readme_tour() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["playground", "--base-port", &base.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let http = format!("http://127.0.0.1:{}", base + 1000);
+    let h = reqwest::Client::new();
+    let mut pg = start();
+    let ready = |h: reqwest::Client, http: String| async move {
+        wait_for(
+            Duration::from_secs(60),
+            "the playground to serve",
+            || async {
+                let r = h.get(format!("{http}/v1/admin/nodes")).send().await.ok()?;
+                let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
+                let live = v["nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["live"] == true)
+                    .count();
+                (live == 3).then_some(())
+            },
+        )
+        .await
+    };
+    ready(h.clone(), http.clone()).await;
+
+    // The README tour, step by step.
+    let r = h
+        .post(format!("{http}/v1/tables"))
+        .body(r#"{"name":"demo","replication":3,"split_keys":["m"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = h
+        .put(format!("{http}/v1/tables/demo/keys/hello"))
+        .body("world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = h
+        .put(format!("{http}/v1/tables/demo/keys/zebra"))
+        .body("stripes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let other = format!("http://127.0.0.1:{}", base + 1002);
+    let r = h
+        .get(format!("{other}/v1/tables/demo/keys/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "world");
+    let r = h
+        .get(format!("{http}/v1/tables/demo/keys?values=true"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["keys"], serde_json::json!(["hello", "zebra"]));
+    assert_eq!(v["values"], serde_json::json!(["world", "stripes"]));
+    let r = h
+        .get(format!("{http}/v1/tables/demo"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["partitions"].as_array().unwrap().len(), 2);
+    let r = h
+        .delete(format!("{http}/v1/tables/demo/keys/zebra"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let metrics = h
+        .get(format!("{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("cairn_requests_total"), "{metrics}");
+
+    // The CLI against the same cluster.
+    let endpoints = format!("127.0.0.1:{base},127.0.0.1:{}", base + 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "get", "demo", "hello"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"world");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "admin", "nodes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "get", "nope", "k"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TABLE_NOT_FOUND"));
+
+    // Ctrl-C stops every node; the playground exits cleanly.
+    Command::new("kill")
+        .args(["-INT", &pg.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(60), "the playground to exit", || {
+        let s = pg.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success());
+
+    // Run again: same data.
+    let mut pg = start();
+    ready(h.clone(), http.clone()).await;
+    let r = h
+        .get(format!("{http}/v1/tables/demo/keys/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "world");
+    let r = h
+        .get(format!("{http}/v1/tables/demo/keys/zebra"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    Command::new("kill")
+        .args(["-INT", &pg.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(60), "the playground to exit", || {
+        let s = pg.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success());
+}
