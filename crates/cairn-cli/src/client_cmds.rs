@@ -77,8 +77,8 @@ fn print_table(t: &TableInfo) {
         t.name, t.id, t.replication
     );
     println!(
-        "{:<10} {:<28} {:<8} {:<14} {}",
-        "PARTITION", "RANGE", "EPOCH", "REPLICAS", "LEADER"
+        "{:<10} {:<28} {:<8} {:<14} LEADER",
+        "PARTITION", "RANGE", "EPOCH", "REPLICAS"
     );
     for p in &t.partitions {
         let end = p
@@ -314,8 +314,8 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
     match a.cmd {
         AdminCmd::Nodes => {
             println!(
-                "{:<6} {:<22} {:<22} {:<6} {:<9} {:<8} {}",
-                "ID", "ADDRESS", "HTTP", "LIVE", "REPLICAS", "LEADERS", "METADATA"
+                "{:<6} {:<22} {:<22} {:<6} {:<9} {:<8} METADATA",
+                "ID", "ADDRESS", "HTTP", "LIVE", "REPLICAS", "LEADERS"
             );
             for n in c.nodes().await.map_err(fail)? {
                 println!(

@@ -173,12 +173,11 @@ pub(crate) async fn run(a: PlaygroundArgs) -> anyhow::Result<ExitCode> {
             _ = signals.recv() => interrupted = true,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (k, (id, c)) in children.iter_mut().enumerate() {
-                    if !exited[k] {
-                        if let Ok(Some(status)) = c.try_wait() {
+                    if !exited[k]
+                        && let Ok(Some(status)) = c.try_wait() {
                             exited[k] = true;
                             eprintln!("node {id} exited ({status}); the others keep serving");
                         }
-                    }
                 }
             }
         }

@@ -36,10 +36,10 @@ impl Error {
     }
 
     pub(crate) fn from_status(s: &tonic::Status, addr: &str) -> Self {
-        if let Ok(info) = ErrorInfo::decode(s.details()) {
-            if let Some(code) = ErrorCode::parse(&info.code) {
-                return Self::new(code, info.message);
-            }
+        if let Ok(info) = ErrorInfo::decode(s.details())
+            && let Some(code) = ErrorCode::parse(&info.code)
+        {
+            return Self::new(code, info.message);
         }
         // No Cairn details: the node could not be reached or the call broke in transit.
         let message = format!("node {addr}: {} ({:?})", s.message(), s.code());

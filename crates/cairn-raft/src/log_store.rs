@@ -165,7 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io::Error::other)?;
         let last_log_id = match newest.first() {
             Some((k, v)) => Some(decode::<typ::Entry>(k, v)?.log_id),
-            None => purged.clone(),
+            None => purged,
         };
         Ok(LogState {
             last_purged_log_id: purged,

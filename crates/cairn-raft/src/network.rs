@@ -111,14 +111,11 @@ impl PeerNetwork {
     /// A (lazily connected) client for `node`, if its address is known.
     pub fn client(&self, node: u64) -> Option<InternalClient<Channel>> {
         let addr = self.addr(node)?;
-        if let Some((a, c)) = self
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clients
-            .get(&node)
         {
-            if *a == addr {
+            let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((a, c)) = peers.clients.get(&node)
+                && *a == addr
+            {
                 return Some(c.clone());
             }
         }

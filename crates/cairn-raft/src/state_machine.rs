@@ -82,10 +82,10 @@ impl PartitionView {
                 current: desc.epoch,
             });
         }
-        if let Some(k) = key {
-            if !desc.range.contains(k) {
-                return Err(Error::KeyNotInRange(desc.id));
-            }
+        if let Some(k) = key
+            && !desc.range.contains(k)
+        {
+            return Err(Error::KeyNotInRange(desc.id));
         }
         Ok(desc)
     }
@@ -315,10 +315,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<typ::LogId>, typ::StoredMembership), io::Error> {
-        Ok((
-            self.applied.last_applied.clone(),
-            self.applied.membership.clone(),
-        ))
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -329,12 +326,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut responders = Vec::new();
         let mut meta_changed = false;
         while let Some((entry, responder)) = entries.try_next().await? {
-            self.applied.last_applied = Some(entry.log_id.clone());
+            self.applied.last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::None,
                 EntryPayload::Membership(m) => {
                     self.applied.membership =
-                        typ::StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                        typ::StoredMembership::new(Some(entry.log_id), m.clone());
                     Reply::None
                 }
                 EntryPayload::Normal(cmd) => match (&mut self.kind, cmd) {
@@ -399,7 +396,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let body = self.snapshot_body().ok();
         let snapshot = body.and_then(|b| encode(&b).ok()).unwrap_or_default();
         let meta = typ::SnapshotMeta {
-            last_log_id: self.applied.last_applied.clone(),
+            last_log_id: self.applied.last_applied,
             last_membership: self.applied.membership.clone(),
         };
         let snap = typ::Snapshot { meta, snapshot };
@@ -469,7 +466,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 ));
             }
         }
-        self.applied.last_applied = meta.last_log_id.clone();
+        self.applied.last_applied = meta.last_log_id;
         self.applied.membership = meta.last_membership.clone();
         batch.put(
             Space::Data,
@@ -504,7 +501,7 @@ impl PartitionView {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<Vec<cairn_storage::KeyValue>, Error> {
         let desc = self.desc();
         let lo = if start > desc.range.start.as_slice() {
             start

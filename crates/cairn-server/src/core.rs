@@ -330,17 +330,13 @@ impl Core {
                 self.limits.check_key(&key)?;
                 self.limits.check_value(&value)?;
                 replica.view.check(epoch, Some(&key))?;
-                let op = KvOp::Put {
-                    table: table,
-                    key,
-                    value,
-                };
+                let op = KvOp::Put { table, key, value };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Delete { key, request_id } => {
                 self.limits.check_key(&key)?;
                 replica.view.check(epoch, Some(&key))?;
-                let op = KvOp::Delete { table: table, key };
+                let op = KvOp::Delete { table, key };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Drop => {

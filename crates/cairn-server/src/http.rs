@@ -118,6 +118,9 @@ fn deadline() -> Instant {
     Instant::now() + DEFAULT_DEADLINE
 }
 
+/// `[start, end)` and a page size.
+pub(crate) type ListBounds = (Vec<u8>, Option<Vec<u8>>, usize);
+
 /// Turns List parameters into `[start, end)` and a limit; shared with gRPC.
 pub(crate) fn list_bounds(
     prefix: &[u8],
@@ -125,7 +128,7 @@ pub(crate) fn list_bounds(
     end: &[u8],
     cursor: &[u8],
     limit: usize,
-) -> Result<(Vec<u8>, Option<Vec<u8>>, usize), Error> {
+) -> Result<ListBounds, Error> {
     let limit = match limit {
         0 => DEFAULT_LIMIT,
         l if l > MAX_LIMIT => {

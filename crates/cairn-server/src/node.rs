@@ -105,12 +105,10 @@ async fn ask_cluster(addrs: &[String]) -> anyhow::Result<Vec<(NodeId, String)>> 
             if let Ok(resp) = c
                 .meta(crate::transport::encode(&MetaRequest::ClusterInfo))
                 .await
-            {
-                if let Ok(Ok(MetaReply::Cluster(m))) =
+                && let Ok(Ok(MetaReply::Cluster(m))) =
                     crate::transport::decode::<Result<MetaReply>>(resp.get_ref())
-                {
-                    return Ok(m);
-                }
+            {
+                return Ok(m);
             }
         }
         if Instant::now() > deadline {
@@ -413,7 +411,7 @@ impl Node {
             }
             if next.is_none() {
                 turn += 1;
-                next = p.replicas.get(turn % p.replicas.len()).copied();
+                next = p.replicas.get(turn % p.replicas.len().max(1)).copied();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -537,20 +535,20 @@ impl Node {
         deadline: Instant,
     ) -> Result<PartitionReply> {
         let route = self.router.route(table, deadline).await?;
-        if let Some((p, _)) = route.locate(key) {
-            if self.core.replica(p.id).is_some() {
-                let req = PartitionRequest {
-                    partition: p.id,
-                    epoch: p.epoch,
-                    table: p.table_id,
-                    op: PartitionOp::Get {
-                        key: key.to_vec(),
-                        stale: true,
-                    },
-                };
-                if let Ok(r) = self.core.handle_partition(req).await {
-                    return Ok(r);
-                }
+        if let Some((p, _)) = route.locate(key)
+            && self.core.replica(p.id).is_some()
+        {
+            let req = PartitionRequest {
+                partition: p.id,
+                epoch: p.epoch,
+                table: p.table_id,
+                op: PartitionOp::Get {
+                    key: key.to_vec(),
+                    stale: true,
+                },
+            };
+            if let Ok(r) = self.core.handle_partition(req).await {
+                return Ok(r);
             }
         }
         self.router
@@ -611,10 +609,10 @@ impl Node {
         };
         let wanted: HashSet<_> = placed.iter().map(|(p, _)| p.id).collect();
         for (desc, members) in &placed {
-            if self.core.replica(desc.id).is_none() {
-                if let Err(e) = self.core.open_replica(desc, members).await {
-                    tracing::warn!(partition = %desc.id, "reconcile could not open replica: {e}");
-                }
+            if self.core.replica(desc.id).is_none()
+                && let Err(e) = self.core.open_replica(desc, members).await
+            {
+                tracing::warn!(partition = %desc.id, "reconcile could not open replica: {e}");
             }
         }
         let hosted: Vec<_> = self

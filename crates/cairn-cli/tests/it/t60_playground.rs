@@ -6,7 +6,7 @@ use std::time::Duration;
 fn free_base() -> u16 {
     for _ in 0..200 {
         let base = free_port();
-        if base > 60000 || base < 2000 {
+        if !(2000..=60000).contains(&base) {
             continue;
         }
         let ok = (0..3).all(|i| {
