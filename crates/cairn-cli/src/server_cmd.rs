@@ -37,6 +37,9 @@ pub(crate) struct ServerArgs {
     /// Largest value in bytes.
     #[arg(long, env = "CAIRN_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     max_value_bytes: usize,
+    /// Raft log entries between snapshots of a group; older entries are then purged.
+    #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
+    snapshot_logs: u64,
 }
 
 pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -70,6 +73,7 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             max_key_bytes: a.max_key_bytes,
             max_value_bytes: a.max_value_bytes,
         },
+        snapshot_logs: a.snapshot_logs,
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;

@@ -7,14 +7,21 @@
 use openraft::{Config, SnapshotPolicy};
 use std::sync::Arc;
 
-fn build(heartbeat_ms: u64, election_min_ms: u64, election_max_ms: u64) -> Arc<Config> {
+fn build(
+    heartbeat_ms: u64,
+    election_min_ms: u64,
+    election_max_ms: u64,
+    snapshot_logs: u64,
+) -> Arc<Config> {
     let cfg = Config {
         cluster_name: "cairn".into(),
         heartbeat_interval: heartbeat_ms,
         election_timeout_min: election_min_ms,
         election_timeout_max: election_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
+        // Keep some log behind the snapshot so a briefly lagging follower catches up from
+        // the log rather than a whole snapshot.
+        max_in_snapshot_log_to_keep: (snapshot_logs / 5).max(1),
         purge_batch_size: 256,
         install_snapshot_timeout: 10_000,
         // State machine writes are not fsynced on apply and the committed log id is not
@@ -29,12 +36,15 @@ fn build(heartbeat_ms: u64, election_min_ms: u64, election_max_ms: u64) -> Arc<C
     Arc::new(cfg.validate().unwrap_or_default())
 }
 
-/// Configuration of a partition group.
-pub fn data_group_config() -> Arc<Config> {
-    build(500, 2000, 4000)
+/// Entries between snapshots when nothing else is configured.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 5000;
+
+/// Configuration of a partition group that snapshots every `snapshot_logs` entries.
+pub fn data_group_config(snapshot_logs: u64) -> Arc<Config> {
+    build(500, 2000, 4000, snapshot_logs)
 }
 
-/// Configuration of the metadata group.
-pub fn meta_group_config() -> Arc<Config> {
-    build(250, 1000, 2000)
+/// Configuration of the metadata group that snapshots every `snapshot_logs` entries.
+pub fn meta_group_config(snapshot_logs: u64) -> Arc<Config> {
+    build(250, 1000, 2000, snapshot_logs)
 }

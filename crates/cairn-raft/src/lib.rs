@@ -22,7 +22,7 @@ mod network;
 mod state_machine;
 
 pub use command::{Command, KvCommand, KvOp, Reply};
-pub use config::{data_group_config, meta_group_config};
+pub use config::{DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config};
 pub use error::{from_client_write, from_read_error};
 pub use log_store::{LogStore, Syncer};
 pub use network::{GroupNetwork, PeerNetwork, RaftRpc, serve_raft_rpc};

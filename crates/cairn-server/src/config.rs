@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub join: Vec<String>,
     /// Key and value size limits.
     pub limits: Limits,
+    /// Raft log entries between snapshots of a group (default 5000).
+    pub snapshot_logs: u64,
 }
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.

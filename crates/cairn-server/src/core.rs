@@ -54,6 +54,7 @@ pub(crate) struct Core {
     pub(crate) syncer: Syncer,
     pub(crate) peers: PeerNetwork,
     pub(crate) limits: Limits,
+    pub(crate) snapshot_logs: u64,
     pub(crate) identity: Identity,
     pub(crate) meta: Option<MetaReplica>,
     pub(crate) replicas: RwLock<HashMap<PartitionId, Replica>>,
@@ -83,6 +84,7 @@ impl Core {
         peers: &PeerNetwork,
         id: NodeId,
         identity: &Identity,
+        snapshot_logs: u64,
     ) -> Result<Option<MetaReplica>> {
         if !identity.meta_members.iter().any(|(n, _)| *n == id) {
             return Ok(None);
@@ -93,7 +95,7 @@ impl Core {
             peers: peers.clone(),
             group: META_GROUP.0,
         };
-        let raft = typ::Raft::new(id.0, meta_group_config(), net, log, sm)
+        let raft = typ::Raft::new(id.0, meta_group_config(snapshot_logs), net, log, sm)
             .await
             .map_err(io_err)?;
         if !raft.is_initialized().await.map_err(io_err)? {
@@ -155,9 +157,15 @@ impl Core {
             peers: self.peers.clone(),
             group: desc.id.0,
         };
-        let raft = typ::Raft::new(self.id.0, data_group_config(), net, log.clone(), sm)
-            .await
-            .map_err(io_err)?;
+        let raft = typ::Raft::new(
+            self.id.0,
+            data_group_config(self.snapshot_logs),
+            net,
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(io_err)?;
         if desc.epoch.conf_ver == 1 && !raft.is_initialized().await.map_err(io_err)? {
             self.bootstrap_group(&raft, desc);
         }

@@ -27,5 +27,6 @@ mod metrics;
 mod node;
 mod transport;
 
+pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use config::{ServerConfig, parse_initial_cluster};
 pub use node::Node;

@@ -151,7 +151,15 @@ impl Node {
             peers.set_addr(n.0, a);
         }
         peers.set_addr(cfg.id.0, &advertise);
-        let meta = Core::open_meta(&engine, &syncer, &peers, cfg.id, &identity).await?;
+        let meta = Core::open_meta(
+            &engine,
+            &syncer,
+            &peers,
+            cfg.id,
+            &identity,
+            cfg.snapshot_logs,
+        )
+        .await?;
         let core = Arc::new(Core {
             id: cfg.id,
             desc,
@@ -159,6 +167,7 @@ impl Node {
             syncer,
             peers,
             limits: cfg.limits,
+            snapshot_logs: cfg.snapshot_logs,
             identity,
             meta,
             replicas: Default::default(),

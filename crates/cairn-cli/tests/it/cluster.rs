@@ -46,12 +46,18 @@ pub struct NodeProc {
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     cluster_flag: String,
+    extra: Vec<String>,
     tmp: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `n` nodes (all metadata members) and waits until every one is live.
     pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Starts `n` nodes with extra `cairn server` flags.
+    pub async fn start_with(n: u64, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let nodes: Vec<NodeProc> = (1..=n)
             .map(|id| NodeProc {
@@ -67,9 +73,11 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.grpc))
             .collect::<Vec<_>>()
             .join(",");
+        let extra = extra.iter().map(|s| s.to_string()).collect();
         let mut c = Cluster {
             nodes,
             cluster_flag,
+            extra,
             tmp,
         };
         for id in 1..=n {
@@ -101,7 +109,12 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&n.dir)
             .args(["--initial-cluster", &flag])
-            .env("CAIRN_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .args(&self.extra)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -169,13 +182,65 @@ impl Cluster {
             ])
             .arg("--data-dir")
             .arg(&n.dir)
-            .env("CAIRN_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .args(&self.extra)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
         self.nodes[(id - 1) as usize].child = Some(child);
+    }
+
+    /// Adds a new node that joins through node 1 with `--join`; returns its id.
+    pub fn join(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(NodeProc {
+            id,
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            dir: self.tmp.path().join(format!("node-{id}")),
+            child: None,
+        });
+        let via = self.nodes[0].grpc.clone();
+        let n = &self.nodes[(id - 1) as usize];
+        let log_path = self.tmp.path().join(format!("node-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "server",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &n.grpc,
+                "--http",
+                &n.http,
+                "--join",
+                &via,
+            ])
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .args(&self.extra)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.nodes[(id - 1) as usize].child = Some(child);
+        id
     }
 
     /// Sends SIGTERM to node `id` and waits for it to exit; returns whether it exited 0.
@@ -214,9 +279,9 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("CAIRN_KEEP_LOGS").is_some() {
             // Keep the logs of a failed test where a developer can read them.
-            let keep = std::env::temp_dir().join(format!("cairn-failed-{}", std::process::id()));
+            let keep = std::env::temp_dir().join(format!("cairn-logs-{}", std::process::id()));
             let _ = std::fs::create_dir_all(&keep);
             for n in &self.nodes {
                 let _ = std::fs::copy(

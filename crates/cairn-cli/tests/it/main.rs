@@ -13,3 +13,4 @@ mod t30_whole_cluster_crash;
 mod t40_bad_input;
 mod t50_retried_writes;
 mod t60_playground;
+mod t70_snapshot_and_join;
