@@ -2,27 +2,15 @@
 
 use crate::TypeConfig;
 use cairn_types::{Error, NodeId, PartitionId};
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::TryAsRef;
+use openraft::error::{ForwardToLeader, RaftError};
 
-/// Maps a failed `client_write` to `NotLeader` (with the leader hint) or `Unavailable`.
-pub fn from_client_write(
-    group: PartitionId,
-    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
-) -> Error {
-    match e.forward_to_leader() {
-        Some(f) => Error::NotLeader {
-            partition: group,
-            leader: f.leader_id.map(NodeId),
-        },
-        None => Error::Unavailable(format!("{group}: {e}")),
-    }
-}
-
-/// Maps a failed linearizable read barrier to `NotLeader` or `Unavailable`.
-pub fn from_read_error(
-    group: PartitionId,
-    e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>,
-) -> Error {
+/// Maps a failed `client_write` or read barrier to `NotLeader` (with the leader hint) or
+/// `Unavailable`.
+pub fn from_raft<E>(group: PartitionId, e: RaftError<TypeConfig, E>) -> Error
+where
+    E: std::error::Error + TryAsRef<ForwardToLeader<TypeConfig>>,
+{
     match e.forward_to_leader() {
         Some(f) => Error::NotLeader {
             partition: group,

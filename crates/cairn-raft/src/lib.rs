@@ -23,7 +23,7 @@ mod state_machine;
 
 pub use command::{Command, KvCommand, KvOp, Reply};
 pub use config::{DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config};
-pub use error::{from_client_write, from_read_error};
+pub use error::from_raft;
 pub use log_store::{LogStore, Syncer};
 pub use network::{GroupNetwork, PeerNetwork, RaftRpc, serve_raft_rpc};
 pub use state_machine::{GroupStateMachine, PartitionView, SESSION_TTL_MS};

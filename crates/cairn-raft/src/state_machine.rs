@@ -425,13 +425,20 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 Kind::Partition { view, sessions, .. },
             ) => {
                 let desc = view.desc();
+                // One atomic batch: the old contents go and the snapshot's arrive together,
+                // so a crash never leaves a half-installed replica.
                 let (s, e) =
                     keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
-                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024)
-                    .map_err(io::Error::other)?;
-                let (s, e) = keys::group_sessions_range(self.group);
-                cairn_storage::delete_range(&*self.engine, Space::Data, &s, e.as_deref(), 1024)
-                    .map_err(io::Error::other)?;
+                let (gs, ge) = keys::group_state_range(self.group);
+                for (space_start, space_end) in [(s, e), (gs, ge)] {
+                    let old = self
+                        .engine
+                        .scan(Space::Data, &space_start, space_end.as_deref(), usize::MAX)
+                        .map_err(io::Error::other)?;
+                    for (k, _) in old {
+                        batch.delete(Space::Data, k);
+                    }
+                }
                 for (k, v) in data {
                     batch.put(Space::Data, keys::data(desc.table_id, &k), v);
                 }

@@ -4,12 +4,34 @@ use crate::{
     MetaReply, MetaRequest, PartitionOp, PartitionReply, PartitionRequest, RouteCache, TableRoute,
 };
 use cairn_types::{Error, NodeId, PartitionDesc, Result, TableDesc};
+
+/// The smallest key after `k`.
+fn successor(k: &[u8]) -> Vec<u8> {
+    let mut s = k.to_vec();
+    s.push(0);
+    s
+}
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Default time a request may take, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Longest single attempt, so a hung replica (an isolated leader waiting for a quorum it
+/// cannot reach) leaves time to try another.
+const MAX_ATTEMPT: Duration = Duration::from_secs(4);
+
+/// Runs one attempt for at most [`MAX_ATTEMPT`] and never past `deadline`.
+async fn bounded<T>(deadline: Instant, f: impl Future<Output = Result<T>>) -> Result<T> {
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .min(MAX_ATTEMPT);
+    match tokio::time::timeout(budget, f).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(format!("no answer within {budget:?}"))),
+    }
+}
 
 /// How the router reaches the metadata group and partition replicas.
 pub trait Transport: Send + Sync + 'static {
@@ -25,13 +47,15 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<PartitionReply>> + Send;
 }
 
-/// One page of a List.
+/// One page of a List: rows from one partition, read in one linearizable read (or one
+/// stale read).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListPage {
     /// Keys and values in byte order.
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Whether keys may remain after the last row.
-    pub more: bool,
+    /// Where the next page starts (inclusive), or `None` after the last page. A page can be
+    /// short, even empty, and still have a next page: pages stop at partition boundaries.
+    pub next: Option<Vec<u8>>,
 }
 
 /// Routes table and key requests to partition leaders.
@@ -67,7 +91,7 @@ impl<T: Transport> Router<T> {
     pub async fn meta(&self, req: MetaRequest, deadline: Instant) -> Result<MetaReply> {
         let mut attempt = 0;
         loop {
-            match self.transport.meta(req.clone()).await {
+            match bounded(deadline, self.transport.meta(req.clone())).await {
                 Err(e) if e.is_retryable() && Instant::now() + backoff(attempt) < deadline => {
                     tracing::debug!("metadata request retry: {e}");
                     tokio::time::sleep(backoff(attempt)).await;
@@ -111,7 +135,7 @@ impl<T: Transport> Router<T> {
         op: impl Fn() -> PartitionOp,
         stale_ok: bool,
         deadline: Instant,
-    ) -> Result<PartitionReply> {
+    ) -> Result<(PartitionDesc, PartitionReply)> {
         let mut attempt: u32 = 0;
         let mut last_err: Error;
         let mut skip = 0usize;
@@ -135,13 +159,13 @@ impl<T: Transport> Router<T> {
                 table: part.table_id,
                 op: op(),
             };
-            let res = self.transport.partition(target, req).await;
+            let res = bounded(deadline, self.transport.partition(target, req)).await;
             match res {
                 Ok(r) => {
                     if !stale_ok && hint != Some(target) {
                         self.cache.set_leader(table, part.id, target);
                     }
-                    return Ok(r);
+                    return Ok((part, r));
                 }
                 Err(Error::NotLeader {
                     leader: Some(l), ..
@@ -187,18 +211,15 @@ impl<T: Transport> Router<T> {
         stale_ok: bool,
         deadline: Instant,
     ) -> Result<PartitionReply> {
-        self.on_partition(
-            table,
-            |r| r.locate(key).map(|(p, _)| p.clone()),
-            op,
-            stale_ok,
-            deadline,
-        )
-        .await
+        let pick = |r: &TableRoute| r.locate(key).map(|(p, _)| p.clone());
+        let (_, reply) = self
+            .on_partition(table, pick, op, stale_ok, deadline)
+            .await?;
+        Ok(reply)
     }
 
-    /// Lists up to `limit` rows with keys in `[start, end)`, walking partitions in order;
-    /// each partition's part is read linearizably unless `stale`.
+    /// Lists up to `limit` rows with keys in `[start, end)` from the partition owning
+    /// `start`, in one read: linearizable unless `stale`.
     pub async fn list(
         &self,
         table: &str,
@@ -208,50 +229,39 @@ impl<T: Transport> Router<T> {
         stale: bool,
         deadline: Instant,
     ) -> Result<ListPage> {
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut from = start;
-        loop {
-            let want = limit - rows.len();
-            // Ask one more row than needed so we know whether more remain.
-            let reply = self
-                .keyed(
-                    table,
-                    &from,
-                    || PartitionOp::Scan {
-                        start: from.clone(),
-                        end: end.clone(),
-                        limit: want as u32 + 1,
-                        stale,
-                    },
-                    stale,
-                    deadline,
-                )
-                .await?;
-            let PartitionReply::Rows(mut got) = reply else {
-                return Err(Error::Internal("scan answered without rows".into()));
-            };
-            if got.len() > want {
-                got.truncate(want);
-                rows.extend(got);
-                return Ok(ListPage { rows, more: true });
-            }
-            rows.extend(got);
-            // Continue in the next partition, if any and if the range goes on.
-            let route = self.route(table, deadline).await?;
-            let Some((part, _)) = route.locate(&from) else {
-                return Ok(ListPage { rows, more: false });
-            };
-            let Some(next) = part.range.end.clone() else {
-                return Ok(ListPage { rows, more: false });
-            };
-            if end.as_ref().is_some_and(|e| *e <= next) {
-                return Ok(ListPage { rows, more: false });
-            }
-            if rows.len() == limit {
-                return Ok(ListPage { rows, more: true });
-            }
-            from = next;
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Ok(ListPage::default());
         }
+        // One row more than asked tells whether the partition has more.
+        let op = || PartitionOp::Scan {
+            start: start.clone(),
+            end: end.clone(),
+            limit: limit as u32 + 1,
+            stale,
+        };
+        let (part, reply) = self
+            .on_partition(
+                table,
+                |r| r.locate(&start).map(|(p, _)| p.clone()),
+                op,
+                stale,
+                deadline,
+            )
+            .await?;
+        let PartitionReply::Rows(mut rows) = reply else {
+            return Err(Error::Internal("scan answered without rows".into()));
+        };
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(k, _)| successor(k))
+        } else {
+            // The partition is exhausted; go on in the next one if the range does.
+            part.range
+                .end
+                .clone()
+                .filter(|pe| end.as_ref().is_none_or(|e| pe < e))
+        };
+        Ok(ListPage { rows, next })
     }
 
     /// Every partition's descriptor of `table`, fresh from the metadata group.

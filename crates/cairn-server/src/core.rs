@@ -4,8 +4,7 @@ use crate::metrics::Metrics;
 use cairn_meta::MetaState;
 use cairn_raft::{
     Command, GroupNetwork, GroupStateMachine, KvCommand, KvOp, LogStore, PartitionView,
-    PeerNetwork, Reply, Syncer, data_group_config, from_client_write, from_read_error,
-    meta_group_config, typ,
+    PeerNetwork, Reply, Syncer, data_group_config, from_raft, meta_group_config, typ,
 };
 use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
@@ -301,7 +300,7 @@ impl Core {
                 Reply::Kv(Err(e)) => Err(e),
                 other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
             },
-            Err(e) => Err(from_client_write(partition, e)),
+            Err(e) => Err(from_raft(partition, e)),
         }
     }
 
@@ -311,7 +310,7 @@ impl Core {
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
             .map(|_| ())
-            .map_err(|e| from_read_error(partition, e))
+            .map_err(|e| from_raft(partition, e))
     }
 
     /// Serves a request for a partition replica hosted here.

@@ -224,16 +224,13 @@ impl kv_server::Kv for Kv {
             Err(e) => Err(e),
         };
         let res = res.map(|page| {
-            let cursor = if page.more {
-                page.rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let has_more = page.next.is_some();
+            let cursor = page.next.unwrap_or_default();
             let (keys, values): (Vec<_>, Vec<_>) = page.rows.into_iter().unzip();
             pb::ListResponse {
                 keys,
                 values: if r.values { values } else { Vec::new() },
-                has_more: page.more,
+                has_more,
                 cursor,
             }
         });

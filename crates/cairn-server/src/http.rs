@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use cairn_router::{DEFAULT_DEADLINE, TableRoute};
-use cairn_storage::keys::{prefix_end, successor};
+use cairn_storage::keys::prefix_end;
 use cairn_types::{DEFAULT_REPLICATION, Error};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -152,7 +152,7 @@ pub(crate) fn list_bounds(
         };
     }
     if !cursor.is_empty() {
-        lo = lo.max(successor(cursor));
+        lo = lo.max(cursor.to_vec());
     }
     Ok((lo, hi, limit))
 }
@@ -312,13 +312,10 @@ async fn list_keys(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
             String::from_utf8_lossy(b).into_owned()
         }
     };
-    let cursor = if page.more {
-        page.rows
-            .last()
-            .map(|(k, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k))
-    } else {
-        None
-    };
+    let cursor = page
+        .next
+        .as_ref()
+        .map(|k| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k));
     let mut body = json!({
         "keys": page.rows.iter().map(|(k, _)| show(k)).collect::<Vec<_>>(),
         "cursor": cursor,
@@ -439,7 +436,7 @@ mod tests {
             (s, e, l),
             (b"user/".to_vec(), Some(b"user0".to_vec()), 1000)
         );
-        let (s, _, _) = list_bounds(b"user/", b"", b"", b"user/7", 10).unwrap();
+        let (s, _, _) = list_bounds(b"user/", b"", b"", b"user/7\0", 10).unwrap();
         assert_eq!(s, b"user/7\0".to_vec());
         assert!(list_bounds(b"", b"", b"", b"", 10_001).is_err());
     }

@@ -3,7 +3,7 @@
 
 use crate::core::Core;
 use cairn_meta::{MetaCommand, MetaResponse, MetaState, placement};
-use cairn_raft::{Command, Reply, from_client_write, from_read_error};
+use cairn_raft::{Command, Reply, from_raft};
 use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
 use cairn_types::{
     Error, META_GROUP, NodeDesc, NodeId, PartitionId, Result, TableDesc, validate_table_name,
@@ -70,7 +70,7 @@ impl Core {
         m.raft
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
-            .map_err(|e| from_read_error(META_GROUP, e))?;
+            .map_err(|e| from_raft(META_GROUP, e))?;
         self.note_leadership();
         Ok(m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
@@ -104,7 +104,24 @@ impl Core {
                 Reply::Meta(r) => Ok(r),
                 other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
             },
-            Err(e) => Err(from_client_write(META_GROUP, e)),
+            Err(e) => Err(from_raft(META_GROUP, e)),
+        }
+    }
+
+    /// Proposes a command that answers a table, and returns that table's route.
+    async fn propose_table_change(&self, cmd: MetaCommand) -> Result<MetaReply> {
+        match self.propose_meta(cmd).await? {
+            MetaResponse::Table(t) => {
+                let state = self
+                    .meta_replica()?
+                    .state
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                Ok(MetaReply::Table(self.route_of(&state, t)))
+            }
+            MetaResponse::Refused(e) => Err(e),
+            MetaResponse::Done => Err(Error::Internal("a table change answered no table".into())),
         }
     }
 
@@ -175,34 +192,11 @@ impl Core {
                     split_keys,
                     placement,
                 };
-                match self.propose_meta(cmd).await? {
-                    MetaResponse::Table(t) => {
-                        let state = self
-                            .meta_replica()?
-                            .state
-                            .read()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone();
-                        Ok(MetaReply::Table(self.route_of(&state, t)))
-                    }
-                    MetaResponse::Refused(e) => Err(e),
-                    MetaResponse::Done => Err(Error::Internal("create answered nothing".into())),
-                }
+                self.propose_table_change(cmd).await
             }
             MetaRequest::DropTable(name) => {
-                match self.propose_meta(MetaCommand::DropTable { name }).await? {
-                    MetaResponse::Table(t) => {
-                        let state = self
-                            .meta_replica()?
-                            .state
-                            .read()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone();
-                        Ok(MetaReply::Table(self.route_of(&state, t)))
-                    }
-                    MetaResponse::Refused(e) => Err(e),
-                    MetaResponse::Done => Err(Error::Internal("drop answered nothing".into())),
-                }
+                self.propose_table_change(MetaCommand::DropTable { name })
+                    .await
             }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,
             MetaRequest::PartitionsOn(node) => {

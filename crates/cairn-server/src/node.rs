@@ -437,11 +437,26 @@ impl Node {
         self.router.describe(name, deadline).await
     }
 
-    fn begin_write(&self, given: Option<RequestId>) -> (RequestId, bool) {
-        match given {
-            Some(id) => (id, false),
-            None => (self.session.begin(), true),
+    /// Routes a write to the owner of `key` under a request id: the caller's, or one from
+    /// this node's session (finished when the write returns).
+    async fn write(
+        &self,
+        table: &str,
+        key: &[u8],
+        given: Option<RequestId>,
+        deadline: Instant,
+        op: impl Fn(RequestId) -> PartitionOp,
+    ) -> Result<()> {
+        self.core.limits.check_key(key)?;
+        let rid = given.unwrap_or_else(|| self.session.begin());
+        let r = self
+            .router
+            .keyed(table, key, || op(rid), false, deadline)
+            .await;
+        if given.is_none() {
+            self.session.finish(rid);
         }
+        r.map(|_| ())
     }
 
     /// Writes `value` under `key`.
@@ -453,27 +468,13 @@ impl Node {
         rid: Option<RequestId>,
         deadline: Instant,
     ) -> Result<()> {
-        self.core.limits.check_key(&key)?;
         self.core.limits.check_value(&value)?;
-        let (rid, own) = self.begin_write(rid);
-        let r = self
-            .router
-            .keyed(
-                table,
-                &key,
-                || PartitionOp::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    request_id: Some(rid),
-                },
-                false,
-                deadline,
-            )
-            .await;
-        if own {
-            self.session.finish(rid);
-        }
-        r.map(|_| ())
+        let op = |rid| PartitionOp::Put {
+            key: key.clone(),
+            value: value.clone(),
+            request_id: Some(rid),
+        };
+        self.write(table, &key, rid, deadline, op).await
     }
 
     /// Deletes `key` (absent keys are fine).
@@ -484,25 +485,11 @@ impl Node {
         rid: Option<RequestId>,
         deadline: Instant,
     ) -> Result<()> {
-        self.core.limits.check_key(&key)?;
-        let (rid, own) = self.begin_write(rid);
-        let r = self
-            .router
-            .keyed(
-                table,
-                &key,
-                || PartitionOp::Delete {
-                    key: key.clone(),
-                    request_id: Some(rid),
-                },
-                false,
-                deadline,
-            )
-            .await;
-        if own {
-            self.session.finish(rid);
-        }
-        r.map(|_| ())
+        let op = |rid| PartitionOp::Delete {
+            key: key.clone(),
+            request_id: Some(rid),
+        };
+        self.write(table, &key, rid, deadline, op).await
     }
 
     /// Reads `key`; linearizable unless `stale`.

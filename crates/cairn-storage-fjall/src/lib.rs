@@ -53,6 +53,25 @@ impl FjallEngine {
         }
     }
 
+    fn range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        rev: bool,
+    ) -> Result<Vec<KeyValue>> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let it = self.space(space).range::<&[u8], _>(range(start, end));
+        if rev {
+            Self::collect(it.rev(), limit)
+        } else {
+            Self::collect(it, limit)
+        }
+    }
+
     fn collect(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Result<Vec<KeyValue>> {
         let mut out = Vec::new();
         for g in iter.take(limit) {
@@ -82,13 +101,7 @@ impl Engine for FjallEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(Vec::new());
-        }
-        Self::collect(
-            self.space(space).range::<&[u8], _>(range(start, end)),
-            limit,
-        )
+        self.range(space, start, end, limit, false)
     }
 
     fn scan_rev(
@@ -98,13 +111,7 @@ impl Engine for FjallEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(Vec::new());
-        }
-        Self::collect(
-            self.space(space).range::<&[u8], _>(range(start, end)).rev(),
-            limit,
-        )
+        self.range(space, start, end, limit, true)
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {

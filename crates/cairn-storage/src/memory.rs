@@ -28,6 +28,30 @@ impl MemEngine {
         Self::default()
     }
 
+    fn range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        rev: bool,
+    ) -> Vec<KeyValue> {
+        if end.is_some_and(|e| e <= start) {
+            return Vec::new();
+        }
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = g.spaces.get(&space) else {
+            return Vec::new();
+        };
+        let it = t.range::<[u8], _>(bounds(start, end));
+        let pair = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        if rev {
+            it.rev().take(limit).map(pair).collect()
+        } else {
+            it.take(limit).map(pair).collect()
+        }
+    }
+
     /// Drops every write since the last [`Engine::sync`], as a power loss would.
     pub fn crash(&self) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,17 +95,7 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(Vec::new());
-        }
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = g.spaces.get(&space) else {
-            return Ok(Vec::new());
-        };
-        Ok(t.range::<[u8], _>(bounds(start, end))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(self.range(space, start, end, limit, false))
     }
 
     fn scan_rev(
@@ -91,18 +105,7 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(Vec::new());
-        }
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = g.spaces.get(&space) else {
-            return Ok(Vec::new());
-        };
-        Ok(t.range::<[u8], _>(bounds(start, end))
-            .rev()
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(self.range(space, start, end, limit, true))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {

@@ -87,15 +87,18 @@ impl Cluster {
         c
     }
 
-    fn spawn(&mut self, id: u64) {
-        let flag = self.cluster_flag.clone();
+    /// Starts node `id`'s process with `flags` after the common ones.
+    fn launch(&mut self, id: u64, flags: &[String]) {
+        let n = &self.nodes[(id - 1) as usize];
+        assert!(n.child.is_none(), "node {id} is running");
         let log_path = self.tmp.path().join(format!("node-{id}.log"));
-        let n = &mut self.nodes[(id - 1) as usize];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
+        let filter = std::env::var("CAIRN_TEST_LOG")
+            .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into());
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args([
                 "server",
@@ -108,19 +111,20 @@ impl Cluster {
             ])
             .arg("--data-dir")
             .arg(&n.dir)
-            .args(["--initial-cluster", &flag])
+            .args(flags)
             .args(&self.extra)
-            .env(
-                "CAIRN_LOG",
-                std::env::var("CAIRN_TEST_LOG")
-                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
-            )
+            .env("CAIRN_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        n.child = Some(child);
+        self.nodes[(id - 1) as usize].child = Some(child);
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let flags = ["--initial-cluster".to_string(), self.cluster_flag.clone()];
+        self.launch(id, &flags);
     }
 
     /// Waits until the metadata leader reports `n` live nodes.
@@ -156,44 +160,9 @@ impl Cluster {
         }
     }
 
-    /// Restarts node `id` from its data dir alone (no cluster flags are needed, but the
-    /// same flags are harmless).
+    /// Restarts node `id` from its data dir alone: no cluster flags.
     pub fn restart(&mut self, id: u64) {
-        assert!(
-            self.nodes[(id - 1) as usize].child.is_none(),
-            "node {id} is running"
-        );
-        let n = &self.nodes[(id - 1) as usize];
-        let log_path = self.tmp.path().join(format!("node-{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args([
-                "server",
-                "--id",
-                &id.to_string(),
-                "--listen",
-                &n.grpc,
-                "--http",
-                &n.http,
-            ])
-            .arg("--data-dir")
-            .arg(&n.dir)
-            .args(&self.extra)
-            .env(
-                "CAIRN_LOG",
-                std::env::var("CAIRN_TEST_LOG")
-                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.nodes[(id - 1) as usize].child = Some(child);
+        self.launch(id, &[]);
     }
 
     /// Adds a new node that joins through node 1 with `--join`; returns its id.
@@ -206,40 +175,8 @@ impl Cluster {
             dir: self.tmp.path().join(format!("node-{id}")),
             child: None,
         });
-        let via = self.nodes[0].grpc.clone();
-        let n = &self.nodes[(id - 1) as usize];
-        let log_path = self.tmp.path().join(format!("node-{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args([
-                "server",
-                "--id",
-                &id.to_string(),
-                "--listen",
-                &n.grpc,
-                "--http",
-                &n.http,
-                "--join",
-                &via,
-            ])
-            .arg("--data-dir")
-            .arg(&n.dir)
-            .args(&self.extra)
-            .env(
-                "CAIRN_LOG",
-                std::env::var("CAIRN_TEST_LOG")
-                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.nodes[(id - 1) as usize].child = Some(child);
+        let flags = ["--join".to_string(), self.nodes[0].grpc.clone()];
+        self.launch(id, &flags);
         id
     }
 

@@ -164,6 +164,14 @@ async fn t40_http_bad_input() {
 
     // Nothing was written, and the node still serves.
     let list: serde_json::Value = h.get(&keys).send().await.unwrap().json_text().await;
+    let list2: serde_json::Value = h
+        .get(format!("{keys}?start=m"))
+        .send()
+        .await
+        .unwrap()
+        .json_text()
+        .await;
+    assert_eq!(list2["keys"], serde_json::json!([]));
     assert_eq!(list["keys"], serde_json::json!([]));
     assert_eq!(
         h.get(format!("{base}/health"))
@@ -184,7 +192,13 @@ async fn t40_http_bad_input() {
     let r = h.get(format!("{keys}/ok%2Fkey%FF")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"fine");
-    let list: serde_json::Value = h.get(&keys).send().await.unwrap().json_text().await;
+    let list: serde_json::Value = h
+        .get(format!("{keys}?start=n"))
+        .send()
+        .await
+        .unwrap()
+        .json_text()
+        .await;
     assert_eq!(list["encoding"], "base64", "{list}");
     assert_eq!(
         h.get(format!("{keys}/absent"))

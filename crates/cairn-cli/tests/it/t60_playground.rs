@@ -88,14 +88,27 @@ async fn t60_playground_and_readme_tour() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "world");
-    let r = h
-        .get(format!("{http}/v1/tables/demo/keys?values=true"))
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(v["keys"], serde_json::json!(["hello", "zebra"]));
-    assert_eq!(v["values"], serde_json::json!(["world", "stripes"]));
+    // A List page stops at the partition boundary "m"; its cursor leads to the next one.
+    let list = |q: String| {
+        let h = h.clone();
+        let http = http.clone();
+        async move {
+            let r = h
+                .get(format!("{http}/v1/tables/demo/keys?{q}"))
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
+        }
+    };
+    let v = list("values=true".into()).await;
+    assert_eq!(v["keys"], serde_json::json!(["hello"]));
+    assert_eq!(v["values"], serde_json::json!(["world"]));
+    let cursor = v["cursor"].as_str().unwrap().to_string();
+    let v = list(format!("values=true&cursor={cursor}")).await;
+    assert_eq!(v["keys"], serde_json::json!(["zebra"]));
+    assert_eq!(v["values"], serde_json::json!(["stripes"]));
+    assert_eq!(v["cursor"], serde_json::Value::Null);
     let r = h
         .get(format!("{http}/v1/tables/demo"))
         .send()
