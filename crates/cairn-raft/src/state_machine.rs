@@ -481,6 +481,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             encode(&self.applied)?,
         );
         self.engine.write(batch).map_err(io::Error::other)?;
+        tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
         self.current = Some(typ::Snapshot {
             meta: meta.clone(),
             snapshot,

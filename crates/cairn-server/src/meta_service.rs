@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 /// A node counts as live this long after its last heartbeat.
 pub(crate) const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
 
+/// A new metadata leader has seen no heartbeat yet; after this long (more than two
+/// heartbeat periods) every live node has reached it, so placement can trust what it saw.
+pub(crate) const LEADER_GRACE: Duration = Duration::from_millis(2500);
+
 /// Liveness and replica reports as seen by this metadata replica while it leads.
 #[derive(Default)]
 pub(crate) struct Liveness {
@@ -24,6 +28,9 @@ pub(crate) struct Liveness {
     /// When this replica last became leader; before any heartbeat arrives, every
     /// registered node is given the benefit of the doubt for one window.
     leader_since: Option<Instant>,
+    /// The metadata term this table belongs to; a new term starts it afresh, since what an
+    /// earlier tenure saw may be stale.
+    term: u64,
 }
 
 impl Liveness {
@@ -32,7 +39,7 @@ impl Liveness {
             Some(t) => t.elapsed() < LIVENESS_WINDOW,
             None => self
                 .leader_since
-                .is_some_and(|t| t.elapsed() < LIVENESS_WINDOW),
+                .is_some_and(|t| t.elapsed() < LEADER_GRACE),
         }
     }
 
@@ -75,10 +82,17 @@ impl Core {
         Ok(m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
+    /// Records that this replica leads the metadata group in its current term.
     fn note_leadership(&self) {
+        let Some(m) = &self.meta else { return };
+        let term = m.raft.metrics().borrow_watched().current_term;
         let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-        if l.leader_since.is_none() {
-            l.leader_since = Some(Instant::now());
+        if l.term != term || l.leader_since.is_none() {
+            *l = Liveness {
+                term,
+                leader_since: Some(Instant::now()),
+                ..Liveness::default()
+            };
         }
     }
 
@@ -180,6 +194,16 @@ impl Core {
                 let state = self.meta_barrier().await?;
                 if state.tables.contains_key(&name) {
                     return Err(Error::AlreadyExists(name));
+                }
+                // Right after an election the liveness table is still filling; wait for it
+                // rather than place replicas on nodes that may be down.
+                let settle = {
+                    let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                    l.leader_since
+                        .map(|t| LEADER_GRACE.saturating_sub(t.elapsed()))
+                };
+                if let Some(wait) = settle.filter(|w| !w.is_zero()) {
+                    tokio::time::sleep(wait).await;
                 }
                 let live: BTreeSet<NodeId> = {
                     let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());

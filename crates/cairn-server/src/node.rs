@@ -119,8 +119,21 @@ async fn ask_cluster(addrs: &[String]) -> anyhow::Result<Vec<(NodeId, String)>> 
 }
 
 impl Node {
-    /// Opens the data dir, joins or forms the cluster and starts serving.
+    /// Opens the data dir, joins or forms the cluster and starts serving on `cfg.listen`
+    /// and `cfg.http`.
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<Arc<Node>> {
+        let grpc = bind(&cfg.listen, "gRPC").await?;
+        let http = bind(&cfg.http, "HTTP").await?;
+        Self::start_on(cfg, grpc, http).await
+    }
+
+    /// Like [`Node::start`], on listeners bound by the caller (tests bind port 0 first to
+    /// learn the addresses of every node before any starts).
+    pub async fn start_on(
+        cfg: ServerConfig,
+        grpc: tokio::net::TcpListener,
+        http: tokio::net::TcpListener,
+    ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
         let engine: SharedEngine =
@@ -131,8 +144,6 @@ impl Node {
                 )
             })?);
         let identity = load_identity(&engine, &cfg).await?;
-        let grpc = bind(&cfg.listen, "gRPC").await?;
-        let http = bind(&cfg.http, "HTTP").await?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let advertise = cfg
@@ -254,7 +265,8 @@ impl Node {
         tracing::info!(node = %self.core.id, "node stopped");
     }
 
-    pub(crate) fn is_meta_leader(&self) -> bool {
+    /// Whether this node leads the metadata group right now.
+    pub fn is_meta_leader(&self) -> bool {
         self.core.meta.as_ref().is_some_and(|m| {
             m.raft.metrics().borrow_watched().current_leader == Some(self.core.id.0)
         })
