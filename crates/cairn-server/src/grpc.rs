@@ -87,8 +87,13 @@ struct Admin(Arc<Node>);
 struct Internal(Arc<Node>);
 
 impl Kv {
-    fn done<T>(&self, op: &str, r: Result<T, Error>) -> Result<Response<T>, Status> {
-        self.0.record(op, r.is_ok());
+    fn done<T>(
+        &self,
+        op: &str,
+        started: std::time::Instant,
+        r: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        self.0.record(op, r.is_ok(), started);
         r.map(Response::new).map_err(status)
     }
 }
@@ -99,6 +104,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::CreateTableRequest>,
     ) -> Result<Response<pb::CreateTableResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
             .0
@@ -106,6 +112,7 @@ impl kv_server::Kv for Kv {
             .await;
         self.done(
             "create_table",
+            started,
             res.map(|t| pb::CreateTableResponse {
                 table: Some(table_pb(&t)),
             }),
@@ -116,14 +123,16 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::DropTableRequest>,
     ) -> Result<Response<pb::DropTableResponse>, Status> {
+        let started = std::time::Instant::now();
         let res = self.0.drop_table(&req.into_inner().name, deadline(0)).await;
-        self.done("drop_table", res.map(|_| pb::DropTableResponse {}))
+        self.done("drop_table", started, res.map(|_| pb::DropTableResponse {}))
     }
 
     async fn list_tables(
         &self,
         _req: Request<pb::ListTablesRequest>,
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        let started = std::time::Instant::now();
         let res = self
             .0
             .list_tables(deadline(0))
@@ -140,19 +149,21 @@ impl kv_server::Kv for Kv {
                     })
                     .collect(),
             });
-        self.done("list_tables", res)
+        self.done("list_tables", started, res)
     }
 
     async fn describe_table(
         &self,
         req: Request<pb::DescribeTableRequest>,
     ) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        let started = std::time::Instant::now();
         let res = self
             .0
             .describe_table(&req.into_inner().name, deadline(0))
             .await;
         self.done(
             "describe_table",
+            started,
             res.map(|t| pb::DescribeTableResponse {
                 table: Some(table_pb(&t)),
             }),
@@ -160,6 +171,7 @@ impl kv_server::Kv for Kv {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
             .0
@@ -171,10 +183,11 @@ impl kv_server::Kv for Kv {
                 deadline(r.timeout_ms),
             )
             .await;
-        self.done("put", res.map(|_| pb::PutResponse {}))
+        self.done("put", started, res.map(|_| pb::PutResponse {}))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
         let stale = r.consistency == pb::Consistency::Stale as i32;
         let res = self
@@ -183,6 +196,7 @@ impl kv_server::Kv for Kv {
             .await;
         self.done(
             "get",
+            started,
             res.map(|v| pb::GetResponse {
                 found: v.is_some(),
                 value: v.unwrap_or_default(),
@@ -194,6 +208,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
             .0
@@ -204,13 +219,14 @@ impl kv_server::Kv for Kv {
                 deadline(r.timeout_ms),
             )
             .await;
-        self.done("delete", res.map(|_| pb::DeleteResponse {}))
+        self.done("delete", started, res.map(|_| pb::DeleteResponse {}))
     }
 
     async fn list(
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
         let res =
             crate::http::list_bounds(&r.prefix, &r.start, &r.end, &r.cursor, r.limit as usize);
@@ -234,7 +250,7 @@ impl kv_server::Kv for Kv {
                 cursor,
             }
         });
-        self.done("list", res)
+        self.done("list", started, res)
     }
 }
 

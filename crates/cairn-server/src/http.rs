@@ -189,6 +189,7 @@ async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
         bad(format!("malformed JSON body: {e}; expected {{\"name\":\"t\",\"replication\":3,\"split_keys\":[\"m\"]}}"))
     })?;
     let splits = req.split_keys.into_iter().map(String::into_bytes).collect();
+    let started = std::time::Instant::now();
     let res = node
         .create_table(
             &req.name,
@@ -197,13 +198,14 @@ async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
             deadline(),
         )
         .await;
-    node.record("create_table", res.is_ok());
+    node.record("create_table", res.is_ok(), started);
     Ok((StatusCode::CREATED, Json(table_json(&res?))).into_response())
 }
 
 async fn list_tables(State(node): State<Arc<Node>>) -> ApiResult {
+    let started = std::time::Instant::now();
     let res = node.list_tables(deadline()).await;
-    node.record("list_tables", res.is_ok());
+    node.record("list_tables", res.is_ok(), started);
     let tables: Vec<Value> = res?
         .into_iter()
         .map(|t| json!({"name": t.name, "replication": t.replication, "partitions": t.partitions.len()}))
@@ -213,15 +215,17 @@ async fn list_tables(State(node): State<Arc<Node>>) -> ApiResult {
 
 async fn describe_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let name = table_name(&uri)?;
+    let started = std::time::Instant::now();
     let res = node.describe_table(&name, deadline()).await;
-    node.record("describe_table", res.is_ok());
+    node.record("describe_table", res.is_ok(), started);
     Ok(Json(table_json(&res?)).into_response())
 }
 
 async fn drop_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let name = table_name(&uri)?;
+    let started = std::time::Instant::now();
     let res = node.drop_table(&name, deadline()).await;
-    node.record("drop_table", res.is_ok());
+    node.record("drop_table", res.is_ok(), started);
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -233,8 +237,9 @@ fn table_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
 
 async fn put_key(State(node): State<Arc<Node>>, uri: Uri, body: Bytes) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
+    let started = std::time::Instant::now();
     let res = node.put(&table, key, body.to_vec(), None, deadline()).await;
-    node.record("put", res.is_ok());
+    node.record("put", res.is_ok(), started);
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -251,8 +256,9 @@ async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
             ));
         }
     };
+    let started = std::time::Instant::now();
     let res = node.get(&table, key, stale, deadline()).await;
-    node.record("get", res.is_ok());
+    node.record("get", res.is_ok(), started);
     match res? {
         Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
         None => Ok((
@@ -265,8 +271,9 @@ async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
 
 async fn delete_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
+    let started = std::time::Instant::now();
     let res = node.delete(&table, key, None, deadline()).await;
-    node.record("delete", res.is_ok());
+    node.record("delete", res.is_ok(), started);
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -296,10 +303,11 @@ async fn list_keys(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let force_b64 = matches!(q.get("encoding").map(|v| v.as_slice()), Some(b"base64"));
     let (start, end, limit) =
         list_bounds(&arg("prefix"), &arg("start"), &arg("end"), &cursor, limit)?;
+    let started = std::time::Instant::now();
     let res = node
         .list(&table, start, end, limit, stale, deadline())
         .await;
-    node.record("list", res.is_ok());
+    node.record("list", res.is_ok(), started);
     let page = res?;
     let b64 = force_b64
         || page.rows.iter().any(|(k, v)| {

@@ -1,15 +1,10 @@
-//! Counters exported in Prometheus text format on `GET /metrics`.
+//! Counters and latency histograms exported in Prometheus text format on `GET /metrics`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Request and error counters of a node.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    requests: [AtomicU64; OPS.len()],
-    errors: [AtomicU64; OPS.len()],
-}
-
+/// Client operations, the label values of `op`.
 const OPS: [&str; 8] = [
     "put",
     "get",
@@ -21,14 +16,43 @@ const OPS: [&str; 8] = [
     "describe_table",
 ];
 
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One operation's counters; `buckets[i]` counts requests no slower than `BUCKETS[i]`
+/// (non-cumulative; cumulated when rendered).
+#[derive(Default)]
+struct OpStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    micros_sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// Request counters and latency histograms of a node.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    ops: [OpStats; OPS.len()],
+}
+
 impl Metrics {
-    /// Counts one request of `op` and whether it failed.
-    pub(crate) fn record(&self, op: &str, ok: bool) {
-        if let Some(i) = OPS.iter().position(|o| *o == op) {
-            self.requests[i].fetch_add(1, Ordering::Relaxed);
-            if !ok {
-                self.errors[i].fetch_add(1, Ordering::Relaxed);
-            }
+    /// Counts one request of `op`, whether it failed, and how long it took.
+    pub(crate) fn record(&self, op: &str, ok: bool, took: Duration) {
+        let Some(i) = OPS.iter().position(|o| *o == op) else {
+            return;
+        };
+        let s = &self.ops[i];
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        s.micros_sum
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le) {
+            s.buckets[b].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -41,16 +65,17 @@ impl Metrics {
         meta_leader: bool,
     ) -> String {
         let mut s = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             s,
             "# HELP cairn_requests_total Client requests handled by this node, by operation."
         );
         let _ = writeln!(s, "# TYPE cairn_requests_total counter");
-        for (i, op) in OPS.iter().enumerate() {
+        for (op, st) in OPS.iter().zip(&self.ops) {
             let _ = writeln!(
                 s,
                 "cairn_requests_total{{node=\"{node}\",op=\"{op}\"}} {}",
-                self.requests[i].load(Ordering::Relaxed)
+                load(&st.requests)
             );
         }
         let _ = writeln!(
@@ -58,11 +83,40 @@ impl Metrics {
             "# HELP cairn_request_errors_total Client requests that returned an error, by operation."
         );
         let _ = writeln!(s, "# TYPE cairn_request_errors_total counter");
-        for (i, op) in OPS.iter().enumerate() {
+        for (op, st) in OPS.iter().zip(&self.ops) {
             let _ = writeln!(
                 s,
                 "cairn_request_errors_total{{node=\"{node}\",op=\"{op}\"}} {}",
-                self.errors[i].load(Ordering::Relaxed)
+                load(&st.errors)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP cairn_request_duration_seconds Time to answer a client request, by operation."
+        );
+        let _ = writeln!(s, "# TYPE cairn_request_duration_seconds histogram");
+        for (op, st) in OPS.iter().zip(&self.ops) {
+            let mut cumulative = 0;
+            for (le, b) in BUCKETS.iter().zip(&st.buckets) {
+                cumulative += load(b);
+                let _ = writeln!(
+                    s,
+                    "cairn_request_duration_seconds_bucket{{node=\"{node}\",op=\"{op}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let count = load(&st.requests);
+            let _ = writeln!(
+                s,
+                "cairn_request_duration_seconds_bucket{{node=\"{node}\",op=\"{op}\",le=\"+Inf\"}} {count}"
+            );
+            let sum = load(&st.micros_sum) as f64 / 1e6;
+            let _ = writeln!(
+                s,
+                "cairn_request_duration_seconds_sum{{node=\"{node}\",op=\"{op}\"}} {sum}"
+            );
+            let _ = writeln!(
+                s,
+                "cairn_request_duration_seconds_count{{node=\"{node}\",op=\"{op}\"}} {count}"
             );
         }
         let _ = writeln!(
@@ -85,5 +139,36 @@ impl Metrics {
             u8::from(meta_leader)
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_errors() {
+        let m = Metrics::default();
+        m.record("put", true, Duration::from_micros(300));
+        m.record("put", false, Duration::from_millis(30));
+        m.record("put", true, Duration::from_secs(60));
+        m.record("unknown", true, Duration::ZERO);
+        let text = m.render(1, 2, 1, true);
+        assert!(
+            text.contains("cairn_requests_total{node=\"1\",op=\"put\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cairn_request_errors_total{node=\"1\",op=\"put\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("op=\"put\",le=\"0.0005\"} 1"), "{text}");
+        assert!(text.contains("op=\"put\",le=\"0.05\"} 2"), "{text}");
+        assert!(text.contains("op=\"put\",le=\"10\"} 2"), "{text}");
+        assert!(text.contains("op=\"put\",le=\"+Inf\"} 3"), "{text}");
+        assert!(
+            text.contains("cairn_metadata_leader{node=\"1\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -288,8 +288,8 @@ impl Node {
         )
     }
 
-    pub(crate) fn record(&self, op: &str, ok: bool) {
-        self.core.metrics.record(op, ok);
+    pub(crate) fn record(&self, op: &str, ok: bool, started: std::time::Instant) {
+        self.core.metrics.record(op, ok, started.elapsed());
     }
 
     /// Creates a table and waits (until `deadline`) for each partition to elect a leader.

@@ -32,9 +32,10 @@ async fn t60_playground_and_readme_tour() {
             .arg("--data-dir")
             .arg(dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Playground)
             .unwrap()
     };
     let http = format!("http://127.0.0.1:{}", base + 1000);
@@ -153,13 +154,37 @@ async fn t60_playground_and_readme_tour() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TABLE_NOT_FOUND"));
 
+    // Killing one node leaves a working cluster.
+    let node3 = format!("{}/node-3", dir.path().canonicalize().unwrap().display());
+    let out = Command::new("pgrep").args(["-f", &node3]).output().unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let r = h
+        .put(format!("{http}/v1/tables/demo/keys/after-kill"))
+        .body("still")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = h
+        .get(format!("{http}/v1/tables/demo/keys/after-kill"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "still");
+
     // Ctrl-C stops every node; the playground exits cleanly.
     Command::new("kill")
-        .args(["-INT", &pg.id().to_string()])
+        .args(["-INT", &pg.0.id().to_string()])
         .status()
         .unwrap();
     let status = wait_for(Duration::from_secs(60), "the playground to exit", || {
-        let s = pg.try_wait().unwrap();
+        let s = pg.0.try_wait().unwrap();
         async move { s }
     })
     .await;
@@ -180,14 +205,40 @@ async fn t60_playground_and_readme_tour() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    let r = h
+        .get(format!("{http}/v1/tables/demo/keys/after-kill"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "still");
     Command::new("kill")
-        .args(["-INT", &pg.id().to_string()])
+        .args(["-INT", &pg.0.id().to_string()])
         .status()
         .unwrap();
     let status = wait_for(Duration::from_secs(60), "the playground to exit", || {
-        let s = pg.try_wait().unwrap();
+        let s = pg.0.try_wait().unwrap();
         async move { s }
     })
     .await;
     assert!(status.success());
+}
+
+/// The playground process; on drop (a failed test) it is asked to stop its nodes.
+struct Playground(std::process::Child);
+
+impl Drop for Playground {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            for _ in 0..200 {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+        }
+    }
 }
