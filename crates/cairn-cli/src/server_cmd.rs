@@ -40,6 +40,10 @@ pub(crate) struct ServerArgs {
     /// Raft log entries between snapshots of a group; older entries are then purged.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
     snapshot_logs: u64,
+    /// [testing only] Answer the first N writes this node routes with UNAVAILABLE after
+    /// they were applied, as if the answer were lost, to exercise client retries.
+    #[arg(long, env = "CAIRN_FAULT_LOSE_WRITE_REPLIES", default_value_t = 0)]
+    fault_lose_write_replies: u64,
 }
 
 pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -74,6 +78,7 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             max_value_bytes: a.max_value_bytes,
         },
         snapshot_logs: a.snapshot_logs,
+        fault_lose_write_replies: a.fault_lose_write_replies,
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;

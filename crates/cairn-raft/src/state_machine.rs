@@ -45,6 +45,7 @@ struct Applied {
 pub struct PartitionView {
     desc: Arc<RwLock<PartitionDesc>>,
     dropped: Arc<std::sync::atomic::AtomicBool>,
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PartitionView {
@@ -52,7 +53,14 @@ impl PartitionView {
         Self {
             desc: Arc::new(RwLock::new(desc)),
             dropped: Default::default(),
+            duplicates: Default::default(),
         }
+    }
+
+    /// Writes this replica recognised as retries of applied writes and did not apply
+    /// again, since it was opened.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The descriptor as of the last applied entry.
@@ -227,6 +235,8 @@ impl GroupStateMachine {
             if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
                 // A retry of a write that was applied: applying it again could overwrite
                 // a newer value.
+                view.duplicates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(Ok(()));
             }
             s.applied.insert(rid.seq);

@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Raft log entries between snapshots of a group (default 5000).
     pub snapshot_logs: u64,
+    /// Testing only: answer the first N applied writes routed by this node with
+    /// `Unavailable`, as if the answer were lost, so clients retry. 0 in production.
+    pub fault_lose_write_replies: u64,
 }
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.

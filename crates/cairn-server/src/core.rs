@@ -271,6 +271,12 @@ impl Core {
             .collect()
     }
 
+    /// Retried writes the hosted replicas recognised and did not apply again.
+    pub(crate) fn duplicate_writes(&self) -> u64 {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas.values().map(|r| r.view.duplicates()).sum()
+    }
+
     /// How many hosted replicas this node leads.
     pub(crate) fn leader_count(&self) -> usize {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());

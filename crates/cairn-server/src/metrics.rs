@@ -31,6 +31,20 @@ struct OpStats {
     buckets: [AtomicU64; BUCKETS.len()],
 }
 
+/// Point-in-time values rendered beside the counters.
+pub(crate) struct Gauges {
+    /// This node's id.
+    pub(crate) node: u64,
+    /// Replicas hosted.
+    pub(crate) replicas: usize,
+    /// Replicas led.
+    pub(crate) leaders: usize,
+    /// Whether this node leads the metadata group.
+    pub(crate) meta_leader: bool,
+    /// Duplicates recognised by the hosted replicas since they opened.
+    pub(crate) duplicate_writes: u64,
+}
+
 /// Request counters and latency histograms of a node.
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -57,13 +71,8 @@ impl Metrics {
     }
 
     /// Renders the counters plus the given gauges.
-    pub(crate) fn render(
-        &self,
-        node: u64,
-        replicas: usize,
-        leaders: usize,
-        meta_leader: bool,
-    ) -> String {
+    pub(crate) fn render(&self, g: &Gauges) -> String {
+        let node = g.node;
         let mut s = String::new();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -123,12 +132,12 @@ impl Metrics {
             s,
             "# HELP cairn_replicas Partition replicas hosted by this node.\n# TYPE cairn_replicas gauge"
         );
-        let _ = writeln!(s, "cairn_replicas{{node=\"{node}\"}} {replicas}");
+        let _ = writeln!(s, "cairn_replicas{{node=\"{node}\"}} {}", g.replicas);
         let _ = writeln!(
             s,
             "# HELP cairn_leaders Partition replicas this node leads.\n# TYPE cairn_leaders gauge"
         );
-        let _ = writeln!(s, "cairn_leaders{{node=\"{node}\"}} {leaders}");
+        let _ = writeln!(s, "cairn_leaders{{node=\"{node}\"}} {}", g.leaders);
         let _ = writeln!(
             s,
             "# HELP cairn_metadata_leader 1 if this node leads the metadata group.\n# TYPE cairn_metadata_leader gauge"
@@ -136,7 +145,16 @@ impl Metrics {
         let _ = writeln!(
             s,
             "cairn_metadata_leader{{node=\"{node}\"}} {}",
-            u8::from(meta_leader)
+            u8::from(g.meta_leader)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP cairn_duplicate_writes_total Retried writes recognised by their request id and not applied again.\n# TYPE cairn_duplicate_writes_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "cairn_duplicate_writes_total{{node=\"{node}\"}} {}",
+            g.duplicate_writes
         );
         s
     }
@@ -153,7 +171,18 @@ mod tests {
         m.record("put", false, Duration::from_millis(30));
         m.record("put", true, Duration::from_secs(60));
         m.record("unknown", true, Duration::ZERO);
-        let text = m.render(1, 2, 1, true);
+        let g = Gauges {
+            node: 1,
+            replicas: 2,
+            leaders: 1,
+            meta_leader: true,
+            duplicate_writes: 4,
+        };
+        let text = m.render(&g);
+        assert!(
+            text.contains("cairn_duplicate_writes_total{node=\"1\"} 4"),
+            "{text}"
+        );
         assert!(
             text.contains("cairn_requests_total{node=\"1\",op=\"put\"} 3"),
             "{text}"

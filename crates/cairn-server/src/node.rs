@@ -20,6 +20,7 @@ use openraft::async_runtime::WatchReceiver;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,6 +35,8 @@ pub struct Node {
     pub(crate) router: Router<NodeTransport>,
     /// Issues request ids for writes that arrive without one (HTTP, old clients).
     session: Session,
+    /// Test-only fault: answers this many applied writes with `Unavailable`.
+    lose_write_replies: AtomicU64,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -194,6 +197,7 @@ impl Node {
             router: Router::new(NodeTransport { core: core.clone() }),
             core,
             session: Session::new(client),
+            lose_write_replies: AtomicU64::new(cfg.fault_lose_write_replies),
             grpc_addr,
             http_addr,
             stop,
@@ -274,18 +278,19 @@ impl Node {
 
     /// Prometheus text for `/metrics`.
     pub(crate) fn metrics_text(&self) -> String {
-        let replicas = self
-            .core
-            .replicas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        self.core.metrics.render(
-            self.core.id.0,
-            replicas,
-            self.core.leader_count(),
-            self.is_meta_leader(),
-        )
+        let gauges = crate::metrics::Gauges {
+            node: self.core.id.0,
+            replicas: self
+                .core
+                .replicas
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            leaders: self.core.leader_count(),
+            meta_leader: self.is_meta_leader(),
+            duplicate_writes: self.core.duplicate_writes(),
+        };
+        self.core.metrics.render(&gauges)
     }
 
     pub(crate) fn record(&self, op: &str, ok: bool, started: std::time::Instant) {
@@ -468,7 +473,18 @@ impl Node {
         if given.is_none() {
             self.session.finish(rid);
         }
-        r.map(|_| ())
+        r?;
+        let lose = |n: u64| n.checked_sub(1);
+        if self
+            .lose_write_replies
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, lose)
+            .is_ok()
+        {
+            return Err(Error::Unavailable(
+                "the answer was dropped by fault injection (--fault-lose-write-replies); the write was applied".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Writes `value` under `key`.

@@ -63,6 +63,7 @@ impl TestCluster {
                 join: vec![],
                 limits: Limits::default(),
                 snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+                fault_lose_write_replies: 0,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;
             slots.push(Slot {
