@@ -152,6 +152,15 @@ impl Cluster {
         format!("http://{}", self.nodes[(id - 1) as usize].http)
     }
 
+    /// The process id of running node `id`.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.nodes[(id - 1) as usize]
+            .child
+            .as_ref()
+            .expect("node is running")
+            .id()
+    }
+
     /// Sends SIGKILL to node `id` and reaps it.
     pub fn kill9(&mut self, id: u64) {
         if let Some(mut c) = self.nodes[(id - 1) as usize].child.take() {

@@ -14,3 +14,4 @@ mod t40_bad_input;
 mod t50_retried_writes;
 mod t60_playground;
 mod t70_snapshot_and_join;
+mod t80_pause;

@@ -58,7 +58,12 @@ async fn t50_late_retry_does_not_overwrite() {
 
 /// Sum of `cairn_duplicate_writes_total` reported by node `id`.
 async fn duplicates(c: &Cluster, id: u64) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", c.http(id))).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", c.http(id)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find(|l| l.starts_with("cairn_duplicate_writes_total{"))
         .and_then(|l| l.rsplit(' ').next())
