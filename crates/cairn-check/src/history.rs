@@ -52,7 +52,8 @@ pub struct Event {
     /// List: inclusive start.
     #[serde(default)]
     pub start: Option<String>,
-    /// List: exclusive end (`None`: unbounded).
+    /// List: exclusive end (`None`: unbounded). On an `ok` completion, the end of what the
+    /// List actually covered, if less than asked.
     #[serde(default)]
     pub end: Option<String>,
     /// List on `ok`: the keys returned, in the order returned.
@@ -171,6 +172,11 @@ pub fn parse_history(text: &str) -> Result<History, ParseError> {
                     }
                     if op.f == Function::List {
                         op.keys = e.keys.unwrap_or_default();
+                        // A page may cover less than asked (it stops at a partition
+                        // boundary): the completion's `end` is what it covered.
+                        if e.end.is_some() {
+                            op.end = e.end;
+                        }
                     }
                 }
             }

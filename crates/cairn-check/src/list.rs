@@ -1,10 +1,12 @@
 //! List consistency: what a List must and must not return.
 //!
 //! For a List over `[start, end)` invoked at `t0` and answered at `t1`:
-//! - a key is *surely present* if a put of it completed before `t0` and no delete of it
-//!   was invoked before `t1` (no write could have removed it during the List);
-//! - a key is *surely absent* if a delete of it completed before `t0` and no put of it was
-//!   invoked before `t1`;
+//! - a key is *surely present* if a put of it completed before `t0` and every delete of it
+//!   that may have happened before `t1` returned before that put began (so no order of the
+//!   operations puts a delete after it);
+//! - a key is *surely absent* if it was never put before `t1`, or a delete of it completed
+//!   before `t0` and every put that may have happened before `t1` returned before that
+//!   delete began;
 //! - keys come back in strict byte order (so no duplicates) and inside the range.
 //!
 //! Surely-present keys must be in the result, surely-absent keys must not. This is weaker
@@ -72,32 +74,38 @@ pub fn check_lists(history: &History) -> Vec<ListViolation> {
             if *table != list.table || !in_range(key, start, end) {
                 continue;
             }
-            let completed_before = |f: Function| {
-                ops.iter()
-                    .any(|o| o.f == f && o.outcome == EventType::Ok && o.completed < t0)
-            };
-            let invoked_during = |f: Function| {
-                ops.iter().any(|o| {
-                    o.f == f && o.invoked < t1 && !(o.outcome == EventType::Ok && o.completed < t0)
-                })
-            };
             let returned = list.keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok();
-            // The latest completed write before the List decides, unless a write ran during it.
-            let last_before = ops
-                .iter()
-                .filter(|o| o.outcome == EventType::Ok && o.completed < t0)
-                .max_by_key(|o| o.completed);
-            let racing = invoked_during(Function::Put) || invoked_during(Function::Delete);
-            match last_before.map(|o| o.f) {
-                Some(Function::Put) if completed_before(Function::Put) && !racing && !returned => out.push(ListViolation {
+            let of = |f: Function| ops.iter().filter(move |o| o.f == f);
+            // Writes that may have taken effect before the List answered.
+            let may = |o: &&&Operation| o.invoked < t1;
+            // `a` surely comes after `b` in every linearization: `b` returned before `a` began.
+            let after = |a: &Operation, b: &Operation| {
+                b.outcome == EventType::Ok && b.completed < a.invoked
+            };
+            // Surely present: some put returned before the List began and every delete that
+            // may have happened surely came before that put.
+            let surely_present = of(Function::Put)
+                .filter(|p| p.outcome == EventType::Ok && p.completed < t0)
+                .any(|p| of(Function::Delete).filter(may).all(|d| after(p, d)));
+            // Surely absent: never put before the List ended, or some delete returned before
+            // the List began and every put that may have happened surely came before it.
+            let surely_absent = !of(Function::Put).any(|p| p.invoked < t1)
+                || of(Function::Delete)
+                    .filter(|d| d.outcome == EventType::Ok && d.completed < t0)
+                    .any(|d| of(Function::Put).filter(may).all(|p| after(d, p)));
+            if surely_present && !returned {
+                out.push(ListViolation {
                     op: list.index,
-                    reason: format!("key {key:?} was written before the List and not deleted, but is missing"),
-                }),
-                Some(Function::Delete) if !racing && returned => out.push(ListViolation {
+                    reason: format!(
+                        "key {key:?} was written before the List and not deleted, but is missing"
+                    ),
+                });
+            }
+            if surely_absent && returned {
+                out.push(ListViolation {
                     op: list.index,
-                    reason: format!("key {key:?} was deleted before the List, but was returned"),
-                }),
-                _ => {}
+                    reason: format!("key {key:?} was deleted (or never written) before the List, but was returned"),
+                });
             }
         }
     }

@@ -63,9 +63,22 @@ pub fn check_registers(history: &History) -> Vec<RegisterViolation> {
     }
     let mut out = Vec::new();
     for ((table, key), ops) in by_key {
+        // An `info` put whose value no read returned may be taken as never applied: had
+        // it applied, no read saw it, so leaving it out can only make the search easier.
+        // (Values are unique per write, as the workload guarantees.)
+        let observed: HashSet<&str> = ops
+            .iter()
+            .filter(|o| o.f == Function::Get && o.outcome == EventType::Ok)
+            .filter_map(|o| o.value.as_deref())
+            .collect();
         let rops: Vec<ROp> = ops
-            .into_iter()
+            .iter()
             .filter(|o| o.outcome != EventType::Fail)
+            .filter(|o| {
+                !(o.f == Function::Put
+                    && o.outcome == EventType::Info
+                    && o.value.as_deref().is_none_or(|v| !observed.contains(v)))
+            })
             .filter(|o| !(o.f == Function::Get && o.outcome != EventType::Ok))
             .map(|o| ROp {
                 index: o.index,

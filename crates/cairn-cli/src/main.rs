@@ -1,5 +1,6 @@
 //! `cairn`: the Cairn server, a one-command local cluster, and a command-line client.
 
+mod chaos;
 mod client_cmds;
 mod playground;
 mod server_cmd;
@@ -42,6 +43,10 @@ enum Command {
     List(client_cmds::ListArgs),
     /// Inspect the cluster.
     Admin(client_cmds::AdminArgs),
+    /// Run a concurrent workload, record its history and check it for linearizability.
+    Chaos(chaos::ChaosArgs),
+    /// Check a history recorded by `cairn chaos`.
+    Check(chaos::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,8 @@ fn main() -> ExitCode {
             Command::Get(a) => client_cmds::get(a, conn).await,
             Command::Delete(a) => client_cmds::delete(a, conn).await,
             Command::List(a) => client_cmds::list(a, conn).await,
+            Command::Chaos(a) => chaos::chaos(a, &cli.endpoints).await,
+            Command::Check(a) => chaos::check(a),
             Command::Admin(a) => client_cmds::admin(a, conn).await,
         }
     });

@@ -15,3 +15,4 @@ mod t50_retried_writes;
 mod t60_playground;
 mod t70_snapshot_and_join;
 mod t80_pause;
+mod t90_chaos;
