@@ -118,6 +118,13 @@ async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u
         let send = |e: Event| {
             let _ = ctx.tx.send(e);
         };
+        // A completion event, stamped now.
+        let complete = |e: Event| {
+            send(Event {
+                time: ctx.started.elapsed().as_nanos() as u64,
+                ..e
+            })
+        };
         if roll < 40 {
             let value = format!("{process}-{n}");
             let mut inv = event(process, EventType::Invoke, Function::Put, t, ctx.started);
@@ -129,11 +136,7 @@ async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u
                 Ok(()) => EventType::Ok,
                 Err(e) => failed(e, true),
             };
-            send(Event {
-                kind,
-                time: ctx.started.elapsed().as_nanos() as u64,
-                ..inv
-            });
+            complete(Event { kind, ..inv });
             if kind == EventType::Info {
                 process += stride;
             }
@@ -157,10 +160,7 @@ async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u
                     ..inv.clone()
                 },
             };
-            send(Event {
-                time: ctx.started.elapsed().as_nanos() as u64,
-                ..done
-            });
+            complete(done);
         } else if roll < 90 {
             let mut inv = event(process, EventType::Invoke, Function::Delete, t, ctx.started);
             inv.key = Some(key.clone());
@@ -169,11 +169,7 @@ async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u
                 Ok(()) => EventType::Ok,
                 Err(e) => failed(&e, true),
             };
-            send(Event {
-                kind,
-                time: ctx.started.elapsed().as_nanos() as u64,
-                ..inv
-            });
+            complete(Event { kind, ..inv });
             if kind == EventType::Info {
                 process += stride;
             }
@@ -209,10 +205,7 @@ async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u
                     ..inv.clone()
                 },
             };
-            send(Event {
-                time: ctx.started.elapsed().as_nanos() as u64,
-                ..done
-            });
+            complete(done);
         }
     }
 }

@@ -133,6 +133,16 @@ pub struct GroupStateMachine {
 }
 
 impl GroupStateMachine {
+    fn with(group: PartitionId, engine: SharedEngine, applied: Applied, kind: Kind) -> Self {
+        Self {
+            group,
+            engine,
+            applied,
+            kind,
+            current: None,
+        }
+    }
+
     /// Opens the state machine of a partition replica, recovering its applied state.
     pub fn partition(
         engine: SharedEngine,
@@ -163,16 +173,7 @@ impl GroupStateMachine {
             sessions,
             last_expiry_ms: 0,
         };
-        Ok((
-            Self {
-                group,
-                engine,
-                applied,
-                kind,
-                current: None,
-            },
-            view,
-        ))
+        Ok((Self::with(group, engine, applied, kind), view))
     }
 
     /// Opens the state machine of the metadata group, recovering its state.
@@ -188,16 +189,7 @@ impl GroupStateMachine {
         let kind = Kind::Meta {
             state: state.clone(),
         };
-        Ok((
-            Self {
-                group,
-                engine,
-                applied,
-                kind,
-                current: None,
-            },
-            state,
-        ))
+        Ok((Self::with(group, engine, applied, kind), state))
     }
 
     /// Deletes the replica's state-machine bookkeeping and the user data of its range.

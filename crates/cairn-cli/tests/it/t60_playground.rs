@@ -179,16 +179,7 @@ async fn t60_playground_and_readme_tour() {
     assert_eq!(r.text().await.unwrap(), "still");
 
     // Ctrl-C stops every node; the playground exits cleanly.
-    Command::new("kill")
-        .args(["-INT", &pg.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = wait_for(Duration::from_secs(60), "the playground to exit", || {
-        let s = pg.0.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    assert!(status.success());
+    assert!(pg.interrupt().await.success());
 
     // Run again: same data.
     let mut pg = start();
@@ -211,20 +202,26 @@ async fn t60_playground_and_readme_tour() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "still");
-    Command::new("kill")
-        .args(["-INT", &pg.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = wait_for(Duration::from_secs(60), "the playground to exit", || {
-        let s = pg.0.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    assert!(status.success());
+    assert!(pg.interrupt().await.success());
 }
 
 /// The playground process; on drop (a failed test) it is asked to stop its nodes.
 struct Playground(std::process::Child);
+
+impl Playground {
+    /// Sends Ctrl-C (SIGINT) and waits, at most 60 s, for the playground to exit.
+    async fn interrupt(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        wait_for(Duration::from_secs(60), "the playground to exit", || {
+            let s = self.0.try_wait().unwrap();
+            async move { s }
+        })
+        .await
+    }
+}
 
 impl Drop for Playground {
     fn drop(&mut self) {
