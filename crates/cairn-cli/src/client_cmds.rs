@@ -326,7 +326,13 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                     if n.live { "yes" } else { "NO" },
                     n.replicas,
                     n.leaders,
-                    if n.metadata_member { "member" } else { "" }
+                    if n.metadata_leader {
+                        "leader"
+                    } else if n.metadata_member {
+                        "member"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -51,6 +51,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A namespace change applies to the calling thread only, so it must come before the
+    // runtime starts its threads.
+    if let Command::Chaos(a) = &cli.command
+        && a.needs_private_network()
+        && let Err(e) = chaos::nemesis::enter_private_network()
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

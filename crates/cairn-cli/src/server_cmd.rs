@@ -37,6 +37,10 @@ pub(crate) struct ServerArgs {
     /// Largest value in bytes.
     #[arg(long, env = "CAIRN_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     max_value_bytes: usize,
+    /// Source IP of connections to peers (default: the kernel's choice); for several nodes
+    /// on one host at distinct addresses, e.g. 127.0.1.3.
+    #[arg(long, env = "CAIRN_OUTBOUND_IP")]
+    outbound_ip: Option<std::net::IpAddr>,
     /// Raft log entries between snapshots of a group; older entries are then purged.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
     snapshot_logs: u64,
@@ -73,6 +77,7 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         advertise: a.advertise,
         initial_cluster,
         join: a.join,
+        outbound_ip: a.outbound_ip,
         limits: Limits {
             max_key_bytes: a.max_key_bytes,
             max_value_bytes: a.max_value_bytes,

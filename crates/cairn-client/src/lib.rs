@@ -31,6 +31,10 @@ use tonic::transport::{Channel, Endpoint};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an endpoint that failed is skipped.
 const COOLDOWN: Duration = Duration::from_secs(1);
+/// How long a node that held a request without answering is passed over.
+const HUNG_COOLDOWN: Duration = Duration::from_secs(5);
+/// Shortest time one attempt gets before the client tries another node.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 struct Node {
     addr: String,
@@ -128,6 +132,8 @@ pub struct NodeInfo {
     pub leaders: u32,
     /// Member of the metadata group.
     pub metadata_member: bool,
+    /// Leads the metadata group.
+    pub metadata_leader: bool,
 }
 
 /// A Cairn client; cheap to share between tasks (`&Client` is enough).
@@ -252,7 +258,11 @@ impl Client {
         loop {
             let node = self.pick();
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match tokio::time::timeout(left, call(node.channel.clone(), left)).await {
+            // A node cut off from the cluster can hold a request until the deadline; one
+            // attempt gets half of the time left (at least 1 s) so another node can be tried.
+            let budget = (left / 2).max(MIN_ATTEMPT).min(left);
+            let sent = Instant::now();
+            let err = match tokio::time::timeout(budget, call(node.channel.clone(), budget)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(status)) => Error::from_status(&status, &node.addr),
                 Err(_) => Error::new(
@@ -263,9 +273,13 @@ impl Client {
             if !err.is_retryable() {
                 return Err(err);
             }
-            if err.is_transport() {
+            // A node that refused the connection, or held the request for (nearly) all of its
+            // budget — typically one cut off from its peers — is passed over for a while.
+            let hung = sent.elapsed() >= budget.mul_f32(0.8);
+            if err.is_transport() || hung {
+                let pause = if hung { HUNG_COOLDOWN } else { COOLDOWN };
                 *node.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Instant::now() + COOLDOWN);
+                    Some(Instant::now() + pause);
             }
             let pause = Duration::from_millis((25u64 << attempt.min(4)).min(400));
             if Instant::now() + pause >= deadline {
@@ -476,6 +490,7 @@ impl Client {
                 replicas: n.replicas,
                 leaders: n.leaders,
                 metadata_member: n.metadata_member,
+                metadata_leader: n.metadata_leader,
             })
             .collect())
     }

@@ -29,6 +29,10 @@ fn build(
         // a state machine that lost applied entries (found by the kill-all-nodes test: a
         // deleted key came back). A restarted node must win a fresh election instead.
         enable_leader_restore: Some(false),
+        // A node cut off by a partition must not bump its term while away: on healing it
+        // would depose every healthy leader of its groups (seen as a multi-second stall
+        // after each partition in `cairn chaos --nemesis partition`).
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     // The values above are constants that satisfy validate(); fall back to defaults

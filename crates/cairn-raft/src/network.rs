@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -78,6 +79,7 @@ struct Peers {
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     peers: Arc<RwLock<Peers>>,
+    local_ip: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +87,12 @@ pub struct PeerNetwork {
 struct Msg(String);
 
 impl PeerNetwork {
-    /// An empty address book.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty address book; connections leave from `local_ip` when given.
+    pub fn new(local_ip: Option<IpAddr>) -> Self {
+        Self {
+            local_ip,
+            ..Self::default()
+        }
     }
 
     /// Records (or changes) the gRPC address of `node`.
@@ -123,8 +128,11 @@ impl PeerNetwork {
         let channel = endpoint
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.local_ip)
+            // A connection to a peer cut off by the network hangs rather than fails; find out
+            // within ~3 s so requests stop queueing on it.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
             .connect_lazy();
         let client = InternalClient::new(channel)
             .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)

@@ -60,6 +60,8 @@ pub struct NodeStatus {
     pub leaders: u32,
     /// Whether it holds a replica of the metadata group.
     pub metadata_member: bool,
+    /// Whether it leads the metadata group (it answered this request).
+    pub metadata_leader: bool,
 }
 
 /// Answers of the metadata leader.

@@ -20,13 +20,16 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Longest single attempt, so a hung replica (an isolated leader waiting for a quorum it
 /// cannot reach) leaves time to try another.
-const MAX_ATTEMPT: Duration = Duration::from_secs(4);
+const MAX_ATTEMPT: Duration = Duration::from_secs(2);
 
-/// Runs one attempt for at most [`MAX_ATTEMPT`] and never past `deadline`.
+/// An attempt may take half of the time left, but at least this (or what is left).
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// Runs one attempt for at most half the time left (within [`MIN_ATTEMPT`] ..
+/// [`MAX_ATTEMPT`]) and never past `deadline`, so a hung replica leaves time for another.
 async fn bounded<T>(deadline: Instant, f: impl Future<Output = Result<T>>) -> Result<T> {
-    let budget = deadline
-        .saturating_duration_since(Instant::now())
-        .min(MAX_ATTEMPT);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let budget = (left / 2).clamp(MIN_ATTEMPT, MAX_ATTEMPT).min(left);
     match tokio::time::timeout(budget, f).await {
         Ok(r) => r,
         Err(_) => Err(Error::Unavailable(format!("no answer within {budget:?}"))),

@@ -20,6 +20,10 @@ pub struct ServerConfig {
     pub initial_cluster: Vec<(NodeId, String)>,
     /// Addresses of existing nodes to join through.
     pub join: Vec<String>,
+    /// Source address of connections to peers (default: chosen by the kernel). Set it when
+    /// several nodes share a host on distinct addresses, so that firewall rules between
+    /// address pairs can tell the nodes apart.
+    pub outbound_ip: Option<std::net::IpAddr>,
     /// Key and value size limits.
     pub limits: Limits,
     /// Raft log entries between snapshots of a group (default 5000).

@@ -40,7 +40,9 @@ fn deadline(timeout_ms: u64) -> Instant {
     } else {
         Duration::from_millis(timeout_ms.min(600_000))
     };
-    Instant::now() + t
+    // Finish a little before the caller gives up, so that a failed attempt still answers
+    // (and the route cache still learns from it) instead of being cancelled mid-way.
+    Instant::now() + t - (t / 10).min(Duration::from_millis(100))
 }
 
 fn request_id(r: Option<pb::RequestId>) -> Option<RequestId> {
@@ -272,6 +274,7 @@ impl admin_server::Admin for Admin {
                     replicas: n.replicas,
                     leaders: n.leaders,
                     metadata_member: n.metadata_member,
+                    metadata_leader: n.metadata_leader,
                     last_heartbeat_ms_ago: n.last_heartbeat_ms_ago.unwrap_or(u64::MAX),
                 })
                 .collect(),

@@ -344,7 +344,7 @@ async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
         .into_iter()
         .map(|n| {
             json!({"id": n.node.id.0, "addr": n.node.addr, "http_addr": n.node.http_addr, "live": n.live,
-                   "replicas": n.replicas, "leaders": n.leaders, "metadata_member": n.metadata_member,
+                   "replicas": n.replicas, "leaders": n.leaders, "metadata_member": n.metadata_member, "metadata_leader": n.metadata_leader,
                    "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago})
         })
         .collect();

@@ -261,6 +261,7 @@ impl Core {
                             .count() as u32,
                         leaders: leaders.values().filter(|x| **x == n.id).count() as u32,
                         metadata_member: members.contains(&n.id),
+                        metadata_leader: n.id == self.id,
                     })
                     .collect();
                 Ok(MetaReply::Nodes(nodes))

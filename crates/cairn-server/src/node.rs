@@ -160,7 +160,7 @@ impl Node {
         };
 
         let syncer = Syncer::start(engine.clone()).context("cannot start the sync thread")?;
-        let peers = PeerNetwork::new();
+        let peers = PeerNetwork::new(cfg.outbound_ip);
         for (n, a) in &identity.meta_members {
             peers.set_addr(n.0, a);
         }

@@ -63,6 +63,7 @@ impl TestCluster {
                 join: vec![],
                 limits: Limits::default(),
                 snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+                outbound_ip: None,
                 fault_lose_write_replies: 0,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;

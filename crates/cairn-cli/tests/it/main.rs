@@ -16,3 +16,4 @@ mod t60_playground;
 mod t70_snapshot_and_join;
 mod t80_pause;
 mod t90_chaos;
+mod t95_nemesis;

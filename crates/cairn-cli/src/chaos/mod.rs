@@ -5,6 +5,12 @@
 //! key range, with a unique value per write. Every operation is one `invoke` line and one
 //! `ok` / `fail` / `info` line; an operation whose outcome is unknown (a timeout, a lost
 //! answer) is `info` and its client continues under a new process id, as Jepsen does.
+//!
+//! With `--spawn N` it starts its own cluster of N nodes ([`local`]) and, with `--nemesis`,
+//! injects faults into it while the workload runs ([`nemesis`]).
+
+mod local;
+pub(crate) mod nemesis;
 
 use anyhow::Context;
 use cairn_check::{Event, EventType, Function, check_lists, check_registers, parse_history};
@@ -50,6 +56,21 @@ pub(crate) struct ChaosArgs {
     /// Send reads as stale reads (for checking that the checker catches stale reads).
     #[arg(long)]
     stale_reads: bool,
+    /// Start a cluster of this many nodes (at 127.0.1.1, 127.0.1.2, ...) instead of using
+    /// --endpoints; their data dirs and logs go next to the history.
+    #[arg(long, default_value_t = 0)]
+    spawn: u64,
+    /// Faults to inject into the spawned cluster, comma-separated. Network faults run in a
+    /// private network namespace and need root and iptables.
+    #[arg(long, value_enum, value_delimiter = ',', requires = "spawn")]
+    nemesis: Vec<nemesis::Fault>,
+}
+
+impl ChaosArgs {
+    /// Whether the run needs a private network namespace (entered before any thread starts).
+    pub(crate) fn needs_private_network(&self) -> bool {
+        self.spawn > 0 && self.nemesis.iter().any(|f| f.is_network())
+    }
 }
 
 /// Flags of `cairn check`.
@@ -210,8 +231,72 @@ async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u
     }
 }
 
-/// Runs the workload, writes the history, then checks it.
+/// Runs the workload (against a spawned cluster under faults, or the given endpoints),
+/// writes the history, then checks it.
 pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
+    if a.spawn == 0 {
+        return workload(&a, endpoints, None).await;
+    }
+    let stem = a
+        .history
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "history".into());
+    let dir = a.history.with_file_name(format!("{stem}-nodes"));
+    eprintln!(
+        "starting {} nodes in {} (logs: node-N.log)",
+        a.spawn,
+        dir.display()
+    );
+    let mut cluster = local::LocalCluster::start(a.spawn, &dir).await?;
+    let endpoints = cluster.endpoints();
+    let result = if a.nemesis.is_empty() {
+        workload(&a, &endpoints, None).await
+    } else {
+        let faults_path = a.history.with_extension("faults.log");
+        let log = std::fs::File::create(&faults_path)
+            .with_context(|| format!("cannot write {}", faults_path.display()))?;
+        let mut nemesis = nemesis::Nemesis::new(
+            a.nemesis.clone(),
+            a.seed,
+            log,
+            Instant::now(),
+            &cluster,
+            &a.table,
+        )?;
+        let r = workload(&a, &endpoints, Some((&mut nemesis, &mut cluster))).await;
+        eprintln!(
+            "{} faults injected; their log is {}",
+            nemesis.injected,
+            faults_path.display()
+        );
+        r
+    };
+    cluster.stop().await;
+    if matches!(&result, Ok(code) if *code != ExitCode::SUCCESS) {
+        let faults: Vec<String> = a
+            .nemesis
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect();
+        println!(
+            "run the same schedule again: cairn chaos --spawn {} --nemesis {} --seed {} \
+             --duration {} --clients {} --keys {} (fault timing is real time, so a rerun \
+             repeats the choices, not the exact interleaving)",
+            a.spawn,
+            faults.join(","),
+            a.seed,
+            a.duration,
+            a.clients,
+            a.keys
+        );
+    }
+    result
+}
+
+type Faults<'a> = Option<(&'a mut nemesis::Nemesis, &'a mut local::LocalCluster)>;
+
+async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow::Result<ExitCode> {
     let endpoints: Vec<&str> = endpoints.split(',').collect();
     let admin = Client::new(&endpoints).map_err(|e| anyhow::anyhow!("{e}"))?;
     let splits = vec![
@@ -279,10 +364,22 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
             }
         }
     });
-    for t in tasks {
-        t.await?;
-    }
+    let run_faults = async {
+        match faults {
+            Some((nemesis, cluster)) => nemesis.run(cluster, ctx.deadline).await,
+            None => Ok(()),
+        }
+    };
+    let run_clients = async {
+        for t in tasks {
+            t.await?;
+        }
+        anyhow::Ok(())
+    };
+    let (f, c) = tokio::join!(run_faults, run_clients);
     progress.abort();
+    c?;
+    f?;
     // Final reads, after the faults have healed: every key once more, linearizably.
     let reader = Client::new(&endpoints)
         .map_err(|e| anyhow::anyhow!("{e}"))?

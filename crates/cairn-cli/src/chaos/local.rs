@@ -1,0 +1,221 @@
+//! A cluster of `cairn server` child processes for `cairn chaos --spawn N`: node i lives at
+//! its own address 127.0.1.i, for listening and for its connections to peers, so that
+//! firewall rules between address pairs can cut node from node.
+
+use anyhow::{Context, bail};
+use cairn_client::Client;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// The address of node `id` (1-based).
+pub(crate) fn node_ip(id: u64) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1, id as u8)
+}
+
+/// A port that was free on `ip` a moment ago (the OS picks it).
+fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}:0"))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One node: how to start it again, and its process while it runs.
+pub(crate) struct LocalNode {
+    /// Node id.
+    pub(crate) id: u64,
+    /// gRPC address.
+    pub(crate) grpc: String,
+    http: String,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The spawned cluster.
+pub(crate) struct LocalCluster {
+    exe: PathBuf,
+    cluster: String,
+    /// Nodes by id - 1.
+    pub(crate) nodes: Vec<LocalNode>,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes under `dir` (wiped first) and waits until all are live.
+    pub(crate) async fn start(n: u64, dir: &Path) -> anyhow::Result<Self> {
+        if !(1..=200).contains(&n) {
+            bail!("--spawn takes 1 to 200 nodes, not {n}");
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let exe = std::env::current_exe().context("cannot find the cairn binary")?;
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let ip = node_ip(id);
+            nodes.push(LocalNode {
+                id,
+                grpc: format!("{ip}:{}", free_port(ip)?),
+                http: format!("{ip}:{}", free_port(ip)?),
+                data: dir.join(format!("node-{id}")),
+                log: dir.join(format!("node-{id}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        let cluster = nodes
+            .iter()
+            .take(5)
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Self {
+            exe,
+            cluster,
+            nodes,
+        };
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        c.wait_live(Duration::from_secs(60)).await?;
+        Ok(c)
+    }
+
+    /// Comma-separated gRPC endpoints of every node.
+    pub(crate) fn endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.grpc.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn node(&mut self, id: u64) -> anyhow::Result<&mut LocalNode> {
+        self.nodes
+            .get_mut((id as usize).wrapping_sub(1))
+            .with_context(|| format!("no node {id}"))
+    }
+
+    /// Starts node `id` from its data dir (new or existing).
+    pub(crate) fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let exe = self.exe.clone();
+        let cluster = self.cluster.clone();
+        let n = self.node(id)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .with_context(|| format!("cannot open {}", n.log.display()))?;
+        let child = Command::new(exe)
+            .arg("server")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&n.data)
+            .args(["--listen", &n.grpc, "--http", &n.http])
+            .args(["--outbound-ip", &node_ip(id).to_string()])
+            .args(["--initial-cluster", &cluster])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node {id}"))?;
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// Whether node `id` runs (not crashed; it may be paused).
+    pub(crate) fn running(&self, id: u64) -> bool {
+        self.nodes
+            .get((id as usize).wrapping_sub(1))
+            .is_some_and(|n| n.child.is_some())
+    }
+
+    /// kill -9.
+    pub(crate) async fn crash(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.node(id)?;
+        if let Some(mut child) = n.child.take() {
+            child.start_kill().ok();
+            child.wait().await.ok();
+        }
+        n.paused = false;
+        Ok(())
+    }
+
+    /// SIGSTOP (`stop`) or SIGCONT.
+    pub(crate) fn pause(&mut self, id: u64, stop: bool) -> anyhow::Result<()> {
+        let n = self.node(id)?;
+        let Some(pid) = n.child.as_ref().and_then(Child::id) else {
+            return Ok(());
+        };
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            bail!("kill {sig} {pid} failed");
+        }
+        n.paused = stop;
+        Ok(())
+    }
+
+    /// Resumes paused nodes and restarts crashed ones.
+    pub(crate) fn heal_processes(&mut self) -> anyhow::Result<()> {
+        for id in 1..=self.nodes.len() as u64 {
+            if !self.running(id) {
+                self.spawn(id)?;
+            } else if self.node(id)?.paused {
+                self.pause(id, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every node is reported live by the metadata leader.
+    pub(crate) async fn wait_live(&self, limit: Duration) -> anyhow::Result<()> {
+        let client = Client::new(self.nodes.iter().map(|n| n.grpc.as_str()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_timeout(Duration::from_secs(5));
+        let deadline = Instant::now() + limit;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match client.nodes().await {
+                Ok(nodes) if nodes.len() == self.nodes.len() && nodes.iter().all(|n| n.live) => {
+                    return Ok(());
+                }
+                Ok(nodes) => {
+                    last = format!(
+                        "{} of {} nodes live",
+                        nodes.iter().filter(|n| n.live).count(),
+                        self.nodes.len()
+                    )
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!(
+            "the cluster was not live within {limit:?} ({last}); node logs are in {}",
+            self.nodes
+                .first()
+                .and_then(|n| n.log.parent())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    }
+
+    /// Stops every node (SIGCONT first so a paused node can die).
+    pub(crate) async fn stop(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            let _ = self.pause(id, false);
+            let _ = self.crash(id).await;
+        }
+    }
+}

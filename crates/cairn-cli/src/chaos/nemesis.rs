@@ -1,0 +1,305 @@
+//! Faults injected into a spawned cluster on a seeded schedule: kill -9 and restart,
+//! SIGSTOP / SIGCONT, network partitions (two-way and one-way, isolating a partition
+//! leader, the metadata leader, or a random minority) and packet loss.
+//!
+//! Network faults are iptables rules between the nodes' addresses inside a private network
+//! namespace that `cairn chaos` enters at start ([`enter_private_network`]); the rules vanish
+//! with it, and the workload's client (at 127.0.0.1) keeps reaching every node.
+
+use super::local::{LocalCluster, node_ip};
+use anyhow::{Context, bail};
+use cairn_client::Client;
+use clap::ValueEnum;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Fault {
+    /// kill -9 a node (partition leaders preferred), restart it from its data dir later.
+    Crash,
+    /// SIGSTOP a node for longer than an election timeout, then SIGCONT.
+    Pause,
+    /// Cut the network: isolate a partition leader or the metadata leader, one-way or
+    /// two-way, or split off a random minority.
+    Partition,
+    /// Drop a share of the packets between all nodes.
+    Loss,
+}
+
+impl Fault {
+    /// Whether the fault needs iptables in a private network namespace.
+    pub(crate) fn is_network(self) -> bool {
+        matches!(self, Fault::Partition | Fault::Loss)
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Moves this process (and the nodes it will start) into a new, empty network namespace
+/// with only loopback, and checks that iptables works there. Must run before any thread
+/// starts: a namespace change applies to the calling thread only.
+pub(crate) fn enter_private_network() -> anyhow::Result<()> {
+    // SAFETY: unshare(2) takes no pointers; it is called while the process has one thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!(
+            "cannot create a private network namespace: {}. Network faults (partition, loss) \
+             need root (CAP_SYS_ADMIN) so that their iptables rules stay inside a namespace of \
+             their own: run as root, or leave partition and loss out of --nemesis",
+            std::io::Error::last_os_error()
+        );
+    }
+    run("ip", &["link", "set", "lo", "up"])
+        .context("cannot bring up loopback in the new namespace (is iproute2 installed?)")?;
+    run("iptables", &["-w", "-L", "INPUT", "-n"])
+        .context("iptables does not work here; install it with `apt-get install iptables`")?;
+    Ok(())
+}
+
+fn drop_rule(from: u64, to: u64) -> anyhow::Result<()> {
+    let (s, d) = (node_ip(from).to_string(), node_ip(to).to_string());
+    run(
+        "iptables",
+        &["-w", "-A", "INPUT", "-s", &s, "-d", &d, "-j", "DROP"],
+    )
+}
+
+/// Drops traffic from every node of `a` to every node of `b` (and back when `both`).
+fn cut(a: &[u64], b: &[u64], both: bool) -> anyhow::Result<()> {
+    for &x in a {
+        for &y in b {
+            drop_rule(x, y)?;
+            if both {
+                drop_rule(y, x)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn heal_network() -> anyhow::Result<()> {
+    run("iptables", &["-w", "-F", "INPUT"])
+}
+
+/// The schedule's state and its log of what it did.
+pub(crate) struct Nemesis {
+    faults: Vec<Fault>,
+    rng: StdRng,
+    log: std::fs::File,
+    started: Instant,
+    client: Client,
+    table: String,
+    /// Faults injected so far.
+    pub(crate) injected: u64,
+}
+
+impl Nemesis {
+    /// A schedule over `faults`, seeded, logging to `log`.
+    pub(crate) fn new(
+        faults: Vec<Fault>,
+        seed: u64,
+        log: std::fs::File,
+        started: Instant,
+        cluster: &LocalCluster,
+        table: &str,
+    ) -> anyhow::Result<Self> {
+        let client = Client::new(cluster.nodes.iter().map(|n| n.grpc.as_str()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_timeout(Duration::from_secs(3));
+        Ok(Self {
+            faults,
+            rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
+            log,
+            started,
+            client,
+            table: table.to_string(),
+            injected: 0,
+        })
+    }
+
+    fn note(&mut self, what: &str) {
+        let line = format!("{:>7.2}s {what}", self.started.elapsed().as_secs_f64());
+        eprintln!("  nemesis {line}");
+        let _ = writeln!(self.log, "{line}");
+    }
+
+    /// The leader of a random partition of the table, as the metadata last heard.
+    async fn partition_leader(&mut self) -> Option<u64> {
+        let tables = self.client.partitions(&self.table).await.ok()?;
+        let leaders: Vec<u64> = tables
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().filter_map(|p| p.leader))
+            .collect();
+        leaders.choose(&mut self.rng).copied()
+    }
+
+    async fn metadata_leader(&self) -> Option<u64> {
+        let nodes = self.client.nodes().await.ok()?;
+        nodes.iter().find(|n| n.metadata_leader).map(|n| n.id)
+    }
+
+    /// A victim: a partition leader mostly, any running node otherwise.
+    async fn victim(&mut self, cluster: &LocalCluster) -> u64 {
+        let n = cluster.nodes.len() as u64;
+        if self.rng.random_bool(0.75)
+            && let Some(l) = self.partition_leader().await
+            && cluster.running(l)
+        {
+            return l;
+        }
+        self.rng.random_range(1..=n)
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.rng.random_range(lo..=hi))
+    }
+
+    /// Injects faults until `until`, each followed by a heal and a quiet spell; leaves the
+    /// cluster healed, every node running and live.
+    pub(crate) async fn run(
+        &mut self,
+        cluster: &mut LocalCluster,
+        until: Instant,
+    ) -> anyhow::Result<()> {
+        let all: Vec<u64> = (1..=cluster.nodes.len() as u64).collect();
+        loop {
+            let quiet = self.millis(2_000, 4_000);
+            tokio::time::sleep(quiet).await;
+            // Leave room for the fault and its heal before the workload ends.
+            if Instant::now() + Duration::from_secs(12) > until {
+                break;
+            }
+            let Some(&fault) = self.faults.choose(&mut self.rng) else {
+                break;
+            };
+            self.injected += 1;
+            match fault {
+                Fault::Crash => {
+                    let v = self.victim(cluster).await;
+                    let down = self.millis(3_000, 8_000);
+                    self.note(&format!("crash node {v} (kill -9) for {down:?}"));
+                    cluster.crash(v).await?;
+                    tokio::time::sleep(down).await;
+                    cluster.spawn(v)?;
+                    self.note(&format!("restart node {v}"));
+                }
+                Fault::Pause => {
+                    let v = self.victim(cluster).await;
+                    // Longer than the largest election timeout (4 s).
+                    let down = self.millis(5_000, 9_000);
+                    self.note(&format!("pause node {v} (SIGSTOP) for {down:?}"));
+                    cluster.pause(v, true)?;
+                    tokio::time::sleep(down).await;
+                    cluster.pause(v, false)?;
+                    self.note(&format!("resume node {v} (SIGCONT)"));
+                }
+                Fault::Partition => {
+                    let down = self.millis(5_000, 10_000);
+                    let what = self.partition(cluster, &all).await?;
+                    self.note(&format!("partition: {what} for {down:?}"));
+                    tokio::time::sleep(down).await;
+                    heal_network()?;
+                    self.note("heal the network");
+                }
+                Fault::Loss => {
+                    let p = self.rng.random_range(10..=30);
+                    let down = self.millis(6_000, 10_000);
+                    let nodes = "127.0.1.0/24";
+                    let prob = format!("0.{p:02}");
+                    run(
+                        "iptables",
+                        &[
+                            "-w",
+                            "-A",
+                            "INPUT",
+                            "-s",
+                            nodes,
+                            "-d",
+                            nodes,
+                            "-m",
+                            "statistic",
+                            "--mode",
+                            "random",
+                            "--probability",
+                            &prob,
+                            "-j",
+                            "DROP",
+                        ],
+                    )?;
+                    self.note(&format!("drop {p}% of packets between nodes for {down:?}"));
+                    tokio::time::sleep(down).await;
+                    heal_network()?;
+                    self.note("heal the network");
+                }
+            }
+        }
+        self.heal(cluster).await
+    }
+
+    /// Applies one partition, described in the returned text.
+    async fn partition(&mut self, cluster: &LocalCluster, all: &[u64]) -> anyhow::Result<String> {
+        let others = |v: u64| all.iter().copied().filter(|&x| x != v).collect::<Vec<_>>();
+        let shape = self.rng.random_range(0..5);
+        Ok(match shape {
+            0 | 1 => {
+                let (v, whose) = if shape == 0 {
+                    (self.victim(cluster).await, "a partition leader")
+                } else {
+                    match self.metadata_leader().await {
+                        Some(l) => (l, "the metadata leader"),
+                        None => (self.victim(cluster).await, "a node"),
+                    }
+                };
+                cut(&[v], &others(v), true)?;
+                format!("isolate node {v} ({whose}) both ways")
+            }
+            2 => {
+                let v = self.victim(cluster).await;
+                cut(&[v], &others(v), false)?;
+                format!("node {v} cannot send to the others (one-way)")
+            }
+            3 => {
+                let v = self.victim(cluster).await;
+                cut(&others(v), &[v], false)?;
+                format!("node {v} cannot hear the others (one-way)")
+            }
+            _ => {
+                let mut order = all.to_vec();
+                order.shuffle(&mut self.rng);
+                let (minority, majority) = order.split_at(all.len().saturating_sub(1) / 2);
+                cut(minority, majority, true)?;
+                format!("split {minority:?} from {majority:?}")
+            }
+        })
+    }
+
+    /// Heals the network, resumes and restarts every node, and waits until all are live.
+    pub(crate) async fn heal(&mut self, cluster: &mut LocalCluster) -> anyhow::Result<()> {
+        if self.faults.iter().any(|f| f.is_network()) {
+            heal_network()?;
+        }
+        cluster.heal_processes()?;
+        self.note("healed: network whole, every node running");
+        cluster
+            .wait_live(Duration::from_secs(60))
+            .await
+            .context("the cluster did not recover after the faults healed")
+    }
+}
