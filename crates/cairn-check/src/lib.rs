@@ -18,6 +18,7 @@
 mod history;
 mod list;
 mod register;
+pub mod workload;
 
 pub use history::{Event, EventType, Function, History, Operation, parse_history};
 pub use list::{ListViolation, check_lists};

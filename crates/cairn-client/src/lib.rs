@@ -19,13 +19,16 @@ mod error;
 
 pub use error::{Error, Result};
 
+use cairn_proto::net::{SharedDialer, lazy_channel};
 use cairn_proto::v1::{self as pb, admin_client::AdminClient, kv_client::KvClient};
+use cairn_types::entropy;
 use cairn_types::{ClientId, ErrorCode, RequestId, Session};
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
 
 /// Default time a call may take, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,23 +184,33 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::with_dialer(endpoints, None)
+    }
+
+    /// Like [`Client::new`], connecting through `dialer` instead of TCP when given (used by
+    /// the deterministic simulation).
+    pub fn with_dialer<I, S>(endpoints: I, dialer: SharedDialer) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let mut nodes = Vec::new();
         for e in endpoints {
             let addr = e.as_ref().trim().trim_start_matches("http://").to_string();
             if addr.is_empty() {
                 continue;
             }
-            let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|err| {
+            let channel = lazy_channel(&addr, &dialer, |e| {
+                e.connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+            })
+            .map_err(|err| {
                 Error::new(
                     ErrorCode::InvalidArgument,
                     format!("endpoint {addr:?} is not HOST:PORT: {err}"),
                 )
             })?;
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .connect_lazy();
             nodes.push(Node {
                 addr,
                 channel,
@@ -210,8 +223,8 @@ impl Client {
                 "no endpoints given; pass HOST:PORT of one or more nodes",
             ));
         }
-        let start = rand::random::<u64>() as usize % nodes.len();
-        let client = ClientId(rand::random::<u64>() | 1);
+        let start = entropy::next_u64() as usize % nodes.len();
+        let client = ClientId(entropy::next_u64() | 1);
         Ok(Self {
             nodes,
             next: AtomicUsize::new(start),

@@ -4,6 +4,8 @@
 //! and `Internal` (node to node: Raft traffic, routed partition requests and metadata
 //! requests, framed as postcard payloads in an [`v1::Envelope`]).
 
+pub mod net;
+
 /// Generated code for package `cairn.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod v1 {

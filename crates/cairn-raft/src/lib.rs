@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod log_store;
 mod network;
+pub mod runtime;
 mod state_machine;
 
 pub use command::{Command, KvCommand, KvOp, Reply};
@@ -35,6 +36,7 @@ openraft::declare_raft_types!(
         R = Reply,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = runtime::CairnRuntime,
 );
 
 /// Short names for openraft types instantiated with [`TypeConfig`].

@@ -20,7 +20,15 @@ type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 /// every pending request, calls [`Engine::sync`] once, and answers them all.
 #[derive(Clone)]
 pub struct Syncer {
-    tx: mpsc::Sender<Done>,
+    inner: SyncerKind,
+}
+
+#[derive(Clone)]
+enum SyncerKind {
+    Thread(mpsc::Sender<Done>),
+    /// Syncs on the caller's thread: for a simulation, where a thread of its own would run
+    /// outside simulated time.
+    Inline(SharedEngine),
 }
 
 impl Syncer {
@@ -44,13 +52,28 @@ impl Syncer {
                     }
                 }
             })?;
-        Ok(Self { tx })
+        Ok(Self {
+            inner: SyncerKind::Thread(tx),
+        })
+    }
+
+    /// A syncer without a thread: each request syncs `engine` at once, on the caller's
+    /// thread (no group commit; meant for in-memory engines in simulation).
+    pub fn inline(engine: SharedEngine) -> Self {
+        Self {
+            inner: SyncerKind::Inline(engine),
+        }
     }
 
     /// Calls `done` once everything written to the engine before this call is durable.
     pub fn request(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) {
-        if let Err(mpsc::SendError(done)) = self.tx.send(Box::new(done)) {
-            done(Err(io::Error::other("the sync thread has stopped")));
+        match &self.inner {
+            SyncerKind::Thread(tx) => {
+                if let Err(mpsc::SendError(done)) = tx.send(Box::new(done)) {
+                    done(Err(io::Error::other("the sync thread has stopped")));
+                }
+            }
+            SyncerKind::Inline(engine) => done(engine.sync().map_err(io::Error::other)),
         }
     }
 

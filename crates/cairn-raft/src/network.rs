@@ -4,6 +4,7 @@
 //! Messages travel as postcard-encoded [`RaftRpc`] values inside the `Internal.Raft` call.
 
 use crate::{TypeConfig, typ};
+use cairn_proto::net::{SharedDialer, lazy_channel};
 use cairn_proto::v1::Envelope;
 use cairn_proto::v1::internal_client::InternalClient;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A Raft message for one group.
 #[derive(Serialize, Deserialize)]
@@ -80,6 +81,7 @@ struct Peers {
 pub struct PeerNetwork {
     peers: Arc<RwLock<Peers>>,
     local_ip: Option<IpAddr>,
+    dialer: SharedDialer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +89,12 @@ pub struct PeerNetwork {
 struct Msg(String);
 
 impl PeerNetwork {
-    /// An empty address book; connections leave from `local_ip` when given.
-    pub fn new(local_ip: Option<IpAddr>) -> Self {
+    /// An empty address book; connections leave from `local_ip` when given, and go through
+    /// `dialer` instead of TCP when given (simulation).
+    pub fn new(local_ip: Option<IpAddr>, dialer: SharedDialer) -> Self {
         Self {
             local_ip,
+            dialer,
             ..Self::default()
         }
     }
@@ -124,16 +128,16 @@ impl PeerNetwork {
                 return Some(c.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .local_address(self.local_ip)
-            // A connection to a peer cut off by the network hangs rather than fails; find out
-            // within ~3 s so requests stop queueing on it.
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let channel = lazy_channel(&addr, &self.dialer, |e| {
+            e.connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .local_address(self.local_ip)
+                // A connection to a peer cut off by the network hangs rather than fails; find
+                // out within ~3 s so requests stop queueing on it.
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+        })
+        .ok()?;
         let client = InternalClient::new(channel)
             .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
@@ -219,6 +223,8 @@ impl GroupRouter<TypeConfig, u64> for PeerNetwork {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let rpc = RaftRpc::Snapshot(group_id, vote, snapshot.meta, snapshot.snapshot);
         tokio::select! {
+            // Fixed order: tokio's random pick would make a simulation unrepeatable.
+            biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = self.call::<SnapshotResponse<TypeConfig>>(target, &rpc, option.hard_ttl()) => r.map_err(|e| match e {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),

@@ -15,7 +15,7 @@ use cairn_types::{
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,7 +56,7 @@ pub(crate) struct Core {
     pub(crate) snapshot_logs: u64,
     pub(crate) identity: Identity,
     pub(crate) meta: Option<MetaReplica>,
-    pub(crate) replicas: RwLock<HashMap<PartitionId, Replica>>,
+    pub(crate) replicas: RwLock<BTreeMap<PartitionId, Replica>>,
     /// Serializes replica creation and destruction.
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
     pub(crate) liveness: Mutex<crate::meta_service::Liveness>,
@@ -279,11 +279,17 @@ impl Core {
 
     /// How many hosted replicas this node leads.
     pub(crate) fn leader_count(&self) -> usize {
+        self.led_partitions().len()
+    }
+
+    /// Partitions whose replica here is the leader right now.
+    pub(crate) fn led_partitions(&self) -> Vec<PartitionId> {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
         replicas
-            .values()
-            .filter(|r| r.raft.metrics().borrow_watched().state == ServerState::Leader)
-            .count()
+            .iter()
+            .filter(|(_, r)| r.raft.metrics().borrow_watched().state == ServerState::Leader)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     async fn write(

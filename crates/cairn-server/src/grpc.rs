@@ -362,11 +362,10 @@ impl internal_server::Internal for Internal {
 /// Serves the three services on `listener` until `stop` turns true, then drains.
 pub(crate) async fn serve(
     node: Arc<Node>,
-    listener: tokio::net::TcpListener,
+    incoming: cairn_proto::net::Incoming,
     mut stop: watch::Receiver<bool>,
 ) {
     let max = cairn_proto::MAX_MESSAGE_BYTES;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let res = tonic::transport::Server::builder()
         .add_service(
             kv_server::KvServer::new(Kv(node.clone()))

@@ -28,5 +28,6 @@ mod node;
 mod transport;
 
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
+pub use cairn_raft::Syncer;
 pub use config::{ServerConfig, parse_initial_cluster};
-pub use node::Node;
+pub use node::{Node, Substrate};

@@ -10,8 +10,9 @@ use cairn_types::{
 };
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A node counts as live this long after its last heartbeat.
 pub(crate) const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
@@ -23,8 +24,8 @@ pub(crate) const LEADER_GRACE: Duration = Duration::from_millis(2500);
 /// Liveness and replica reports as seen by this metadata replica while it leads.
 #[derive(Default)]
 pub(crate) struct Liveness {
-    seen: HashMap<NodeId, Instant>,
-    reports: HashMap<NodeId, Vec<cairn_types::PartitionStatus>>,
+    seen: BTreeMap<NodeId, Instant>,
+    reports: BTreeMap<NodeId, Vec<cairn_types::PartitionStatus>>,
     /// When this replica last became leader; before any heartbeat arrives, every
     /// registered node is given the benefit of the doubt for one window.
     leader_since: Option<Instant>,

@@ -5,6 +5,7 @@ use crate::core::{Core, Identity};
 use crate::metrics::Metrics;
 use crate::transport::NodeTransport;
 use anyhow::{Context, bail};
+use cairn_proto::net::{Accepted, SharedDialer};
 use cairn_raft::{PeerNetwork, Syncer};
 use cairn_router::{
     Heartbeat, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply,
@@ -16,8 +17,9 @@ use cairn_types::{
     ClientId, DEFAULT_REPLICATION, Error, NodeDesc, NodeId, PartitionDesc, RequestId, Result,
     Session, TableDesc,
 };
+use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,22 @@ use tokio::time::Instant;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
+/// What a node runs on besides its configuration.
+pub struct Substrate {
+    /// Accepted gRPC connections.
+    pub grpc: cairn_proto::net::Incoming,
+    /// The address gRPC listens on (advertised unless the configuration says otherwise).
+    pub grpc_addr: SocketAddr,
+    /// The HTTP listener, if the node serves HTTP.
+    pub http: Option<tokio::net::TcpListener>,
+    /// How to reach peers; `None` for TCP.
+    pub dialer: SharedDialer,
+    /// The node's engine.
+    pub engine: SharedEngine,
+    /// Makes the engine's writes durable.
+    pub syncer: Syncer,
+}
+
 /// A running node.
 pub struct Node {
     pub(crate) core: Arc<Core>,
@@ -38,7 +56,7 @@ pub struct Node {
     /// Test-only fault: answers this many applied writes with `Unavailable`.
     lose_write_replies: AtomicU64,
     grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -146,9 +164,43 @@ impl Node {
                     cfg.data_dir.display()
                 )
             })?);
-        let identity = load_identity(&engine, &cfg).await?;
         let grpc_addr = grpc.local_addr()?;
-        let http_addr = http.local_addr()?;
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+            .with_nodelay(Some(true))
+            .map(move |s| {
+                s.map(|s| {
+                    let remote = s.peer_addr().ok();
+                    Accepted::new(Box::new(s), Some(grpc_addr), remote)
+                })
+            });
+        let syncer = Syncer::start(engine.clone()).context("cannot start the sync thread")?;
+        Self::start_with(
+            cfg,
+            Substrate {
+                grpc: Box::pin(incoming),
+                grpc_addr,
+                http: Some(http),
+                dialer: None,
+                engine,
+                syncer,
+            },
+        )
+        .await
+    }
+
+    /// Starts a node on the given substrate: its connections, engine and syncer. Production
+    /// uses TCP and fjall ([`Node::start`]); a simulation supplies simulated ones.
+    pub async fn start_with(cfg: ServerConfig, sub: Substrate) -> anyhow::Result<Arc<Node>> {
+        let Substrate {
+            grpc,
+            grpc_addr,
+            http,
+            dialer,
+            engine,
+            syncer,
+        } = sub;
+        let identity = load_identity(&engine, &cfg).await?;
+        let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
         let advertise = cfg
             .advertise
             .clone()
@@ -156,11 +208,10 @@ impl Node {
         let desc = NodeDesc {
             id: cfg.id,
             addr: advertise.clone(),
-            http_addr: http_addr.to_string(),
+            http_addr: http_addr.map(|a| a.to_string()).unwrap_or_default(),
         };
 
-        let syncer = Syncer::start(engine.clone()).context("cannot start the sync thread")?;
-        let peers = PeerNetwork::new(cfg.outbound_ip);
+        let peers = PeerNetwork::new(cfg.outbound_ip, dialer);
         for (n, a) in &identity.meta_members {
             peers.set_addr(n.0, a);
         }
@@ -192,7 +243,7 @@ impl Node {
         });
         core.reopen_recorded().await?;
         let (stop, _) = watch::channel(false);
-        let client = ClientId(rand::random::<u64>() | 1);
+        let client = ClientId(cairn_types::entropy::next_u64() | 1);
         let node = Arc::new(Node {
             router: Router::new(NodeTransport { core: core.clone() }),
             core,
@@ -209,19 +260,21 @@ impl Node {
                 grpc,
                 node.stop.subscribe(),
             )),
-            tokio::spawn(crate::http::serve(
-                node.clone(),
-                http,
-                node.stop.subscribe(),
-            )),
             tokio::spawn(heartbeat_loop(node.clone(), node.stop.subscribe())),
             tokio::spawn(reconcile_loop(node.clone(), node.stop.subscribe())),
         ];
+        if let Some(http) = http {
+            tasks.push(tokio::spawn(crate::http::serve(
+                node.clone(),
+                http,
+                node.stop.subscribe(),
+            )));
+        }
         node.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .append(&mut tasks);
-        tracing::info!(node = %cfg.id, grpc = %grpc_addr, http = %http_addr, "node started");
+        tracing::info!(node = %cfg.id, grpc = %grpc_addr, http = ?http_addr, "node started");
         Ok(node)
     }
 
@@ -236,7 +289,7 @@ impl Node {
     }
 
     /// The bound HTTP address.
-    pub fn http_addr(&self) -> SocketAddr {
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 
@@ -267,6 +320,11 @@ impl Node {
             tracing::error!("final sync failed: {e}");
         }
         tracing::info!(node = %self.core.id, "node stopped");
+    }
+
+    /// Partitions this node leads right now.
+    pub fn led_partitions(&self) -> Vec<cairn_types::PartitionId> {
+        self.core.led_partitions()
     }
 
     /// Whether this node leads the metadata group right now.
@@ -405,7 +463,7 @@ impl Node {
         deadline: Instant,
     ) -> Result<()> {
         let mut next = hint.or_else(|| p.replicas.first().copied());
-        let mut gone: HashSet<NodeId> = HashSet::new();
+        let mut gone: BTreeSet<NodeId> = BTreeSet::new();
         let mut turn = 0usize;
         while let Some(target) = next {
             let req = PartitionRequest {
@@ -631,7 +689,7 @@ impl Node {
         else {
             return Err(Error::Internal("unexpected reply to PartitionsOn".into()));
         };
-        let wanted: HashSet<_> = placed.iter().map(|(p, _)| p.id).collect();
+        let wanted: BTreeSet<_> = placed.iter().map(|(p, _)| p.id).collect();
         for (desc, members) in &placed {
             if self.core.replica(desc.id).is_none()
                 && let Err(e) = self.core.open_replica(desc, members).await
@@ -666,6 +724,8 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             tracing::debug!("heartbeat not delivered: {e}");
         }
         tokio::select! {
+            // Fixed order keeps a simulation repeatable.
+            biased;
             _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             _ = stop.changed() => return,
         }
@@ -675,6 +735,7 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = stop.changed() => return,
         }

@@ -4,6 +4,7 @@
 //! This crate does no I/O; everything here is plain data that travels between the
 //! storage, raft, metadata, router, server and client crates.
 
+pub mod entropy;
 mod error;
 mod ids;
 mod limits;

@@ -13,16 +13,16 @@ mod local;
 pub(crate) mod nemesis;
 
 use anyhow::Context;
-use cairn_check::{Event, EventType, Function, check_lists, check_registers, parse_history};
-use cairn_client::{Client, ListOptions};
+use cairn_check::workload::{Workload, final_reads, run_client, split_keys};
+use cairn_check::{Event, EventType, check_lists, check_registers, parse_history};
+use cairn_client::Client;
 use cairn_types::ErrorCode;
 use clap::Args;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -78,157 +78,6 @@ impl ChaosArgs {
 pub(crate) struct CheckArgs {
     /// A history written by `cairn chaos`.
     history: PathBuf,
-}
-
-fn key_name(i: u32) -> String {
-    format!("k{i:03}")
-}
-
-fn event(process: u64, kind: EventType, f: Function, table: &str, started: Instant) -> Event {
-    Event {
-        process,
-        kind,
-        f,
-        table: table.to_string(),
-        key: None,
-        value: None,
-        start: None,
-        end: None,
-        keys: None,
-        time: started.elapsed().as_nanos() as u64,
-    }
-}
-
-/// An outcome class for a failed operation: did it certainly not happen?
-fn failed(e: &cairn_client::Error, write: bool) -> EventType {
-    let definite = !matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal);
-    if definite || !write {
-        EventType::Fail
-    } else {
-        EventType::Info
-    }
-}
-
-struct Ctx {
-    table: String,
-    keys: u32,
-    stale: bool,
-    started: Instant,
-    deadline: Instant,
-    budget: std::sync::atomic::AtomicU64,
-    tx: mpsc::UnboundedSender<Event>,
-}
-
-async fn run_client(ctx: Arc<Ctx>, client: Client, first_process: u64, stride: u64, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut process = first_process;
-    let mut n = 0u64;
-    let t = &ctx.table;
-    while Instant::now() < ctx.deadline {
-        let left = ctx.budget.fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |b| b.checked_sub(1),
-        );
-        if left.is_err() {
-            break;
-        }
-        n += 1;
-        let key = key_name(rng.random_range(0..ctx.keys));
-        let roll: u32 = rng.random_range(0..100);
-        let send = |e: Event| {
-            let _ = ctx.tx.send(e);
-        };
-        // A completion event, stamped now.
-        let complete = |e: Event| {
-            send(Event {
-                time: ctx.started.elapsed().as_nanos() as u64,
-                ..e
-            })
-        };
-        if roll < 40 {
-            let value = format!("{process}-{n}");
-            let mut inv = event(process, EventType::Invoke, Function::Put, t, ctx.started);
-            inv.key = Some(key.clone());
-            inv.value = Some(value.clone());
-            send(inv.clone());
-            let r = client.put(t, key.as_bytes(), value.as_bytes()).await;
-            let kind = match &r {
-                Ok(()) => EventType::Ok,
-                Err(e) => failed(e, true),
-            };
-            complete(Event { kind, ..inv });
-            if kind == EventType::Info {
-                process += stride;
-            }
-        } else if roll < 80 {
-            let mut inv = event(process, EventType::Invoke, Function::Get, t, ctx.started);
-            inv.key = Some(key.clone());
-            send(inv.clone());
-            let r = if ctx.stale {
-                client.get_stale(t, key.as_bytes()).await
-            } else {
-                client.get(t, key.as_bytes()).await
-            };
-            let done = match r {
-                Ok(v) => Event {
-                    kind: EventType::Ok,
-                    value: v.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                    ..inv.clone()
-                },
-                Err(e) => Event {
-                    kind: failed(&e, false),
-                    ..inv.clone()
-                },
-            };
-            complete(done);
-        } else if roll < 90 {
-            let mut inv = event(process, EventType::Invoke, Function::Delete, t, ctx.started);
-            inv.key = Some(key.clone());
-            send(inv.clone());
-            let kind = match client.delete(t, key.as_bytes()).await {
-                Ok(()) => EventType::Ok,
-                Err(e) => failed(&e, true),
-            };
-            complete(Event { kind, ..inv });
-            if kind == EventType::Info {
-                process += stride;
-            }
-        } else {
-            let start = key_name(rng.random_range(0..ctx.keys));
-            let mut inv = event(process, EventType::Invoke, Function::List, t, ctx.started);
-            inv.start = Some(start.clone());
-            send(inv.clone());
-            let opts = ListOptions {
-                start: start.clone().into_bytes(),
-                limit: 1000,
-                stale: ctx.stale,
-                ..Default::default()
-            };
-            let done = match client.list(t, &opts).await {
-                // A page covers [start, cursor) when it has a cursor (it stopped at a
-                // partition boundary), else everything from start.
-                Ok(page) => Event {
-                    kind: EventType::Ok,
-                    end: page
-                        .cursor
-                        .map(|c| String::from_utf8_lossy(&c).into_owned()),
-                    keys: Some(
-                        page.keys
-                            .iter()
-                            .map(|k| String::from_utf8_lossy(k).into_owned())
-                            .collect(),
-                    ),
-                    ..inv.clone()
-                },
-                Err(e) => Event {
-                    kind: failed(&e, false),
-                    ..inv.clone()
-                },
-            };
-            complete(done);
-        }
-    }
 }
 
 /// Runs the workload (against a spawned cluster under faults, or the given endpoints),
@@ -299,11 +148,7 @@ type Faults<'a> = Option<(&'a mut nemesis::Nemesis, &'a mut local::LocalCluster)
 async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow::Result<ExitCode> {
     let endpoints: Vec<&str> = endpoints.split(',').collect();
     let admin = Client::new(&endpoints).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let splits = vec![
-        key_name(a.keys / 3).into_bytes(),
-        key_name(2 * a.keys / 3).into_bytes(),
-    ];
-    match admin.create_table(&a.table, 3, splits).await {
+    match admin.create_table(&a.table, 3, split_keys(a.keys)).await {
         Ok(_) => {}
         Err(e) if e.code == ErrorCode::AlreadyExists => {}
         Err(e) => anyhow::bail!("cannot create table {}: {e}", a.table),
@@ -325,14 +170,15 @@ async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow:
         out.flush()?;
         Ok(lines)
     });
-    let started = Instant::now();
-    let ctx = Arc::new(Ctx {
+    let started = tokio::time::Instant::now();
+    let ctx = Arc::new(Workload {
         table: a.table.clone(),
         keys: a.keys.max(1),
         stale: a.stale_reads,
         started,
         deadline: started + Duration::from_secs(a.duration),
-        budget: std::sync::atomic::AtomicU64::new(a.max_ops),
+        budget: AtomicU64::new(a.max_ops),
+        think: Duration::ZERO,
         tx: tx.clone(),
     });
     let timeout = Duration::from_millis(a.op_timeout_ms);
@@ -366,7 +212,7 @@ async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow:
     });
     let run_faults = async {
         match faults {
-            Some((nemesis, cluster)) => nemesis.run(cluster, ctx.deadline).await,
+            Some((nemesis, cluster)) => nemesis.run(cluster, ctx.deadline.into_std()).await,
             None => Ok(()),
         }
     };
@@ -384,33 +230,9 @@ async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow:
     let reader = Client::new(&endpoints)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_timeout(Duration::from_secs(30));
-    let final_process = 1_000_000;
-    for k in 0..ctx.keys {
-        let key = key_name(k);
-        let mut inv = event(
-            final_process,
-            EventType::Invoke,
-            Function::Get,
-            &a.table,
-            started,
-        );
-        inv.key = Some(key.clone());
-        let _ = tx.send(inv.clone());
-        let done = match reader.get(&a.table, key.as_bytes()).await {
-            Ok(v) => Event {
-                kind: EventType::Ok,
-                value: v.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                ..inv
-            },
-            Err(e) => anyhow::bail!(
-                "final read of {key} failed after the run: {e}; the cluster did not recover"
-            ),
-        };
-        let _ = tx.send(Event {
-            time: started.elapsed().as_nanos() as u64,
-            ..done
-        });
-    }
+    final_reads(&ctx, &reader)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     drop(ctx);
     drop(tx);
     let lines = writer.await??;

@@ -1,0 +1,469 @@
+//! Deterministic simulation of a whole Cairn cluster in one process.
+//!
+//! Nodes (with their metadata group, partition groups and routers) and clients run as
+//! [turmoil] hosts: the network and the clock are simulated, every node keeps its data in
+//! an in-memory engine that survives a host crash up to its last sync, and every random
+//! choice — the fault schedule, the workload, Raft's election timeouts, client and node
+//! ids — follows from one seed. A run injects faults (crash and restart, partitions that
+//! isolate a partition leader or the metadata leader, one-way cuts, connection loss and
+//! message delay), heals, reads every key once more and checks the history with
+//! `cairn-check`.
+//!
+//! `CAIRN_SIM_SEED=N cargo test -p cairn-sim` replays seed N.
+
+mod net;
+
+use anyhow::{Context, bail};
+use cairn_check::workload::{Workload, final_reads, run_client, split_keys};
+use cairn_check::{Event, check_lists, check_registers, parse_history};
+use cairn_client::Client;
+use cairn_server::{Node, ServerConfig, Substrate, Syncer};
+use cairn_storage::{MemEngine, SharedEngine};
+use cairn_types::{Limits, NodeId};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// gRPC port of every simulated node.
+const PORT: u16 = 7001;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed everything follows from.
+    pub seed: u64,
+    /// Nodes (all in the metadata group).
+    pub nodes: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Registers.
+    pub keys: u32,
+    /// Simulated seconds of workload (faults come and go meanwhile).
+    pub workload_secs: u64,
+    /// Inject faults.
+    pub faults: bool,
+    /// Raft entries between snapshots (small, so snapshots and log purges happen).
+    pub snapshot_logs: u64,
+    /// Most operations in the run; clients pause between operations to spread them over
+    /// the faults (simulated time costs nothing, operations cost real CPU).
+    pub max_ops: u64,
+    /// Longest pause of a client between operations.
+    pub think: Duration,
+    /// Read with `stale` consistency: the checker must then find violations (self-test).
+    pub stale_reads: bool,
+}
+
+impl SimConfig {
+    /// The default run for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            nodes: 3,
+            clients: 4,
+            keys: 8,
+            workload_secs: 20,
+            faults: true,
+            snapshot_logs: 100,
+            max_ops: 800,
+            think: Duration::from_millis(200),
+            stale_reads: false,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct SimOutcome {
+    /// The history, as JSON lines.
+    pub history: String,
+    /// The faults injected and healed, with simulated times.
+    pub faults: Vec<String>,
+    /// Operations completed `ok`.
+    pub ok_ops: usize,
+    /// Checker findings; empty when the history is linearizable.
+    pub violations: Vec<String>,
+}
+
+fn host(id: u64) -> String {
+    format!("n{id}")
+}
+
+type Registry = Rc<RefCell<BTreeMap<u64, Arc<Node>>>>;
+
+/// Registers node `id` as a turmoil host whose software is a Cairn node over `engine`.
+fn add_node(
+    sim: &mut turmoil::Sim<'_>,
+    cfg: &SimConfig,
+    id: u64,
+    engine: Arc<MemEngine>,
+    registry: Registry,
+) {
+    let members: Vec<(NodeId, String)> = (1..=cfg.nodes)
+        .map(|n| (NodeId(n), format!("{}:{PORT}", host(n))))
+        .collect();
+    let server = ServerConfig {
+        id: NodeId(id),
+        data_dir: Default::default(),
+        listen: format!("0.0.0.0:{PORT}"),
+        http: String::new(),
+        advertise: Some(format!("{}:{PORT}", host(id))),
+        initial_cluster: members,
+        join: Vec::new(),
+        outbound_ip: None,
+        limits: Limits::default(),
+        snapshot_logs: cfg.snapshot_logs,
+        fault_lose_write_replies: 0,
+    };
+    sim.host(host(id), move || {
+        let engine = engine.clone();
+        let server = server.clone();
+        let registry = registry.clone();
+        async move {
+            // A restarted host finds only what its previous life synced.
+            engine.crash();
+            let (grpc, grpc_addr) = net::listen(PORT).await?;
+            let shared: SharedEngine = engine;
+            let sub = Substrate {
+                grpc,
+                grpc_addr,
+                http: None,
+                dialer: Some(Arc::new(net::SimDialer)),
+                engine: shared.clone(),
+                syncer: Syncer::inline(shared),
+            };
+            let node = Node::start_with(server, sub)
+                .await
+                .map_err(|e| format!("node {id} did not start: {e:#}"))?;
+            registry.borrow_mut().insert(id, node);
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+}
+
+/// A fault in force, and how long it lasts.
+struct Active {
+    undo: Undo,
+    until: Duration,
+}
+
+enum Undo {
+    Restart(u64),
+    Repair(Vec<(u64, u64)>),
+    RepairOneWay(Vec<(u64, u64)>),
+    NoLoss(Vec<(u64, u64)>),
+    Release(Vec<(u64, u64)>),
+}
+
+struct Nemesis {
+    rng: StdRng,
+    nodes: u64,
+    log: Vec<String>,
+    registry: Registry,
+}
+
+impl Nemesis {
+    fn note(&mut self, at: Duration, what: String) {
+        self.log.push(format!("{:>8.3}s {what}", at.as_secs_f64()));
+    }
+
+    /// A partition leader mostly, the metadata leader sometimes, else any node.
+    fn victim(&mut self, meta: bool) -> u64 {
+        let reg = self.registry.borrow();
+        let leaders: Vec<u64> = reg
+            .iter()
+            .filter(|(_, n)| {
+                if meta {
+                    n.is_meta_leader()
+                } else {
+                    !n.led_partitions().is_empty()
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        drop(reg);
+        match leaders.choose(&mut self.rng) {
+            Some(&l) if self.rng.random_bool(0.8) => l,
+            _ => self.rng.random_range(1..=self.nodes),
+        }
+    }
+
+    fn others(&self, v: u64) -> Vec<u64> {
+        (1..=self.nodes).filter(|&n| n != v).collect()
+    }
+
+    fn inject(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration) -> Active {
+        let lasts = Duration::from_millis(self.rng.random_range(1_000..8_000));
+        let until = now + lasts;
+        let kind = self.rng.random_range(0..7);
+        let undo = match kind {
+            0 => {
+                let v = self.victim(false);
+                sim.crash(host(v));
+                self.registry.borrow_mut().remove(&v);
+                self.note(now, format!("crash n{v} for {lasts:?}"));
+                Undo::Restart(v)
+            }
+            1 | 2 => {
+                let meta = kind == 2;
+                let v = self.victim(meta);
+                let pairs: Vec<(u64, u64)> = self.others(v).into_iter().map(|o| (v, o)).collect();
+                for &(a, b) in &pairs {
+                    sim.partition(host(a), host(b));
+                }
+                let whose = if meta {
+                    "metadata leader?"
+                } else {
+                    "a leader?"
+                };
+                self.note(now, format!("isolate n{v} ({whose}) for {lasts:?}"));
+                Undo::Repair(pairs)
+            }
+            3 => {
+                let v = self.victim(false);
+                let pairs: Vec<(u64, u64)> = if self.rng.random_bool(0.5) {
+                    self.others(v).into_iter().map(|o| (v, o)).collect()
+                } else {
+                    self.others(v).into_iter().map(|o| (o, v)).collect()
+                };
+                for &(a, b) in &pairs {
+                    sim.partition_oneway(host(a), host(b));
+                }
+                self.note(now, format!("one-way cut {pairs:?} for {lasts:?}"));
+                Undo::RepairOneWay(pairs)
+            }
+            4 => {
+                let mut pairs = Vec::new();
+                for a in 1..=self.nodes {
+                    for b in a + 1..=self.nodes {
+                        pairs.push((a, b));
+                    }
+                }
+                let p = self.rng.random_range(0.01..0.1);
+                for &(a, b) in &pairs {
+                    sim.set_link_fail_rate(host(a), host(b), p);
+                }
+                self.note(now, format!("lose messages (rate {p:.3}) for {lasts:?}"));
+                Undo::NoLoss(pairs)
+            }
+            _ => {
+                let v = self.victim(false);
+                let pairs: Vec<(u64, u64)> = self.others(v).into_iter().map(|o| (v, o)).collect();
+                for &(a, b) in &pairs {
+                    sim.hold(host(a), host(b));
+                }
+                self.note(now, format!("delay all messages of n{v} for {lasts:?}"));
+                Undo::Release(pairs)
+            }
+        };
+        Active { undo, until }
+    }
+
+    fn undo(&mut self, sim: &mut turmoil::Sim<'_>, undo: Undo, now: Duration) {
+        match undo {
+            Undo::Restart(v) => {
+                sim.bounce(host(v));
+                self.note(now, format!("restart n{v}"));
+            }
+            Undo::Repair(pairs) => {
+                for (a, b) in pairs {
+                    sim.repair(host(a), host(b));
+                }
+                self.note(now, "repair".into());
+            }
+            Undo::RepairOneWay(pairs) => {
+                for (a, b) in pairs {
+                    sim.repair_oneway(host(a), host(b));
+                }
+                self.note(now, "repair one-way".into());
+            }
+            Undo::NoLoss(pairs) => {
+                for (a, b) in pairs {
+                    sim.set_link_fail_rate(host(a), host(b), 0.0);
+                }
+                self.note(now, "stop losing messages".into());
+            }
+            Undo::Release(pairs) => {
+                for (a, b) in pairs {
+                    sim.release(host(a), host(b));
+                }
+                self.note(now, "release held messages".into());
+            }
+        }
+    }
+}
+
+/// Runs one simulation and checks its history.
+pub fn run(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
+    // Every draw of the nodes, routers and clients on this thread follows from the seed
+    // (all turmoil hosts run on this one thread).
+    cairn_types::entropy::seed_thread(cfg.seed);
+    let result = simulate(cfg);
+    cairn_types::entropy::unseed_thread();
+    result
+}
+
+fn simulate(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
+    let workload = Duration::from_secs(cfg.workload_secs);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(cfg.seed)
+        .simulation_duration(workload + Duration::from_secs(240))
+        .tick_duration(Duration::from_millis(2))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        .tcp_capacity(1 << 16)
+        .build();
+    let registry: Registry = Rc::default();
+    for id in 1..=cfg.nodes {
+        add_node(
+            &mut sim,
+            cfg,
+            id,
+            Arc::new(MemEngine::new()),
+            registry.clone(),
+        );
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let endpoints: Vec<String> = (1..=cfg.nodes)
+        .map(|n| format!("{}:{PORT}", host(n)))
+        .collect();
+    let client_cfg = cfg.clone();
+    let client_error: Rc<RefCell<Option<String>>> = Rc::default();
+    let client_error2 = client_error.clone();
+    sim.client("client", async move {
+        let r = drive(client_cfg, endpoints, tx).await;
+        if let Err(e) = &r {
+            *client_error2.borrow_mut() = Some(format!("{e:#}"));
+        }
+        r.map_err(|e| e.to_string().into())
+    });
+
+    let mut nemesis = Nemesis {
+        rng: StdRng::seed_from_u64(cfg.seed ^ 0x006e_656d_6573_6973),
+        nodes: cfg.nodes,
+        log: Vec::new(),
+        registry: registry.clone(),
+    };
+    // Let the cluster form and the table appear before the first fault.
+    let mut next_fault = Duration::from_secs(12);
+    let faults_end = Duration::from_secs(8) + workload;
+    let mut active: Option<Active> = None;
+    let mut healed = false;
+    loop {
+        let done = match sim.step() {
+            Ok(d) => d,
+            Err(e) => {
+                let why = client_error
+                    .borrow()
+                    .clone()
+                    .unwrap_or_else(|| e.to_string());
+                bail!(
+                    "simulation failed at {:?}: {why}\nfaults:\n{}",
+                    sim.elapsed(),
+                    nemesis.log.join("\n")
+                );
+            }
+        };
+        if done {
+            break;
+        }
+        let now = sim.elapsed();
+        if let Some(a) = active.take_if(|a| now >= a.until) {
+            nemesis.undo(&mut sim, a.undo, now);
+            next_fault = now + Duration::from_millis(nemesis.rng.random_range(500..3_000));
+        }
+        if cfg.faults && active.is_none() && now >= next_fault && now < faults_end {
+            active = Some(nemesis.inject(&mut sim, now));
+        }
+        if now >= faults_end && !healed {
+            if let Some(a) = active.take() {
+                nemesis.undo(&mut sim, a.undo, now);
+            }
+            healed = true;
+        }
+    }
+
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let mut history = String::new();
+    for e in &events {
+        history.push_str(&serde_json::to_string(e)?);
+        history.push('\n');
+    }
+    let parsed = parse_history(&history).context("the simulation wrote a malformed history")?;
+    let ok_ops = parsed
+        .ops
+        .iter()
+        .filter(|o| o.outcome == cairn_check::EventType::Ok)
+        .count();
+    let violations: Vec<String> = check_registers(&parsed)
+        .iter()
+        .map(|v| v.to_string())
+        .chain(check_lists(&parsed).iter().map(|v| v.to_string()))
+        .collect();
+    Ok(SimOutcome {
+        history,
+        faults: nemesis.log,
+        ok_ops,
+        violations,
+    })
+}
+
+/// The client host: creates the table, runs the workload, then reads every key once more.
+async fn drive(
+    cfg: SimConfig,
+    endpoints: Vec<String>,
+    tx: tokio::sync::mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<()> {
+    let dialer: cairn_proto::net::SharedDialer = Some(Arc::new(net::SimDialer));
+    let admin = Client::with_dialer(&endpoints, dialer.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_timeout(Duration::from_secs(60));
+    let table = "sim";
+    admin
+        .create_table(table, 3, split_keys(cfg.keys))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the table: {e}"))?;
+    let started = tokio::time::Instant::now();
+    let ctx = Arc::new(Workload {
+        table: table.into(),
+        keys: cfg.keys,
+        stale: cfg.stale_reads,
+        started,
+        deadline: started + Duration::from_secs(cfg.workload_secs),
+        budget: AtomicU64::new(cfg.max_ops),
+        tx,
+        think: cfg.think,
+    });
+    let mut tasks = Vec::new();
+    for c in 0..cfg.clients {
+        let client = Client::with_dialer(&endpoints, dialer.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_timeout(Duration::from_secs(5));
+        tasks.push(tokio::spawn(run_client(
+            ctx.clone(),
+            client,
+            c,
+            cfg.clients,
+            cfg.seed.wrapping_mul(1000) + c,
+        )));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let reader = Client::with_dialer(&endpoints, dialer)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_timeout(Duration::from_secs(60));
+    final_reads(&ctx, &reader)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+}
