@@ -21,7 +21,7 @@ use cairn_server::{Node, ServerConfig, Substrate, Syncer};
 use cairn_storage::{MemEngine, SharedEngine};
 use cairn_types::{Limits, NodeId};
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -64,7 +64,8 @@ impl SimConfig {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
-            nodes: 3,
+            // Every fourth seed runs five nodes (majority/minority splits of 2 and 3).
+            nodes: if seed % 4 == 0 { 5 } else { 3 },
             clients: 4,
             keys: 8,
             workload_secs: 20,
@@ -154,7 +155,7 @@ struct Active {
 }
 
 enum Undo {
-    Restart(u64),
+    Restart(Vec<u64>),
     Repair(Vec<(u64, u64)>),
     RepairOneWay(Vec<(u64, u64)>),
     NoLoss(Vec<(u64, u64)>),
@@ -201,14 +202,41 @@ impl Nemesis {
     fn inject(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration) -> Active {
         let lasts = Duration::from_millis(self.rng.random_range(1_000..8_000));
         let until = now + lasts;
-        let kind = self.rng.random_range(0..7);
+        let kind = self.rng.random_range(0..9);
         let undo = match kind {
             0 => {
                 let v = self.victim(false);
                 sim.crash(host(v));
                 self.registry.borrow_mut().remove(&v);
                 self.note(now, format!("crash n{v} for {lasts:?}"));
-                Undo::Restart(v)
+                Undo::Restart(vec![v])
+            }
+            7 => {
+                // Every node at once: only what each synced survives.
+                let all: Vec<u64> = (1..=self.nodes).collect();
+                for &v in &all {
+                    sim.crash(host(v));
+                }
+                self.registry.borrow_mut().clear();
+                self.note(now, format!("crash every node for {lasts:?}"));
+                Undo::Restart(all)
+            }
+            8 => {
+                let mut order: Vec<u64> = (1..=self.nodes).collect();
+                order.shuffle(&mut self.rng);
+                let (minority, majority) = order.split_at((order.len() - 1) / 2);
+                let mut pairs = Vec::new();
+                for &a in minority {
+                    for &b in majority {
+                        sim.partition(host(a), host(b));
+                        pairs.push((a, b));
+                    }
+                }
+                self.note(
+                    now,
+                    format!("split {minority:?} from {majority:?} for {lasts:?}"),
+                );
+                Undo::Repair(pairs)
             }
             1 | 2 => {
                 let meta = kind == 2;
@@ -267,9 +295,11 @@ impl Nemesis {
 
     fn undo(&mut self, sim: &mut turmoil::Sim<'_>, undo: Undo, now: Duration) {
         match undo {
-            Undo::Restart(v) => {
-                sim.bounce(host(v));
-                self.note(now, format!("restart n{v}"));
+            Undo::Restart(nodes) => {
+                for &v in &nodes {
+                    sim.bounce(host(v));
+                }
+                self.note(now, format!("restart {nodes:?}"));
             }
             Undo::Repair(pairs) => {
                 for (a, b) in pairs {

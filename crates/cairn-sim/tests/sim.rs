@@ -1,76 +1,111 @@
 //! Simulated runs over many seeds; each must pass the checkers.
 //!
-//! - `CAIRN_SIM_SEED=N` runs seed N alone (to replay a failure);
-//! - `CAIRN_SIM_SEEDS=K` (default 120 per test shard) and `CAIRN_SIM_FIRST=F` choose the seeds
-//!   F, F+1, ... for a longer soak, e.g.
+//! Every seed runs in a process of its own (this test binary, re-run for one seed), so that
+//! nothing a previous seed left in the process — tokio's global task ids decide the order
+//! in which a crashed host's tasks are dropped — can change what a seed does: a seed that
+//! fails in CI replays exactly alone.
+//!
+//! - `CAIRN_SIM_SEED=N cargo nextest run -p cairn-sim sim_seed` replays seed N (or
+//!   `cargo run -p cairn-sim --example replay -- N`);
+//! - `CAIRN_SIM_SEEDS=K` (default 100 per shard, two shards) and `CAIRN_SIM_FIRST=F` choose
+//!   the seeds F, F+1, ... for a longer soak, e.g.
 //!   `CAIRN_SIM_SEEDS=5000 cargo nextest run -p cairn-sim --release`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use cairn_sim::{SimConfig, run};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Instant;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Runs `seeds`; on a failure saves the history and names the command that replays it.
-fn run_seeds(seeds: impl Iterator<Item = u64>) {
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    let t = Instant::now();
-    for seed in seeds {
-        ran += 1;
-        let cfg = SimConfig::new(seed);
-        let out = match run(&cfg) {
-            Ok(o) => o,
-            Err(e) => {
-                failures.push(format!("seed {seed}: {e:#}"));
-                continue;
-            }
-        };
-        if !out.violations.is_empty() {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/sim");
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join(format!("seed-{seed}.jsonl"));
-            std::fs::write(&path, &out.history).unwrap();
-            failures.push(format!(
-                "seed {seed}: {} violation(s), first: {}\nfaults:\n{}\nhistory: {} \
-                 (check it with `cairn check {}`)",
-                out.violations.len(),
-                out.violations[0],
-                out.faults.join("\n"),
-                path.display(),
-                path.display()
-            ));
-        } else {
-            assert!(
-                out.ok_ops > 100,
-                "seed {seed}: only {} ok operations",
-                out.ok_ops
-            );
-        }
+fn sim_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/sim");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One seed, in this process: `CAIRN_SIM_SEED` (default 1). On a violation the history is
+/// saved and the test fails naming it. `CAIRN_SIM_HISTORY` also saves a passing history.
+#[test]
+fn sim_seed() {
+    let seed = env_u64("CAIRN_SIM_SEED").unwrap_or(1);
+    let out = run(&SimConfig::new(seed)).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+    if let Ok(path) = std::env::var("CAIRN_SIM_HISTORY") {
+        std::fs::write(path, &out.history).unwrap();
     }
-    eprintln!("{ran} seeds in {:.1} s", t.elapsed().as_secs_f64());
+    if !out.violations.is_empty() {
+        let path = sim_dir().join(format!("seed-{seed}.jsonl"));
+        std::fs::write(&path, &out.history).unwrap();
+        panic!(
+            "seed {seed}: {} violation(s), first: {}\nfaults:\n{}\nhistory: {} (check it with \
+             `cairn check {}`)",
+            out.violations.len(),
+            out.violations[0],
+            out.faults.join("\n"),
+            path.display(),
+            path.display()
+        );
+    }
     assert!(
-        failures.is_empty(),
-        "{} of {ran} seeds failed; replay one with CAIRN_SIM_SEED=<seed> cargo test -p cairn-sim:\n{}",
-        failures.len(),
-        failures.join("\n\n")
+        out.ok_ops > 100,
+        "seed {seed}: only {} operations succeeded",
+        out.ok_ops
     );
+}
+
+/// Runs `seed` in a child process; `Err` carries what it printed.
+fn run_child(seed: u64, history: Option<&PathBuf>) -> Result<(), String> {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["sim_seed", "--exact", "--nocapture", "--test-threads", "1"])
+        .env("CAIRN_SIM_SEED", seed.to_string());
+    if let Some(h) = history {
+        cmd.env("CAIRN_SIM_HISTORY", h);
+    }
+    let out = cmd.output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// Seeds of shard `shard` of `shards` (so nextest spreads them over the cores).
 fn shard(shard: u64, shards: u64) {
-    if let Some(seed) = env_u64("CAIRN_SIM_SEED") {
-        if shard == 0 {
-            run_seeds(std::iter::once(seed));
-        }
-        return;
+    if std::env::var("CAIRN_SIM_SEED").is_ok() {
+        return; // `sim_seed` runs that one.
     }
-    let count = env_u64("CAIRN_SIM_SEEDS").unwrap_or(120);
+    let count = env_u64("CAIRN_SIM_SEEDS").unwrap_or(100);
     let first = env_u64("CAIRN_SIM_FIRST").unwrap_or(1);
-    run_seeds((first..first + count * shards).filter(move |s| s % shards == shard));
+    let t = Instant::now();
+    let mut failures = Vec::new();
+    let seeds: Vec<u64> = (first..first + count * shards)
+        .filter(|s| s % shards == shard)
+        .collect();
+    for &seed in &seeds {
+        if let Err(out) = run_child(seed, None) {
+            failures.push(format!("---- seed {seed}\n{out}"));
+        }
+    }
+    eprintln!(
+        "{} seeds in {:.1} s",
+        seeds.len(),
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed; replay one with CAIRN_SIM_SEED=<seed> cargo nextest run -p \
+         cairn-sim sim_seed\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -86,15 +121,14 @@ fn sim_seeds_shard_1() {
 /// The same seed gives the same history, byte for byte: a failing seed replays exactly.
 #[test]
 fn sim_same_seed_same_history() {
-    let cfg = SimConfig::new(env_u64("CAIRN_SIM_SEED").unwrap_or(7));
-    let a = run(&cfg).unwrap();
-    let b = run(&cfg).unwrap();
-    assert_eq!(a.faults, b.faults);
-    assert!(
-        a.history == b.history,
-        "seed {} ran two different ways",
-        cfg.seed
-    );
+    let seed = env_u64("CAIRN_SIM_SEED").unwrap_or(7);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_child(seed, Some(&a)).unwrap();
+    run_child(seed, Some(&b)).unwrap();
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(!a.is_empty());
+    assert!(a == b, "seed {seed} ran two different ways");
 }
 
 /// The checker can fail: with reads sent as stale reads while leaders are cut off, some
