@@ -47,6 +47,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Check a history recorded by `cairn chaos`.
     Check(chaos::CheckArgs),
+    /// Measure throughput and latency with a YCSB-style workload (Cairn or etcd).
+    Bench(cairn_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +85,12 @@ fn main() -> ExitCode {
             Command::Chaos(a) => chaos::chaos(a, &cli.endpoints).await,
             Command::Check(a) => chaos::check(a),
             Command::Admin(a) => client_cmds::admin(a, conn).await,
+            Command::Bench(a) => {
+                let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();
+                cairn_bench::run(&a, &endpoints)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -322,6 +322,11 @@ impl Node {
         tracing::info!(node = %self.core.id, "node stopped");
     }
 
+    /// Leader and term of every replica on this node, as its Raft group sees them.
+    pub fn replica_statuses(&self) -> Vec<cairn_types::PartitionStatus> {
+        self.core.replica_statuses()
+    }
+
     /// Partitions this node leads right now.
     pub fn led_partitions(&self) -> Vec<cairn_types::PartitionId> {
         self.core.led_partitions()

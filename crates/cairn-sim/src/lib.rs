@@ -19,7 +19,7 @@ use cairn_check::{Event, check_lists, check_registers, parse_history};
 use cairn_client::Client;
 use cairn_server::{Node, ServerConfig, Substrate, Syncer};
 use cairn_storage::{MemEngine, SharedEngine};
-use cairn_types::{Limits, NodeId};
+use cairn_types::{Limits, NodeId, PartitionId};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -329,6 +329,101 @@ impl Nemesis {
     }
 }
 
+/// Leader and term of each partition, as its leader reports them.
+pub type Terms = BTreeMap<PartitionId, (NodeId, u64)>;
+
+fn leader_terms(registry: &Registry) -> Terms {
+    let mut terms = Terms::new();
+    for (&id, node) in registry.borrow().iter() {
+        for s in node.replica_statuses() {
+            if s.leader == Some(NodeId(id)) {
+                terms.insert(s.partition, (NodeId(id), s.term));
+            }
+        }
+    }
+    terms
+}
+
+fn step_for(sim: &mut turmoil::Sim<'_>, d: Duration) -> anyhow::Result<()> {
+    let until = sim.elapsed() + d;
+    while sim.elapsed() < until {
+        sim.step()
+            .map_err(|e| anyhow::anyhow!("simulation failed: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Regression scenario for pre-vote: on five nodes with a table of three partitions, a node
+/// that leads nothing is cut off from its peers for 12 s (several election timeouts), then
+/// the network heals. Returns the node and every partition's leader and term before the cut
+/// and 10 s after the heal; with pre-vote they are the same (the node did not inflate its
+/// term while away and so deposes no leader when it returns).
+pub fn isolated_follower_rejoins(seed: u64) -> anyhow::Result<(u64, Terms, Terms)> {
+    cairn_types::entropy::seed_thread(seed);
+    let result = (|| {
+        let mut cfg = SimConfig::new(seed);
+        cfg.nodes = 5;
+        let mut sim = builder(&cfg, Duration::from_secs(120)).build();
+        let registry: Registry = Rc::default();
+        for id in 1..=cfg.nodes {
+            add_node(
+                &mut sim,
+                &cfg,
+                id,
+                Arc::new(MemEngine::new()),
+                registry.clone(),
+            );
+        }
+        let endpoints: Vec<String> = (1..=cfg.nodes)
+            .map(|n| format!("{}:{PORT}", host(n)))
+            .collect();
+        let keys = cfg.keys;
+        sim.client("client", async move {
+            let admin = Client::with_dialer(&endpoints, Some(Arc::new(net::SimDialer)))?
+                .with_timeout(Duration::from_secs(60));
+            admin.create_table("sim", 3, split_keys(keys)).await?;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        });
+        step_for(&mut sim, Duration::from_secs(25))?;
+        let before = leader_terms(&registry);
+        if before.len() != 3 {
+            bail!("expected 3 partition leaders after 25 s, found {before:?}");
+        }
+        let busy: Vec<u64> = registry
+            .borrow()
+            .iter()
+            .filter(|(_, n)| n.is_meta_leader() || !n.led_partitions().is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(v) = (1..=cfg.nodes).find(|n| !busy.contains(n)) else {
+            bail!("every node leads something; pick another seed");
+        };
+        for o in (1..=cfg.nodes).filter(|&o| o != v) {
+            sim.partition(host(v), host(o));
+        }
+        step_for(&mut sim, Duration::from_secs(12))?;
+        for o in (1..=cfg.nodes).filter(|&o| o != v) {
+            sim.repair(host(v), host(o));
+        }
+        step_for(&mut sim, Duration::from_secs(10))?;
+        Ok((v, before, leader_terms(&registry)))
+    })();
+    cairn_types::entropy::unseed_thread();
+    result
+}
+
+fn builder(cfg: &SimConfig, length: Duration) -> turmoil::Builder {
+    let mut b = turmoil::Builder::new();
+    b.rng_seed(cfg.seed)
+        .simulation_duration(length)
+        .tick_duration(Duration::from_millis(2))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        .tcp_capacity(1 << 16);
+    b
+}
+
 /// Runs one simulation and checks its history.
 pub fn run(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
     // Every draw of the nodes, routers and clients on this thread follows from the seed
@@ -341,14 +436,7 @@ pub fn run(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
 
 fn simulate(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
     let workload = Duration::from_secs(cfg.workload_secs);
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(cfg.seed)
-        .simulation_duration(workload + Duration::from_secs(240))
-        .tick_duration(Duration::from_millis(2))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(5))
-        .tcp_capacity(1 << 16)
-        .build();
+    let mut sim = builder(cfg, workload + Duration::from_secs(240)).build();
     let registry: Registry = Rc::default();
     for id in 1..=cfg.nodes {
         add_node(

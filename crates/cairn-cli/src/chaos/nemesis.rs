@@ -202,7 +202,7 @@ impl Nemesis {
                 }
                 Fault::Pause => {
                     let v = self.victim(cluster).await;
-                    // Longer than the largest election timeout (4 s).
+                    // Longer than the largest election timeout (3.2 s).
                     let down = self.millis(5_000, 9_000);
                     self.note(&format!("pause node {v} (SIGSTOP) for {down:?}"));
                     cluster.pause(v, true)?;

@@ -8,6 +8,7 @@
 
 mod cluster;
 mod t10_tables_and_keys;
+mod t15_bench;
 mod t20_leader_crash;
 mod t30_whole_cluster_crash;
 mod t40_bad_input;

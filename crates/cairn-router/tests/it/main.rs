@@ -113,6 +113,10 @@ impl Transport for Fake {
         if node == NodeId(99) {
             return Err(Error::Unavailable("node down".into()));
         }
+        if node == NodeId(98) {
+            // Cut off from the network: never answers.
+            std::future::pending::<()>().await;
+        }
         if node != leader {
             return Err(Error::NotLeader {
                 partition: part.id,
@@ -230,6 +234,40 @@ async fn t30_gives_up_at_the_deadline() {
         "{took:?}"
     );
     assert!(r.transport().sent.lock().unwrap().len() > 3, "retried");
+}
+
+/// A replica that never answers (a leader cut off by a partition, as the route cache still
+/// believes) costs one bounded attempt, not the whole deadline: the request is served by
+/// another replica in time, and the cache stops naming the hung node. Found by the
+/// partition schedule of `cairn chaos`, where every request stalled on an isolated leader.
+#[tokio::test(start_paused = true)]
+async fn t35_a_hung_replica_leaves_time_for_another() {
+    let mut t = table(1, &[]);
+    t.partitions[0].replicas = vec![NodeId(98), NodeId(1), NodeId(2)];
+    let f = Fake::new(t);
+    f.route
+        .lock()
+        .unwrap()
+        .leaders
+        .insert(PartitionId(1), NodeId(98));
+    let r = Router::new(f);
+    let start = Instant::now();
+    r.keyed("t", b"a", put("a"), false, start + Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    r.transport().sent.lock().unwrap().clear();
+    r.keyed("t", b"b", put("b"), false, deadline())
+        .await
+        .unwrap();
+    assert!(
+        !r.transport()
+            .sent
+            .lock()
+            .unwrap()
+            .contains(&(NodeId(98), PartitionId(1))),
+        "the hung node was tried again"
+    );
 }
 
 /// A List page comes from one partition and its cursor leads to the next partition.

@@ -1,0 +1,303 @@
+//! `cairn bench`: a YCSB-style load generator.
+//!
+//! Closed-loop clients run a workload ([`Workload`]) against Cairn or etcd ([`Driver`]):
+//! each client issues one operation, waits for the answer, records its latency in an
+//! HdrHistogram and issues the next, until the operation count or the duration runs out.
+//! Every workload except `load` first inserts the records it reads (unless `--no-load`).
+
+mod driver;
+mod report;
+mod workload;
+
+pub use driver::{Consistency, Driver, DriverKind, OpError};
+pub use report::{OpStats, Report};
+pub use workload::{KeyChooser, KeyDist, Op, Workload, record_key};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Flags of `cairn bench`.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// The workload: YCSB a, b, c, e, f, or write (updates only) or load (inserts only).
+    #[arg(long, short, value_enum, default_value = "a")]
+    pub workload: Workload,
+    /// The store to drive.
+    #[arg(long, value_enum, default_value = "cairn")]
+    pub driver: DriverKind,
+    /// Records in the data set.
+    #[arg(long, default_value_t = 10_000)]
+    pub records: u64,
+    /// Operations to run (the run stops at whichever of --ops and --duration comes first).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ops: u64,
+    /// Longest run, in seconds (the load before it not counted).
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Concurrent clients, each with one operation in flight.
+    #[arg(long, short, default_value_t = 16)]
+    pub clients: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// How records are picked.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub distribution: KeyDist,
+    /// Records per scan (workload e).
+    #[arg(long, default_value_t = 10)]
+    pub scan_length: u32,
+    /// Table (Cairn) or key prefix (etcd).
+    #[arg(long, default_value = "bench")]
+    pub table: String,
+    /// Partitions of the table when Cairn creates it.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: u64,
+    /// Read consistency.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: Consistency,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Do not insert the records first (they are there from an earlier run).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Timeout of one operation, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub op_timeout_ms: u64,
+}
+
+/// Split keys that cut the records into `partitions` even ranges.
+fn splits(records: u64, partitions: u64) -> Vec<Vec<u8>> {
+    (1..partitions.max(1))
+        .map(|i| record_key(records * i / partitions))
+        .collect()
+}
+
+struct Shared {
+    workload: Workload,
+    keys: KeyChooser,
+    value_size: usize,
+    scan_length: u32,
+    deadline: Instant,
+    budget: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+type Latencies = BTreeMap<Op, Histogram<u64>>;
+
+/// Slowest latency a histogram holds, in microseconds.
+const MAX_MICROS: u64 = 60_000_000;
+
+/// One client: operations until the budget or the deadline runs out.
+async fn worker(
+    sh: Arc<Shared>,
+    mut driver: Driver,
+    seed: u64,
+    next_insert: Arc<AtomicU64>,
+    empty: Histogram<u64>,
+) -> (Latencies, BTreeMap<String, u64>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut lat: Latencies = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    while Instant::now() < sh.deadline {
+        if sh
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+            .is_err()
+        {
+            break;
+        }
+        let op = sh.workload.next_op(&mut rng);
+        let started = Instant::now();
+        let result = match op {
+            Op::Read => driver
+                .get(&record_key(sh.keys.next(&mut rng)))
+                .await
+                .map(|_| ()),
+            Op::Update => {
+                let v = workload::value(&mut rng, sh.value_size);
+                driver.put(&record_key(sh.keys.next(&mut rng)), &v).await
+            }
+            Op::Insert => {
+                let n = next_insert.fetch_add(1, Ordering::Relaxed);
+                let v = workload::value(&mut rng, sh.value_size);
+                driver.put(&record_key(n), &v).await
+            }
+            Op::Scan => {
+                let start = record_key(sh.keys.next(&mut rng));
+                let len = rand::Rng::random_range(&mut rng, 1..=sh.scan_length.max(1));
+                driver.scan(&start, len).await.map(|_| ())
+            }
+            Op::Rmw => {
+                let key = record_key(sh.keys.next(&mut rng));
+                match driver.get(&key).await {
+                    Ok(_) => {
+                        let v = workload::value(&mut rng, sh.value_size);
+                        driver.put(&key, &v).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let micros = started.elapsed().as_micros().max(1) as u64;
+        match result {
+            Ok(()) => {
+                let _ = lat
+                    .entry(op)
+                    .or_insert_with(|| empty.clone())
+                    .record(micros.min(MAX_MICROS));
+            }
+            Err(e) => {
+                *errors
+                    .entry(format!("{} {}", op.name(), e.kind))
+                    .or_default() += 1;
+                sh.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sh.done.fetch_add(1, Ordering::Relaxed);
+    }
+    (lat, errors)
+}
+
+/// Runs `phase` (the load or the workload) with `clients` workers; prints progress.
+async fn phase(
+    args: &BenchArgs,
+    driver: &Driver,
+    workload: Workload,
+    ops: u64,
+    duration: Duration,
+    next_insert: Arc<AtomicU64>,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let sh = Arc::new(Shared {
+        workload,
+        keys: KeyChooser::new(args.distribution, args.records),
+        value_size: args.value_size,
+        scan_length: args.scan_length,
+        deadline: started + duration,
+        budget: AtomicU64::new(ops),
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let clients = args.clients.max(1);
+    // 1 µs .. 60 s at 3 significant digits.
+    let empty = Histogram::new_with_bounds(1, MAX_MICROS, 3)?;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(worker(
+            sh.clone(),
+            driver.clone(),
+            args.seed.wrapping_mul(10_007).wrapping_add(c),
+            next_insert.clone(),
+            empty.clone(),
+        )));
+    }
+    let progress = tokio::spawn({
+        let sh = sh.clone();
+        let name = format!("{workload:?}").to_lowercase();
+        async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = sh.done.load(Ordering::Relaxed);
+                eprintln!(
+                    "  {name:>5} {:>6.1} s {done:>10} ops {:>9} ops/s  {} errors",
+                    started.elapsed().as_secs_f64(),
+                    done - last,
+                    sh.errors.load(Ordering::Relaxed)
+                );
+                last = done;
+            }
+        }
+    });
+    let mut lat: Latencies = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for t in tasks {
+        let (l, e) = t.await.context("a benchmark client failed")?;
+        for (op, h) in l {
+            let _ = lat.entry(op).or_insert_with(|| empty.clone()).add(&h);
+        }
+        for (k, n) in e {
+            *errors.entry(k).or_default() += n;
+        }
+    }
+    progress.abort();
+    Ok(Report::new(args, workload, started.elapsed(), &lat, errors))
+}
+
+/// Runs the benchmark `args` describes against `endpoints`; prints and returns the report.
+pub async fn run(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Report> {
+    let driver = Driver::connect(
+        args.driver,
+        endpoints,
+        &args.table,
+        splits(args.records, args.partitions),
+        args.consistency,
+        Duration::from_millis(args.op_timeout_ms),
+    )
+    .await?;
+    let next_insert = Arc::new(AtomicU64::new(0));
+    // Six hours bound the load as a phase; the record count bounds it in practice.
+    let load_limit = Duration::from_secs(6 * 3600);
+    if args.workload == Workload::Load {
+        let r = phase(
+            args,
+            &driver,
+            Workload::Load,
+            args.records.min(args.ops),
+            Duration::from_secs(args.duration).min(load_limit),
+            next_insert,
+        )
+        .await?;
+        r.print();
+        return finish(args, r);
+    }
+    if !args.no_load {
+        eprintln!("loading {} records ...", args.records);
+        let r = phase(
+            args,
+            &driver,
+            Workload::Load,
+            args.records,
+            load_limit,
+            next_insert.clone(),
+        )
+        .await?;
+        eprintln!("loaded {} records in {:.1} s", r.total_ops, r.elapsed_secs);
+    }
+    // Inserts of workload e go after the loaded records.
+    next_insert.store(args.records, Ordering::Relaxed);
+    let r = phase(
+        args,
+        &driver,
+        args.workload,
+        args.ops,
+        Duration::from_secs(args.duration),
+        next_insert,
+    )
+    .await?;
+    r.print();
+    finish(args, r)
+}
+
+fn finish(args: &BenchArgs, r: Report) -> anyhow::Result<Report> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&r)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("result written to {}", path.display());
+    }
+    Ok(r)
+}

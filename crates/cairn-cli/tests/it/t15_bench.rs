@@ -1,0 +1,94 @@
+//! `cairn bench` runs every workload against a real cluster and reports what it did (a
+//! smoke run so the tool cannot rot; no timing is asserted).
+
+use crate::cluster::Cluster;
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_bench_runs_every_workload() {
+    let c = Cluster::start(3).await;
+    let endpoints = c
+        .nodes
+        .iter()
+        .map(|n| n.grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 7] = [
+        ("load", &["insert"]),
+        ("a", &["read", "update"]),
+        ("b", &["read"]),
+        ("c", &["read"]),
+        ("e", &["scan"]),
+        ("f", &["read", "rmw"]),
+        ("write", &["update"]),
+    ];
+    for (i, (workload, ops)) in cases.iter().enumerate() {
+        let json = dir.path().join(format!("{workload}.json"));
+        let mut args = vec![
+            "--endpoints",
+            &endpoints,
+            "bench",
+            "--workload",
+            workload,
+            "--records",
+            "200",
+            "--ops",
+            "400",
+            "--duration",
+            "20",
+            "--clients",
+            "4",
+            "--distribution",
+            if i % 2 == 0 { "uniform" } else { "zipfian" },
+        ];
+        // The records are there after the first run.
+        if i > 0 {
+            args.push("--no-load");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(&args)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench {workload} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let expected_ops = if *workload == "load" { 200 } else { 400 };
+        assert_eq!(r["total_ops"], expected_ops, "{workload}: {r}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{workload}: {r}");
+        let kinds: Vec<&str> = r["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["op"].as_str().unwrap())
+            .collect();
+        for op in *ops {
+            assert!(kinds.contains(op), "{workload} ran no {op}: {r}");
+        }
+        for o in r["ops"].as_array().unwrap() {
+            assert!(o["p50_us"].as_u64().unwrap() <= o["p99_us"].as_u64().unwrap());
+            assert!(o["p99_us"].as_u64().unwrap() <= o["max_us"].as_u64().unwrap());
+        }
+        assert!(stdout.contains("ops/s"), "{stdout}");
+    }
+    // The etcd driver is a build feature; without it the tool says how to get it.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "bench", "--driver", "etcd"])
+        .output()
+        .unwrap();
+    if !cfg!(feature = "etcd") {
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--features etcd"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
