@@ -6,6 +6,7 @@
 #
 #   bench/compare-etcd.sh                       # write a b c e at 1 16 64 256 clients, 10 s each
 #   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" bench/compare-etcd.sh
+#   WORKLOADS=c CLIENTS=1 EXTRA="--consistency stale" bench/compare-etcd.sh   # stale reads
 #
 # Installs etcd-server, protobuf-compiler (for the etcd driver) and python3 from Debian's
 # packages when missing (needs root for that). Results go to target/bench/<timestamp>/.
@@ -17,6 +18,7 @@ CLIENTS=${CLIENTS:-"1 16 64 256"}
 WORKLOADS=${WORKLOADS:-"write a b c e"}
 RECORDS=${RECORDS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-256}
+EXTRA=${EXTRA:-}   # more `cairn bench` flags for both stores, e.g. "--consistency stale"
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -42,6 +44,8 @@ OUT=$PWD/target/bench/$(date -u +%Y%m%dT%H%M%SZ)
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 PIDS=()
+ETCD_PIDS=()
+CAIRN_PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -63,7 +67,7 @@ for i in 1 2 3; do
     --listen-peer-urls "http://127.0.0.1:${EP[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${EP[$i]}" \
     --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token cairn-bench \
     --logger=zap --log-level=error --log-outputs=stderr >"$OUT/etcd-$i.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); ETCD_PIDS+=($!)
 done
 
 # Cairn: 3 nodes.
@@ -75,7 +79,7 @@ CAIRN_EP=$(echo "$CAIRN_CLUSTER" | sed 's/[0-9]*=//g')
 for i in 1 2 3; do
   "$BIN" server --id "$i" --data-dir "$WORK/c$i" --listen "127.0.0.1:${CG[$i]}" \
     --http "127.0.0.1:${CH[$i]}" --initial-cluster "$CAIRN_CLUSTER" >"$OUT/cairn-$i.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); CAIRN_PIDS+=($!)
 done
 
 echo "waiting for both clusters ..."
@@ -88,11 +92,21 @@ for _ in $(seq 1 120); do
 done
 [ $ok = 2 ] || { echo "error: the clusters did not come up; logs in $OUT" >&2; exit 1; }
 
+# CPU time (clock ticks) the servers of a store have used so far.
+cpu_ticks() {
+  local pids t=0
+  if [ "$1" = etcd ]; then pids=("${ETCD_PIDS[@]}"); else pids=("${CAIRN_PIDS[@]}"); fi
+  for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo $t
+}
+
 run() { # store endpoints workload clients extra...
   local store=$1 ep=$2 w=$3 c=$4; shift 4
+  local before; before=$(cpu_ticks "$store")
   "$BIN" --endpoints "$ep" bench --driver "$store" --workload "$w" --clients "$c" \
     --records "$RECORDS" --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 \
-    --json "$OUT/$store-$w-$c.json" "$@" >"$OUT/$store-$w-$c.txt" 2>"$OUT/$store-$w-$c.progress"
+    --json "$OUT/$store-$w-$c.json" $EXTRA "$@" >"$OUT/$store-$w-$c.txt" 2>"$OUT/$store-$w-$c.progress"
+  echo $(( $(cpu_ticks "$store") - before )) >"$OUT/$store-$w-$c.cpu"
 }
 
 echo "loading $RECORDS records of $VALUE_SIZE B into each ..."
@@ -110,13 +124,16 @@ done
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS bench/compare-etcd.sh"
-  python3 - "$OUT" "$WORKLOADS" "$CLIENTS" <<'PY'
+  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS EXTRA=\"$EXTRA\" bench/compare-etcd.sh"
+  python3 - "$OUT" "$WORKLOADS" "$CLIENTS" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-out, workloads, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+out, workloads, clients, tck = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4])
 print()
-print("| workload | clients | Cairn ops/s | etcd ops/s | ratio | Cairn p99 ms | etcd p99 ms | ratio |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("Ratios are Cairn/etcd: above 1 Cairn has more throughput, below 1 a lower p99.")
+print("CPU is the servers' user+system time per successful operation (the three nodes together).")
+print()
+print("| workload | clients | Cairn ops/s | etcd ops/s | ratio | Cairn p99 ms | etcd p99 ms | ratio | Cairn CPU µs/op | etcd CPU µs/op |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for w in workloads:
     for c in clients:
         r = {s: json.load(open(f"{out}/{s}-{w}-{c}.json")) for s in ("cairn", "etcd")}
@@ -124,8 +141,10 @@ for w in workloads:
         ops = {s: r[s]["ops_per_sec"] for s in r}
         errs = {s: sum(r[s]["errors"].values()) for s in r}
         note = "" if not any(errs.values()) else f" (errors: cairn {errs['cairn']}, etcd {errs['etcd']})"
+        cpu = {s: int(open(f"{out}/{s}-{w}-{c}.cpu").read()) / tck * 1e6 / max(r[s]["total_ops"], 1) for s in r}
         print(f"| {w} | {c} | {ops['cairn']:.0f} | {ops['etcd']:.0f} | {ops['cairn']/max(ops['etcd'],1e-9):.2f} "
-              f"| {p99['cairn']:.2f} | {p99['etcd']:.2f} | {p99['cairn']/max(p99['etcd'],1e-9):.2f} |{note}")
+              f"| {p99['cairn']:.2f} | {p99['etcd']:.2f} | {p99['cairn']/max(p99['etcd'],1e-9):.2f} "
+              f"| {cpu['cairn']:.0f} | {cpu['etcd']:.0f} |{note}")
 PY
 } | tee "$OUT/summary.md"
 echo "results: $OUT"
