@@ -56,41 +56,26 @@ impl Op {
 }
 
 impl Workload {
+    /// The mix: `(first, percent, second)` draws `first` that often and `second` otherwise.
+    fn mix(self) -> (Op, u32, Op) {
+        match self {
+            Workload::A => (Op::Read, 50, Op::Update),
+            Workload::B => (Op::Read, 95, Op::Update),
+            Workload::C => (Op::Read, 100, Op::Read),
+            Workload::E => (Op::Scan, 95, Op::Insert),
+            Workload::F => (Op::Read, 50, Op::Rmw),
+            Workload::Write => (Op::Update, 100, Op::Update),
+            Workload::Load => (Op::Insert, 100, Op::Insert),
+        }
+    }
+
     /// Draws the next operation.
     pub fn next_op(self, rng: &mut impl Rng) -> Op {
-        let roll = rng.random_range(0..100u32);
-        match self {
-            Workload::A => {
-                if roll < 50 {
-                    Op::Read
-                } else {
-                    Op::Update
-                }
-            }
-            Workload::B => {
-                if roll < 95 {
-                    Op::Read
-                } else {
-                    Op::Update
-                }
-            }
-            Workload::C => Op::Read,
-            Workload::E => {
-                if roll < 95 {
-                    Op::Scan
-                } else {
-                    Op::Insert
-                }
-            }
-            Workload::F => {
-                if roll < 50 {
-                    Op::Read
-                } else {
-                    Op::Rmw
-                }
-            }
-            Workload::Write => Op::Update,
-            Workload::Load => Op::Insert,
+        let (first, percent, second) = self.mix();
+        if rng.random_range(0..100u32) < percent {
+            first
+        } else {
+            second
         }
     }
 }

@@ -22,14 +22,16 @@ pub(crate) struct PlaygroundArgs {
     data_dir: PathBuf,
 }
 
-fn spawn(
+/// A `cairn server` child for node `id` of a local cluster: data in `dir/node-{id}`, output
+/// appended to `dir/node-{id}.log`. Callers add their own flags and spawn it.
+pub(crate) fn server_command(
     exe: &Path,
     dir: &Path,
-    id: u16,
-    grpc: u16,
-    http: u16,
+    id: u64,
+    grpc: &str,
+    http: &str,
     cluster: &str,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<Command> {
     let log_path = dir.join(format!("node-{id}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -38,22 +40,36 @@ fn spawn(
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("server")
-        .arg("--id")
-        .arg(id.to_string())
+        .args(["--id", &id.to_string()])
         .arg("--data-dir")
         .arg(dir.join(format!("node-{id}")))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{http}"))
-        .arg("--initial-cluster")
-        .arg(cluster)
+        .args([
+            "--listen",
+            grpc,
+            "--http",
+            http,
+            "--initial-cluster",
+            cluster,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
+        .stderr(Stdio::from(log));
+    Ok(cmd)
+}
+
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    id: u16,
+    grpc: u16,
+    http: u16,
+    cluster: &str,
+) -> anyhow::Result<Child> {
+    let (grpc, http) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
+    server_command(exe, dir, u64::from(id), &grpc, &http, cluster)?
         // A Ctrl-C in the terminal reaches the playground, which stops the nodes itself.
-        .process_group(0);
-    cmd.spawn()
+        .process_group(0)
+        .spawn()
         .with_context(|| format!("cannot start node {id} from {}", exe.display()))
 }
 

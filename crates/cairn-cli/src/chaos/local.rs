@@ -2,13 +2,13 @@
 //! its own address 127.0.1.i, for listening and for its connections to peers, so that
 //! firewall rules between address pairs can cut node from node.
 
+use crate::playground::server_command;
 use anyhow::{Context, bail};
 use cairn_client::Client;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// The address of node `id` (1-based).
 pub(crate) fn node_ip(id: u64) -> Ipv4Addr {
@@ -28,8 +28,6 @@ pub(crate) struct LocalNode {
     /// gRPC address.
     pub(crate) grpc: String,
     http: String,
-    data: PathBuf,
-    log: PathBuf,
     child: Option<Child>,
     paused: bool,
 }
@@ -37,6 +35,7 @@ pub(crate) struct LocalNode {
 /// The spawned cluster.
 pub(crate) struct LocalCluster {
     exe: PathBuf,
+    dir: PathBuf,
     cluster: String,
     /// Nodes by id - 1.
     pub(crate) nodes: Vec<LocalNode>,
@@ -61,8 +60,6 @@ impl LocalCluster {
                 id,
                 grpc: format!("{ip}:{}", free_port(ip)?),
                 http: format!("{ip}:{}", free_port(ip)?),
-                data: dir.join(format!("node-{id}")),
-                log: dir.join(format!("node-{id}.log")),
                 child: None,
                 paused: false,
             });
@@ -75,6 +72,7 @@ impl LocalCluster {
             .join(",");
         let mut c = Self {
             exe,
+            dir: dir.to_path_buf(),
             cluster,
             nodes,
         };
@@ -102,25 +100,10 @@ impl LocalCluster {
 
     /// Starts node `id` from its data dir (new or existing).
     pub(crate) fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let exe = self.exe.clone();
-        let cluster = self.cluster.clone();
+        let (exe, dir, cluster) = (self.exe.clone(), self.dir.clone(), self.cluster.clone());
         let n = self.node(id)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .with_context(|| format!("cannot open {}", n.log.display()))?;
-        let child = Command::new(exe)
-            .arg("server")
-            .args(["--id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(&n.data)
-            .args(["--listen", &n.grpc, "--http", &n.http])
+        let child = server_command(&exe, &dir, id, &n.grpc, &n.http, &cluster)?
             .args(["--outbound-ip", &node_ip(id).to_string()])
-            .args(["--initial-cluster", &cluster])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
@@ -203,11 +186,7 @@ impl LocalCluster {
         }
         bail!(
             "the cluster was not live within {limit:?} ({last}); node logs are in {}",
-            self.nodes
-                .first()
-                .and_then(|n| n.log.parent())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
+            self.dir.display()
         )
     }
 

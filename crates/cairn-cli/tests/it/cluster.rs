@@ -142,6 +142,15 @@ impl Cluster {
         Client::new(self.nodes.iter().map(|n| n.grpc.clone())).unwrap()
     }
 
+    /// Every node's gRPC address, comma-separated, for `cairn --endpoints`.
+    pub fn endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.grpc.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// A client talking only to node `id`.
     pub fn client_of(&self, id: u64) -> Client {
         Client::new([self.nodes[(id - 1) as usize].grpc.clone()]).unwrap()

@@ -7,12 +7,7 @@ use std::process::Command;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t15_bench_runs_every_workload() {
     let c = Cluster::start(3).await;
-    let endpoints = c
-        .nodes
-        .iter()
-        .map(|n| n.grpc.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = c.endpoints();
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[&str]); 7] = [
         ("load", &["insert"]),

@@ -17,12 +17,7 @@ fn history_path(name: &str) -> PathBuf {
 async fn t90_history_under_a_crash_is_linearizable_and_checker_catches_stale_read() {
     let mut c = Cluster::start(3).await;
     let path = history_path("t90-crash.jsonl");
-    let endpoints = c
-        .nodes
-        .iter()
-        .map(|n| n.grpc.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = c.endpoints();
     let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
             "--endpoints",
