@@ -317,18 +317,47 @@ impl Client {
         replication: u32,
         split_keys: Vec<Vec<u8>>,
     ) -> Result<TableInfo> {
+        let mut wanted = split_keys.clone();
+        wanted.sort();
+        wanted.dedup();
         let req = pb::CreateTableRequest {
             name: name.to_string(),
             replication,
             split_keys,
         };
-        let resp = self
+        let attempts = AtomicUsize::new(0);
+        let result = self
             .retry(|ch, _| {
+                attempts.fetch_add(1, Ordering::Relaxed);
                 let r = req.clone();
                 async move { Self::kv(ch).create_table(r).await }
             })
-            .await?;
-        table_info(resp.into_inner().table)
+            .await;
+        match result {
+            Ok(resp) => table_info(resp.into_inner().table),
+            // A retry after an attempt whose answer was lost can find the table that very
+            // attempt created: it is ours if it has the shape asked for.
+            Err(e) if e.code == ErrorCode::AlreadyExists && attempts.into_inner() > 1 => {
+                let t = self.describe_table(name).await?;
+                let splits: Vec<Vec<u8>> = t
+                    .partitions
+                    .iter()
+                    .skip(1)
+                    .map(|p| p.start.clone())
+                    .collect();
+                let want = if replication == 0 {
+                    cairn_types::DEFAULT_REPLICATION
+                } else {
+                    replication
+                };
+                if t.replication == want && splits == wanted {
+                    Ok(t)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops a table and all of its data.
