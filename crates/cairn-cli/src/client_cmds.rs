@@ -307,6 +307,20 @@ enum AdminCmd {
         /// Table name (default: all tables).
         table: Option<String>,
     },
+    /// Splits the partition holding KEY so that KEY starts a new partition.
+    Split {
+        /// Table name.
+        table: String,
+        /// The first key of the new right half (raw bytes of the argument).
+        key: String,
+    },
+    /// Moves a partition's leadership to its replica on NODE.
+    TransferLeader {
+        /// Partition id (`cairn table describe` lists them).
+        partition: u64,
+        /// Node id of a replica of the partition.
+        node: u64,
+    },
 }
 
 pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> {
@@ -350,6 +364,19 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                 });
                 println!();
             }
+        }
+        AdminCmd::Split { table, key } => {
+            let (left, right) = c.split(&table, key.as_bytes()).await.map_err(fail)?;
+            print_table(&TableInfo {
+                name: table,
+                id: 0,
+                replication: 0,
+                partitions: vec![left, right],
+            });
+        }
+        AdminCmd::TransferLeader { partition, node } => {
+            c.transfer_leader(partition, node).await.map_err(fail)?;
+            println!("partition {partition} is led by node {node}");
         }
     }
     Ok(ExitCode::SUCCESS)

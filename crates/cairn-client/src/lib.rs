@@ -561,6 +561,53 @@ impl Client {
             .collect())
     }
 
+    /// Splits the partition of `table` holding `key` so that `key` starts a new partition;
+    /// answers the left and right halves.
+    pub async fn split(&self, table: &str, key: &[u8]) -> Result<(PartitionInfo, PartitionInfo)> {
+        let req = pb::SplitRequest {
+            table: table.to_string(),
+            key: key.to_vec(),
+        };
+        let attempts = std::cell::Cell::new(0u32);
+        let res = self
+            .retry(|ch, _| {
+                attempts.set(attempts.get() + 1);
+                let r = req.clone();
+                async move { AdminClient::new(ch).split(r).await }
+            })
+            .await;
+        match res {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                match (r.left, r.right) {
+                    (Some(l), Some(r)) => Ok((partition_info(l), partition_info(r))),
+                    _ => Err(Error::new(
+                        ErrorCode::Internal,
+                        "the server answered a split without its halves",
+                    )),
+                }
+            }
+            // An earlier attempt whose answer was lost may have made this very split.
+            Err(e) if e.code == ErrorCode::Conflict && attempts.get() > 1 => {
+                let t = self.describe_table(table).await?;
+                let right = t.partitions.iter().position(|p| p.start == key);
+                match right {
+                    Some(i) if i > 0 => Ok((t.partitions[i - 1].clone(), t.partitions[i].clone())),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves leadership of `partition` to its replica on node `to`; returns once it leads.
+    pub async fn transfer_leader(&self, partition: u64, to: u64) -> Result<()> {
+        let req = pb::TransferLeaderRequest { partition, to };
+        self.retry(|ch, _| async move { AdminClient::new(ch).transfer_leader(req).await })
+            .await?;
+        Ok(())
+    }
+
     /// Engine key counts for a table on the node behind the first endpoint.
     pub async fn engine_stats(&self, table_id: u64, partitions: &[u64]) -> Result<EngineStats> {
         let node = &self.nodes[0];

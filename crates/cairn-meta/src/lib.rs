@@ -10,4 +10,4 @@
 pub mod placement;
 mod state;
 
-pub use state::{MetaCommand, MetaResponse, MetaState, validate_split_keys};
+pub use state::{MetaCommand, MetaResponse, MetaState, Reconcile, validate_split_keys};

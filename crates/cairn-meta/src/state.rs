@@ -42,6 +42,18 @@ pub enum MetaCommand {
         /// Table name.
         name: String,
     },
+    /// Reserves `count` partition ids (for the right halves of splits); answers the first.
+    AllocPartitionIds {
+        /// How many ids.
+        count: u64,
+    },
+    /// Records descriptors reported by partition groups (after a split, or by a leader's
+    /// heartbeat): each replaces the recorded one only if its epoch is newer, and unknown
+    /// partitions of a live table are added. Descriptors of unknown tables are ignored.
+    UpdatePartitions {
+        /// The descriptors, as applied by their groups.
+        descs: Vec<PartitionDesc>,
+    },
 }
 
 /// The outcome of applying a [`MetaCommand`].
@@ -51,6 +63,8 @@ pub enum MetaResponse {
     Done,
     /// The table as created or as it was when dropped.
     Table(TableDesc),
+    /// The first of the ids reserved by [`MetaCommand::AllocPartitionIds`].
+    Ids(u64),
     /// Refused; nothing changed.
     Refused(Error),
 }
@@ -76,7 +90,84 @@ impl MetaState {
                 Some(t) => MetaResponse::Table(t),
                 None => MetaResponse::Refused(Error::TableNotFound(name.clone())),
             },
+            MetaCommand::AllocPartitionIds { count } => {
+                self.next_partition_id = self.next_partition_id.max(1);
+                let first = self.next_partition_id;
+                self.next_partition_id += count;
+                MetaResponse::Ids(first)
+            }
+            MetaCommand::UpdatePartitions { descs } => {
+                for t in self.tables.values_mut() {
+                    t.merge_partitions(descs);
+                }
+                if let Some(max) = descs.iter().map(|d| d.id.0).max() {
+                    self.next_partition_id = self.next_partition_id.max(max + 1);
+                }
+                MetaResponse::Done
+            }
         }
+    }
+
+    /// The table with id `id`.
+    pub fn table_by_id(&self, id: TableId) -> Option<&TableDesc> {
+        self.tables.values().find(|t| t.id == id)
+    }
+
+    /// The partition `id` with its table.
+    pub fn partition(&self, id: PartitionId) -> Option<(&TableDesc, &PartitionDesc)> {
+        self.partitions().find(|(_, p)| p.id == id)
+    }
+
+    /// Which descriptors of `descs` are news to the metadata: a newer epoch than recorded,
+    /// or a partition not recorded yet, of a table that exists.
+    pub fn newer_descs<'a>(&self, descs: &'a [PartitionDesc]) -> Vec<&'a PartitionDesc> {
+        descs
+            .iter()
+            .filter(|d| {
+                let Some(t) = self.table_by_id(d.table_id) else {
+                    return false;
+                };
+                match t.partitions.iter().find(|p| p.id == d.id) {
+                    Some(p) => d.epoch.is_newer_than(&p.epoch),
+                    None => true,
+                }
+            })
+            .collect()
+    }
+
+    /// What `node`, hosting the replicas `hosted` (their descriptors as applied there),
+    /// should open and destroy. See [`Reconcile`].
+    pub fn reconcile(&self, node: NodeId, hosted: &[PartitionDesc]) -> Reconcile {
+        let mut out = Reconcile::default();
+        for h in hosted {
+            let Some(t) = self.table_by_id(h.table_id) else {
+                // Table ids are never reused: the table was dropped.
+                out.destroy.push(h.id);
+                continue;
+            };
+            if let Some(p) = t.partitions.iter().find(|p| p.id == h.id)
+                && p.epoch.conf_ver > h.epoch.conf_ver
+                && !p.replicas.contains(&node)
+            {
+                out.destroy.push(h.id);
+            }
+        }
+        for (_, p) in self
+            .partitions()
+            .filter(|(_, p)| p.replicas.contains(&node))
+        {
+            let hosted_here = hosted.iter().any(|h| h.id == p.id);
+            // A hosted replica whose range still covers this one (it has not applied the
+            // split that made it) will create it when it does; opening it now would put two
+            // replicas on one range of this node.
+            let overlaps = hosted
+                .iter()
+                .any(|h| h.table_id == p.table_id && h.id != p.id && h.range.overlaps(&p.range));
+            if !hosted_here && !overlaps {
+                out.open.push(p.clone());
+            }
+        }
+        out
     }
 
     fn create_table(
@@ -147,6 +238,19 @@ impl MetaState {
             .map(|(_, p)| p.clone())
             .collect()
     }
+}
+
+/// What a node should do to match the metadata ([`MetaState::reconcile`]).
+///
+/// A replica is destroyed only when the metadata says so: its table is gone, or its
+/// partition has a newer membership (`conf_ver`) without this node. A replica the metadata
+/// does not know yet (the right half of a split whose record has not landed) is left alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    /// Partitions placed on the node that it does not host; opened without bootstrapping.
+    pub open: Vec<PartitionDesc>,
+    /// Hosted replicas to stop and delete.
+    pub destroy: Vec<PartitionId>,
 }
 
 /// Split keys must be non-empty, strictly increasing (so distinct).
@@ -220,6 +324,133 @@ mod tests {
         assert_eq!(
             s.apply(&MetaCommand::DropTable { name: "t".into() }),
             MetaResponse::Refused(Error::TableNotFound("t".into()))
+        );
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+
+    fn table(s: &mut MetaState, name: &str, splits: &[&str], nodes: &[u64]) -> TableDesc {
+        let split_keys: Vec<Vec<u8>> = splits.iter().map(|k| k.as_bytes().to_vec()).collect();
+        let placement = vec![nodes.iter().map(|n| NodeId(*n)).collect(); split_keys.len() + 1];
+        match s.apply(&MetaCommand::CreateTable {
+            name: name.into(),
+            replication: nodes.len() as u32,
+            split_keys,
+            placement,
+        }) {
+            MetaResponse::Table(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn split_records_take_newer_epochs_and_allocate_ids() {
+        let mut s = MetaState::default();
+        let t = table(&mut s, "t", &[], &[1, 2, 3]);
+        let MetaResponse::Ids(right) = s.apply(&MetaCommand::AllocPartitionIds { count: 1 }) else {
+            panic!("no ids")
+        };
+        assert_eq!(right, 2);
+        let p = t.partitions[0].clone();
+        let (l, r) = p.range.split_at(b"m").unwrap();
+        let epoch = Epoch {
+            version: 2,
+            ..p.epoch
+        };
+        let left = PartitionDesc {
+            range: l,
+            epoch,
+            ..p.clone()
+        };
+        let rightd = PartitionDesc {
+            id: PartitionId(right),
+            range: r,
+            epoch,
+            ..p.clone()
+        };
+        assert_eq!(s.newer_descs(std::slice::from_ref(&p)).len(), 0);
+        assert_eq!(s.newer_descs(&[left.clone(), rightd.clone()]).len(), 2);
+        s.apply(&MetaCommand::UpdatePartitions {
+            descs: vec![left.clone(), rightd.clone()],
+        });
+        assert!(s.tables["t"].tiles());
+        assert_eq!(s.tables["t"].partitions, vec![left.clone(), rightd]);
+        // A late, older report changes nothing.
+        s.apply(&MetaCommand::UpdatePartitions { descs: vec![p] });
+        assert_eq!(s.tables["t"].partitions[0], left);
+        // Ids never go back, even past ids reported from outside the counter.
+        let MetaResponse::Ids(next) = s.apply(&MetaCommand::AllocPartitionIds { count: 1 }) else {
+            panic!("no ids")
+        };
+        assert_eq!(next, 3);
+    }
+
+    #[test]
+    fn reconcile_destroys_only_what_metadata_says() {
+        let mut s = MetaState::default();
+        let t = table(&mut s, "t", &[], &[1, 2, 3]);
+        let p = t.partitions[0].clone();
+        // The right half of a split not yet recorded: unknown to the metadata, kept.
+        let (l, r) = p.range.split_at(b"m").unwrap();
+        let epoch = Epoch {
+            version: 2,
+            ..p.epoch
+        };
+        let left = PartitionDesc {
+            range: l,
+            epoch,
+            ..p.clone()
+        };
+        let right = PartitionDesc {
+            id: PartitionId(99),
+            range: r,
+            epoch,
+            ..p.clone()
+        };
+        let rec = s.reconcile(NodeId(1), &[left.clone(), right.clone()]);
+        assert_eq!(rec, Reconcile::default());
+        // A node that lags behind the split does not get the right half opened beside it.
+        s.apply(&MetaCommand::UpdatePartitions {
+            descs: vec![left.clone(), right.clone()],
+        });
+        assert_eq!(
+            s.reconcile(NodeId(2), std::slice::from_ref(&p)),
+            Reconcile::default()
+        );
+        // A node that hosts nothing opens both halves.
+        assert_eq!(
+            s.reconcile(NodeId(3), &[]).open,
+            vec![left.clone(), right.clone()]
+        );
+        // A newer membership without node 1: destroyed. An older one is not enough.
+        let moved = PartitionDesc {
+            epoch: Epoch {
+                conf_ver: 2,
+                ..epoch
+            },
+            replicas: vec![NodeId(2), NodeId(3), NodeId(4)],
+            ..left.clone()
+        };
+        s.apply(&MetaCommand::UpdatePartitions {
+            descs: vec![moved.clone()],
+        });
+        assert_eq!(
+            s.reconcile(NodeId(1), &[left.clone(), right.clone()])
+                .destroy,
+            vec![left.id]
+        );
+        assert_eq!(
+            s.reconcile(NodeId(1), std::slice::from_ref(&moved)).destroy,
+            Vec::<PartitionId>::new()
+        );
+        // A dropped table: every replica of it goes.
+        s.apply(&MetaCommand::DropTable { name: "t".into() });
+        assert_eq!(
+            s.reconcile(NodeId(2), &[moved, right.clone()]).destroy,
+            vec![left.id, right.id]
         );
     }
 }

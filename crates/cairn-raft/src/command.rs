@@ -1,7 +1,7 @@
 //! What goes into the Raft logs and what applying it answers.
 
 use cairn_meta::{MetaCommand, MetaResponse};
-use cairn_types::{Epoch, Error, RequestId, TableId};
+use cairn_types::{Epoch, Error, PartitionDesc, PartitionId, RequestId, TableId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -49,6 +49,14 @@ pub enum KvOp {
     },
     /// The table was dropped: refuse every request from this log position on.
     Drop,
+    /// Splits the partition at `key`: from this log position on it keeps `[start, key)` and
+    /// the new partition `right` (a new group on the same replicas) owns `[key, end)`.
+    Split {
+        /// First key of the right half; strictly inside the range.
+        key: Vec<u8>,
+        /// Id of the right half, allocated by the metadata group.
+        right: PartitionId,
+    },
 }
 
 /// The answer of applying one entry.
@@ -56,6 +64,8 @@ pub enum KvOp {
 pub enum Reply {
     /// Answer to a [`KvCommand`].
     Kv(Result<(), Error>),
+    /// Answer to a split: the left and the right half.
+    Split(Result<(PartitionDesc, PartitionDesc), Error>),
     /// Answer to a [`MetaCommand`].
     Meta(MetaResponse),
     /// Blank and membership entries answer nothing.
@@ -71,6 +81,7 @@ impl fmt::Display for Command {
                 }
                 KvOp::Delete { table, key } => write!(f, "delete {table} key={}B", key.len()),
                 KvOp::Drop => write!(f, "drop"),
+                KvOp::Split { key, right } => write!(f, "split at {}B into {right}", key.len()),
             },
             Command::Meta(m) => write!(f, "meta {m:?}"),
         }

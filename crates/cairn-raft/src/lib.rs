@@ -27,7 +27,9 @@ pub use config::{DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config};
 pub use error::from_raft;
 pub use log_store::{LogStore, Syncer};
 pub use network::{GroupNetwork, PeerNetwork, RaftRpc, serve_raft_rpc};
-pub use state_machine::{GroupStateMachine, PartitionView, SESSION_TTL_MS};
+pub use state_machine::{
+    GroupStateMachine, PartitionView, SESSION_TTL_MS, SplitSink, split_allowed, split_seed_log_id,
+};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration shared by every Cairn group.
@@ -51,6 +53,11 @@ pub mod typ {
     pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
     /// A vote.
     pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+    /// A membership configuration.
+    pub type Membership = openraft::Membership<
+        openraft::type_config::alias::NodeIdOf<TypeConfig>,
+        openraft::type_config::alias::NodeOf<TypeConfig>,
+    >;
     /// Membership as stored with the log id that set it.
     pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
     /// Snapshot metadata.

@@ -10,7 +10,8 @@ use cairn_proto::v1::internal_client::InternalClient;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
@@ -34,6 +35,8 @@ pub enum RaftRpc {
     PreVote(u64, VoteRequest<TypeConfig>),
     /// A whole snapshot.
     Snapshot(u64, typ::Vote, typ::SnapshotMeta, Vec<u8>),
+    /// The leader hands leadership to the receiver, which campaigns at once.
+    TransferLeader(u64, TransferLeaderRequest<TypeConfig>),
 }
 
 impl RaftRpc {
@@ -43,7 +46,8 @@ impl RaftRpc {
             RaftRpc::Append(g, _)
             | RaftRpc::Vote(g, _)
             | RaftRpc::PreVote(g, _)
-            | RaftRpc::Snapshot(g, ..) => *g,
+            | RaftRpc::Snapshot(g, ..)
+            | RaftRpc::TransferLeader(g, _) => *g,
         }
     }
 }
@@ -67,6 +71,7 @@ pub async fn serve_raft_rpc(raft: &typ::Raft, rpc: RaftRpc) -> Vec<u8> {
                 },
             )
             .await),
+        RaftRpc::TransferLeader(_, req) => enc(raft.handle_transfer_leader(req).await),
     }
 }
 
@@ -210,6 +215,21 @@ impl GroupRouter<TypeConfig, u64> for PeerNetwork {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(target, &RaftRpc::PreVote(group_id, rpc), option.hard_ttl())
             .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        target: u64,
+        group_id: u64,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(
+            target,
+            &RaftRpc::TransferLeader(group_id, req),
+            option.hard_ttl(),
+        )
+        .await
     }
 
     async fn full_snapshot(

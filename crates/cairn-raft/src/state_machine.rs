@@ -1,5 +1,16 @@
-//! The state machine of a group: a partition's key-value data with its write sessions, or
-//! (for group 0) the cluster metadata.
+//! The state machine of a group: a partition's key-value data with its write sessions and
+//! its descriptor, or (for group 0) the cluster metadata.
+//!
+//! A partition's descriptor (range, epoch, table, replicas) is state of its own group: it
+//! is applied from the log (splits and membership changes), persisted with the applied log
+//! id and carried in snapshots, so every replica agrees on it at every log position. The
+//! descriptor a replica was opened with only seeds a replica that has applied nothing.
+//!
+//! A split is an entry in the partition's log. Applying it shrinks the left descriptor and,
+//! in the same write batch, seeds the right half's group on this node: its descriptor, its
+//! membership (the left's), a copy of the write sessions, and a last-applied log id of
+//! [`split_seed_log_id`], with an empty log. openraft reads that as a log purged up to the
+//! seed, so a replica that missed the split can only catch up by snapshot.
 //!
 //! State is persistent: each batch of applied entries is written to the engine in one atomic
 //! batch together with the new last-applied log id, so after a crash the state and the
@@ -10,7 +21,7 @@ use crate::log_store::{decode, encode, read};
 use crate::{Command, KvCommand, KvOp, Reply, TypeConfig, typ};
 use cairn_meta::MetaState;
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
-use cairn_types::{ClientId, Error, PartitionDesc, PartitionId};
+use cairn_types::{ClientId, Epoch, Error, PartitionDesc, PartitionId, TableId};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -37,6 +48,20 @@ struct Applied {
     last_applied: Option<typ::LogId>,
     membership: typ::StoredMembership,
     dropped: bool,
+    /// The partition's descriptor as of `last_applied` (`None` for the metadata group, and
+    /// for a partition replica that has applied nothing yet).
+    desc: Option<PartitionDesc>,
+    /// The right half made by the last split, reported with `EpochMismatch` so routers
+    /// learn both halves at once.
+    last_split: Option<PartitionDesc>,
+}
+
+/// The last-applied log id a split gives the right half's new group on every replica. It
+/// is the same everywhere (a leader appends after it), and at term 0 so any leader of the
+/// new group outranks it.
+pub fn split_seed_log_id() -> typ::LogId {
+    use openraft::vote::RaftLeaderId;
+    typ::LogId::new(openraft::vote::leader_id_adv::LeaderId::new(0, 0), 0)
 }
 
 /// What the rest of the node may read of a partition replica: its descriptor and whether
@@ -44,17 +69,23 @@ struct Applied {
 #[derive(Clone)]
 pub struct PartitionView {
     desc: Arc<RwLock<PartitionDesc>>,
+    last_split: Arc<RwLock<Option<PartitionDesc>>>,
     dropped: Arc<std::sync::atomic::AtomicBool>,
     duplicates: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PartitionView {
-    fn new(desc: PartitionDesc) -> Self {
+    fn new(desc: PartitionDesc, last_split: Option<PartitionDesc>) -> Self {
         Self {
             desc: Arc::new(RwLock::new(desc)),
+            last_split: Arc::new(RwLock::new(last_split)),
             dropped: Default::default(),
             duplicates: Default::default(),
         }
+    }
+
+    fn set_desc(&self, desc: PartitionDesc) {
+        *self.desc.write().unwrap_or_else(|p| p.into_inner()) = desc;
     }
 
     /// Writes this replica recognised as retries of applied writes and did not apply
@@ -73,14 +104,30 @@ impl PartitionView {
         self.dropped.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Checks that a request routed with `epoch` for `key` belongs here.
+    /// The descriptors a router should learn when its epoch is stale: this one and the
+    /// right half of the last split.
+    pub fn current_descs(&self) -> Vec<PartitionDesc> {
+        let mut out = vec![self.desc()];
+        out.extend(
+            self.last_split
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
+        out
+    }
+
+    /// Checks that a request of `table` routed with `epoch` for `key` belongs here.
     pub fn check(
         &self,
-        epoch: cairn_types::Epoch,
+        epoch: Epoch,
+        table: TableId,
         key: Option<&[u8]>,
     ) -> Result<PartitionDesc, Error> {
         let desc = self.desc();
-        if self.dropped() {
+        if self.dropped() || table != desc.table_id {
+            // A partition id belongs to one table forever; a request naming another table
+            // was routed with a view this replica has nothing to do with.
             return Err(Error::PartitionNotFound(desc.id));
         }
         if epoch.version != desc.epoch.version {
@@ -88,6 +135,7 @@ impl PartitionView {
                 partition: desc.id,
                 requested: epoch,
                 current: desc.epoch,
+                descs: self.current_descs(),
             });
         }
         if let Some(k) = key
@@ -123,6 +171,10 @@ enum SnapshotBody {
     },
 }
 
+/// Receives `(left, right half)` for every split this replica applies, once the right
+/// half's seed is written, so the node can open that replica.
+pub type SplitSink = tokio::sync::mpsc::UnboundedSender<(PartitionId, PartitionDesc)>;
+
 /// The state machine of one group.
 pub struct GroupStateMachine {
     group: PartitionId,
@@ -130,6 +182,7 @@ pub struct GroupStateMachine {
     applied: Applied,
     kind: Kind,
     current: Option<typ::Snapshot>,
+    splits: Option<SplitSink>,
 }
 
 impl GroupStateMachine {
@@ -140,18 +193,28 @@ impl GroupStateMachine {
             applied,
             kind,
             current: None,
+            splits: None,
         }
     }
 
-    /// Opens the state machine of a partition replica, recovering its applied state.
+    /// Sends the right half of each applied split to `sink`.
+    pub fn on_split(mut self, sink: SplitSink) -> Self {
+        self.splits = Some(sink);
+        self
+    }
+
+    /// Opens the state machine of a partition replica, recovering its applied state. `desc`
+    /// seeds a replica that has applied nothing; after that the applied descriptor rules.
     pub fn partition(
         engine: SharedEngine,
         desc: PartitionDesc,
     ) -> io::Result<(Self, PartitionView)> {
         let group = desc.id;
-        let applied: Applied =
+        let mut applied: Applied =
             read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
-        let view = PartitionView::new(desc);
+        let desc = applied.desc.clone().unwrap_or(desc);
+        applied.desc = Some(desc.clone());
+        let view = PartitionView::new(desc, applied.last_split.clone());
         view.dropped
             .store(applied.dropped, std::sync::atomic::Ordering::Release);
         let (start, end) = keys::group_sessions_range(group);
@@ -210,16 +273,20 @@ impl GroupStateMachine {
         cmd: &KvCommand,
         batch: &mut WriteBatch,
     ) -> io::Result<Result<(), Error>> {
-        if let KvOp::Drop = cmd.op {
-            view.dropped
-                .store(true, std::sync::atomic::Ordering::Release);
-            return Ok(Ok(()));
-        }
-        let key = match &cmd.op {
-            KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key.as_slice(),
-            KvOp::Drop => &[],
+        let (table, key) = match &cmd.op {
+            KvOp::Put { table, key, .. } | KvOp::Delete { table, key } => (*table, key.as_slice()),
+            KvOp::Drop => {
+                view.dropped
+                    .store(true, std::sync::atomic::Ordering::Release);
+                return Ok(Ok(()));
+            }
+            KvOp::Split { .. } => {
+                return Ok(Err(Error::Internal(
+                    "a split reached the write path".into(),
+                )));
+            }
         };
-        if let Err(e) = view.check(cmd.epoch, Some(key)) {
+        if let Err(e) = view.check(cmd.epoch, table, Some(key)) {
             return Ok(Err(e));
         }
         if let Some(rid) = cmd.request_id {
@@ -247,9 +314,111 @@ impl GroupStateMachine {
                 batch.put(Space::Data, keys::data(*table, key), value.clone())
             }
             KvOp::Delete { table, key } => batch.delete(Space::Data, keys::data(*table, key)),
-            KvOp::Drop => {}
+            KvOp::Drop | KvOp::Split { .. } => {}
         }
         Ok(Ok(()))
+    }
+
+    /// Applies a split at `key`: shrinks this replica's descriptor and seeds the right
+    /// half's group in `batch`. Refused (changing nothing) when the epoch is stale, the key
+    /// is not strictly inside the range, or a membership change is under way.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_split(
+        engine: &SharedEngine,
+        applied: &mut Applied,
+        view: &PartitionView,
+        sessions: &HashMap<ClientId, Session>,
+        epoch: Epoch,
+        key: &[u8],
+        right: PartitionId,
+        batch: &mut WriteBatch,
+    ) -> io::Result<Result<(PartitionDesc, PartitionDesc, bool), Error>> {
+        let desc = view.desc();
+        if let Err(e) = view.check(epoch, desc.table_id, None) {
+            return Ok(Err(e));
+        }
+        let membership = applied.membership.membership().clone();
+        if let Err(e) = split_allowed(&membership) {
+            return Ok(Err(e));
+        }
+        let Some((lr, rr)) = desc.range.split_at(key) else {
+            return Ok(Err(Error::Conflict(format!(
+                "split key is not strictly inside {} {}: a split needs a key after the partition's start and before its end",
+                desc.id, desc.range
+            ))));
+        };
+        let epoch = Epoch {
+            version: desc.epoch.version + 1,
+            conf_ver: desc.epoch.conf_ver,
+        };
+        let left = PartitionDesc {
+            range: lr,
+            epoch,
+            ..desc.clone()
+        };
+        let right_desc = PartitionDesc {
+            id: right,
+            range: rr,
+            epoch,
+            ..desc
+        };
+        // A right-half replica that already exists here (it caught up by snapshot before
+        // this replica applied the split) is further along than any seed: leave it.
+        let seed = engine
+            .get(Space::Local, &keys::local_replica(right))
+            .map_err(io::Error::other)?
+            .is_none();
+        if seed {
+            let seed_id = split_seed_log_id();
+            let seeded = Applied {
+                last_applied: Some(seed_id),
+                membership: typ::StoredMembership::new(Some(seed_id), membership),
+                dropped: false,
+                desc: Some(right_desc.clone()),
+                last_split: None,
+            };
+            batch.put(
+                Space::Local,
+                keys::local_replica(right),
+                encode(&right_desc)?,
+            );
+            batch.put(Space::Data, keys::group_applied(right), encode(&seeded)?);
+            for (client, s) in sessions {
+                batch.put(Space::Data, keys::group_session(right, *client), encode(s)?);
+            }
+        }
+        view.set_desc(left.clone());
+        *view.last_split.write().unwrap_or_else(|p| p.into_inner()) = Some(right_desc.clone());
+        applied.desc = Some(left.clone());
+        applied.last_split = Some(right_desc.clone());
+        Ok(Ok((left, right_desc, seed)))
+    }
+
+    /// Keeps the descriptor's replicas and `conf_ver` in step with an applied membership.
+    fn apply_membership(applied: &mut Applied, view: &PartitionView, m: &typ::Membership) {
+        let mut desc = view.desc();
+        let voters: Vec<cairn_types::NodeId> = m.voter_ids().map(cairn_types::NodeId).collect();
+        // The group's first membership is the one the descriptor was created with.
+        if applied.membership.log_id().is_some() && applied.membership.membership() != m {
+            desc.epoch.conf_ver += 1;
+        }
+        // Keep the existing order (the first replica is the preferred leader), then add new
+        // voters.
+        let mut replicas: Vec<_> = desc
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| voters.contains(n))
+            .collect();
+        replicas.extend(
+            voters
+                .iter()
+                .copied()
+                .filter(|n| !desc.replicas.contains(n)),
+        );
+        desc.replicas = replicas;
+        applied.desc = Some(desc.clone());
+        view.set_desc(desc);
     }
 
     fn expire_sessions(
@@ -297,16 +466,28 @@ impl GroupStateMachine {
     }
 }
 
-/// Builds a snapshot from a copy taken when the builder was made.
+/// Refuses a split while the group changes its membership: a joint configuration or a
+/// learner would be copied into the right half, which has no way to finish the change.
+pub fn split_allowed(m: &typ::Membership) -> Result<(), Error> {
+    if m.get_joint_config().len() > 1 || m.learner_ids().next().is_some() {
+        return Err(Error::Conflict(
+            "a membership change of this partition is in progress; split it when the change is done".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds a snapshot from a copy taken when the builder was made; a copy that could not be
+/// taken is an error, never an empty snapshot.
 pub struct SnapshotBuilder {
-    snapshot: typ::Snapshot,
+    snapshot: Result<typ::Snapshot, String>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<typ::Snapshot, io::Error> {
-        Ok(self.snapshot.clone())
+        self.snapshot.clone().map_err(io::Error::other)
     }
 }
 
@@ -327,16 +508,45 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut batch = WriteBatch::new();
         let mut responders = Vec::new();
         let mut meta_changed = false;
+        let mut opened = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             self.applied.last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::None,
                 EntryPayload::Membership(m) => {
+                    if let Kind::Partition { view, .. } = &self.kind {
+                        Self::apply_membership(&mut self.applied, view, m);
+                    }
                     self.applied.membership =
                         typ::StoredMembership::new(Some(entry.log_id), m.clone());
                     Reply::None
                 }
                 EntryPayload::Normal(cmd) => match (&mut self.kind, cmd) {
+                    (
+                        Kind::Partition { view, sessions, .. },
+                        Command::Kv(KvCommand {
+                            epoch,
+                            op: KvOp::Split { key, right },
+                            ..
+                        }),
+                    ) => {
+                        let r = Self::apply_split(
+                            &self.engine,
+                            &mut self.applied,
+                            view,
+                            sessions,
+                            *epoch,
+                            key,
+                            *right,
+                            &mut batch,
+                        )?;
+                        Reply::Split(r.map(|(left, right, seeded)| {
+                            if seeded {
+                                opened.push(right.clone());
+                            }
+                            (left, right)
+                        }))
+                    }
                     (
                         Kind::Partition {
                             view,
@@ -382,6 +592,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             encode(&self.applied)?,
         );
         self.engine.write(batch).map_err(io::Error::other)?;
+        if let Some(sink) = &self.splits {
+            for right in opened {
+                // The node is shutting down when nobody listens; the seed is on disk and the
+                // replica opens at the next start.
+                let _ = sink.send((self.group, right));
+            }
+        }
         // Answer only once the state is readable, so a client that reads after its write
         // returns sees it.
         for (responder, reply) in responders {
@@ -393,17 +610,26 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The trait gives no way to fail here; a scan error leaves an empty copy that
-        // try_create_snapshot_builder below never hands out.
-        let body = self.snapshot_body().ok();
-        let snapshot = body.and_then(|b| encode(&b).ok()).unwrap_or_default();
-        let meta = typ::SnapshotMeta {
-            last_log_id: self.applied.last_applied,
-            last_membership: self.applied.membership.clone(),
-        };
-        let snap = typ::Snapshot { meta, snapshot };
-        self.current = Some(snap.clone());
-        SnapshotBuilder { snapshot: snap }
+        // The trait gives no way to fail here, so a failed copy travels to build_snapshot,
+        // which reports it.
+        let snapshot = self
+            .snapshot_body()
+            .and_then(|b| encode(&b))
+            .map(|snapshot| typ::Snapshot {
+                meta: typ::SnapshotMeta {
+                    last_log_id: self.applied.last_applied,
+                    last_membership: self.applied.membership.clone(),
+                },
+                snapshot,
+            })
+            .map_err(|e| {
+                tracing::error!(group = %self.group, "cannot copy the state for a snapshot: {e}");
+                format!("{}: cannot copy the state for a snapshot: {e}", self.group)
+            });
+        if let Ok(s) = &snapshot {
+            self.current = Some(s.clone());
+        }
+        SnapshotBuilder { snapshot }
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
@@ -426,11 +652,23 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 },
                 Kind::Partition { view, sessions, .. },
             ) => {
-                let desc = view.desc();
+                let local = view.desc();
+                let desc = applied.desc.clone().unwrap_or_else(|| local.clone());
+                // Touch only keys both descriptors own: outside the local range may lie
+                // another replica's data (a right half that caught up first), and outside
+                // the snapshot's this replica no longer owns anything.
+                let Some(range) = desc.range.intersect(&local.range) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "snapshot of {} for range {} shares no key with the local range {}",
+                            desc.id, desc.range, local.range
+                        ),
+                    ));
+                };
                 // One atomic batch: the old contents go and the snapshot's arrive together,
                 // so a crash never leaves a half-installed replica.
-                let (s, e) =
-                    keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+                let (s, e) = keys::data_range(desc.table_id, &range.start, range.end.as_deref());
                 let (gs, ge) = keys::group_state_range(self.group);
                 for (space_start, space_end) in [(s, e), (gs, ge)] {
                     let old = self
@@ -441,7 +679,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         batch.delete(Space::Data, k);
                     }
                 }
-                for (k, v) in data {
+                for (k, v) in data.into_iter().filter(|(k, _)| range.contains(k)) {
                     batch.put(Space::Data, keys::data(desc.table_id, &k), v);
                 }
                 sessions.clear();
@@ -451,7 +689,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 }
                 view.dropped
                     .store(applied.dropped, std::sync::atomic::Ordering::Release);
-                self.applied = applied;
+                view.set_desc(desc.clone());
+                *view.last_split.write().unwrap_or_else(|p| p.into_inner()) =
+                    applied.last_split.clone();
+                self.applied = Applied {
+                    desc: Some(desc),
+                    ..applied
+                };
             }
             (
                 SnapshotBody::Meta {

@@ -60,6 +60,15 @@ impl RouteCache {
             .remove(table);
     }
 
+    /// Takes in descriptors a replica answered with (`EpochMismatch`): newer ones replace
+    /// the cached ones and new partitions are added. Returns whether the route changed; if
+    /// not, the caller should refresh it from the metadata group.
+    pub fn merge(&self, table: &str, descs: &[PartitionDesc]) -> bool {
+        let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        t.get_mut(table)
+            .is_some_and(|r| r.table.merge_partitions(descs))
+    }
+
     /// Records that `leader` leads `partition` of `table`.
     pub fn set_leader(&self, table: &str, partition: PartitionId, leader: NodeId) {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());

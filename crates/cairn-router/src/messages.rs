@@ -28,8 +28,20 @@ pub enum MetaRequest {
     DropTable(String),
     /// A node's liveness beat with the state of its replicas.
     Heartbeat(Heartbeat),
-    /// The partitions that should have a replica on the node.
-    PartitionsOn(NodeId),
+    /// What a node should open and destroy, given the replicas it hosts.
+    Reconcile {
+        /// The node asking.
+        node: NodeId,
+        /// Descriptors of its replicas, as applied there.
+        hosted: Vec<PartitionDesc>,
+    },
+    /// Reserves a partition id for the right half of a split.
+    AllocPartitionId,
+    /// Records descriptors as their groups applied them (after a split); older ones are
+    /// ignored.
+    UpdatePartitions(Vec<PartitionDesc>),
+    /// The route of the table that holds a partition.
+    GetPartition(PartitionId),
     /// Registered nodes with liveness and load.
     Nodes,
     /// The metadata members, answered by any node without forwarding (used to join).
@@ -43,6 +55,9 @@ pub struct Heartbeat {
     pub node: NodeDesc,
     /// Leader and term of each replica the node hosts.
     pub replicas: Vec<PartitionStatus>,
+    /// Descriptors of the partitions the node leads, as applied there; the metadata group
+    /// records any that are newer than its own (repairing a lost split record).
+    pub led: Vec<PartitionDesc>,
 }
 
 /// What a node looks like to the metadata leader.
@@ -73,8 +88,15 @@ pub enum MetaReply {
     Tables(Vec<TableDesc>),
     /// Done, nothing to return.
     Done,
-    /// Partitions with their replica nodes (for [`MetaRequest::PartitionsOn`]).
-    Placements(Vec<(PartitionDesc, Vec<NodeDesc>)>),
+    /// What to open (with the replicas' nodes) and destroy, for [`MetaRequest::Reconcile`].
+    Reconcile {
+        /// Replicas to open.
+        open: Vec<(PartitionDesc, Vec<NodeDesc>)>,
+        /// Replicas to destroy.
+        destroy: Vec<PartitionId>,
+    },
+    /// A reserved partition id.
+    Id(PartitionId),
     /// The metadata group's members (for [`MetaRequest::ClusterInfo`]).
     Cluster(Vec<(NodeId, String)>),
     /// Nodes (for [`MetaRequest::Nodes`]).
@@ -133,13 +155,28 @@ pub enum PartitionOp {
     },
     /// Marks the partition dropped through its log (leader only).
     Drop,
-    /// Opens the replica on this node if missing (sent after CreateTable and by the
-    /// reconcile loop); `members` gives the addresses of the partition's replicas.
+    /// Opens the replica on this node if missing; `members` gives the addresses of the
+    /// partition's replicas.
     Open {
         /// The partition.
         desc: PartitionDesc,
         /// Its replica nodes.
         members: Vec<NodeDesc>,
+        /// Form the group with `desc.replicas` if the replica is pristine. Only CreateTable
+        /// sets it: a split's right half or a new learner must never start a group.
+        bootstrap: bool,
+    },
+    /// Splits the partition at `key` (leader only); `right` is the new half's id.
+    Split {
+        /// First key of the right half.
+        key: Vec<u8>,
+        /// Id reserved in the metadata group.
+        right: PartitionId,
+    },
+    /// Hands leadership to the replica on `to` and waits until it leads (leader only).
+    TransferLeader {
+        /// The node that should lead.
+        to: NodeId,
     },
     /// Who leads the partition, as this replica knows.
     Leader,
@@ -156,4 +193,6 @@ pub enum PartitionReply {
     Rows(Vec<(Vec<u8>, Vec<u8>)>),
     /// A leader, if known.
     Leader(Option<NodeId>),
+    /// The two halves of a split.
+    Split(PartitionDesc, PartitionDesc),
 }

@@ -131,7 +131,7 @@ impl<T: Transport> Router<T> {
 
     /// Runs `op` on the leader of the partition that owns `key` (or, with `key == None`,
     /// on the partition `pick` chooses from the route), retrying on routing errors.
-    async fn on_partition(
+    pub async fn on_partition(
         &self,
         table: &str,
         pick: impl Fn(&TableRoute) -> Option<PartitionDesc>,
@@ -176,6 +176,12 @@ impl<T: Transport> Router<T> {
                     self.cache.set_leader(table, part.id, l);
                     skip = 0;
                     last_err = Error::Unavailable(format!("{} leader moved to {l}", part.id));
+                }
+                Err(Error::EpochMismatch { ref descs, .. }) if self.cache.merge(table, descs) => {
+                    // The replica told us the current shape (a split): no metadata trip.
+                    last_err =
+                        Error::Unavailable(format!("{} changed shape; route patched", part.id));
+                    skip = 0;
                 }
                 Err(
                     e @ (Error::EpochMismatch { .. }

@@ -4,7 +4,8 @@ use crate::metrics::Metrics;
 use cairn_meta::MetaState;
 use cairn_raft::{
     Command, GroupNetwork, GroupStateMachine, KvCommand, KvOp, LogStore, PartitionView,
-    PeerNetwork, Reply, Syncer, data_group_config, from_raft, meta_group_config, typ,
+    PeerNetwork, Reply, SplitSink, Syncer, data_group_config, from_raft, meta_group_config,
+    split_allowed, typ,
 };
 use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
@@ -62,7 +63,12 @@ pub(crate) struct Core {
     pub(crate) liveness: Mutex<crate::meta_service::Liveness>,
     pub(crate) meta_leader_hint: Mutex<Option<NodeId>>,
     pub(crate) metrics: Metrics,
+    /// Where replicas report the right halves of the splits they apply.
+    pub(crate) splits: SplitSink,
 }
+
+/// How long a transfer of leadership may take before the caller hears an error.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -126,12 +132,15 @@ impl Core {
             .collect()
     }
 
-    /// Opens the replica of `desc` if this node does not host it yet. A replica of a
-    /// partition still in its initial membership initializes the group with `members`.
+    /// Opens the replica of `desc` if this node does not host it yet. With `bootstrap` (only
+    /// CreateTable's first open, and reconcile's open of a never-changed partition on its
+    /// preferred leader), a pristine replica forms the group with `desc.replicas`; any other
+    /// replica waits to be reached by its group's leader.
     pub(crate) async fn open_replica(
         &self,
         desc: &PartitionDesc,
         members: &[NodeDesc],
+        bootstrap: bool,
     ) -> Result<Replica> {
         if let Some(r) = self.replica(desc.id) {
             return Ok(r);
@@ -151,6 +160,7 @@ impl Core {
 
         let (sm, view) =
             GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
+        let sm = sm.on_split(self.splits.clone());
         let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone());
         let net = GroupNetwork {
             peers: self.peers.clone(),
@@ -165,7 +175,10 @@ impl Core {
         )
         .await
         .map_err(io_err)?;
-        if desc.epoch.conf_ver == 1 && !raft.is_initialized().await.map_err(io_err)? {
+        if bootstrap
+            && desc.epoch == cairn_types::Epoch::INITIAL
+            && !raft.is_initialized().await.map_err(io_err)?
+        {
             self.bootstrap_group(&raft, desc);
         }
         let replica = Replica { raft, view, log };
@@ -215,7 +228,7 @@ impl Core {
     /// Reopens the replicas recorded in the engine (after a restart).
     pub(crate) async fn reopen_recorded(&self) -> Result<()> {
         for desc in self.recorded_replicas()? {
-            if let Err(e) = self.open_replica(&desc, &[]).await {
+            if let Err(e) = self.open_replica(&desc, &[], false).await {
                 tracing::error!(partition = %desc.id, "cannot reopen replica: {e}");
             }
         }
@@ -253,6 +266,58 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner())
             .get(&partition)
             .cloned()
+    }
+
+    /// Opens the right half of a split this node applied. If this node leads the left half,
+    /// the right half campaigns at once rather than after an election timeout, retrying
+    /// while the other replicas have not applied the split yet.
+    pub(crate) async fn open_split(&self, left: PartitionId, right: PartitionDesc) {
+        let r = match self.open_replica(&right, &[], false).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The seed is recorded; the next start or reconcile opens it.
+                tracing::error!(partition = %right.id, "cannot open the right half of a split: {e}");
+                return;
+            }
+        };
+        let Some(l) = self.replica(left) else { return };
+        if l.raft.metrics().borrow_watched().state != ServerState::Leader {
+            return;
+        }
+        // Followers learn that the split committed with the next append; send it now.
+        let _ = l.raft.trigger().heartbeat().await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < until {
+            if r.raft.metrics().borrow_watched().current_leader.is_some() {
+                return;
+            }
+            let _ = r.raft.trigger().elect(false).await;
+            let led = r
+                .raft
+                .wait(Some(Duration::from_millis(300)))
+                .metrics(|m| m.current_leader.is_some(), "right half elected")
+                .await;
+            if led.is_ok() {
+                tracing::info!(partition = %right.id, "right half of a split elected a leader");
+                return;
+            }
+        }
+    }
+
+    /// Descriptors of the partitions this node leads, as applied here.
+    pub(crate) fn led_descs(&self) -> Vec<PartitionDesc> {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .values()
+            .filter(|r| r.raft.metrics().borrow_watched().state == ServerState::Leader)
+            .map(|r| r.view.desc())
+            .collect()
+    }
+
+    /// Descriptors of every hosted replica, as applied here.
+    pub(crate) fn hosted_descs(&self) -> Vec<PartitionDesc> {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas.values().map(|r| r.view.desc()).collect()
     }
 
     /// Leader and term of every hosted replica.
@@ -325,10 +390,103 @@ impl Core {
             .map_err(|e| from_raft(partition, e))
     }
 
+    /// Proposes a split of `replica` at `key` into a new partition `right`.
+    async fn split(
+        &self,
+        replica: &Replica,
+        epoch: cairn_types::Epoch,
+        table: cairn_types::TableId,
+        key: Vec<u8>,
+        right: PartitionId,
+    ) -> Result<PartitionReply> {
+        let desc = replica.view.check(epoch, table, None)?;
+        if desc.range.split_at(&key).is_none() {
+            return Err(Error::Conflict(format!(
+                "the split key must lie strictly inside {} {}: after its start and before its end",
+                desc.id, desc.range
+            )));
+        }
+        let membership = replica
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
+        split_allowed(&membership)?;
+        let cmd = KvCommand {
+            request_id: None,
+            epoch,
+            proposed_at_ms: now_ms(),
+            op: KvOp::Split { key, right },
+        };
+        match replica.raft.client_write(Command::Kv(cmd)).await {
+            Ok(resp) => match resp.data {
+                Reply::Split(Ok((l, r))) => {
+                    tracing::info!(left = %l.id, right = %r.id, at = ?String::from_utf8_lossy(&r.range.start), "split partition");
+                    Ok(PartitionReply::Split(l, r))
+                }
+                Reply::Split(Err(e)) => Err(e),
+                other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            },
+            Err(e) => Err(from_raft(desc.id, e)),
+        }
+    }
+
+    /// Hands leadership of `replica` to `to` and waits until `to` leads.
+    async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<PartitionReply> {
+        let desc = replica.view.desc();
+        let m = replica.raft.metrics().borrow_watched().clone();
+        if m.current_leader == Some(to.0) {
+            return Ok(PartitionReply::Leader(Some(to)));
+        }
+        if m.state != ServerState::Leader {
+            return Err(Error::NotLeader {
+                partition: desc.id,
+                leader: m.current_leader.map(NodeId),
+            });
+        }
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == to.0)
+        {
+            return Err(Error::Conflict(format!(
+                "{to} holds no voting replica of {}; its replicas are on {:?}",
+                desc.id, desc.replicas
+            )));
+        }
+        replica
+            .raft
+            .trigger()
+            .transfer_leader(to.0)
+            .await
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", desc.id)))?;
+        replica
+            .raft
+            .wait(Some(TRANSFER_TIMEOUT))
+            .metrics(|m| m.current_leader == Some(to.0), "leadership transferred")
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "{} did not hand leadership to {to} within {TRANSFER_TIMEOUT:?} ({e}); is {to} live and caught up?",
+                    desc.id
+                ))
+            })?;
+        tracing::info!(partition = %desc.id, %to, "transferred leadership");
+        Ok(PartitionReply::Leader(Some(to)))
+    }
+
     /// Serves a request for a partition replica hosted here.
     pub(crate) async fn handle_partition(&self, req: PartitionRequest) -> Result<PartitionReply> {
-        if let PartitionOp::Open { desc, members } = &req.op {
-            self.open_replica(desc, members).await?;
+        if let PartitionOp::Open {
+            desc,
+            members,
+            bootstrap,
+        } = &req.op
+        {
+            self.open_replica(desc, members, *bootstrap).await?;
             return Ok(PartitionReply::Done);
         }
         let PartitionRequest {
@@ -348,17 +506,20 @@ impl Core {
             } => {
                 self.limits.check_key(&key)?;
                 self.limits.check_value(&value)?;
-                replica.view.check(epoch, Some(&key))?;
+                replica.view.check(epoch, table, Some(&key))?;
                 let op = KvOp::Put { table, key, value };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Delete { key, request_id } => {
                 self.limits.check_key(&key)?;
-                replica.view.check(epoch, Some(&key))?;
+                replica.view.check(epoch, table, Some(&key))?;
                 let op = KvOp::Delete { table, key };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Drop => {
+                if replica.view.desc().table_id != table {
+                    return Err(Error::PartitionNotFound(partition));
+                }
                 self.write(&replica, partition, epoch, KvOp::Drop, None)
                     .await
             }
@@ -367,7 +528,7 @@ impl Core {
                 if !stale {
                     self.read_barrier(&replica, partition).await?;
                 }
-                replica.view.check(epoch, Some(&key))?;
+                replica.view.check(epoch, table, Some(&key))?;
                 Ok(PartitionReply::Value(replica.view.get(&self.engine, &key)?))
             }
             PartitionOp::Scan {
@@ -379,7 +540,7 @@ impl Core {
                 if !stale {
                     self.read_barrier(&replica, partition).await?;
                 }
-                replica.view.check(epoch, None)?;
+                replica.view.check(epoch, table, None)?;
                 let desc = replica.view.desc();
                 if !desc.range.contains(&start) {
                     return Err(Error::KeyNotInRange(partition));
@@ -400,6 +561,11 @@ impl Core {
                     .map(NodeId),
             )),
             PartitionOp::Open { .. } => Ok(PartitionReply::Done),
+            PartitionOp::Split { key, right } => {
+                self.limits.check_key(&key)?;
+                self.split(&replica, epoch, table, key, right).await
+            }
+            PartitionOp::TransferLeader { to } => self.transfer_leader(&replica, to).await,
         }
     }
 

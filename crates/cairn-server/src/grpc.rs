@@ -20,7 +20,8 @@ pub(crate) fn status(e: Error) -> Status {
     let code = e.code();
     let grpc = match code {
         ErrorCode::InvalidArgument | ErrorCode::TooLarge => tonic::Code::InvalidArgument,
-        ErrorCode::TableNotFound => tonic::Code::NotFound,
+        ErrorCode::TableNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::Conflict => tonic::Code::FailedPrecondition,
         ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorCode::NotEnoughNodes => tonic::Code::FailedPrecondition,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -325,6 +326,38 @@ impl admin_server::Admin for Admin {
             replica_keys,
             open_replicas,
         }))
+    }
+
+    async fn split(
+        &self,
+        req: Request<pb::SplitRequest>,
+    ) -> Result<Response<pb::SplitResponse>, Status> {
+        let r = req.into_inner();
+        let (left, right) = self
+            .0
+            .split(&r.table, r.key, deadline(0))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SplitResponse {
+            left: Some(partition_pb(&left, None)),
+            right: Some(partition_pb(&right, None)),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let r = req.into_inner();
+        self.0
+            .transfer_leader(
+                PartitionId(r.partition),
+                cairn_types::NodeId(r.to),
+                deadline(0),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TransferLeaderResponse {}))
     }
 }
 

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use cairn_router::{DEFAULT_DEADLINE, TableRoute};
 use cairn_storage::keys::prefix_end;
-use cairn_types::{DEFAULT_REPLICATION, Error};
+use cairn_types::{DEFAULT_REPLICATION, Error, NodeId, PartitionDesc, PartitionId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -157,21 +157,79 @@ pub(crate) fn list_bounds(
     Ok((lo, hi, limit))
 }
 
-fn table_json(r: &TableRoute) -> Value {
+fn partition_json(p: &PartitionDesc, leader: Option<NodeId>) -> Value {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    json!({
+        "id": p.id.0,
+        "start": text(&p.range.start),
+        "end": p.range.end.as_deref().map(text),
+        "epoch": {"version": p.epoch.version, "conf_ver": p.epoch.conf_ver},
+        "replicas": p.replicas.iter().map(|n| n.0).collect::<Vec<_>>(),
+        "leader": leader.map(|n| n.0),
+    })
+}
+
+fn table_json(r: &TableRoute) -> Value {
     json!({
         "name": r.table.name,
         "id": r.table.id.0,
         "replication": r.table.replication,
-        "partitions": r.table.partitions.iter().map(|p| json!({
-            "id": p.id.0,
-            "start": text(&p.range.start),
-            "end": p.range.end.as_deref().map(text),
-            "epoch": {"version": p.epoch.version, "conf_ver": p.epoch.conf_ver},
-            "replicas": p.replicas.iter().map(|n| n.0).collect::<Vec<_>>(),
-            "leader": r.leaders.get(&p.id).map(|n| n.0),
-        })).collect::<Vec<_>>(),
+        "partitions": r.table.partitions.iter()
+            .map(|p| partition_json(p, r.leaders.get(&p.id).copied()))
+            .collect::<Vec<_>>(),
     })
+}
+
+/// Parses an admin request body, saying what was expected when it is malformed.
+fn admin_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| bad(format!("malformed JSON body: {e}; expected {example}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    table: String,
+    key: String,
+    #[serde(default)]
+    encoding: Option<String>,
+}
+
+async fn split(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
+    let req: SplitBody = admin_body(&body, r#"{"table":"t","key":"m"}"#)?;
+    let key = match req.encoding.as_deref() {
+        None | Some("utf-8") => req.key.into_bytes(),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(&req.key)
+            .map_err(|e| bad(format!("key is not base64: {e}")))?,
+        Some(other) => return Err(bad(format!("encoding {other:?} is not utf-8 or base64"))),
+    };
+    let started = std::time::Instant::now();
+    let res = node.split(&req.table, key, deadline()).await;
+    node.record("split", res.is_ok(), started);
+    let (left, right) = res?;
+    Ok(
+        Json(json!({"partitions": [partition_json(&left, None), partition_json(&right, None)]}))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    partition: u64,
+    to: u64,
+}
+
+async fn transfer_leader(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
+    let req: TransferBody = admin_body(&body, r#"{"partition":7,"to":2}"#)?;
+    let started = std::time::Instant::now();
+    let res = node
+        .transfer_leader(PartitionId(req.partition), NodeId(req.to), deadline())
+        .await;
+    node.record("transfer_leader", res.is_ok(), started);
+    res?;
+    Ok(Json(json!({"partition": req.partition, "leader": req.to})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -390,6 +448,11 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/admin/nodes", get(nodes))
+        .route("/v1/admin/split", axum::routing::post(split))
+        .route(
+            "/v1/admin/transfer-leader",
+            axum::routing::post(transfer_leader),
+        )
         .route("/v1/tables", get(list_tables).post(create_table))
         .route("/v1/tables/{table}", get(describe_table).delete(drop_table))
         .route("/v1/tables/{table}/keys", get(list_keys))

@@ -136,7 +136,9 @@ impl Core {
                 Ok(MetaReply::Table(self.route_of(&state, t)))
             }
             MetaResponse::Refused(e) => Err(e),
-            MetaResponse::Done => Err(Error::Internal("a table change answered no table".into())),
+            other => Err(Error::Internal(format!(
+                "a table change answered {other:?}"
+            ))),
         }
     }
 
@@ -224,10 +226,11 @@ impl Core {
                     .await
             }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,
-            MetaRequest::PartitionsOn(node) => {
+            MetaRequest::Reconcile { node, hosted } => {
                 let state = self.meta_barrier().await?;
-                let placements = state
-                    .partitions_on(node)
+                let rec = state.reconcile(node, &hosted);
+                let open = rec
+                    .open
                     .into_iter()
                     .map(|p| {
                         let members = p
@@ -238,7 +241,34 @@ impl Core {
                         (p, members)
                     })
                     .collect();
-                Ok(MetaReply::Placements(placements))
+                Ok(MetaReply::Reconcile {
+                    open,
+                    destroy: rec.destroy,
+                })
+            }
+            MetaRequest::AllocPartitionId => {
+                match self
+                    .propose_meta(MetaCommand::AllocPartitionIds { count: 1 })
+                    .await?
+                {
+                    MetaResponse::Ids(first) => Ok(MetaReply::Id(PartitionId(first))),
+                    MetaResponse::Refused(e) => Err(e),
+                    other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+                }
+            }
+            MetaRequest::UpdatePartitions(descs) => {
+                let state = self.meta_barrier().await?;
+                self.record_descs(&state, &descs).await?;
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::GetPartition(id) => {
+                let state = self.meta_barrier().await?;
+                let table = state.partition(id).map(|(t, _)| t.clone()).ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "partition {id}; `cairn table describe` lists a table's partitions"
+                    ))
+                })?;
+                Ok(MetaReply::Table(self.route_of(&state, table)))
             }
             MetaRequest::Nodes => {
                 let state = self.meta_barrier().await?;
@@ -270,6 +300,28 @@ impl Core {
         }
     }
 
+    /// Records the descriptors of `descs` that are newer than `state`'s.
+    async fn record_descs(
+        &self,
+        state: &MetaState,
+        descs: &[cairn_types::PartitionDesc],
+    ) -> Result<()> {
+        let newer: Vec<_> = state.newer_descs(descs).into_iter().cloned().collect();
+        if newer.is_empty() {
+            return Ok(());
+        }
+        for d in &newer {
+            tracing::info!(partition = %d.id, epoch = %d.epoch, range = %d.range, "recording partition");
+        }
+        match self
+            .propose_meta(MetaCommand::UpdatePartitions { descs: newer })
+            .await?
+        {
+            MetaResponse::Refused(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     async fn heartbeat(&self, hb: Heartbeat) -> Result<MetaReply> {
         let m = self.meta_replica()?;
         let metrics = m.raft.metrics().borrow_watched().clone();
@@ -296,9 +348,14 @@ impl Core {
                 _ => tracing::info!(node = %hb.node.id, addr = %hb.node.addr, "registered node"),
             }
         }
-        let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-        l.seen.insert(hb.node.id, Instant::now());
-        l.reports.insert(hb.node.id, hb.replicas);
+        {
+            let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+            l.seen.insert(hb.node.id, Instant::now());
+            l.reports.insert(hb.node.id, hb.replicas);
+        }
+        // A leader's descriptor newer than the record repairs a split record that was lost.
+        let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.record_descs(&state, &hb.led).await?;
         Ok(MetaReply::Done)
     }
 }

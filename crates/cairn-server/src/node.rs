@@ -14,8 +14,8 @@ use cairn_router::{
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_storage_fjall::FjallEngine;
 use cairn_types::{
-    ClientId, DEFAULT_REPLICATION, Error, NodeDesc, NodeId, PartitionDesc, RequestId, Result,
-    Session, TableDesc,
+    ClientId, DEFAULT_REPLICATION, Error, NodeDesc, NodeId, PartitionDesc, PartitionId, RequestId,
+    Result, Session, TableDesc,
 };
 use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
@@ -225,6 +225,7 @@ impl Node {
             cfg.snapshot_logs,
         )
         .await?;
+        let (splits, split_rx) = tokio::sync::mpsc::unbounded_channel();
         let core = Arc::new(Core {
             id: cfg.id,
             desc,
@@ -240,6 +241,7 @@ impl Node {
             liveness: Default::default(),
             meta_leader_hint: Default::default(),
             metrics: Metrics::default(),
+            splits,
         });
         core.reopen_recorded().await?;
         let (stop, _) = watch::channel(false);
@@ -262,6 +264,7 @@ impl Node {
             )),
             tokio::spawn(heartbeat_loop(node.clone(), node.stop.subscribe())),
             tokio::spawn(reconcile_loop(node.clone(), node.stop.subscribe())),
+            tokio::spawn(split_loop(node.clone(), split_rx, node.stop.subscribe())),
         ];
         if let Some(http) = http {
             tasks.push(tokio::spawn(crate::http::serve(
@@ -398,6 +401,7 @@ impl Node {
                     op: PartitionOp::Open {
                         desc: p.clone(),
                         members: members.clone(),
+                        bootstrap: true,
                     },
                 };
                 transport.partition(*n, req)
@@ -684,35 +688,161 @@ impl Node {
         self.core.engine_stats(table, partitions)
     }
 
-    /// Opens missing replicas and destroys those the metadata no longer places here.
+    /// Opens the replicas the metadata places here and this node lacks, and destroys those
+    /// the metadata says to destroy (see [`cairn_meta::Reconcile`]); anything the metadata
+    /// does not know yet is left alone.
     async fn reconcile(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let MetaReply::Placements(placed) = self
-            .router
-            .meta(MetaRequest::PartitionsOn(self.core.id), deadline)
-            .await?
-        else {
-            return Err(Error::Internal("unexpected reply to PartitionsOn".into()));
+        let req = MetaRequest::Reconcile {
+            node: self.core.id,
+            hosted: self.core.hosted_descs(),
         };
-        let wanted: BTreeSet<_> = placed.iter().map(|(p, _)| p.id).collect();
-        for (desc, members) in &placed {
-            if self.core.replica(desc.id).is_none()
-                && let Err(e) = self.core.open_replica(desc, members).await
-            {
+        let MetaReply::Reconcile { open, destroy } = self.router.meta(req, deadline).await? else {
+            return Err(Error::Internal("unexpected reply to Reconcile".into()));
+        };
+        for (desc, members) in &open {
+            // A partition never changed since CreateTable whose creator died before opening
+            // it: its preferred leader forms the group, as CreateTable would have.
+            let bootstrap = desc.replicas.first() == Some(&self.core.id);
+            if let Err(e) = self.core.open_replica(desc, members, bootstrap).await {
                 tracing::warn!(partition = %desc.id, "reconcile could not open replica: {e}");
             }
         }
-        let hosted: Vec<_> = self
-            .core
-            .replicas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        for p in hosted.into_iter().filter(|p| !wanted.contains(p)) {
+        for p in destroy {
             self.core.destroy_replica(p).await?;
         }
+        Ok(())
+    }
+
+    /// Splits the partition of `table` holding `key` so that `key` starts a new partition;
+    /// answers the left and right halves once the metadata records them.
+    pub async fn split(
+        &self,
+        table: &str,
+        key: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<(PartitionDesc, PartitionDesc)> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the split key must not be empty: the empty key starts the table".into(),
+            ));
+        }
+        self.core.limits.check_key(&key)?;
+        let route = self.router.describe(table, deadline).await?;
+        let Some((p, _)) = route.locate(&key) else {
+            return Err(Error::Internal(format!(
+                "table {table} has no partition for the key"
+            )));
+        };
+        if p.range.start == key {
+            return Err(Error::Conflict(format!(
+                "{} already starts at that key; a split key must lie strictly inside a partition",
+                p.id
+            )));
+        }
+        let MetaReply::Id(right) = self
+            .router
+            .meta(MetaRequest::AllocPartitionId, deadline)
+            .await?
+        else {
+            return Err(Error::Internal(
+                "unexpected reply to AllocPartitionId".into(),
+            ));
+        };
+        let op = || PartitionOp::Split {
+            key: key.clone(),
+            right,
+        };
+        let (left, right_desc) = match self.router.keyed(table, &key, op, false, deadline).await {
+            Ok(PartitionReply::Split(l, r)) => (l, r),
+            Ok(other) => return Err(Error::Internal(format!("split answered {other:?}"))),
+            Err(Error::Conflict(m)) => {
+                // An earlier attempt whose answer was lost may have done it already.
+                let route = self.router.describe(table, deadline).await?;
+                let done = route
+                    .table
+                    .partitions
+                    .iter()
+                    .find(|p| p.id == right)
+                    .cloned();
+                let left = done.as_ref().and_then(|r| {
+                    route
+                        .table
+                        .partitions
+                        .iter()
+                        .find(|p| p.range.end.as_ref() == Some(&r.range.start))
+                        .cloned()
+                });
+                match (left, done) {
+                    (Some(l), Some(r)) => return Ok((l, r)),
+                    _ => return Err(Error::Conflict(m)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        // Recorded by this call or, should it fail, by the leaders' next heartbeats.
+        if let Err(e) = self
+            .router
+            .meta(
+                MetaRequest::UpdatePartitions(vec![left.clone(), right_desc.clone()]),
+                deadline,
+            )
+            .await
+        {
+            tracing::warn!(partition = %left.id, "split done, not yet recorded in the metadata: {e}");
+        }
+        self.router.cache().invalidate(table);
+        Ok((left, right_desc))
+    }
+
+    /// Moves leadership of `partition` to its replica on `to`; returns once `to` leads.
+    pub async fn transfer_leader(
+        &self,
+        partition: PartitionId,
+        to: NodeId,
+        deadline: Instant,
+    ) -> Result<()> {
+        let route = match self
+            .router
+            .meta(MetaRequest::GetPartition(partition), deadline)
+            .await?
+        {
+            MetaReply::Table(r) => r,
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        };
+        let nodes = self.nodes(deadline).await?;
+        if !nodes.iter().any(|n| n.node.id == to) {
+            return Err(Error::NotFound(format!(
+                "node {to} is not part of the cluster; `cairn admin nodes` lists the nodes"
+            )));
+        }
+        let Some(p) = route.table.partitions.iter().find(|p| p.id == partition) else {
+            return Err(Error::NotFound(format!("partition {partition}")));
+        };
+        if !p.replicas.contains(&to) {
+            return Err(Error::Conflict(format!(
+                "{to} holds no replica of {partition} (its replicas: {}); move a replica there first",
+                p.replicas
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let name = route.table.name.clone();
+        self.router.cache().insert(route);
+        let op = || PartitionOp::TransferLeader { to };
+        let pick = |r: &TableRoute| {
+            r.table
+                .partitions
+                .iter()
+                .find(|x| x.id == partition)
+                .cloned()
+        };
+        self.router
+            .on_partition(&name, pick, op, false, deadline)
+            .await?;
+        self.router.cache().set_leader(&name, partition, to);
         Ok(())
     }
 }
@@ -723,6 +853,7 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         let hb = Heartbeat {
             node: node.core.desc.clone(),
             replicas: node.core.replica_statuses(),
+            led: node.core.led_descs(),
         };
         let deadline = Instant::now() + HEARTBEAT_EVERY;
         if let Err(e) = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {
@@ -747,5 +878,25 @@ async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = node.reconcile().await {
             tracing::debug!("reconcile: {e}");
         }
+    }
+}
+
+/// Opens the right halves of the splits this node's replicas apply.
+async fn split_loop(
+    node: Arc<Node>,
+    mut splits: tokio::sync::mpsc::UnboundedReceiver<(cairn_types::PartitionId, PartitionDesc)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            n = splits.recv() => n,
+        };
+        let Some((left, right)) = next else { return };
+        let core = node.core.clone();
+        // Each in its own task: a campaign that waits for slow followers must not hold up
+        // the next split's open.
+        tokio::spawn(async move { core.open_split(left, right).await });
     }
 }

@@ -4,7 +4,7 @@
 //! carry their hints as fields; the router acts on them and the client normally never sees
 //! them. [`Error::is_retryable`] separates what a retry may fix from what it cannot.
 
-use crate::{Epoch, NodeId, PartitionId};
+use crate::{Epoch, NodeId, PartitionDesc, PartitionId};
 use serde::{Deserialize, Serialize};
 
 /// Result alias using [`Error`].
@@ -65,6 +65,9 @@ pub enum Error {
         requested: Epoch,
         /// Epoch of the replica.
         current: Epoch,
+        /// The replica's own descriptor and, after a split, the halves it knows of, so a
+        /// router can patch its cache without asking the metadata group.
+        descs: Vec<PartitionDesc>,
     },
     /// The key lies outside the range of the partition the request was sent to.
     #[error("key not in the range of {0}")]
@@ -76,6 +79,13 @@ pub enum Error {
     /// happened if it was a write.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// No partition, node or operation of that id (tables have [`Error::TableNotFound`]).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request contradicts the cluster's current state (an operation on that partition
+    /// is running, a split key at a partition's start, a replica already on the node).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A bug or a storage failure; details are in the node's log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,6 +104,10 @@ pub enum ErrorCode {
     AlreadyExists,
     /// See [`Error::NotEnoughNodes`].
     NotEnoughNodes,
+    /// See [`Error::NotFound`].
+    NotFound,
+    /// See [`Error::Conflict`].
+    Conflict,
     /// Any routing error that outlived the request deadline, and [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Internal`].
@@ -109,6 +123,8 @@ impl ErrorCode {
             Self::TableNotFound => "TABLE_NOT_FOUND",
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::NotEnoughNodes => "NOT_ENOUGH_NODES",
+            Self::NotFound => "NOT_FOUND",
+            Self::Conflict => "CONFLICT",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -119,8 +135,8 @@ impl ErrorCode {
         match self {
             Self::InvalidArgument => 400,
             Self::TooLarge => 413,
-            Self::TableNotFound => 404,
-            Self::AlreadyExists => 409,
+            Self::TableNotFound | Self::NotFound => 404,
+            Self::AlreadyExists | Self::Conflict => 409,
             Self::NotEnoughNodes | Self::Unavailable => 503,
             Self::Internal => 500,
         }
@@ -134,6 +150,8 @@ impl ErrorCode {
             "TABLE_NOT_FOUND" => Self::TableNotFound,
             "ALREADY_EXISTS" => Self::AlreadyExists,
             "NOT_ENOUGH_NODES" => Self::NotEnoughNodes,
+            "NOT_FOUND" => Self::NotFound,
+            "CONFLICT" => Self::Conflict,
             "UNAVAILABLE" => Self::Unavailable,
             "INTERNAL" => Self::Internal,
             _ => return None,
@@ -150,6 +168,8 @@ impl Error {
             Self::TableNotFound(_) => ErrorCode::TableNotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::NotEnoughNodes { .. } => ErrorCode::NotEnoughNodes,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
             Self::NotLeader { .. }
             | Self::EpochMismatch { .. }
             | Self::KeyNotInRange(_)

@@ -26,14 +26,56 @@ pub struct TableDesc {
     pub replication: u32,
     /// Whether the table is serving or being dropped.
     pub state: TableState,
-    /// Partitions ordered by range start; their ranges tile the whole key space.
+    /// Partitions ordered by range start; their ranges tile the whole key space (for a
+    /// moment after a lost split record, an older descriptor may overlap newer ones until
+    /// the partition's leader reports it; lookups prefer the newest).
     pub partitions: Vec<PartitionDesc>,
 }
 
 impl TableDesc {
-    /// The partition whose range contains `key`.
+    /// The partition whose range contains `key` (the newest, should two overlap).
     pub fn partition_for(&self, key: &[u8]) -> Option<&PartitionDesc> {
-        self.partitions.iter().find(|p| p.range.contains(key))
+        self.partitions
+            .iter()
+            .filter(|p| p.range.contains(key))
+            .max_by_key(|p| p.epoch.version)
+    }
+
+    /// Takes in descriptors of this table's partitions: a known partition is replaced by a
+    /// descriptor with a newer epoch, an unknown one is added. Older or equal descriptors
+    /// and other tables' partitions are ignored. Returns whether anything changed.
+    pub fn merge_partitions(&mut self, descs: &[PartitionDesc]) -> bool {
+        let mut changed = false;
+        for d in descs.iter().filter(|d| d.table_id == self.id) {
+            match self.partitions.iter_mut().find(|p| p.id == d.id) {
+                Some(p) if d.epoch.is_newer_than(&p.epoch) => {
+                    *p = d.clone();
+                    changed = true;
+                }
+                Some(_) => {}
+                None => {
+                    self.partitions.push(d.clone());
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.partitions
+                .sort_by(|a, b| (&a.range.start, a.id).cmp(&(&b.range.start, b.id)));
+        }
+        changed
+    }
+
+    /// Whether the partitions tile the key space: sorted, no gap, no overlap.
+    pub fn tiles(&self) -> bool {
+        let mut next: Option<&[u8]> = Some(b"");
+        for p in &self.partitions {
+            if next != Some(p.range.start.as_slice()) {
+                return false;
+            }
+            next = p.range.end.as_deref();
+        }
+        next.is_none()
     }
 }
 
@@ -72,4 +114,53 @@ pub struct PartitionStatus {
     pub leader: Option<NodeId>,
     /// Raft term of that report.
     pub term: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyRange;
+
+    fn part(id: u64, start: &str, end: Option<&str>, version: u64) -> PartitionDesc {
+        PartitionDesc {
+            id: PartitionId(id),
+            table_id: TableId(1),
+            range: KeyRange {
+                start: start.as_bytes().to_vec(),
+                end: end.map(|e| e.as_bytes().to_vec()),
+            },
+            epoch: Epoch {
+                conf_ver: 1,
+                version,
+            },
+            replicas: vec![NodeId(1)],
+        }
+    }
+
+    #[test]
+    fn merge_takes_newer_descriptors_and_lookups_prefer_them() {
+        let mut t = TableDesc {
+            id: TableId(1),
+            name: "t".into(),
+            replication: 1,
+            state: TableState::Active,
+            partitions: vec![part(1, "", None, 1)],
+        };
+        assert!(t.tiles());
+        // The right half is reported before the left: for a moment they overlap.
+        assert!(t.merge_partitions(&[part(2, "m", None, 2)]));
+        assert!(!t.tiles());
+        assert_eq!(t.partition_for(b"q").map(|p| p.id), Some(PartitionId(2)));
+        assert_eq!(t.partition_for(b"a").map(|p| p.id), Some(PartitionId(1)));
+        // An older or equal report changes nothing; the left's newer one completes the split.
+        assert!(!t.merge_partitions(&[part(2, "m", None, 2), part(1, "", None, 1)]));
+        assert!(t.merge_partitions(&[part(1, "", Some("m"), 2)]));
+        assert!(t.tiles());
+        let ids: Vec<u64> = t.partitions.iter().map(|p| p.id.0).collect();
+        assert_eq!(ids, vec![1, 2]);
+        // Other tables' partitions are ignored.
+        let mut other = part(9, "", None, 5);
+        other.table_id = TableId(2);
+        assert!(!t.merge_partitions(&[other]));
+    }
 }

@@ -144,6 +144,7 @@ async fn t23_out_of_range_write_is_refused() {
                 conf_ver: 1,
                 version: 1
             },
+            T,
             Some(b"q")
         ),
         Err(Error::KeyNotInRange(_))
@@ -154,9 +155,15 @@ async fn t23_out_of_range_write_is_refused() {
                 conf_ver: 1,
                 version: 2
             },
+            T,
             Some(b"b")
         ),
         Err(Error::EpochMismatch { .. })
+    ));
+    // A request naming another table never reaches this partition's data.
+    assert!(matches!(
+        view.check(Epoch::INITIAL, TableId(4), Some(b"b")),
+        Err(Error::PartitionNotFound(_))
     ));
     assert!(
         view.check(
@@ -164,6 +171,7 @@ async fn t23_out_of_range_write_is_refused() {
                 conf_ver: 1,
                 version: 1
             },
+            T,
             Some(b"b")
         )
         .is_ok()
@@ -214,4 +222,129 @@ async fn t24_snapshot_round_trip() {
     assert_eq!(view.get(&dst, b"k100").unwrap(), Some(b"v100".to_vec()));
     let (applied, _) = other.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(101));
+}
+
+fn split(index: u64, key: &str, right: u64, version: u64) -> typ::Entry {
+    let cmd = KvCommand {
+        request_id: None,
+        epoch: Epoch {
+            conf_ver: 1,
+            version,
+        },
+        proposed_at_ms: 0,
+        op: KvOp::Split {
+            key: key.as_bytes().to_vec(),
+            right: PartitionId(right),
+        },
+    };
+    typ::Entry {
+        log_id: openraft::testing::log_id::<cairn_raft::TypeConfig>(1, 1, index),
+        payload: EntryPayload::Normal(Command::Kv(cmd)),
+    }
+}
+
+fn membership(index: u64) -> typ::Entry {
+    let m = typ::Membership::new_with_defaults(vec![std::collections::BTreeSet::from([1u64])], []);
+    typ::Entry {
+        log_id: openraft::testing::log_id::<cairn_raft::TypeConfig>(1, 1, index),
+        payload: EntryPayload::Membership(m),
+    }
+}
+
+/// A split applied from the log shrinks the left descriptor, seeds the right half's group
+/// (descriptor, membership, sessions, a last-applied id no leader can precede) and hands it
+/// to the node; a stale epoch, a key at the start and writes routed with the old epoch are
+/// refused.
+#[tokio::test]
+async fn t25_split_seeds_the_right_half() {
+    let engine: SharedEngine = Arc::new(MemEngine::new());
+    let (sm, left) = open(&engine, KeyRange::full());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sm = sm.on_split(tx);
+    apply(
+        &mut sm,
+        vec![
+            membership(1),
+            put(2, "a", "1", Some((5, 1, 1)), 0),
+            put(3, "q", "2", Some((5, 2, 1)), 0),
+        ],
+    )
+    .await;
+    assert_eq!(
+        left.desc().epoch,
+        Epoch::INITIAL,
+        "the first membership bumps nothing"
+    );
+    apply(&mut sm, vec![split(4, "m", 20, 1)]).await;
+    let d = left.desc();
+    assert_eq!(d.range.end.as_deref(), Some(&b"m"[..]));
+    assert_eq!(
+        d.epoch,
+        Epoch {
+            conf_ver: 1,
+            version: 2
+        }
+    );
+    let (from, right) = rx
+        .try_recv()
+        .expect("the right half was handed to the node");
+    assert_eq!(from, PartitionId(9));
+    assert_eq!(
+        (
+            right.id,
+            right.range.start.as_slice(),
+            right.range.end.clone()
+        ),
+        (PartitionId(20), &b"m"[..], None)
+    );
+    assert_eq!(
+        (right.epoch, right.replicas.clone()),
+        (d.epoch, d.replicas.clone())
+    );
+    // Writes routed before the split are refused at apply and do not land.
+    apply(&mut sm, vec![put(5, "z", "late", None, 0)]).await;
+    assert_eq!(left.get(&engine, b"z").unwrap(), None);
+    assert!(matches!(
+        left.check(Epoch::INITIAL, T, Some(b"b")),
+        Err(Error::EpochMismatch { ref descs, .. }) if descs.len() == 2 && descs[1].id == PartitionId(20)
+    ));
+    // A second split with the old epoch, or at the left's start, changes nothing.
+    apply(&mut sm, vec![split(6, "g", 21, 1), split(7, "", 21, 2)]).await;
+    assert!(rx.try_recv().is_err());
+    assert_eq!(left.desc(), d);
+    // The right half opens from its seed: applied id, membership, data and sessions.
+    let (mut rsm, rview) = GroupStateMachine::partition(engine.clone(), right.clone()).unwrap();
+    let (applied, m) = rsm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(cairn_raft::split_seed_log_id()));
+    assert_eq!(m.membership().voter_ids().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(rview.desc(), right);
+    assert_eq!(rview.get(&engine, b"q").unwrap(), Some(b"2".to_vec()));
+    let retry = |index| {
+        let mut e = put(index, "q", "retried", Some((5, 2, 1)), 0);
+        if let EntryPayload::Normal(Command::Kv(c)) = &mut e.payload {
+            c.epoch.version = 2;
+        }
+        e
+    };
+    apply(&mut rsm, vec![retry(1)]).await;
+    assert_eq!(
+        rview.get(&engine, b"q").unwrap(),
+        Some(b"2".to_vec()),
+        "a retry across the split applies once"
+    );
+    // The left's snapshot holds only the left's keys.
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let dst: SharedEngine = Arc::new(MemEngine::new());
+    let (mut other, view) = open(&dst, KeyRange::full());
+    other
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(view.desc(), d);
+    assert_eq!(view.scan(&dst, b"", None, 100).unwrap().len(), 1);
 }

@@ -101,6 +101,7 @@ impl Transport for Fake {
                 partition: part.id,
                 requested: req.epoch,
                 current: part.epoch,
+                descs: vec![],
             });
         }
         let leader = self
