@@ -112,6 +112,7 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
             Instant::now(),
             &cluster,
             &a.table,
+            a.keys,
         )?;
         let r = workload(&a, &endpoints, Some((&mut nemesis, &mut cluster))).await;
         eprintln!(

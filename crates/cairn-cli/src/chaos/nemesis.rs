@@ -1,6 +1,8 @@
 //! Faults injected into a spawned cluster on a seeded schedule: kill -9 and restart,
 //! SIGSTOP / SIGCONT, network partitions (two-way and one-way, isolating a partition
-//! leader, the metadata leader, or a random minority) and packet loss.
+//! leader, the metadata leader, or a random minority) and packet loss; and changes of the
+//! layout made through the admin API while the workload runs: splits at a workload key and
+//! leader transfers.
 //!
 //! Network faults are iptables rules between the nodes' addresses inside a private network
 //! namespace that `cairn chaos` enters at start ([`enter_private_network`]); the rules vanish
@@ -28,6 +30,10 @@ pub(crate) enum Fault {
     Partition,
     /// Drop a share of the packets between all nodes.
     Loss,
+    /// Split the partition holding a random workload key at that key.
+    Split,
+    /// Transfer a random partition's leadership to another of its replicas.
+    Leader,
 }
 
 impl Fault {
@@ -106,6 +112,7 @@ pub(crate) struct Nemesis {
     started: Instant,
     client: Client,
     table: String,
+    keys: u32,
     /// Faults injected so far.
     pub(crate) injected: u64,
 }
@@ -119,6 +126,7 @@ impl Nemesis {
         started: Instant,
         cluster: &LocalCluster,
         table: &str,
+        keys: u32,
     ) -> anyhow::Result<Self> {
         let client = Client::new(cluster.nodes.iter().map(|n| n.grpc.as_str()))
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -130,6 +138,7 @@ impl Nemesis {
             started,
             client,
             table: table.to_string(),
+            keys,
             injected: 0,
         })
     }
@@ -218,6 +227,8 @@ impl Nemesis {
                     heal_network()?;
                     self.note("heal the network");
                 }
+                Fault::Split => self.split().await,
+                Fault::Leader => self.transfer_leader().await,
                 Fault::Loss => {
                     let p = self.rng.random_range(10..=30);
                     let down = self.millis(6_000, 10_000);
@@ -251,6 +262,46 @@ impl Nemesis {
             }
         }
         self.heal(cluster).await
+    }
+
+    /// Splits at a random workload key. A refusal (the key already starts a partition) or
+    /// a failure during other faults is logged, not fatal: the schedule goes on.
+    async fn split(&mut self) {
+        let key = cairn_check::workload::key_name(self.rng.random_range(1..self.keys.max(2)));
+        match self.client.split(&self.table, key.as_bytes()).await {
+            Ok((l, r)) => self.note(&format!(
+                "split partition {} at {key:?}: new partition {}",
+                l.id, r.id
+            )),
+            Err(e) => self.note(&format!("split at {key:?} not done: {e}")),
+        }
+    }
+
+    /// Moves a random partition's leadership to another of its replicas.
+    async fn transfer_leader(&mut self) {
+        let parts: Vec<_> = match self.client.partitions(&self.table).await {
+            Ok(t) => t.into_iter().flat_map(|(_, ps)| ps).collect(),
+            Err(e) => return self.note(&format!("leader transfer not done: {e}")),
+        };
+        let Some(p) = parts.choose(&mut self.rng).cloned() else {
+            return;
+        };
+        let others: Vec<u64> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| Some(*r) != p.leader)
+            .collect();
+        let Some(&to) = others.choose(&mut self.rng) else {
+            return;
+        };
+        match self.client.transfer_leader(p.id, to).await {
+            Ok(()) => self.note(&format!("transfer leadership of partition {} to node {to}", p.id)),
+            Err(e) => self.note(&format!(
+                "leader transfer of partition {} to node {to} not done: {e}",
+                p.id
+            )),
+        }
     }
 
     /// Applies one partition, described in the returned text.

@@ -16,5 +16,6 @@ mod t50_retried_writes;
 mod t60_playground;
 mod t70_snapshot_and_join;
 mod t80_pause;
+mod t85_split;
 mod t90_chaos;
 mod t95_nemesis;

@@ -1,0 +1,198 @@
+//! Splits and leader transfers through the admin API, on real processes: under a running
+//! workload whose history is checked, and with every kind of bad input.
+
+use crate::cluster::{Cluster, wait_for};
+use cairn_check::workload::key_name;
+use cairn_client::{Client, ListOptions};
+use cairn_types::ErrorCode;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn history_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chaos");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Every key of `table`, page by page, as List returns them.
+async fn list_all(c: &Client, table: &str) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut opts = ListOptions {
+        limit: 37,
+        ..ListOptions::default()
+    };
+    loop {
+        let page = c.list(table, &opts).await.unwrap();
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(cur) => opts.cursor = cur,
+            None => return keys,
+        }
+    }
+}
+
+/// On 3 nodes, with the chaos workload running on a one-partition table, the partition is
+/// split 10 times at different keys. The history is linearizable, no operation ends without
+/// an answer, the table has 11 partitions that tile the key space, and List returns every
+/// key once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t85_ten_splits_under_load() {
+    let c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("splits", 3, vec![]).await.unwrap();
+    let path = history_path("t85-splits.jsonl");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &c.endpoints(), "chaos", "--table", "splits"])
+        .args(["--duration", "20", "--clients", "6", "--keys", "24", "--seed", "85"])
+        .arg("--history")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Split at k002, k004, ..., k020: each lands inside the partition the last one made.
+    let mut split_at = Vec::new();
+    for i in 1..=10u32 {
+        let key = key_name(2 * i);
+        let (left, right) = cl.split("splits", key.as_bytes()).await.unwrap();
+        assert_eq!(right.start, key.as_bytes(), "the right half starts at the key");
+        assert_eq!(left.end.as_deref(), Some(key.as_bytes()));
+        assert!(left.epoch.0 >= 2 && right.epoch == left.epoch);
+        split_at.push(key.into_bytes());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let status = wait_for(Duration::from_secs(120), "the workload to finish", || {
+        let s = run.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let mut out = String::new();
+    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "history {} failed:\n{out}", path.display());
+    assert!(out.contains("linearizable"), "{out}");
+    assert!(
+        out.contains(" 0 info"),
+        "some operations ended without an answer:\n{out}"
+    );
+
+    let t = cl.describe_table("splits").await.unwrap();
+    assert_eq!(t.partitions.len(), 11, "{:?}", t.partitions);
+    let starts: Vec<Vec<u8>> = t.partitions.iter().map(|p| p.start.clone()).collect();
+    let mut want = vec![Vec::new()];
+    want.extend(split_at);
+    assert_eq!(starts, want);
+    for w in t.partitions.windows(2) {
+        assert_eq!(w[0].end.as_deref(), Some(w[1].start.as_slice()));
+    }
+    assert_eq!(t.partitions.last().unwrap().end, None);
+
+    // Keys across every partition: List returns each once, in order.
+    for i in 0..240u32 {
+        cl.put("splits", format!("x/{}", key_name(i)).as_bytes(), b"v")
+            .await
+            .unwrap();
+        cl.put("splits", format!("{}/x", key_name(i / 10)).as_bytes(), b"v")
+            .await
+            .unwrap();
+    }
+    let keys = list_all(&cl, "splits").await;
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys out of order or repeated");
+    for i in 0..240u32 {
+        for k in [format!("x/{}", key_name(i)), format!("{}/x", key_name(i / 10))] {
+            assert!(keys.binary_search(&k.into_bytes()).is_ok());
+        }
+    }
+}
+
+/// Leadership moves to the named replica and stays correct for reads and writes; a split
+/// at a partition's start, of an unknown table, and transfers to unknown or non-replica
+/// nodes get the documented errors and change nothing, over HTTP and gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t86_transfer_and_bad_admin_input() {
+    let c = Cluster::start(4).await;
+    let cl = c.client();
+    cl.create_table("adm", 3, vec![b"m".to_vec()]).await.unwrap();
+    cl.put("adm", b"a", b"1").await.unwrap();
+    let before = cl.describe_table("adm").await.unwrap();
+    let p = before.partitions[0].clone();
+
+    // Transfer to each replica in turn; the metadata learns it from heartbeats.
+    for &to in &p.replicas {
+        cl.transfer_leader(p.id, to).await.unwrap();
+        let cl = &cl;
+        wait_for(Duration::from_secs(10), "the leader to be reported", || {
+            async move {
+                let t = cl.describe_table("adm").await.ok()?;
+                (t.partitions[0].leader == Some(to)).then_some(())
+            }
+        })
+        .await;
+        cl.put("adm", b"a", format!("{to}").as_bytes()).await.unwrap();
+        assert_eq!(cl.get("adm", b"a").await.unwrap(), Some(format!("{to}").into_bytes()));
+    }
+
+    let h = reqwest::Client::new();
+    let base = c.http(2);
+    let post = |path: &str, body: &str| {
+        h.post(format!("{base}/v1/admin/{path}"))
+            .body(body.to_string())
+            .send()
+    };
+    let outsider = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("split", r#"{"table":"nope","key":"b"}"#.into(), 404, "TABLE_NOT_FOUND"),
+        ("split", r#"{"table":"adm","key":"m"}"#.into(), 409, "CONFLICT"),
+        ("split", r#"{"table":"adm","key":""}"#.into(), 400, "INVALID_ARGUMENT"),
+        ("split", r#"{"table":"adm"}"#.into(), 400, "INVALID_ARGUMENT"),
+        ("split", r#"{"table":"adm","key":"%%","encoding":"base64"}"#.into(), 400, "INVALID_ARGUMENT"),
+        ("transfer-leader", r#"{"partition":9999,"to":1}"#.into(), 404, "NOT_FOUND"),
+        ("transfer-leader", format!(r#"{{"partition":{},"to":77}}"#, p.id), 404, "NOT_FOUND"),
+        ("transfer-leader", format!(r#"{{"partition":{},"to":{outsider}}}"#, p.id), 409, "CONFLICT"),
+        ("transfer-leader", r#"{"partition":"x"}"#.into(), 400, "INVALID_ARGUMENT"),
+    ];
+    for (path, body, status, code) in cases {
+        let r = post(path, &body).await.unwrap();
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, status, "{path} {body}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], code, "{path} {body}: {text}");
+    }
+    assert_eq!(
+        cl.split("adm", b"m").await.unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        cl.split("nope", b"m").await.unwrap_err().code,
+        ErrorCode::TableNotFound
+    );
+    assert_eq!(
+        cl.transfer_leader(p.id, outsider).await.unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        cl.transfer_leader(9999, 1).await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    // Nothing changed.
+    let after = cl.describe_table("adm").await.unwrap();
+    let shape = |t: &cairn_client::TableInfo| {
+        t.partitions
+            .iter()
+            .map(|p| (p.id, p.start.clone(), p.end.clone(), p.epoch, p.replicas.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&after), shape(&before));
+
+    // A base64 key with bytes that are not UTF-8 splits over HTTP.
+    let r = post("split", r#"{"table":"adm","key":"/w==","encoding":"base64"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let t = cl.describe_table("adm").await.unwrap();
+    assert_eq!(t.partitions.len(), 3);
+    assert_eq!(t.partitions[2].start, vec![0xff]);
+}
