@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # namespace (they need root; without it they fail and say so).
 if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing iptables for the network fault tests"
+  # A fresh machine has no package lists yet.
+  apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null
 fi
 if cargo nextest --version >/dev/null 2>&1; then

@@ -325,6 +325,35 @@ impl Node {
         tracing::info!(node = %self.core.id, "node stopped");
     }
 
+    /// Every replica on this node: its descriptor as applied here, the voters of its group
+    /// as this replica sees them, and whether it leads.
+    pub fn replica_layout(&self) -> Vec<(PartitionDesc, Vec<NodeId>, bool)> {
+        let replicas = self.core.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .values()
+            .map(|r| {
+                let m = r.raft.metrics().borrow_watched().clone();
+                let voters = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .map(NodeId)
+                    .collect();
+                let leads = m.state == openraft::ServerState::Leader;
+                (r.view.desc(), voters, leads)
+            })
+            .collect()
+    }
+
+    /// The metadata as this node's metadata replica has applied it (`None` on a node that
+    /// is not a member). Only the leader's copy is known to be current.
+    pub fn metadata(&self) -> Option<cairn_meta::MetaState> {
+        self.core
+            .meta
+            .as_ref()
+            .map(|m| m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
     /// Leader and term of every replica on this node, as its Raft group sees them.
     pub fn replica_statuses(&self) -> Vec<cairn_types::PartitionStatus> {
         self.core.replica_statuses()

@@ -7,7 +7,10 @@
 //! ids — follows from one seed. A run injects faults (crash and restart, partitions that
 //! isolate a partition leader or the metadata leader, one-way cuts, connection loss and
 //! message delay), heals, reads every key once more and checks the history with
-//! `cairn-check`.
+//! `cairn-check`. Meanwhile an operator host changes the layout through the admin API:
+//! splits at workload keys and leader transfers. After the run, the layout is checked too
+//! ([`check_layout`]): ranges tile the key space, every group's voters match the metadata
+//! and its replication factor, and no node hosts overlapping replicas.
 //!
 //! `CAIRN_SIM_SEED=N cargo test -p cairn-sim` replays seed N.
 
@@ -57,6 +60,8 @@ pub struct SimConfig {
     pub think: Duration,
     /// Read with `stale` consistency: the checker must then find violations (self-test).
     pub stale_reads: bool,
+    /// Split and transfer leadership through the admin API while the workload runs.
+    pub layout_changes: bool,
 }
 
 impl SimConfig {
@@ -74,6 +79,7 @@ impl SimConfig {
             max_ops: 800,
             think: Duration::from_millis(200),
             stale_reads: false,
+            layout_changes: true,
         }
     }
 }
@@ -463,6 +469,17 @@ fn simulate(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
         r.map_err(|e| e.to_string().into())
     });
 
+    let operator_log: Rc<RefCell<Vec<String>>> = Rc::default();
+    if cfg.layout_changes && cfg.faults {
+        let endpoints: Vec<String> = (1..=cfg.nodes)
+            .map(|n| format!("{}:{PORT}", host(n)))
+            .collect();
+        let (ocfg, olog) = (cfg.clone(), operator_log.clone());
+        sim.client("operator", async move {
+            operate(ocfg, endpoints, olog).await;
+            Ok(())
+        });
+    }
     let mut nemesis = Nemesis {
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x006e_656d_6573_6973),
         nodes: cfg.nodes,
@@ -523,14 +540,17 @@ fn simulate(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
         .iter()
         .filter(|o| o.outcome == cairn_check::EventType::Ok)
         .count();
-    let violations: Vec<String> = check_registers(&parsed)
+    let mut violations: Vec<String> = check_registers(&parsed)
         .iter()
         .map(|v| v.to_string())
         .chain(check_lists(&parsed).iter().map(|v| v.to_string()))
         .collect();
+    violations.extend(check_layout(&registry.borrow()));
+    let mut faults = nemesis.log;
+    faults.extend(operator_log.borrow().iter().cloned());
     Ok(SimOutcome {
         history,
-        faults: nemesis.log,
+        faults,
         ok_ops,
         violations,
     })
@@ -584,4 +604,130 @@ async fn drive(
     final_reads(&ctx, &reader)
         .await
         .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The operator host: every few seconds of the workload, splits the table at a random
+/// workload key or moves a random partition's leadership to another replica; then waits for
+/// the metadata to settle (heartbeats record what a failed call did not). Outcomes go to
+/// `log`; refusals and failures under faults are expected and only logged.
+async fn operate(cfg: SimConfig, endpoints: Vec<String>, log: Rc<RefCell<Vec<String>>>) {
+    let dialer: cairn_proto::net::SharedDialer = Some(Arc::new(net::SimDialer));
+    let Ok(client) = Client::with_dialer(&endpoints, dialer) else {
+        return;
+    };
+    let client = client.with_timeout(Duration::from_secs(10));
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x6f70_6572_6174_6f72);
+    let started = tokio::time::Instant::now();
+    let note = |what: String| {
+        log.borrow_mut().push(format!(
+            "{:>8.3}s operator: {what}",
+            started.elapsed().as_secs_f64()
+        ))
+    };
+    // The table appears a few seconds in; faults come and go until 8 s past the workload's
+    // length, and so do layout changes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let until = started + Duration::from_secs(cfg.workload_secs + 8);
+    while tokio::time::Instant::now() < until {
+        let starts: Vec<Vec<u8>> = match client.describe_table("sim").await {
+            Ok(t) => t.partitions.into_iter().map(|p| p.start).collect(),
+            Err(_) => Vec::new(),
+        };
+        let candidates: Vec<String> = (1..cfg.keys)
+            .map(cairn_check::workload::key_name)
+            .filter(|k| !starts.iter().any(|s| s == k.as_bytes()))
+            .collect();
+        if rng.random_bool(0.6)
+            && let Some(key) = candidates.choose(&mut rng).cloned()
+        {
+            match client.split("sim", key.as_bytes()).await {
+                Ok((l, r)) => note(format!("split p{} at {key:?} into p{}", l.id, r.id)),
+                Err(e) => note(format!("split at {key:?} not done: {e}")),
+            }
+        } else {
+            let parts = client.describe_table("sim").await.map(|t| t.partitions);
+            if let Some(p) = parts.ok().and_then(|ps| ps.choose(&mut rng).cloned()) {
+                let others: Vec<u64> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| Some(*r) != p.leader)
+                    .collect();
+                if let Some(&to) = others.choose(&mut rng) {
+                    match client.transfer_leader(p.id, to).await {
+                        Ok(()) => note(format!("leadership of p{} to n{to}", p.id)),
+                        Err(e) => note(format!("leadership of p{} to n{to} not moved: {e}", p.id)),
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+    }
+    // Let heartbeats repair any record a failed call left behind before the checks.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+/// Checks the layout the nodes hold after a run: each table's partitions tile the key
+/// space; every partition has a leader whose group's voters are the metadata's replicas, as
+/// many as the replication factor; and no node hosts two replicas of overlapping ranges.
+pub fn check_layout(nodes: &BTreeMap<u64, Arc<Node>>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(meta) = nodes
+        .values()
+        .find(|n| n.is_meta_leader())
+        .and_then(|n| n.metadata())
+    else {
+        return vec!["layout: no metadata leader after the run".into()];
+    };
+    let layouts: BTreeMap<u64, _> = nodes
+        .iter()
+        .map(|(id, n)| (*id, n.replica_layout()))
+        .collect();
+    for t in meta.tables.values() {
+        if !t.tiles() {
+            out.push(format!(
+                "layout: table {} does not tile the key space: {:?}",
+                t.name, t.partitions
+            ));
+        }
+        for p in &t.partitions {
+            let leader = layouts
+                .values()
+                .flatten()
+                .find(|(d, _, leads)| d.id == p.id && *leads);
+            let Some((d, voters, _)) = leader else {
+                out.push(format!("layout: {} has no leader", p.id));
+                continue;
+            };
+            let mut want = p.replicas.clone();
+            want.sort();
+            let mut got = voters.clone();
+            got.sort();
+            if got != want || got.len() != t.replication as usize {
+                out.push(format!(
+                    "layout: {} voters {got:?} but metadata lists {want:?} (replication {})",
+                    p.id, t.replication
+                ));
+            }
+            if d.epoch != p.epoch || d.range != p.range {
+                out.push(format!(
+                    "layout: {} leader has {} {} but metadata records {} {}",
+                    p.id, d.epoch, d.range, p.epoch, p.range
+                ));
+            }
+        }
+    }
+    for (id, layout) in &layouts {
+        for (i, (a, _, _)) in layout.iter().enumerate() {
+            for (b, _, _) in &layout[i + 1..] {
+                if a.table_id == b.table_id && a.range.overlaps(&b.range) {
+                    out.push(format!(
+                        "layout: n{id} hosts overlapping {} {} and {} {}",
+                        a.id, a.range, b.id, b.range
+                    ));
+                }
+            }
+        }
+    }
+    out
 }

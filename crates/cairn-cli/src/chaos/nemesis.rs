@@ -296,7 +296,10 @@ impl Nemesis {
             return;
         };
         match self.client.transfer_leader(p.id, to).await {
-            Ok(()) => self.note(&format!("transfer leadership of partition {} to node {to}", p.id)),
+            Ok(()) => self.note(&format!(
+                "transfer leadership of partition {} to node {to}",
+                p.id
+            )),
             Err(e) => self.note(&format!(
                 "leader transfer of partition {} to node {to} not done: {e}",
                 p.id

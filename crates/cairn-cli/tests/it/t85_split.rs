@@ -44,7 +44,16 @@ async fn t85_ten_splits_under_load() {
     let path = history_path("t85-splits.jsonl");
     let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--endpoints", &c.endpoints(), "chaos", "--table", "splits"])
-        .args(["--duration", "20", "--clients", "6", "--keys", "24", "--seed", "85"])
+        .args([
+            "--duration",
+            "20",
+            "--clients",
+            "6",
+            "--keys",
+            "24",
+            "--seed",
+            "85",
+        ])
         .arg("--history")
         .arg(&path)
         .stdin(Stdio::null())
@@ -58,7 +67,11 @@ async fn t85_ten_splits_under_load() {
     for i in 1..=10u32 {
         let key = key_name(2 * i);
         let (left, right) = cl.split("splits", key.as_bytes()).await.unwrap();
-        assert_eq!(right.start, key.as_bytes(), "the right half starts at the key");
+        assert_eq!(
+            right.start,
+            key.as_bytes(),
+            "the right half starts at the key"
+        );
         assert_eq!(left.end.as_deref(), Some(key.as_bytes()));
         assert!(left.epoch.0 >= 2 && right.epoch == left.epoch);
         split_at.push(key.into_bytes());
@@ -71,7 +84,11 @@ async fn t85_ten_splits_under_load() {
     .await;
     let mut out = String::new();
     std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "history {} failed:\n{out}", path.display());
+    assert!(
+        status.success(),
+        "history {} failed:\n{out}",
+        path.display()
+    );
     assert!(out.contains("linearizable"), "{out}");
     assert!(
         out.contains(" 0 info"),
@@ -99,9 +116,15 @@ async fn t85_ten_splits_under_load() {
             .unwrap();
     }
     let keys = list_all(&cl, "splits").await;
-    assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys out of order or repeated");
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys out of order or repeated"
+    );
     for i in 0..240u32 {
-        for k in [format!("x/{}", key_name(i)), format!("{}/x", key_name(i / 10))] {
+        for k in [
+            format!("x/{}", key_name(i)),
+            format!("{}/x", key_name(i / 10)),
+        ] {
             assert!(keys.binary_search(&k.into_bytes()).is_ok());
         }
     }
@@ -114,7 +137,9 @@ async fn t85_ten_splits_under_load() {
 async fn t86_transfer_and_bad_admin_input() {
     let c = Cluster::start(4).await;
     let cl = c.client();
-    cl.create_table("adm", 3, vec![b"m".to_vec()]).await.unwrap();
+    cl.create_table("adm", 3, vec![b"m".to_vec()])
+        .await
+        .unwrap();
     cl.put("adm", b"a", b"1").await.unwrap();
     let before = cl.describe_table("adm").await.unwrap();
     let p = before.partitions[0].clone();
@@ -123,15 +148,22 @@ async fn t86_transfer_and_bad_admin_input() {
     for &to in &p.replicas {
         cl.transfer_leader(p.id, to).await.unwrap();
         let cl = &cl;
-        wait_for(Duration::from_secs(10), "the leader to be reported", || {
-            async move {
+        wait_for(
+            Duration::from_secs(10),
+            "the leader to be reported",
+            || async move {
                 let t = cl.describe_table("adm").await.ok()?;
                 (t.partitions[0].leader == Some(to)).then_some(())
-            }
-        })
+            },
+        )
         .await;
-        cl.put("adm", b"a", format!("{to}").as_bytes()).await.unwrap();
-        assert_eq!(cl.get("adm", b"a").await.unwrap(), Some(format!("{to}").into_bytes()));
+        cl.put("adm", b"a", format!("{to}").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            cl.get("adm", b"a").await.unwrap(),
+            Some(format!("{to}").into_bytes())
+        );
     }
 
     let h = reqwest::Client::new();
@@ -143,15 +175,60 @@ async fn t86_transfer_and_bad_admin_input() {
     };
     let outsider = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
     let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("split", r#"{"table":"nope","key":"b"}"#.into(), 404, "TABLE_NOT_FOUND"),
-        ("split", r#"{"table":"adm","key":"m"}"#.into(), 409, "CONFLICT"),
-        ("split", r#"{"table":"adm","key":""}"#.into(), 400, "INVALID_ARGUMENT"),
-        ("split", r#"{"table":"adm"}"#.into(), 400, "INVALID_ARGUMENT"),
-        ("split", r#"{"table":"adm","key":"%%","encoding":"base64"}"#.into(), 400, "INVALID_ARGUMENT"),
-        ("transfer-leader", r#"{"partition":9999,"to":1}"#.into(), 404, "NOT_FOUND"),
-        ("transfer-leader", format!(r#"{{"partition":{},"to":77}}"#, p.id), 404, "NOT_FOUND"),
-        ("transfer-leader", format!(r#"{{"partition":{},"to":{outsider}}}"#, p.id), 409, "CONFLICT"),
-        ("transfer-leader", r#"{"partition":"x"}"#.into(), 400, "INVALID_ARGUMENT"),
+        (
+            "split",
+            r#"{"table":"nope","key":"b"}"#.into(),
+            404,
+            "TABLE_NOT_FOUND",
+        ),
+        (
+            "split",
+            r#"{"table":"adm","key":"m"}"#.into(),
+            409,
+            "CONFLICT",
+        ),
+        (
+            "split",
+            r#"{"table":"adm","key":""}"#.into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "split",
+            r#"{"table":"adm"}"#.into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "split",
+            r#"{"table":"adm","key":"%%","encoding":"base64"}"#.into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "transfer-leader",
+            r#"{"partition":9999,"to":1}"#.into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "transfer-leader",
+            format!(r#"{{"partition":{},"to":77}}"#, p.id),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "transfer-leader",
+            format!(r#"{{"partition":{},"to":{outsider}}}"#, p.id),
+            409,
+            "CONFLICT",
+        ),
+        (
+            "transfer-leader",
+            r#"{"partition":"x"}"#.into(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
     ];
     for (path, body, status, code) in cases {
         let r = post(path, &body).await.unwrap();
@@ -182,15 +259,26 @@ async fn t86_transfer_and_bad_admin_input() {
     let shape = |t: &cairn_client::TableInfo| {
         t.partitions
             .iter()
-            .map(|p| (p.id, p.start.clone(), p.end.clone(), p.epoch, p.replicas.clone()))
+            .map(|p| {
+                (
+                    p.id,
+                    p.start.clone(),
+                    p.end.clone(),
+                    p.epoch,
+                    p.replicas.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(shape(&after), shape(&before));
 
     // A base64 key with bytes that are not UTF-8 splits over HTTP.
-    let r = post("split", r#"{"table":"adm","key":"/w==","encoding":"base64"}"#)
-        .await
-        .unwrap();
+    let r = post(
+        "split",
+        r#"{"table":"adm","key":"/w==","encoding":"base64"}"#,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let t = cl.describe_table("adm").await.unwrap();
     assert_eq!(t.partitions.len(), 3);
