@@ -1,8 +1,8 @@
 //! The replicated metadata state and its commands.
 
 use cairn_types::{
-    Epoch, Error, KeyRange, NodeDesc, NodeId, PartitionDesc, PartitionId, TableDesc, TableId,
-    TableState, validate_table_name,
+    Epoch, Error, FIRST_REPLICA_ID, KeyRange, NodeDesc, NodeId, PartitionDesc, PartitionId,
+    ReplicaId, TableDesc, TableId, TableState, validate_table_name,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ pub struct MetaState {
     pub next_table_id: u64,
     /// Next partition id to hand out (0 is the metadata group itself).
     pub next_partition_id: u64,
+    /// Next replica id to hand out (from [`FIRST_REPLICA_ID`]).
+    pub next_replica_id: u64,
     /// Tables by name.
     pub tables: BTreeMap<String, TableDesc>,
     /// Registered nodes.
@@ -106,6 +108,14 @@ impl MetaState {
                 MetaResponse::Done
             }
         }
+    }
+
+    /// A fresh replica id.
+    pub fn alloc_replica_id(&mut self) -> ReplicaId {
+        self.next_replica_id = self.next_replica_id.max(FIRST_REPLICA_ID);
+        let id = ReplicaId(self.next_replica_id);
+        self.next_replica_id += 1;
+        id
     }
 
     /// The table with id `id`.
@@ -201,6 +211,10 @@ impl MetaState {
             .map(|(range, replicas)| {
                 let pid = PartitionId(self.next_partition_id);
                 self.next_partition_id += 1;
+                let replica_ids = replicas
+                    .iter()
+                    .map(|n| (*n, self.alloc_replica_id()))
+                    .collect();
                 PartitionDesc {
                     id: pid,
                     table_id: id,
@@ -210,6 +224,7 @@ impl MetaState {
                         version: 1,
                     },
                     replicas: replicas.clone(),
+                    replica_ids,
                 }
             })
             .collect();

@@ -14,7 +14,8 @@ where
     match e.forward_to_leader() {
         Some(f) => Error::NotLeader {
             partition: group,
-            leader: f.leader_id.map(NodeId),
+            // The member id is a replica id; the hint names the node it lives on.
+            leader: f.leader_node.as_ref().map(|m| NodeId(m.node)),
         },
         None => Error::Unavailable(format!("{group}: {e}")),
     }

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Every group (the metadata group 0 and one per partition) is an openraft instance of the
-//! single [`TypeConfig`]; its member ids are [`cairn_types::NodeId`] values. Log appends of
+//! single [`TypeConfig`]; its member ids are [`cairn_types::ReplicaId`] values, never reused
+//! within a group, and each member's [`Member`] data names the node it lives on, so there is
+//! still one connection per node pair. Log appends of
 //! all groups are made durable together by the [`Syncer`] (group commit); nothing is
 //! acknowledged before its entry is durable on a majority because openraft only counts an
 //! append once the [`Syncer`] has flushed it.
@@ -27,8 +29,36 @@ pub use config::{DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config};
 pub use error::from_raft;
 pub use log_store::{LogStore, Syncer};
 pub use network::{GroupNetwork, PeerNetwork, RaftRpc, serve_raft_rpc};
+
+/// A group member's node data: where the replica lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The node hosting the replica.
+    pub node: u64,
+    /// That node's gRPC address.
+    pub addr: String,
+}
+
+/// The node that hosts the leader, as `metrics` knows it.
+pub fn leader_node(metrics: &typ::Metrics) -> Option<cairn_types::NodeId> {
+    let leader = metrics.current_leader?;
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|m| cairn_types::NodeId(m.node))
+}
+
+/// The replica id of `node`'s member in `membership` (voter or learner).
+pub fn member_on(membership: &typ::Membership, node: cairn_types::NodeId) -> Option<u64> {
+    membership
+        .nodes()
+        .find(|(_, m)| m.node == node.0)
+        .map(|(id, _)| *id)
+}
 pub use state_machine::{
-    GroupStateMachine, PartitionView, SESSION_TTL_MS, SplitSink, split_allowed, split_seed_log_id,
+    GroupStateMachine, PartitionView, ReplicaRecord, SESSION_TTL_MS, SplitSink, split_allowed,
+    split_seed_log_id,
 };
 
 openraft::declare_raft_types!(
@@ -37,7 +67,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Reply,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Member,
         AsyncRuntime = runtime::CairnRuntime,
 );
 

@@ -1,20 +1,22 @@
 //! The multi-group Raft network: one gRPC channel per peer node carries the messages of
-//! every group (openraft-multi's [`GroupRouter`] binds a group id to each message).
+//! every group. Each message names its group and the replica it is for; a node hands it to
+//! its replica of that group only if that is the replica named, so a message meant for a
+//! replica the node once had (and destroyed) never reaches a newer one.
 //!
 //! Messages travel as postcard-encoded [`RaftRpc`] values inside the `Internal.Raft` call.
 
-use crate::{TypeConfig, typ};
+use crate::{Member, TypeConfig, typ};
 use cairn_proto::net::{SharedDialer, lazy_channel};
 use cairn_proto::v1::Envelope;
 use cairn_proto::v1::internal_client::InternalClient;
+use openraft::OptionalSend;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend};
-use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -24,45 +26,59 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// A Raft message for one group.
+/// A Raft message for one replica of one group.
 #[derive(Serialize, Deserialize)]
-pub enum RaftRpc {
+pub struct RaftRpc {
+    /// The group.
+    pub group: u64,
+    /// The replica (member id) it is for.
+    pub to: u64,
+    /// The message.
+    pub msg: RaftMsg,
+}
+
+/// The Raft messages.
+#[derive(Serialize, Deserialize)]
+pub enum RaftMsg {
     /// AppendEntries (also heartbeats).
-    Append(u64, AppendEntriesRequest<TypeConfig>),
+    Append(AppendEntriesRequest<TypeConfig>),
     /// RequestVote.
-    Vote(u64, VoteRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
     /// PreVote.
-    PreVote(u64, VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
     /// A whole snapshot.
-    Snapshot(u64, typ::Vote, typ::SnapshotMeta, Vec<u8>),
+    Snapshot(typ::Vote, typ::SnapshotMeta, Vec<u8>),
     /// The leader hands leadership to the receiver, which campaigns at once.
-    TransferLeader(u64, TransferLeaderRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 impl RaftRpc {
     /// The group the message is for.
     pub fn group(&self) -> u64 {
-        match self {
-            RaftRpc::Append(g, _)
-            | RaftRpc::Vote(g, _)
-            | RaftRpc::PreVote(g, _)
-            | RaftRpc::Snapshot(g, ..)
-            | RaftRpc::TransferLeader(g, _) => *g,
-        }
+        self.group
     }
 }
 
-/// Handles an incoming message on the replica `raft` and encodes its answer.
-pub async fn serve_raft_rpc(raft: &typ::Raft, rpc: RaftRpc) -> Vec<u8> {
+/// Handles an incoming message on the replica `raft` (whose member id is `me`) and encodes
+/// its answer. A message for another member id is refused: it was meant for an earlier
+/// replica of this group on this node.
+pub async fn serve_raft_rpc(raft: &typ::Raft, me: u64, rpc: RaftRpc) -> Vec<u8> {
     fn enc<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
         let r = r.map_err(|e| e.to_string());
         postcard::to_allocvec(&r).unwrap_or_default()
     }
-    match rpc {
-        RaftRpc::Append(_, req) => enc(raft.append_entries(req).await),
-        RaftRpc::Vote(_, req) => enc(raft.vote(req).await),
-        RaftRpc::PreVote(_, req) => enc(raft.pre_vote(req).await),
-        RaftRpc::Snapshot(_, vote, meta, data) => enc(raft
+    if rpc.to != me {
+        let r: Result<(), String> = Err(format!(
+            "group {} has replica {me} on this node, not {}",
+            rpc.group, rpc.to
+        ));
+        return postcard::to_allocvec(&r).unwrap_or_default();
+    }
+    match rpc.msg {
+        RaftMsg::Append(req) => enc(raft.append_entries(req).await),
+        RaftMsg::Vote(req) => enc(raft.vote(req).await),
+        RaftMsg::PreVote(req) => enc(raft.pre_vote(req).await),
+        RaftMsg::Snapshot(vote, meta, data) => enc(raft
             .install_full_snapshot(
                 vote,
                 typ::Snapshot {
@@ -71,7 +87,7 @@ pub async fn serve_raft_rpc(raft: &typ::Raft, rpc: RaftRpc) -> Vec<u8> {
                 },
             )
             .await),
-        RaftRpc::TransferLeader(_, req) => enc(raft.handle_transfer_leader(req).await),
+        RaftMsg::TransferLeader(req) => enc(raft.handle_transfer_leader(req).await),
     }
 }
 
@@ -181,72 +197,77 @@ impl PeerNetwork {
     }
 }
 
-impl GroupRouter<TypeConfig, u64> for PeerNetwork {
+/// The connection of one group's replica to one other member: the node it lives on and
+/// its member id, over the node's shared peer connections.
+pub struct ReplicaClient {
+    peers: PeerNetwork,
+    group: u64,
+    node: u64,
+    replica: u64,
+}
+
+impl ReplicaClient {
+    fn rpc(&self, msg: RaftMsg) -> RaftRpc {
+        RaftRpc {
+            group: self.group,
+            to: self.replica,
+            msg,
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for ReplicaClient {
     type SnapshotData = Vec<u8>;
 
     async fn append_entries(
-        &self,
-        target: u64,
-        group_id: u64,
+        &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(target, &RaftRpc::Append(group_id, rpc), option.hard_ttl())
-            .await
+        let rpc = self.rpc(RaftMsg::Append(rpc));
+        self.peers.call(self.node, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
-        &self,
-        target: u64,
-        group_id: u64,
+        &mut self,
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(target, &RaftRpc::Vote(group_id, rpc), option.hard_ttl())
-            .await
+        let rpc = self.rpc(RaftMsg::Vote(rpc));
+        self.peers.call(self.node, &rpc, option.hard_ttl()).await
     }
 
     async fn pre_vote(
-        &self,
-        target: u64,
-        group_id: u64,
+        &mut self,
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(target, &RaftRpc::PreVote(group_id, rpc), option.hard_ttl())
-            .await
+        let rpc = self.rpc(RaftMsg::PreVote(rpc));
+        self.peers.call(self.node, &rpc, option.hard_ttl()).await
     }
 
     async fn transfer_leader(
-        &self,
-        target: u64,
-        group_id: u64,
+        &mut self,
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(
-            target,
-            &RaftRpc::TransferLeader(group_id, req),
-            option.hard_ttl(),
-        )
-        .await
+        let rpc = self.rpc(RaftMsg::TransferLeader(req));
+        self.peers.call(self.node, &rpc, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
-        &self,
-        target: u64,
-        group_id: u64,
+        &mut self,
         vote: typ::Vote,
         snapshot: typ::Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let rpc = RaftRpc::Snapshot(group_id, vote, snapshot.meta, snapshot.snapshot);
+        let rpc = self.rpc(RaftMsg::Snapshot(vote, snapshot.meta, snapshot.snapshot));
         tokio::select! {
             // Fixed order: tokio's random pick would make a simulation unrepeatable.
             biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = self.call::<SnapshotResponse<TypeConfig>>(target, &rpc, option.hard_ttl()) => r.map_err(|e| match e {
+            r = self.peers.call::<SnapshotResponse<TypeConfig>>(self.node, &rpc, option.hard_ttl()) => r.map_err(|e| match e {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 RPCError::Timeout(t) => StreamingError::Timeout(t),
                 other => StreamingError::Network(NetworkError::new(&other)),
@@ -264,10 +285,15 @@ pub struct GroupNetwork {
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
-    type Network = GroupNetworkAdapter<TypeConfig, u64, PeerNetwork>;
+    type Network = ReplicaClient;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
-        self.peers.set_addr(target, &node.addr);
-        GroupNetworkAdapter::new(self.peers.clone(), target, self.group)
+    async fn new_client(&mut self, target: u64, member: &Member) -> Self::Network {
+        self.peers.set_addr(member.node, &member.addr);
+        ReplicaClient {
+            peers: self.peers.clone(),
+            group: self.group,
+            node: member.node,
+            replica: target,
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::log_store::{decode, encode, read};
 use crate::{Command, KvCommand, KvOp, Reply, TypeConfig, typ};
 use cairn_meta::MetaState;
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
-use cairn_types::{ClientId, Epoch, Error, PartitionDesc, PartitionId, TableId};
+use cairn_types::{ClientId, Epoch, Error, PartitionDesc, PartitionId, ReplicaId, TableId};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -183,6 +183,18 @@ pub struct GroupStateMachine {
     kind: Kind,
     current: Option<typ::Snapshot>,
     splits: Option<SplitSink>,
+    /// This replica's member id; a split's right half gets the same on this node.
+    me: ReplicaId,
+}
+
+/// What a node records about each replica it hosts (under [`keys::local_replica`]), so it
+/// reopens them after a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// The descriptor it was opened with (the applied one rules once it has applied any).
+    pub desc: PartitionDesc,
+    /// Its member id in the group.
+    pub replica: ReplicaId,
 }
 
 impl GroupStateMachine {
@@ -194,12 +206,15 @@ impl GroupStateMachine {
             kind,
             current: None,
             splits: None,
+            me: ReplicaId::default(),
         }
     }
 
-    /// Sends the right half of each applied split to `sink`.
-    pub fn on_split(mut self, sink: SplitSink) -> Self {
+    /// Sends the right half of each applied split to `sink`; `me` is this replica's member
+    /// id, which the right half's replica on this node keeps.
+    pub fn on_split(mut self, sink: SplitSink, me: ReplicaId) -> Self {
         self.splits = Some(sink);
+        self.me = me;
         self
     }
 
@@ -325,6 +340,7 @@ impl GroupStateMachine {
     #[allow(clippy::too_many_arguments)]
     fn apply_split(
         engine: &SharedEngine,
+        me: ReplicaId,
         applied: &mut Applied,
         view: &PartitionView,
         sessions: &HashMap<ClientId, Session>,
@@ -377,11 +393,11 @@ impl GroupStateMachine {
                 desc: Some(right_desc.clone()),
                 last_split: None,
             };
-            batch.put(
-                Space::Local,
-                keys::local_replica(right),
-                encode(&right_desc)?,
-            );
+            let record = ReplicaRecord {
+                desc: right_desc.clone(),
+                replica: me,
+            };
+            batch.put(Space::Local, keys::local_replica(right), encode(&record)?);
             batch.put(Space::Data, keys::group_applied(right), encode(&seeded)?);
             for (client, s) in sessions {
                 batch.put(Space::Data, keys::group_session(right, *client), encode(s)?);
@@ -397,7 +413,15 @@ impl GroupStateMachine {
     /// Keeps the descriptor's replicas and `conf_ver` in step with an applied membership.
     fn apply_membership(applied: &mut Applied, view: &PartitionView, m: &typ::Membership) {
         let mut desc = view.desc();
-        let voters: Vec<cairn_types::NodeId> = m.voter_ids().map(cairn_types::NodeId).collect();
+        // Member ids are replica ids; the node each lives on is in its member data.
+        let members: Vec<(cairn_types::NodeId, cairn_types::ReplicaId)> = m
+            .voter_ids()
+            .filter_map(|r| {
+                m.get_node(&r)
+                    .map(|mb| (cairn_types::NodeId(mb.node), cairn_types::ReplicaId(r)))
+            })
+            .collect();
+        let voters: Vec<cairn_types::NodeId> = members.iter().map(|(n, _)| *n).collect();
         // The group's first membership is the one the descriptor was created with.
         if applied.membership.log_id().is_some() && applied.membership.membership() != m {
             desc.epoch.conf_ver += 1;
@@ -417,6 +441,7 @@ impl GroupStateMachine {
                 .filter(|n| !desc.replicas.contains(n)),
         );
         desc.replicas = replicas;
+        desc.replica_ids = members.into_iter().collect();
         applied.desc = Some(desc.clone());
         view.set_desc(desc);
     }
@@ -532,6 +557,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     ) => {
                         let r = Self::apply_split(
                             &self.engine,
+                            self.me,
                             &mut self.applied,
                             view,
                             sessions,

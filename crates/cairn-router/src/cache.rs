@@ -61,12 +61,21 @@ impl RouteCache {
     }
 
     /// Takes in descriptors a replica answered with (`EpochMismatch`): newer ones replace
-    /// the cached ones and new partitions are added. Returns whether the route changed; if
-    /// not, the caller should refresh it from the metadata group.
+    /// the cached ones and new partitions are added. Returns whether the route changed and
+    /// still tiles the key space; if not (say the replica was split twice and names only its
+    /// last right half), the route is dropped and the caller should fetch it again.
     pub fn merge(&self, table: &str, descs: &[PartitionDesc]) -> bool {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-        t.get_mut(table)
-            .is_some_and(|r| r.table.merge_partitions(descs))
+        let Some(r) = t.get_mut(table) else {
+            return false;
+        };
+        let mut patched = r.table.clone();
+        if patched.merge_partitions(descs) && patched.tiles() {
+            r.table = patched;
+            return true;
+        }
+        t.remove(table);
+        false
     }
 
     /// Records that `leader` leads `partition` of `table`.
@@ -104,6 +113,10 @@ mod tests {
                     version: 1,
                 },
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+                replica_ids: vec![NodeId(1), NodeId(2), NodeId(3)]
+                    .into_iter()
+                    .map(|n| (n, cairn_types::ReplicaId(n.0)))
+                    .collect(),
             })
             .collect();
         let table = TableDesc {
@@ -141,6 +154,45 @@ mod tests {
         c.clear_leader("t", PartitionId(1));
         assert_eq!(c.get("t").unwrap().leaders.get(&PartitionId(1)), None);
         c.invalidate("t");
+        assert!(c.get("t").is_none());
+    }
+
+    #[test]
+    fn merge_patches_a_split_and_drops_a_route_with_a_gap() {
+        let c = RouteCache::new();
+        c.insert(route());
+        let p2 = c.get("t").unwrap().table.partitions[1].clone();
+        let (l, r) = p2.range.split_at(b"t").unwrap();
+        let epoch = Epoch {
+            version: 2,
+            ..p2.epoch
+        };
+        let left = PartitionDesc {
+            range: l,
+            epoch,
+            ..p2.clone()
+        };
+        let right = PartitionDesc {
+            id: PartitionId(9),
+            range: r,
+            epoch,
+            ..p2.clone()
+        };
+        assert!(c.merge("t", &[left.clone(), right]));
+        let t = c.get("t").unwrap();
+        assert_eq!(t.locate(b"x").map(|(p, _)| p.id), Some(PartitionId(9)));
+        assert_eq!(t.locate(b"p").map(|(p, _)| p.id), Some(PartitionId(2)));
+        // Split again, but only the left half is named: the route would have a gap.
+        let (l2, _) = left.range.split_at(b"q").unwrap();
+        let left2 = PartitionDesc {
+            range: l2,
+            epoch: Epoch {
+                version: 3,
+                ..epoch
+            },
+            ..left
+        };
+        assert!(!c.merge("t", &[left2]));
         assert!(c.get("t").is_none());
     }
 }

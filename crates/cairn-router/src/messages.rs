@@ -3,8 +3,8 @@
 
 use crate::TableRoute;
 use cairn_types::{
-    Epoch, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, RequestId, TableDesc,
-    TableId,
+    Epoch, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, ReplicaId, RequestId,
+    TableDesc, TableId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -162,6 +162,8 @@ pub enum PartitionOp {
         desc: PartitionDesc,
         /// Its replica nodes.
         members: Vec<NodeDesc>,
+        /// This node's replica id in the group.
+        replica: ReplicaId,
         /// Form the group with `desc.replicas` if the replica is pristine. Only CreateTable
         /// sets it: a split's right half or a new learner must never start a group.
         bootstrap: bool,

@@ -145,9 +145,19 @@ impl<T: Transport> Router<T> {
         loop {
             let route = self.route(table, deadline).await?;
             let Some(part) = pick(&route) else {
-                return Err(Error::Internal(format!(
-                    "table {table} has no partition for the request"
-                )));
+                // A route caught between a split's halves (one recorded, the other not yet):
+                // fetch it again until the metadata has both.
+                self.cache.invalidate(table);
+                last_err = Error::Unavailable(format!(
+                    "the route of table {table} has a gap where a split is being recorded"
+                ));
+                let pause = backoff(attempt);
+                if Instant::now() + pause >= deadline {
+                    return Err(last_err);
+                }
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+                continue;
             };
             let hint = route.leaders.get(&part.id).copied();
             // Try the hinted leader first, then the other replicas in turn.

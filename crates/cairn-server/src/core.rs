@@ -3,18 +3,18 @@
 use crate::metrics::Metrics;
 use cairn_meta::MetaState;
 use cairn_raft::{
-    Command, GroupNetwork, GroupStateMachine, KvCommand, KvOp, LogStore, PartitionView,
-    PeerNetwork, Reply, SplitSink, Syncer, data_group_config, from_raft, meta_group_config,
-    split_allowed, typ,
+    Command, GroupNetwork, GroupStateMachine, KvCommand, KvOp, LogStore, Member, PartitionView,
+    PeerNetwork, ReplicaRecord, Reply, SplitSink, Syncer, data_group_config, from_raft,
+    leader_node, member_on, meta_group_config, split_allowed, typ,
 };
 use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_types::{
     Error, Limits, META_GROUP, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus,
-    Result,
+    ReplicaId, Result,
 };
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ReadPolicy, ServerState};
+use openraft::{ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +27,8 @@ const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(6);
 /// One hosted replica of a partition.
 #[derive(Clone)]
 pub(crate) struct Replica {
+    /// This replica's member id in its group.
+    pub(crate) id: ReplicaId,
     pub(crate) raft: typ::Raft,
     pub(crate) view: PartitionView,
     log: LogStore,
@@ -104,10 +106,18 @@ impl Core {
             .await
             .map_err(io_err)?;
         if !raft.is_initialized().await.map_err(io_err)? {
-            let members: BTreeMap<u64, BasicNode> = identity
+            // The founding members use their node ids as replica ids (no metadata exists yet
+            // to allocate from).
+            let members: BTreeMap<u64, Member> = identity
                 .meta_members
                 .iter()
-                .map(|(n, a)| (n.0, BasicNode { addr: a.clone() }))
+                .map(|(n, a)| {
+                    let m = Member {
+                        node: n.0,
+                        addr: a.clone(),
+                    };
+                    (n.0, m)
+                })
                 .collect();
             // Every initial member initializes with the same membership; openraft allows it.
             if let Err(e) = raft.initialize(members).await {
@@ -118,7 +128,7 @@ impl Core {
     }
 
     /// Replicas recorded in the engine by an earlier run.
-    pub(crate) fn recorded_replicas(&self) -> Result<Vec<PartitionDesc>> {
+    pub(crate) fn recorded_replicas(&self) -> Result<Vec<ReplicaRecord>> {
         let (s, e) = keys::local_replicas_range();
         let rows = self
             .engine
@@ -141,6 +151,7 @@ impl Core {
         desc: &PartitionDesc,
         members: &[NodeDesc],
         bootstrap: bool,
+        id: ReplicaId,
     ) -> Result<Replica> {
         if let Some(r) = self.replica(desc.id) {
             return Ok(r);
@@ -152,7 +163,11 @@ impl Core {
         for m in members {
             self.peers.set_addr(m.id.0, &m.addr);
         }
-        let record = postcard::to_allocvec(desc).map_err(io_err)?;
+        let record = ReplicaRecord {
+            desc: desc.clone(),
+            replica: id,
+        };
+        let record = postcard::to_allocvec(&record).map_err(io_err)?;
         let mut b = WriteBatch::new();
         b.put(Space::Local, keys::local_replica(desc.id), record);
         self.engine.write(b)?;
@@ -160,14 +175,14 @@ impl Core {
 
         let (sm, view) =
             GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
-        let sm = sm.on_split(self.splits.clone());
+        let sm = sm.on_split(self.splits.clone(), id);
         let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone());
         let net = GroupNetwork {
             peers: self.peers.clone(),
             group: desc.id.0,
         };
         let raft = typ::Raft::new(
-            self.id.0,
+            id.0,
             data_group_config(self.snapshot_logs),
             net,
             log.clone(),
@@ -181,7 +196,12 @@ impl Core {
         {
             self.bootstrap_group(&raft, desc);
         }
-        let replica = Replica { raft, view, log };
+        let replica = Replica {
+            id,
+            raft,
+            view,
+            log,
+        };
         self.replicas
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -207,10 +227,14 @@ impl Core {
                     Ok(false) => {}
                     _ => return,
                 }
-                let voters: Option<BTreeMap<u64, BasicNode>> = desc
+                let voters: Option<BTreeMap<u64, Member>> = desc
                     .replicas
                     .iter()
-                    .map(|n| peers.addr(n.0).map(|addr| (n.0, BasicNode { addr })))
+                    .map(|n| {
+                        let rid = desc.replica_on(*n)?;
+                        let addr = peers.addr(n.0)?;
+                        Some((rid.0, Member { node: n.0, addr }))
+                    })
                     .collect();
                 match voters {
                     Some(v) => {
@@ -227,9 +251,9 @@ impl Core {
 
     /// Reopens the replicas recorded in the engine (after a restart).
     pub(crate) async fn reopen_recorded(&self) -> Result<()> {
-        for desc in self.recorded_replicas()? {
-            if let Err(e) = self.open_replica(&desc, &[], false).await {
-                tracing::error!(partition = %desc.id, "cannot reopen replica: {e}");
+        for r in self.recorded_replicas()? {
+            if let Err(e) = self.open_replica(&r.desc, &[], false, r.replica).await {
+                tracing::error!(partition = %r.desc.id, "cannot reopen replica: {e}");
             }
         }
         Ok(())
@@ -272,7 +296,10 @@ impl Core {
     /// the right half campaigns at once rather than after an election timeout, retrying
     /// while the other replicas have not applied the split yet.
     pub(crate) async fn open_split(&self, left: PartitionId, right: PartitionDesc) {
-        let r = match self.open_replica(&right, &[], false).await {
+        let Some(id) = right.replica_on(self.id) else {
+            return;
+        };
+        let r = match self.open_replica(&right, &[], false, id).await {
             Ok(r) => r,
             Err(e) => {
                 // The seed is recorded; the next start or reconcile opens it.
@@ -329,7 +356,7 @@ impl Core {
                 let m = r.raft.metrics().borrow_watched().clone();
                 PartitionStatus {
                     partition: *id,
-                    leader: m.current_leader.map(NodeId),
+                    leader: leader_node(&m),
                     term: m.current_term,
                 }
             })
@@ -437,36 +464,33 @@ impl Core {
     async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<PartitionReply> {
         let desc = replica.view.desc();
         let m = replica.raft.metrics().borrow_watched().clone();
-        if m.current_leader == Some(to.0) {
+        if leader_node(&m) == Some(to) {
             return Ok(PartitionReply::Leader(Some(to)));
         }
         if m.state != ServerState::Leader {
             return Err(Error::NotLeader {
                 partition: desc.id,
-                leader: m.current_leader.map(NodeId),
+                leader: leader_node(&m),
             });
         }
-        if !m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == to.0)
-        {
+        let membership = m.membership_config.membership();
+        let target = member_on(membership, to).filter(|r| membership.voter_ids().any(|v| v == *r));
+        let Some(target) = target else {
             return Err(Error::Conflict(format!(
                 "{to} holds no voting replica of {}; its replicas are on {:?}",
                 desc.id, desc.replicas
             )));
-        }
+        };
         replica
             .raft
             .trigger()
-            .transfer_leader(to.0)
+            .transfer_leader(target)
             .await
             .map_err(|e| Error::Unavailable(format!("{}: {e}", desc.id)))?;
         replica
             .raft
             .wait(Some(TRANSFER_TIMEOUT))
-            .metrics(|m| m.current_leader == Some(to.0), "leadership transferred")
+            .metrics(|m| m.current_leader == Some(target), "leadership transferred")
             .await
             .map_err(|e| {
                 Error::Unavailable(format!(
@@ -484,9 +508,11 @@ impl Core {
             desc,
             members,
             bootstrap,
+            replica,
         } = &req.op
         {
-            self.open_replica(desc, members, *bootstrap).await?;
+            self.open_replica(desc, members, *bootstrap, *replica)
+                .await?;
             return Ok(PartitionReply::Done);
         }
         let PartitionRequest {
@@ -552,14 +578,9 @@ impl Core {
                     limit as usize,
                 )?))
             }
-            PartitionOp::Leader => Ok(PartitionReply::Leader(
-                replica
-                    .raft
-                    .metrics()
-                    .borrow_watched()
-                    .current_leader
-                    .map(NodeId),
-            )),
+            PartitionOp::Leader => Ok(PartitionReply::Leader(leader_node(
+                &replica.raft.metrics().borrow_watched(),
+            ))),
             PartitionOp::Open { .. } => Ok(PartitionReply::Done),
             PartitionOp::Split { key, right } => {
                 self.limits.check_key(&key)?;

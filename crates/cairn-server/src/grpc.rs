@@ -366,16 +366,21 @@ impl internal_server::Internal for Internal {
     async fn raft(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let rpc: RaftRpc = decode(req.get_ref()).map_err(status)?;
         let group = PartitionId(rpc.group());
+        // The metadata group's founding members use their node ids as replica ids.
         let raft = if group == META_GROUP {
-            self.0.core.meta.as_ref().map(|m| m.raft.clone())
+            self.0
+                .core
+                .meta
+                .as_ref()
+                .map(|m| (m.raft.clone(), self.0.id().0))
         } else {
-            self.0.core.replica(group).map(|r| r.raft)
+            self.0.core.replica(group).map(|r| (r.raft, r.id.0))
         };
-        let raft = raft.ok_or_else(|| {
+        let (raft, me) = raft.ok_or_else(|| {
             Status::not_found(format!("{group} has no replica on node {}", self.0.id()))
         })?;
         Ok(Response::new(Envelope {
-            payload: serve_raft_rpc(&raft, rpc).await,
+            payload: serve_raft_rpc(&raft, me, rpc).await,
         }))
     }
 

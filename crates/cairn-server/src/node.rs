@@ -333,11 +333,10 @@ impl Node {
             .values()
             .map(|r| {
                 let m = r.raft.metrics().borrow_watched().clone();
-                let voters = m
-                    .membership_config
-                    .membership()
+                let membership = m.membership_config.membership();
+                let voters = membership
                     .voter_ids()
-                    .map(NodeId)
+                    .filter_map(|r| membership.get_node(&r).map(|mb| NodeId(mb.node)))
                     .collect();
                 let leads = m.state == openraft::ServerState::Leader;
                 (r.view.desc(), voters, leads)
@@ -431,6 +430,7 @@ impl Node {
                         desc: p.clone(),
                         members: members.clone(),
                         bootstrap: true,
+                        replica: p.replica_on(*n).unwrap_or_default(),
                     },
                 };
                 transport.partition(*n, req)
@@ -733,7 +733,10 @@ impl Node {
             // A partition never changed since CreateTable whose creator died before opening
             // it: its preferred leader forms the group, as CreateTable would have.
             let bootstrap = desc.replicas.first() == Some(&self.core.id);
-            if let Err(e) = self.core.open_replica(desc, members, bootstrap).await {
+            let Some(id) = desc.replica_on(self.core.id) else {
+                continue;
+            };
+            if let Err(e) = self.core.open_replica(desc, members, bootstrap, id).await {
                 tracing::warn!(partition = %desc.id, "reconcile could not open replica: {e}");
             }
         }

@@ -35,6 +35,14 @@ id_type!(
     "p"
 );
 id_type!(
+    /// One replica of one group: openraft's member id inside that group. Allocated by the
+    /// metadata group and never reused within a group, so a node that leaves a group and
+    /// comes back joins as a new member that no old log entry names (the node it lives on
+    /// travels in the member's node data).
+    ReplicaId,
+    "r"
+);
+id_type!(
     /// A table; its data lives in the engine under a prefix made of this id.
     TableId,
     "t"
@@ -44,6 +52,11 @@ id_type!(
     ClientId,
     "c"
 );
+
+/// Replica ids handed out by the metadata group start here. Below it, a replica id is its
+/// node's id: the founding members of the metadata group (formed before any metadata
+/// exists to allocate from) use their node ids, and node ids are kept below this bound.
+pub const FIRST_REPLICA_ID: u64 = 1 << 32;
 
 /// The Raft group that holds the cluster metadata (tables, partitions, nodes).
 pub const META_GROUP: PartitionId = PartitionId(0);

@@ -13,7 +13,9 @@ mod range;
 mod session;
 
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{ClientId, META_GROUP, NodeId, PartitionId, RequestId, TableId};
+pub use ids::{
+    ClientId, FIRST_REPLICA_ID, META_GROUP, NodeId, PartitionId, ReplicaId, RequestId, TableId,
+};
 pub use limits::{Limits, validate_table_name};
 pub use model::{
     DEFAULT_REPLICATION, NodeDesc, PartitionDesc, PartitionStatus, TableDesc, TableState,

@@ -1,7 +1,8 @@
 //! Descriptors of tables, partitions and nodes as the metadata group records them.
 
-use crate::{Epoch, KeyRange, NodeId, PartitionId, TableId};
+use crate::{Epoch, KeyRange, NodeId, PartitionId, ReplicaId, TableId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Replication factor used when a table is created without one.
 pub const DEFAULT_REPLICATION: u32 = 3;
@@ -90,8 +91,17 @@ pub struct PartitionDesc {
     pub range: KeyRange,
     /// Shape version; see [`Epoch`].
     pub epoch: Epoch,
-    /// Nodes holding a replica; the first is the preferred leader.
+    /// Nodes holding a voting replica; the first is the preferred leader.
     pub replicas: Vec<NodeId>,
+    /// The replica id (the group's member id) of each node's replica.
+    pub replica_ids: BTreeMap<NodeId, ReplicaId>,
+}
+
+impl PartitionDesc {
+    /// The id of `node`'s replica, if it holds one.
+    pub fn replica_on(&self, node: NodeId) -> Option<ReplicaId> {
+        self.replica_ids.get(&node).copied()
+    }
 }
 
 /// A node as registered in the metadata group.
@@ -134,6 +144,7 @@ mod tests {
                 version,
             },
             replicas: vec![NodeId(1)],
+            replica_ids: BTreeMap::from([(NodeId(1), ReplicaId(7))]),
         }
     }
 

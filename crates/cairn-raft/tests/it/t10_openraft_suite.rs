@@ -16,6 +16,10 @@ fn desc() -> PartitionDesc {
             version: 1,
         },
         replicas: vec![NodeId(1)],
+        replica_ids: vec![NodeId(1)]
+            .into_iter()
+            .map(|n| (n, cairn_types::ReplicaId(n.0)))
+            .collect(),
     }
 }
 

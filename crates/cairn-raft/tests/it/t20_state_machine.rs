@@ -19,6 +19,10 @@ fn desc(range: KeyRange) -> PartitionDesc {
             version: 1,
         },
         replicas: vec![NodeId(1)],
+        replica_ids: vec![NodeId(1)]
+            .into_iter()
+            .map(|n| (n, cairn_types::ReplicaId(n.0)))
+            .collect(),
     }
 }
 
@@ -244,7 +248,15 @@ fn split(index: u64, key: &str, right: u64, version: u64) -> typ::Entry {
 }
 
 fn membership(index: u64) -> typ::Entry {
-    let m = typ::Membership::new_with_defaults(vec![std::collections::BTreeSet::from([1u64])], []);
+    let member = cairn_raft::Member {
+        node: 1,
+        addr: "n1:7001".into(),
+    };
+    let m = typ::Membership::new(
+        vec![std::collections::BTreeSet::from([1u64])],
+        std::collections::BTreeMap::from([(1u64, member)]),
+    )
+    .unwrap();
     typ::Entry {
         log_id: openraft::testing::log_id::<cairn_raft::TypeConfig>(1, 1, index),
         payload: EntryPayload::Membership(m),
@@ -260,7 +272,7 @@ async fn t25_split_seeds_the_right_half() {
     let engine: SharedEngine = Arc::new(MemEngine::new());
     let (sm, left) = open(&engine, KeyRange::full());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sm = sm.on_split(tx);
+    let mut sm = sm.on_split(tx, cairn_types::ReplicaId(1));
     apply(
         &mut sm,
         vec![

@@ -44,6 +44,10 @@ fn table(epoch_version: u64, splits: &[&str]) -> TableDesc {
                 version: epoch_version,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            replica_ids: vec![NodeId(1), NodeId(2), NodeId(3)]
+                .into_iter()
+                .map(|n| (n, cairn_types::ReplicaId(n.0)))
+                .collect(),
         })
         .collect();
     TableDesc {
