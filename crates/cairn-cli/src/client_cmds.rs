@@ -314,6 +314,20 @@ enum AdminCmd {
         /// The first key of the new right half (raw bytes of the argument).
         key: String,
     },
+    /// Moves a partition's replica from node FROM to node TO, showing progress until done.
+    Move {
+        /// Partition id (`cairn table describe` lists them).
+        partition: u64,
+        /// The node giving its replica up.
+        from: u64,
+        /// The node receiving the new replica.
+        to: u64,
+        /// Return once the move is recorded; `cairn admin operations` shows its progress.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Running and recent layout operations (moves), newest first.
+    Operations,
     /// Moves a partition's leadership to its replica on NODE.
     TransferLeader {
         /// Partition id (`cairn table describe` lists them).
@@ -373,6 +387,74 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                 replication: 0,
                 partitions: vec![left, right],
             });
+        }
+        AdminCmd::Move {
+            partition,
+            from,
+            to,
+            no_wait,
+        } => {
+            let op = c.move_replica(partition, from, to).await.map_err(fail)?;
+            println!(
+                "operation {}: move partition {partition} from node {from} to node {to}",
+                op.id
+            );
+            if no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let Some(now) = c
+                    .operations()
+                    .await
+                    .map_err(fail)?
+                    .into_iter()
+                    .find(|o| o.id == op.id)
+                else {
+                    anyhow::bail!(
+                        "operation {} is no longer listed; see `cairn admin operations`",
+                        op.id
+                    );
+                };
+                let line = match &now.error {
+                    Some(e) => format!("{}: {} (retrying after: {e})", now.state, now.step),
+                    None => format!("{}: {}", now.state, now.step),
+                };
+                if line != last {
+                    println!("  {line}");
+                    last = line;
+                }
+                match now.state.as_str() {
+                    "running" => continue,
+                    "done" => return Ok(ExitCode::SUCCESS),
+                    _ => anyhow::bail!(
+                        "the move was rolled back: {}; the partition is as it was",
+                        now.error.unwrap_or_default()
+                    ),
+                }
+            }
+        }
+        AdminCmd::Operations => {
+            println!(
+                "{:<6} {:<6} {:<10} {:<6} {:<6} {:<12} STEP",
+                "ID", "KIND", "PARTITION", "FROM", "TO", "STATE"
+            );
+            for o in c.operations().await.map_err(fail)? {
+                println!(
+                    "{:<6} {:<6} {:<10} {:<6} {:<6} {:<12} {}{}",
+                    o.id,
+                    o.kind,
+                    o.partition,
+                    o.from,
+                    o.to,
+                    o.state,
+                    o.step,
+                    o.error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                );
+            }
         }
         AdminCmd::TransferLeader { partition, node } => {
             c.transfer_leader(partition, node).await.map_err(fail)?;

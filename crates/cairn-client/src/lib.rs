@@ -75,6 +75,40 @@ pub struct PartitionInfo {
     pub leader: Option<u64>,
 }
 
+/// A layout operation as the metadata records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationInfo {
+    /// Operation id.
+    pub id: u64,
+    /// What it does ("move").
+    pub kind: String,
+    /// The partition it changes.
+    pub partition: u64,
+    /// "running", "done" or "rolled_back".
+    pub state: String,
+    /// The step it is at, in words.
+    pub step: String,
+    /// The last error seen, if any.
+    pub error: Option<String>,
+    /// The node giving its replica up.
+    pub from: u64,
+    /// The node receiving one.
+    pub to: u64,
+}
+
+fn operation_info(o: pb::Operation) -> OperationInfo {
+    OperationInfo {
+        id: o.id,
+        kind: o.kind,
+        partition: o.partition,
+        state: o.state,
+        step: o.step,
+        error: (!o.error.is_empty()).then_some(o.error),
+        from: o.from,
+        to: o.to,
+    }
+}
+
 /// Options of [`Client::list`].
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
@@ -598,6 +632,39 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Starts moving `partition`'s replica from node `from` to node `to`; returns the
+    /// operation at once ([`Client::operations`] shows its progress).
+    pub async fn move_replica(&self, partition: u64, from: u64, to: u64) -> Result<OperationInfo> {
+        let req = pb::MoveRequest {
+            partition,
+            from,
+            to,
+        };
+        let r = self
+            .retry(|ch, _| async move { AdminClient::new(ch).r#move(req).await })
+            .await?
+            .into_inner();
+        r.operation.map(operation_info).ok_or_else(|| {
+            Error::new(
+                ErrorCode::Internal,
+                "the server answered a move without its operation",
+            )
+        })
+    }
+
+    /// Running and recent operations, newest first.
+    pub async fn operations(&self) -> Result<Vec<OperationInfo>> {
+        let r = self
+            .retry(|ch, _| async move {
+                AdminClient::new(ch)
+                    .operations(pb::OperationsRequest {})
+                    .await
+            })
+            .await?
+            .into_inner();
+        Ok(r.operations.into_iter().map(operation_info).collect())
     }
 
     /// Moves leadership of `partition` to its replica on node `to`; returns once it leads.

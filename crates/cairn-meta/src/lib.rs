@@ -10,4 +10,5 @@
 pub mod placement;
 mod state;
 
+pub use cairn_types::{KEEP_FINISHED, OpKind, OpState, Operation};
 pub use state::{MetaCommand, MetaResponse, MetaState, Reconcile, validate_split_keys};

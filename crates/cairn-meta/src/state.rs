@@ -1,5 +1,6 @@
 //! The replicated metadata state and its commands.
 
+use crate::{KEEP_FINISHED, OpKind, OpState, Operation};
 use cairn_types::{
     Epoch, Error, FIRST_REPLICA_ID, KeyRange, NodeDesc, NodeId, PartitionDesc, PartitionId,
     ReplicaId, TableDesc, TableId, TableState, validate_table_name,
@@ -20,6 +21,10 @@ pub struct MetaState {
     pub tables: BTreeMap<String, TableDesc>,
     /// Registered nodes.
     pub nodes: BTreeMap<NodeId, NodeDesc>,
+    /// Running operations and the most recent finished ones, by id.
+    pub operations: BTreeMap<u64, Operation>,
+    /// Next operation id to hand out.
+    pub next_operation_id: u64,
 }
 
 /// A change to the metadata, proposed through the metadata group.
@@ -56,6 +61,31 @@ pub enum MetaCommand {
         /// The descriptors, as applied by their groups.
         descs: Vec<PartitionDesc>,
     },
+    /// Starts moving `partition`'s replica from node `from` to node `to`, with a fresh
+    /// replica id. Refused while another operation on the partition runs.
+    StartMove {
+        /// The partition.
+        partition: PartitionId,
+        /// The node giving its replica up.
+        from: NodeId,
+        /// The node receiving one.
+        to: NodeId,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Records progress or the end of an operation.
+    UpdateOperation {
+        /// The operation.
+        id: u64,
+        /// Its new state.
+        state: OpState,
+        /// The step reached.
+        step: String,
+        /// The last error, if any.
+        error: Option<String>,
+        /// The proposer's clock.
+        now_ms: u64,
+    },
 }
 
 /// The outcome of applying a [`MetaCommand`].
@@ -67,6 +97,8 @@ pub enum MetaResponse {
     Table(TableDesc),
     /// The first of the ids reserved by [`MetaCommand::AllocPartitionIds`].
     Ids(u64),
+    /// The operation as started or updated.
+    Operation(Operation),
     /// Refused; nothing changed.
     Refused(Error),
 }
@@ -98,6 +130,37 @@ impl MetaState {
                 self.next_partition_id += count;
                 MetaResponse::Ids(first)
             }
+            MetaCommand::StartMove {
+                partition,
+                from,
+                to,
+                now_ms,
+            } => match self.start_move(*partition, *from, *to, *now_ms) {
+                Ok(op) => MetaResponse::Operation(op),
+                Err(e) => MetaResponse::Refused(e),
+            },
+            MetaCommand::UpdateOperation {
+                id,
+                state,
+                step,
+                error,
+                now_ms,
+            } => {
+                let Some(op) = self.operations.get_mut(id) else {
+                    return MetaResponse::Refused(Error::NotFound(format!("operation {id}")));
+                };
+                if op.state != OpState::Running {
+                    // A late update from a deposed executor; the outcome is final.
+                    return MetaResponse::Operation(op.clone());
+                }
+                op.state = *state;
+                op.step = step.clone();
+                op.error = error.clone();
+                op.updated_ms = *now_ms;
+                let op = op.clone();
+                self.forget_old_operations();
+                MetaResponse::Operation(op)
+            }
             MetaCommand::UpdatePartitions { descs } => {
                 for t in self.tables.values_mut() {
                     t.merge_partitions(descs);
@@ -107,6 +170,89 @@ impl MetaState {
                 }
                 MetaResponse::Done
             }
+        }
+    }
+
+    fn start_move(
+        &mut self,
+        partition: PartitionId,
+        from: NodeId,
+        to: NodeId,
+        now_ms: u64,
+    ) -> Result<Operation, Error> {
+        let Some((table, p)) = self.partition(partition) else {
+            return Err(Error::NotFound(format!(
+                "partition {partition}; `cairn table describe` lists a table's partitions"
+            )));
+        };
+        let table = table.id;
+        let (from_here, to_here) = (p.replicas.contains(&from), p.replicas.contains(&to));
+        for n in [from, to] {
+            if !self.nodes.contains_key(&n) {
+                return Err(Error::NotFound(format!(
+                    "node {n} is not part of the cluster; `cairn admin nodes` lists the nodes"
+                )));
+            }
+        }
+        if from == to {
+            return Err(Error::InvalidArgument(
+                "a move needs two different nodes".into(),
+            ));
+        }
+        if !from_here {
+            return Err(Error::Conflict(format!(
+                "{from} holds no replica of {partition}"
+            )));
+        }
+        if to_here {
+            return Err(Error::Conflict(format!(
+                "{to} already holds a replica of {partition}"
+            )));
+        }
+        if let Some(op) = self.running_on(partition) {
+            return Err(Error::Conflict(format!(
+                "operation {} ({}) on {partition} is still running; wait for it (`cairn admin operations`)",
+                op.id,
+                op.kind.name()
+            )));
+        }
+        let replica = self.alloc_replica_id();
+        self.next_operation_id = self.next_operation_id.max(1);
+        let op = Operation {
+            id: self.next_operation_id,
+            kind: OpKind::Move { from, to, replica },
+            partition,
+            table,
+            state: OpState::Running,
+            step: "started".into(),
+            error: None,
+            started_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        self.next_operation_id += 1;
+        self.operations.insert(op.id, op.clone());
+        Ok(op)
+    }
+
+    /// The running operation on `partition`, if any.
+    pub fn running_on(&self, partition: PartitionId) -> Option<&Operation> {
+        self.operations
+            .values()
+            .find(|o| o.partition == partition && o.state == OpState::Running)
+    }
+
+    fn forget_old_operations(&mut self) {
+        let finished: Vec<u64> = self
+            .operations
+            .values()
+            .filter(|o| o.state != OpState::Running)
+            .map(|o| o.id)
+            .collect();
+        for id in finished
+            .iter()
+            .take(finished.len().saturating_sub(KEEP_FINISHED))
+        {
+            self.operations.remove(id);
         }
     }
 
@@ -145,20 +291,34 @@ impl MetaState {
             .collect()
     }
 
-    /// What `node`, hosting the replicas `hosted` (their descriptors as applied there),
-    /// should open and destroy. See [`Reconcile`].
-    pub fn reconcile(&self, node: NodeId, hosted: &[PartitionDesc]) -> Reconcile {
+    /// What `node`, hosting the replicas `hosted` (their descriptors as applied there, and
+    /// their replica ids), should open and destroy. See [`Reconcile`].
+    pub fn reconcile(&self, node: NodeId, hosted: &[(PartitionDesc, ReplicaId)]) -> Reconcile {
         let mut out = Reconcile::default();
-        for h in hosted {
+        for (h, rid) in hosted {
             let Some(t) = self.table_by_id(h.table_id) else {
                 // Table ids are never reused: the table was dropped.
                 out.destroy.push(h.id);
                 continue;
             };
-            if let Some(p) = t.partitions.iter().find(|p| p.id == h.id)
-                && p.epoch.conf_ver > h.epoch.conf_ver
-                && !p.replicas.contains(&node)
-            {
+            let Some(p) = t.partitions.iter().find(|p| p.id == h.id) else {
+                continue; // A split's right half not recorded yet.
+            };
+            // The learner a running move is adding here.
+            let adding = self.running_on(p.id).is_some_and(|op| {
+                matches!(op.kind, OpKind::Move { to, replica, .. } if to == node && replica == *rid)
+            });
+            let stale = match p.replica_on(node) {
+                // An older incarnation of this node's replica (it left and came back).
+                Some(current) => current != *rid,
+                // Removed by a membership change the metadata has recorded: the record is
+                // newer, or as new and the replica itself no longer lists this node.
+                None => {
+                    p.epoch.conf_ver > h.epoch.conf_ver
+                        || (p.epoch.conf_ver == h.epoch.conf_ver && !h.replicas.contains(&node))
+                }
+            };
+            if stale && !adding {
                 out.destroy.push(h.id);
             }
         }
@@ -166,13 +326,13 @@ impl MetaState {
             .partitions()
             .filter(|(_, p)| p.replicas.contains(&node))
         {
-            let hosted_here = hosted.iter().any(|h| h.id == p.id);
+            let hosted_here = hosted.iter().any(|(h, _)| h.id == p.id);
             // A hosted replica whose range still covers this one (it has not applied the
             // split that made it) will create it when it does; opening it now would put two
             // replicas on one range of this node.
-            let overlaps = hosted
-                .iter()
-                .any(|h| h.table_id == p.table_id && h.id != p.id && h.range.overlaps(&p.range));
+            let overlaps = hosted.iter().any(|(h, _)| {
+                h.table_id == p.table_id && h.id != p.id && h.range.overlaps(&p.range)
+            });
             if !hosted_here && !overlaps {
                 out.open.push(p.clone());
             }
@@ -408,6 +568,8 @@ mod reconcile_tests {
         let mut s = MetaState::default();
         let t = table(&mut s, "t", &[], &[1, 2, 3]);
         let p = t.partitions[0].clone();
+        let on =
+            |d: &PartitionDesc, n: u64| (d.clone(), d.replica_on(NodeId(n)).unwrap_or_default());
         // The right half of a split not yet recorded: unknown to the metadata, kept.
         let (l, r) = p.range.split_at(b"m").unwrap();
         let epoch = Epoch {
@@ -425,46 +587,109 @@ mod reconcile_tests {
             epoch,
             ..p.clone()
         };
-        let rec = s.reconcile(NodeId(1), &[left.clone(), right.clone()]);
+        let rec = s.reconcile(NodeId(1), &[on(&left, 1), on(&right, 1)]);
         assert_eq!(rec, Reconcile::default());
         // A node that lags behind the split does not get the right half opened beside it.
         s.apply(&MetaCommand::UpdatePartitions {
             descs: vec![left.clone(), right.clone()],
         });
-        assert_eq!(
-            s.reconcile(NodeId(2), std::slice::from_ref(&p)),
-            Reconcile::default()
-        );
+        assert_eq!(s.reconcile(NodeId(2), &[on(&p, 2)]), Reconcile::default());
         // A node that hosts nothing opens both halves.
         assert_eq!(
             s.reconcile(NodeId(3), &[]).open,
             vec![left.clone(), right.clone()]
         );
-        // A newer membership without node 1: destroyed. An older one is not enough.
+        // A move of node 1's replica to node 4: the learner on node 4 is kept while the move
+        // runs, an unrelated replica there is not.
+        for n in 1..=4 {
+            s.apply(&MetaCommand::RegisterNode(NodeDesc {
+                id: NodeId(n),
+                addr: format!("n{n}"),
+                http_addr: String::new(),
+            }));
+        }
+        let MetaResponse::Operation(op) = s.apply(&MetaCommand::StartMove {
+            partition: left.id,
+            from: NodeId(1),
+            to: NodeId(4),
+            now_ms: 0,
+        }) else {
+            panic!("move refused")
+        };
+        let OpKind::Move {
+            replica: new_rid, ..
+        } = op.kind;
+        assert_eq!(
+            s.reconcile(NodeId(4), &[(left.clone(), new_rid)]).destroy,
+            vec![]
+        );
+        assert_eq!(
+            s.reconcile(NodeId(4), &[(left.clone(), ReplicaId(5))])
+                .destroy,
+            vec![left.id]
+        );
+        // A second move of the same partition waits for the first.
+        assert!(matches!(
+            s.apply(&MetaCommand::StartMove {
+                partition: left.id,
+                from: NodeId(2),
+                to: NodeId(4),
+                now_ms: 0
+            }),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        // Done: a newer membership without node 1 destroys its replica; node 4's stays.
+        let mut replica_ids = left.replica_ids.clone();
+        replica_ids.remove(&NodeId(1));
+        replica_ids.insert(NodeId(4), new_rid);
         let moved = PartitionDesc {
             epoch: Epoch {
-                conf_ver: 2,
+                conf_ver: 4,
                 ..epoch
             },
             replicas: vec![NodeId(2), NodeId(3), NodeId(4)],
+            replica_ids,
             ..left.clone()
         };
         s.apply(&MetaCommand::UpdatePartitions {
             descs: vec![moved.clone()],
         });
+        s.apply(&MetaCommand::UpdateOperation {
+            id: op.id,
+            state: OpState::Done,
+            step: "done".into(),
+            error: None,
+            now_ms: 1,
+        });
         assert_eq!(
-            s.reconcile(NodeId(1), &[left.clone(), right.clone()])
+            s.reconcile(NodeId(1), &[on(&left, 1), on(&right, 1)])
                 .destroy,
             vec![left.id]
         );
+        // Node 1 saw its own removal applied: as new as the record, without node 1.
         assert_eq!(
-            s.reconcile(NodeId(1), std::slice::from_ref(&moved)).destroy,
-            Vec::<PartitionId>::new()
+            s.reconcile(
+                NodeId(1),
+                &[(moved.clone(), left.replica_on(NodeId(1)).unwrap())]
+            )
+            .destroy,
+            vec![left.id]
+        );
+        assert_eq!(
+            s.reconcile(NodeId(4), &[(moved.clone(), new_rid)]).destroy,
+            vec![]
+        );
+        // A replica whose node is listed under a newer replica id is an old incarnation.
+        assert_eq!(
+            s.reconcile(NodeId(4), &[(left.clone(), ReplicaId(5))])
+                .destroy,
+            vec![left.id]
         );
         // A dropped table: every replica of it goes.
         s.apply(&MetaCommand::DropTable { name: "t".into() });
         assert_eq!(
-            s.reconcile(NodeId(2), &[moved, right.clone()]).destroy,
+            s.reconcile(NodeId(2), &[on(&moved, 2), on(&right, 2)])
+                .destroy,
             vec![left.id, right.id]
         );
     }

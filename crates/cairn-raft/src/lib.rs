@@ -57,8 +57,8 @@ pub fn member_on(membership: &typ::Membership, node: cairn_types::NodeId) -> Opt
         .map(|(id, _)| *id)
 }
 pub use state_machine::{
-    GroupStateMachine, PartitionView, ReplicaRecord, SESSION_TTL_MS, SplitSink, split_allowed,
-    split_seed_log_id,
+    GroupStateMachine, PartitionView, ReplicaRecord, SESSION_TTL_MS, SplitSink, group_is_pristine,
+    seed_group, split_allowed, split_seed_log_id,
 };
 
 openraft::declare_raft_types!(

@@ -379,26 +379,22 @@ impl GroupStateMachine {
             ..desc
         };
         // A right-half replica that already exists here (it caught up by snapshot before
-        // this replica applied the split) is further along than any seed: leave it.
-        let seed = engine
-            .get(Space::Local, &keys::local_replica(right))
-            .map_err(io::Error::other)?
-            .is_none();
+        // this replica applied the split) is further along than any seed: leave it. A
+        // replica that was not a voter when the split was proposed (a learner catching up
+        // through it) is no member of the right half and seeds nothing.
+        let voter = membership.voter_ids().any(|v| v == me.0);
+        let seed = voter
+            && engine
+                .get(Space::Local, &keys::local_replica(right))
+                .map_err(io::Error::other)?
+                .is_none();
         if seed {
-            let seed_id = split_seed_log_id();
-            let seeded = Applied {
-                last_applied: Some(seed_id),
-                membership: typ::StoredMembership::new(Some(seed_id), membership),
-                dropped: false,
-                desc: Some(right_desc.clone()),
-                last_split: None,
-            };
             let record = ReplicaRecord {
                 desc: right_desc.clone(),
                 replica: me,
             };
             batch.put(Space::Local, keys::local_replica(right), encode(&record)?);
-            batch.put(Space::Data, keys::group_applied(right), encode(&seeded)?);
+            seed_group(batch, &right_desc, membership)?;
             for (client, s) in sessions {
                 batch.put(Space::Data, keys::group_session(right, *client), encode(s)?);
             }
@@ -489,6 +485,41 @@ impl GroupStateMachine {
             }
         }
     }
+}
+
+/// Writes into `batch` the starting state of a new partition group: its descriptor and
+/// `membership` as applied at [`split_seed_log_id`], with an empty log. openraft reads this
+/// as a group whose log was purged up to the seed, so the group comes up formed on every
+/// replica that has the seed, and a replica without it (a learner added later) can only
+/// catch up by snapshot, never by replaying the group's history from its start.
+pub fn seed_group(
+    batch: &mut WriteBatch,
+    desc: &PartitionDesc,
+    membership: typ::Membership,
+) -> io::Result<()> {
+    let seed_id = split_seed_log_id();
+    let seeded = Applied {
+        last_applied: Some(seed_id),
+        membership: typ::StoredMembership::new(Some(seed_id), membership),
+        dropped: false,
+        desc: Some(desc.clone()),
+        last_split: None,
+    };
+    batch.put(Space::Data, keys::group_applied(desc.id), encode(&seeded)?);
+    Ok(())
+}
+
+/// Whether the engine holds any state of `group` (applied state, vote or log): a replica
+/// without any is pristine and may be seeded.
+pub fn group_is_pristine(engine: &SharedEngine, group: PartitionId) -> io::Result<bool> {
+    let applied = engine
+        .get(Space::Data, &keys::group_applied(group))
+        .map_err(io::Error::other)?;
+    let (s, e) = keys::raft_group_range(group);
+    let raft = engine
+        .scan(Space::Raft, &s, e.as_deref(), 1)
+        .map_err(io::Error::other)?;
+    Ok(applied.is_none() && raft.is_empty())
 }
 
 /// Refuses a split while the group changes its membership: a joint configuration or a

@@ -3,8 +3,8 @@
 
 use crate::TableRoute;
 use cairn_types::{
-    Epoch, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus, ReplicaId, RequestId,
-    TableDesc, TableId,
+    Epoch, NodeDesc, NodeId, Operation, PartitionDesc, PartitionId, PartitionStatus, ReplicaId,
+    RequestId, TableDesc, TableId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +32,21 @@ pub enum MetaRequest {
     Reconcile {
         /// The node asking.
         node: NodeId,
-        /// Descriptors of its replicas, as applied there.
-        hosted: Vec<PartitionDesc>,
+        /// Descriptors of its replicas, as applied there, with their replica ids.
+        hosted: Vec<(PartitionDesc, ReplicaId)>,
     },
+    /// Starts moving a partition's replica from one node to another; answers the recorded
+    /// operation, which the metadata leader then drives.
+    StartMove {
+        /// The partition.
+        partition: PartitionId,
+        /// The node giving its replica up.
+        from: NodeId,
+        /// The node receiving one.
+        to: NodeId,
+    },
+    /// Running and recent operations.
+    Operations,
     /// Reserves a partition id for the right half of a split.
     AllocPartitionId,
     /// Records descriptors as their groups applied them (after a split); older ones are
@@ -97,6 +109,10 @@ pub enum MetaReply {
     },
     /// A reserved partition id.
     Id(PartitionId),
+    /// An operation as recorded.
+    Operation(Operation),
+    /// Operations as recorded.
+    Operations(Vec<Operation>),
     /// The metadata group's members (for [`MetaRequest::ClusterInfo`]).
     Cluster(Vec<(NodeId, String)>),
     /// Nodes (for [`MetaRequest::Nodes`]).
@@ -180,6 +196,30 @@ pub enum PartitionOp {
         /// The node that should lead.
         to: NodeId,
     },
+    /// Adds `replica` on `node` as a learner if it is not a member yet, and answers `Done`
+    /// once it has caught up with the leader's log (`Unavailable` while it catches up).
+    AddLearner {
+        /// The new member id.
+        replica: ReplicaId,
+        /// The node hosting it.
+        node: NodeDesc,
+    },
+    /// Makes the learner `add` a voter in place of the replica on node `remove` (joint
+    /// consensus; a call after a lost answer finishes or confirms the change). Answers the
+    /// descriptor as applied. A leader asked to remove itself hands leadership away first
+    /// and answers `NotLeader`.
+    ReplaceVoter {
+        /// The node whose replica leaves the voters.
+        remove: NodeId,
+        /// The learner that joins them.
+        add: ReplicaId,
+    },
+    /// Removes a learner that has not become a voter (rolling a move back); answers the
+    /// descriptor as applied.
+    RemoveLearner {
+        /// The learner's member id.
+        replica: ReplicaId,
+    },
     /// Who leads the partition, as this replica knows.
     Leader,
 }
@@ -197,4 +237,6 @@ pub enum PartitionReply {
     Leader(Option<NodeId>),
     /// The two halves of a split.
     Split(PartitionDesc, PartitionDesc),
+    /// A partition's descriptor as its leader applied it.
+    Desc(PartitionDesc),
 }

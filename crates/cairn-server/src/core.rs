@@ -5,7 +5,7 @@ use cairn_meta::MetaState;
 use cairn_raft::{
     Command, GroupNetwork, GroupStateMachine, KvCommand, KvOp, LogStore, Member, PartitionView,
     PeerNetwork, ReplicaRecord, Reply, SplitSink, Syncer, data_group_config, from_raft,
-    leader_node, member_on, meta_group_config, split_allowed, typ,
+    group_is_pristine, leader_node, member_on, meta_group_config, seed_group, split_allowed, typ,
 };
 use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
@@ -16,13 +16,28 @@ use cairn_types::{
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long a non-preferred replica of a new group waits for a leader before it
-/// initializes the group itself.
-const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(6);
+/// Campaigns for leadership of a new group at once rather than after an election timeout,
+/// retrying for a few seconds while the other replicas are still opening theirs.
+async fn campaign(raft: &typ::Raft) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < until {
+        if raft.metrics().borrow_watched().current_leader.is_some() {
+            return;
+        }
+        let _ = raft.trigger().elect(false).await;
+        let led = raft
+            .wait(Some(Duration::from_millis(300)))
+            .metrics(|m| m.current_leader.is_some(), "a new group elected")
+            .await;
+        if led.is_ok() {
+            return;
+        }
+    }
+}
 
 /// One hosted replica of a partition.
 #[derive(Clone)]
@@ -153,12 +168,22 @@ impl Core {
         bootstrap: bool,
         id: ReplicaId,
     ) -> Result<Replica> {
+        let hosted = |r: Replica| {
+            if r.id == id {
+                Ok(r)
+            } else {
+                Err(Error::Conflict(format!(
+                    "this node still hosts replica {} of {}, not {id}; it is destroyed once the metadata records its removal",
+                    r.id, desc.id
+                )))
+            }
+        };
         if let Some(r) = self.replica(desc.id) {
-            return Ok(r);
+            return hosted(r);
         }
         let _guard = self.lifecycle.lock().await;
         if let Some(r) = self.replica(desc.id) {
-            return Ok(r);
+            return hosted(r);
         }
         for m in members {
             self.peers.set_addr(m.id.0, &m.addr);
@@ -170,6 +195,30 @@ impl Core {
         let record = postcard::to_allocvec(&record).map_err(io_err)?;
         let mut b = WriteBatch::new();
         b.put(Space::Local, keys::local_replica(desc.id), record);
+        // Only CreateTable forms a group, by seeding each initial replica with the same
+        // starting state; every other replica waits to be reached by its leader.
+        let seeded = bootstrap
+            && desc.epoch == cairn_types::Epoch::INITIAL
+            && group_is_pristine(&self.engine, desc.id).map_err(io_err)?;
+        if seeded {
+            let voters: BTreeSet<u64> = desc.replica_ids.values().map(|r| r.0).collect();
+            let nodes: BTreeMap<u64, Member> = desc
+                .replica_ids
+                .iter()
+                .map(|(n, r)| {
+                    let addr = members
+                        .iter()
+                        .find(|m| m.id == *n)
+                        .map(|m| m.addr.clone())
+                        .or_else(|| self.peers.addr(n.0))
+                        .unwrap_or_default();
+                    (r.0, Member { node: n.0, addr })
+                })
+                .collect();
+            let membership = typ::Membership::new(vec![voters], nodes)
+                .map_err(|e| Error::Internal(format!("{}: {e}", desc.id)))?;
+            seed_group(&mut b, desc, membership).map_err(io_err)?;
+        }
         self.engine.write(b)?;
         self.syncer.sync().await.map_err(io_err)?;
 
@@ -190,11 +239,10 @@ impl Core {
         )
         .await
         .map_err(io_err)?;
-        if bootstrap
-            && desc.epoch == cairn_types::Epoch::INITIAL
-            && !raft.is_initialized().await.map_err(io_err)?
-        {
-            self.bootstrap_group(&raft, desc);
+        if seeded && desc.replicas.first() == Some(&self.id) {
+            // The preferred leader campaigns at once, so leaders spread as placement chose.
+            let raft = raft.clone();
+            tokio::spawn(async move { campaign(&raft).await });
         }
         let replica = Replica {
             id,
@@ -208,45 +256,6 @@ impl Core {
             .insert(desc.id, replica.clone());
         tracing::info!(partition = %desc.id, range = %desc.range, "opened replica");
         Ok(replica)
-    }
-
-    /// Forms a new group. The preferred leader (first replica) initializes at once, so it
-    /// usually wins the first election and leaders spread as placement intended; the other
-    /// replicas initialize only if no leader has reached them after a while, so a group
-    /// whose preferred leader is down still forms. openraft allows every initial member to
-    /// initialize with the same membership.
-    fn bootstrap_group(&self, raft: &typ::Raft, desc: &PartitionDesc) {
-        let preferred = desc.replicas.first() == Some(&self.id);
-        let (raft, desc, peers) = (raft.clone(), desc.clone(), self.peers.clone());
-        tokio::spawn(async move {
-            if !preferred {
-                tokio::time::sleep(BOOTSTRAP_FALLBACK).await;
-            }
-            loop {
-                match raft.is_initialized().await {
-                    Ok(false) => {}
-                    _ => return,
-                }
-                let voters: Option<BTreeMap<u64, Member>> = desc
-                    .replicas
-                    .iter()
-                    .map(|n| {
-                        let rid = desc.replica_on(*n)?;
-                        let addr = peers.addr(n.0)?;
-                        Some((rid.0, Member { node: n.0, addr }))
-                    })
-                    .collect();
-                match voters {
-                    Some(v) => {
-                        if let Err(e) = raft.initialize(v).await {
-                            tracing::debug!("{} already initialized: {e}", desc.id);
-                        }
-                        return;
-                    }
-                    None => tokio::time::sleep(Duration::from_secs(1)).await,
-                }
-            }
-        });
     }
 
     /// Reopens the replicas recorded in the engine (after a restart).
@@ -313,22 +322,7 @@ impl Core {
         }
         // Followers learn that the split committed with the next append; send it now.
         let _ = l.raft.trigger().heartbeat().await;
-        let until = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < until {
-            if r.raft.metrics().borrow_watched().current_leader.is_some() {
-                return;
-            }
-            let _ = r.raft.trigger().elect(false).await;
-            let led = r
-                .raft
-                .wait(Some(Duration::from_millis(300)))
-                .metrics(|m| m.current_leader.is_some(), "right half elected")
-                .await;
-            if led.is_ok() {
-                tracing::info!(partition = %right.id, "right half of a split elected a leader");
-                return;
-            }
-        }
+        campaign(&r.raft).await;
     }
 
     /// Descriptors of the partitions this node leads, as applied here.
@@ -341,10 +335,10 @@ impl Core {
             .collect()
     }
 
-    /// Descriptors of every hosted replica, as applied here.
-    pub(crate) fn hosted_descs(&self) -> Vec<PartitionDesc> {
+    /// Descriptors of every hosted replica, as applied here, with their replica ids.
+    pub(crate) fn hosted_descs(&self) -> Vec<(PartitionDesc, ReplicaId)> {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-        replicas.values().map(|r| r.view.desc()).collect()
+        replicas.values().map(|r| (r.view.desc(), r.id)).collect()
     }
 
     /// Leader and term of every hosted replica.
@@ -461,7 +455,11 @@ impl Core {
     }
 
     /// Hands leadership of `replica` to `to` and waits until `to` leads.
-    async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<PartitionReply> {
+    pub(crate) async fn transfer_leader(
+        &self,
+        replica: &Replica,
+        to: NodeId,
+    ) -> Result<PartitionReply> {
         let desc = replica.view.desc();
         let m = replica.raft.metrics().borrow_watched().clone();
         if leader_node(&m) == Some(to) {
@@ -587,6 +585,13 @@ impl Core {
                 self.split(&replica, epoch, table, key, right).await
             }
             PartitionOp::TransferLeader { to } => self.transfer_leader(&replica, to).await,
+            PartitionOp::AddLearner { replica: rid, node } => {
+                self.add_learner(&replica, rid, node).await
+            }
+            PartitionOp::ReplaceVoter { remove, add } => {
+                self.replace_voter(&replica, remove, add).await
+            }
+            PartitionOp::RemoveLearner { replica: rid } => self.remove_learner(&replica, rid).await,
         }
     }
 

@@ -71,6 +71,22 @@ pub(crate) fn partition_pb(
     }
 }
 
+pub(crate) fn operation_pb(op: &cairn_types::Operation) -> pb::Operation {
+    let cairn_types::OpKind::Move { from, to, .. } = op.kind;
+    pb::Operation {
+        id: op.id,
+        kind: op.kind.name().into(),
+        partition: op.partition.0,
+        state: op.state.name().into(),
+        step: op.step.clone(),
+        error: op.error.clone().unwrap_or_default(),
+        from: from.0,
+        to: to.0,
+        started_ms: op.started_ms,
+        updated_ms: op.updated_ms,
+    }
+}
+
 pub(crate) fn table_pb(r: &TableRoute) -> pb::Table {
     pb::Table {
         name: r.table.name.clone(),
@@ -341,6 +357,36 @@ impl admin_server::Admin for Admin {
         Ok(Response::new(pb::SplitResponse {
             left: Some(partition_pb(&left, None)),
             right: Some(partition_pb(&right, None)),
+        }))
+    }
+
+    async fn r#move(
+        &self,
+        req: Request<pb::MoveRequest>,
+    ) -> Result<Response<pb::MoveResponse>, Status> {
+        let r = req.into_inner();
+        let op = self
+            .0
+            .move_replica(
+                PartitionId(r.partition),
+                cairn_types::NodeId(r.from),
+                cairn_types::NodeId(r.to),
+                deadline(0),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MoveResponse {
+            operation: Some(operation_pb(&op)),
+        }))
+    }
+
+    async fn operations(
+        &self,
+        _req: Request<pb::OperationsRequest>,
+    ) -> Result<Response<pb::OperationsResponse>, Status> {
+        let ops = self.0.operations(deadline(0)).await.map_err(status)?;
+        Ok(Response::new(pb::OperationsResponse {
+            operations: ops.iter().map(operation_pb).collect(),
         }))
     }
 

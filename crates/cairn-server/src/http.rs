@@ -216,6 +216,51 @@ async fn split(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct MoveBody {
+    partition: u64,
+    from: u64,
+    to: u64,
+}
+
+fn operation_json(op: &cairn_types::Operation) -> Value {
+    let cairn_types::OpKind::Move { from, to, replica } = op.kind;
+    json!({
+        "id": op.id, "kind": op.kind.name(), "partition": op.partition.0, "state": op.state.name(),
+        "step": op.step, "error": op.error, "from": from.0, "to": to.0, "replica": replica.0,
+        "started_ms": op.started_ms, "updated_ms": op.updated_ms,
+    })
+}
+
+async fn move_replica(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
+    let req: MoveBody = admin_body(&body, r#"{"partition":7,"from":3,"to":4}"#)?;
+    let started = std::time::Instant::now();
+    let res = node
+        .move_replica(
+            PartitionId(req.partition),
+            NodeId(req.from),
+            NodeId(req.to),
+            deadline(),
+        )
+        .await;
+    node.record("move", res.is_ok(), started);
+    let op = res?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"operation": op.id, "details": operation_json(&op)})),
+    )
+        .into_response())
+}
+
+async fn operations(State(node): State<Arc<Node>>) -> ApiResult {
+    let ops = node.operations(deadline()).await?;
+    Ok(
+        Json(json!({"operations": ops.iter().map(operation_json).collect::<Vec<_>>()}))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TransferBody {
     partition: u64,
     to: u64,
@@ -453,6 +498,8 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
             "/v1/admin/transfer-leader",
             axum::routing::post(transfer_leader),
         )
+        .route("/v1/admin/move", axum::routing::post(move_replica))
+        .route("/v1/admin/operations", get(operations))
         .route("/v1/tables", get(list_tables).post(create_table))
         .route("/v1/tables/{table}", get(describe_table).delete(drop_table))
         .route("/v1/tables/{table}/keys", get(list_keys))

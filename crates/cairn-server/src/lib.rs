@@ -24,6 +24,7 @@ mod grpc;
 mod http;
 mod meta_service;
 mod metrics;
+mod moves;
 mod node;
 mod transport;
 

@@ -112,7 +112,17 @@ impl Core {
         }
     }
 
-    async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaResponse> {
+    /// The metadata as applied by this node's replica (current only on the leader).
+    pub(crate) fn meta_state(&self) -> Result<MetaState> {
+        Ok(self
+            .meta_replica()?
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    pub(crate) async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaResponse> {
         let m = self.meta_replica()?;
         match m.raft.client_write(Command::Meta(cmd)).await {
             Ok(resp) => match resp.data {
@@ -246,6 +256,42 @@ impl Core {
                     destroy: rec.destroy,
                 })
             }
+            MetaRequest::StartMove {
+                partition,
+                from,
+                to,
+            } => {
+                let state = self.meta_barrier().await?;
+                let live = {
+                    let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                    l.live(to)
+                };
+                if state.nodes.contains_key(&to) && !live {
+                    return Err(Error::Unavailable(format!(
+                        "node {to} is not live (no heartbeat in {LIVENESS_WINDOW:?}); start it or move to another node"
+                    )));
+                }
+                let cmd = MetaCommand::StartMove {
+                    partition,
+                    from,
+                    to,
+                    now_ms: crate::core::now_ms(),
+                };
+                match self.propose_meta(cmd).await? {
+                    MetaResponse::Operation(op) => {
+                        tracing::info!(operation = op.id, %partition, %from, %to, "move started");
+                        Ok(MetaReply::Operation(op))
+                    }
+                    MetaResponse::Refused(e) => Err(e),
+                    other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+                }
+            }
+            MetaRequest::Operations => {
+                let state = self.meta_barrier().await?;
+                Ok(MetaReply::Operations(
+                    state.operations.into_values().rev().collect(),
+                ))
+            }
             MetaRequest::AllocPartitionId => {
                 match self
                     .propose_meta(MetaCommand::AllocPartitionIds { count: 1 })
@@ -301,7 +347,7 @@ impl Core {
     }
 
     /// Records the descriptors of `descs` that are newer than `state`'s.
-    async fn record_descs(
+    pub(crate) async fn record_descs(
         &self,
         state: &MetaState,
         descs: &[cairn_types::PartitionDesc],

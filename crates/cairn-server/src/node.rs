@@ -265,6 +265,10 @@ impl Node {
             tokio::spawn(heartbeat_loop(node.clone(), node.stop.subscribe())),
             tokio::spawn(reconcile_loop(node.clone(), node.stop.subscribe())),
             tokio::spawn(split_loop(node.clone(), split_rx, node.stop.subscribe())),
+            tokio::spawn(crate::moves::executor_loop(
+                node.clone(),
+                node.stop.subscribe(),
+            )),
         ];
         if let Some(http) = http {
             tasks.push(tokio::spawn(crate::http::serve(

@@ -9,6 +9,7 @@ mod error;
 mod ids;
 mod limits;
 mod model;
+mod operation;
 mod range;
 mod session;
 
@@ -20,5 +21,6 @@ pub use limits::{Limits, validate_table_name};
 pub use model::{
     DEFAULT_REPLICATION, NodeDesc, PartitionDesc, PartitionStatus, TableDesc, TableState,
 };
+pub use operation::{KEEP_FINISHED, OpKind, OpState, Operation};
 pub use range::{Epoch, KeyRange};
 pub use session::Session;

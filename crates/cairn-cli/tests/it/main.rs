@@ -17,5 +17,6 @@ mod t60_playground;
 mod t70_snapshot_and_join;
 mod t80_pause;
 mod t85_split;
+mod t87_moves;
 mod t90_chaos;
 mod t95_nemesis;

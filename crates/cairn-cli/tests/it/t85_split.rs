@@ -229,6 +229,49 @@ async fn t86_transfer_and_bad_admin_input() {
             400,
             "INVALID_ARGUMENT",
         ),
+        (
+            "move",
+            r#"{"partition":9999,"from":1,"to":2}"#.into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "move",
+            format!(
+                r#"{{"partition":{},"from":{},"to":77}}"#,
+                p.id, p.replicas[0]
+            ),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "move",
+            format!(
+                r#"{{"partition":{},"from":{},"to":{}}}"#,
+                p.id, p.replicas[0], p.replicas[1]
+            ),
+            409,
+            "CONFLICT",
+        ),
+        (
+            "move",
+            format!(
+                r#"{{"partition":{},"from":{outsider},"to":{}}}"#,
+                p.id, p.replicas[0]
+            ),
+            409,
+            "CONFLICT",
+        ),
+        (
+            "move",
+            format!(
+                r#"{{"partition":{},"from":{},"to":{}}}"#,
+                p.id, p.replicas[0], p.replicas[0]
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        ("move", r#"{"partition":1}"#.into(), 400, "INVALID_ARGUMENT"),
     ];
     for (path, body, status, code) in cases {
         let r = post(path, &body).await.unwrap();
@@ -271,6 +314,51 @@ async fn t86_transfer_and_bad_admin_input() {
             .collect::<Vec<_>>()
     };
     assert_eq!(shape(&after), shape(&before));
+
+    // A move while another runs on the partition: the first one's target is paused, so the
+    // first stays running until it resumes.
+    let signal = |sig: &str, id: u64| {
+        std::process::Command::new("kill")
+            .args([sig, &c.pid(id).to_string()])
+            .status()
+            .unwrap()
+    };
+    let first = cl
+        .move_replica(p.id, p.replicas[0], outsider)
+        .await
+        .unwrap();
+    signal("-STOP", outsider);
+    let second = cl.move_replica(p.id, p.replicas[1], outsider).await;
+    signal("-CONT", outsider);
+    assert_eq!(second.unwrap_err().code, ErrorCode::Conflict);
+    let ops = h
+        .get(format!("{base}/v1/admin/operations"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ops: serde_json::Value = serde_json::from_str(&ops).unwrap();
+    assert_eq!(ops["operations"][0]["id"], first.id, "{ops}");
+    assert_eq!(ops["operations"][0]["kind"], "move", "{ops}");
+    let done = wait_for(Duration::from_secs(60), "the first move to finish", || {
+        let cl = &cl;
+        async move {
+            let o = cl
+                .operations()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|o| o.id == first.id)?;
+            (o.state != "running").then_some(o)
+        }
+    })
+    .await;
+    assert_eq!(done.state, "done", "{done:?}");
+    let moved = cl.describe_table("adm").await.unwrap();
+    assert!(moved.partitions[0].replicas.contains(&outsider));
+    assert!(!moved.partitions[0].replicas.contains(&p.replicas[0]));
 
     // A base64 key with bytes that are not UTF-8 splits over HTTP.
     let r = post(

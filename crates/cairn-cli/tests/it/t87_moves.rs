@@ -1,0 +1,219 @@
+//! Replica moves on real processes: under a checked workload, through crashes of the
+//! metadata leader and of the target, and with a moved-away node coming back.
+
+use crate::cluster::{Cluster, wait_for};
+use cairn_client::{Client, OperationInfo, PartitionInfo};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn history_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chaos");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Waits until operation `id` is no longer running and returns it.
+async fn finished(c: &Client, id: u64, within: Duration) -> OperationInfo {
+    wait_for(within, "the operation to finish", || async move {
+        let ops = c.operations().await.ok()?;
+        ops.into_iter()
+            .find(|o| o.id == id)
+            .filter(|o| o.state != "running")
+    })
+    .await
+}
+
+async fn partition(c: &Client, table: &str) -> PartitionInfo {
+    c.describe_table(table).await.unwrap().partitions[0].clone()
+}
+
+/// Waits until node `id` holds no key, no raft entry and no replica of the table.
+async fn wait_gone(cl: &Cluster, id: u64, table_id: u64, p: u64) {
+    let c = cl.client_of(id);
+    wait_for(
+        Duration::from_secs(30),
+        "the old replica to be destroyed",
+        || {
+            let c = &c;
+            async move {
+                let s = c.engine_stats(table_id, &[p]).await.ok()?;
+                (s.data_keys == 0
+                    && s.raft_keys == 0
+                    && s.replica_keys == 0
+                    && s.open_replicas == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// On 6 nodes, every replica of a partition moves to the three other nodes, one at a time,
+/// while the chaos workload runs: the history is linearizable, nothing is lost, the
+/// partition ends on the new nodes with a newer `conf_ver`, and the old nodes' engines hold
+/// no key of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t87_moves_under_load() {
+    let mut c = Cluster::start(3).await;
+    for _ in 0..3 {
+        c.join();
+    }
+    c.wait_live(6).await;
+    let cl = c.client();
+    let t = cl.create_table("moves", 3, vec![]).await.unwrap();
+    let before = t.partitions[0].clone();
+    let path = history_path("t87-moves.jsonl");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &c.endpoints(), "chaos", "--table", "moves"])
+        .args([
+            "--duration",
+            "20",
+            "--clients",
+            "6",
+            "--keys",
+            "16",
+            "--seed",
+            "87",
+        ])
+        .arg("--history")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = before.replicas.clone();
+    let new: Vec<u64> = (1..=6).filter(|n| !old.contains(n)).collect();
+    for (from, to) in old.iter().zip(&new) {
+        let op = cl.move_replica(before.id, *from, *to).await.unwrap();
+        let end = finished(&cl, op.id, Duration::from_secs(60)).await;
+        assert_eq!(end.state, "done", "{end:?}");
+    }
+    let status = wait_for(Duration::from_secs(120), "the workload to finish", || {
+        let s = run.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let mut out = String::new();
+    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        status.success(),
+        "history {} failed:\n{out}",
+        path.display()
+    );
+    assert!(out.contains("linearizable"), "{out}");
+
+    let after = partition(&cl, "moves").await;
+    let mut got = after.replicas.clone();
+    got.sort();
+    assert_eq!(got, new);
+    assert!(after.epoch.1 > before.epoch.1, "conf_ver {:?}", after.epoch);
+    for n in old {
+        wait_gone(&c, n, t.id, before.id).await;
+    }
+}
+
+/// A move survives the crash of the metadata leader that drives it and of its target while
+/// the target catches up: each move ends done or rolled back, the group keeps exactly three
+/// voters, and every acknowledged key is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t88_moves_survive_crashes() {
+    let mut c = Cluster::start(4).await;
+    let cl = c.client();
+    cl.create_table("crash", 3, vec![]).await.unwrap();
+    let value = vec![b'v'; 1024];
+    for i in 0..1500u32 {
+        cl.put("crash", format!("k{i:05}").as_bytes(), &value)
+            .await
+            .unwrap();
+    }
+    // Kill -9 the metadata leader right after the move starts, restart it after a while.
+    let p = partition(&cl, "crash").await;
+    let spare = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
+    let from = p.replicas[1];
+    let op = cl.move_replica(p.id, from, spare).await.unwrap();
+    let meta_leader = cl
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.metadata_leader)
+        .unwrap()
+        .id;
+    c.kill9(meta_leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.restart(meta_leader);
+    let end = finished(&cl, op.id, Duration::from_secs(90)).await;
+    assert!(end.state == "done" || end.state == "rolled_back", "{end:?}");
+    let p = partition(&cl, "crash").await;
+    assert_eq!(p.replicas.len(), 3, "a joint configuration remained: {p:?}");
+
+    // Kill -9 the target while it catches up; it restarts and the move goes on.
+    let spare = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
+    let from = p.replicas[2];
+    let op = cl.move_replica(p.id, from, spare).await.unwrap();
+    c.kill9(spare);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.restart(spare);
+    let end = finished(&cl, op.id, Duration::from_secs(90)).await;
+    assert!(end.state == "done" || end.state == "rolled_back", "{end:?}");
+    let p = partition(&cl, "crash").await;
+    assert_eq!(p.replicas.len(), 3, "a joint configuration remained: {p:?}");
+
+    for i in (0..1500u32).step_by(7) {
+        assert_eq!(
+            cl.get("crash", format!("k{i:05}").as_bytes())
+                .await
+                .unwrap(),
+            Some(value.clone()),
+            "k{i:05} lost"
+        );
+    }
+}
+
+/// A node that was down while its replica moved away comes back: its stale replica never
+/// takes leadership from the group and is destroyed, and the data is all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t89_node_back_after_its_replica_moved() {
+    let mut c = Cluster::start(4).await;
+    let cl = c.client();
+    let t = cl.create_table("back", 3, vec![]).await.unwrap();
+    for i in 0..200u32 {
+        cl.put("back", format!("k{i:03}").as_bytes(), b"1")
+            .await
+            .unwrap();
+    }
+    let p = wait_for(Duration::from_secs(10), "a leader to be reported", || {
+        let cl = &cl;
+        async move { Some(partition(cl, "back").await).filter(|p| p.leader.is_some()) }
+    })
+    .await;
+    let leader = p.leader.unwrap();
+    let away = *p.replicas.iter().find(|n| **n != leader).unwrap();
+    let spare = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
+    c.kill9(away);
+    let op = cl.move_replica(p.id, away, spare).await.unwrap();
+    assert_eq!(
+        finished(&cl, op.id, Duration::from_secs(60)).await.state,
+        "done"
+    );
+    for i in 0..200u32 {
+        cl.put("back", format!("k{i:03}").as_bytes(), b"2")
+            .await
+            .unwrap();
+    }
+    let before = partition(&cl, "back").await;
+    c.restart(away);
+    wait_gone(&c, away, t.id, p.id).await;
+    let after = partition(&cl, "back").await;
+    assert_eq!(after.replicas, before.replicas);
+    assert!(!after.replicas.contains(&away));
+    for i in 0..200u32 {
+        assert_eq!(
+            cl.get("back", format!("k{i:03}").as_bytes()).await.unwrap(),
+            Some(b"2".to_vec())
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Replica moves: the membership steps a partition's leader takes, and the executor on the
+//! metadata leader that drives each recorded move through them.
+//!
+//! ```text
+//!  StartMove (metadata: op Running, fresh replica id r)
+//!   1. open  : node `to` opens a pristine replica r (no seed: it can only catch up by snapshot)
+//!   2. learn : leader adds r as a learner, answers Done once r has caught up
+//!   3. swap  : leader replaces `from`'s replica by r among the voters (joint consensus);
+//!              a leader on `from` hands leadership away first
+//!   4. record: the new descriptor (conf_ver bumped) goes to the metadata; op Done.
+//!              `from`'s reconcile then destroys its replica.
+//! ```
+//! Every step is idempotent, and the executor reads the operation and the partition afresh
+//! before each, so a new metadata leader finishes what an old one started: a group left in
+//! a joint configuration is flattened by step 3 run again. A move that makes no progress for
+//! [`GIVE_UP_AFTER`] before its learner becomes a voter is rolled back (the learner removed).
+
+use crate::core::{Core, Replica, now_ms};
+use crate::node::Node;
+use cairn_meta::{MetaCommand, MetaResponse};
+use cairn_raft::{Member, from_raft, leader_node, member_on};
+use cairn_router::{MetaReply, MetaRequest, PartitionOp, PartitionReply, TableRoute, Transport};
+use cairn_types::{
+    Error, NodeDesc, NodeId, OpKind, OpState, Operation, PartitionId, ReplicaId, Result,
+};
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A learner within this many entries of the leader's log counts as caught up.
+const CAUGHT_UP_LAG: u64 = 64;
+
+/// How long one call waits for a learner to catch up before answering "not yet".
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// A move whose learner has not become a voter after this long is rolled back.
+pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+
+/// How often the executor looks for running operations.
+const EXECUTOR_TICK: Duration = Duration::from_millis(500);
+
+impl Core {
+    fn leader_metrics(&self, replica: &Replica) -> Result<cairn_raft::typ::Metrics> {
+        let m = replica.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return Err(Error::NotLeader {
+                partition: replica.view.desc().id,
+                leader: leader_node(&m),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Step 2 of a move, on the partition's leader.
+    pub(crate) async fn add_learner(
+        &self,
+        replica: &Replica,
+        rid: ReplicaId,
+        node: NodeDesc,
+    ) -> Result<PartitionReply> {
+        let partition = replica.view.desc().id;
+        let m = self.leader_metrics(replica)?;
+        if m.membership_config.membership().get_node(&rid.0).is_none() {
+            // The learner starts from the leader's current snapshot: make it current, so the
+            // learner does not replay older history (a split, keys since split off) on a node
+            // that may host other partitions of the table.
+            let applied = m.last_applied.map(|l| l.index);
+            if m.snapshot.map(|l| l.index) < applied {
+                let _ = replica.raft.trigger().snapshot().await;
+                replica
+                    .raft
+                    .wait(Some(Duration::from_secs(10)))
+                    .metrics(
+                        |m| m.snapshot.map(|l| l.index) >= applied,
+                        "snapshot for a new learner",
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::Unavailable(format!("{partition}: no fresh snapshot yet: {e}"))
+                    })?;
+            }
+            self.peers.set_addr(node.id.0, &node.addr);
+            let member = Member {
+                node: node.id.0,
+                addr: node.addr.clone(),
+            };
+            replica
+                .raft
+                .add_learner(rid.0, member, false)
+                .await
+                .map_err(|e| from_raft(partition, e))?;
+            tracing::info!(%partition, replica = %rid, node = %node.id, "added learner");
+        }
+        let caught_up = |m: &cairn_raft::typ::Metrics| {
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&rid.0).cloned().flatten())
+                .map(|l| l.index);
+            matched.is_some_and(|i| i + CAUGHT_UP_LAG >= last)
+        };
+        let waited = replica
+            .raft
+            .wait(Some(CATCH_UP_WAIT))
+            .metrics(caught_up, "learner caught up")
+            .await;
+        match waited {
+            Ok(_) => Ok(PartitionReply::Done),
+            Err(_) => {
+                let m = replica.raft.metrics().borrow_watched().clone();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&rid.0).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                Err(Error::Unavailable(format!(
+                    "{rid} on {} is catching up with {partition}: at entry {matched} of {}",
+                    node.id,
+                    m.last_log_index.unwrap_or(0)
+                )))
+            }
+        }
+    }
+
+    /// Step 3 of a move, on the partition's leader.
+    pub(crate) async fn replace_voter(
+        &self,
+        replica: &Replica,
+        remove: NodeId,
+        add: ReplicaId,
+    ) -> Result<PartitionReply> {
+        let partition = replica.view.desc().id;
+        let m = self.leader_metrics(replica)?;
+        let membership = m.membership_config.membership().clone();
+        let joint = membership.get_joint_config().len() > 1;
+        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if let Some(old) = member_on(&membership, remove).filter(|r| *r != add.0) {
+            voters.remove(&old);
+        }
+        voters.insert(add.0);
+        let current: BTreeSet<u64> = membership.voter_ids().collect();
+        if !joint && current == voters {
+            return Ok(PartitionReply::Desc(replica.view.desc()));
+        }
+        if membership.get_node(&add.0).is_none() {
+            return Err(Error::Conflict(format!(
+                "{add} is not a member of {partition}; add it as a learner first"
+            )));
+        }
+        if remove == self.id {
+            // Leaving the voters as leader would leave the group leaderless until an
+            // election; hand leadership to another voter first.
+            let to = membership
+                .voter_ids()
+                .filter(|v| *v != replica.id.0)
+                .find_map(|v| membership.get_node(&v).map(|n| NodeId(n.node)));
+            if let Some(to) = to {
+                let _ = self.transfer_leader(replica, to).await;
+            }
+            let m = replica.raft.metrics().borrow_watched().clone();
+            return Err(Error::NotLeader {
+                partition,
+                leader: leader_node(&m).filter(|l| *l != self.id),
+            });
+        }
+        replica
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+            .map_err(|e| from_raft(partition, e))?;
+        let desc = replica.view.desc();
+        tracing::info!(%partition, %remove, %add, epoch = %desc.epoch, "replaced a voter");
+        Ok(PartitionReply::Desc(desc))
+    }
+
+    /// Rolls a move back, on the partition's leader: removes a learner that is not a voter.
+    pub(crate) async fn remove_learner(
+        &self,
+        replica: &Replica,
+        rid: ReplicaId,
+    ) -> Result<PartitionReply> {
+        let partition = replica.view.desc().id;
+        let m = self.leader_metrics(replica)?;
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == rid.0) {
+            return Err(Error::Conflict(format!(
+                "{rid} is already a voter of {partition}; the move can only finish"
+            )));
+        }
+        if membership.get_node(&rid.0).is_some() {
+            replica
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([rid.0])), false)
+                .await
+                .map_err(|e| from_raft(partition, e))?;
+        }
+        Ok(PartitionReply::Desc(replica.view.desc()))
+    }
+}
+
+/// How one step of a move ended.
+enum Step {
+    /// The move is finished (done or rolled back).
+    Finished,
+    /// Go on with the next step.
+    Next,
+}
+
+impl Node {
+    /// Starts moving `partition`'s replica from `from` to `to`; returns the recorded
+    /// operation, which the metadata leader drives.
+    pub async fn move_replica(
+        &self,
+        partition: PartitionId,
+        from: NodeId,
+        to: NodeId,
+        deadline: Instant,
+    ) -> Result<Operation> {
+        let req = MetaRequest::StartMove {
+            partition,
+            from,
+            to,
+        };
+        match self.router.meta(req, deadline).await? {
+            MetaReply::Operation(op) => Ok(op),
+            other => Err(Error::Internal(format!("start move answered {other:?}"))),
+        }
+    }
+
+    /// Running and recent operations.
+    pub async fn operations(&self, deadline: Instant) -> Result<Vec<Operation>> {
+        match self.router.meta(MetaRequest::Operations, deadline).await? {
+            MetaReply::Operations(ops) => Ok(ops),
+            other => Err(Error::Internal(format!("operations answered {other:?}"))),
+        }
+    }
+
+    /// Runs `op` on the leader of `partition`, retrying on routing errors until `deadline`.
+    async fn on_leader(
+        &self,
+        route: TableRoute,
+        partition: PartitionId,
+        op: PartitionOp,
+        deadline: Instant,
+    ) -> Result<PartitionReply> {
+        let name = route.table.name.clone();
+        self.router.cache().insert(route);
+        let pick = |r: &TableRoute| {
+            r.table
+                .partitions
+                .iter()
+                .find(|p| p.id == partition)
+                .cloned()
+        };
+        let (_, reply) = self
+            .router
+            .on_partition(&name, pick, || op.clone(), false, deadline)
+            .await?;
+        Ok(reply)
+    }
+
+    /// Records a step of `op` in the metadata (only while this node leads it).
+    async fn note_op(
+        &self,
+        op: &Operation,
+        state: OpState,
+        step: &str,
+        error: Option<String>,
+    ) -> Result<()> {
+        let cmd = MetaCommand::UpdateOperation {
+            id: op.id,
+            state,
+            step: step.to_string(),
+            error,
+            now_ms: now_ms(),
+        };
+        match self.core.propose_meta(cmd).await? {
+            MetaResponse::Refused(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// One pass over a move: every step from where it stands. Errors are retried by the
+    /// caller; a step that cannot succeed any more rolls the move back.
+    async fn drive_move(&self, op: &Operation) -> Result<Step> {
+        let OpKind::Move { from, to, replica } = op.kind;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let route = match self
+            .core
+            .handle_meta(MetaRequest::GetPartition(op.partition))
+            .await
+        {
+            Ok(MetaReply::Table(r)) => r,
+            Err(Error::NotFound(_)) => {
+                self.note_op(op, OpState::RolledBack, "the table was dropped", None)
+                    .await?;
+                return Ok(Step::Finished);
+            }
+            Ok(other) => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            Err(e) => return Err(e),
+        };
+        let Some(desc) = route
+            .table
+            .partitions
+            .iter()
+            .find(|p| p.id == op.partition)
+            .cloned()
+        else {
+            return Err(Error::Internal(format!(
+                "{} vanished from its route",
+                op.partition
+            )));
+        };
+        let state = self.core.meta_state()?;
+        let Some(to_desc) = state.nodes.get(&to).cloned() else {
+            return Err(Error::NotFound(format!("node {to}")));
+        };
+        if desc.replica_on(to) == Some(replica) && desc.replica_on(from).is_none() {
+            self.note_op(op, OpState::Done, "done", None).await?;
+            return Ok(Step::Finished);
+        }
+        let started = Instant::now()
+            .checked_sub(Duration::from_millis(
+                now_ms().saturating_sub(op.started_ms),
+            ))
+            .unwrap_or_else(Instant::now);
+        if started.elapsed() > GIVE_UP_AFTER {
+            return self
+                .roll_back(op, route, replica, "gave up: no progress")
+                .await;
+        }
+        // 1. The pristine replica on `to`.
+        let members: Vec<NodeDesc> = state
+            .nodes
+            .values()
+            .filter(|n| desc.replicas.contains(&n.id) || n.id == to)
+            .cloned()
+            .collect();
+        self.router.transport().learn(&members);
+        self.note_op(op, OpState::Running, "opening the new replica", None)
+            .await?;
+        let open = cairn_router::PartitionRequest {
+            partition: desc.id,
+            epoch: desc.epoch,
+            table: desc.table_id,
+            op: PartitionOp::Open {
+                desc: desc.clone(),
+                members,
+                replica,
+                bootstrap: false,
+            },
+        };
+        self.router.transport().partition(to, open).await?;
+        // 2. Learner, caught up.
+        self.note_op(op, OpState::Running, "catching up", None)
+            .await?;
+        let learn = PartitionOp::AddLearner {
+            replica,
+            node: to_desc,
+        };
+        self.on_leader(route.clone(), desc.id, learn, deadline)
+            .await?;
+        // 3. Voter in place of `from`.
+        self.note_op(op, OpState::Running, "replacing the voter", None)
+            .await?;
+        let swap = PartitionOp::ReplaceVoter {
+            remove: from,
+            add: replica,
+        };
+        let new_desc = match self.on_leader(route, desc.id, swap, deadline).await? {
+            PartitionReply::Desc(d) => d,
+            other => return Err(Error::Internal(format!("replace voter answered {other:?}"))),
+        };
+        // 4. Record.
+        self.core
+            .record_descs(&self.core.meta_state()?, &[new_desc])
+            .await?;
+        self.note_op(op, OpState::Done, "done", None).await?;
+        tracing::info!(operation = op.id, partition = %op.partition, %from, %to, "move done");
+        Ok(Step::Next)
+    }
+
+    async fn roll_back(
+        &self,
+        op: &Operation,
+        route: TableRoute,
+        replica: ReplicaId,
+        why: &str,
+    ) -> Result<Step> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        match self
+            .on_leader(
+                route,
+                op.partition,
+                PartitionOp::RemoveLearner { replica },
+                deadline,
+            )
+            .await
+        {
+            Ok(PartitionReply::Desc(d)) => {
+                self.core
+                    .record_descs(&self.core.meta_state()?, &[d])
+                    .await?;
+                self.note_op(op, OpState::RolledBack, "rolled back", Some(why.into()))
+                    .await?;
+                Ok(Step::Finished)
+            }
+            // Already a voter: the move can only go forward.
+            Err(Error::Conflict(_)) => Ok(Step::Next),
+            Ok(other) => Err(Error::Internal(format!(
+                "remove learner answered {other:?}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drives `op` until it finishes or this node stops leading the metadata group.
+    async fn run_operation(self: Arc<Self>, op: Operation) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if !self.is_meta_leader() {
+                return;
+            }
+            // Read it afresh: another executor may have finished it.
+            let current = match self.core.meta_state() {
+                Ok(s) => s.operations.get(&op.id).cloned(),
+                Err(_) => return,
+            };
+            let Some(current) = current.filter(|o| o.state == OpState::Running) else {
+                return;
+            };
+            match self.drive_move(&current).await {
+                Ok(_) => {
+                    let done = self.core.meta_state().ok().and_then(|s| {
+                        s.operations
+                            .get(&op.id)
+                            .map(|o| o.state != OpState::Running)
+                    });
+                    if done != Some(false) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(operation = op.id, "move step failed, retrying: {e}");
+                    let step = current.step.clone();
+                    let _ = self
+                        .note_op(&current, OpState::Running, &step, Some(e.to_string()))
+                        .await;
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The executor: on the metadata leader, starts a driver for each running operation.
+pub(crate) async fn executor_loop(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let driving: Arc<std::sync::Mutex<BTreeSet<u64>>> = Arc::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(EXECUTOR_TICK) => {}
+        }
+        if !node.is_meta_leader() {
+            continue;
+        }
+        let Ok(state) = node.core.meta_state() else {
+            continue;
+        };
+        for op in state
+            .operations
+            .values()
+            .filter(|o| o.state == OpState::Running)
+        {
+            if !driving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(op.id)
+            {
+                continue;
+            }
+            let (node, op, driving) = (node.clone(), op.clone(), driving.clone());
+            tokio::spawn(async move {
+                let id = op.id;
+                node.run_operation(op).await;
+                driving
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Layout operations recorded in the metadata group: what is being changed, how far it got
+//! and how it ended. At most one runs per partition. The metadata leader's executor drives
+//! each running operation one idempotent step at a time, so a new leader picks up where the
+//! old one stopped.
+
+use crate::{NodeId, PartitionId, ReplicaId, TableId};
+use serde::{Deserialize, Serialize};
+
+/// How many finished operations the metadata keeps for `cairn admin operations`.
+pub const KEEP_FINISHED: usize = 100;
+
+/// What an operation changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpKind {
+    /// Moves the replica of a partition from one node to another: a learner with a fresh
+    /// replica id on `to` catches up, then replaces `from` among the voters.
+    Move {
+        /// The node giving up its replica.
+        from: NodeId,
+        /// The node receiving the new replica.
+        to: NodeId,
+        /// The new replica's member id.
+        replica: ReplicaId,
+    },
+}
+
+impl OpKind {
+    /// A short name for listings.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Move { .. } => "move",
+        }
+    }
+}
+
+/// Where an operation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpState {
+    /// Being driven by the metadata leader.
+    Running,
+    /// Finished as asked.
+    Done,
+    /// Given up and undone: the partition is as it was before.
+    RolledBack,
+}
+
+impl OpState {
+    /// The lower-case name used in listings and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpState::Running => "running",
+            OpState::Done => "done",
+            OpState::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// One recorded operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Id, unique in the cluster's lifetime.
+    pub id: u64,
+    /// What it changes.
+    pub kind: OpKind,
+    /// The partition it changes.
+    pub partition: PartitionId,
+    /// That partition's table.
+    pub table: TableId,
+    /// Where it stands.
+    pub state: OpState,
+    /// The step it is at (or ended at), in words.
+    pub step: String,
+    /// The last error seen, if any (a running operation retries).
+    pub error: Option<String>,
+    /// When it was started, ms since the Unix epoch (the proposing leader's clock).
+    pub started_ms: u64,
+    /// When it last changed.
+    pub updated_ms: u64,
+}
