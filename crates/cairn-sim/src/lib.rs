@@ -8,9 +8,10 @@
 //! isolate a partition leader or the metadata leader, one-way cuts, connection loss and
 //! message delay), heals, reads every key once more and checks the history with
 //! `cairn-check`. Meanwhile an operator host changes the layout through the admin API:
-//! splits at workload keys and leader transfers. After the run, the layout is checked too
-//! ([`check_layout`]): ranges tile the key space, every group's voters match the metadata
-//! and its replication factor, and no node hosts overlapping replicas.
+//! splits at workload keys, replica moves (on five nodes) and leader transfers. After the
+//! run, the layout is checked too ([`check_layout`]): ranges tile the key space, every
+//! group's voters match the metadata and its replication factor, no node hosts overlapping
+//! replicas, and no operation is stuck.
 //!
 //! `CAIRN_SIM_SEED=N cargo test -p cairn-sim` replays seed N.
 
@@ -637,7 +638,10 @@ async fn operate(cfg: SimConfig, endpoints: Vec<String>, log: Rc<RefCell<Vec<Str
             .map(cairn_check::workload::key_name)
             .filter(|k| !starts.iter().any(|s| s == k.as_bytes()))
             .collect();
-        if rng.random_bool(0.6)
+        let roll = rng.random_range(0..10);
+        if roll >= 7 && cfg.nodes > 3 {
+            move_one(&client, &cfg, &mut rng, &note).await;
+        } else if roll < 4
             && let Some(key) = candidates.choose(&mut rng).cloned()
         {
             match client.split("sim", key.as_bytes()).await {
@@ -667,6 +671,35 @@ async fn operate(cfg: SimConfig, endpoints: Vec<String>, log: Rc<RefCell<Vec<Str
     tokio::time::sleep(Duration::from_secs(30)).await;
 }
 
+/// Moves a random replica of a random partition to a node without one and waits (in
+/// simulated time) for the operation to end.
+async fn move_one(client: &Client, cfg: &SimConfig, rng: &mut StdRng, note: &impl Fn(String)) {
+    let Ok(t) = client.describe_table("sim").await else {
+        return;
+    };
+    let Some(p) = t.partitions.choose(rng).cloned() else {
+        return;
+    };
+    let targets: Vec<u64> = (1..=cfg.nodes)
+        .filter(|n| !p.replicas.contains(n))
+        .collect();
+    let (Some(&from), Some(&to)) = (p.replicas.choose(rng), targets.choose(rng)) else {
+        return;
+    };
+    let op = match client.move_replica(p.id, from, to).await {
+        Ok(op) => op,
+        Err(e) => return note(format!("move p{} n{from}->n{to} not started: {e}", p.id)),
+    };
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ops = client.operations().await.unwrap_or_default();
+        if let Some(o) = ops.iter().find(|o| o.id == op.id && o.state != "running") {
+            return note(format!("move p{} n{from}->n{to}: {}", p.id, o.state));
+        }
+    }
+    note(format!("move p{} n{from}->n{to} still running", p.id));
+}
+
 /// Checks the layout the nodes hold after a run: each table's partitions tile the key
 /// space; every partition has a leader whose group's voters are the metadata's replicas, as
 /// many as the replication factor; and no node hosts two replicas of overlapping ranges.
@@ -683,6 +716,14 @@ pub fn check_layout(nodes: &BTreeMap<u64, Arc<Node>>) -> Vec<String> {
         .iter()
         .map(|(id, n)| (*id, n.replica_layout()))
         .collect();
+    for op in meta.operations.values() {
+        if op.state == cairn_types::OpState::Running {
+            out.push(format!(
+                "layout: operation {} on {} is stuck at {:?}",
+                op.id, op.partition, op.step
+            ));
+        }
+    }
     for t in meta.tables.values() {
         if !t.tiles() {
             out.push(format!(

@@ -34,6 +34,9 @@ pub(crate) enum Fault {
     Split,
     /// Transfer a random partition's leadership to another of its replicas.
     Leader,
+    /// Move a random replica of a random partition to a node without one, and wait for
+    /// the move to finish (or roll back).
+    Move,
 }
 
 impl Fault {
@@ -228,6 +231,7 @@ impl Nemesis {
                     self.note("heal the network");
                 }
                 Fault::Split => self.split().await,
+                Fault::Move => self.move_replica(cluster).await,
                 Fault::Leader => self.transfer_leader().await,
                 Fault::Loss => {
                     let p = self.rng.random_range(10..=30);
@@ -275,6 +279,50 @@ impl Nemesis {
             )),
             Err(e) => self.note(&format!("split at {key:?} not done: {e}")),
         }
+    }
+
+    /// Moves a random replica of a random partition to a running node without one, and
+    /// waits (up to 60 s) for the operation to end.
+    async fn move_replica(&mut self, cluster: &LocalCluster) {
+        let parts: Vec<_> = match self.client.partitions(&self.table).await {
+            Ok(t) => t.into_iter().flat_map(|(_, ps)| ps).collect(),
+            Err(e) => return self.note(&format!("move not done: {e}")),
+        };
+        let Some(p) = parts.choose(&mut self.rng).cloned() else {
+            return;
+        };
+        let targets: Vec<u64> = (1..=cluster.nodes.len() as u64)
+            .filter(|n| !p.replicas.contains(n) && cluster.running(*n))
+            .collect();
+        let (Some(&from), Some(&to)) = (
+            p.replicas.choose(&mut self.rng),
+            targets.choose(&mut self.rng),
+        ) else {
+            return;
+        };
+        let op = match self.client.move_replica(p.id, from, to).await {
+            Ok(op) => op,
+            Err(e) => {
+                return self.note(&format!(
+                    "move of partition {} from node {from} to node {to} not started: {e}",
+                    p.id
+                ));
+            }
+        };
+        self.note(&format!(
+            "move partition {} from node {from} to node {to} (operation {})",
+            p.id, op.id
+        ));
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let ops = self.client.operations().await.unwrap_or_default();
+            if let Some(o) = ops.iter().find(|o| o.id == op.id && o.state != "running") {
+                let (state, id) = (o.state.clone(), o.id);
+                return self.note(&format!("operation {id} {state}"));
+            }
+        }
+        self.note(&format!("operation {} still running after 60 s", op.id));
     }
 
     /// Moves a random partition's leadership to another of its replicas.

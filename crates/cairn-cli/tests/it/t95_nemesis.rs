@@ -78,8 +78,9 @@ fn t97_mixed_schedule_with_packet_loss_is_linearizable() {
     schedule("t97-mixed", "partition,loss,crash,pause", 13);
 }
 
-/// Splits and leader transfers through the admin API, mixed with crashes and partitions.
+/// Splits, replica moves and leader transfers through the admin API, mixed with crashes and
+/// partitions.
 #[test]
 fn t98_layout_changes_with_crashes_and_partitions_are_linearizable() {
-    schedule("t98-layout", "split,leader,crash,partition", 14);
+    schedule("t98-layout", "split,move,leader,crash,partition", 14);
 }
