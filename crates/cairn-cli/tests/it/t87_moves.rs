@@ -217,3 +217,69 @@ async fn t89_node_back_after_its_replica_moved() {
         );
     }
 }
+
+/// The partition leader is killed -9 while a split of its partition is in flight: the
+/// split either happened or not, the table's partitions still tile the key space, no write
+/// is lost, and the same split can be asked for again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t84_leader_killed_mid_split() {
+    let mut c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("sk", 3, vec![]).await.unwrap();
+    for i in 0..300u32 {
+        cl.put("sk", format!("k{i:03}").as_bytes(), b"1")
+            .await
+            .unwrap();
+    }
+    let p = wait_for(Duration::from_secs(10), "a leader to be reported", || {
+        let cl = &cl;
+        async move { Some(partition(cl, "sk").await).filter(|p| p.leader.is_some()) }
+    })
+    .await;
+    let leader = p.leader.unwrap();
+    // Ask a node other than the leader, so the request outlives the kill.
+    let asker = *p.replicas.iter().find(|n| **n != leader).unwrap();
+    let url = format!("{}/v1/admin/split", c.http(asker));
+    let split = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body(r#"{"table":"sk","key":"k150"}"#)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    c.kill9(leader);
+    let status = split.await.unwrap();
+    c.restart(leader);
+    // Whatever the answer, the layout is whole and every key is there.
+    let t = wait_for(Duration::from_secs(30), "the metadata to settle", || {
+        let cl = &cl;
+        async move {
+            let t = cl.describe_table("sk").await.ok()?;
+            let tiles = t.partitions.first().is_some_and(|p| p.start.is_empty())
+                && t.partitions.last().is_some_and(|p| p.end.is_none())
+                && t.partitions.windows(2).all(|w| w[0].end.as_deref() == Some(w[1].start.as_slice()));
+            tiles.then_some(t)
+        }
+    })
+    .await;
+    assert!(t.partitions.len() <= 2, "{t:?}");
+    if status.as_ref().is_ok_and(|s| *s == 200) {
+        assert_eq!(t.partitions.len(), 2, "a split answered 200 but is not recorded");
+    }
+    for i in 0..300u32 {
+        assert_eq!(
+            cl.get("sk", format!("k{i:03}").as_bytes()).await.unwrap(),
+            Some(b"1".to_vec()),
+            "k{i:03} lost"
+        );
+    }
+    // Asked again: done now, or refused because it was done before.
+    match cl.split("sk", b"k150").await {
+        Ok((l, r)) => assert_eq!(r.start, b"k150".to_vec(), "{l:?} {r:?}"),
+        Err(e) => assert_eq!(e.code, cairn_types::ErrorCode::Conflict, "{e}"),
+    }
+    let t = cl.describe_table("sk").await.unwrap();
+    assert_eq!(t.partitions.len(), 2);
+    assert_eq!(t.partitions[1].start, b"k150".to_vec());
+}
