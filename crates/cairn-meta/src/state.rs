@@ -150,8 +150,12 @@ impl MetaState {
                     return MetaResponse::Refused(Error::NotFound(format!("operation {id}")));
                 };
                 if op.state != OpState::Running {
-                    // A late update from a deposed executor; the outcome is final.
-                    return MetaResponse::Operation(op.clone());
+                    // A late update from a deposed executor: the outcome is final, and the
+                    // refusal stops that executor before its next step.
+                    return MetaResponse::Refused(Error::Conflict(format!(
+                        "operation {id} already ended ({})",
+                        op.state.name()
+                    )));
                 }
                 op.state = *state;
                 op.step = step.clone();

@@ -22,6 +22,7 @@ mod error;
 mod log_store;
 mod network;
 pub mod runtime;
+pub mod snapshot;
 mod state_machine;
 
 pub use command::{Command, KvCommand, KvOp, Reply};
@@ -58,7 +59,7 @@ pub fn member_on(membership: &typ::Membership, node: cairn_types::NodeId) -> Opt
 }
 pub use state_machine::{
     GroupStateMachine, PartitionView, ReplicaRecord, SESSION_TTL_MS, SplitSink, group_is_pristine,
-    seed_group, split_allowed, split_seed_log_id,
+    seed_group, split_allowed, split_seed_log_id, staged_desc,
 };
 
 openraft::declare_raft_types!(
@@ -93,7 +94,8 @@ pub mod typ {
     /// Snapshot metadata.
     pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
     /// A snapshot with its bytes.
-    pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+    pub type Snapshot =
+        openraft::type_config::alias::SnapshotOf<TypeConfig, crate::snapshot::SnapshotData>;
     /// Metrics published by a replica.
     pub type Metrics = openraft::RaftMetrics<TypeConfig>;
 }

@@ -5,6 +5,7 @@
 //!
 //! Messages travel as postcard-encoded [`RaftRpc`] values inside the `Internal.Raft` call.
 
+use crate::snapshot::{SnapshotChunk, SnapshotData, stage_chunk, staged_complete};
 use crate::{Member, TypeConfig, typ};
 use cairn_proto::net::{SharedDialer, lazy_channel};
 use cairn_proto::v1::Envelope;
@@ -46,8 +47,8 @@ pub enum RaftMsg {
     Vote(VoteRequest<TypeConfig>),
     /// PreVote.
     PreVote(VoteRequest<TypeConfig>),
-    /// A whole snapshot.
-    Snapshot(typ::Vote, typ::SnapshotMeta, Vec<u8>),
+    /// One chunk of a snapshot transfer; the last one installs it.
+    SnapshotChunk(SnapshotChunk),
     /// The leader hands leadership to the receiver, which campaigns at once.
     TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
@@ -62,7 +63,16 @@ impl RaftRpc {
 /// Handles an incoming message on the replica `raft` (whose member id is `me`) and encodes
 /// its answer. A message for another member id is refused: it was meant for an earlier
 /// replica of this group on this node.
-pub async fn serve_raft_rpc(raft: &typ::Raft, me: u64, rpc: RaftRpc) -> Vec<u8> {
+/// `shape` is the `epoch.version` of the replica's descriptor (none for the metadata group):
+/// a snapshot of an older shape (from before a split this replica already knows of) is
+/// refused, since it would hand the replica keys that another partition owns now.
+pub async fn serve_raft_rpc(
+    raft: &typ::Raft,
+    me: u64,
+    shape: Option<u64>,
+    engine: &cairn_storage::SharedEngine,
+    rpc: RaftRpc,
+) -> Vec<u8> {
     fn enc<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
         let r = r.map_err(|e| e.to_string());
         postcard::to_allocvec(&r).unwrap_or_default()
@@ -78,15 +88,39 @@ pub async fn serve_raft_rpc(raft: &typ::Raft, me: u64, rpc: RaftRpc) -> Vec<u8> 
         RaftMsg::Append(req) => enc(raft.append_entries(req).await),
         RaftMsg::Vote(req) => enc(raft.vote(req).await),
         RaftMsg::PreVote(req) => enc(raft.pre_vote(req).await),
-        RaftMsg::Snapshot(vote, meta, data) => enc(raft
-            .install_full_snapshot(
-                vote,
-                typ::Snapshot {
-                    meta,
-                    snapshot: data,
-                },
-            )
-            .await),
+        RaftMsg::SnapshotChunk(c) => {
+            let group = cairn_types::PartitionId(rpc.group);
+            if let Err(e) = stage_chunk(engine, group, &c) {
+                return enc::<(), _>(Err(format!("cannot stage snapshot chunk: {e}")));
+            }
+            let Some((vote, meta, rows)) = c.last else {
+                return enc::<(), String>(Ok(()));
+            };
+            match staged_complete(engine, group, c.id, rows) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return enc::<(), String>(Err(format!(
+                        "snapshot transfer {} of {group} is incomplete (a newer one replaced it?)",
+                        c.id
+                    )));
+                }
+                Err(e) => return enc::<(), _>(Err(e.to_string())),
+            }
+            let staged = crate::staged_desc(engine, group, c.id);
+            if let (Some(local), Ok(Some(d))) = (shape, &staged)
+                && d.epoch.version < local
+            {
+                return enc::<(), String>(Err(format!(
+                    "snapshot of {group} at shape {} is older than this replica's ({local}); send a newer one",
+                    d.epoch.version
+                )));
+            }
+            let snapshot = typ::Snapshot {
+                meta,
+                snapshot: SnapshotData::Staged { group, id: c.id },
+            };
+            enc(raft.install_full_snapshot(vote, snapshot).await)
+        }
         RaftMsg::TransferLeader(req) => enc(raft.handle_transfer_leader(req).await),
     }
 }
@@ -216,8 +250,56 @@ impl ReplicaClient {
     }
 }
 
+impl ReplicaClient {
+    /// Streams a snapshot built here in chunks, one in flight; the receiver stages them and
+    /// installs on the last.
+    async fn send_snapshot(
+        &self,
+        vote: typ::Vote,
+        snapshot: typ::Snapshot,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let net = |m: String| RPCError::Network(NetworkError::new(&Msg(m)));
+        let SnapshotData::View(view) = snapshot.snapshot else {
+            return Err(net("only a snapshot built on this node can be sent".into()));
+        };
+        let id = cairn_types::entropy::next_u64();
+        let mut after: Option<Vec<u8>> = None;
+        let (mut seq, mut total) = (0u64, 0u64);
+        loop {
+            let v = view.clone();
+            let from = after.clone();
+            // Reading a chunk from the engine blocks; keep it off the async workers.
+            let rows = tokio::task::spawn_blocking(move || v.rows_after(from.as_deref()))
+                .await
+                .map_err(|e| net(e.to_string()))?
+                .map_err(|e| net(format!("cannot read the snapshot: {e}")))?;
+            let last = rows.is_empty();
+            total += rows.len() as u64;
+            after = rows.last().map(|(k, _)| k.clone()).or(after);
+            let chunk = SnapshotChunk {
+                id,
+                seq,
+                header: (seq == 0).then(|| view.header().to_vec()),
+                rows,
+                last: last.then(|| (vote, snapshot.meta.clone(), total)),
+            };
+            let rpc = self.rpc(RaftMsg::SnapshotChunk(chunk));
+            if last {
+                // Installing copies the whole partition: allow it more than one chunk's time.
+                let ttl = option.hard_ttl().max(Duration::from_secs(60));
+                return self.peers.call(self.node, &rpc, ttl).await;
+            }
+            self.peers
+                .call::<()>(self.node, &rpc, option.hard_ttl())
+                .await?;
+            seq += 1;
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for ReplicaClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -262,12 +344,12 @@ impl RaftNetworkV2<TypeConfig> for ReplicaClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let rpc = self.rpc(RaftMsg::Snapshot(vote, snapshot.meta, snapshot.snapshot));
+        let send = self.send_snapshot(vote, snapshot, option);
         tokio::select! {
             // Fixed order: tokio's random pick would make a simulation unrepeatable.
             biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = self.peers.call::<SnapshotResponse<TypeConfig>>(self.node, &rpc, option.hard_ttl()) => r.map_err(|e| match e {
+            r = send => r.map_err(|e| match e {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 RPCError::Timeout(t) => StreamingError::Timeout(t),
                 other => StreamingError::Network(NetworkError::new(&other)),

@@ -18,6 +18,9 @@
 //! fsynced on their own; the journal orders them before any later log sync.
 
 use crate::log_store::{decode, encode, read};
+use crate::snapshot::{
+    Installing, SnapshotData, ViewSnapshot, copy_staged, stage_view, staged_header,
+};
 use crate::{Command, KvCommand, KvOp, Reply, TypeConfig, typ};
 use cairn_meta::MetaState;
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
@@ -158,12 +161,12 @@ enum Kind {
     },
 }
 
+/// What a snapshot carries besides the rows of the partition's range.
 #[derive(Serialize, Deserialize)]
-enum SnapshotBody {
+enum SnapshotHeader {
     Partition {
         applied: Applied,
         sessions: Vec<(ClientId, Session)>,
-        data: Vec<(Vec<u8>, Vec<u8>)>,
     },
     Meta {
         applied: Applied,
@@ -181,7 +184,6 @@ pub struct GroupStateMachine {
     engine: SharedEngine,
     applied: Applied,
     kind: Kind,
-    current: Option<typ::Snapshot>,
     splits: Option<SplitSink>,
     /// This replica's member id; a split's right half gets the same on this node.
     me: ReplicaId,
@@ -204,7 +206,6 @@ impl GroupStateMachine {
             engine,
             applied,
             kind,
-            current: None,
             splits: None,
             me: ReplicaId::default(),
         }
@@ -225,6 +226,12 @@ impl GroupStateMachine {
         desc: PartitionDesc,
     ) -> io::Result<(Self, PartitionView)> {
         let group = desc.id;
+        // A crash in the middle of a snapshot install: finish it from the staged copy.
+        if let Some(m) = read::<Installing>(&*engine, Space::Data, &keys::group_installing(group))?
+        {
+            let rows = finish_partition_install(&engine, group, &m)?;
+            tracing::info!(%group, rows, "finished a snapshot install interrupted by a crash");
+        }
         let mut applied: Applied =
             read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
         let desc = applied.desc.clone().unwrap_or(desc);
@@ -232,20 +239,7 @@ impl GroupStateMachine {
         let view = PartitionView::new(desc, applied.last_split.clone());
         view.dropped
             .store(applied.dropped, std::sync::atomic::Ordering::Release);
-        let (start, end) = keys::group_sessions_range(group);
-        let mut sessions = HashMap::new();
-        for (k, v) in engine
-            .scan(Space::Data, &start, end.as_deref(), usize::MAX)
-            .map_err(io::Error::other)?
-        {
-            let client = k
-                .get(k.len().saturating_sub(8)..)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            if let Some(c) = client {
-                sessions.insert(ClientId(c), decode(&k, &v)?);
-            }
-        }
+        let sessions = load_sessions(&engine, group)?;
         let kind = Kind::Partition {
             view: view.clone(),
             sessions,
@@ -270,8 +264,12 @@ impl GroupStateMachine {
         Ok((Self::with(group, engine, applied, kind), state))
     }
 
-    /// Deletes the replica's state-machine bookkeeping and the user data of its range.
+    /// Deletes the replica's state-machine bookkeeping, any snapshot staged for it, and the
+    /// user data of its range.
     pub fn destroy(engine: &SharedEngine, desc: &PartitionDesc) -> io::Result<u64> {
+        let (s, e) = keys::staging_group_range(desc.id);
+        cairn_storage::delete_range(&**engine, Space::Local, &s, e.as_deref(), 1024)
+            .map_err(io::Error::other)?;
         let (s, e) = keys::group_state_range(desc.id);
         let mut n = cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
             .map_err(io::Error::other)?;
@@ -457,34 +455,98 @@ impl GroupStateMachine {
         });
     }
 
-    fn snapshot_body(&self) -> io::Result<SnapshotBody> {
+    /// A snapshot of the current state: its header and a read view of the engine. Nothing
+    /// is copied, so taking it does not hold up applying.
+    fn snapshot_view(&self) -> io::Result<typ::Snapshot> {
         let applied = self.applied.clone();
-        match &self.kind {
-            Kind::Partition { view, sessions, .. } => {
-                let desc = view.desc();
-                let (s, e) =
-                    keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
-                let rows = self
-                    .engine
-                    .scan(Space::Data, &s, e.as_deref(), usize::MAX)
-                    .map_err(io::Error::other)?;
-                let data = rows
-                    .into_iter()
-                    .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
-                    .collect();
+        let view = self.engine.read_view().map_err(io::Error::other)?;
+        let (header, data) = match &self.kind {
+            Kind::Partition {
+                view: pv, sessions, ..
+            } => {
+                let desc = pv.desc();
                 let sessions = sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
-                Ok(SnapshotBody::Partition {
-                    applied,
-                    sessions,
-                    data,
-                })
+                let h = encode(&SnapshotHeader::Partition { applied, sessions })?;
+                (h, Some(desc))
             }
             Kind::Meta { state } => {
                 let state = state.read().unwrap_or_else(|p| p.into_inner()).clone();
-                Ok(SnapshotBody::Meta { applied, state })
+                (encode(&SnapshotHeader::Meta { applied, state })?, None)
             }
+        };
+        let snap = ViewSnapshot::new(header, view, data.as_ref().map(|d| (d.table_id, &d.range)));
+        Ok(typ::Snapshot {
+            meta: typ::SnapshotMeta {
+                last_log_id: self.applied.last_applied,
+                last_membership: self.applied.membership.clone(),
+            },
+            snapshot: SnapshotData::View(Arc::new(snap)),
+        })
+    }
+}
+
+/// Finishes a partition install whose marker is written (see [`crate::snapshot`]): the
+/// rows, then the staged sessions and the marker's applied state in one batch.
+fn finish_partition_install(
+    engine: &SharedEngine,
+    group: PartitionId,
+    m: &Installing,
+) -> io::Result<u64> {
+    let header: SnapshotHeader = staged_header(engine, group, m.id)?;
+    let SnapshotHeader::Partition { sessions, .. } = header else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{group}: a metadata snapshot staged for a partition"),
+        ));
+    };
+    let (ss, se) = keys::group_sessions_range(group);
+    let old = engine
+        .scan(Space::Data, &ss, se.as_deref(), usize::MAX)
+        .map_err(io::Error::other)?;
+    copy_staged(engine, group, m, |b| {
+        for (k, _) in old {
+            b.delete(Space::Data, k);
+        }
+        for (c, s) in &sessions {
+            b.put(Space::Data, keys::group_session(group, *c), encode(s)?);
+        }
+        b.put(Space::Data, keys::group_applied(group), m.applied.clone());
+        Ok(())
+    })
+}
+
+/// The descriptor carried by staged snapshot `id` of `group`, if it is a partition's.
+pub fn staged_desc(
+    engine: &SharedEngine,
+    group: PartitionId,
+    id: u64,
+) -> io::Result<Option<PartitionDesc>> {
+    Ok(match staged_header::<SnapshotHeader>(engine, group, id)? {
+        SnapshotHeader::Partition { applied, .. } => applied.desc,
+        SnapshotHeader::Meta { .. } => None,
+    })
+}
+
+/// The write sessions of `group` as stored.
+fn load_sessions(
+    engine: &SharedEngine,
+    group: PartitionId,
+) -> io::Result<HashMap<ClientId, Session>> {
+    let (start, end) = keys::group_sessions_range(group);
+    let mut sessions = HashMap::new();
+    for (k, v) in engine
+        .scan(Space::Data, &start, end.as_deref(), usize::MAX)
+        .map_err(io::Error::other)?
+    {
+        let client = k
+            .get(k.len().saturating_sub(8)..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        if let Some(c) = client {
+            sessions.insert(ClientId(c), decode(&k, &v)?);
         }
     }
+    Ok(sessions)
 }
 
 /// Writes into `batch` the starting state of a new partition group: its descriptor and
@@ -540,7 +602,7 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<typ::Snapshot, io::Error> {
         self.snapshot.clone().map_err(io::Error::other)
@@ -548,7 +610,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
@@ -669,23 +731,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // The trait gives no way to fail here, so a failed copy travels to build_snapshot,
         // which reports it.
-        let snapshot = self
-            .snapshot_body()
-            .and_then(|b| encode(&b))
-            .map(|snapshot| typ::Snapshot {
-                meta: typ::SnapshotMeta {
-                    last_log_id: self.applied.last_applied,
-                    last_membership: self.applied.membership.clone(),
-                },
-                snapshot,
-            })
-            .map_err(|e| {
-                tracing::error!(group = %self.group, "cannot copy the state for a snapshot: {e}");
-                format!("{}: cannot copy the state for a snapshot: {e}", self.group)
-            });
-        if let Ok(s) = &snapshot {
-            self.current = Some(s.clone());
-        }
+        let snapshot = self.snapshot_view().map_err(|e| {
+            tracing::error!(group = %self.group, "cannot copy the state for a snapshot: {e}");
+            format!("{}: cannot copy the state for a snapshot: {e}", self.group)
+        });
         SnapshotBuilder { snapshot }
     }
 
@@ -696,19 +745,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &typ::SnapshotMeta,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let body: SnapshotBody = decode(b"snapshot", &snapshot)?;
-        let mut batch = WriteBatch::new();
-        match (body, &mut self.kind) {
-            (
-                SnapshotBody::Partition {
-                    applied,
-                    sessions: snap_sessions,
-                    data,
-                },
-                Kind::Partition { view, sessions, .. },
-            ) => {
+        let id = match &snapshot {
+            SnapshotData::Staged { group, id } if *group == self.group => *id,
+            SnapshotData::Staged { group, .. } => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: a snapshot staged for {group}", self.group),
+                ));
+            }
+            SnapshotData::View(v) => stage_view(&self.engine, self.group, v)?,
+        };
+        let header: SnapshotHeader = staged_header(&self.engine, self.group, id)?;
+        match (header, &mut self.kind) {
+            (SnapshotHeader::Partition { applied, .. }, Kind::Partition { view, sessions, .. }) => {
                 let local = view.desc();
                 let desc = applied.desc.clone().unwrap_or_else(|| local.clone());
                 // Touch only keys both descriptors own: outside the local range may lie
@@ -723,51 +774,67 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         ),
                     ));
                 };
-                // One atomic batch: the old contents go and the snapshot's arrive together,
-                // so a crash never leaves a half-installed replica.
-                let (s, e) = keys::data_range(desc.table_id, &range.start, range.end.as_deref());
-                let (gs, ge) = keys::group_state_range(self.group);
-                for (space_start, space_end) in [(s, e), (gs, ge)] {
-                    let old = self
-                        .engine
-                        .scan(Space::Data, &space_start, space_end.as_deref(), usize::MAX)
-                        .map_err(io::Error::other)?;
-                    for (k, _) in old {
-                        batch.delete(Space::Data, k);
-                    }
-                }
-                for (k, v) in data.into_iter().filter(|(k, _)| range.contains(k)) {
-                    batch.put(Space::Data, keys::data(desc.table_id, &k), v);
-                }
-                sessions.clear();
-                for (c, s) in snap_sessions {
-                    batch.put(Space::Data, keys::group_session(self.group, c), encode(&s)?);
-                    sessions.insert(c, s);
-                }
-                view.dropped
-                    .store(applied.dropped, std::sync::atomic::Ordering::Release);
-                view.set_desc(desc.clone());
-                *view.last_split.write().unwrap_or_else(|p| p.into_inner()) =
-                    applied.last_split.clone();
-                self.applied = Applied {
-                    desc: Some(desc),
+                let applied = Applied {
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                    desc: Some(desc.clone()),
                     ..applied
                 };
+                // The staged copy is durable before the old state starts to go.
+                self.engine.sync().map_err(io::Error::other)?;
+                let marker = Installing {
+                    id,
+                    table: desc.table_id,
+                    range,
+                    applied: encode(&applied)?,
+                };
+                let mut b = WriteBatch::new();
+                b.put(
+                    Space::Data,
+                    keys::group_installing(self.group),
+                    encode(&marker)?,
+                );
+                self.engine.write(b).map_err(io::Error::other)?;
+                let rows = finish_partition_install(&self.engine, self.group, &marker)?;
+                *sessions = load_sessions(&self.engine, self.group)?;
+                view.dropped
+                    .store(applied.dropped, std::sync::atomic::Ordering::Release);
+                view.set_desc(desc);
+                *view.last_split.write().unwrap_or_else(|p| p.into_inner()) =
+                    applied.last_split.clone();
+                self.applied = applied;
+                tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, rows, "installed snapshot");
             }
             (
-                SnapshotBody::Meta {
+                SnapshotHeader::Meta {
                     applied,
                     state: snap_state,
                 },
                 Kind::Meta { state },
             ) => {
-                batch.put(
+                let applied = Applied {
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                    ..applied
+                };
+                let mut b = WriteBatch::new();
+                b.put(
                     Space::Data,
                     keys::group_meta_state(self.group),
                     encode(&snap_state)?,
                 );
+                b.put(
+                    Space::Data,
+                    keys::group_applied(self.group),
+                    encode(&applied)?,
+                );
+                self.engine.write(b).map_err(io::Error::other)?;
+                let (s, e) = keys::staging_group_range(self.group);
+                cairn_storage::delete_range(&*self.engine, Space::Local, &s, e.as_deref(), 1024)
+                    .map_err(io::Error::other)?;
                 *state.write().unwrap_or_else(|p| p.into_inner()) = snap_state;
                 self.applied = applied;
+                tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, "installed snapshot");
             }
             _ => {
                 return Err(io::Error::new(
@@ -776,24 +843,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 ));
             }
         }
-        self.applied.last_applied = meta.last_log_id;
-        self.applied.membership = meta.last_membership.clone();
-        batch.put(
-            Space::Data,
-            keys::group_applied(self.group),
-            encode(&self.applied)?,
-        );
-        self.engine.write(batch).map_err(io::Error::other)?;
-        tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
-        self.current = Some(typ::Snapshot {
-            meta: meta.clone(),
-            snapshot,
-        });
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<typ::Snapshot>, io::Error> {
-        Ok(self.current.clone())
+        // A fresh view of the current state (it costs no copy): an older snapshot could
+        // predate a split and carry keys this partition no longer owns to a replica that
+        // opened with the split's descriptor. A replica that applied nothing has none.
+        if self.applied.last_applied.is_none() {
+            return Ok(None);
+        }
+        self.snapshot_view().map(Some)
     }
 }
 

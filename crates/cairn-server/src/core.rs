@@ -185,6 +185,17 @@ impl Core {
         if let Some(r) = self.replica(desc.id) {
             return hosted(r);
         }
+        // Replicas on one node never overlap: destroying one must never touch another's
+        // keys. A stale replica still covering this range goes first (reconcile).
+        let overlapping = self.hosted_descs().into_iter().find(|(h, _)| {
+            h.table_id == desc.table_id && h.id != desc.id && h.range.overlaps(&desc.range)
+        });
+        if let Some((h, _)) = overlapping {
+            return Err(Error::Conflict(format!(
+                "this node hosts {} {} which overlaps {} {}; retry once it is split or destroyed",
+                h.id, h.range, desc.id, desc.range
+            )));
+        }
         for m in members {
             self.peers.set_addr(m.id.0, &m.addr);
         }

@@ -418,15 +418,18 @@ impl internal_server::Internal for Internal {
                 .core
                 .meta
                 .as_ref()
-                .map(|m| (m.raft.clone(), self.0.id().0))
+                .map(|m| (m.raft.clone(), self.0.id().0, None))
         } else {
-            self.0.core.replica(group).map(|r| (r.raft, r.id.0))
+            self.0
+                .core
+                .replica(group)
+                .map(|r| (r.raft, r.id.0, Some(r.view.desc().epoch.version)))
         };
-        let (raft, me) = raft.ok_or_else(|| {
+        let (raft, me, shape) = raft.ok_or_else(|| {
             Status::not_found(format!("{group} has no replica on node {}", self.0.id()))
         })?;
         Ok(Response::new(Envelope {
-            payload: serve_raft_rpc(&raft, me, rpc).await,
+            payload: serve_raft_rpc(&raft, me, shape, &self.0.core.engine, rpc).await,
         }))
     }
 

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  StartMove (metadata: op Running, fresh replica id r)
-//!   1. open  : node `to` opens a pristine replica r (no seed: it can only catch up by snapshot)
+//!   1. open  : node `to` opens a pristine replica r (no seed: it can only catch up from a
+//!              snapshot of the leader's current state, streamed in chunks)
 //!   2. learn : leader adds r as a learner, answers Done once r has caught up
 //!   3. swap  : leader replaces `from`'s replica by r among the voters (joint consensus);
 //!              a leader on `from` hands leadership away first
@@ -65,24 +66,9 @@ impl Core {
         let partition = replica.view.desc().id;
         let m = self.leader_metrics(replica)?;
         if m.membership_config.membership().get_node(&rid.0).is_none() {
-            // The learner starts from the leader's current snapshot: make it current, so the
-            // learner does not replay older history (a split, keys since split off) on a node
-            // that may host other partitions of the table.
-            let applied = m.last_applied.map(|l| l.index);
-            if m.snapshot.map(|l| l.index) < applied {
-                let _ = replica.raft.trigger().snapshot().await;
-                replica
-                    .raft
-                    .wait(Some(Duration::from_secs(10)))
-                    .metrics(
-                        |m| m.snapshot.map(|l| l.index) >= applied,
-                        "snapshot for a new learner",
-                    )
-                    .await
-                    .map_err(|e| {
-                        Error::Unavailable(format!("{partition}: no fresh snapshot yet: {e}"))
-                    })?;
-            }
+            // The learner starts from a snapshot of the leader's current state (a new group
+            // never has its log from the start, see `seed_group`), so it does not replay
+            // history that predates a split.
             self.peers.set_addr(node.id.0, &node.addr);
             let member = Member {
                 node: node.id.0,
@@ -145,6 +131,15 @@ impl Core {
         voters.insert(add.0);
         let current: BTreeSet<u64> = membership.voter_ids().collect();
         if !joint && current == voters {
+            // Done by an earlier call; answer the descriptor once this replica has applied
+            // that membership, not an older one.
+            let at = m.membership_config.log_id().as_ref().map(|l| l.index);
+            replica
+                .raft
+                .wait(Some(Duration::from_secs(5)))
+                .applied_index_at_least(at, "membership applied")
+                .await
+                .map_err(|e| Error::Unavailable(format!("{partition}: {e}")))?;
             return Ok(PartitionReply::Desc(replica.view.desc()));
         }
         if membership.get_node(&add.0).is_none() {
@@ -330,9 +325,15 @@ impl Node {
             ))
             .unwrap_or_else(Instant::now);
         if started.elapsed() > GIVE_UP_AFTER {
-            return self
-                .roll_back(op, route, replica, "gave up: no progress")
-                .await;
+            match self
+                .roll_back(op, route.clone(), replica, "gave up: no progress")
+                .await?
+            {
+                Step::Finished => return Ok(Step::Finished),
+                // The new replica already votes (perhaps in a joint configuration left by
+                // a crash): the move can only go forward; the steps below finish it.
+                Step::Next => {}
+            }
         }
         // 1. The pristine replica on `to`.
         let members: Vec<NodeDesc> = state

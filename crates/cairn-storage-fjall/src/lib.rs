@@ -131,6 +131,45 @@ impl Engine for FjallEngine {
     fn sync(&self) -> Result<()> {
         self.db.persist(PersistMode::SyncAll).map_err(err)
     }
+
+    fn read_view(&self) -> Result<std::sync::Arc<dyn cairn_storage::ReadView>> {
+        Ok(std::sync::Arc::new(FjallView {
+            snapshot: self.db.snapshot(),
+            raft: self.raft.clone(),
+            data: self.data.clone(),
+            local: self.local.clone(),
+        }))
+    }
+}
+
+/// A fjall snapshot across the three keyspaces.
+struct FjallView {
+    snapshot: fjall::Snapshot,
+    raft: Keyspace,
+    data: Keyspace,
+    local: Keyspace,
+}
+
+impl cairn_storage::ReadView for FjallView {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
+        use fjall::Readable;
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let ks = match space {
+            Space::Raft => &self.raft,
+            Space::Data => &self.data,
+            Space::Local => &self.local,
+        };
+        let it = self.snapshot.range::<&[u8], _>(ks, range(start, end));
+        FjallEngine::collect(it, limit)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,28 @@ pub fn run_all(make: Factory<'_>) {
     scan_bounds_and_order(&*make());
     batch_is_atomic_and_ordered(&*make());
     ranges_delete_and_count(&*make());
+    read_view_is_a_point_in_time(&*make());
+}
+
+fn read_view_is_a_point_in_time(e: &dyn Engine) {
+    put(e, Space::Data, b"a", b"1");
+    put(e, Space::Data, b"b", b"1");
+    let view = e.read_view().unwrap();
+    put(e, Space::Data, b"a", b"2");
+    put(e, Space::Data, b"c", b"2");
+    let mut b = WriteBatch::new();
+    b.delete(Space::Data, b"b".to_vec());
+    e.write(b).unwrap();
+    let seen = view.scan(Space::Data, b"", None, 10).unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"1".to_vec())
+        ],
+        "read_view: sees the engine as it was"
+    );
+    assert_eq!(e.scan(Space::Data, b"", None, 10).unwrap().len(), 2);
 }
 
 fn put(e: &dyn Engine, s: Space, k: &[u8], v: &[u8]) {

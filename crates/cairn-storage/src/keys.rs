@@ -9,8 +9,11 @@
 //!               0x02 <group:u64be> 0x01               applied state of a group's state machine
 //!               0x02 <group:u64be> 0x02 <client:u64be> write session (at-most-once table)
 //!               0x02 <group:u64be> 0x03               metadata state (group 0 only)
+//!               0x02 <group:u64be> 0x04               snapshot install in progress
 //! Space::Local  0x01 <group:u64be>                    replica hosted by this node
 //!               0x02                                  node identity
+//!               0x03 <group:u64be> <id:u64be> 0x00    staged snapshot: header
+//!               0x03 <group:u64be> <id:u64be> 0x01 <user key>   staged snapshot: a row
 //! ```
 //! A table's data is one contiguous range, so a partition `[start, end)` of it is one range
 //! too and a split moves no bytes.
@@ -22,12 +25,14 @@ const DATA_GROUP: u8 = 0x02;
 const GROUP_APPLIED: u8 = 0x01;
 const GROUP_SESSION: u8 = 0x02;
 const GROUP_META: u8 = 0x03;
+const GROUP_INSTALLING: u8 = 0x04;
 const RAFT_LOG: u8 = 0x01;
 const RAFT_VOTE: u8 = 0x02;
 const RAFT_COMMITTED: u8 = 0x03;
 const RAFT_PURGED: u8 = 0x04;
 const LOCAL_REPLICA: u8 = 0x01;
 const LOCAL_IDENTITY: u8 = 0x02;
+const LOCAL_STAGING: u8 = 0x03;
 
 fn with_u64(prefix: &[u8], v: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 8 + 9);
@@ -170,6 +175,50 @@ pub fn local_replica(group: PartitionId) -> Vec<u8> {
 /// `[start, end)` of every replica record.
 pub fn local_replicas_range() -> (Vec<u8>, Option<Vec<u8>>) {
     (vec![LOCAL_REPLICA], prefix_end(&[LOCAL_REPLICA]))
+}
+
+/// Marks that a snapshot install into `group` is under way (which staged snapshot, into
+/// which range), so a crash in the middle finishes it at the next start.
+pub fn group_installing(group: PartitionId) -> Vec<u8> {
+    group_key(group, GROUP_INSTALLING)
+}
+
+fn staging(group: PartitionId, id: u64) -> Vec<u8> {
+    let mut k = with_u64(&[LOCAL_STAGING], group.0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The header of staged snapshot `id` of `group`.
+pub fn staging_header(group: PartitionId, id: u64) -> Vec<u8> {
+    let mut k = staging(group, id);
+    k.push(0x00);
+    k
+}
+
+/// A row (by user key) of staged snapshot `id` of `group`.
+pub fn staging_row(group: PartitionId, id: u64, user_key: &[u8]) -> Vec<u8> {
+    let mut k = staging(group, id);
+    k.push(0x01);
+    k.extend_from_slice(user_key);
+    k
+}
+
+/// Length of the prefix that [`staging_row`] puts before the user key.
+pub const STAGING_ROW_PREFIX_LEN: usize = 18;
+
+/// `[start, end)` of the rows of staged snapshot `id` of `group`.
+pub fn staging_rows_range(group: PartitionId, id: u64) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = staging_row(group, id, b"");
+    let end = prefix_end(&start);
+    (start, end)
+}
+
+/// `[start, end)` of everything staged for `group`.
+pub fn staging_group_range(group: PartitionId) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = with_u64(&[LOCAL_STAGING], group.0);
+    let end = prefix_end(&start);
+    (start, end)
 }
 
 /// The node identity record.

@@ -113,6 +113,23 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes every batch written so far durable (fsync).
     fn sync(&self) -> Result<()>;
+
+    /// A consistent read view of the engine as of now: later writes are not visible in it.
+    /// Cheap to take; it keeps the versions it sees alive until dropped.
+    fn read_view(&self) -> Result<Arc<dyn ReadView>>;
+}
+
+/// A point-in-time view of an [`Engine`] (see [`Engine::read_view`]).
+pub trait ReadView: Send + Sync + 'static {
+    /// Up to `limit` pairs with `start <= key < end`, in ascending key order, as of the
+    /// moment the view was taken.
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>>;
 }
 
 /// The engine as shared by the rest of a node.

@@ -60,6 +60,18 @@ impl MemEngine {
     }
 }
 
+impl crate::ReadView for MemEngine {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
+        Ok(self.range(space, start, end, limit, false))
+    }
+}
+
 fn apply(spaces: &mut BTreeMap<Space, Tree>, batch: &WriteBatch) {
     for op in &batch.ops {
         match op {
@@ -106,6 +118,17 @@ impl Engine for MemEngine {
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
         Ok(self.range(space, start, end, limit, true))
+    }
+
+    fn read_view(&self) -> Result<std::sync::Arc<dyn crate::ReadView>> {
+        // A copy: the memory engine serves tests and simulation, where data is small.
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let view = MemEngine::default();
+        {
+            let mut v = view.inner.lock().unwrap_or_else(|p| p.into_inner());
+            v.spaces = g.spaces.clone();
+        }
+        Ok(std::sync::Arc::new(view))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {

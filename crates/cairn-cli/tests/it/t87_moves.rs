@@ -258,14 +258,20 @@ async fn t84_leader_killed_mid_split() {
             let t = cl.describe_table("sk").await.ok()?;
             let tiles = t.partitions.first().is_some_and(|p| p.start.is_empty())
                 && t.partitions.last().is_some_and(|p| p.end.is_none())
-                && t.partitions.windows(2).all(|w| w[0].end.as_deref() == Some(w[1].start.as_slice()));
+                && t.partitions
+                    .windows(2)
+                    .all(|w| w[0].end.as_deref() == Some(w[1].start.as_slice()));
             tiles.then_some(t)
         }
     })
     .await;
     assert!(t.partitions.len() <= 2, "{t:?}");
     if status.as_ref().is_ok_and(|s| *s == 200) {
-        assert_eq!(t.partitions.len(), 2, "a split answered 200 but is not recorded");
+        assert_eq!(
+            t.partitions.len(),
+            2,
+            "a split answered 200 but is not recorded"
+        );
     }
     for i in 0..300u32 {
         assert_eq!(

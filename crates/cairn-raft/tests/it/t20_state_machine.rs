@@ -360,3 +360,117 @@ async fn t25_split_seeds_the_right_half() {
     assert_eq!(view.desc(), d);
     assert_eq!(view.scan(&dst, b"", None, 100).unwrap().len(), 1);
 }
+
+/// A snapshot is read in chunks of bounded size from a read view taken when it was built
+/// (later writes do not leak in), staged chunk by chunk on the receiver and installed; an
+/// install cut short by a crash after its marker is finished from the staged copy at the
+/// next open, so the replica ends with the snapshot's state, never a mix.
+#[tokio::test]
+async fn t26_streamed_snapshot_and_interrupted_install() {
+    use cairn_raft::snapshot::{Installing, SnapshotChunk, SnapshotData, stage_chunk};
+    use cairn_storage::{Space, WriteBatch, keys};
+    let src: SharedEngine = Arc::new(MemEngine::new());
+    let (mut sm, _) = open(&src, KeyRange::full());
+    let big = "x".repeat(4096);
+    let entries: Vec<_> = (1..=1500u64)
+        .map(|i| put(i, &format!("k{i:05}"), &big, Some((5, i, i)), 0))
+        .collect();
+    apply(&mut sm, entries).await;
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    // Written after the build: not in the snapshot.
+    apply(&mut sm, vec![put(1501, "late", "v", None, 0)]).await;
+    let SnapshotData::View(view) = &snap.snapshot else {
+        panic!("a built snapshot is a view")
+    };
+    let first = view.rows_after(None).unwrap();
+    let bytes: usize = first.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(first.len() < 1500 && bytes <= cairn_raft::snapshot::CHUNK_BYTES + 8192);
+
+    // Stage it on another engine the way the network does, then crash mid-install: the
+    // marker is durable, the range holds junk from the old state and a half copy.
+    let dst: SharedEngine = Arc::new(MemEngine::new());
+    let group = PartitionId(9);
+    let (mut after, mut seq, mut total) = (None::<Vec<u8>>, 0u64, 0u64);
+    loop {
+        let rows = view.rows_after(after.as_deref()).unwrap();
+        total += rows.len() as u64;
+        let last = rows.is_empty();
+        after = rows.last().map(|(k, _)| k.clone()).or(after);
+        let c = SnapshotChunk {
+            id: 77,
+            seq,
+            header: (seq == 0).then(|| view.header().to_vec()),
+            rows,
+            last: None,
+        };
+        stage_chunk(&dst, group, &c).unwrap();
+        if last {
+            break;
+        }
+        seq += 1;
+    }
+    assert_eq!(total, 1500);
+    assert!(seq >= 2, "more than one chunk: {seq}");
+    let (applied_at, _) = sm.applied_state().await.unwrap();
+    let (mut other, _) = open(&dst, KeyRange::full());
+    apply(&mut other, vec![put(1, "junk", "old", None, 0)]).await;
+    let marker = Installing {
+        id: 77,
+        table: T,
+        range: KeyRange::full(),
+        applied: {
+            // The applied state the install would record: the snapshot's.
+            let fresh: SharedEngine = Arc::new(MemEngine::new());
+            let (mut f, _) = open(&fresh, KeyRange::full());
+            f.install_snapshot(&snap.meta, snap.snapshot.clone())
+                .await
+                .unwrap();
+            fresh
+                .get(Space::Data, &keys::group_applied(group))
+                .unwrap()
+                .unwrap()
+        },
+    };
+    let mut b = WriteBatch::new();
+    b.put(
+        Space::Data,
+        keys::group_installing(group),
+        postcard::to_allocvec(&marker).unwrap(),
+    );
+    b.put(Space::Data, keys::data(T, b"k00001"), b"half".to_vec());
+    dst.write(b).unwrap();
+    drop(other);
+    let (mut reopened, view2) = open(&dst, KeyRange::full());
+    assert_eq!(view2.get(&dst, b"junk").unwrap(), None);
+    assert_eq!(view2.get(&dst, b"late").unwrap(), None);
+    assert_eq!(
+        view2.get(&dst, b"k00001").unwrap(),
+        Some(big.clone().into_bytes())
+    );
+    assert_eq!(view2.scan(&dst, b"", None, 5000).unwrap().len(), 1500);
+    let (applied, _) = reopened.applied_state().await.unwrap();
+    assert_eq!(applied, snap.meta.last_log_id);
+    assert!(applied < applied_at);
+    assert_eq!(
+        dst.get(Space::Data, &keys::group_installing(group))
+            .unwrap(),
+        None
+    );
+    let (s, e) = keys::staging_group_range(group);
+    assert_eq!(
+        dst.scan(Space::Local, &s, e.as_deref(), 10).unwrap().len(),
+        0
+    );
+    // The sessions came too: a late copy of seq 1500 is not applied again.
+    apply(
+        &mut reopened,
+        vec![put(1501, "k01500", "again", Some((5, 1500, 1500)), 0)],
+    )
+    .await;
+    assert_eq!(view2.get(&dst, b"k01500").unwrap(), Some(big.into_bytes()));
+}
