@@ -68,6 +68,14 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener>
 }
 
 async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Result<Identity> {
+    // Replica ids below FIRST_REPLICA_ID are node ids (the metadata group's founders).
+    if cfg.id.0 == 0 || cfg.id.0 >= cairn_types::FIRST_REPLICA_ID {
+        bail!(
+            "--id {} is out of range: node ids go from 1 to {}",
+            cfg.id,
+            cairn_types::FIRST_REPLICA_ID - 1
+        );
+    }
     if let Some(bytes) = engine.get(Space::Local, &keys::local_identity())? {
         let id: Identity = postcard::from_bytes(&bytes)
             .context("the node identity record in the data dir is corrupt")?;

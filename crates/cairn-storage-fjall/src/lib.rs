@@ -22,6 +22,9 @@ fn err(e: fjall::Error) -> Error {
     Error::Engine(e.to_string())
 }
 
+/// Largest memtable of a keyspace before it is sealed and flushed.
+const MEMTABLE_BYTES: u64 = 16 << 20;
+
 impl FjallEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -33,7 +36,11 @@ impl FjallEngine {
             .map_err(err)?;
         let open = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().manual_journal_persist(true)
+                // Small memtables: a node's memory must not grow with a burst of writes (a
+                // snapshot being staged and installed writes a whole partition at once).
+                KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .max_memtable_size(MEMTABLE_BYTES)
             })
             .map_err(err)
         };
