@@ -328,7 +328,12 @@ async fn t86_transfer_and_bad_admin_input() {
         .await
         .unwrap();
     signal("-STOP", outsider);
-    let second = cl.move_replica(p.id, p.replicas[1], outsider).await;
+    // Through a node that is not paused, with time for a new metadata leader should the
+    // paused node have led the metadata group.
+    let via = c
+        .client_of(p.replicas[1])
+        .with_timeout(Duration::from_secs(30));
+    let second = via.move_replica(p.id, p.replicas[1], outsider).await;
     signal("-CONT", outsider);
     assert_eq!(second.unwrap_err().code, ErrorCode::Conflict);
     let ops = h
