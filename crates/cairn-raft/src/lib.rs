@@ -6,6 +6,7 @@
 //!                        │                                              for all groups' appends
 //!                        └──apply──▶ GroupStateMachine ──write──▶ engine (Space::Data)
 //!   peers ◀── PeerNetwork: one gRPC channel per peer node carries every group's messages
+//!   snapshots: a header + an engine read view, sent in chunks, staged, installed (`snapshot`)
 //! ```
 //!
 //! Every group (the metadata group 0 and one per partition) is an openraft instance of the

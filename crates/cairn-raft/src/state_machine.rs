@@ -595,8 +595,8 @@ pub fn split_allowed(m: &typ::Membership) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds a snapshot from a copy taken when the builder was made; a copy that could not be
-/// taken is an error, never an empty snapshot.
+/// Hands out the snapshot (a header and an engine read view) taken when the builder was
+/// made; a view that could not be taken is an error, never an empty snapshot.
 pub struct SnapshotBuilder {
     snapshot: Result<typ::Snapshot, String>,
 }
@@ -732,8 +732,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         // The trait gives no way to fail here, so a failed copy travels to build_snapshot,
         // which reports it.
         let snapshot = self.snapshot_view().map_err(|e| {
-            tracing::error!(group = %self.group, "cannot copy the state for a snapshot: {e}");
-            format!("{}: cannot copy the state for a snapshot: {e}", self.group)
+            tracing::error!(group = %self.group, "cannot take a snapshot of the state: {e}");
+            format!("{}: cannot take a snapshot of the state: {e}", self.group)
         });
         SnapshotBuilder { snapshot }
     }
