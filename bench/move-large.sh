@@ -79,4 +79,6 @@ echo
 echo "moved $MIB MiB in $secs s: $(python3 -c "print(round($MIB / ($t1 - $t0), 1))") MiB/s"
 echo "sender   (node $leader): resident $before_leader MiB before, peak $peak_leader MiB during (+$((peak_leader - before_leader)) MiB)"
 echo "receiver (node 4): resident $before_target MiB before, peak $peak_target MiB during (+$((peak_target - before_target)) MiB)"
+sleep 5
+echo "5 s later: sender resident $(rss "$leader") MiB, receiver $(rss 4) MiB"
 "$BIN" --endpoints "$EP" table describe big
