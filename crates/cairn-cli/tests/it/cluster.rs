@@ -6,6 +6,46 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where histories are kept for CI to collect.
+pub fn history_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chaos");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Starts `cairn chaos` against `endpoints` with `args`, writing its history to `history`.
+pub fn spawn_chaos(endpoints: &str, args: &[&str], history: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", endpoints, "chaos"])
+        .args(args)
+        .arg("--history")
+        .arg(history)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 120 s) for a `cairn chaos` run, asserts that its history passed the
+/// checkers, and returns what it printed.
+pub async fn chaos_passed(run: &mut Child, history: &std::path::Path) -> String {
+    let status = wait_for(Duration::from_secs(120), "the workload to finish", || {
+        let s = run.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let mut out = String::new();
+    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        status.success(),
+        "history {} failed the check:\n{out}",
+        history.display()
+    );
+    assert!(out.contains("linearizable"), "{out}");
+    out
+}
+
 /// A free loopback port, as the OS hands it out.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

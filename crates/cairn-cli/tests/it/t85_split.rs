@@ -1,19 +1,11 @@
 //! Splits and leader transfers through the admin API, on real processes: under a running
 //! workload whose history is checked, and with every kind of bad input.
 
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos, wait_for};
 use cairn_check::workload::key_name;
 use cairn_client::{Client, ListOptions};
 use cairn_types::ErrorCode;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn history_path(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chaos");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 /// Every key of `table`, page by page, as List returns them.
 async fn list_all(c: &Client, table: &str) -> Vec<Vec<u8>> {
@@ -42,9 +34,11 @@ async fn t85_ten_splits_under_load() {
     let cl = c.client();
     cl.create_table("splits", 3, vec![]).await.unwrap();
     let path = history_path("t85-splits.jsonl");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--endpoints", &c.endpoints(), "chaos", "--table", "splits"])
-        .args([
+    let mut run = spawn_chaos(
+        &c.endpoints(),
+        &[
+            "--table",
+            "splits",
             "--duration",
             "20",
             "--clients",
@@ -53,14 +47,9 @@ async fn t85_ten_splits_under_load() {
             "24",
             "--seed",
             "85",
-        ])
-        .arg("--history")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        &path,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Split at k002, k004, ..., k020: each lands inside the partition the last one made.
     let mut split_at = Vec::new();
@@ -77,19 +66,7 @@ async fn t85_ten_splits_under_load() {
         split_at.push(key.into_bytes());
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
-    let status = wait_for(Duration::from_secs(120), "the workload to finish", || {
-        let s = run.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    let mut out = String::new();
-    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(
-        status.success(),
-        "history {} failed:\n{out}",
-        path.display()
-    );
-    assert!(out.contains("linearizable"), "{out}");
+    let out = chaos_passed(&mut run, &path).await;
     assert!(
         out.contains(" 0 info"),
         "some operations ended without an answer:\n{out}"

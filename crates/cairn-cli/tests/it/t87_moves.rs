@@ -1,17 +1,9 @@
 //! Replica moves on real processes: under a checked workload, through crashes of the
 //! metadata leader and of the target, and with a moved-away node coming back.
 
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos, wait_for};
 use cairn_client::{Client, OperationInfo, PartitionInfo};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn history_path(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chaos");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 /// Waits until operation `id` is no longer running and returns it.
 async fn finished(c: &Client, id: u64, within: Duration) -> OperationInfo {
@@ -64,9 +56,11 @@ async fn t87_moves_under_load() {
     let t = cl.create_table("moves", 3, vec![]).await.unwrap();
     let before = t.partitions[0].clone();
     let path = history_path("t87-moves.jsonl");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--endpoints", &c.endpoints(), "chaos", "--table", "moves"])
-        .args([
+    let mut run = spawn_chaos(
+        &c.endpoints(),
+        &[
+            "--table",
+            "moves",
             "--duration",
             "20",
             "--clients",
@@ -75,14 +69,9 @@ async fn t87_moves_under_load() {
             "16",
             "--seed",
             "87",
-        ])
-        .arg("--history")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        &path,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = before.replicas.clone();
     let new: Vec<u64> = (1..=6).filter(|n| !old.contains(n)).collect();
@@ -91,19 +80,7 @@ async fn t87_moves_under_load() {
         let end = finished(&cl, op.id, Duration::from_secs(60)).await;
         assert_eq!(end.state, "done", "{end:?}");
     }
-    let status = wait_for(Duration::from_secs(120), "the workload to finish", || {
-        let s = run.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    let mut out = String::new();
-    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(
-        status.success(),
-        "history {} failed:\n{out}",
-        path.display()
-    );
-    assert!(out.contains("linearizable"), "{out}");
+    chaos_passed(&mut run, &path).await;
 
     let after = partition(&cl, "moves").await;
     let mut got = after.replicas.clone();

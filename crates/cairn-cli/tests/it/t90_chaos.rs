@@ -1,14 +1,6 @@
-use crate::cluster::{Cluster, wait_for};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos};
+use std::process::Command;
 use std::time::Duration;
-
-/// Where histories are kept for CI to collect.
-fn history_path(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chaos");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 /// A concurrent workload runs while a node is killed -9 and restarted; the recorded history
 /// passes the checkers. Then a stale read injected into that same history is caught, so the
@@ -18,43 +10,17 @@ async fn t90_history_under_a_crash_is_linearizable_and_checker_catches_stale_rea
     let mut c = Cluster::start(3).await;
     let path = history_path("t90-crash.jsonl");
     let endpoints = c.endpoints();
-    let mut run = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "--endpoints",
-            &endpoints,
-            "chaos",
-            "--duration",
-            "12",
-            "--clients",
-            "6",
-            "--seed",
-            "7",
-        ])
-        .arg("--history")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_chaos(
+        &endpoints,
+        &["--duration", "12", "--clients", "6", "--seed", "7"],
+        &path,
+    );
     // Fault schedule: crash node 2 after 4 s, restart it after 8 s.
     tokio::time::sleep(Duration::from_secs(4)).await;
     c.kill9(2);
     tokio::time::sleep(Duration::from_secs(4)).await;
     c.restart(2);
-    let status = wait_for(Duration::from_secs(120), "the workload to finish", || {
-        let s = run.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    let mut out = String::new();
-    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(
-        status.success(),
-        "history {} failed the check:\n{out}",
-        path.display()
-    );
-    assert!(out.contains("linearizable"), "{out}");
+    chaos_passed(&mut run, &path).await;
 
     // Inject a stale read: a read, after the run, of a value that was overwritten before it.
     let text = std::fs::read_to_string(&path).unwrap();
