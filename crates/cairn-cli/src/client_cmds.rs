@@ -315,8 +315,9 @@ enum AdminCmd {
         key: String,
     },
     /// Moves a partition's replica from node FROM to node TO, showing progress until done.
+    /// Partition 0 is the metadata group: this replaces a metadata member.
     Move {
-        /// Partition id (`cairn table describe` lists them).
+        /// Partition id (`cairn table describe` lists them; 0 is the metadata group).
         partition: u64,
         /// The node giving its replica up.
         from: u64,

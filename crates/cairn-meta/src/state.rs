@@ -2,8 +2,8 @@
 
 use crate::{KEEP_FINISHED, OpKind, OpState, Operation};
 use cairn_types::{
-    Epoch, Error, FIRST_REPLICA_ID, KeyRange, NodeDesc, NodeId, PartitionDesc, PartitionId,
-    ReplicaId, TableDesc, TableId, TableState, validate_table_name,
+    Epoch, Error, FIRST_REPLICA_ID, KeyRange, META_GROUP, NodeDesc, NodeId, PartitionDesc,
+    PartitionId, ReplicaId, TableDesc, TableId, TableState, validate_table_name,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,6 +25,9 @@ pub struct MetaState {
     pub operations: BTreeMap<u64, Operation>,
     /// Next operation id to hand out.
     pub next_operation_id: u64,
+    /// The metadata group's voters: each node's replica id, as of the last membership
+    /// change applied from the metadata log (see [`MetaState::set_meta_voters`]).
+    pub meta_voters: BTreeMap<NodeId, ReplicaId>,
 }
 
 /// A change to the metadata, proposed through the metadata group.
@@ -177,6 +180,24 @@ impl MetaState {
         }
     }
 
+    /// Records the metadata group's voters; its state machine calls this when it applies a
+    /// membership entry, so every replica records the same voters at the same log position.
+    pub fn set_meta_voters(&mut self, voters: BTreeMap<NodeId, ReplicaId>) {
+        self.meta_voters = voters;
+    }
+
+    /// Whether `node`'s metadata replica `replica` is stale and must be destroyed: it is not
+    /// a voter any more, and no running move is adding it. Never while the voters are unknown.
+    pub fn meta_replica_stale(&self, node: NodeId, replica: ReplicaId) -> bool {
+        if self.meta_voters.is_empty() || self.meta_voters.get(&node) == Some(&replica) {
+            return false;
+        }
+        let adding = self.running_on(META_GROUP).is_some_and(|op| {
+            matches!(op.kind, OpKind::Move { to, replica: r, .. } if to == node && r == replica)
+        });
+        !adding
+    }
+
     fn start_move(
         &mut self,
         partition: PartitionId,
@@ -184,6 +205,9 @@ impl MetaState {
         to: NodeId,
         now_ms: u64,
     ) -> Result<Operation, Error> {
+        if partition == META_GROUP {
+            return self.start_meta_move(from, to, now_ms);
+        }
         let Some((table, p)) = self.partition(partition) else {
             return Err(Error::NotFound(format!(
                 "partition {partition}; `cairn table describe` lists a table's partitions"
@@ -220,6 +244,57 @@ impl MetaState {
                 op.kind.name()
             )));
         }
+        Ok(self.record_move(partition, table, from, to, now_ms))
+    }
+
+    /// A move of a metadata replica: `from` must be a voter of the metadata group, `to` a
+    /// registered node that is not.
+    fn start_meta_move(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        now_ms: u64,
+    ) -> Result<Operation, Error> {
+        for n in [from, to] {
+            if !self.nodes.contains_key(&n) {
+                return Err(Error::NotFound(format!(
+                    "node {n} is not part of the cluster; `cairn admin nodes` lists the nodes"
+                )));
+            }
+        }
+        if from == to {
+            return Err(Error::InvalidArgument(
+                "a move needs two different nodes".into(),
+            ));
+        }
+        if !self.meta_voters.contains_key(&from) {
+            return Err(Error::Conflict(format!(
+                "{from} is not a metadata member; `cairn admin nodes` lists the members"
+            )));
+        }
+        if self.meta_voters.contains_key(&to) {
+            return Err(Error::Conflict(format!(
+                "{to} is already a metadata member"
+            )));
+        }
+        if let Some(op) = self.running_on(META_GROUP) {
+            return Err(Error::Conflict(format!(
+                "operation {} ({}) on the metadata group is still running; wait for it (`cairn admin operations`)",
+                op.id,
+                op.kind.name()
+            )));
+        }
+        Ok(self.record_move(META_GROUP, TableId(0), from, to, now_ms))
+    }
+
+    fn record_move(
+        &mut self,
+        partition: PartitionId,
+        table: TableId,
+        from: NodeId,
+        to: NodeId,
+        now_ms: u64,
+    ) -> Operation {
         let replica = self.alloc_replica_id();
         self.next_operation_id = self.next_operation_id.max(1);
         let op = Operation {
@@ -235,7 +310,7 @@ impl MetaState {
         };
         self.next_operation_id += 1;
         self.operations.insert(op.id, op.clone());
-        Ok(op)
+        op
     }
 
     /// The running operation on `partition`, if any.
@@ -696,5 +771,96 @@ mod reconcile_tests {
                 .destroy,
             vec![left.id, right.id]
         );
+    }
+}
+
+#[cfg(test)]
+mod meta_move_tests {
+    use super::*;
+
+    fn cluster() -> MetaState {
+        let mut s = MetaState::default();
+        for n in 1..=4 {
+            s.apply(&MetaCommand::RegisterNode(NodeDesc {
+                id: NodeId(n),
+                addr: format!("n{n}"),
+                http_addr: String::new(),
+            }));
+        }
+        s.set_meta_voters((1..=3).map(|n| (NodeId(n), ReplicaId(n))).collect());
+        s
+    }
+
+    fn start(s: &mut MetaState, from: u64, to: u64) -> MetaResponse {
+        s.apply(&MetaCommand::StartMove {
+            partition: META_GROUP,
+            from: NodeId(from),
+            to: NodeId(to),
+            now_ms: 0,
+        })
+    }
+
+    #[test]
+    fn a_metadata_move_is_checked_like_any_other() {
+        let mut s = cluster();
+        let before = s.clone();
+        // Not a member, already a member, unknown node, same node: refused, nothing changes.
+        assert!(matches!(
+            start(&mut s, 4, 1),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            start(&mut s, 1, 2),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            start(&mut s, 1, 9),
+            MetaResponse::Refused(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            start(&mut s, 1, 1),
+            MetaResponse::Refused(Error::InvalidArgument(_))
+        ));
+        assert_eq!(s, before);
+        let MetaResponse::Operation(op) = start(&mut s, 1, 4) else {
+            panic!("refused")
+        };
+        assert_eq!((op.partition, op.table), (META_GROUP, TableId(0)));
+        // One at a time.
+        assert!(matches!(
+            start(&mut s, 2, 4),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_replica_that_left_the_metadata_group_is_destroyed() {
+        let mut s = cluster();
+        // Voters are never destroyed, nor is anything while the voters are unknown.
+        assert!(!s.meta_replica_stale(NodeId(1), ReplicaId(1)));
+        assert!(!MetaState::default().meta_replica_stale(NodeId(1), ReplicaId(1)));
+        let MetaResponse::Operation(op) = start(&mut s, 1, 4) else {
+            panic!("refused")
+        };
+        let OpKind::Move { replica, .. } = op.kind;
+        assert!(replica.0 >= FIRST_REPLICA_ID);
+        // The learner a running move opened is kept; any other replica on that node is not.
+        assert!(!s.meta_replica_stale(NodeId(4), replica));
+        assert!(s.meta_replica_stale(NodeId(4), ReplicaId(replica.0 + 1)));
+        // Once the voters change, the replica that left is destroyed, the new one kept.
+        s.set_meta_voters(BTreeMap::from([
+            (NodeId(2), ReplicaId(2)),
+            (NodeId(3), ReplicaId(3)),
+            (NodeId(4), replica),
+        ]));
+        assert!(s.meta_replica_stale(NodeId(1), ReplicaId(1)));
+        s.apply(&MetaCommand::UpdateOperation {
+            id: op.id,
+            state: OpState::Done,
+            step: "done".into(),
+            error: None,
+            now_ms: 1,
+        });
+        assert!(!s.meta_replica_stale(NodeId(4), replica));
     }
 }

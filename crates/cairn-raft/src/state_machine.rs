@@ -24,7 +24,7 @@ use crate::snapshot::{
 use crate::{Command, KvCommand, KvOp, Reply, TypeConfig, typ};
 use cairn_meta::MetaState;
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
-use cairn_types::{ClientId, Epoch, Error, PartitionDesc, PartitionId, ReplicaId, TableId};
+use cairn_types::{ClientId, Epoch, Error, NodeId, PartitionDesc, PartitionId, ReplicaId, TableId};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -267,16 +267,22 @@ impl GroupStateMachine {
     /// Deletes the replica's state-machine bookkeeping, any snapshot staged for it, and the
     /// user data of its range.
     pub fn destroy(engine: &SharedEngine, desc: &PartitionDesc) -> io::Result<u64> {
-        let (s, e) = keys::staging_group_range(desc.id);
-        cairn_storage::delete_range(&**engine, Space::Local, &s, e.as_deref(), 1024)
-            .map_err(io::Error::other)?;
-        let (s, e) = keys::group_state_range(desc.id);
-        let mut n = cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
-            .map_err(io::Error::other)?;
+        let mut n = Self::destroy_state(engine, desc.id)?;
         let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
         n += cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
             .map_err(io::Error::other)?;
         Ok(n)
+    }
+
+    /// Deletes a group's state-machine bookkeeping and any snapshot staged for it (for the
+    /// metadata group, the whole replica besides its log).
+    pub fn destroy_state(engine: &SharedEngine, group: PartitionId) -> io::Result<u64> {
+        let (s, e) = keys::staging_group_range(group);
+        cairn_storage::delete_range(&**engine, Space::Local, &s, e.as_deref(), 1024)
+            .map_err(io::Error::other)?;
+        let (s, e) = keys::group_state_range(group);
+        cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
+            .map_err(io::Error::other)
     }
 
     fn apply_kv(
@@ -632,8 +638,25 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::None,
                 EntryPayload::Membership(m) => {
-                    if let Kind::Partition { view, .. } = &self.kind {
-                        Self::apply_membership(&mut self.applied, view, m);
+                    match &self.kind {
+                        Kind::Partition { view, .. } => {
+                            Self::apply_membership(&mut self.applied, view, m)
+                        }
+                        Kind::Meta { state } => {
+                            // The metadata records its own group's voters, so the operation
+                            // that moves a metadata replica can see when it is done.
+                            let voters = m
+                                .voter_ids()
+                                .filter_map(|r| {
+                                    m.get_node(&r).map(|n| (NodeId(n.node), ReplicaId(r)))
+                                })
+                                .collect();
+                            state
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .set_meta_voters(voters);
+                            meta_changed = true;
+                        }
                     }
                     self.applied.membership =
                         typ::StoredMembership::new(Some(entry.log_id), m.clone());

@@ -26,7 +26,8 @@ pub enum MetaRequest {
     },
     /// Removes a table from the metadata; answers its last descriptor.
     DropTable(String),
-    /// A node's liveness beat with the state of its replicas.
+    /// A node's liveness beat with the state of its replicas; answers the metadata group's
+    /// current voters, so every node keeps up with a metadata member moved elsewhere.
     Heartbeat(Heartbeat),
     /// What a node should open and destroy, given the replicas it hosts.
     Reconcile {
@@ -34,6 +35,8 @@ pub enum MetaRequest {
         node: NodeId,
         /// Descriptors of its replicas, as applied there, with their replica ids.
         hosted: Vec<(PartitionDesc, ReplicaId)>,
+        /// The id of its metadata replica, if it hosts one.
+        meta: Option<ReplicaId>,
     },
     /// Starts moving a partition's replica from one node to another; answers the recorded
     /// operation, which the metadata leader then drives.
@@ -106,6 +109,8 @@ pub enum MetaReply {
         open: Vec<(PartitionDesc, Vec<NodeDesc>)>,
         /// Replicas to destroy.
         destroy: Vec<PartitionId>,
+        /// Whether its metadata replica is no longer a member and must be destroyed.
+        destroy_meta: bool,
     },
     /// A reserved partition id.
     Id(PartitionId),
@@ -113,7 +118,8 @@ pub enum MetaReply {
     Operation(Operation),
     /// Operations as recorded.
     Operations(Vec<Operation>),
-    /// The metadata group's members (for [`MetaRequest::ClusterInfo`]).
+    /// The metadata group's voters with their addresses (for [`MetaRequest::ClusterInfo`]
+    /// and heartbeats).
     Cluster(Vec<(NodeId, String)>),
     /// Nodes (for [`MetaRequest::Nodes`]).
     Nodes(Vec<NodeStatus>),
@@ -183,6 +189,12 @@ pub enum PartitionOp {
         /// Form the group with `desc.replicas` if the replica is pristine. Only CreateTable
         /// sets it: a split's right half or a new learner must never start a group.
         bootstrap: bool,
+    },
+    /// Opens a pristine metadata replica with id `replica` on this node (a move of a
+    /// metadata member); the metadata leader then adds it as a learner.
+    OpenMeta {
+        /// Its member id in the metadata group.
+        replica: ReplicaId,
     },
     /// Splits the partition at `key` (leader only); `right` is the new half's id.
     Split {

@@ -49,11 +49,62 @@ pub(crate) struct Replica {
     log: LogStore,
 }
 
+impl Replica {
+    /// This replica's group, for the membership steps shared with the metadata group.
+    pub(crate) fn group(&self) -> GroupRef<'_> {
+        GroupRef {
+            raft: &self.raft,
+            group: self.view.desc().id,
+            me: self.id,
+        }
+    }
+}
+
+/// A hosted replica's Raft handle, its group and its member id: what leader transfer and
+/// the membership steps of a move need, for a partition and for the metadata group alike.
+pub(crate) struct GroupRef<'a> {
+    pub(crate) raft: &'a typ::Raft,
+    pub(crate) group: PartitionId,
+    pub(crate) me: ReplicaId,
+}
+
 /// The metadata group replica, on the nodes that are members of it.
 #[derive(Clone)]
 pub(crate) struct MetaReplica {
+    /// This replica's member id in the metadata group (a founder's is its node id).
+    pub(crate) id: ReplicaId,
     pub(crate) raft: typ::Raft,
     pub(crate) state: Arc<RwLock<MetaState>>,
+}
+
+impl MetaReplica {
+    /// This replica's group, for the membership steps shared with partitions.
+    pub(crate) fn group(&self) -> GroupRef<'_> {
+        GroupRef {
+            raft: &self.raft,
+            group: META_GROUP,
+            me: self.id,
+        }
+    }
+
+    /// The node leading the metadata group, as this replica sees it.
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        leader_node(&self.raft.metrics().borrow_watched())
+    }
+
+    /// The group's voters with their addresses, as this replica sees them.
+    pub(crate) fn voters(&self) -> Vec<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|r| {
+                membership
+                    .get_node(&r)
+                    .map(|n| (NodeId(n.node), n.addr.clone()))
+            })
+            .collect()
+    }
 }
 
 /// What a node records about itself in its engine.
@@ -72,8 +123,11 @@ pub(crate) struct Core {
     pub(crate) peers: PeerNetwork,
     pub(crate) limits: Limits,
     pub(crate) snapshot_logs: u64,
-    pub(crate) identity: Identity,
-    pub(crate) meta: Option<MetaReplica>,
+    /// This node's metadata replica; a move can open one or take it away at run time.
+    pub(crate) meta: RwLock<Option<MetaReplica>>,
+    /// The metadata group's voters as last heard (persisted in the identity record), so
+    /// requests reach the metadata group after its members changed.
+    pub(crate) meta_members: RwLock<Vec<(NodeId, String)>>,
     pub(crate) replicas: RwLock<BTreeMap<PartitionId, Replica>>,
     /// Serializes replica creation and destruction.
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
@@ -98,8 +152,50 @@ fn io_err(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
 }
 
+/// Starts this node's replica `id` of the metadata group on what the engine holds.
+async fn start_meta_raft(
+    engine: &SharedEngine,
+    syncer: &Syncer,
+    peers: &PeerNetwork,
+    id: ReplicaId,
+    snapshot_logs: u64,
+) -> Result<MetaReplica> {
+    let (sm, state) = GroupStateMachine::meta(engine.clone(), META_GROUP).map_err(io_err)?;
+    let log = LogStore::new(META_GROUP, engine.clone(), syncer.clone());
+    let net = GroupNetwork {
+        peers: peers.clone(),
+        group: META_GROUP.0,
+    };
+    let raft = typ::Raft::new(id.0, meta_group_config(snapshot_logs), net, log, sm)
+        .await
+        .map_err(io_err)?;
+    Ok(MetaReplica { id, raft, state })
+}
+
+/// Which metadata replica the engine says this node hosts: `None` if it never recorded
+/// one, `Some(None)` if its replica was removed.
+fn meta_seat(engine: &SharedEngine) -> Result<Option<Option<ReplicaId>>> {
+    match engine.get(Space::Local, &keys::local_meta_replica())? {
+        None => Ok(None),
+        Some(b) => postcard::from_bytes(&b)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("corrupt metadata replica record: {e}"))),
+    }
+}
+
+fn write_meta_seat(b: &mut WriteBatch, seat: Option<ReplicaId>) -> Result<()> {
+    b.put(
+        Space::Local,
+        keys::local_meta_replica(),
+        postcard::to_allocvec(&seat).map_err(io_err)?,
+    );
+    Ok(())
+}
+
 impl Core {
-    /// Opens the metadata replica of this node if it is a member.
+    /// Opens the metadata replica this node hosts: the one it recorded, or at a founding
+    /// member's first start, a founder's replica (its node id as replica id), which forms
+    /// the group with the other founders.
     pub(crate) async fn open_meta(
         engine: &SharedEngine,
         syncer: &Syncer,
@@ -108,21 +204,25 @@ impl Core {
         identity: &Identity,
         snapshot_logs: u64,
     ) -> Result<Option<MetaReplica>> {
-        if !identity.meta_members.iter().any(|(n, _)| *n == id) {
+        let founding = match meta_seat(engine)? {
+            Some(None) => return Ok(None),
+            Some(Some(rid)) => {
+                let m = start_meta_raft(engine, syncer, peers, rid, snapshot_logs).await?;
+                return Ok(Some(m));
+            }
+            None => identity.meta_members.iter().any(|(n, _)| *n == id),
+        };
+        if !founding {
             return Ok(None);
         }
-        let (sm, state) = GroupStateMachine::meta(engine.clone(), META_GROUP).map_err(io_err)?;
-        let log = LogStore::new(META_GROUP, engine.clone(), syncer.clone());
-        let net = GroupNetwork {
-            peers: peers.clone(),
-            group: META_GROUP.0,
-        };
-        let raft = typ::Raft::new(id.0, meta_group_config(snapshot_logs), net, log, sm)
-            .await
-            .map_err(io_err)?;
-        if !raft.is_initialized().await.map_err(io_err)? {
-            // The founding members use their node ids as replica ids (no metadata exists yet
-            // to allocate from).
+        // A founder's replica id is its node id (no metadata exists yet to allocate from).
+        let rid = ReplicaId(id.0);
+        let mut b = WriteBatch::new();
+        write_meta_seat(&mut b, Some(rid))?;
+        engine.write(b)?;
+        engine.sync()?;
+        let m = start_meta_raft(engine, syncer, peers, rid, snapshot_logs).await?;
+        if !m.raft.is_initialized().await.map_err(io_err)? {
             let members: BTreeMap<u64, Member> = identity
                 .meta_members
                 .iter()
@@ -134,12 +234,130 @@ impl Core {
                     (n.0, m)
                 })
                 .collect();
-            // Every initial member initializes with the same membership; openraft allows it.
-            if let Err(e) = raft.initialize(members).await {
+            // Every founder initializes with the same membership; openraft allows it.
+            if let Err(e) = m.raft.initialize(members).await {
                 tracing::info!("metadata group already initialized: {e}");
             }
         }
-        Ok(Some(MetaReplica { raft, state }))
+        Ok(Some(m))
+    }
+
+    /// This node's metadata replica, if it hosts one.
+    pub(crate) fn meta(&self) -> Option<MetaReplica> {
+        self.meta.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The metadata group's voters: as this node's replica sees them, or as last heard.
+    pub(crate) fn meta_members(&self) -> Vec<(NodeId, String)> {
+        if let Some(m) = self.meta() {
+            let voters = m.voters();
+            if !voters.is_empty() {
+                return voters;
+            }
+        }
+        self.meta_members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adopts the metadata voters a metadata leader reported, and records them so a restart
+    /// still finds the metadata group.
+    pub(crate) async fn learn_meta_members(&self, members: Vec<(NodeId, String)>) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut cur = self.meta_members.write().unwrap_or_else(|p| p.into_inner());
+            if *cur == members {
+                return Ok(());
+            }
+            cur.clone_from(&members);
+        }
+        for (n, a) in &members {
+            if *n != self.id {
+                self.peers.set_addr(n.0, a);
+            }
+        }
+        let identity = Identity {
+            id: self.id,
+            meta_members: members.clone(),
+        };
+        let mut b = WriteBatch::new();
+        b.put(
+            Space::Local,
+            keys::local_identity(),
+            postcard::to_allocvec(&identity).map_err(io_err)?,
+        );
+        self.engine.write(b)?;
+        self.syncer.sync().await.map_err(io_err)?;
+        tracing::info!(members = ?members.iter().map(|(n, _)| n.0).collect::<Vec<_>>(), "metadata members changed");
+        Ok(())
+    }
+
+    /// Opens a pristine metadata replica `rid` (a move of a metadata member to this node);
+    /// it catches up from a snapshot the metadata leader sends.
+    pub(crate) async fn open_meta_replica(&self, rid: ReplicaId) -> Result<()> {
+        let _guard = self.lifecycle.lock().await;
+        if let Some(m) = self.meta() {
+            if m.id == rid {
+                return Ok(());
+            }
+            return Err(Error::Conflict(format!(
+                "node {} still hosts metadata replica {}, not {rid}; it is destroyed once it is no longer a member",
+                self.id, m.id
+            )));
+        }
+        if meta_seat(&self.engine)? != Some(Some(rid)) {
+            // Whatever an earlier replica here left (a destroy cut short) must not leak
+            // into the new one.
+            self.wipe_meta_state().await?;
+        }
+        let mut b = WriteBatch::new();
+        write_meta_seat(&mut b, Some(rid))?;
+        self.engine.write(b)?;
+        self.syncer.sync().await.map_err(io_err)?;
+        let m = start_meta_raft(
+            &self.engine,
+            &self.syncer,
+            &self.peers,
+            rid,
+            self.snapshot_logs,
+        )
+        .await?;
+        *self.meta.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
+        tracing::info!(replica = %rid, "opened a metadata replica");
+        Ok(())
+    }
+
+    /// Stops this node's metadata replica and deletes its log and state: the metadata
+    /// says it is no longer a member.
+    pub(crate) async fn destroy_meta(&self) -> Result<()> {
+        let _guard = self.lifecycle.lock().await;
+        let Some(m) = self.meta.write().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        if let Err(e) = m.raft.shutdown().await {
+            tracing::warn!("metadata replica shutdown: {e}");
+        }
+        // The record goes first: a crash before the deletes below must not reopen it.
+        let mut b = WriteBatch::new();
+        write_meta_seat(&mut b, None)?;
+        self.engine.write(b)?;
+        self.syncer.sync().await.map_err(io_err)?;
+        self.wipe_meta_state().await?;
+        *self.liveness.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
+        tracing::info!(replica = %m.id, "destroyed the metadata replica: no longer a member");
+        Ok(())
+    }
+
+    async fn wipe_meta_state(&self) -> Result<()> {
+        LogStore::new(META_GROUP, self.engine.clone(), self.syncer.clone())
+            .destroy()
+            .map_err(io_err)?;
+        GroupStateMachine::destroy_state(&self.engine, META_GROUP).map_err(io_err)?;
+        self.syncer.sync().await.map_err(io_err)?;
+        Ok(())
     }
 
     /// Replicas recorded in the engine by an earlier run.
@@ -471,48 +689,59 @@ impl Core {
         replica: &Replica,
         to: NodeId,
     ) -> Result<PartitionReply> {
-        let desc = replica.view.desc();
-        let m = replica.raft.metrics().borrow_watched().clone();
+        self.transfer_leader_in(&replica.group(), to).await?;
+        Ok(PartitionReply::Leader(Some(to)))
+    }
+
+    /// Hands leadership of group `g` to its voter on node `to` and waits until it leads.
+    pub(crate) async fn transfer_leader_in(&self, g: &GroupRef<'_>, to: NodeId) -> Result<()> {
+        let m = g.raft.metrics().borrow_watched().clone();
         if leader_node(&m) == Some(to) {
-            return Ok(PartitionReply::Leader(Some(to)));
+            return Ok(());
         }
         if m.state != ServerState::Leader {
             return Err(Error::NotLeader {
-                partition: desc.id,
+                partition: g.group,
                 leader: leader_node(&m),
             });
         }
         let membership = m.membership_config.membership();
         let target = member_on(membership, to).filter(|r| membership.voter_ids().any(|v| v == *r));
         let Some(target) = target else {
+            let voters: Vec<u64> = membership
+                .voter_ids()
+                .filter_map(|r| membership.get_node(&r).map(|n| n.node))
+                .collect();
             return Err(Error::Conflict(format!(
-                "{to} holds no voting replica of {}; its replicas are on {:?}",
-                desc.id, desc.replicas
+                "{to} holds no voting replica of {}; its voters are on nodes {voters:?}",
+                g.group
             )));
         };
-        replica
-            .raft
+        g.raft
             .trigger()
             .transfer_leader(target)
             .await
-            .map_err(|e| Error::Unavailable(format!("{}: {e}", desc.id)))?;
-        replica
-            .raft
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", g.group)))?;
+        g.raft
             .wait(Some(TRANSFER_TIMEOUT))
             .metrics(|m| m.current_leader == Some(target), "leadership transferred")
             .await
             .map_err(|e| {
                 Error::Unavailable(format!(
                     "{} did not hand leadership to {to} within {TRANSFER_TIMEOUT:?} ({e}); is {to} live and caught up?",
-                    desc.id
+                    g.group
                 ))
             })?;
-        tracing::info!(partition = %desc.id, %to, "transferred leadership");
-        Ok(PartitionReply::Leader(Some(to)))
+        tracing::info!(partition = %g.group, %to, "transferred leadership");
+        Ok(())
     }
 
     /// Serves a request for a partition replica hosted here.
     pub(crate) async fn handle_partition(&self, req: PartitionRequest) -> Result<PartitionReply> {
+        if let PartitionOp::OpenMeta { replica } = &req.op {
+            self.open_meta_replica(*replica).await?;
+            return Ok(PartitionReply::Done);
+        }
         if let PartitionOp::Open {
             desc,
             members,
@@ -590,7 +819,7 @@ impl Core {
             PartitionOp::Leader => Ok(PartitionReply::Leader(leader_node(
                 &replica.raft.metrics().borrow_watched(),
             ))),
-            PartitionOp::Open { .. } => Ok(PartitionReply::Done),
+            PartitionOp::Open { .. } | PartitionOp::OpenMeta { .. } => Ok(PartitionReply::Done),
             PartitionOp::Split { key, right } => {
                 self.limits.check_key(&key)?;
                 self.split(&replica, epoch, table, key, right).await

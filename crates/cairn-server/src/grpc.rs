@@ -412,13 +412,8 @@ impl internal_server::Internal for Internal {
     async fn raft(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let rpc: RaftRpc = decode(req.get_ref()).map_err(status)?;
         let group = PartitionId(rpc.group());
-        // The metadata group's founding members use their node ids as replica ids.
         let raft = if group == META_GROUP {
-            self.0
-                .core
-                .meta
-                .as_ref()
-                .map(|m| (m.raft.clone(), self.0.id().0, None))
+            self.0.core.meta().map(|m| (m.raft, m.id.0, None))
         } else {
             self.0
                 .core

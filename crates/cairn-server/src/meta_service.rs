@@ -62,8 +62,8 @@ impl Liveness {
 }
 
 impl Core {
-    fn meta_replica(&self) -> Result<&crate::core::MetaReplica> {
-        self.meta.as_ref().ok_or(Error::NotLeader {
+    fn meta_replica(&self) -> Result<crate::core::MetaReplica> {
+        self.meta().ok_or(Error::NotLeader {
             partition: META_GROUP,
             leader: *self
                 .meta_leader_hint
@@ -85,7 +85,7 @@ impl Core {
 
     /// Records that this replica leads the metadata group in its current term.
     fn note_leadership(&self) {
-        let Some(m) = &self.meta else { return };
+        let Some(m) = self.meta() else { return };
         let term = m.raft.metrics().borrow_watched().current_term;
         let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
         if l.term != term || l.leader_since.is_none() {
@@ -99,13 +99,13 @@ impl Core {
 
     /// Forgets leader-only state when this replica is not the leader.
     pub(crate) fn observe_meta_role(&self) {
-        if let Some(m) = &self.meta {
-            let leader = m.raft.metrics().borrow_watched().current_leader;
+        if let Some(m) = self.meta() {
+            let leader = m.leader();
             *self
                 .meta_leader_hint
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = leader.map(NodeId);
-            if leader != Some(self.id.0) {
+                .unwrap_or_else(|p| p.into_inner()) = leader;
+            if leader != Some(self.id) {
                 let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                 *l = Liveness::default();
             }
@@ -181,7 +181,7 @@ impl Core {
     /// Serves a metadata request; refuses with `NotLeader` unless this node leads group 0.
     pub(crate) async fn handle_meta(&self, req: MetaRequest) -> Result<MetaReply> {
         match req {
-            MetaRequest::ClusterInfo => Ok(MetaReply::Cluster(self.identity.meta_members.clone())),
+            MetaRequest::ClusterInfo => Ok(MetaReply::Cluster(self.meta_members())),
             MetaRequest::GetTable(name) => {
                 let state = self.meta_barrier().await?;
                 let table = state
@@ -236,9 +236,10 @@ impl Core {
                     .await
             }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,
-            MetaRequest::Reconcile { node, hosted } => {
+            MetaRequest::Reconcile { node, hosted, meta } => {
                 let state = self.meta_barrier().await?;
                 let rec = state.reconcile(node, &hosted);
+                let destroy_meta = meta.is_some_and(|r| state.meta_replica_stale(node, r));
                 let open = rec
                     .open
                     .into_iter()
@@ -254,6 +255,7 @@ impl Core {
                 Ok(MetaReply::Reconcile {
                     open,
                     destroy: rec.destroy,
+                    destroy_meta,
                 })
             }
             MetaRequest::StartMove {
@@ -320,8 +322,11 @@ impl Core {
                 let state = self.meta_barrier().await?;
                 let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                 let leaders = l.leaders();
-                let members: BTreeSet<NodeId> =
-                    self.identity.meta_members.iter().map(|(n, _)| *n).collect();
+                let members: BTreeSet<NodeId> = if state.meta_voters.is_empty() {
+                    self.meta_members().iter().map(|(n, _)| *n).collect()
+                } else {
+                    state.meta_voters.keys().copied().collect()
+                };
                 let nodes = state
                     .nodes
                     .values()
@@ -370,11 +375,11 @@ impl Core {
 
     async fn heartbeat(&self, hb: Heartbeat) -> Result<MetaReply> {
         let m = self.meta_replica()?;
-        let metrics = m.raft.metrics().borrow_watched().clone();
-        if metrics.current_leader != Some(self.id.0) {
+        let leader = m.leader();
+        if leader != Some(self.id) {
             return Err(Error::NotLeader {
                 partition: META_GROUP,
-                leader: metrics.current_leader.map(NodeId),
+                leader,
             });
         }
         self.note_leadership();
@@ -402,6 +407,6 @@ impl Core {
         // A leader's descriptor newer than the record repairs a split record that was lost.
         let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.record_descs(&state, &hb.led).await?;
-        Ok(MetaReply::Done)
+        Ok(MetaReply::Cluster(m.voters()))
     }
 }

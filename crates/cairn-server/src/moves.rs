@@ -16,13 +16,14 @@
 //! a joint configuration is flattened by step 3 run again. A move that makes no progress for
 //! [`GIVE_UP_AFTER`] before its learner becomes a voter is rolled back (the learner removed).
 
-use crate::core::{Core, Replica, now_ms};
+use crate::core::{Core, GroupRef, Replica, now_ms};
 use crate::node::Node;
 use cairn_meta::{MetaCommand, MetaResponse};
 use cairn_raft::{Member, from_raft, leader_node, member_on};
 use cairn_router::{MetaReply, MetaRequest, PartitionOp, PartitionReply, TableRoute, Transport};
 use cairn_types::{
-    Error, NodeDesc, NodeId, OpKind, OpState, Operation, PartitionId, ReplicaId, Result,
+    Epoch, Error, META_GROUP, NodeDesc, NodeId, OpKind, OpState, Operation, PartitionId, ReplicaId,
+    Result, TableId,
 };
 use openraft::ChangeMembers;
 use openraft::ServerState;
@@ -45,11 +46,11 @@ pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 const EXECUTOR_TICK: Duration = Duration::from_millis(500);
 
 impl Core {
-    fn leader_metrics(&self, replica: &Replica) -> Result<cairn_raft::typ::Metrics> {
-        let m = replica.raft.metrics().borrow_watched().clone();
+    fn leader_metrics(&self, g: &GroupRef<'_>) -> Result<cairn_raft::typ::Metrics> {
+        let m = g.raft.metrics().borrow_watched().clone();
         if m.state != ServerState::Leader {
             return Err(Error::NotLeader {
-                partition: replica.view.desc().id,
+                partition: g.group,
                 leader: leader_node(&m),
             });
         }
@@ -63,8 +64,20 @@ impl Core {
         rid: ReplicaId,
         node: NodeDesc,
     ) -> Result<PartitionReply> {
-        let partition = replica.view.desc().id;
-        let m = self.leader_metrics(replica)?;
+        self.add_learner_to(&replica.group(), rid, node).await?;
+        Ok(PartitionReply::Done)
+    }
+
+    /// Adds `rid` on `node` as a learner of group `g` (on its leader) and answers once it
+    /// has caught up, or `Unavailable` with its progress after [`CATCH_UP_WAIT`].
+    pub(crate) async fn add_learner_to(
+        &self,
+        g: &GroupRef<'_>,
+        rid: ReplicaId,
+        node: NodeDesc,
+    ) -> Result<()> {
+        let partition = g.group;
+        let m = self.leader_metrics(g)?;
         if m.membership_config.membership().get_node(&rid.0).is_none() {
             // The learner starts from a snapshot of the leader's current state (a new group
             // never has its log from the start, see `seed_group`), so it does not replay
@@ -74,8 +87,7 @@ impl Core {
                 node: node.id.0,
                 addr: node.addr.clone(),
             };
-            replica
-                .raft
+            g.raft
                 .add_learner(rid.0, member, false)
                 .await
                 .map_err(|e| from_raft(partition, e))?;
@@ -90,15 +102,15 @@ impl Core {
                 .map(|l| l.index);
             matched.is_some_and(|i| i + CAUGHT_UP_LAG >= last)
         };
-        let waited = replica
+        let waited = g
             .raft
             .wait(Some(CATCH_UP_WAIT))
             .metrics(caught_up, "learner caught up")
             .await;
         match waited {
-            Ok(_) => Ok(PartitionReply::Done),
+            Ok(_) => Ok(()),
             Err(_) => {
-                let m = replica.raft.metrics().borrow_watched().clone();
+                let m = g.raft.metrics().borrow_watched().clone();
                 let matched = m
                     .replication
                     .as_ref()
@@ -120,8 +132,20 @@ impl Core {
         remove: NodeId,
         add: ReplicaId,
     ) -> Result<PartitionReply> {
-        let partition = replica.view.desc().id;
-        let m = self.leader_metrics(replica)?;
+        self.replace_voter_in(&replica.group(), remove, add).await?;
+        Ok(PartitionReply::Desc(replica.view.desc()))
+    }
+
+    /// Makes `add` a voter of group `g` in place of the replica on `remove` (on the leader),
+    /// and answers once this replica has applied that membership.
+    pub(crate) async fn replace_voter_in(
+        &self,
+        g: &GroupRef<'_>,
+        remove: NodeId,
+        add: ReplicaId,
+    ) -> Result<()> {
+        let partition = g.group;
+        let m = self.leader_metrics(g)?;
         let membership = m.membership_config.membership().clone();
         let joint = membership.get_joint_config().len() > 1;
         let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -131,16 +155,15 @@ impl Core {
         voters.insert(add.0);
         let current: BTreeSet<u64> = membership.voter_ids().collect();
         if !joint && current == voters {
-            // Done by an earlier call; answer the descriptor once this replica has applied
-            // that membership, not an older one.
+            // Done by an earlier call; answer once this replica has applied that
+            // membership, not an older one.
             let at = m.membership_config.log_id().as_ref().map(|l| l.index);
-            replica
-                .raft
+            g.raft
                 .wait(Some(Duration::from_secs(5)))
                 .applied_index_at_least(at, "membership applied")
                 .await
                 .map_err(|e| Error::Unavailable(format!("{partition}: {e}")))?;
-            return Ok(PartitionReply::Desc(replica.view.desc()));
+            return Ok(());
         }
         if membership.get_node(&add.0).is_none() {
             return Err(Error::Conflict(format!(
@@ -152,25 +175,24 @@ impl Core {
             // election; hand leadership to another voter first.
             let to = membership
                 .voter_ids()
-                .filter(|v| *v != replica.id.0)
+                .filter(|v| *v != g.me.0)
                 .find_map(|v| membership.get_node(&v).map(|n| NodeId(n.node)));
             if let Some(to) = to {
-                let _ = self.transfer_leader(replica, to).await;
+                let _ = self.transfer_leader_in(g, to).await;
             }
-            let m = replica.raft.metrics().borrow_watched().clone();
+            let m = g.raft.metrics().borrow_watched().clone();
             return Err(Error::NotLeader {
                 partition,
                 leader: leader_node(&m).filter(|l| *l != self.id),
             });
         }
-        replica
-            .raft
+        // Answered once the final membership is applied here.
+        g.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
             .map_err(|e| from_raft(partition, e))?;
-        let desc = replica.view.desc();
-        tracing::info!(%partition, %remove, %add, epoch = %desc.epoch, "replaced a voter");
-        Ok(PartitionReply::Desc(desc))
+        tracing::info!(%partition, %remove, %add, "replaced a voter");
+        Ok(())
     }
 
     /// Rolls a move back, on the partition's leader: removes a learner that is not a voter.
@@ -179,8 +201,14 @@ impl Core {
         replica: &Replica,
         rid: ReplicaId,
     ) -> Result<PartitionReply> {
-        let partition = replica.view.desc().id;
-        let m = self.leader_metrics(replica)?;
+        self.remove_learner_from(&replica.group(), rid).await?;
+        Ok(PartitionReply::Desc(replica.view.desc()))
+    }
+
+    /// Removes the learner `rid` from group `g` (on its leader); refuses if it votes.
+    pub(crate) async fn remove_learner_from(&self, g: &GroupRef<'_>, rid: ReplicaId) -> Result<()> {
+        let partition = g.group;
+        let m = self.leader_metrics(g)?;
         let membership = m.membership_config.membership();
         if membership.voter_ids().any(|v| v == rid.0) {
             return Err(Error::Conflict(format!(
@@ -188,13 +216,12 @@ impl Core {
             )));
         }
         if membership.get_node(&rid.0).is_some() {
-            replica
-                .raft
+            g.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([rid.0])), false)
                 .await
                 .map_err(|e| from_raft(partition, e))?;
         }
-        Ok(PartitionReply::Desc(replica.view.desc()))
+        Ok(())
     }
 }
 
@@ -319,12 +346,7 @@ impl Node {
             self.note_op(op, OpState::Done, "done", None).await?;
             return Ok(Step::Finished);
         }
-        let started = Instant::now()
-            .checked_sub(Duration::from_millis(
-                now_ms().saturating_sub(op.started_ms),
-            ))
-            .unwrap_or_else(Instant::now);
-        if started.elapsed() > GIVE_UP_AFTER {
+        if started_at(op).elapsed() > GIVE_UP_AFTER {
             match self
                 .roll_back(op, route.clone(), replica, "gave up: no progress")
                 .await?
@@ -386,6 +408,67 @@ impl Node {
         Ok(Step::Next)
     }
 
+    /// One pass over a move of a metadata replica. This node leads the metadata group, so
+    /// the membership steps run on its own replica; when `from` is this node, the swap hands
+    /// leadership away first and the next leader's executor finishes the move.
+    async fn drive_meta_move(&self, op: &Operation) -> Result<Step> {
+        let OpKind::Move { from, to, replica } = op.kind;
+        let state = self.core.meta_state()?;
+        let Some(to_desc) = state.nodes.get(&to).cloned() else {
+            return Err(Error::NotFound(format!("node {to}")));
+        };
+        if state.meta_voters.get(&to) == Some(&replica) && !state.meta_voters.contains_key(&from) {
+            self.note_op(op, OpState::Done, "done", None).await?;
+            return Ok(Step::Finished);
+        }
+        let meta = self.core.meta().ok_or(Error::NotLeader {
+            partition: META_GROUP,
+            leader: None,
+        })?;
+        let g = meta.group();
+        if started_at(op).elapsed() > GIVE_UP_AFTER {
+            match self.core.remove_learner_from(&g, replica).await {
+                Ok(()) => {
+                    self.note_op(
+                        op,
+                        OpState::RolledBack,
+                        "rolled back",
+                        Some("gave up: no progress".into()),
+                    )
+                    .await?;
+                    return Ok(Step::Finished);
+                }
+                // Already a voter: the move can only go forward.
+                Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // 1. The pristine replica on `to`.
+        self.router
+            .transport()
+            .learn(std::slice::from_ref(&to_desc));
+        self.note_op(op, OpState::Running, "opening the new replica", None)
+            .await?;
+        let open = cairn_router::PartitionRequest {
+            partition: META_GROUP,
+            epoch: Epoch::default(),
+            table: TableId(0),
+            op: PartitionOp::OpenMeta { replica },
+        };
+        self.router.transport().partition(to, open).await?;
+        // 2. Learner, caught up.
+        self.note_op(op, OpState::Running, "catching up", None)
+            .await?;
+        self.core.add_learner_to(&g, replica, to_desc).await?;
+        // 3. Voter in place of `from`; the state machine records the new voters.
+        self.note_op(op, OpState::Running, "replacing the voter", None)
+            .await?;
+        self.core.replace_voter_in(&g, from, replica).await?;
+        self.note_op(op, OpState::Done, "done", None).await?;
+        tracing::info!(operation = op.id, %from, %to, "metadata member moved");
+        Ok(Step::Next)
+    }
+
     async fn roll_back(
         &self,
         op: &Operation,
@@ -435,7 +518,12 @@ impl Node {
             let Some(current) = current.filter(|o| o.state == OpState::Running) else {
                 return;
             };
-            match self.drive_move(&current).await {
+            let driven = if current.partition == META_GROUP {
+                self.drive_meta_move(&current).await
+            } else {
+                self.drive_move(&current).await
+            };
+            match driven {
                 Ok(_) => {
                     let done = self.core.meta_state().ok().and_then(|s| {
                         s.operations
@@ -458,6 +546,15 @@ impl Node {
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// When `op` started, on this node's monotonic clock.
+fn started_at(op: &Operation) -> Instant {
+    Instant::now()
+        .checked_sub(Duration::from_millis(
+            now_ms().saturating_sub(op.started_ms),
+        ))
+        .unwrap_or_else(Instant::now)
 }
 
 /// The executor: on the metadata leader, starts a driver for each running operation.

@@ -21,8 +21,8 @@ use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -242,8 +242,8 @@ impl Node {
             peers,
             limits: cfg.limits,
             snapshot_logs: cfg.snapshot_logs,
-            identity,
-            meta,
+            meta_members: RwLock::new(identity.meta_members),
+            meta: RwLock::new(meta),
             replicas: Default::default(),
             lifecycle: Default::default(),
             liveness: Default::default(),
@@ -328,7 +328,7 @@ impl Node {
         for r in replicas {
             let _ = r.raft.shutdown().await;
         }
-        if let Some(m) = &self.core.meta {
+        if let Some(m) = self.core.meta() {
             let _ = m.raft.shutdown().await;
         }
         if let Err(e) = self.core.syncer.sync().await {
@@ -360,8 +360,7 @@ impl Node {
     /// is not a member). Only the leader's copy is known to be current.
     pub fn metadata(&self) -> Option<cairn_meta::MetaState> {
         self.core
-            .meta
-            .as_ref()
+            .meta()
             .map(|m| m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
@@ -377,9 +376,9 @@ impl Node {
 
     /// Whether this node leads the metadata group right now.
     pub fn is_meta_leader(&self) -> bool {
-        self.core.meta.as_ref().is_some_and(|m| {
-            m.raft.metrics().borrow_watched().current_leader == Some(self.core.id.0)
-        })
+        self.core
+            .meta()
+            .is_some_and(|m| m.leader() == Some(self.core.id))
     }
 
     /// Prometheus text for `/metrics`.
@@ -737,10 +736,19 @@ impl Node {
         let req = MetaRequest::Reconcile {
             node: self.core.id,
             hosted: self.core.hosted_descs(),
+            meta: self.core.meta().map(|m| m.id),
         };
-        let MetaReply::Reconcile { open, destroy } = self.router.meta(req, deadline).await? else {
+        let MetaReply::Reconcile {
+            open,
+            destroy,
+            destroy_meta,
+        } = self.router.meta(req, deadline).await?
+        else {
             return Err(Error::Internal("unexpected reply to Reconcile".into()));
         };
+        if destroy_meta {
+            self.core.destroy_meta().await?;
+        }
         for (desc, members) in &open {
             // A partition never changed since CreateTable whose creator died before opening
             // it: its preferred leader forms the group, as CreateTable would have.
@@ -900,8 +908,14 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             led: node.core.led_descs(),
         };
         let deadline = Instant::now() + HEARTBEAT_EVERY;
-        if let Err(e) = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {
-            tracing::debug!("heartbeat not delivered: {e}");
+        match node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {
+            Ok(MetaReply::Cluster(members)) => {
+                if let Err(e) = node.core.learn_meta_members(members).await {
+                    tracing::warn!("cannot record the metadata members: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("heartbeat not delivered: {e}"),
         }
         tokio::select! {
             // Fixed order keeps a simulation repeatable.

@@ -68,8 +68,7 @@ impl Transport for NodeTransport {
         let mut candidates: Vec<NodeId> = hint.into_iter().collect();
         candidates.extend(
             self.core
-                .identity
-                .meta_members
+                .meta_members()
                 .iter()
                 .map(|(n, _)| *n)
                 .filter(|n| Some(*n) != hint),
@@ -84,7 +83,7 @@ impl Transport for NodeTransport {
                 continue;
             }
             tried.push(node);
-            let res = if node == self.core.id && self.core.meta.is_some() {
+            let res = if node == self.core.id && self.core.meta().is_some() {
                 self.core.handle_meta(req.clone()).await
             } else {
                 let env = encode(&req);

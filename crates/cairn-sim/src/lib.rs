@@ -8,8 +8,10 @@
 //! isolate a partition leader or the metadata leader, one-way cuts, connection loss and
 //! message delay), heals, reads every key once more and checks the history with
 //! `cairn-check`. Meanwhile an operator host changes the layout through the admin API:
-//! splits at workload keys, replica moves (on five nodes) and leader transfers. After the
-//! run, the layout is checked too ([`check_layout`]): ranges tile the key space, every
+//! splits at workload keys, replica moves and metadata member moves (on five nodes, three of
+//! them founding the metadata group) and leader transfers. After the
+//! run, the layout is checked too ([`check_layout`]): the metadata replicas are on its
+//! recorded voters, ranges tile the key space, every
 //! group's voters match the metadata and its replication factor, no node hosts overlapping
 //! replicas, and no operation is stuck.
 //!
@@ -104,6 +106,9 @@ fn host(id: u64) -> String {
 
 type Registry = Rc<RefCell<BTreeMap<u64, Arc<Node>>>>;
 
+/// How many nodes found the metadata group.
+const META_MEMBERS: u64 = 3;
+
 /// Registers node `id` as a turmoil host whose software is a Cairn node over `engine`.
 fn add_node(
     sim: &mut turmoil::Sim<'_>,
@@ -112,7 +117,9 @@ fn add_node(
     engine: Arc<MemEngine>,
     registry: Registry,
 ) {
-    let members: Vec<(NodeId, String)> = (1..=cfg.nodes)
+    // Three metadata members however many nodes, as an operator would run it, so that
+    // metadata members can move to the other nodes.
+    let members: Vec<(NodeId, String)> = (1..=cfg.nodes.min(META_MEMBERS))
         .map(|n| (NodeId(n), format!("{}:{PORT}", host(n))))
         .collect();
     let server = ServerConfig {
@@ -639,7 +646,9 @@ async fn operate(cfg: SimConfig, endpoints: Vec<String>, log: Rc<RefCell<Vec<Str
             .filter(|k| !starts.iter().any(|s| s == k.as_bytes()))
             .collect();
         let roll = rng.random_range(0..10);
-        if roll >= 7 && cfg.nodes > 3 {
+        if roll == 9 && cfg.nodes > 3 {
+            move_meta_member(&client, &mut rng, &note).await;
+        } else if roll >= 7 && cfg.nodes > 3 {
             move_one(&client, &cfg, &mut rng, &note).await;
         } else if roll < 4
             && let Some(key) = candidates.choose(&mut rng).cloned()
@@ -700,8 +709,33 @@ async fn move_one(client: &Client, cfg: &SimConfig, rng: &mut StdRng, note: &imp
     note(format!("move p{} n{from}->n{to} still running", p.id));
 }
 
-/// Checks the layout the nodes hold after a run: each table's partitions tile the key
-/// space; every partition has a leader whose group's voters are the metadata's replicas, as
+/// Moves a random metadata member to a random node that is not one and waits (in
+/// simulated time) for the operation to end.
+async fn move_meta_member(client: &Client, rng: &mut StdRng, note: &impl Fn(String)) {
+    let Ok(nodes) = client.nodes().await else {
+        return;
+    };
+    let (members, others): (Vec<_>, Vec<_>) = nodes.iter().partition(|n| n.metadata_member);
+    let (Some(from), Some(to)) = (members.choose(rng), others.choose(rng)) else {
+        return;
+    };
+    let (from, to) = (from.id, to.id);
+    let op = match client.move_replica(0, from, to).await {
+        Ok(op) => op,
+        Err(e) => return note(format!("metadata move n{from}->n{to} not started: {e}")),
+    };
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ops = client.operations().await.unwrap_or_default();
+        if let Some(o) = ops.iter().find(|o| o.id == op.id && o.state != "running") {
+            return note(format!("metadata move n{from}->n{to}: {}", o.state));
+        }
+    }
+    note(format!("metadata move n{from}->n{to} still running"));
+}
+
+/// Checks the layout the nodes hold after a run: the metadata group's replicas are on its
+/// recorded voters, as many as founded it; each table's partitions tile the key space; every partition has a leader whose group's voters are the metadata's replicas, as
 /// many as the replication factor; and no node hosts two replicas of overlapping ranges.
 pub fn check_layout(nodes: &BTreeMap<u64, Arc<Node>>) -> Vec<String> {
     let mut out = Vec::new();
@@ -723,6 +757,18 @@ pub fn check_layout(nodes: &BTreeMap<u64, Arc<Node>>) -> Vec<String> {
                 op.id, op.partition, op.step
             ));
         }
+    }
+    // The metadata group: exactly its recorded voters host a metadata replica.
+    let hosting: Vec<u64> = nodes
+        .iter()
+        .filter(|(_, n)| n.metadata().is_some())
+        .map(|(id, _)| *id)
+        .collect();
+    let voters: Vec<u64> = meta.meta_voters.keys().map(|n| n.0).collect();
+    if hosting != voters || voters.len() as u64 != META_MEMBERS.min(nodes.len() as u64) {
+        out.push(format!(
+            "layout: metadata voters {voters:?} but metadata replicas on {hosting:?}"
+        ));
     }
     for t in meta.tables.values() {
         if !t.tiles() {

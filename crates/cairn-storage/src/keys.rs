@@ -33,6 +33,7 @@ const RAFT_PURGED: u8 = 0x04;
 const LOCAL_REPLICA: u8 = 0x01;
 const LOCAL_IDENTITY: u8 = 0x02;
 const LOCAL_STAGING: u8 = 0x03;
+const LOCAL_META_REPLICA: u8 = 0x04;
 
 fn with_u64(prefix: &[u8], v: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 8 + 9);
@@ -224,6 +225,11 @@ pub fn staging_group_range(group: PartitionId) -> (Vec<u8>, Option<Vec<u8>>) {
 /// The node identity record.
 pub fn local_identity() -> Vec<u8> {
     vec![LOCAL_IDENTITY]
+}
+
+/// Which metadata replica this node hosts (absent before the first start).
+pub fn local_meta_replica() -> Vec<u8> {
+    vec![LOCAL_META_REPLICA]
 }
 
 #[cfg(test)]
