@@ -44,10 +44,18 @@ pub(crate) struct ServerArgs {
     /// Raft log entries between snapshots of a group; older entries are then purged.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
     snapshot_logs: u64,
+    /// Seconds after which a replica move whose new replica still does not vote (its
+    /// target down, or too slow to catch up) is rolled back.
+    #[arg(long, env = "CAIRN_MOVE_TIMEOUT", default_value_t = cairn_server::DEFAULT_MOVE_TIMEOUT.as_secs())]
+    move_timeout: u64,
     /// [testing only] Answer the first N writes this node routes with UNAVAILABLE after
     /// they were applied, as if the answer were lost, to exercise client retries.
     #[arg(long, env = "CAIRN_FAULT_LOSE_WRITE_REPLIES", default_value_t = 0)]
     fault_lose_write_replies: u64,
+    /// [testing only] Refuse every snapshot sent to this node, so that a replica moved here
+    /// never catches up, to exercise the rollback of a move.
+    #[arg(long, env = "CAIRN_FAULT_REFUSE_SNAPSHOTS")]
+    fault_refuse_snapshots: bool,
 }
 
 pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -83,7 +91,9 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             max_value_bytes: a.max_value_bytes,
         },
         snapshot_logs: a.snapshot_logs,
+        move_timeout: std::time::Duration::from_secs(a.move_timeout),
         fault_lose_write_replies: a.fault_lose_write_replies,
+        fault_refuse_snapshots: a.fault_refuse_snapshots,
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;

@@ -30,7 +30,7 @@ pub use command::{Command, KvCommand, KvOp, Reply};
 pub use config::{DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config};
 pub use error::from_raft;
 pub use log_store::{LogStore, Syncer};
-pub use network::{GroupNetwork, PeerNetwork, RaftRpc, serve_raft_rpc};
+pub use network::{GroupNetwork, PeerNetwork, RaftMsg, RaftRpc, serve_raft_rpc};
 
 /// A group member's node data: where the replica lives.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -28,9 +28,14 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Raft log entries between snapshots of a group (default 5000).
     pub snapshot_logs: u64,
+    /// A replica move whose new replica is not a voter after this long is rolled back.
+    pub move_timeout: std::time::Duration,
     /// Testing only: answer the first N applied writes routed by this node with
     /// `Unavailable`, as if the answer were lost, so clients retry. 0 in production.
     pub fault_lose_write_replies: u64,
+    /// Testing only: refuse every snapshot chunk sent to this node, so a new replica here
+    /// never catches up (to exercise the rollback of a move). False in production.
+    pub fault_refuse_snapshots: bool,
 }
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.

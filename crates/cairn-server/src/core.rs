@@ -123,6 +123,10 @@ pub(crate) struct Core {
     pub(crate) peers: PeerNetwork,
     pub(crate) limits: Limits,
     pub(crate) snapshot_logs: u64,
+    /// When a move that makes no progress is rolled back.
+    pub(crate) move_timeout: Duration,
+    /// Testing only: refuse incoming snapshot chunks.
+    pub(crate) fault_refuse_snapshots: bool,
     /// This node's metadata replica; a move can open one or take it away at run time.
     pub(crate) meta: RwLock<Option<MetaReplica>>,
     /// The metadata group's voters as last heard (persisted in the identity record), so

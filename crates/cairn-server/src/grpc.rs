@@ -411,6 +411,13 @@ impl admin_server::Admin for Admin {
 impl internal_server::Internal for Internal {
     async fn raft(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let rpc: RaftRpc = decode(req.get_ref()).map_err(status)?;
+        if self.0.core.fault_refuse_snapshots
+            && matches!(rpc.msg, cairn_raft::RaftMsg::SnapshotChunk(_))
+        {
+            return Err(Status::unavailable(
+                "refusing snapshots (--fault-refuse-snapshots)",
+            ));
+        }
         let group = PartitionId(rpc.group());
         let raft = if group == META_GROUP {
             self.0.core.meta().map(|m| (m.raft, m.id.0, None))

@@ -31,4 +31,5 @@ mod transport;
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use cairn_raft::Syncer;
 pub use config::{ServerConfig, parse_initial_cluster};
+pub use moves::DEFAULT_MOVE_TIMEOUT;
 pub use node::{Node, Substrate};

@@ -14,7 +14,7 @@
 //! Every step is idempotent, and the executor reads the operation and the partition afresh
 //! before each, so a new metadata leader finishes what an old one started: a group left in
 //! a joint configuration is flattened by step 3 run again. A move that makes no progress for
-//! [`GIVE_UP_AFTER`] before its learner becomes a voter is rolled back (the learner removed).
+//! `--move-timeout` ([`DEFAULT_MOVE_TIMEOUT`]) before its learner becomes a voter is rolled back (the learner removed).
 
 use crate::core::{Core, GroupRef, Replica, now_ms};
 use crate::node::Node;
@@ -39,8 +39,9 @@ const CAUGHT_UP_LAG: u64 = 64;
 /// How long one call waits for a learner to catch up before answering "not yet".
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
-/// A move whose learner has not become a voter after this long is rolled back.
-pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+/// A move whose learner has not become a voter after this long is rolled back, unless
+/// the node says otherwise (`--move-timeout`).
+pub const DEFAULT_MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How often the executor looks for running operations.
 const EXECUTOR_TICK: Duration = Duration::from_millis(500);
@@ -346,7 +347,7 @@ impl Node {
             self.note_op(op, OpState::Done, "done", None).await?;
             return Ok(Step::Finished);
         }
-        if started_at(op).elapsed() > GIVE_UP_AFTER {
+        if started_at(op).elapsed() > self.core.move_timeout {
             match self
                 .roll_back(op, route.clone(), replica, "gave up: no progress")
                 .await?
@@ -426,7 +427,7 @@ impl Node {
             leader: None,
         })?;
         let g = meta.group();
-        if started_at(op).elapsed() > GIVE_UP_AFTER {
+        if started_at(op).elapsed() > self.core.move_timeout {
             match self.core.remove_learner_from(&g, replica).await {
                 Ok(()) => {
                     self.note_op(

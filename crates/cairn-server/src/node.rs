@@ -242,6 +242,8 @@ impl Node {
             peers,
             limits: cfg.limits,
             snapshot_logs: cfg.snapshot_logs,
+            move_timeout: cfg.move_timeout,
+            fault_refuse_snapshots: cfg.fault_refuse_snapshots,
             meta_members: RwLock::new(identity.meta_members),
             meta: RwLock::new(meta),
             replicas: Default::default(),

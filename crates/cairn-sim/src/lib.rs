@@ -133,7 +133,9 @@ fn add_node(
         outbound_ip: None,
         limits: Limits::default(),
         snapshot_logs: cfg.snapshot_logs,
+        move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
         fault_lose_write_replies: 0,
+        fault_refuse_snapshots: false,
     };
     sim.host(host(id), move || {
         let engine = engine.clone();

@@ -64,7 +64,9 @@ impl TestCluster {
                 limits: Limits::default(),
                 snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
                 outbound_ip: None,
+                move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
                 fault_lose_write_replies: 0,
+                fault_refuse_snapshots: false,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;
             slots.push(Slot {

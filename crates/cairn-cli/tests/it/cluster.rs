@@ -225,6 +225,11 @@ impl Cluster {
 
     /// Adds a new node that joins through node 1 with `--join`; returns its id.
     pub fn join(&mut self) -> u64 {
+        self.join_with(&[])
+    }
+
+    /// Like [`Cluster::join`], with extra server flags for the new node.
+    pub fn join_with(&mut self, extra: &[&str]) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         self.nodes.push(NodeProc {
             id,
@@ -233,7 +238,8 @@ impl Cluster {
             dir: self.tmp.path().join(format!("node-{id}")),
             child: None,
         });
-        let flags = ["--join".to_string(), self.nodes[0].grpc.clone()];
+        let mut flags = vec!["--join".to_string(), self.nodes[0].grpc.clone()];
+        flags.extend(extra.iter().map(|s| s.to_string()));
         self.launch(id, &flags);
         id
     }

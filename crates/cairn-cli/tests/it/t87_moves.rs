@@ -349,3 +349,43 @@ async fn t83_metadata_member_replaced_under_load() {
         .collect::<Vec<_>>();
     assert_eq!(listed, members);
 }
+
+/// A move whose new replica can never catch up (its node refuses snapshots) is rolled back
+/// after `--move-timeout`: the learner leaves the group, the partition keeps its voters and
+/// its data, the target destroys its replica, and the next move of the partition works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t82_stuck_move_rolls_back() {
+    let mut c = Cluster::start_with(3, &["--move-timeout", "5"]).await;
+    let stuck = c.join_with(&["--fault-refuse-snapshots"]);
+    let good = c.join();
+    c.wait_live(5).await;
+    let cl = c.client();
+    let t = cl.create_table("rb", 3, vec![]).await.unwrap();
+    for i in 0..100u32 {
+        cl.put("rb", format!("k{i:03}").as_bytes(), b"1")
+            .await
+            .unwrap();
+    }
+    let p = partition(&cl, "rb").await;
+    let from = p.replicas[1];
+    let op = cl.move_replica(p.id, from, stuck).await.unwrap();
+    let end = finished(&cl, op.id, Duration::from_secs(60)).await;
+    assert_eq!(end.state, "rolled_back", "{end:?}");
+    let after = partition(&cl, "rb").await;
+    assert_eq!(after.replicas, p.replicas);
+    assert!(
+        after.epoch.1 > p.epoch.1,
+        "the learner was never added: {after:?}"
+    );
+    wait_gone(&c, stuck, t.id, p.id).await;
+
+    let op = cl.move_replica(p.id, from, good).await.unwrap();
+    let end = finished(&cl, op.id, Duration::from_secs(60)).await;
+    assert_eq!(end.state, "done", "{end:?}");
+    for i in 0..100u32 {
+        assert_eq!(
+            cl.get("rb", format!("k{i:03}").as_bytes()).await.unwrap(),
+            Some(b"1".to_vec())
+        );
+    }
+}
