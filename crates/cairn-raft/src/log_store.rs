@@ -121,6 +121,18 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// The index of the oldest (or, with `newest`, the newest) entry in the log, if any.
+    fn edge_index(&self, newest: bool) -> io::Result<Option<u64>> {
+        let first = keys::raft_log(self.group, 0);
+        let last = keys::raft_log(self.group, u64::MAX);
+        let rows = if newest {
+            self.engine.scan_rev(Space::Raft, &first, Some(&last), 1)
+        } else {
+            self.engine.scan(Space::Raft, &first, Some(&last), 1)
+        }
+        .map_err(io::Error::other)?;
+        Ok(rows.first().and_then(|(k, _)| keys::raft_log_index(k)))
+    }
     /// The log of `group` in `engine`.
     pub fn new(group: PartitionId, engine: SharedEngine, syncer: Syncer) -> Self {
         Self {
@@ -252,31 +264,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<typ::LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        let start = keys::raft_log(self.group, from);
-        let end = keys::raft_log(self.group, u64::MAX);
-        // Deleting newest-first keeps the log free of holes if we stop half way.
-        let rows = self
-            .engine
-            .scan(Space::Raft, &start, Some(&end), usize::MAX)
-            .map_err(io::Error::other)?;
+        let Some(last) = self.edge_index(true)? else {
+            return Ok(());
+        };
+        // Deleting newest-first keeps the log free of holes if we stop half way. The keys
+        // are computed (the log has no holes), so no entry is read back only to go.
         let mut b = WriteBatch::new();
-        for (k, _) in rows.into_iter().rev() {
-            b.delete(Space::Raft, k);
+        for i in (from..=last).rev() {
+            b.delete(Space::Raft, keys::raft_log(self.group, i));
         }
         self.write(b)
     }
 
     async fn purge(&mut self, log_id: typ::LogId) -> Result<(), io::Error> {
-        let start = keys::raft_log(self.group, 0);
-        let end = keys::raft_log(self.group, log_id.index.saturating_add(1));
-        let rows = self
-            .engine
-            .scan(Space::Raft, &start, Some(&end), usize::MAX)
-            .map_err(io::Error::other)?;
         let mut b = WriteBatch::new();
         b.put(Space::Raft, keys::raft_purged(self.group), encode(&log_id)?);
-        for (k, _) in rows {
-            b.delete(Space::Raft, k);
+        // Computed keys from the oldest entry on: reading every purged entry back would
+        // fill the block cache with data about to be deleted.
+        if let Some(first) = self.edge_index(false)? {
+            for i in first..=log_id.index {
+                b.delete(Space::Raft, keys::raft_log(self.group, i));
+            }
         }
         self.write(b)
     }

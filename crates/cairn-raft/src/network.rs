@@ -88,9 +88,9 @@ pub async fn serve_raft_rpc(
         RaftMsg::Append(req) => enc(raft.append_entries(req).await),
         RaftMsg::Vote(req) => enc(raft.vote(req).await),
         RaftMsg::PreVote(req) => enc(raft.pre_vote(req).await),
-        RaftMsg::SnapshotChunk(c) => {
+        RaftMsg::SnapshotChunk(mut c) => {
             let group = cairn_types::PartitionId(rpc.group);
-            if let Err(e) = stage_chunk(engine, group, &c) {
+            if let Err(e) = stage_chunk(engine, group, &mut c) {
                 return enc::<(), _>(Err(format!("cannot stage snapshot chunk: {e}")));
             }
             let Some((vote, meta, rows)) = c.last else {

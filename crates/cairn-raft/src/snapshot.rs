@@ -131,20 +131,25 @@ pub struct SnapshotChunk {
     pub last: Option<(typ::Vote, typ::SnapshotMeta, u64)>,
 }
 
-/// Writes a chunk into the staging area of `group`. The first chunk of a transfer drops
-/// anything staged before for the group (an abandoned transfer).
-pub fn stage_chunk(engine: &SharedEngine, group: PartitionId, c: &SnapshotChunk) -> io::Result<()> {
+/// Writes a chunk into the staging area of `group`, taking its header and rows (not
+/// copying them). The first chunk of a transfer drops anything staged before for the group
+/// (an abandoned transfer).
+pub fn stage_chunk(
+    engine: &SharedEngine,
+    group: PartitionId,
+    c: &mut SnapshotChunk,
+) -> io::Result<()> {
     if c.seq == 0 {
         let (s, e) = keys::staging_group_range(group);
         cairn_storage::delete_range(&**engine, Space::Local, &s, e.as_deref(), INSTALL_ROWS)
             .map_err(io::Error::other)?;
     }
     let mut b = WriteBatch::new();
-    if let Some(h) = &c.header {
-        b.put(Space::Local, keys::staging_header(group, c.id), h.clone());
+    if let Some(h) = c.header.take() {
+        b.put(Space::Local, keys::staging_header(group, c.id), h);
     }
-    for (k, v) in &c.rows {
-        b.put(Space::Local, keys::staging_row(group, c.id, k), v.clone());
+    for (k, v) in std::mem::take(&mut c.rows) {
+        b.put(Space::Local, keys::staging_row(group, c.id, &k), v);
     }
     engine.write(b).map_err(io::Error::other)
 }
@@ -182,14 +187,14 @@ pub(crate) fn stage_view(
         let rows = v.rows_after(after.as_deref())?;
         let done = rows.is_empty();
         after = rows.last().map(|(k, _)| k.clone()).or(after);
-        let chunk = SnapshotChunk {
+        let mut chunk = SnapshotChunk {
             id,
             seq,
             header: (seq == 0).then(|| v.header.clone()),
             rows,
             last: None,
         };
-        stage_chunk(engine, group, &chunk)?;
+        stage_chunk(engine, group, &mut chunk)?;
         if done {
             return Ok(id);
         }

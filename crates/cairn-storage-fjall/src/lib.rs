@@ -22,15 +22,25 @@ fn err(e: fjall::Error) -> Error {
     Error::Engine(e.to_string())
 }
 
-/// Largest memtable of a keyspace before it is sealed and flushed.
-const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Largest memtable of a keyspace before it is sealed and flushed. A keyspace may hold the
+/// active one and a few sealed ones waiting for their flush.
+const MEMTABLE_BYTES: u64 = 4 << 20;
+
+/// Target size of a table written by compaction. While a compaction runs, lsm-tree keeps
+/// every input block alive until its output table is finished (the index keys share the
+/// blocks' buffers), so this bounds the memory a compaction holds; the default of 64 MiB
+/// made a node's heap grow by that much when a large snapshot was installed.
+const TABLE_BYTES: u64 = 8 << 20;
+
+/// The block cache shared by all keyspaces.
+const CACHE_BYTES: u64 = 32 << 20;
 
 impl FjallEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let db = Database::builder(dir)
             .manual_journal_persist(true)
-            .cache_size(64 << 20)
+            .cache_size(CACHE_BYTES)
             .worker_threads(2)
             .open()
             .map_err(err)?;
@@ -38,9 +48,12 @@ impl FjallEngine {
             db.keyspace(name, || {
                 // Small memtables: a node's memory must not grow with a burst of writes (a
                 // snapshot being staged and installed writes a whole partition at once).
+                let leveled =
+                    fjall::compaction::Leveled::default().with_table_target_size(TABLE_BYTES);
                 KeyspaceCreateOptions::default()
                     .manual_journal_persist(true)
                     .max_memtable_size(MEMTABLE_BYTES)
+                    .compaction_strategy(std::sync::Arc::new(leveled))
             })
             .map_err(err)
         };

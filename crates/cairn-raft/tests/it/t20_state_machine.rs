@@ -401,14 +401,14 @@ async fn t26_streamed_snapshot_and_interrupted_install() {
         total += rows.len() as u64;
         let last = rows.is_empty();
         after = rows.last().map(|(k, _)| k.clone()).or(after);
-        let c = SnapshotChunk {
+        let mut c = SnapshotChunk {
             id: 77,
             seq,
             header: (seq == 0).then(|| view.header().to_vec()),
             rows,
             last: None,
         };
-        stage_chunk(&dst, group, &c).unwrap();
+        stage_chunk(&dst, group, &mut c).unwrap();
         if last {
             break;
         }
