@@ -31,6 +31,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "installing ${missing[*]} ..."
+  # A fresh machine has no package lists yet.
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
   # The package may start a system etcd on the default ports; ours use their own ports.
   service etcd stop >/dev/null 2>&1 || true

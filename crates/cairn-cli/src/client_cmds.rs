@@ -327,7 +327,7 @@ enum AdminCmd {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Running and recent layout operations (moves), newest first.
+    /// Running and recent layout operations (moves, splits, leader transfers), newest first.
     Operations,
     /// Moves a partition's leadership to its replica on NODE.
     TransferLeader {
@@ -438,17 +438,24 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
         }
         AdminCmd::Operations => {
             println!(
-                "{:<6} {:<6} {:<10} {:<6} {:<6} {:<12} STEP",
+                "{:<6} {:<8} {:<10} {:<6} {:<6} {:<12} STEP",
                 "ID", "KIND", "PARTITION", "FROM", "TO", "STATE"
             );
             for o in c.operations().await.map_err(fail)? {
+                let node = |n: u64| {
+                    if n == 0 {
+                        "-".to_string()
+                    } else {
+                        n.to_string()
+                    }
+                };
                 println!(
-                    "{:<6} {:<6} {:<10} {:<6} {:<6} {:<12} {}{}",
+                    "{:<6} {:<8} {:<10} {:<6} {:<6} {:<12} {}{}",
                     o.id,
                     o.kind,
                     o.partition,
-                    o.from,
-                    o.to,
+                    node(o.from),
+                    node(o.to),
                     o.state,
                     o.step,
                     o.error

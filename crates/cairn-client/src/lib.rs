@@ -80,7 +80,7 @@ pub struct PartitionInfo {
 pub struct OperationInfo {
     /// Operation id.
     pub id: u64,
-    /// What it does ("move").
+    /// What it does ("move", "split" or "transfer").
     pub kind: String,
     /// The partition it changes.
     pub partition: u64,
@@ -90,9 +90,9 @@ pub struct OperationInfo {
     pub step: String,
     /// The last error seen, if any.
     pub error: Option<String>,
-    /// The node giving its replica up.
+    /// The node giving its replica up (0 where that does not apply).
     pub from: u64,
-    /// The node receiving one.
+    /// The node receiving a replica or leadership (0 where that does not apply).
     pub to: u64,
 }
 

@@ -76,6 +76,17 @@ pub enum MetaCommand {
         /// The proposer's clock, ms since the Unix epoch.
         now_ms: u64,
     },
+    /// Records an operation that finished in one step (a split, a leader transfer).
+    RecordOperation {
+        /// The partition it changed.
+        partition: PartitionId,
+        /// What it did.
+        kind: OpKind,
+        /// How it ended, in words.
+        step: String,
+        /// The proposer's clock.
+        now_ms: u64,
+    },
     /// Records progress or the end of an operation.
     UpdateOperation {
         /// The operation.
@@ -142,6 +153,30 @@ impl MetaState {
                 Ok(op) => MetaResponse::Operation(op),
                 Err(e) => MetaResponse::Refused(e),
             },
+            MetaCommand::RecordOperation {
+                partition,
+                kind,
+                step,
+                now_ms,
+            } => {
+                let table = self.partition(*partition).map_or(TableId(0), |(t, _)| t.id);
+                self.next_operation_id = self.next_operation_id.max(1);
+                let op = Operation {
+                    id: self.next_operation_id,
+                    kind: kind.clone(),
+                    partition: *partition,
+                    table,
+                    state: OpState::Done,
+                    step: step.clone(),
+                    error: None,
+                    started_ms: *now_ms,
+                    updated_ms: *now_ms,
+                };
+                self.next_operation_id += 1;
+                self.operations.insert(op.id, op.clone());
+                self.forget_old_operations();
+                MetaResponse::Operation(op)
+            }
             MetaCommand::UpdateOperation {
                 id,
                 state,
@@ -697,7 +732,10 @@ mod reconcile_tests {
         };
         let OpKind::Move {
             replica: new_rid, ..
-        } = op.kind;
+        } = op.kind
+        else {
+            panic!("not a move")
+        };
         assert_eq!(
             s.reconcile(NodeId(4), &[(left.clone(), new_rid)]).destroy,
             vec![]
@@ -842,7 +880,9 @@ mod meta_move_tests {
         let MetaResponse::Operation(op) = start(&mut s, 1, 4) else {
             panic!("refused")
         };
-        let OpKind::Move { replica, .. } = op.kind;
+        let OpKind::Move { replica, .. } = op.kind else {
+            panic!("not a move")
+        };
         assert!(replica.0 >= FIRST_REPLICA_ID);
         // The learner a running move opened is kept; any other replica on that node is not.
         assert!(!s.meta_replica_stale(NodeId(4), replica));

@@ -3,8 +3,8 @@
 
 use crate::TableRoute;
 use cairn_types::{
-    Epoch, NodeDesc, NodeId, Operation, PartitionDesc, PartitionId, PartitionStatus, ReplicaId,
-    RequestId, TableDesc, TableId,
+    Epoch, NodeDesc, NodeId, OpKind, Operation, PartitionDesc, PartitionId, PartitionStatus,
+    ReplicaId, RequestId, TableDesc, TableId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,15 @@ pub enum MetaRequest {
     /// Records descriptors as their groups applied them (after a split); older ones are
     /// ignored.
     UpdatePartitions(Vec<PartitionDesc>),
+    /// Records a split or a leader transfer that is done, for `cairn admin operations`.
+    RecordOperation {
+        /// The partition it changed.
+        partition: PartitionId,
+        /// What it did.
+        kind: OpKind,
+        /// How it ended, in words.
+        step: String,
+    },
     /// The route of the table that holds a partition.
     GetPartition(PartitionId),
     /// Registered nodes with liveness and load.

@@ -72,7 +72,7 @@ pub(crate) fn partition_pb(
 }
 
 pub(crate) fn operation_pb(op: &cairn_types::Operation) -> pb::Operation {
-    let cairn_types::OpKind::Move { from, to, .. } = op.kind;
+    let (from, to) = op.kind.nodes();
     pb::Operation {
         id: op.id,
         kind: op.kind.name().into(),
@@ -80,8 +80,8 @@ pub(crate) fn operation_pb(op: &cairn_types::Operation) -> pb::Operation {
         state: op.state.name().into(),
         step: op.step.clone(),
         error: op.error.clone().unwrap_or_default(),
-        from: from.0,
-        to: to.0,
+        from: from.map_or(0, |n| n.0),
+        to: to.map_or(0, |n| n.0),
         started_ms: op.started_ms,
         updated_ms: op.updated_ms,
     }

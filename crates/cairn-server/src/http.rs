@@ -223,12 +223,21 @@ struct MoveBody {
 }
 
 fn operation_json(op: &cairn_types::Operation) -> Value {
-    let cairn_types::OpKind::Move { from, to, replica } = op.kind;
-    json!({
+    let mut v = json!({
         "id": op.id, "kind": op.kind.name(), "partition": op.partition.0, "state": op.state.name(),
-        "step": op.step, "error": op.error, "from": from.0, "to": to.0, "replica": replica.0,
+        "step": op.step, "error": op.error,
         "started_ms": op.started_ms, "updated_ms": op.updated_ms,
-    })
+    });
+    match &op.kind {
+        cairn_types::OpKind::Move { from, to, replica } => {
+            v["from"] = json!(from.0);
+            v["to"] = json!(to.0);
+            v["replica"] = json!(replica.0);
+        }
+        cairn_types::OpKind::Split { right, .. } => v["right"] = json!(right.0),
+        cairn_types::OpKind::TransferLeader { to } => v["to"] = json!(to.0),
+    }
+    v
 }
 
 async fn move_replica(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {

@@ -309,6 +309,23 @@ impl Core {
                 self.record_descs(&state, &descs).await?;
                 Ok(MetaReply::Done)
             }
+            MetaRequest::RecordOperation {
+                partition,
+                kind,
+                step,
+            } => {
+                let cmd = MetaCommand::RecordOperation {
+                    partition,
+                    kind,
+                    step,
+                    now_ms: crate::core::now_ms(),
+                };
+                match self.propose_meta(cmd).await? {
+                    MetaResponse::Operation(op) => Ok(MetaReply::Operation(op)),
+                    MetaResponse::Refused(e) => Err(e),
+                    other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+                }
+            }
             MetaRequest::GetPartition(id) => {
                 let state = self.meta_barrier().await?;
                 let table = state.partition(id).map(|(t, _)| t.clone()).ok_or_else(|| {

@@ -311,7 +311,12 @@ impl Node {
     /// One pass over a move: every step from where it stands. Errors are retried by the
     /// caller; a step that cannot succeed any more rolls the move back.
     async fn drive_move(&self, op: &Operation) -> Result<Step> {
-        let OpKind::Move { from, to, replica } = op.kind;
+        let OpKind::Move { from, to, replica } = op.kind else {
+            return Err(Error::Internal(format!(
+                "operation {} is not a move",
+                op.id
+            )));
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let route = match self
             .core
@@ -413,7 +418,12 @@ impl Node {
     /// the membership steps run on its own replica; when `from` is this node, the swap hands
     /// leadership away first and the next leader's executor finishes the move.
     async fn drive_meta_move(&self, op: &Operation) -> Result<Step> {
-        let OpKind::Move { from, to, replica } = op.kind;
+        let OpKind::Move { from, to, replica } = op.kind else {
+            return Err(Error::Internal(format!(
+                "operation {} is not a move",
+                op.id
+            )));
+        };
         let state = self.core.meta_state()?;
         let Some(to_desc) = state.nodes.get(&to).cloned() else {
             return Err(Error::NotFound(format!("node {to}")));

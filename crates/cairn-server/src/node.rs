@@ -845,6 +845,15 @@ impl Node {
         {
             tracing::warn!(partition = %left.id, "split done, not yet recorded in the metadata: {e}");
         }
+        let kind = cairn_types::OpKind::Split {
+            key: right_desc.range.start.clone(),
+            right: right_desc.id,
+        };
+        let step = format!(
+            "{} {} and {} {}",
+            left.id, left.range, right_desc.id, right_desc.range
+        );
+        self.record_operation(left.id, kind, step, deadline).await;
         self.router.cache().invalidate(table);
         Ok((left, right_desc))
     }
@@ -897,7 +906,29 @@ impl Node {
             .on_partition(&name, pick, op, false, deadline)
             .await?;
         self.router.cache().set_leader(&name, partition, to);
+        let kind = cairn_types::OpKind::TransferLeader { to };
+        self.record_operation(partition, kind, format!("{to} leads"), deadline)
+            .await;
         Ok(())
+    }
+
+    /// Records a one-step operation that is done, for `cairn admin operations`. Best effort:
+    /// the change itself stands whether or not the record lands.
+    async fn record_operation(
+        &self,
+        partition: PartitionId,
+        kind: cairn_types::OpKind,
+        step: String,
+        deadline: Instant,
+    ) {
+        let req = MetaRequest::RecordOperation {
+            partition,
+            kind,
+            step,
+        };
+        if let Err(e) = self.router.meta(req, deadline).await {
+            tracing::warn!(%partition, "operation done but not recorded: {e}");
+        }
     }
 }
 

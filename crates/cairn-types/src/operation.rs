@@ -22,13 +22,37 @@ pub enum OpKind {
         /// The new replica's member id.
         replica: ReplicaId,
     },
+    /// Split the partition at `key`; `right` is the new right half. A split is one command
+    /// in the partition's log, so it is recorded once done.
+    Split {
+        /// The first key of the right half.
+        key: Vec<u8>,
+        /// The right half.
+        right: PartitionId,
+    },
+    /// Handed the partition's leadership to its replica on `to`; recorded once done.
+    TransferLeader {
+        /// The new leader's node.
+        to: NodeId,
+    },
 }
 
 impl OpKind {
+    /// The nodes an operation moves something from and to, where that applies.
+    pub fn nodes(&self) -> (Option<NodeId>, Option<NodeId>) {
+        match self {
+            OpKind::Move { from, to, .. } => (Some(*from), Some(*to)),
+            OpKind::Split { .. } => (None, None),
+            OpKind::TransferLeader { to } => (None, Some(*to)),
+        }
+    }
+
     /// A short name for listings.
     pub fn name(&self) -> &'static str {
         match self {
             OpKind::Move { .. } => "move",
+            OpKind::Split { .. } => "split",
+            OpKind::TransferLeader { .. } => "transfer",
         }
     }
 }

@@ -142,6 +142,18 @@ async fn t86_transfer_and_bad_admin_input() {
             Some(format!("{to}").into_bytes())
         );
     }
+    // Each transfer is listed among the operations, newest first.
+    let listed: Vec<u64> = cl
+        .operations()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.kind == "transfer" && o.partition == p.id && o.state == "done")
+        .map(|o| o.to)
+        .collect();
+    let mut want = p.replicas.clone();
+    want.reverse();
+    assert_eq!(listed, want);
 
     let h = reqwest::Client::new();
     let base = c.http(2);
