@@ -8,6 +8,7 @@
 //! functions such as [`placement::place`], and travel inside the command.
 
 pub mod placement;
+pub mod planner;
 mod state;
 
 pub use cairn_types::{KEEP_FINISHED, OpKind, OpState, Operation};

@@ -1,0 +1,760 @@
+//! The controller's decisions: a pure function of the cluster as the metadata leader sees
+//! it (metadata, node liveness, partition load, operations in flight, thresholds) that
+//! returns what to do next. An executor beside the metadata leader runs the decisions
+//! through the split, move and transfer mechanisms; keeping the choice pure lets it be
+//! tested over many random clusters without one.
+//!
+//! Order of concern, each pass: repair replicas on down nodes and drain draining ones
+//! (fewest live voters first), then split partitions that are too big or too hot, then even
+//! out replica counts, then leader counts. A partition gets at most one decision per pass
+//! and none while an operation on it runs or cools down.
+
+use crate::MetaState;
+use cairn_types::{META_GROUP, NodeId, OpKind, OpState, PartitionId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Size and load of one partition, as its leader reports them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PartitionLoad {
+    /// Approximate bytes of its keys and values.
+    pub bytes: u64,
+    /// Operations per second over the split window.
+    pub qps: f64,
+    /// The key that halves its size, if known.
+    pub size_split_key: Option<Vec<u8>>,
+    /// The key that halves its load; `None` when one key carries it (a hot spot that no
+    /// split can spread).
+    pub load_split_key: Option<Vec<u8>>,
+}
+
+/// The controller's thresholds and limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannerConfig {
+    /// A partition above this many bytes splits at its middle key.
+    pub split_size: u64,
+    /// A partition above this many operations per second (over the window) splits at the
+    /// key that halves its load.
+    pub split_qps: f64,
+    /// Moves in flight in the whole cluster, at most.
+    pub max_moves: usize,
+    /// Moves in flight from or to one node, at most.
+    pub max_moves_per_node: usize,
+    /// No new decision on a partition this long after its last operation changed.
+    pub cooldown_ms: u64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            split_size: 96 << 20,
+            split_qps: 2500.0,
+            max_moves: 4,
+            max_moves_per_node: 1,
+            cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// The cluster as the planner sees it.
+#[derive(Clone, Debug)]
+pub struct ClusterView<'a> {
+    /// The metadata, operations included.
+    pub meta: &'a MetaState,
+    /// Nodes heard from recently.
+    pub live: BTreeSet<NodeId>,
+    /// Nodes not heard from for the down-after period: their replicas are replaced.
+    pub down: BTreeSet<NodeId>,
+    /// Nodes being drained: everything moves off them.
+    pub draining: BTreeSet<NodeId>,
+    /// Partition sizes and loads.
+    pub loads: BTreeMap<PartitionId, PartitionLoad>,
+    /// Partition leaders as nodes report them.
+    pub leaders: BTreeMap<PartitionId, NodeId>,
+    /// The metadata leader's clock, ms since the Unix epoch.
+    pub now_ms: u64,
+}
+
+/// One thing the controller decided, with the reason it gives in its status.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Split `partition` so that `key` starts a new partition.
+    Split {
+        /// The partition.
+        partition: PartitionId,
+        /// The first key of the right half.
+        key: Vec<u8>,
+        /// Why.
+        why: String,
+    },
+    /// Move `partition`'s replica (or the metadata group's, for partition 0) from a node to
+    /// another.
+    Move {
+        /// The partition.
+        partition: PartitionId,
+        /// The node giving its replica up.
+        from: NodeId,
+        /// The node receiving one.
+        to: NodeId,
+        /// Why.
+        why: String,
+    },
+    /// Hand `partition`'s leadership to its replica on `to`.
+    TransferLeader {
+        /// The partition.
+        partition: PartitionId,
+        /// The new leader's node.
+        to: NodeId,
+        /// Why.
+        why: String,
+    },
+    /// Something an operator must look at, left alone.
+    Report {
+        /// The partition.
+        partition: PartitionId,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Decision {
+    /// The partition the decision is about.
+    pub fn partition(&self) -> PartitionId {
+        match self {
+            Decision::Split { partition, .. }
+            | Decision::Move { partition, .. }
+            | Decision::TransferLeader { partition, .. }
+            | Decision::Report { partition, .. } => *partition,
+        }
+    }
+}
+
+/// A group the planner may change: a partition, or the metadata group (partition 0).
+struct Group {
+    id: PartitionId,
+    replicas: Vec<NodeId>,
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+/// Decides what to do next. See the module documentation for the order of concerns.
+pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
+    let meta = view.meta;
+    let mut groups: Vec<Group> = meta
+        .partitions()
+        .map(|(_, p)| Group {
+            id: p.id,
+            replicas: p.replicas.clone(),
+            start: p.range.start.clone(),
+            end: p.range.end.clone(),
+        })
+        .collect();
+    if !meta.meta_voters.is_empty() {
+        groups.push(Group {
+            id: META_GROUP,
+            replicas: meta.meta_voters.keys().copied().collect(),
+            start: Vec::new(),
+            end: None,
+        });
+    }
+    // Nodes that may receive replicas and leadership.
+    let targets: BTreeSet<NodeId> = view
+        .live
+        .iter()
+        .filter(|n| {
+            meta.nodes.contains_key(n) && !view.down.contains(n) && !view.draining.contains(n)
+        })
+        .copied()
+        .collect();
+
+    // Partitions with an operation running or cooling down get no decision.
+    let mut busy: BTreeSet<PartitionId> = BTreeSet::new();
+    let mut replicas: BTreeMap<NodeId, i64> = targets.iter().map(|n| (*n, 0)).collect();
+    let mut moving: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut moves_running = 0;
+    for g in groups.iter().filter(|g| g.id != META_GROUP) {
+        for n in &g.replicas {
+            if let Some(c) = replicas.get_mut(n) {
+                *c += 1;
+            }
+        }
+    }
+    for op in meta.operations.values() {
+        let running = op.state == OpState::Running;
+        if running || op.updated_ms.saturating_add(cfg.cooldown_ms) > view.now_ms {
+            busy.insert(op.partition);
+        }
+        if let (true, OpKind::Move { from, to, .. }) = (running, &op.kind) {
+            // Count moves in flight as if done, so the next pass does not undo or repeat
+            // them.
+            moves_running += 1;
+            *moving.entry(*from).or_default() += 1;
+            *moving.entry(*to).or_default() += 1;
+            if op.partition != META_GROUP {
+                if let Some(c) = replicas.get_mut(to) {
+                    *c += 1;
+                }
+                if let Some(c) = replicas.get_mut(from) {
+                    *c -= 1;
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut budget = cfg.max_moves.saturating_sub(moves_running);
+    let free = |moving: &BTreeMap<NodeId, usize>, n: &NodeId| {
+        moving.get(n).copied().unwrap_or(0) < cfg.max_moves_per_node
+    };
+
+    // 1. Repair and drain, the groups with the fewest live voters first.
+    let mut urgent: Vec<(usize, usize, NodeId)> = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        if busy.contains(&g.id) {
+            continue;
+        }
+        let live_voters = g
+            .replicas
+            .iter()
+            .filter(|n| view.live.contains(n) && !view.down.contains(n))
+            .count();
+        let leaving = g
+            .replicas
+            .iter()
+            .find(|n| view.down.contains(n) || view.draining.contains(n));
+        if let Some(n) = leaving {
+            urgent.push((live_voters, i, *n));
+        }
+    }
+    urgent.sort();
+    for (live_voters, i, from) in urgent {
+        let g = &groups[i];
+        if live_voters < g.replicas.len() / 2 + 1 {
+            out.push(Decision::Report {
+                partition: g.id,
+                why: format!(
+                    "lost its quorum: {live_voters} of {} voters live; left alone",
+                    g.replicas.len()
+                ),
+            });
+            busy.insert(g.id);
+            continue;
+        }
+        // A down node does no work, so only a live source counts against its limit.
+        if budget == 0 || (!free(&moving, &from) && !view.down.contains(&from)) {
+            continue;
+        }
+        let to = targets
+            .iter()
+            .filter(|n| !g.replicas.contains(n) && free(&moving, n))
+            .min_by_key(|n| (replicas.get(n).copied().unwrap_or(0), **n))
+            .copied();
+        let Some(to) = to else {
+            out.push(Decision::Report {
+                partition: g.id,
+                why: format!("its replica on {from} must go but no live node can take it"),
+            });
+            busy.insert(g.id);
+            continue;
+        };
+        let why = if view.down.contains(&from) {
+            format!("{from} is down")
+        } else {
+            format!("{from} is draining")
+        };
+        note_move(&mut replicas, &mut moving, g.id, from, to);
+        out.push(Decision::Move {
+            partition: g.id,
+            from,
+            to,
+            why,
+        });
+        busy.insert(g.id);
+        budget -= 1;
+    }
+
+    // 2. Splits by size, then by load.
+    for g in groups.iter().filter(|g| g.id != META_GROUP) {
+        if busy.contains(&g.id) {
+            continue;
+        }
+        let Some(load) = view.loads.get(&g.id) else {
+            continue;
+        };
+        let inside = |k: &Vec<u8>| *k > g.start && g.end.as_ref().is_none_or(|e| k < e);
+        let decision = if load.bytes > cfg.split_size {
+            load.size_split_key
+                .clone()
+                .filter(inside)
+                .map(|key| Decision::Split {
+                    partition: g.id,
+                    key,
+                    why: format!("{} bytes, above {}", load.bytes, cfg.split_size),
+                })
+        } else if load.qps > cfg.split_qps {
+            Some(match load.load_split_key.clone().filter(inside) {
+                Some(key) => Decision::Split {
+                    partition: g.id,
+                    key,
+                    why: format!("{:.0} ops/s, above {:.0}", load.qps, cfg.split_qps),
+                },
+                None => Decision::Report {
+                    partition: g.id,
+                    why: format!("{:.0} ops/s on one key; a split cannot spread it", load.qps),
+                },
+            })
+        } else {
+            None
+        };
+        if let Some(d) = decision {
+            busy.insert(g.id);
+            out.push(d);
+        }
+    }
+
+    // 3. Replica counts: from the fullest node to the emptiest while they differ by more
+    // than one.
+    while budget > 0 {
+        let counts: Vec<(i64, NodeId)> = replicas
+            .iter()
+            .filter(|(n, _)| targets.contains(n))
+            .map(|(n, c)| (*c, *n))
+            .collect();
+        let (Some(&(max, from)), Some(&(min, to))) = (counts.iter().max(), counts.iter().min())
+        else {
+            break;
+        };
+        if max - min <= 1 || !free(&moving, &from) || !free(&moving, &to) {
+            break;
+        }
+        let pick = groups.iter().find(|g| {
+            g.id != META_GROUP
+                && !busy.contains(&g.id)
+                && g.replicas.contains(&from)
+                && !g.replicas.contains(&to)
+        });
+        let Some(g) = pick else { break };
+        note_move(&mut replicas, &mut moving, g.id, from, to);
+        out.push(Decision::Move {
+            partition: g.id,
+            from,
+            to,
+            why: format!("{from} holds {max} replicas, {to} holds {min}"),
+        });
+        busy.insert(g.id);
+        budget -= 1;
+    }
+
+    // 4. Leaders: off draining nodes, then from the node leading most to the one leading
+    // fewest, while they differ by more than one.
+    let mut leaders: BTreeMap<NodeId, i64> = targets.iter().map(|n| (*n, 0)).collect();
+    for (p, l) in &view.leaders {
+        if groups.iter().any(|g| g.id == *p && g.id != META_GROUP)
+            && let Some(c) = leaders.get_mut(l)
+        {
+            *c += 1;
+        }
+    }
+    for g in groups.iter().filter(|g| g.id != META_GROUP) {
+        let Some(l) = view.leaders.get(&g.id) else {
+            continue;
+        };
+        if busy.contains(&g.id) || !view.draining.contains(l) {
+            continue;
+        }
+        let to = g
+            .replicas
+            .iter()
+            .filter(|n| targets.contains(n))
+            .min_by_key(|n| (leaders.get(n).copied().unwrap_or(0), **n))
+            .copied();
+        if let Some(to) = to {
+            *leaders.entry(to).or_default() += 1;
+            out.push(Decision::TransferLeader {
+                partition: g.id,
+                to,
+                why: format!("{l} is draining"),
+            });
+            busy.insert(g.id);
+        }
+    }
+    while let (Some((&from, &max)), Some((&to, &min))) = (
+        leaders.iter().max_by_key(|(n, c)| (**c, **n)),
+        leaders.iter().min_by_key(|(n, c)| (**c, **n)),
+    ) {
+        if max - min <= 1 {
+            break;
+        }
+        let pick = groups.iter().find(|g| {
+            g.id != META_GROUP
+                && !busy.contains(&g.id)
+                && view.leaders.get(&g.id) == Some(&from)
+                && g.replicas.contains(&to)
+        });
+        let Some(g) = pick else { break };
+        *leaders.entry(from).or_default() -= 1;
+        *leaders.entry(to).or_default() += 1;
+        out.push(Decision::TransferLeader {
+            partition: g.id,
+            to,
+            why: format!("{from} leads {max} partitions, {to} leads {min}"),
+        });
+        busy.insert(g.id);
+    }
+    out
+}
+
+fn note_move(
+    replicas: &mut BTreeMap<NodeId, i64>,
+    moving: &mut BTreeMap<NodeId, usize>,
+    group: PartitionId,
+    from: NodeId,
+    to: NodeId,
+) {
+    *moving.entry(from).or_default() += 1;
+    *moving.entry(to).or_default() += 1;
+    if group != META_GROUP {
+        if let Some(c) = replicas.get_mut(&from) {
+            *c -= 1;
+        }
+        *replicas.entry(to).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MetaCommand;
+    use cairn_types::{NodeDesc, ReplicaId};
+
+    /// A small deterministic generator (splitmix64), so every case replays from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// A cluster of `nodes` nodes (the first three found the metadata group) holding
+    /// `partitions` partitions of 3 replicas, placed at random.
+    fn cluster(rng: &mut Rng, nodes: u64, partitions: usize) -> MetaState {
+        let mut s = MetaState::default();
+        for n in 1..=nodes {
+            s.apply(&MetaCommand::RegisterNode(NodeDesc {
+                id: NodeId(n),
+                addr: format!("n{n}"),
+                http_addr: String::new(),
+            }));
+        }
+        s.set_meta_voters((1..=3).map(|n| (NodeId(n), ReplicaId(n))).collect());
+        let placement = (0..partitions)
+            .map(|_| {
+                let mut set: Vec<NodeId> = Vec::new();
+                while set.len() < 3 {
+                    let n = NodeId(1 + rng.below(nodes));
+                    if !set.contains(&n) {
+                        set.push(n);
+                    }
+                }
+                set
+            })
+            .collect();
+        let split_keys = (1..partitions)
+            .map(|i| format!("k{i:04}").into_bytes())
+            .collect();
+        let r = s.apply(&MetaCommand::CreateTable {
+            name: "t".into(),
+            replication: 3,
+            split_keys,
+            placement,
+        });
+        assert!(matches!(r, crate::MetaResponse::Table(_)), "{r:?}");
+        s
+    }
+
+    fn view(s: &MetaState, live: impl IntoIterator<Item = u64>) -> ClusterView<'_> {
+        let leaders = s.partitions().map(|(_, p)| (p.id, p.replicas[0])).collect();
+        ClusterView {
+            meta: s,
+            live: live.into_iter().map(NodeId).collect(),
+            down: BTreeSet::new(),
+            draining: BTreeSet::new(),
+            loads: BTreeMap::new(),
+            leaders,
+            now_ms: 1_000_000,
+        }
+    }
+
+    /// Applies a decision as if its operation had finished at once.
+    fn apply(s: &mut MetaState, leaders: &mut BTreeMap<PartitionId, NodeId>, d: &Decision) {
+        match d {
+            Decision::Move {
+                partition,
+                from,
+                to,
+                ..
+            } => {
+                if *partition == META_GROUP {
+                    let rid = s.meta_voters.remove(from).unwrap_or_default();
+                    s.meta_voters.insert(*to, rid);
+                    return;
+                }
+                for t in s.tables.values_mut() {
+                    for p in t.partitions.iter_mut().filter(|p| p.id == *partition) {
+                        let i = p.replicas.iter().position(|n| n == from).unwrap();
+                        p.replicas[i] = *to;
+                        if leaders.get(partition) == Some(from) {
+                            leaders.insert(*partition, p.replicas[(i + 1) % 3]);
+                        }
+                    }
+                }
+            }
+            Decision::TransferLeader { partition, to, .. } => {
+                leaders.insert(*partition, *to);
+            }
+            Decision::Split { .. } | Decision::Report { .. } => {}
+        }
+    }
+
+    /// The invariants every plan keeps, whatever the cluster.
+    fn check(v: &ClusterView<'_>, plan: &[Decision]) {
+        let mut seen = BTreeSet::new();
+        let running: BTreeSet<PartitionId> = v
+            .meta
+            .operations
+            .values()
+            .filter(|o| o.state == OpState::Running)
+            .map(|o| o.partition)
+            .collect();
+        for d in plan {
+            assert!(
+                seen.insert(d.partition()),
+                "two decisions on one partition: {plan:?}"
+            );
+            assert!(
+                !running.contains(&d.partition()) || matches!(d, Decision::Report { .. }),
+                "a decision on a partition with a running operation: {d:?}"
+            );
+            if let Decision::Move {
+                partition,
+                from,
+                to,
+                ..
+            } = d
+            {
+                assert!(v.live.contains(to), "target {to} is not live: {d:?}");
+                assert!(!v.down.contains(to) && !v.draining.contains(to), "{d:?}");
+                let holders: Vec<NodeId> = if *partition == META_GROUP {
+                    v.meta.meta_voters.keys().copied().collect()
+                } else {
+                    v.meta.partition(*partition).unwrap().1.replicas.clone()
+                };
+                assert!(holders.contains(from) && !holders.contains(to), "{d:?}");
+            }
+            if let Decision::TransferLeader { partition, to, .. } = d {
+                let p = v.meta.partition(*partition).unwrap().1;
+                assert!(p.replicas.contains(to) && v.live.contains(to), "{d:?}");
+            }
+        }
+        let moves = plan
+            .iter()
+            .filter(|d| matches!(d, Decision::Move { .. }))
+            .count();
+        assert!(moves <= PlannerConfig::default().max_moves);
+    }
+
+    #[test]
+    fn random_clusters_converge_to_balance_without_oscillating() {
+        for seed in 0..300 {
+            let mut rng = Rng(seed);
+            let nodes = 3 + rng.below(5);
+            let partitions = 1 + rng.below(40) as usize;
+            let mut s = cluster(&mut rng, nodes, partitions);
+            let mut leaders = view(&s, 1..=nodes).leaders;
+            let cfg = PlannerConfig::default();
+            let mut rounds = 0;
+            loop {
+                let mut v = view(&s, 1..=nodes);
+                v.leaders = leaders.clone();
+                let plan = plan(&v, &cfg);
+                check(&v, &plan);
+                if plan.is_empty() {
+                    break;
+                }
+                rounds += 1;
+                assert!(
+                    rounds < 200,
+                    "seed {seed}: no convergence, last plan {plan:?}"
+                );
+                for d in &plan {
+                    apply(&mut s, &mut leaders, d);
+                }
+            }
+            // Balanced: replica and leader counts within one of each other.
+            let mut counts: BTreeMap<NodeId, usize> = (1..=nodes).map(|n| (NodeId(n), 0)).collect();
+            for (_, p) in s.partitions() {
+                assert_eq!(p.replicas.len(), 3, "seed {seed}: replication changed");
+                for n in &p.replicas {
+                    *counts.get_mut(n).unwrap() += 1;
+                }
+            }
+            let (lo, hi) = (
+                counts.values().min().unwrap(),
+                counts.values().max().unwrap(),
+            );
+            assert!(hi - lo <= 1, "seed {seed}: replica counts {counts:?}");
+        }
+    }
+
+    #[test]
+    fn down_and_draining_nodes_are_emptied_fewest_voters_first() {
+        for seed in 0..300 {
+            let mut rng = Rng(seed);
+            let nodes = 5 + rng.below(3);
+            let partitions = 1 + rng.below(30) as usize;
+            let mut s = cluster(&mut rng, nodes, partitions);
+            let down = NodeId(1 + rng.below(nodes));
+            let draining = NodeId(1 + (down.0 % nodes));
+            let mut leaders = view(&s, 1..=nodes).leaders;
+            let cfg = PlannerConfig::default();
+            for _ in 0..300 {
+                let mut v = view(&s, (1..=nodes).filter(|n| *n != down.0));
+                v.down.insert(down);
+                v.draining.insert(draining);
+                v.leaders = leaders.clone();
+                let plan = plan(&v, &cfg);
+                check(&v, &plan);
+                if plan.is_empty() {
+                    break;
+                }
+                for d in &plan {
+                    apply(&mut s, &mut leaders, d);
+                }
+            }
+            for (_, p) in s.partitions() {
+                assert!(
+                    !p.replicas.contains(&down) && !p.replicas.contains(&draining),
+                    "seed {seed}: {p:?} still on {down} or {draining}"
+                );
+                assert_ne!(leaders.get(&p.id), Some(&draining), "seed {seed}");
+            }
+            assert!(
+                !s.meta_voters.contains_key(&down),
+                "seed {seed}: metadata on {down}"
+            );
+            assert_eq!(s.meta_voters.len(), 3);
+        }
+    }
+
+    #[test]
+    fn lost_quorum_is_reported_and_left_alone() {
+        let mut rng = Rng(7);
+        let s = cluster(&mut rng, 5, 1);
+        let p = s.partitions().next().unwrap().1.clone();
+        let mut v = view(
+            &s,
+            (1..=5).filter(|n| !p.replicas[..2].contains(&NodeId(*n))),
+        );
+        v.down.extend(p.replicas[..2].iter().copied());
+        let plan = plan(&v, &PlannerConfig::default());
+        assert!(
+            plan.iter()
+                .any(|d| matches!(d, Decision::Report { partition, .. } if *partition == p.id)),
+            "{plan:?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|d| matches!(d, Decision::Move { partition, .. } if *partition == p.id))
+        );
+    }
+
+    #[test]
+    fn splits_by_size_and_load_and_a_hot_key_is_only_reported() {
+        let mut rng = Rng(3);
+        let s = cluster(&mut rng, 3, 3);
+        let ids: Vec<PartitionId> = s.partitions().map(|(_, p)| p.id).collect();
+        let mut v = view(&s, 1..=3);
+        let cfg = PlannerConfig {
+            split_size: 1 << 20,
+            split_qps: 100.0,
+            ..PlannerConfig::default()
+        };
+        // Too big, with a middle key inside its range (the first partition is ["", k0001)).
+        v.loads.insert(
+            ids[0],
+            PartitionLoad {
+                bytes: 2 << 20,
+                size_split_key: Some(b"k0000x".to_vec()),
+                ..PartitionLoad::default()
+            },
+        );
+        // Too hot, on one key.
+        v.loads.insert(
+            ids[1],
+            PartitionLoad {
+                qps: 500.0,
+                ..PartitionLoad::default()
+            },
+        );
+        // Too big, but the suggested key is its start: no empty partition is cut.
+        v.loads.insert(
+            ids[2],
+            PartitionLoad {
+                bytes: 2 << 20,
+                size_split_key: Some(b"k0002".to_vec()),
+                ..PartitionLoad::default()
+            },
+        );
+        let plan = plan(&v, &cfg);
+        assert!(
+            plan.contains(&Decision::Split {
+                partition: ids[0],
+                key: b"k0000x".to_vec(),
+                why: format!("{} bytes, above {}", 2 << 20, 1 << 20),
+            }),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|d| matches!(d, Decision::Report { partition, .. } if *partition == ids[1]))
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|d| matches!(d, Decision::Split { partition, .. } if *partition == ids[2])),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn running_and_recent_operations_are_left_alone() {
+        let mut rng = Rng(11);
+        let mut s = cluster(&mut rng, 4, 1);
+        let p = s.partitions().next().unwrap().1.clone();
+        let spare = (1..=4)
+            .map(NodeId)
+            .find(|n| !p.replicas.contains(n))
+            .unwrap();
+        let r = s.apply(&MetaCommand::StartMove {
+            partition: p.id,
+            from: p.replicas[0],
+            to: spare,
+            now_ms: 1_000_000,
+        });
+        assert!(matches!(r, crate::MetaResponse::Operation(_)));
+        let mut v = view(&s, 1..=4);
+        v.down.insert(p.replicas[1]);
+        v.live.remove(&p.replicas[1]);
+        let plan = plan(&v, &PlannerConfig::default());
+        check(&v, &plan);
+        assert!(!plan.iter().any(|d| d.partition() == p.id), "{plan:?}");
+    }
+}
