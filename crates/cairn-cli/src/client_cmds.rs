@@ -336,6 +336,66 @@ enum AdminCmd {
         /// Node id of a replica of the partition.
         node: u64,
     },
+    /// The controller (needs `cairn server --controller on`): status, pause, resume.
+    Controller {
+        #[command(subcommand)]
+        cmd: ControllerCmd,
+    },
+    /// Moves every replica and leadership off NODE (the controller does it) and places
+    /// nothing new there.
+    Drain {
+        /// Node id.
+        node: u64,
+    },
+    /// Lets NODE take replicas and leadership again.
+    Undrain {
+        /// Node id.
+        node: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ControllerCmd {
+    /// Whether it runs and is paused, nodes draining, and its recent decisions with reasons.
+    Status,
+    /// Stops it from making decisions (operations already running finish).
+    Pause,
+    /// Lets it make decisions again.
+    Resume,
+}
+
+fn print_controller(s: &cairn_client::ControllerInfo) {
+    let state = match (s.enabled, s.paused) {
+        (false, _) => "off (start the servers with --controller on)",
+        (true, true) => "paused (`cairn admin controller resume` resumes it)",
+        (true, false) => "running",
+    };
+    println!(
+        "controller: {state}, beside the metadata leader on node {}",
+        s.leader
+    );
+    if !s.draining.is_empty() {
+        let d: Vec<String> = s.draining.iter().map(|n| n.to_string()).collect();
+        println!("draining: {}", d.join(", "));
+    }
+    if s.decisions.is_empty() {
+        println!("no decisions yet");
+        return;
+    }
+    println!(
+        "{:<10} {:<9} {:<10} {:<24} {:<10} WHY",
+        "AGE", "KIND", "PARTITION", "WHAT", "OUTCOME"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for d in &s.decisions {
+        let age = format!("{:.0}s ago", now.saturating_sub(d.at_ms) as f64 / 1000.0);
+        println!(
+            "{:<10} {:<9} {:<10} {:<24} {:<10} {}",
+            age, d.kind, d.partition, d.detail, d.outcome, d.why
+        );
+    }
 }
 
 pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> {
@@ -355,13 +415,18 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                     if n.live { "yes" } else { "NO" },
                     n.replicas,
                     n.leaders,
-                    if n.metadata_leader {
-                        "leader"
-                    } else if n.metadata_member {
-                        "member"
-                    } else {
-                        ""
-                    }
+                    [
+                        if n.metadata_leader {
+                            "leader"
+                        } else if n.metadata_member {
+                            "member"
+                        } else {
+                            ""
+                        },
+                        if n.draining { "(draining)" } else { "" },
+                    ]
+                    .join(" ")
+                    .trim()
                 );
             }
         }
@@ -467,6 +532,26 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
         AdminCmd::TransferLeader { partition, node } => {
             c.transfer_leader(partition, node).await.map_err(fail)?;
             println!("partition {partition} is led by node {node}");
+        }
+        AdminCmd::Controller { cmd } => {
+            let s = match cmd {
+                ControllerCmd::Status => c.controller().await,
+                ControllerCmd::Pause => c.set_controller_paused(true).await,
+                ControllerCmd::Resume => c.set_controller_paused(false).await,
+            }
+            .map_err(fail)?;
+            print_controller(&s);
+        }
+        AdminCmd::Drain { node } => {
+            c.set_draining(node, true).await.map_err(fail)?;
+            println!(
+                "node {node} is draining: the controller moves its replicas and leadership away \
+                 (`cairn admin nodes` shows its replicas going to 0)"
+            );
+        }
+        AdminCmd::Undrain { node } => {
+            c.set_draining(node, false).await.map_err(fail)?;
+            println!("node {node} takes replicas and leadership again");
         }
     }
     Ok(ExitCode::SUCCESS)

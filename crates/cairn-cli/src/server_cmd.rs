@@ -48,6 +48,23 @@ pub(crate) struct ServerArgs {
     /// target down, or too slow to catch up) is rolled back.
     #[arg(long, env = "CAIRN_MOVE_TIMEOUT", default_value_t = cairn_server::DEFAULT_MOVE_TIMEOUT.as_secs())]
     move_timeout: u64,
+    /// Run the controller beside the metadata leader: split partitions by size and load,
+    /// balance replicas and leaders, replace replicas on down nodes, drain nodes.
+    #[arg(long, env = "CAIRN_CONTROLLER", default_value = "off", value_parser = ["on", "off"])]
+    controller: String,
+    /// A partition above this size splits at its middle key (e.g. 96MiB, 512KiB).
+    #[arg(long, env = "CAIRN_SPLIT_SIZE", default_value = "96MiB", value_parser = cairn_server::parse_size)]
+    split_size: u64,
+    /// A partition above this many operations per second for --split-window splits where
+    /// that halves its load.
+    #[arg(long, env = "CAIRN_SPLIT_QPS", default_value_t = 2500.0)]
+    split_qps: f64,
+    /// Seconds over which a partition's load is averaged.
+    #[arg(long, env = "CAIRN_SPLIT_WINDOW", default_value_t = 5)]
+    split_window: u64,
+    /// Seconds without a heartbeat after which a node is down and its replicas replaced.
+    #[arg(long, env = "CAIRN_DOWN_AFTER", default_value_t = 300)]
+    down_after: u64,
     /// [testing only] Answer the first N writes this node routes with UNAVAILABLE after
     /// they were applied, as if the answer were lost, to exercise client retries.
     #[arg(long, env = "CAIRN_FAULT_LOSE_WRITE_REPLIES", default_value_t = 0)]
@@ -92,6 +109,13 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         snapshot_logs: a.snapshot_logs,
         move_timeout: std::time::Duration::from_secs(a.move_timeout),
+        controller: cairn_server::ControllerConfig {
+            enabled: a.controller == "on",
+            split_size: a.split_size,
+            split_qps: a.split_qps,
+            split_window: std::time::Duration::from_secs(a.split_window.max(1)),
+            down_after: std::time::Duration::from_secs(a.down_after.max(1)),
+        },
         fault_lose_write_replies: a.fault_lose_write_replies,
         fault_refuse_snapshots: a.fault_refuse_snapshots,
     };

@@ -96,6 +96,59 @@ pub struct OperationInfo {
     pub to: u64,
 }
 
+/// The controller as the metadata leader runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerInfo {
+    /// Whether it runs (`--controller on` on the metadata leader).
+    pub enabled: bool,
+    /// Whether an operator paused it.
+    pub paused: bool,
+    /// The metadata leader it runs beside.
+    pub leader: u64,
+    /// Nodes being drained.
+    pub draining: Vec<u64>,
+    /// Recent decisions, newest first.
+    pub decisions: Vec<DecisionInfo>,
+}
+
+/// One decision of the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionInfo {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// "split", "move", "transfer" or "report".
+    pub kind: String,
+    /// The partition (0: the metadata group).
+    pub partition: u64,
+    /// What exactly.
+    pub detail: String,
+    /// Why.
+    pub why: String,
+    /// "done" or what went wrong.
+    pub outcome: String,
+}
+
+fn controller_info(r: pb::ControllerResponse) -> ControllerInfo {
+    ControllerInfo {
+        enabled: r.enabled,
+        paused: r.paused,
+        leader: r.leader,
+        draining: r.draining,
+        decisions: r
+            .decisions
+            .into_iter()
+            .map(|d| DecisionInfo {
+                at_ms: d.at_ms,
+                kind: d.kind,
+                partition: d.partition,
+                detail: d.detail,
+                why: d.why,
+                outcome: d.outcome,
+            })
+            .collect(),
+    }
+}
+
 fn operation_info(o: pb::Operation) -> OperationInfo {
     OperationInfo {
         id: o.id,
@@ -171,6 +224,8 @@ pub struct NodeInfo {
     pub metadata_member: bool,
     /// Leads the metadata group.
     pub metadata_leader: bool,
+    /// Whether it is being drained.
+    pub draining: bool,
 }
 
 /// A Cairn client; cheap to share between tasks (`&Client` is enough).
@@ -567,6 +622,7 @@ impl Client {
                 leaders: n.leaders,
                 metadata_member: n.metadata_member,
                 metadata_leader: n.metadata_leader,
+                draining: n.draining,
             })
             .collect())
     }
@@ -665,6 +721,37 @@ impl Client {
             .await?
             .into_inner();
         Ok(r.operations.into_iter().map(operation_info).collect())
+    }
+
+    /// The controller's state and recent decisions.
+    pub async fn controller(&self) -> Result<ControllerInfo> {
+        let r = self
+            .retry(|ch, _| async move {
+                AdminClient::new(ch)
+                    .controller(pb::ControllerRequest {})
+                    .await
+            })
+            .await?
+            .into_inner();
+        Ok(controller_info(r))
+    }
+
+    /// Pauses (`true`) or resumes the controller; returns its state.
+    pub async fn set_controller_paused(&self, paused: bool) -> Result<ControllerInfo> {
+        let req = pb::SetControllerPausedRequest { paused };
+        let r = self
+            .retry(|ch, _| async move { AdminClient::new(ch).set_controller_paused(req).await })
+            .await?
+            .into_inner();
+        Ok(controller_info(r))
+    }
+
+    /// Starts (`true`) or stops draining node `node`.
+    pub async fn set_draining(&self, node: u64, draining: bool) -> Result<()> {
+        let req = pb::SetDrainingRequest { node, draining };
+        self.retry(|ch, _| async move { AdminClient::new(ch).set_draining(req).await })
+            .await?;
+        Ok(())
     }
 
     /// Moves leadership of `partition` to its replica on node `to`; returns once it leads.

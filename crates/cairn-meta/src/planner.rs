@@ -10,22 +10,9 @@
 //! and none while an operation on it runs or cools down.
 
 use crate::MetaState;
+pub use cairn_types::{KeySample, PartitionLoad};
 use cairn_types::{META_GROUP, NodeId, OpKind, OpState, PartitionId};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Size and load of one partition, as its leader reports them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PartitionLoad {
-    /// Approximate bytes of its keys and values.
-    pub bytes: u64,
-    /// Operations per second over the split window.
-    pub qps: f64,
-    /// The key that halves its size, if known.
-    pub size_split_key: Option<Vec<u8>>,
-    /// The key that halves its load; `None` when one key carries it (a hot spot that no
-    /// split can spread).
-    pub load_split_key: Option<Vec<u8>>,
-}
 
 /// The controller's thresholds and limits.
 #[derive(Clone, Debug, PartialEq)]
@@ -180,7 +167,11 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
     }
     for op in meta.operations.values() {
         let running = op.state == OpState::Running;
-        if running || op.updated_ms.saturating_add(cfg.cooldown_ms) > view.now_ms {
+        // A split needs no cool-down: its halves are measured afresh, and a half that is
+        // still hot splits again at once.
+        let cooling = !matches!(op.kind, OpKind::Split { .. })
+            && op.updated_ms.saturating_add(cfg.cooldown_ms) > view.now_ms;
+        if running || cooling {
             busy.insert(op.partition);
         }
         if let (true, OpKind::Move { from, to, .. }) = (running, &op.kind) {
@@ -400,6 +391,57 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         busy.insert(g.id);
     }
     out
+}
+
+/// The key that best halves the load the samples show, for a split by load: a sampled key
+/// with about as many sampled requests below it as at or above it. A scan counts against
+/// every key strictly inside its range (splitting there would make it cross partitions),
+/// so a key that every scan crosses is never chosen. `None` when all the load is on one
+/// key, or no key inside `(start, end)` leaves load on both sides.
+pub fn load_split_key(samples: &[KeySample], start: &[u8], end: Option<&[u8]>) -> Option<Vec<u8>> {
+    let inside = |k: &[u8]| k > start && end.is_none_or(|e| k < e);
+    let mut points: Vec<&[u8]> = samples
+        .iter()
+        .filter_map(|s| match s {
+            KeySample::Key(k) => Some(k.as_slice()),
+            KeySample::Range(..) => None,
+        })
+        .collect();
+    points.sort();
+    let ranges: Vec<(&[u8], Option<&[u8]>)> = samples
+        .iter()
+        .filter_map(|s| match s {
+            KeySample::Range(a, b) => Some((a.as_slice(), b.as_deref())),
+            KeySample::Key(_) => None,
+        })
+        .collect();
+    // Scans count as load too: each adds one request at its start.
+    let total = points.len() + ranges.len();
+    let mut best: Option<(usize, &[u8])> = None;
+    let mut candidates: Vec<&[u8]> = points.clone();
+    candidates.extend(ranges.iter().map(|(a, _)| *a));
+    candidates.sort();
+    candidates.dedup();
+    for k in candidates.into_iter().filter(|k| inside(k)) {
+        let below =
+            points.partition_point(|p| *p < k) + ranges.iter().filter(|(a, _)| *a < k).count();
+        let above = total - below;
+        if below == 0 || above == 0 {
+            continue;
+        }
+        let crossing = ranges
+            .iter()
+            .filter(|(a, b)| *a < k && b.is_none_or(|b| k < b))
+            .count();
+        if crossing * 2 > ranges.len().max(1) && crossing > 0 {
+            continue; // most scans would cross it
+        }
+        let cost = below.abs_diff(above) + 2 * crossing;
+        if best.is_none_or(|(c, _)| cost < c) {
+            best = Some((cost, k));
+        }
+    }
+    best.map(|(_, k)| k.to_vec())
 }
 
 fn note_move(
@@ -732,6 +774,38 @@ mod tests {
                 .any(|d| matches!(d, Decision::Split { partition, .. } if *partition == ids[2])),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn load_split_keys_halve_the_load_and_never_cut_a_scan_or_a_hot_key() {
+        let key = |k: &str| KeySample::Key(k.as_bytes().to_vec());
+        let scan =
+            |a: &str, b: &str| KeySample::Range(a.as_bytes().to_vec(), Some(b.as_bytes().to_vec()));
+        // Even load on a..h: the middle key.
+        let even: Vec<KeySample> = ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .map(|k| key(k))
+            .collect();
+        assert_eq!(load_split_key(&even, b"", None), Some(b"e".to_vec()));
+        // One hot key: nothing to split.
+        let hot: Vec<KeySample> = (0..50).map(|_| key("k")).collect();
+        assert_eq!(load_split_key(&hot, b"", None), None);
+        // A hot key beside a cold one: the hot key goes to its own half.
+        let mut skew = hot.clone();
+        skew.push(key("a"));
+        assert_eq!(load_split_key(&skew, b"", None), Some(b"k".to_vec()));
+        // Every scan covers c..f: no split point inside it.
+        let mut scans: Vec<KeySample> = (0..20).map(|_| scan("c", "f")).collect();
+        scans.extend(["d", "e", "d", "e"].iter().map(|k| key(k)));
+        let k = load_split_key(&scans, b"", None);
+        assert!(
+            k.as_deref()
+                .is_none_or(|k| k <= b"c".as_slice() || k >= b"f".as_slice()),
+            "{k:?}"
+        );
+        // Keys outside the partition's range are never chosen; its start is never chosen.
+        assert_eq!(load_split_key(&even, b"e", Some(b"g")), Some(b"f".to_vec()));
+        assert_eq!(load_split_key(&[], b"", None), None);
     }
 
     #[test]

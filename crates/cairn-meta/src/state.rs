@@ -28,6 +28,10 @@ pub struct MetaState {
     /// The metadata group's voters: each node's replica id, as of the last membership
     /// change applied from the metadata log (see [`MetaState::set_meta_voters`]).
     pub meta_voters: BTreeMap<NodeId, ReplicaId>,
+    /// Whether an operator paused the controller.
+    pub controller_paused: bool,
+    /// Nodes being drained: the controller moves every replica and leadership off them.
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 /// A change to the metadata, proposed through the metadata group.
@@ -75,6 +79,18 @@ pub enum MetaCommand {
         to: NodeId,
         /// The proposer's clock, ms since the Unix epoch.
         now_ms: u64,
+    },
+    /// Pauses or resumes the controller.
+    SetControllerPaused {
+        /// Paused from now on, or not.
+        paused: bool,
+    },
+    /// Starts or stops draining a node.
+    SetDraining {
+        /// The node.
+        node: NodeId,
+        /// Draining from now on, or not.
+        draining: bool,
     },
     /// Records an operation that finished in one step (a split, a leader transfer).
     RecordOperation {
@@ -153,6 +169,23 @@ impl MetaState {
                 Ok(op) => MetaResponse::Operation(op),
                 Err(e) => MetaResponse::Refused(e),
             },
+            MetaCommand::SetControllerPaused { paused } => {
+                self.controller_paused = *paused;
+                MetaResponse::Done
+            }
+            MetaCommand::SetDraining { node, draining } => {
+                if !self.nodes.contains_key(node) {
+                    return MetaResponse::Refused(Error::NotFound(format!(
+                        "node {node} is not part of the cluster; `cairn admin nodes` lists the nodes"
+                    )));
+                }
+                if *draining {
+                    self.draining.insert(*node);
+                } else {
+                    self.draining.remove(node);
+                }
+                MetaResponse::Done
+            }
             MetaCommand::RecordOperation {
                 partition,
                 kind,
@@ -270,6 +303,11 @@ impl MetaState {
         if to_here {
             return Err(Error::Conflict(format!(
                 "{to} already holds a replica of {partition}"
+            )));
+        }
+        if self.draining.contains(&to) {
+            return Err(Error::Conflict(format!(
+                "{to} is draining; `cairn admin undrain {to}` first or move elsewhere"
             )));
         }
         if let Some(op) = self.running_on(partition) {

@@ -13,6 +13,7 @@ mod router;
 
 pub use cache::{RouteCache, TableRoute};
 pub use messages::{
-    Heartbeat, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply, PartitionRequest,
+    ControllerStatus, DecisionRecord, Heartbeat, MetaReply, MetaRequest, NodeStatus, PartitionOp,
+    PartitionReply, PartitionRequest,
 };
 pub use router::{DEFAULT_DEADLINE, ListPage, Router, Transport};

@@ -3,8 +3,8 @@
 
 use crate::TableRoute;
 use cairn_types::{
-    Epoch, NodeDesc, NodeId, OpKind, Operation, PartitionDesc, PartitionId, PartitionStatus,
-    ReplicaId, RequestId, TableDesc, TableId,
+    Epoch, NodeDesc, NodeId, OpKind, Operation, PartitionDesc, PartitionId, PartitionLoad,
+    PartitionStatus, ReplicaId, RequestId, TableDesc, TableId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,17 @@ pub enum MetaRequest {
     /// Records descriptors as their groups applied them (after a split); older ones are
     /// ignored.
     UpdatePartitions(Vec<PartitionDesc>),
+    /// The controller's state and recent decisions.
+    ControllerStatus,
+    /// Pauses or resumes the controller.
+    SetControllerPaused(bool),
+    /// Starts or stops draining a node.
+    SetDraining {
+        /// The node.
+        node: NodeId,
+        /// Draining from now on, or not.
+        draining: bool,
+    },
     /// Records a split or a leader transfer that is done, for `cairn admin operations`.
     RecordOperation {
         /// The partition it changed.
@@ -82,6 +93,8 @@ pub struct Heartbeat {
     /// Descriptors of the partitions the node leads, as applied there; the metadata group
     /// records any that are newer than its own (repairing a lost split record).
     pub led: Vec<PartitionDesc>,
+    /// Size and load of the partitions the node leads (when the controller runs).
+    pub loads: Vec<(PartitionId, PartitionLoad)>,
 }
 
 /// What a node looks like to the metadata leader.
@@ -99,6 +112,8 @@ pub struct NodeStatus {
     pub leaders: u32,
     /// Whether it holds a replica of the metadata group.
     pub metadata_member: bool,
+    /// Whether it is being drained.
+    pub draining: bool,
     /// Whether it leads the metadata group (it answered this request).
     pub metadata_leader: bool,
 }
@@ -132,6 +147,8 @@ pub enum MetaReply {
     Cluster(Vec<(NodeId, String)>),
     /// Nodes (for [`MetaRequest::Nodes`]).
     Nodes(Vec<NodeStatus>),
+    /// The controller (for [`MetaRequest::ControllerStatus`]).
+    Controller(ControllerStatus),
 }
 
 /// A request for one partition replica.
@@ -260,4 +277,36 @@ pub enum PartitionReply {
     Split(PartitionDesc, PartitionDesc),
     /// A partition's descriptor as its leader applied it.
     Desc(PartitionDesc),
+}
+
+/// One decision of the controller and how acting on it went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// When, ms since the Unix epoch (the metadata leader's clock).
+    pub at_ms: u64,
+    /// "split", "move", "transfer" or "report".
+    pub kind: String,
+    /// The partition (0: the metadata group).
+    pub partition: PartitionId,
+    /// What exactly, in words.
+    pub detail: String,
+    /// Why.
+    pub why: String,
+    /// "done" or what went wrong.
+    pub outcome: String,
+}
+
+/// The controller as the metadata leader runs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ControllerStatus {
+    /// Whether the metadata leader runs a controller (`--controller on`).
+    pub enabled: bool,
+    /// Whether an operator paused it.
+    pub paused: bool,
+    /// The metadata leader it runs beside.
+    pub leader: NodeId,
+    /// Nodes being drained.
+    pub draining: Vec<NodeId>,
+    /// Recent decisions, newest first.
+    pub decisions: Vec<DecisionRecord>,
 }

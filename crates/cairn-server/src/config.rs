@@ -30,12 +30,62 @@ pub struct ServerConfig {
     pub snapshot_logs: u64,
     /// A replica move whose new replica is not a voter after this long is rolled back.
     pub move_timeout: std::time::Duration,
+    /// The controller's switch and thresholds.
+    pub controller: ControllerConfig,
     /// Testing only: answer the first N applied writes routed by this node with
     /// `Unavailable`, as if the answer were lost, so clients retry. 0 in production.
     pub fault_lose_write_replies: u64,
     /// Testing only: refuse every snapshot chunk sent to this node, so a new replica here
     /// never catches up (to exercise the rollback of a move). False in production.
     pub fault_refuse_snapshots: bool,
+}
+
+/// The controller: whether it runs (beside the metadata leader) and its thresholds. Every
+/// node measures its partitions by the same thresholds, so give all nodes the same flags.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControllerConfig {
+    /// Whether the controller runs at all.
+    pub enabled: bool,
+    /// A partition above this many bytes splits at its middle key.
+    pub split_size: u64,
+    /// A partition above this many operations per second over `split_window` splits at
+    /// the key that halves its load.
+    pub split_qps: f64,
+    /// The window over which load is averaged.
+    pub split_window: std::time::Duration,
+    /// A node not heard from for this long is down: its replicas are replaced.
+    pub down_after: std::time::Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            enabled: false,
+            split_size: 96 << 20,
+            split_qps: 2500.0,
+            split_window: std::time::Duration::from_secs(5),
+            down_after: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// Parses a size such as `96MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+    .unwrap_or((t, 1));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use bytes or a number with KiB, MiB or GiB"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
@@ -81,5 +131,15 @@ mod tests {
         assert!(parse_initial_cluster("x=a").is_err());
         assert!(parse_initial_cluster("1=a,1=b").is_err());
         assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn size_parsing() {
+        assert_eq!(parse_size("96MiB"), Ok(96 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("1MB").is_err());
+        assert!(parse_size("lots").is_err());
     }
 }

@@ -10,8 +10,8 @@ use cairn_raft::{
 use cairn_router::{PartitionOp, PartitionReply, PartitionRequest};
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_types::{
-    Error, Limits, META_GROUP, NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionStatus,
-    ReplicaId, Result,
+    Error, KeySample, Limits, META_GROUP, NodeDesc, NodeId, PartitionDesc, PartitionId,
+    PartitionStatus, ReplicaId, Result,
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
@@ -47,6 +47,8 @@ pub(crate) struct Replica {
     pub(crate) raft: typ::Raft,
     pub(crate) view: PartitionView,
     log: LogStore,
+    /// Load and size measured while this node leads it.
+    pub(crate) stats: Arc<crate::stats::ReplicaStats>,
 }
 
 impl Replica {
@@ -125,6 +127,10 @@ pub(crate) struct Core {
     pub(crate) snapshot_logs: u64,
     /// When a move that makes no progress is rolled back.
     pub(crate) move_timeout: Duration,
+    /// The controller's switch and thresholds.
+    pub(crate) controller: crate::config::ControllerConfig,
+    /// The controller's recent decisions (on the metadata leader).
+    pub(crate) controller_log: crate::controller::ControllerLog,
     /// Testing only: refuse incoming snapshot chunks.
     pub(crate) fault_refuse_snapshots: bool,
     /// This node's metadata replica; a move can open one or take it away at run time.
@@ -482,6 +488,7 @@ impl Core {
             raft,
             view,
             log,
+            stats: Default::default(),
         };
         self.replicas
             .write()
@@ -775,12 +782,15 @@ impl Core {
                 self.limits.check_key(&key)?;
                 self.limits.check_value(&value)?;
                 replica.view.check(epoch, table, Some(&key))?;
+                let written = (key.len() + value.len()) as u64;
+                self.note_load(&replica, KeySample::Key(key.clone()), written);
                 let op = KvOp::Put { table, key, value };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Delete { key, request_id } => {
                 self.limits.check_key(&key)?;
                 replica.view.check(epoch, table, Some(&key))?;
+                self.note_load(&replica, KeySample::Key(key.clone()), key.len() as u64);
                 let op = KvOp::Delete { table, key };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
@@ -797,6 +807,7 @@ impl Core {
                     self.read_barrier(&replica, partition).await?;
                 }
                 replica.view.check(epoch, table, Some(&key))?;
+                self.note_load(&replica, KeySample::Key(key.clone()), 0);
                 Ok(PartitionReply::Value(replica.view.get(&self.engine, &key)?))
             }
             PartitionOp::Scan {
@@ -813,6 +824,7 @@ impl Core {
                 if !desc.range.contains(&start) {
                     return Err(Error::KeyNotInRange(partition));
                 }
+                self.note_load(&replica, KeySample::Range(start.clone(), end.clone()), 0);
                 Ok(PartitionReply::Rows(replica.view.scan(
                     &self.engine,
                     &start,
@@ -836,6 +848,15 @@ impl Core {
                 self.replace_voter(&replica, remove, add).await
             }
             PartitionOp::RemoveLearner { replica: rid } => self.remove_learner(&replica, rid).await,
+        }
+    }
+
+    /// Counts a request for the controller's load measurements (only when it runs).
+    fn note_load(&self, replica: &Replica, sample: KeySample, written: u64) {
+        if self.controller.enabled {
+            replica
+                .stats
+                .record(sample, written, self.controller.split_window);
         }
     }
 

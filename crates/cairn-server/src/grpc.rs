@@ -87,6 +87,27 @@ pub(crate) fn operation_pb(op: &cairn_types::Operation) -> pb::Operation {
     }
 }
 
+pub(crate) fn controller_pb(s: &cairn_router::ControllerStatus) -> pb::ControllerResponse {
+    pb::ControllerResponse {
+        enabled: s.enabled,
+        paused: s.paused,
+        leader: s.leader.0,
+        draining: s.draining.iter().map(|n| n.0).collect(),
+        decisions: s
+            .decisions
+            .iter()
+            .map(|d| pb::Decision {
+                at_ms: d.at_ms,
+                kind: d.kind.clone(),
+                partition: d.partition.0,
+                detail: d.detail.clone(),
+                why: d.why.clone(),
+                outcome: d.outcome.clone(),
+            })
+            .collect(),
+    }
+}
+
 pub(crate) fn table_pb(r: &TableRoute) -> pb::Table {
     pb::Table {
         name: r.table.name.clone(),
@@ -292,6 +313,7 @@ impl admin_server::Admin for Admin {
                     leaders: n.leaders,
                     metadata_member: n.metadata_member,
                     metadata_leader: n.metadata_leader,
+                    draining: n.draining,
                     last_heartbeat_ms_ago: n.last_heartbeat_ms_ago.unwrap_or(u64::MAX),
                 })
                 .collect(),
@@ -388,6 +410,42 @@ impl admin_server::Admin for Admin {
         Ok(Response::new(pb::OperationsResponse {
             operations: ops.iter().map(operation_pb).collect(),
         }))
+    }
+
+    async fn controller(
+        &self,
+        _req: Request<pb::ControllerRequest>,
+    ) -> Result<Response<pb::ControllerResponse>, Status> {
+        let s = self
+            .0
+            .controller_status(deadline(0))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(controller_pb(&s)))
+    }
+
+    async fn set_controller_paused(
+        &self,
+        req: Request<pb::SetControllerPausedRequest>,
+    ) -> Result<Response<pb::ControllerResponse>, Status> {
+        let s = self
+            .0
+            .set_controller_paused(req.into_inner().paused, deadline(0))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(controller_pb(&s)))
+    }
+
+    async fn set_draining(
+        &self,
+        req: Request<pb::SetDrainingRequest>,
+    ) -> Result<Response<pb::SetDrainingResponse>, Status> {
+        let r = req.into_inner();
+        self.0
+            .set_draining(cairn_types::NodeId(r.node), r.draining, deadline(0))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetDrainingResponse {}))
     }
 
     async fn transfer_leader(

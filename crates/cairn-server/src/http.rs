@@ -6,10 +6,10 @@
 
 use crate::node::Node;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use cairn_router::{DEFAULT_DEADLINE, TableRoute};
@@ -260,6 +260,54 @@ async fn move_replica(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
         .into_response())
 }
 
+fn controller_json(s: &cairn_router::ControllerStatus) -> Value {
+    let decisions: Vec<Value> = s
+        .decisions
+        .iter()
+        .map(|d| {
+            json!({"at_ms": d.at_ms, "kind": d.kind, "partition": d.partition.0, "detail": d.detail,
+                   "why": d.why, "outcome": d.outcome})
+        })
+        .collect();
+    json!({"enabled": s.enabled, "paused": s.paused, "leader": s.leader.0,
+           "draining": s.draining.iter().map(|n| n.0).collect::<Vec<_>>(), "decisions": decisions})
+}
+
+async fn controller(State(node): State<Arc<Node>>) -> ApiResult {
+    let s = node.controller_status(deadline()).await?;
+    Ok(Json(controller_json(&s)).into_response())
+}
+
+async fn pause_controller(State(node): State<Arc<Node>>) -> ApiResult {
+    let s = node.set_controller_paused(true, deadline()).await?;
+    Ok(Json(controller_json(&s)).into_response())
+}
+
+async fn resume_controller(State(node): State<Arc<Node>>) -> ApiResult {
+    let s = node.set_controller_paused(false, deadline()).await?;
+    Ok(Json(controller_json(&s)).into_response())
+}
+
+fn node_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        bad(format!(
+            "{id:?} is not a node id; `cairn admin nodes` lists them"
+        ))
+    })
+}
+
+async fn drain(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+    let id = node_id(&id)?;
+    node.set_draining(NodeId(id), true, deadline()).await?;
+    Ok(Json(json!({"node": id, "draining": true})).into_response())
+}
+
+async fn undrain(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+    let id = node_id(&id)?;
+    node.set_draining(NodeId(id), false, deadline()).await?;
+    Ok(Json(json!({"node": id, "draining": false})).into_response())
+}
+
 async fn operations(State(node): State<Arc<Node>>) -> ApiResult {
     let ops = node.operations(deadline()).await?;
     Ok(
@@ -457,6 +505,7 @@ async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
         .map(|n| {
             json!({"id": n.node.id.0, "addr": n.node.addr, "http_addr": n.node.http_addr, "live": n.live,
                    "replicas": n.replicas, "leaders": n.leaders, "metadata_member": n.metadata_member, "metadata_leader": n.metadata_leader,
+                   "draining": n.draining,
                    "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago})
         })
         .collect();
@@ -509,6 +558,11 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         )
         .route("/v1/admin/move", axum::routing::post(move_replica))
         .route("/v1/admin/operations", get(operations))
+        .route("/v1/admin/controller", get(controller))
+        .route("/v1/admin/controller/pause", post(pause_controller))
+        .route("/v1/admin/controller/resume", post(resume_controller))
+        .route("/v1/admin/nodes/{id}/drain", post(drain))
+        .route("/v1/admin/nodes/{id}/undrain", post(undrain))
         .route("/v1/tables", get(list_tables).post(create_table))
         .route("/v1/tables/{table}", get(describe_table).delete(drop_table))
         .route("/v1/tables/{table}/keys", get(list_keys))

@@ -19,6 +19,7 @@
 //! heartbeats to the metadata leader and reconcile the local replicas with the metadata.
 
 mod config;
+mod controller;
 mod core;
 mod grpc;
 mod http;
@@ -26,10 +27,11 @@ mod meta_service;
 mod metrics;
 mod moves;
 mod node;
+mod stats;
 mod transport;
 
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use cairn_raft::Syncer;
-pub use config::{ServerConfig, parse_initial_cluster};
+pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
 pub use moves::DEFAULT_MOVE_TIMEOUT;
 pub use node::{Node, Substrate};

@@ -26,6 +26,7 @@ pub(crate) const LEADER_GRACE: Duration = Duration::from_millis(2500);
 pub(crate) struct Liveness {
     seen: BTreeMap<NodeId, Instant>,
     reports: BTreeMap<NodeId, Vec<cairn_types::PartitionStatus>>,
+    loads: BTreeMap<NodeId, Vec<(PartitionId, cairn_types::PartitionLoad)>>,
     /// When this replica last became leader; before any heartbeat arrives, every
     /// registered node is given the benefit of the doubt for one window.
     leader_since: Option<Instant>,
@@ -44,8 +45,51 @@ impl Liveness {
         }
     }
 
+    /// Nodes of `registered` not heard from for `after`: since their last heartbeat, or
+    /// since this replica became leader for a node it has not heard from at all.
+    pub(crate) fn down(
+        &self,
+        registered: impl Iterator<Item = NodeId>,
+        after: Duration,
+    ) -> BTreeSet<NodeId> {
+        registered
+            .filter(|n| match self.seen.get(n) {
+                Some(t) => t.elapsed() >= after,
+                None => self.leader_since.is_some_and(|t| t.elapsed() >= after),
+            })
+            .collect()
+    }
+
+    /// Nodes heard from within the liveness window.
+    pub(crate) fn live_nodes(&self) -> BTreeSet<NodeId> {
+        self.seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() < LIVENESS_WINDOW)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// How long this replica has led, if it leads.
+    pub(crate) fn leading_for(&self) -> Option<Duration> {
+        self.leader_since.map(|t| t.elapsed())
+    }
+
+    /// Size and load of each partition as its leader reported them.
+    pub(crate) fn loads(&self) -> BTreeMap<PartitionId, cairn_types::PartitionLoad> {
+        let leaders = self.leaders();
+        let mut out = BTreeMap::new();
+        for (node, loads) in &self.loads {
+            for (p, l) in loads {
+                if leaders.get(p) == Some(node) {
+                    out.insert(*p, l.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Leader hints: for each partition, the leader in the report with the highest term.
-    fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
+    pub(crate) fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
         let mut best: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
         for reports in self.reports.values() {
             for r in reports {
@@ -220,7 +264,13 @@ impl Core {
                 }
                 let live: BTreeSet<NodeId> = {
                     let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-                    state.nodes.keys().copied().filter(|n| l.live(*n)).collect()
+                    // Nothing new goes to a draining node.
+                    state
+                        .nodes
+                        .keys()
+                        .copied()
+                        .filter(|n| l.live(*n) && !state.draining.contains(n))
+                        .collect()
                 };
                 let placement = placement::place(&state, &live, split_keys.len() + 1, replication)?;
                 let cmd = MetaCommand::CreateTable {
@@ -309,6 +359,36 @@ impl Core {
                 self.record_descs(&state, &descs).await?;
                 Ok(MetaReply::Done)
             }
+            MetaRequest::ControllerStatus => {
+                let state = self.meta_barrier().await?;
+                Ok(MetaReply::Controller(cairn_router::ControllerStatus {
+                    enabled: self.controller.enabled,
+                    paused: state.controller_paused,
+                    leader: self.id,
+                    draining: state.draining.iter().copied().collect(),
+                    decisions: self.controller_log.recent(),
+                }))
+            }
+            MetaRequest::SetControllerPaused(paused) => {
+                self.meta_barrier().await?;
+                match self
+                    .propose_meta(MetaCommand::SetControllerPaused { paused })
+                    .await?
+                {
+                    MetaResponse::Refused(e) => Err(e),
+                    _ => Ok(MetaReply::Done),
+                }
+            }
+            MetaRequest::SetDraining { node, draining } => {
+                self.meta_barrier().await?;
+                match self
+                    .propose_meta(MetaCommand::SetDraining { node, draining })
+                    .await?
+                {
+                    MetaResponse::Refused(e) => Err(e),
+                    _ => Ok(MetaReply::Done),
+                }
+            }
             MetaRequest::RecordOperation {
                 partition,
                 kind,
@@ -360,6 +440,7 @@ impl Core {
                             .count() as u32,
                         leaders: leaders.values().filter(|x| **x == n.id).count() as u32,
                         metadata_member: members.contains(&n.id),
+                        draining: state.draining.contains(&n.id),
                         metadata_leader: n.id == self.id,
                     })
                     .collect();
@@ -420,6 +501,7 @@ impl Core {
             let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
             l.seen.insert(hb.node.id, Instant::now());
             l.reports.insert(hb.node.id, hb.replicas);
+            l.loads.insert(hb.node.id, hb.loads);
         }
         // A leader's descriptor newer than the record repairs a split record that was lost.
         let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();

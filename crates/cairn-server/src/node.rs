@@ -243,6 +243,8 @@ impl Node {
             limits: cfg.limits,
             snapshot_logs: cfg.snapshot_logs,
             move_timeout: cfg.move_timeout,
+            controller: cfg.controller.clone(),
+            controller_log: Default::default(),
             fault_refuse_snapshots: cfg.fault_refuse_snapshots,
             meta_members: RwLock::new(identity.meta_members),
             meta: RwLock::new(meta),
@@ -276,6 +278,10 @@ impl Node {
             tokio::spawn(reconcile_loop(node.clone(), node.stop.subscribe())),
             tokio::spawn(split_loop(node.clone(), split_rx, node.stop.subscribe())),
             tokio::spawn(crate::moves::executor_loop(
+                node.clone(),
+                node.stop.subscribe(),
+            )),
+            tokio::spawn(crate::controller::controller_loop(
                 node.clone(),
                 node.stop.subscribe(),
             )),
@@ -912,6 +918,48 @@ impl Node {
         Ok(())
     }
 
+    /// The controller's state and recent decisions, from the metadata leader.
+    pub async fn controller_status(
+        &self,
+        deadline: Instant,
+    ) -> Result<cairn_router::ControllerStatus> {
+        match self
+            .router
+            .meta(MetaRequest::ControllerStatus, deadline)
+            .await?
+        {
+            MetaReply::Controller(s) => Ok(s),
+            other => Err(Error::Internal(format!(
+                "controller status answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Pauses or resumes the controller; answers its state.
+    pub async fn set_controller_paused(
+        &self,
+        paused: bool,
+        deadline: Instant,
+    ) -> Result<cairn_router::ControllerStatus> {
+        self.router
+            .meta(MetaRequest::SetControllerPaused(paused), deadline)
+            .await?;
+        self.controller_status(deadline).await
+    }
+
+    /// Starts or stops draining `node`.
+    pub async fn set_draining(
+        &self,
+        node: NodeId,
+        draining: bool,
+        deadline: Instant,
+    ) -> Result<()> {
+        self.router
+            .meta(MetaRequest::SetDraining { node, draining }, deadline)
+            .await?;
+        Ok(())
+    }
+
     /// Records a one-step operation that is done, for `cairn admin operations`. Best effort:
     /// the change itself stands whether or not the record lands.
     async fn record_operation(
@@ -939,6 +987,11 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             node: node.core.desc.clone(),
             replicas: node.core.replica_statuses(),
             led: node.core.led_descs(),
+            loads: if node.core.controller.enabled {
+                node.core.led_loads(node.core.controller.split_window)
+            } else {
+                Vec::new()
+            },
         };
         let deadline = Instant::now() + HEARTBEAT_EVERY;
         match node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {

@@ -134,6 +134,7 @@ fn add_node(
         limits: Limits::default(),
         snapshot_logs: cfg.snapshot_logs,
         move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
+        controller: Default::default(),
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
     };

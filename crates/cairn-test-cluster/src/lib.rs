@@ -65,6 +65,7 @@ impl TestCluster {
                 snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
                 outbound_ip: None,
                 move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
+                controller: Default::default(),
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
             };

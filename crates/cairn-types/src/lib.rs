@@ -19,7 +19,8 @@ pub use ids::{
 };
 pub use limits::{Limits, validate_table_name};
 pub use model::{
-    DEFAULT_REPLICATION, NodeDesc, PartitionDesc, PartitionStatus, TableDesc, TableState,
+    DEFAULT_REPLICATION, KeySample, NodeDesc, PartitionDesc, PartitionLoad, PartitionStatus,
+    TableDesc, TableState,
 };
 pub use operation::{KEEP_FINISHED, OpKind, OpState, Operation};
 pub use range::{Epoch, KeyRange};

@@ -115,6 +115,31 @@ pub struct NodeDesc {
     pub http_addr: String,
 }
 
+/// Size and load of one partition, as its leader measures and reports them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionLoad {
+    /// Approximate bytes of its keys and values.
+    pub bytes: u64,
+    /// Approximate number of keys.
+    pub keys: u64,
+    /// Operations per second over the last split window.
+    pub qps: f64,
+    /// The key that halves its size, if known.
+    pub size_split_key: Option<Vec<u8>>,
+    /// The key that halves its load; `None` when one key carries it (a hot spot that no
+    /// split can spread) or too little is known.
+    pub load_split_key: Option<Vec<u8>>,
+}
+
+/// A recent request to a partition, as sampled for choosing where to split by load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySample {
+    /// A read or write of one key.
+    Key(Vec<u8>),
+    /// A scan from a key to an end (`None`: the partition's end).
+    Range(Vec<u8>, Option<Vec<u8>>),
+}
+
 /// What a node reports about one of its replicas, and what describe/admin show.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStatus {

@@ -19,4 +19,5 @@ mod t80_pause;
 mod t85_split;
 mod t87_moves;
 mod t90_chaos;
+mod t91_controller;
 mod t95_nemesis;

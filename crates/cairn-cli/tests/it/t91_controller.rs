@@ -1,0 +1,259 @@
+//! The controller on real processes: a table that grows splits on its own and spreads over
+//! the nodes.
+
+use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos, wait_for};
+use cairn_client::{Client, ListOptions};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Every key of `table`, page by page, as List returns them.
+async fn list_all(c: &Client, table: &str) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut opts = ListOptions {
+        limit: 500,
+        ..ListOptions::default()
+    };
+    loop {
+        let page = c.list(table, &opts).await.unwrap();
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(cur) => opts.cursor = cur,
+            None => return keys,
+        }
+    }
+}
+
+fn loaded_key(i: u32) -> Vec<u8> {
+    format!("v/{i:05}").into_bytes()
+}
+
+/// With `--split-size 1MiB`, a one-partition table loaded with 32 MiB splits on its own
+/// into at least 16 partitions, and the controller spreads their replicas and leaders over
+/// the 4 nodes, while the chaos workload runs on the same table: its history is
+/// linearizable, every loaded key reads back, and List returns every key once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t91_a_growing_table_splits_and_spreads_on_its_own() {
+    let c = Cluster::start_with(4, &["--controller", "on", "--split-size", "1MiB"]).await;
+    let cl = c.client().with_timeout(Duration::from_secs(30));
+    cl.create_table("grow", 3, vec![]).await.unwrap();
+    let path = history_path("t91-growth.jsonl");
+    let mut run = spawn_chaos(
+        &c.endpoints(),
+        &[
+            "--table",
+            "grow",
+            "--duration",
+            "25",
+            "--clients",
+            "4",
+            "--keys",
+            "16",
+            "--seed",
+            "91",
+            "--max-ops",
+            "1000000",
+        ],
+        &path,
+    );
+    // 32 MiB: 8,192 values of 4 KiB, 32 writes at a time.
+    const N: u32 = 8192;
+    let value = vec![b'x'; 4096];
+    for batch in (0..N).collect::<Vec<_>>().chunks(32) {
+        let keys: Vec<Vec<u8>> = batch.iter().map(|i| loaded_key(*i)).collect();
+        let puts = keys.iter().map(|k| cl.put("grow", k, &value));
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
+    }
+    let t = wait_for(
+        Duration::from_secs(120),
+        "the table to split into 16 partitions spread over every node",
+        || {
+            let cl = &cl;
+            async move {
+                let t = cl.describe_table("grow").await.ok()?;
+                let mut replicas: BTreeMap<u64, usize> = BTreeMap::new();
+                for p in &t.partitions {
+                    for n in &p.replicas {
+                        *replicas.entry(*n).or_default() += 1;
+                    }
+                }
+                let spread = replicas.len() == 4 && replicas.values().all(|n| *n >= 4);
+                (t.partitions.len() >= 16 && spread).then_some(t)
+            }
+        },
+    )
+    .await;
+    chaos_passed(&mut run, &path).await;
+    for w in t.partitions.windows(2) {
+        assert_eq!(w[0].end.as_deref(), Some(w[1].start.as_slice()));
+    }
+    let leaders: std::collections::BTreeSet<u64> =
+        t.partitions.iter().filter_map(|p| p.leader).collect();
+    assert!(leaders.len() >= 3, "leaders on {leaders:?} only");
+
+    for batch in (0..N).collect::<Vec<_>>().chunks(64) {
+        let keys: Vec<Vec<u8>> = batch.iter().map(|i| loaded_key(*i)).collect();
+        let gets = keys.iter().map(|k| cl.get("grow", k));
+        for (i, r) in batch.iter().zip(futures::future::join_all(gets).await) {
+            assert_eq!(r.unwrap().as_deref(), Some(value.as_slice()), "key {i}");
+        }
+    }
+    let keys = list_all(&cl, "grow").await;
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys out of order or repeated"
+    );
+    let loaded: Vec<Vec<u8>> = keys.into_iter().filter(|k| k.starts_with(b"v/")).collect();
+    assert_eq!(loaded, (0..N).map(loaded_key).collect::<Vec<_>>());
+}
+
+/// Replica counts per node, and which nodes hold metadata replicas, as the metadata says.
+async fn layout(cl: &Client, table: &str) -> Option<(Vec<cairn_client::PartitionInfo>, Vec<u64>)> {
+    let t = cl.describe_table(table).await.ok()?;
+    let members = cl
+        .nodes()
+        .await
+        .ok()?
+        .into_iter()
+        .filter(|n| n.metadata_member)
+        .map(|n| n.id)
+        .collect();
+    Some((t.partitions, members))
+}
+
+/// With `--down-after 5s` on 5 nodes (3 metadata members), a node holding replicas and a
+/// metadata replica is killed for good under the chaos workload: within 30 s after it is
+/// declared down, every partition and the metadata group have 3 voters again, none on the
+/// dead node; the history is linearizable and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t92_dead_node_is_repaired() {
+    let mut c = Cluster::start_with(3, &["--controller", "on", "--down-after", "5"]).await;
+    c.join();
+    c.join();
+    c.wait_live(5).await;
+    let cl = c.client().with_timeout(Duration::from_secs(30));
+    let splits = ["g", "n", "t"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    cl.create_table("rep", 3, splits).await.unwrap();
+    let path = history_path("t92-repair.jsonl");
+    let mut run = spawn_chaos(
+        &c.endpoints(),
+        &[
+            "--table",
+            "rep",
+            "--duration",
+            "30",
+            "--clients",
+            "4",
+            "--keys",
+            "16",
+            "--seed",
+            "92",
+            "--max-ops",
+            "1000000",
+        ],
+        &path,
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (parts, _) = layout(&cl, "rep").await.unwrap();
+    // A metadata member that holds replicas (node 1 founded the metadata group).
+    let dead = 1;
+    assert!(parts.iter().any(|p| p.replicas.contains(&dead)));
+    c.kill9(dead);
+    let (parts, members) = wait_for(
+        Duration::from_secs(5 + 30 + 5),
+        "every group back at 3 voters, none on the dead node",
+        || {
+            let cl = &cl;
+            async move {
+                let (parts, members) = layout(cl, "rep").await?;
+                let whole = parts
+                    .iter()
+                    .all(|p| p.replicas.len() == 3 && !p.replicas.contains(&dead))
+                    && members.len() == 3
+                    && !members.contains(&dead);
+                whole.then_some((parts, members))
+            }
+        },
+    )
+    .await;
+    println!("repaired: {parts:?}, metadata members {members:?}");
+    chaos_passed(&mut run, &path).await;
+}
+
+/// A drained node ends up with no replica, no leadership and no metadata replica, under
+/// the chaos workload, and nothing is lost; undrained, it can take replicas again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t93_drained_node_is_emptied() {
+    let mut c = Cluster::start_with(3, &["--controller", "on"]).await;
+    c.join();
+    c.wait_live(4).await;
+    let cl = c.client().with_timeout(Duration::from_secs(30));
+    let splits = ["g", "n", "t"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    cl.create_table("dr", 3, splits).await.unwrap();
+    let path = history_path("t93-drain.jsonl");
+    let mut run = spawn_chaos(
+        &c.endpoints(),
+        &[
+            "--table",
+            "dr",
+            "--duration",
+            "25",
+            "--clients",
+            "4",
+            "--keys",
+            "16",
+            "--seed",
+            "93",
+            "--max-ops",
+            "1000000",
+        ],
+        &path,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let drained = 2;
+    cl.set_draining(drained, true).await.unwrap();
+    assert!(
+        cl.nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.id == drained && n.draining)
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the drained node to be empty",
+        || {
+            let cl = &cl;
+            async move {
+                let (parts, members) = layout(cl, "dr").await?;
+                let empty = parts
+                    .iter()
+                    .all(|p| !p.replicas.contains(&drained) && p.leader != Some(drained))
+                    && parts.iter().all(|p| p.replicas.len() == 3)
+                    && !members.contains(&drained)
+                    && members.len() == 3;
+                empty.then_some(())
+            }
+        },
+    )
+    .await;
+    chaos_passed(&mut run, &path).await;
+    let status = cl.controller().await.unwrap();
+    assert!(status.enabled && !status.paused && status.draining == vec![drained]);
+    assert!(
+        status
+            .decisions
+            .iter()
+            .any(|d| d.kind == "move" && d.why.contains("draining")),
+        "{status:?}"
+    );
+    cl.set_draining(drained, false).await.unwrap();
+    assert!(cl.controller().await.unwrap().draining.is_empty());
+}

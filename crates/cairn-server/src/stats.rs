@@ -1,0 +1,196 @@
+//! What a partition leader measures for the controller: requests per second over the split
+//! window, a sample of recent request keys (to choose where to split by load), and the
+//! partition's size and middle key.
+//!
+//! Size is measured by a scan of the partition's range on the leader, in the background
+//! and paced, never on the request path: when the leader first leads it, after the
+//! partition's shape changed (a split), and once an eighth of the split size has been
+//! written since the last measurement. A partition that is not written is not scanned again.
+
+use crate::core::Core;
+use cairn_storage::{Space, keys};
+use cairn_types::{KeySample, PartitionDesc, PartitionId, PartitionLoad};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Request keys kept per partition for choosing a load split point.
+const SAMPLES: usize = 512;
+
+/// Rows read per step of a size measurement; the scan yields between steps.
+const MEASURE_ROWS: usize = 512;
+
+/// The middle-key index keeps one key per this many bytes scanned.
+const INDEX_EVERY: u64 = 64 << 10;
+
+/// Load and size of one hosted replica, as measured while this node leads it.
+#[derive(Default)]
+pub(crate) struct ReplicaStats {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    window_start: Option<Instant>,
+    ops_in_window: u64,
+    qps: f64,
+    samples: VecDeque<KeySample>,
+    written: u64,
+    measured: Option<Measured>,
+}
+
+#[derive(Clone)]
+struct Measured {
+    bytes: u64,
+    keys: u64,
+    middle: Option<Vec<u8>>,
+    version: u64,
+}
+
+impl ReplicaStats {
+    /// Counts one request, keeping its key among the samples.
+    pub(crate) fn record(&self, sample: KeySample, written: u64, window: Duration) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let start = *s.window_start.get_or_insert(now);
+        let elapsed = now.duration_since(start);
+        if elapsed >= window {
+            s.qps = s.ops_in_window as f64 / elapsed.as_secs_f64();
+            s.ops_in_window = 0;
+            s.window_start = Some(now);
+        }
+        s.ops_in_window += 1;
+        s.written += written;
+        if s.samples.len() == SAMPLES {
+            s.samples.pop_front();
+        }
+        s.samples.push_back(sample);
+    }
+
+    /// What the controller is told, for a partition of shape `desc`.
+    pub(crate) fn load(&self, desc: &PartitionDesc, window: Duration) -> PartitionLoad {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // A window with no request since it ended still counts as quiet.
+        if let Some(start) = s.window_start
+            && start.elapsed() >= window * 2
+        {
+            s.qps = 0.0;
+            s.ops_in_window = 0;
+            s.window_start = None;
+        }
+        let samples: Vec<KeySample> = s.samples.iter().cloned().collect();
+        let m = s
+            .measured
+            .clone()
+            .filter(|m| m.version == desc.epoch.version);
+        PartitionLoad {
+            bytes: m.as_ref().map_or(0, |m| m.bytes),
+            keys: m.as_ref().map_or(0, |m| m.keys),
+            qps: s.qps,
+            size_split_key: m.and_then(|m| m.middle),
+            load_split_key: cairn_meta::planner::load_split_key(
+                &samples,
+                &desc.range.start,
+                desc.range.end.as_deref(),
+            ),
+        }
+    }
+
+    /// Whether the size should be measured again.
+    fn stale(&self, version: u64, rewrite_after: u64) -> bool {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match &s.measured {
+            None => true,
+            Some(m) => m.version != version || s.written >= rewrite_after,
+        }
+    }
+
+    fn set_measured(&self, m: Measured) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if s.measured
+            .as_ref()
+            .is_some_and(|old| old.version != m.version)
+        {
+            // The shape changed (a split): the load seen before was the old range's.
+            s.samples.clear();
+            s.ops_in_window = 0;
+            s.qps = 0.0;
+            s.window_start = None;
+        }
+        s.written = 0;
+        s.measured = Some(m);
+    }
+}
+
+impl Core {
+    /// Measures the size of every led partition whose measurement is stale, one at a time.
+    pub(crate) async fn measure_led(&self, split_size: u64) {
+        let rewrite_after = (split_size / 8).max(64 << 10);
+        for p in self.led_partitions() {
+            let Some(r) = self.replica(p) else { continue };
+            let desc = r.view.desc();
+            if !r.stats.stale(desc.epoch.version, rewrite_after) {
+                continue;
+            }
+            match self.measure(&desc).await {
+                Ok(m) => r.stats.set_measured(m),
+                Err(e) => tracing::debug!(partition = %p, "size not measured: {e}"),
+            }
+        }
+    }
+
+    /// Scans `desc`'s range in steps: its bytes, keys and the key that halves its bytes.
+    async fn measure(&self, desc: &PartitionDesc) -> cairn_types::Result<Measured> {
+        let (start, end) =
+            keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
+        let (mut bytes, mut count) = (0u64, 0u64);
+        let mut index: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut next_index = 0u64;
+        let mut from = start;
+        loop {
+            let rows = self
+                .engine
+                .scan(Space::Data, &from, end.as_deref(), MEASURE_ROWS)?;
+            let done = rows.len() < MEASURE_ROWS;
+            for (k, v) in &rows {
+                if bytes >= next_index {
+                    index.push((bytes, keys::user_key(k).to_vec()));
+                    next_index = bytes + INDEX_EVERY;
+                }
+                bytes += (k.len() + v.len()) as u64;
+                count += 1;
+            }
+            match rows.last() {
+                Some((k, _)) if !done => {
+                    from = k.clone();
+                    from.push(0);
+                }
+                _ => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        // The first indexed key past half the bytes, if it lies strictly inside the range.
+        let middle = index
+            .iter()
+            .find(|(at, _)| *at >= bytes / 2)
+            .map(|(_, k)| k.clone())
+            .filter(|k| *k > desc.range.start);
+        Ok(Measured {
+            bytes,
+            keys: count,
+            middle,
+            version: desc.epoch.version,
+        })
+    }
+
+    /// Size and load of every partition this node leads, for its heartbeat.
+    pub(crate) fn led_loads(&self, window: Duration) -> Vec<(PartitionId, PartitionLoad)> {
+        self.led_partitions()
+            .into_iter()
+            .filter_map(|p| {
+                let r = self.replica(p)?;
+                Some((p, r.stats.load(&r.view.desc(), window)))
+            })
+            .collect()
+    }
+}
