@@ -352,6 +352,12 @@ enum AdminCmd {
         /// Node id.
         node: u64,
     },
+    /// Retires NODE for good once it holds no replica (drain it first, or let the
+    /// controller replace a down node's replicas); its id is never accepted again.
+    RemoveNode {
+        /// Node id.
+        node: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -548,6 +554,10 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                 "node {node} is draining: the controller moves its replicas and leadership away \
                  (`cairn admin nodes` shows its replicas going to 0)"
             );
+        }
+        AdminCmd::RemoveNode { node } => {
+            c.remove_node(node).await.map_err(fail)?;
+            println!("node {node} is removed; its id will not be accepted again");
         }
         AdminCmd::Undrain { node } => {
             c.set_draining(node, false).await.map_err(fail)?;

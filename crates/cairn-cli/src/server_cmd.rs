@@ -122,10 +122,17 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;
     tokio::spawn(return_freed_memory());
-    signals.recv().await;
+    let mut fatal = node.fatal();
+    let why = tokio::select! {
+        _ = signals.recv() => None,
+        _ = fatal.changed() => fatal.borrow().clone(),
+    };
     tracing::info!("stopping: finishing in-flight requests");
     node.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    match why {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// SIGTERM and Ctrl-C listeners, installed once so no signal is missed between waits.

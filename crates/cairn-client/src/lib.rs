@@ -746,6 +746,14 @@ impl Client {
         Ok(controller_info(r))
     }
 
+    /// Retires node `node` for good (it must hold no replica).
+    pub async fn remove_node(&self, node: u64) -> Result<()> {
+        let req = pb::RemoveNodeRequest { node };
+        self.retry(|ch, _| async move { AdminClient::new(ch).remove_node(req).await })
+            .await?;
+        Ok(())
+    }
+
     /// Starts (`true`) or stops draining node `node`.
     pub async fn set_draining(&self, node: u64, draining: bool) -> Result<()> {
         let req = pb::SetDrainingRequest { node, draining };

@@ -32,6 +32,8 @@ pub struct MetaState {
     pub controller_paused: bool,
     /// Nodes being drained: the controller moves every replica and leadership off them.
     pub draining: std::collections::BTreeSet<NodeId>,
+    /// Retired node ids (`cairn admin remove-node`), never accepted again.
+    pub removed: std::collections::BTreeSet<NodeId>,
 }
 
 /// A change to the metadata, proposed through the metadata group.
@@ -92,6 +94,11 @@ pub enum MetaCommand {
         /// Draining from now on, or not.
         draining: bool,
     },
+    /// Retires a node that holds no replica: its id is never accepted again.
+    RemoveNode {
+        /// The node.
+        node: NodeId,
+    },
     /// Records an operation that finished in one step (a split, a leader transfer).
     RecordOperation {
         /// The partition it changed.
@@ -138,9 +145,16 @@ impl MetaState {
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaResponse {
         match cmd {
             MetaCommand::RegisterNode(node) => {
+                if self.removed.contains(&node.id) {
+                    return MetaResponse::Refused(Error::NodeRemoved(node.id));
+                }
                 self.nodes.insert(node.id, node.clone());
                 MetaResponse::Done
             }
+            MetaCommand::RemoveNode { node } => match self.remove_node(*node) {
+                Ok(()) => MetaResponse::Done,
+                Err(e) => MetaResponse::Refused(e),
+            },
             MetaCommand::CreateTable {
                 name,
                 replication,
@@ -246,6 +260,41 @@ impl MetaState {
                 MetaResponse::Done
             }
         }
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> Result<(), Error> {
+        if self.removed.contains(&node) {
+            return Ok(());
+        }
+        if !self.nodes.contains_key(&node) {
+            return Err(Error::NotFound(format!(
+                "node {node} is not part of the cluster; `cairn admin nodes` lists the nodes"
+            )));
+        }
+        let held = self.partitions_on(node).len();
+        if held > 0 || self.meta_voters.contains_key(&node) {
+            return Err(Error::Conflict(format!(
+                "node {node} still holds {held} replica(s){}; drain it first (`cairn admin drain {node}`), or wait until the controller has replaced the replicas of a down node",
+                if self.meta_voters.contains_key(&node) {
+                    " and a metadata replica"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if let Some(op) = self.operations.values().find(|o| {
+            o.state == OpState::Running
+                && matches!(o.kind, OpKind::Move { from, to, .. } if from == node || to == node)
+        }) {
+            return Err(Error::Conflict(format!(
+                "operation {} still moves a replica to or from node {node}; wait for it",
+                op.id
+            )));
+        }
+        self.nodes.remove(&node);
+        self.draining.remove(&node);
+        self.removed.insert(node);
+        Ok(())
     }
 
     /// Records the metadata group's voters; its state machine calls this when it applies a
@@ -940,5 +989,82 @@ mod meta_move_tests {
             now_ms: 1,
         });
         assert!(!s.meta_replica_stale(NodeId(4), replica));
+    }
+}
+
+#[cfg(test)]
+mod node_state_tests {
+    use super::*;
+
+    #[test]
+    fn only_an_empty_node_is_removed_and_its_id_is_never_accepted_again() {
+        let mut s = MetaState::default();
+        for n in 1..=4 {
+            s.apply(&MetaCommand::RegisterNode(NodeDesc {
+                id: NodeId(n),
+                addr: format!("n{n}"),
+                http_addr: String::new(),
+            }));
+        }
+        s.set_meta_voters((1..=3).map(|n| (NodeId(n), ReplicaId(n))).collect());
+        s.apply(&MetaCommand::CreateTable {
+            name: "t".into(),
+            replication: 3,
+            split_keys: vec![],
+            placement: vec![vec![NodeId(2), NodeId(3), NodeId(4)]],
+        });
+        let remove =
+            |s: &mut MetaState, n: u64| s.apply(&MetaCommand::RemoveNode { node: NodeId(n) });
+        let before = s.clone();
+        // Holds replicas; holds a metadata replica; unknown.
+        assert!(matches!(
+            remove(&mut s, 4),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            remove(&mut s, 1),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            remove(&mut s, 9),
+            MetaResponse::Refused(Error::NotFound(_))
+        ));
+        assert_eq!(s, before);
+        // Empty: removed, and then refused for good.
+        s.meta_voters.remove(&NodeId(1));
+        s.apply(&MetaCommand::SetDraining {
+            node: NodeId(1),
+            draining: true,
+        });
+        assert_eq!(remove(&mut s, 1), MetaResponse::Done);
+        assert!(!s.nodes.contains_key(&NodeId(1)) && !s.draining.contains(&NodeId(1)));
+        assert_eq!(remove(&mut s, 1), MetaResponse::Done);
+        let again = s.apply(&MetaCommand::RegisterNode(NodeDesc {
+            id: NodeId(1),
+            addr: "n1".into(),
+            http_addr: String::new(),
+        }));
+        assert_eq!(again, MetaResponse::Refused(Error::NodeRemoved(NodeId(1))));
+        // Moves to a draining node are refused.
+        let p = s.tables["t"].partitions[0].id;
+        s.apply(&MetaCommand::RegisterNode(NodeDesc {
+            id: NodeId(5),
+            addr: "n5".into(),
+            http_addr: String::new(),
+        }));
+        s.apply(&MetaCommand::SetDraining {
+            node: NodeId(5),
+            draining: true,
+        });
+        let r = s.apply(&MetaCommand::StartMove {
+            partition: p,
+            from: NodeId(2),
+            to: NodeId(5),
+            now_ms: 0,
+        });
+        assert!(
+            matches!(&r, MetaResponse::Refused(Error::Conflict(m)) if m.contains("draining")),
+            "{r:?}"
+        );
     }
 }

@@ -59,6 +59,8 @@ pub enum MetaRequest {
     ControllerStatus,
     /// Pauses or resumes the controller.
     SetControllerPaused(bool),
+    /// Retires a node that holds no replica; its id is never accepted again.
+    RemoveNode(NodeId),
     /// Starts or stops draining a node.
     SetDraining {
         /// The node.

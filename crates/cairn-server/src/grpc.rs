@@ -22,6 +22,7 @@ pub(crate) fn status(e: Error) -> Status {
         ErrorCode::InvalidArgument | ErrorCode::TooLarge => tonic::Code::InvalidArgument,
         ErrorCode::TableNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
         ErrorCode::Conflict => tonic::Code::FailedPrecondition,
+        ErrorCode::NodeRemoved => tonic::Code::PermissionDenied,
         ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorCode::NotEnoughNodes => tonic::Code::FailedPrecondition,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -446,6 +447,17 @@ impl admin_server::Admin for Admin {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::SetDrainingResponse {}))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.0
+            .remove_node(cairn_types::NodeId(req.into_inner().node), deadline(0))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 
     async fn transfer_leader(

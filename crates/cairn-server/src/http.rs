@@ -308,6 +308,12 @@ async fn undrain(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiRe
     Ok(Json(json!({"node": id, "draining": false})).into_response())
 }
 
+async fn remove_node(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+    let id = node_id(&id)?;
+    node.remove_node(NodeId(id), deadline()).await?;
+    Ok(Json(json!({"node": id, "removed": true})).into_response())
+}
+
 async fn operations(State(node): State<Arc<Node>>) -> ApiResult {
     let ops = node.operations(deadline()).await?;
     Ok(
@@ -563,6 +569,7 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/v1/admin/controller/resume", post(resume_controller))
         .route("/v1/admin/nodes/{id}/drain", post(drain))
         .route("/v1/admin/nodes/{id}/undrain", post(undrain))
+        .route("/v1/admin/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/tables", get(list_tables).post(create_table))
         .route("/v1/tables/{table}", get(describe_table).delete(drop_table))
         .route("/v1/tables/{table}/keys", get(list_keys))

@@ -60,6 +60,13 @@ impl Liveness {
             .collect()
     }
 
+    /// Forgets what a removed node reported.
+    pub(crate) fn forget(&mut self, node: NodeId) {
+        self.seen.remove(&node);
+        self.reports.remove(&node);
+        self.loads.remove(&node);
+    }
+
     /// Nodes heard from within the liveness window.
     pub(crate) fn live_nodes(&self) -> BTreeSet<NodeId> {
         self.seen
@@ -379,6 +386,18 @@ impl Core {
                     _ => Ok(MetaReply::Done),
                 }
             }
+            MetaRequest::RemoveNode(node) => {
+                self.meta_barrier().await?;
+                match self.propose_meta(MetaCommand::RemoveNode { node }).await? {
+                    MetaResponse::Refused(e) => Err(e),
+                    _ => {
+                        tracing::info!(%node, "node removed from the cluster");
+                        let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                        l.forget(node);
+                        Ok(MetaReply::Done)
+                    }
+                }
+            }
             MetaRequest::SetDraining { node, draining } => {
                 self.meta_barrier().await?;
                 match self
@@ -481,13 +500,13 @@ impl Core {
             });
         }
         self.note_leadership();
-        let known: Option<NodeDesc> = m
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .nodes
-            .get(&hb.node.id)
-            .cloned();
+        let known: Option<NodeDesc> = {
+            let state = m.state.read().unwrap_or_else(|p| p.into_inner());
+            if state.removed.contains(&hb.node.id) {
+                return Err(Error::NodeRemoved(hb.node.id));
+            }
+            state.nodes.get(&hb.node.id).cloned()
+        };
         if known.as_ref() != Some(&hb.node) {
             match self
                 .propose_meta(MetaCommand::RegisterNode(hb.node.clone()))

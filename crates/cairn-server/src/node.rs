@@ -58,6 +58,7 @@ pub struct Node {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    fatal: watch::Sender<Option<String>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -266,6 +267,7 @@ impl Node {
             grpc_addr,
             http_addr,
             stop,
+            fatal: watch::channel(None).0,
             tasks: Default::default(),
         });
         let mut tasks = vec![
@@ -947,6 +949,20 @@ impl Node {
         self.controller_status(deadline).await
     }
 
+    /// Retires `node` for good: it must hold no replica (drained, or down and repaired).
+    pub async fn remove_node(&self, node: NodeId, deadline: Instant) -> Result<()> {
+        self.router
+            .meta(MetaRequest::RemoveNode(node), deadline)
+            .await?;
+        Ok(())
+    }
+
+    /// Why this node stopped serving on its own (it was removed from the cluster), once it
+    /// has; the server process exits with it.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
     /// Starts or stops draining `node`.
     pub async fn set_draining(
         &self,
@@ -1001,6 +1017,11 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 }
             }
             Ok(_) => {}
+            Err(e @ Error::NodeRemoved(_)) => {
+                tracing::error!("{e}");
+                let _ = node.fatal.send(Some(e.to_string()));
+                return;
+            }
             Err(e) => tracing::debug!("heartbeat not delivered: {e}"),
         }
         tokio::select! {

@@ -86,6 +86,12 @@ pub enum Error {
     /// is running, a split key at a partition's start, a replica already on the node).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The node was removed from the cluster (`cairn admin remove-node`): its id is never
+    /// accepted again.
+    #[error(
+        "node {0} was removed from the cluster and its id is retired; start a new node with a new --id and an empty data dir"
+    )]
+    NodeRemoved(crate::NodeId),
     /// A bug or a storage failure; details are in the node's log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,6 +114,8 @@ pub enum ErrorCode {
     NotFound,
     /// See [`Error::Conflict`].
     Conflict,
+    /// See [`Error::NodeRemoved`].
+    NodeRemoved,
     /// Any routing error that outlived the request deadline, and [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Internal`].
@@ -125,6 +133,7 @@ impl ErrorCode {
             Self::NotEnoughNodes => "NOT_ENOUGH_NODES",
             Self::NotFound => "NOT_FOUND",
             Self::Conflict => "CONFLICT",
+            Self::NodeRemoved => "NODE_REMOVED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -137,6 +146,7 @@ impl ErrorCode {
             Self::TooLarge => 413,
             Self::TableNotFound | Self::NotFound => 404,
             Self::AlreadyExists | Self::Conflict => 409,
+            Self::NodeRemoved => 410,
             Self::NotEnoughNodes | Self::Unavailable => 503,
             Self::Internal => 500,
         }
@@ -152,6 +162,7 @@ impl ErrorCode {
             "NOT_ENOUGH_NODES" => Self::NotEnoughNodes,
             "NOT_FOUND" => Self::NotFound,
             "CONFLICT" => Self::Conflict,
+            "NODE_REMOVED" => Self::NodeRemoved,
             "UNAVAILABLE" => Self::Unavailable,
             "INTERNAL" => Self::Internal,
             _ => return None,
@@ -170,6 +181,7 @@ impl Error {
             Self::NotEnoughNodes { .. } => ErrorCode::NotEnoughNodes,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::NodeRemoved(_) => ErrorCode::NodeRemoved,
             Self::NotLeader { .. }
             | Self::EpochMismatch { .. }
             | Self::KeyNotInRange(_)

@@ -266,6 +266,18 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for node `id` to exit on its own; returns its exit status.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.nodes[(id - 1) as usize].child;
+        let status = wait_for(timeout, "the node to exit", || {
+            let s = child.as_mut().and_then(|c| c.try_wait().unwrap());
+            async move { s }
+        })
+        .await;
+        *child = None;
+        status
+    }
+
     /// The log of node `id`, for failure messages.
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.tmp.path().join(format!("node-{id}.log"))).unwrap_or_default()

@@ -185,7 +185,9 @@ async fn t92_dead_node_is_repaired() {
 }
 
 /// A drained node ends up with no replica, no leadership and no metadata replica, under
-/// the chaos workload, and nothing is lost; undrained, it can take replicas again.
+/// the chaos workload, and nothing is lost; remove-node then retires it: a node holding
+/// replicas is refused, and the retired node's process, restarted, is refused with a
+/// clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t93_drained_node_is_emptied() {
     let mut c = Cluster::start_with(3, &["--controller", "on"]).await;
@@ -254,6 +256,27 @@ async fn t93_drained_node_is_emptied() {
             .any(|d| d.kind == "move" && d.why.contains("draining")),
         "{status:?}"
     );
-    cl.set_draining(drained, false).await.unwrap();
+
+    // A node that holds replicas cannot be removed; the drained one can, for good: its
+    // process stops with a clear error, and so does a restart under its id.
+    let err = cl.remove_node(3).await.unwrap_err();
+    assert_eq!(err.code, cairn_types::ErrorCode::Conflict, "{err}");
+    cl.remove_node(drained).await.unwrap();
+    for round in 0..2 {
+        let status = c.wait_exit(drained, Duration::from_secs(30)).await;
+        assert!(!status.success(), "round {round}: {status}");
+        assert!(
+            c.log(drained).contains("was removed from the cluster"),
+            "round {round}: {}",
+            c.log(drained)
+        );
+        c.restart(drained);
+    }
+    assert!(!cl.nodes().await.unwrap().iter().any(|n| n.id == drained));
+    let _ = c.wait_exit(drained, Duration::from_secs(30)).await;
+    // Undrain lifts a drain.
+    cl.set_draining(4, true).await.unwrap();
+    assert_eq!(cl.controller().await.unwrap().draining, vec![4]);
+    cl.set_draining(4, false).await.unwrap();
     assert!(cl.controller().await.unwrap().draining.is_empty());
 }
