@@ -6,7 +6,7 @@
 //!
 //! Order of concern, each pass: repair replicas on down nodes and drain draining ones
 //! (fewest live voters first), then split partitions that are too big or too hot, then even
-//! out replica counts, then leader counts. A partition gets at most one decision per pass
+//! out leader counts, then replica counts. A partition gets at most one decision per pass
 //! and none while an operation on it runs or cools down.
 
 use crate::MetaState;
@@ -153,8 +153,12 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         .copied()
         .collect();
 
-    // Partitions with an operation running or cooling down get no decision.
+    // A partition with an operation running gets no decision, nor one that already got
+    // one this pass. A partition changed a moment ago (a move or a transfer) cools down
+    // before replica balance moves it again; repair, drain, splits and leader balance do
+    // not wait for that.
     let mut busy: BTreeSet<PartitionId> = BTreeSet::new();
+    let mut cooling: BTreeSet<PartitionId> = BTreeSet::new();
     let mut replicas: BTreeMap<NodeId, i64> = targets.iter().map(|n| (*n, 0)).collect();
     let mut moving: BTreeMap<NodeId, usize> = BTreeMap::new();
     let mut moves_running = 0;
@@ -167,12 +171,15 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
     }
     for op in meta.operations.values() {
         let running = op.state == OpState::Running;
+        if running {
+            busy.insert(op.partition);
+        }
         // A split needs no cool-down: its halves are measured afresh, and a half that is
         // still hot splits again at once.
-        let cooling = !matches!(op.kind, OpKind::Split { .. })
-            && op.updated_ms.saturating_add(cfg.cooldown_ms) > view.now_ms;
-        if running || cooling {
-            busy.insert(op.partition);
+        if !matches!(op.kind, OpKind::Split { .. })
+            && op.updated_ms.saturating_add(cfg.cooldown_ms) > view.now_ms
+        {
+            cooling.insert(op.partition);
         }
         if let (true, OpKind::Move { from, to, .. }) = (running, &op.kind) {
             // Count moves in flight as if done, so the next pass does not undo or repeat
@@ -301,41 +308,10 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         }
     }
 
-    // 3. Replica counts: from the fullest node to the emptiest while they differ by more
-    // than one.
-    while budget > 0 {
-        let counts: Vec<(i64, NodeId)> = replicas
-            .iter()
-            .filter(|(n, _)| targets.contains(n))
-            .map(|(n, c)| (*c, *n))
-            .collect();
-        let (Some(&(max, from)), Some(&(min, to))) = (counts.iter().max(), counts.iter().min())
-        else {
-            break;
-        };
-        if max - min <= 1 || !free(&moving, &from) || !free(&moving, &to) {
-            break;
-        }
-        let pick = groups.iter().find(|g| {
-            g.id != META_GROUP
-                && !busy.contains(&g.id)
-                && g.replicas.contains(&from)
-                && !g.replicas.contains(&to)
-        });
-        let Some(g) = pick else { break };
-        note_move(&mut replicas, &mut moving, g.id, from, to);
-        out.push(Decision::Move {
-            partition: g.id,
-            from,
-            to,
-            why: format!("{from} holds {max} replicas, {to} holds {min}"),
-        });
-        busy.insert(g.id);
-        budget -= 1;
-    }
-
-    // 4. Leaders: off draining nodes, then from the node leading most to the one leading
-    // fewest, while they differ by more than one.
+    // 3. Leaders: off draining nodes, then from the node leading most to the one leading
+    // fewest, while they differ by more than one. Before replica balance: a transfer is
+    // cheap and quick, and the two halves of a hot range split a moment ago (both led by
+    // the left half's leader) must not wait behind moves and their cool-down.
     let mut leaders: BTreeMap<NodeId, i64> = targets.iter().map(|n| (*n, 0)).collect();
     for (p, l) in &view.leaders {
         if groups.iter().any(|g| g.id == *p && g.id != META_GROUP)
@@ -390,6 +366,40 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         });
         busy.insert(g.id);
     }
+    // 4. Replica counts: from the fullest node to the emptiest while they differ by more
+    // than one.
+    while budget > 0 {
+        let counts: Vec<(i64, NodeId)> = replicas
+            .iter()
+            .filter(|(n, _)| targets.contains(n))
+            .map(|(n, c)| (*c, *n))
+            .collect();
+        let (Some(&(max, from)), Some(&(min, to))) = (counts.iter().max(), counts.iter().min())
+        else {
+            break;
+        };
+        if max - min <= 1 || !free(&moving, &from) || !free(&moving, &to) {
+            break;
+        }
+        let pick = groups.iter().find(|g| {
+            g.id != META_GROUP
+                && !busy.contains(&g.id)
+                && !cooling.contains(&g.id)
+                && g.replicas.contains(&from)
+                && !g.replicas.contains(&to)
+        });
+        let Some(g) = pick else { break };
+        note_move(&mut replicas, &mut moving, g.id, from, to);
+        out.push(Decision::Move {
+            partition: g.id,
+            from,
+            to,
+            why: format!("{from} holds {max} replicas, {to} holds {min}"),
+        });
+        busy.insert(g.id);
+        budget -= 1;
+    }
+
     out
 }
 
@@ -830,5 +840,53 @@ mod tests {
         let plan = plan(&v, &PlannerConfig::default());
         check(&v, &plan);
         assert!(!plan.iter().any(|d| d.partition() == p.id), "{plan:?}");
+    }
+
+    #[test]
+    fn a_partition_changed_a_moment_ago_is_not_rebalanced_but_is_repaired() {
+        let mut s = MetaState::default();
+        for n in 1..=5 {
+            s.apply(&MetaCommand::RegisterNode(NodeDesc {
+                id: NodeId(n),
+                addr: format!("n{n}"),
+                http_addr: String::new(),
+            }));
+        }
+        let on = |n: [u64; 3]| n.iter().map(|n| NodeId(*n)).collect::<Vec<_>>();
+        s.apply(&MetaCommand::CreateTable {
+            name: "t".into(),
+            replication: 3,
+            split_keys: vec![b"m".to_vec()],
+            placement: vec![on([1, 2, 3]), on([1, 2, 3])],
+        });
+        let ids: Vec<PartitionId> = s.partitions().map(|(_, p)| p.id).collect();
+        // Both just had their leadership moved.
+        for p in &ids {
+            s.apply(&MetaCommand::RecordOperation {
+                partition: *p,
+                kind: OpKind::TransferLeader { to: NodeId(1) },
+                step: "n1 leads".into(),
+                now_ms: 1_000_000,
+            });
+        }
+        let v = view(&s, 1..=5);
+        let cfg = PlannerConfig::default();
+        let moves = |plan: &[Decision]| {
+            plan.iter()
+                .filter(|d| matches!(d, Decision::Move { .. }))
+                .count()
+        };
+        assert_eq!(moves(&plan(&v, &cfg)), 0, "cooling partitions were moved");
+        // Once cooled down, nodes 4 and 5 get replicas.
+        let mut later = v.clone();
+        later.now_ms += cfg.cooldown_ms;
+        assert!(moves(&plan(&later, &cfg)) > 0);
+        // A node that goes down is repaired at once, cool-down or not.
+        let mut down = v.clone();
+        down.live.remove(&NodeId(3));
+        down.down.insert(NodeId(3));
+        let plan = plan(&down, &cfg);
+        check(&down, &plan);
+        assert_eq!(moves(&plan), 2, "{plan:?}");
     }
 }

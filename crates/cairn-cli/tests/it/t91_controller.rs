@@ -182,6 +182,45 @@ async fn t92_dead_node_is_repaired() {
     .await;
     println!("repaired: {parts:?}, metadata members {members:?}");
     chaos_passed(&mut run, &path).await;
+
+    // The dead node comes back (the controller paused, so nothing new goes there): its old
+    // replicas never serve and are destroyed, and reads through it see the latest writes.
+    let t = cl.describe_table("rep").await.unwrap();
+    cl.set_controller_paused(true).await.unwrap();
+    for i in 0..20u32 {
+        cl.put(
+            "rep",
+            format!("{}x{i}", ["a", "h", "o", "u"][i as usize % 4]).as_bytes(),
+            b"after",
+        )
+        .await
+        .unwrap();
+    }
+    c.restart(dead);
+    let back = c.client_of(dead).with_timeout(Duration::from_secs(30));
+    let ids: Vec<u64> = t.partitions.iter().map(|p| p.id).collect();
+    wait_for(
+        Duration::from_secs(30),
+        "the returning node's old replicas to be destroyed",
+        || {
+            let back = &back;
+            let ids = &ids;
+            async move {
+                let s = back.engine_stats(t.id, ids).await.ok()?;
+                (s.data_keys == 0 && s.open_replicas == 0 && s.replica_keys == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    for i in 0..20u32 {
+        let k = format!("{}x{i}", ["a", "h", "o", "u"][i as usize % 4]);
+        assert_eq!(
+            back.get("rep", k.as_bytes()).await.unwrap(),
+            Some(b"after".to_vec()),
+            "{k}"
+        );
+    }
+    cl.set_controller_paused(false).await.unwrap();
 }
 
 /// A drained node ends up with no replica, no leadership and no metadata replica, under
@@ -279,4 +318,162 @@ async fn t93_drained_node_is_emptied() {
     assert_eq!(cl.controller().await.unwrap().draining, vec![4]);
     cl.set_draining(4, false).await.unwrap();
     assert!(cl.controller().await.unwrap().draining.is_empty());
+}
+
+/// A zipfian write load on a one-partition table of 5 nodes crosses `--split-qps`: the
+/// partition is split within 10 s (plus one load window) of the load starting, and the
+/// halves end up led by different nodes. Prints the throughput the benchmark saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t94_hot_range_splits_and_spreads() {
+    let c = Cluster::start_with(
+        5,
+        &[
+            "--controller",
+            "on",
+            "--split-qps",
+            "200",
+            "--split-window",
+            "2",
+        ],
+    )
+    .await;
+    let cl = c.client().with_timeout(Duration::from_secs(30));
+    cl.create_table("hot", 3, vec![]).await.unwrap();
+    let started = std::time::Instant::now();
+    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "--endpoints",
+            &c.endpoints(),
+            "bench",
+            "--workload",
+            "write",
+        ])
+        .args([
+            "--distribution",
+            "zipfian",
+            "--table",
+            "hot",
+            "--records",
+            "2000",
+        ])
+        .args(["--duration", "20", "--clients", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let split_after = wait_for(
+        Duration::from_secs(12),
+        "the hot partition to split",
+        || {
+            let cl = &cl;
+            async move {
+                let t = cl.describe_table("hot").await.ok()?;
+                (t.partitions.len() >= 2).then(|| started.elapsed())
+            }
+        },
+    )
+    .await;
+    let t = wait_for(
+        Duration::from_secs(20),
+        "the halves to be led by different nodes",
+        || {
+            let cl = &cl;
+            async move {
+                let t = cl.describe_table("hot").await.ok()?;
+                let leaders: std::collections::BTreeSet<u64> =
+                    t.partitions.iter().filter_map(|p| p.leader).collect();
+                (t.partitions.len() >= 2 && leaders.len() >= 2).then_some(t)
+            }
+        },
+    )
+    .await;
+    let out = bench.wait_with_output().unwrap();
+    // Progress lines: "   write   3.0 s   5702 ops   1903 ops/s   0 errors".
+    let rates: Vec<f64> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("write") && l.contains("ops/s"))
+        .filter_map(|l| l.split_whitespace().nth(5)?.parse().ok())
+        .collect();
+    let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len().max(1) as f64;
+    println!(
+        "split {:.1} s after the load started; {} partitions led by {:?}",
+        split_after.as_secs_f64(),
+        t.partitions.len(),
+        t.partitions.iter().map(|p| p.leader).collect::<Vec<_>>()
+    );
+    println!(
+        "write throughput: first 2 s {:.0} ops/s, last 5 s {:.0} ops/s (second by second: {rates:?})",
+        mean(&rates[..rates.len().min(2)]),
+        mean(&rates[rates.len().saturating_sub(5)..])
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    for w in t.partitions.windows(2) {
+        assert_eq!(w[0].end.as_deref(), Some(w[1].start.as_slice()));
+    }
+}
+
+/// A 3-node cluster holding 30 partitions gets 2 more nodes: under the chaos workload the
+/// controller spreads replicas and leaders until every node's replica count and leader
+/// count are within one of the mean; the history is linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t99_scale_out_balances() {
+    let mut c = Cluster::start_with(3, &["--controller", "on"]).await;
+    let cl = c.client().with_timeout(Duration::from_secs(30));
+    let splits = (1..30u32)
+        .map(|i| format!("k{i:03}").into_bytes())
+        .collect();
+    cl.create_table("wide", 3, splits).await.unwrap();
+    let path = history_path("t99-scale-out.jsonl");
+    let mut run = spawn_chaos(
+        &c.endpoints(),
+        &[
+            "--table",
+            "wide",
+            "--duration",
+            "40",
+            "--clients",
+            "4",
+            "--keys",
+            "32",
+            "--seed",
+            "99",
+            "--max-ops",
+            "1000000",
+        ],
+        &path,
+    );
+    c.join();
+    c.join();
+    let counts = wait_for(
+        Duration::from_secs(150),
+        "replicas and leaders within one of the mean on 5 nodes",
+        || {
+            let cl = &cl;
+            async move {
+                let nodes = cl.nodes().await.ok()?;
+                if nodes.len() != 5 || nodes.iter().any(|n| !n.live) {
+                    return None;
+                }
+                let t = cl.describe_table("wide").await.ok()?;
+                let mut replicas: BTreeMap<u64, i64> = nodes.iter().map(|n| (n.id, 0)).collect();
+                let mut leaders = replicas.clone();
+                for p in &t.partitions {
+                    for n in &p.replicas {
+                        *replicas.get_mut(n)? += 1;
+                    }
+                    *leaders.get_mut(&p.leader?)? += 1;
+                }
+                // 90 replicas and 30 leaders over 5 nodes: 18 and 6 each.
+                let even =
+                    |m: &BTreeMap<u64, i64>, mean: i64| m.values().all(|c| (c - mean).abs() <= 1);
+                (even(&replicas, 18) && even(&leaders, 6)).then_some((replicas, leaders))
+            }
+        },
+    )
+    .await;
+    println!(
+        "replicas per node {:?}, leaders per node {:?}",
+        counts.0, counts.1
+    );
+    chaos_passed(&mut run, &path).await;
 }
