@@ -134,7 +134,15 @@ fn add_node(
         limits: Limits::default(),
         snapshot_logs: cfg.snapshot_logs,
         move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
-        controller: Default::default(),
+        // The controller runs in every seed, with thresholds the small workload crosses:
+        // it splits hot partitions and balances replicas and leaders beside the faults.
+        controller: cairn_server::ControllerConfig {
+            enabled: true,
+            split_size: 64 << 10,
+            split_qps: 40.0,
+            split_window: Duration::from_secs(2),
+            down_after: Duration::from_secs(20),
+        },
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
     };
@@ -559,6 +567,7 @@ fn simulate(cfg: &SimConfig) -> anyhow::Result<SimOutcome> {
     violations.extend(check_layout(&registry.borrow()));
     let mut faults = nemesis.log;
     faults.extend(operator_log.borrow().iter().cloned());
+    faults.push(operations_summary(&registry.borrow()));
     Ok(SimOutcome {
         history,
         faults,
@@ -735,6 +744,24 @@ async fn move_meta_member(client: &Client, rng: &mut StdRng, note: &impl Fn(Stri
         }
     }
     note(format!("metadata move n{from}->n{to} still running"));
+}
+
+/// How many operations of each kind the metadata recorded (the operator's and the
+/// controller's), for the fault log.
+fn operations_summary(nodes: &BTreeMap<u64, Arc<Node>>) -> String {
+    let Some(meta) = nodes
+        .values()
+        .find(|n| n.is_meta_leader())
+        .and_then(|n| n.metadata())
+    else {
+        return "operations: no metadata leader".into();
+    };
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for op in meta.operations.values() {
+        *kinds.entry(op.kind.name()).or_default() += 1;
+    }
+    let partitions: usize = meta.tables.values().map(|t| t.partitions.len()).sum();
+    format!("operations recorded: {kinds:?}; {partitions} partitions at the end")
 }
 
 /// Checks the layout the nodes hold after a run: the metadata group's replicas are on its
