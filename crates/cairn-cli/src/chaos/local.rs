@@ -37,13 +37,23 @@ pub(crate) struct LocalCluster {
     exe: PathBuf,
     dir: PathBuf,
     cluster: String,
+    /// More `cairn server` flags for every node.
+    extra: Vec<String>,
     /// Nodes by id - 1.
     pub(crate) nodes: Vec<LocalNode>,
+    /// Nodes retired with remove-node: never started again.
+    pub(crate) removed: std::collections::BTreeSet<u64>,
 }
 
 impl LocalCluster {
-    /// Starts `n` nodes under `dir` (wiped first) and waits until all are live.
-    pub(crate) async fn start(n: u64, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `n` nodes under `dir` (wiped first), the first `founders` of them (at most 5)
+    /// founding the metadata group, with `extra` server flags, and waits until all are live.
+    pub(crate) async fn start(
+        n: u64,
+        dir: &Path,
+        founders: usize,
+        extra: Vec<String>,
+    ) -> anyhow::Result<Self> {
         if !(1..=200).contains(&n) {
             bail!("--spawn takes 1 to 200 nodes, not {n}");
         }
@@ -66,7 +76,7 @@ impl LocalCluster {
         }
         let cluster = nodes
             .iter()
-            .take(5)
+            .take(founders.clamp(1, 5))
             .map(|n| format!("{}={}", n.id, n.grpc))
             .collect::<Vec<_>>()
             .join(",");
@@ -74,7 +84,9 @@ impl LocalCluster {
             exe,
             dir: dir.to_path_buf(),
             cluster,
+            extra,
             nodes,
+            removed: Default::default(),
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -98,12 +110,58 @@ impl LocalCluster {
             .with_context(|| format!("no node {id}"))
     }
 
+    /// Adds a node that was not there before (it joins: the metadata founders are known
+    /// from the start flags) and returns its id.
+    pub(crate) fn add(&mut self) -> anyhow::Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        if id > 250 {
+            bail!("no address left for node {id}");
+        }
+        let ip = node_ip(id);
+        self.nodes.push(LocalNode {
+            id,
+            grpc: format!("{ip}:{}", free_port(ip)?),
+            http: format!("{ip}:{}", free_port(ip)?),
+            child: None,
+            paused: false,
+        });
+        self.spawn(id)?;
+        Ok(id)
+    }
+
+    /// Nodes that are part of the cluster (not removed), running or not.
+    pub(crate) fn members(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|n| !self.removed.contains(n))
+            .collect()
+    }
+
+    /// Marks `id` removed and waits (up to 20 s) for its process to stop on its own, as a
+    /// removed node does; kills it after that.
+    pub(crate) async fn retire(&mut self, id: u64) -> anyhow::Result<bool> {
+        self.removed.insert(id);
+        let n = self.node(id)?;
+        let Some(mut child) = n.child.take() else {
+            return Ok(true);
+        };
+        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .is_ok();
+        if !exited {
+            child.start_kill().ok();
+            child.wait().await.ok();
+        }
+        Ok(exited)
+    }
+
     /// Starts node `id` from its data dir (new or existing).
     pub(crate) fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let (exe, dir, cluster) = (self.exe.clone(), self.dir.clone(), self.cluster.clone());
+        let extra = self.extra.clone();
         let n = self.node(id)?;
         let child = server_command(&exe, &dir, id, &n.grpc, &n.http, &cluster)?
             .args(["--outbound-ip", &node_ip(id).to_string()])
+            .args(&extra)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
@@ -149,9 +207,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Resumes paused nodes and restarts crashed ones.
+    /// Resumes paused nodes and restarts crashed ones (not removed ones).
     pub(crate) fn heal_processes(&mut self) -> anyhow::Result<()> {
-        for id in 1..=self.nodes.len() as u64 {
+        for id in self.members() {
             if !self.running(id) {
                 self.spawn(id)?;
             } else if self.node(id)?.paused {
@@ -167,17 +225,17 @@ impl LocalCluster {
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .with_timeout(Duration::from_secs(5));
         let deadline = Instant::now() + limit;
+        let want = self.members().len();
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
             match client.nodes().await {
-                Ok(nodes) if nodes.len() == self.nodes.len() && nodes.iter().all(|n| n.live) => {
+                Ok(nodes) if nodes.len() == want && nodes.iter().all(|n| n.live) => {
                     return Ok(());
                 }
                 Ok(nodes) => {
                     last = format!(
-                        "{} of {} nodes live",
+                        "{} of {want} nodes live",
                         nodes.iter().filter(|n| n.live).count(),
-                        self.nodes.len()
                     )
                 }
                 Err(e) => last = e.to_string(),

@@ -97,7 +97,15 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
         a.spawn,
         dir.display()
     );
-    let mut cluster = local::LocalCluster::start(a.spawn, &dir).await?;
+    // Adding and removing nodes needs the controller (a drain empties the node) and
+    // metadata members to move to: three founders, as an operator would run it.
+    let membership = a.nemesis.contains(&nemesis::Fault::Membership);
+    let (founders, extra) = if membership {
+        (3, vec!["--controller".to_string(), "on".to_string()])
+    } else {
+        (5, Vec::new())
+    };
+    let mut cluster = local::LocalCluster::start(a.spawn, &dir, founders, extra).await?;
     let endpoints = cluster.endpoints();
     let result = if a.nemesis.is_empty() {
         workload(&a, &endpoints, None).await

@@ -1,8 +1,8 @@
 //! Faults injected into a spawned cluster on a seeded schedule: kill -9 and restart,
 //! SIGSTOP / SIGCONT, network partitions (two-way and one-way, isolating a partition
 //! leader, the metadata leader, or a random minority) and packet loss; and changes of the
-//! layout made through the admin API while the workload runs: splits at a workload key and
-//! leader transfers.
+//! layout made through the admin API while the workload runs: splits at a workload key,
+//! replica moves, leader transfers, and nodes added, or drained and removed.
 //!
 //! Network faults are iptables rules between the nodes' addresses inside a private network
 //! namespace that `cairn chaos` enters at start ([`enter_private_network`]); the rules vanish
@@ -37,6 +37,9 @@ pub(crate) enum Fault {
     /// Move a random replica of a random partition to a node without one, and wait for
     /// the move to finish (or roll back).
     Move,
+    /// Add a new node, or drain a node (the controller moves everything off it) and remove
+    /// it for good. Runs the nodes with `--controller on`.
+    Membership,
 }
 
 impl Fault {
@@ -169,14 +172,14 @@ impl Nemesis {
 
     /// A victim: a partition leader mostly, any running node otherwise.
     async fn victim(&mut self, cluster: &LocalCluster) -> u64 {
-        let n = cluster.nodes.len() as u64;
         if self.rng.random_bool(0.75)
             && let Some(l) = self.partition_leader().await
             && cluster.running(l)
         {
             return l;
         }
-        self.rng.random_range(1..=n)
+        let members = cluster.members();
+        members.choose(&mut self.rng).copied().unwrap_or(1)
     }
 
     fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -190,7 +193,6 @@ impl Nemesis {
         cluster: &mut LocalCluster,
         until: Instant,
     ) -> anyhow::Result<()> {
-        let all: Vec<u64> = (1..=cluster.nodes.len() as u64).collect();
         loop {
             let quiet = self.millis(2_000, 4_000);
             tokio::time::sleep(quiet).await;
@@ -224,6 +226,7 @@ impl Nemesis {
                 }
                 Fault::Partition => {
                     let down = self.millis(5_000, 10_000);
+                    let all = cluster.members();
                     let what = self.partition(cluster, &all).await?;
                     self.note(&format!("partition: {what} for {down:?}"));
                     tokio::time::sleep(down).await;
@@ -231,6 +234,7 @@ impl Nemesis {
                     self.note("heal the network");
                 }
                 Fault::Split => self.split().await,
+                Fault::Membership => self.membership(cluster).await?,
                 Fault::Move => self.move_replica(cluster).await,
                 Fault::Leader => self.transfer_leader().await,
                 Fault::Loss => {
@@ -323,6 +327,60 @@ impl Nemesis {
             }
         }
         self.note(&format!("operation {} still running after 60 s", op.id));
+    }
+
+    /// Adds a node, or drains one and removes it, keeping between 4 and 7 nodes. A drain
+    /// that does not finish within 60 s is lifted and logged, not fatal.
+    async fn membership(&mut self, cluster: &mut LocalCluster) -> anyhow::Result<()> {
+        let members = cluster.members();
+        let add = members.len() < 5 || (members.len() < 7 && self.rng.random_bool(0.5));
+        if add {
+            let id = cluster.add()?;
+            self.note(&format!("add node {id}"));
+            return Ok(());
+        }
+        // Node 1 stays: the workload's first endpoint.
+        let candidates: Vec<u64> = members.iter().copied().filter(|n| *n != 1).collect();
+        let Some(&v) = candidates.choose(&mut self.rng) else {
+            return Ok(());
+        };
+        if let Err(e) = self.client.set_draining(v, true).await {
+            self.note(&format!("drain node {v} not started: {e}"));
+            return Ok(());
+        }
+        self.note(&format!("drain node {v}"));
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut empty = false;
+        while Instant::now() < until && !empty {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            empty = self.client.nodes().await.is_ok_and(|ns| {
+                ns.iter()
+                    .any(|n| n.id == v && n.replicas == 0 && n.leaders == 0 && !n.metadata_member)
+            });
+        }
+        if !empty {
+            let _ = self.client.set_draining(v, false).await;
+            self.note(&format!("node {v} not drained within 60 s; undrained"));
+            return Ok(());
+        }
+        match self.client.remove_node(v).await {
+            Ok(()) => {
+                let stopped = cluster.retire(v).await?;
+                self.note(&format!(
+                    "remove node {v}{}",
+                    if stopped {
+                        "; it stopped on its own"
+                    } else {
+                        "; killed after 20 s"
+                    }
+                ));
+            }
+            Err(e) => {
+                let _ = self.client.set_draining(v, false).await;
+                self.note(&format!("remove node {v} not done: {e}; undrained"));
+            }
+        }
+        Ok(())
     }
 
     /// Moves a random partition's leadership to another of its replicas.

@@ -324,7 +324,7 @@ async fn t93_drained_node_is_emptied() {
 /// partition is split within 10 s (plus one load window) of the load starting, and the
 /// halves end up led by different nodes. Prints the throughput the benchmark saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn t94_hot_range_splits_and_spreads() {
+async fn t92_hot_range_splits_and_spreads() {
     let c = Cluster::start_with(
         5,
         &[

@@ -84,3 +84,10 @@ fn t97_mixed_schedule_with_packet_loss_is_linearizable() {
 fn t98_layout_changes_with_crashes_and_partitions_are_linearizable() {
     schedule("t98-layout", "split,move,leader,crash,partition", 14);
 }
+
+/// Nodes added, and drained and removed for good, with the controller running, mixed with
+/// crashes and layout changes.
+#[test]
+fn t94_membership_changes_with_crashes_are_linearizable() {
+    schedule("t94-membership", "membership,crash,split,leader", 15);
+}
