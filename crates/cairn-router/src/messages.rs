@@ -311,4 +311,6 @@ pub struct ControllerStatus {
     pub draining: Vec<NodeId>,
     /// Recent decisions, newest first.
     pub decisions: Vec<DecisionRecord>,
+    /// Size and load of each partition as its leader last reported them.
+    pub loads: Vec<(PartitionId, PartitionLoad)>,
 }

@@ -783,14 +783,19 @@ impl Core {
                 self.limits.check_value(&value)?;
                 replica.view.check(epoch, table, Some(&key))?;
                 let written = (key.len() + value.len()) as u64;
-                self.note_load(&replica, KeySample::Key(key.clone()), written);
+                self.note_load(&replica, KeySample::Key(key.clone()), true, written);
                 let op = KvOp::Put { table, key, value };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
             PartitionOp::Delete { key, request_id } => {
                 self.limits.check_key(&key)?;
                 replica.view.check(epoch, table, Some(&key))?;
-                self.note_load(&replica, KeySample::Key(key.clone()), key.len() as u64);
+                self.note_load(
+                    &replica,
+                    KeySample::Key(key.clone()),
+                    true,
+                    key.len() as u64,
+                );
                 let op = KvOp::Delete { table, key };
                 self.write(&replica, partition, epoch, op, request_id).await
             }
@@ -807,7 +812,7 @@ impl Core {
                     self.read_barrier(&replica, partition).await?;
                 }
                 replica.view.check(epoch, table, Some(&key))?;
-                self.note_load(&replica, KeySample::Key(key.clone()), 0);
+                self.note_load(&replica, KeySample::Key(key.clone()), false, 0);
                 Ok(PartitionReply::Value(replica.view.get(&self.engine, &key)?))
             }
             PartitionOp::Scan {
@@ -824,7 +829,12 @@ impl Core {
                 if !desc.range.contains(&start) {
                     return Err(Error::KeyNotInRange(partition));
                 }
-                self.note_load(&replica, KeySample::Range(start.clone(), end.clone()), 0);
+                self.note_load(
+                    &replica,
+                    KeySample::Range(start.clone(), end.clone()),
+                    false,
+                    0,
+                );
                 Ok(PartitionReply::Rows(replica.view.scan(
                     &self.engine,
                     &start,
@@ -852,11 +862,11 @@ impl Core {
     }
 
     /// Counts a request for the controller's load measurements (only when it runs).
-    fn note_load(&self, replica: &Replica, sample: KeySample, written: u64) {
+    fn note_load(&self, replica: &Replica, sample: KeySample, write: bool, written: u64) {
         if self.controller.enabled {
             replica
                 .stats
-                .record(sample, written, self.controller.split_window);
+                .record(sample, write, written, self.controller.split_window);
         }
     }
 

@@ -269,8 +269,17 @@ fn controller_json(s: &cairn_router::ControllerStatus) -> Value {
                    "why": d.why, "outcome": d.outcome})
         })
         .collect();
+    let loads: Vec<Value> = s
+        .loads
+        .iter()
+        .map(|(p, l)| {
+            json!({"partition": p.0, "bytes": l.bytes, "keys": l.keys, "qps": l.qps,
+                   "write_qps": l.write_qps, "write_bytes_per_sec": l.write_bytes_per_sec})
+        })
+        .collect();
     json!({"enabled": s.enabled, "paused": s.paused, "leader": s.leader.0,
-           "draining": s.draining.iter().map(|n| n.0).collect::<Vec<_>>(), "decisions": decisions})
+           "draining": s.draining.iter().map(|n| n.0).collect::<Vec<_>>(), "decisions": decisions,
+           "partitions": loads})
 }
 
 async fn controller(State(node): State<Arc<Node>>) -> ApiResult {

@@ -374,6 +374,13 @@ impl Core {
                     leader: self.id,
                     draining: state.draining.iter().copied().collect(),
                     decisions: self.controller_log.recent(),
+                    loads: self
+                        .liveness
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .loads()
+                        .into_iter()
+                        .collect(),
                 }))
             }
             MetaRequest::SetControllerPaused(paused) => {

@@ -33,7 +33,11 @@ pub(crate) struct ReplicaStats {
 struct Inner {
     window_start: Option<Instant>,
     ops_in_window: u64,
+    writes_in_window: u64,
+    bytes_in_window: u64,
     qps: f64,
+    write_qps: f64,
+    write_bps: f64,
     samples: VecDeque<KeySample>,
     written: u64,
     measured: Option<Measured>,
@@ -48,18 +52,26 @@ struct Measured {
 }
 
 impl ReplicaStats {
-    /// Counts one request, keeping its key among the samples.
-    pub(crate) fn record(&self, sample: KeySample, written: u64, window: Duration) {
+    /// Counts one request (a write when `write`, of `written` bytes), keeping its key among
+    /// the samples.
+    pub(crate) fn record(&self, sample: KeySample, write: bool, written: u64, window: Duration) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let start = *s.window_start.get_or_insert(now);
         let elapsed = now.duration_since(start);
         if elapsed >= window {
-            s.qps = s.ops_in_window as f64 / elapsed.as_secs_f64();
+            let secs = elapsed.as_secs_f64();
+            s.qps = s.ops_in_window as f64 / secs;
+            s.write_qps = s.writes_in_window as f64 / secs;
+            s.write_bps = s.bytes_in_window as f64 / secs;
             s.ops_in_window = 0;
+            s.writes_in_window = 0;
+            s.bytes_in_window = 0;
             s.window_start = Some(now);
         }
         s.ops_in_window += 1;
+        s.writes_in_window += u64::from(write);
+        s.bytes_in_window += written;
         s.written += written;
         if s.samples.len() == SAMPLES {
             s.samples.pop_front();
@@ -75,7 +87,11 @@ impl ReplicaStats {
             && start.elapsed() >= window * 2
         {
             s.qps = 0.0;
+            s.write_qps = 0.0;
+            s.write_bps = 0.0;
             s.ops_in_window = 0;
+            s.writes_in_window = 0;
+            s.bytes_in_window = 0;
             s.window_start = None;
         }
         let samples: Vec<KeySample> = s.samples.iter().cloned().collect();
@@ -87,6 +103,8 @@ impl ReplicaStats {
             bytes: m.as_ref().map_or(0, |m| m.bytes),
             keys: m.as_ref().map_or(0, |m| m.keys),
             qps: s.qps,
+            write_qps: s.write_qps,
+            write_bytes_per_sec: s.write_bps,
             size_split_key: m.and_then(|m| m.middle),
             load_split_key: cairn_meta::planner::load_split_key(
                 &samples,

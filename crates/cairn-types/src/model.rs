@@ -122,8 +122,12 @@ pub struct PartitionLoad {
     pub bytes: u64,
     /// Approximate number of keys.
     pub keys: u64,
-    /// Operations per second over the last split window.
+    /// Operations per second over the last split window, reads and writes.
     pub qps: f64,
+    /// Of those, writes per second.
+    pub write_qps: f64,
+    /// Bytes written per second (keys and values) over the same window.
+    pub write_bytes_per_sec: f64,
     /// The key that halves its size, if known.
     pub size_split_key: Option<Vec<u8>>,
     /// The key that halves its load; `None` when one key carries it (a hot spot that no
