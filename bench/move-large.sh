@@ -40,7 +40,8 @@ done
 for i in 1 2 3; do CLUSTER="$CLUSTER${CLUSTER:+,}$i=${GRPC[$i]}"; done
 start() {
   local i=$1; shift
-  "$BIN" server --id "$i" --data-dir "$WORK/n$i" --listen "${GRPC[$i]}" --http "${HTTP[$i]}" "$@" \
+  # The controller stays off: it would start filling node 4 on its own.
+  "$BIN" server --id "$i" --data-dir "$WORK/n$i" --listen "${GRPC[$i]}" --http "${HTTP[$i]}" --controller off "$@" \
     >"$WORK/n$i.log" 2>&1 &
   PIDS[$i]=$!
 }

@@ -49,8 +49,9 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "CAIRN_MOVE_TIMEOUT", default_value_t = cairn_server::DEFAULT_MOVE_TIMEOUT.as_secs())]
     move_timeout: u64,
     /// Run the controller beside the metadata leader: split partitions by size and load,
-    /// balance replicas and leaders, replace replicas on down nodes, drain nodes.
-    #[arg(long, env = "CAIRN_CONTROLLER", default_value = "off", value_parser = ["on", "off"])]
+    /// balance replicas and leaders, replace replicas on down nodes, drain nodes. `off`
+    /// leaves the layout to the admin commands.
+    #[arg(long, env = "CAIRN_CONTROLLER", default_value = "on", value_parser = ["on", "off"])]
     controller: String,
     /// A partition above this size splits at its middle key (e.g. 96MiB, 512KiB).
     #[arg(long, env = "CAIRN_SPLIT_SIZE", default_value = "96MiB", value_parser = cairn_server::parse_size)]

@@ -60,7 +60,7 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
-            enabled: false,
+            enabled: true,
             split_size: 96 << 20,
             split_qps: 2500.0,
             split_window: std::time::Duration::from_secs(5),

@@ -65,7 +65,11 @@ impl TestCluster {
                 snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
                 outbound_ip: None,
                 move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
-                controller: Default::default(),
+                // The tests here place and move things themselves.
+                controller: cairn_server::ControllerConfig {
+                    enabled: false,
+                    ..Default::default()
+                },
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
             };

@@ -97,14 +97,12 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
         a.spawn,
         dir.display()
     );
-    // Adding and removing nodes needs the controller (a drain empties the node) and
-    // metadata members to move to: three founders, as an operator would run it.
+    // The controller runs in every spawned cluster, so its decisions (leader and replica
+    // balance, splits, drains) meet the faults too. Adding and removing nodes also needs
+    // metadata members to move to: three founders then, as an operator would run it.
     let membership = a.nemesis.contains(&nemesis::Fault::Membership);
-    let (founders, extra) = if membership {
-        (3, vec!["--controller".to_string(), "on".to_string()])
-    } else {
-        (5, Vec::new())
-    };
+    let founders = if membership { 3 } else { 5 };
+    let extra = vec!["--controller".to_string(), "on".to_string()];
     let mut cluster = local::LocalCluster::start(a.spawn, &dir, founders, extra).await?;
     let endpoints = cluster.endpoints();
     let result = if a.nemesis.is_empty() {

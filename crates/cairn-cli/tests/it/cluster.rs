@@ -113,7 +113,11 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.grpc))
             .collect::<Vec<_>>()
             .join(",");
-        let extra = extra.iter().map(|s| s.to_string()).collect();
+        // Tests change the layout by hand unless they ask for the controller.
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|f| f == "--controller") {
+            extra.extend(["--controller".to_string(), "off".to_string()]);
+        }
         let mut c = Cluster {
             nodes,
             cluster_flag,
