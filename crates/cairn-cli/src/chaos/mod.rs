@@ -102,7 +102,19 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
     // metadata members to move to: three founders then, as an operator would run it.
     let membership = a.nemesis.contains(&nemesis::Fault::Membership);
     let founders = if membership { 3 } else { 5 };
-    let extra = vec!["--controller".to_string(), "on".to_string()];
+    // Small thresholds, so that the workload (several hundred operations per second over a
+    // few partitions) makes the controller split by load during the run.
+    let extra: Vec<String> = [
+        "--controller",
+        "on",
+        "--split-qps",
+        "200",
+        "--split-window",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut cluster = local::LocalCluster::start(a.spawn, &dir, founders, extra).await?;
     let endpoints = cluster.endpoints();
     let result = if a.nemesis.is_empty() {
