@@ -66,6 +66,19 @@ pub(crate) struct ServerArgs {
     /// Seconds without a heartbeat after which a node is down and its replicas replaced.
     #[arg(long, env = "CAIRN_DOWN_AFTER", default_value_t = 300)]
     down_after: u64,
+    /// Free space below which the node refuses writes (DISK_FULL, HTTP 507) and keeps
+    /// serving reads, so that the engine and Raft keep room to work; 0 turns it off.
+    #[arg(long, env = "CAIRN_DISK_RESERVE", default_value = "256MiB", value_parser = cairn_server::parse_size)]
+    disk_reserve: u64,
+    /// [testing only] Acknowledge log appends WITHOUT fsync, so that a power cut loses
+    /// acknowledged writes: proves the power-loss tests catch a store that does this.
+    #[arg(long, env = "CAIRN_FAULT_SKIP_FSYNC")]
+    fault_skip_fsync: bool,
+    /// [testing only] Abort the process the moment it reaches this point (install-rows: a
+    /// snapshot install has copied its first rows; split-applied: a split is applied, its
+    /// right half not yet open), as if the power went out there.
+    #[arg(long, env = "CAIRN_FAULT_CRASH_AT")]
+    fault_crash_at: Option<String>,
     /// [testing only] Answer the first N writes this node routes with UNAVAILABLE after
     /// they were applied, as if the answer were lost, to exercise client retries.
     #[arg(long, env = "CAIRN_FAULT_LOSE_WRITE_REPLIES", default_value_t = 0)]
@@ -88,6 +101,13 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .init();
     if a.id == 0 {
         anyhow::bail!("--id 0 is reserved; use ids from 1");
+    }
+    if let Some(point) = &a.fault_crash_at {
+        cairn_server::set_crash_point(point)
+            .map_err(|e| anyhow::anyhow!("--fault-crash-at: {e}"))?;
+        tracing::warn!(
+            "--fault-crash-at {point}: this node aborts when it gets there (testing only)"
+        );
     }
     let initial_cluster = match &a.initial_cluster {
         Some(s) => {
@@ -119,6 +139,8 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         fault_lose_write_replies: a.fault_lose_write_replies,
         fault_refuse_snapshots: a.fault_refuse_snapshots,
+        disk_reserve: a.disk_reserve,
+        fault_skip_fsync: a.fault_skip_fsync,
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;

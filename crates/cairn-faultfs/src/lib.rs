@@ -198,6 +198,9 @@ pub struct PowerCut {
     pub bytes_discarded: u64,
     /// Name operations (create, unlink, rename, ...) that were undone.
     pub names_reverted: u64,
+    /// The undone name operations, newest first (`create a/b`, `unlink a/c`, ...), for a
+    /// fault log.
+    pub names: Vec<String>,
 }
 
 /// Mounts a fresh FUSE connection at `mountpoint` serving `shared`.

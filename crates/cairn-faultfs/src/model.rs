@@ -962,6 +962,13 @@ impl State {
         // Then names, newest first.
         for op in std::mem::take(&mut self.log).into_iter().rev() {
             cut.names_reverted += 1;
+            cut.names.push(match &op.kind {
+                NameKind::Create { path } => format!("create {}", path.display()),
+                NameKind::Remove { path, .. } => format!("unlink {}", path.display()),
+                NameKind::Rename { from, to, .. } => {
+                    format!("rename {} -> {}", from.display(), to.display())
+                }
+            });
             let res = match &op.kind {
                 NameKind::Create { path } => remove_any(&self.abs(path)),
                 NameKind::Remove { path, stash } => fs::rename(self.abs(stash), self.abs(path)),

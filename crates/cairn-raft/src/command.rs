@@ -21,8 +21,11 @@ pub struct KvCommand {
     pub request_id: Option<RequestId>,
     /// The partition epoch the router believed; checked again at apply time.
     pub epoch: Epoch,
-    /// Leader's wall clock at proposal, in ms since the Unix epoch; drives session expiry
-    /// deterministically (every replica sees the same value).
+    /// The group's time at proposal, in ms: the leader's monotonic clock, shifted so that it
+    /// never runs behind the time of the writes the group applied before. It drives session
+    /// expiry deterministically (every replica sees the same value) and never comes from a
+    /// wall clock, so a wall clock jumped forward by hours cannot expire a session whose
+    /// client is still retrying (which would apply the retry twice).
     pub proposed_at_ms: u64,
     /// The change.
     pub op: KvOp,

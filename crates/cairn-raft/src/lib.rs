@@ -20,6 +20,7 @@
 mod command;
 mod config;
 mod error;
+pub mod fault;
 mod log_store;
 mod network;
 pub mod runtime;

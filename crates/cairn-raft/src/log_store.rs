@@ -11,16 +11,22 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// Group commit: callers write their batches to the engine themselves (so they are
 /// readable at once) and then ask the syncer for durability. One background thread drains
 /// every pending request, calls [`Engine::sync`] once, and answers them all.
+///
+/// A failed fsync poisons the syncer for good: every later request fails too, and
+/// [`Syncer::failure`] reports why. After a failed fsync the kernel may already have dropped
+/// the dirty pages it could not write, so a retry that "succeeds" proves nothing
+/// (PostgreSQL's fsync lesson); the node must stop instead of acknowledging anything more.
 #[derive(Clone)]
 pub struct Syncer {
     inner: SyncerKind,
+    failure: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -29,24 +35,41 @@ enum SyncerKind {
     /// Syncs on the caller's thread: for a simulation, where a thread of its own would run
     /// outside simulated time.
     Inline(SharedEngine),
+    /// Testing only (`--fault-skip-fsync`): log appends are acknowledged at once without
+    /// syncing, so that the power-loss tests can show they catch a store that does this.
+    /// Everything else (votes, replica records) still syncs through the inner syncer.
+    Skip(mpsc::Sender<Done>),
 }
 
 impl Syncer {
     /// Starts the sync thread for `engine`. It stops when every `Syncer` clone is dropped.
     pub fn start(engine: SharedEngine) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Done>();
+        let failure = Arc::new(tokio::sync::watch::channel(None).0);
+        let report = failure.clone();
         std::thread::Builder::new()
             .name("cairn-syncer".into())
             .spawn(move || {
+                let mut poisoned: Option<String> = None;
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let result = engine.sync().map_err(|e| e.to_string());
-                    if let Err(e) = &result {
-                        tracing::error!(
-                            "fsync failed, the node can no longer make writes durable: {e}"
-                        );
-                    }
+                    let result = match &poisoned {
+                        Some(why) => Err(why.clone()),
+                        None => engine.sync().map_err(|e| {
+                            let why = format!(
+                                "fsync failed ({e}): writes since the last good fsync may be \
+                                 lost, and a retry cannot tell; the node stops rather than \
+                                 acknowledge them. Check the disk and the kernel log, then \
+                                 restart the node: it recovers from what is durable and \
+                                 catches up from its peers"
+                            );
+                            tracing::error!("{why}");
+                            poisoned = Some(why.clone());
+                            report.send_replace(Some(why.clone()));
+                            why
+                        }),
+                    };
                     for done in waiting {
                         done(result.clone().map_err(io::Error::other));
                     }
@@ -54,6 +77,7 @@ impl Syncer {
             })?;
         Ok(Self {
             inner: SyncerKind::Thread(tx),
+            failure,
         })
     }
 
@@ -62,27 +86,59 @@ impl Syncer {
     pub fn inline(engine: SharedEngine) -> Self {
         Self {
             inner: SyncerKind::Inline(engine),
+            failure: Arc::new(tokio::sync::watch::channel(None).0),
         }
     }
 
-    /// Calls `done` once everything written to the engine before this call is durable.
+    /// Testing only: a syncer whose log appends are acknowledged without fsync (votes and
+    /// the node's records still sync). A node running it loses acknowledged writes when its
+    /// power is cut; the power-loss tests use it to prove that they notice.
+    pub fn skip_fsync(engine: SharedEngine) -> io::Result<Self> {
+        tracing::warn!(
+            "--fault-skip-fsync: log appends are acknowledged WITHOUT fsync; a power cut \
+             loses acknowledged data. Testing only"
+        );
+        let real = Self::start(engine)?;
+        let SyncerKind::Thread(tx) = real.inner else {
+            return Err(io::Error::other("the sync thread did not start"));
+        };
+        Ok(Self {
+            inner: SyncerKind::Skip(tx),
+            failure: real.failure,
+        })
+    }
+
+    /// Why the syncer stopped making writes durable, once it has (a failed fsync).
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
+    /// Calls `done` once everything written to the engine before this call is durable
+    /// (the log appends' path).
     pub fn request(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) {
         match &self.inner {
-            SyncerKind::Thread(tx) => {
-                if let Err(mpsc::SendError(done)) = tx.send(Box::new(done)) {
-                    done(Err(io::Error::other("the sync thread has stopped")));
-                }
-            }
+            SyncerKind::Thread(tx) => Self::send(tx, Box::new(done)),
             SyncerKind::Inline(engine) => done(engine.sync().map_err(io::Error::other)),
+            SyncerKind::Skip(_) => done(Ok(())),
+        }
+    }
+
+    fn send(tx: &mpsc::Sender<Done>, done: Done) {
+        if let Err(mpsc::SendError(done)) = tx.send(done) {
+            done(Err(io::Error::other("the sync thread has stopped")));
         }
     }
 
     /// Waits until everything written before this call is durable.
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.request(move |r| {
+        let done: Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
+        match &self.inner {
+            SyncerKind::Thread(t) | SyncerKind::Skip(t) => Self::send(t, done),
+            SyncerKind::Inline(engine) => done(engine.sync().map_err(io::Error::other)),
+        }
         rx.await
             .map_err(|_| io::Error::other("the sync thread has stopped"))?
     }

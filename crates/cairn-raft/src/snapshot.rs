@@ -259,6 +259,7 @@ pub(crate) fn copy_staged(
             }
         }
         engine.write(b).map_err(io::Error::other)?;
+        crate::fault::crash_point("install-rows");
     }
     let mut last = WriteBatch::new();
     finish(&mut last)?;

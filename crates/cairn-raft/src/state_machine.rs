@@ -33,8 +33,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::{Arc, RwLock};
 
-/// A write session is forgotten after this long without writes (by proposal time). A client
-/// retry arriving later than this may apply twice; request deadlines are far shorter.
+/// A write session is forgotten after this long without writes, in group time (monotonic
+/// time carried in the entries, see [`KvCommand::proposed_at_ms`]; a wall clock that jumps
+/// cannot expire a session early). A client retry arriving later than this may apply twice;
+/// request deadlines are far shorter.
 pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -75,6 +77,8 @@ pub struct PartitionView {
     last_split: Arc<RwLock<Option<PartitionDesc>>>,
     dropped: Arc<std::sync::atomic::AtomicBool>,
     duplicates: Arc<std::sync::atomic::AtomicU64>,
+    /// The group's time (see [`KvCommand::proposed_at_ms`]) as of the last applied write.
+    time_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PartitionView {
@@ -84,7 +88,31 @@ impl PartitionView {
             last_split: Arc::new(RwLock::new(last_split)),
             dropped: Default::default(),
             duplicates: Default::default(),
+            time_ms: Default::default(),
         }
+    }
+
+    /// The group's time as of the last applied write, in ms: a new leader's proposals
+    /// start from here (never from its wall clock).
+    pub fn applied_time_ms(&self) -> u64 {
+        self.time_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn note_time(&self, ms: u64) {
+        self.time_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Recovers the group time from the sessions (their newest write) after an open or
+    /// a snapshot install.
+    fn recover_time(&self, sessions: &HashMap<ClientId, Session>) {
+        self.note_time(
+            sessions
+                .values()
+                .map(|s| s.last_write_ms)
+                .max()
+                .unwrap_or(0),
+        );
     }
 
     fn set_desc(&self, desc: PartitionDesc) {
@@ -240,6 +268,7 @@ impl GroupStateMachine {
         view.dropped
             .store(applied.dropped, std::sync::atomic::Ordering::Release);
         let sessions = load_sessions(&engine, group)?;
+        view.recover_time(&sessions);
         let kind = Kind::Partition {
             view: view.clone(),
             sessions,
@@ -697,6 +726,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         },
                         Command::Kv(c),
                     ) => {
+                        view.note_time(c.proposed_at_ms);
                         if c.proposed_at_ms.saturating_sub(*last_expiry_ms) > 60_000 {
                             *last_expiry_ms = c.proposed_at_ms;
                             Self::expire_sessions(
@@ -734,6 +764,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             encode(&self.applied)?,
         );
         self.engine.write(batch).map_err(io::Error::other)?;
+        if !opened.is_empty() {
+            crate::fault::crash_point("split-applied");
+        }
         if let Some(sink) = &self.splits {
             for right in opened {
                 // The node is shutting down when nobody listens; the seed is on disk and the
@@ -820,6 +853,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 self.engine.write(b).map_err(io::Error::other)?;
                 let rows = finish_partition_install(&self.engine, self.group, &marker)?;
                 *sessions = load_sessions(&self.engine, self.group)?;
+                view.recover_time(sessions);
                 view.dropped
                     .store(applied.dropped, std::sync::atomic::Ordering::Release);
                 view.set_desc(desc);

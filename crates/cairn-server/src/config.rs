@@ -35,6 +35,11 @@ pub struct ServerConfig {
     /// Testing only: answer the first N applied writes routed by this node with
     /// `Unavailable`, as if the answer were lost, so clients retry. 0 in production.
     pub fault_lose_write_replies: u64,
+    /// Below this many free bytes on the data disk, the node refuses writes (0: never).
+    pub disk_reserve: u64,
+    /// Testing only: acknowledge log appends without fsync, so that power-loss tests can
+    /// show they catch lost writes. False in production.
+    pub fault_skip_fsync: bool,
     /// Testing only: refuse every snapshot chunk sent to this node, so a new replica here
     /// never catches up (to exercise the rollback of a move). False in production.
     pub fault_refuse_snapshots: bool,

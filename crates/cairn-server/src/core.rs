@@ -49,6 +49,42 @@ pub(crate) struct Replica {
     log: LogStore,
     /// Load and size measured while this node leads it.
     pub(crate) stats: Arc<crate::stats::ReplicaStats>,
+    /// Stamps this replica's proposals while it leads.
+    pub(crate) clock: Arc<GroupClock>,
+}
+
+/// The clock a leader stamps its proposals with ([`KvCommand::proposed_at_ms`]): this
+/// process's monotonic clock, shifted so that it never runs behind the group time already
+/// applied. It never reads the wall clock, so a wall clock stepped by hours (NTP, an
+/// operator, a VM resumed) does not move it; after a change of leader the group time goes on
+/// from where the applied writes left it.
+pub(crate) struct GroupClock {
+    /// Where this replica's monotonic clock starts (its opening). Per replica, not per
+    /// process, so that a simulation's runs in one process each start from zero.
+    origin: tokio::time::Instant,
+    offset_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for GroupClock {
+    fn default() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            offset_ms: Default::default(),
+        }
+    }
+}
+
+impl GroupClock {
+    /// The time to stamp a proposal with, given the group time of the last applied write.
+    pub(crate) fn now_ms(&self, applied_ms: u64) -> u64 {
+        let mono = self.origin.elapsed().as_millis() as u64;
+        let behind = applied_ms.saturating_sub(mono);
+        let offset = self
+            .offset_ms
+            .fetch_max(behind, std::sync::atomic::Ordering::AcqRel)
+            .max(behind);
+        mono.saturating_add(offset)
+    }
 }
 
 impl Replica {
@@ -146,6 +182,8 @@ pub(crate) struct Core {
     pub(crate) metrics: Metrics,
     /// Where replicas report the right halves of the splits they apply.
     pub(crate) splits: SplitSink,
+    /// Free space on the data disk; below the reserve, writes are refused.
+    pub(crate) disk: Arc<crate::disk::DiskGuard>,
 }
 
 /// How long a transfer of leadership may take before the caller hears an error.
@@ -489,6 +527,7 @@ impl Core {
             view,
             log,
             stats: Default::default(),
+            clock: Default::default(),
         };
         self.replicas
             .write()
@@ -626,10 +665,15 @@ impl Core {
         op: KvOp,
         rid: Option<cairn_types::RequestId>,
     ) -> Result<PartitionReply> {
+        // Deletes and drops pass: they are how space is freed (as etcd allows them under
+        // its NOSPACE alarm); their entries are small beside the reserve.
+        if matches!(op, KvOp::Put { .. }) {
+            self.disk.check_writable(self.id.0)?;
+        }
         let cmd = KvCommand {
             request_id: rid,
             epoch,
-            proposed_at_ms: now_ms(),
+            proposed_at_ms: replica.clock.now_ms(replica.view.applied_time_ms()),
             op,
         };
         match replica.raft.client_write(Command::Kv(cmd)).await {
@@ -661,6 +705,7 @@ impl Core {
         right: PartitionId,
     ) -> Result<PartitionReply> {
         let desc = replica.view.check(epoch, table, None)?;
+        self.disk.check_writable(self.id.0)?;
         if desc.range.split_at(&key).is_none() {
             return Err(Error::Conflict(format!(
                 "the split key must lie strictly inside {} {}: after its start and before its end",
@@ -678,7 +723,7 @@ impl Core {
         let cmd = KvCommand {
             request_id: None,
             epoch,
-            proposed_at_ms: now_ms(),
+            proposed_at_ms: replica.clock.now_ms(replica.view.applied_time_ms()),
             op: KvOp::Split { key, right },
         };
         match replica.raft.client_write(Command::Kv(cmd)).await {

@@ -23,6 +23,7 @@ pub(crate) fn status(e: Error) -> Status {
         ErrorCode::TableNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
         ErrorCode::Conflict => tonic::Code::FailedPrecondition,
         ErrorCode::NodeRemoved => tonic::Code::PermissionDenied,
+        ErrorCode::DiskFull => tonic::Code::ResourceExhausted,
         ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorCode::NotEnoughNodes => tonic::Code::FailedPrecondition,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -487,6 +488,19 @@ impl internal_server::Internal for Internal {
             return Err(Status::unavailable(
                 "refusing snapshots (--fault-refuse-snapshots)",
             ));
+        }
+        // Out of disk: take no log entries or snapshots (an empty append, a heartbeat, still
+        // passes, so this follower does not start elections). The leader retries later.
+        let stores = match &rpc.msg {
+            cairn_raft::RaftMsg::Append(a) => !a.entries.is_empty(),
+            cairn_raft::RaftMsg::SnapshotChunk(_) => true,
+            _ => false,
+        };
+        if stores && self.0.core.disk.is_full() {
+            return Err(Status::resource_exhausted(format!(
+                "node {} is out of disk space and takes no log entries until space is freed",
+                self.0.id()
+            )));
         }
         let group = PartitionId(rpc.group());
         let raft = if group == META_GROUP {

@@ -21,6 +21,7 @@
 mod config;
 mod controller;
 mod core;
+mod disk;
 mod grpc;
 mod http;
 mod meta_service;
@@ -32,6 +33,7 @@ mod transport;
 
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use cairn_raft::Syncer;
+pub use cairn_raft::fault::set_crash_point;
 pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
 pub use moves::DEFAULT_MOVE_TIMEOUT;
 pub use node::{Node, Substrate};

@@ -280,6 +280,7 @@ impl Core {
                         .collect()
                 };
                 let placement = placement::place(&state, &live, split_keys.len() + 1, replication)?;
+                self.disk.check_writable(self.id.0)?;
                 let cmd = MetaCommand::CreateTable {
                     name,
                     replication,

@@ -43,15 +43,27 @@ pub(crate) struct Gauges {
     pub(crate) meta_leader: bool,
     /// Duplicates recognised by the hosted replicas since they opened.
     pub(crate) duplicate_writes: u64,
+    /// Free bytes on the data disk at the last measure.
+    pub(crate) disk_free_bytes: u64,
+    /// Whether the disk is below the reserve (writes refused).
+    pub(crate) disk_full: bool,
+    /// Writes refused for lack of disk space since the node started.
+    pub(crate) disk_full_refusals: u64,
 }
 
 /// Request counters and latency histograms of a node.
 #[derive(Default)]
 pub(crate) struct Metrics {
     ops: [OpStats; OPS.len()],
+    fsync_failures: AtomicU64,
 }
 
 impl Metrics {
+    /// Counts a failed fsync (the node stops after it).
+    pub(crate) fn fsync_failed(&self) {
+        self.fsync_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one request of `op`, whether it failed, and how long it took.
     pub(crate) fn record(&self, op: &str, ok: bool, took: Duration) {
         let Some(i) = OPS.iter().position(|o| *o == op) else {
@@ -156,6 +168,44 @@ impl Metrics {
             "cairn_duplicate_writes_total{{node=\"{node}\"}} {}",
             g.duplicate_writes
         );
+        let _ = writeln!(
+            s,
+            "# HELP cairn_disk_free_bytes Free bytes on the data disk at the last measure.\n# TYPE cairn_disk_free_bytes gauge"
+        );
+        if g.disk_free_bytes != u64::MAX {
+            let _ = writeln!(
+                s,
+                "cairn_disk_free_bytes{{node=\"{node}\"}} {}",
+                g.disk_free_bytes
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP cairn_disk_full 1 while the data disk is below --disk-reserve and writes are refused.\n# TYPE cairn_disk_full gauge"
+        );
+        let _ = writeln!(
+            s,
+            "cairn_disk_full{{node=\"{node}\"}} {}",
+            u8::from(g.disk_full)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP cairn_disk_full_refusals_total Writes refused because the data disk was below the reserve.\n# TYPE cairn_disk_full_refusals_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "cairn_disk_full_refusals_total{{node=\"{node}\"}} {}",
+            g.disk_full_refusals
+        );
+        let _ = writeln!(
+            s,
+            "# HELP cairn_fsync_failures_total Failed fsyncs (the node stops at the first).\n# TYPE cairn_fsync_failures_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "cairn_fsync_failures_total{{node=\"{node}\"}} {}",
+            self.fsync_failures.load(Ordering::Relaxed)
+        );
         s
     }
 }
@@ -177,8 +227,25 @@ mod tests {
             leaders: 1,
             meta_leader: true,
             duplicate_writes: 4,
+            disk_free_bytes: 1 << 20,
+            disk_full: true,
+            disk_full_refusals: 3,
         };
+        m.fsync_failed();
         let text = m.render(&g);
+        assert!(text.contains("cairn_disk_full{node=\"1\"} 1"), "{text}");
+        assert!(
+            text.contains("cairn_disk_full_refusals_total{node=\"1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cairn_disk_free_bytes{node=\"1\"} 1048576"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cairn_fsync_failures_total{node=\"1\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("cairn_duplicate_writes_total{node=\"1\"} 4"),
             "{text}"

@@ -182,7 +182,11 @@ impl Node {
                     Accepted::new(Box::new(s), Some(grpc_addr), remote)
                 })
             });
-        let syncer = Syncer::start(engine.clone()).context("cannot start the sync thread")?;
+        let syncer = if cfg.fault_skip_fsync {
+            Syncer::skip_fsync(engine.clone()).context("cannot start the sync thread")?
+        } else {
+            Syncer::start(engine.clone()).context("cannot start the sync thread")?
+        };
         Self::start_with(
             cfg,
             Substrate {
@@ -255,7 +259,9 @@ impl Node {
             meta_leader_hint: Default::default(),
             metrics: Metrics::default(),
             splits,
+            disk: Arc::new(crate::disk::DiskGuard::new(&cfg.data_dir, cfg.disk_reserve)),
         });
+        core.disk.check(cfg.id.0);
         core.reopen_recorded().await?;
         let (stop, _) = watch::channel(false);
         let client = ClientId(cairn_types::entropy::next_u64() | 1);
@@ -287,7 +293,17 @@ impl Node {
                 node.clone(),
                 node.stop.subscribe(),
             )),
+            tokio::spawn(fsync_watch(node.clone(), node.stop.subscribe())),
         ];
+        // Off (reserve 0) in a simulation: its blocking statvfs would run outside simulated
+        // time.
+        if cfg.disk_reserve > 0 {
+            tasks.push(tokio::spawn(crate::disk::disk_loop(
+                node.core.disk.clone(),
+                cfg.id.0,
+                node.stop.subscribe(),
+            )));
+        }
         if let Some(http) = http {
             tasks.push(tokio::spawn(crate::http::serve(
                 node.clone(),
@@ -404,6 +420,9 @@ impl Node {
             leaders: self.core.leader_count(),
             meta_leader: self.is_meta_leader(),
             duplicate_writes: self.core.duplicate_writes(),
+            disk_free_bytes: self.core.disk.free_bytes(),
+            disk_full: self.core.disk.is_full(),
+            disk_full_refusals: self.core.disk.refused(),
         };
         self.core.metrics.render(&gauges)
     }
@@ -1063,5 +1082,22 @@ async fn split_loop(
         // Each in its own task: a campaign that waits for slow followers must not hold up
         // the next split's open.
         tokio::spawn(async move { core.open_split(left, right).await });
+    }
+}
+
+/// Stops the node when its syncer reports a failed fsync: nothing written since the last
+/// good one can be acknowledged, and a retried fsync cannot be trusted.
+async fn fsync_watch(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut failure = node.core.syncer.failure();
+    tokio::select! {
+        biased;
+        _ = stop.changed() => {}
+        r = failure.wait_for(Option::is_some) => {
+            if let Ok(why) = r {
+                let why = why.clone().unwrap_or_default();
+                node.core.metrics.fsync_failed();
+                let _ = node.fatal.send(Some(why));
+            }
+        }
     }
 }

@@ -145,6 +145,8 @@ fn add_node(
         },
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
+        disk_reserve: 0,
+        fault_skip_fsync: false,
     };
     sim.host(host(id), move || {
         let engine = engine.clone();

@@ -72,6 +72,8 @@ impl TestCluster {
                 },
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
+                disk_reserve: 0,
+                fault_skip_fsync: false,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;
             slots.push(Slot {

@@ -92,6 +92,10 @@ pub enum Error {
         "node {0} was removed from the cluster and its id is retired; start a new node with a new --id and an empty data dir"
     )]
     NodeRemoved(crate::NodeId),
+    /// The node that would have to store the write is below its free-space reserve; the
+    /// write was refused before it was proposed, so it did not happen.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// A bug or a storage failure; details are in the node's log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,6 +120,8 @@ pub enum ErrorCode {
     Conflict,
     /// See [`Error::NodeRemoved`].
     NodeRemoved,
+    /// See [`Error::DiskFull`].
+    DiskFull,
     /// Any routing error that outlived the request deadline, and [`Error::Unavailable`].
     Unavailable,
     /// See [`Error::Internal`].
@@ -134,6 +140,7 @@ impl ErrorCode {
             Self::NotFound => "NOT_FOUND",
             Self::Conflict => "CONFLICT",
             Self::NodeRemoved => "NODE_REMOVED",
+            Self::DiskFull => "DISK_FULL",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -147,6 +154,8 @@ impl ErrorCode {
             Self::TableNotFound | Self::NotFound => 404,
             Self::AlreadyExists | Self::Conflict => 409,
             Self::NodeRemoved => 410,
+            // Insufficient Storage.
+            Self::DiskFull => 507,
             Self::NotEnoughNodes | Self::Unavailable => 503,
             Self::Internal => 500,
         }
@@ -163,6 +172,7 @@ impl ErrorCode {
             "NOT_FOUND" => Self::NotFound,
             "CONFLICT" => Self::Conflict,
             "NODE_REMOVED" => Self::NodeRemoved,
+            "DISK_FULL" => Self::DiskFull,
             "UNAVAILABLE" => Self::Unavailable,
             "INTERNAL" => Self::Internal,
             _ => return None,
@@ -182,6 +192,7 @@ impl Error {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::NodeRemoved(_) => ErrorCode::NodeRemoved,
+            Self::DiskFull(_) => ErrorCode::DiskFull,
             Self::NotLeader { .. }
             | Self::EpochMismatch { .. }
             | Self::KeyNotInRange(_)
