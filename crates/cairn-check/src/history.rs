@@ -59,6 +59,9 @@ pub struct Event {
     /// List on `ok`: the keys returned, in the order returned.
     #[serde(default)]
     pub keys: Option<Vec<String>>,
+    /// On `fail` / `info`: the error, `CODE: message`, for whoever reads the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Nanoseconds on one monotonic clock.
     pub time: u64,
 }

@@ -30,6 +30,7 @@ fn event(process: u64, kind: EventType, f: Function, table: &str, started: Insta
         start: None,
         end: None,
         keys: None,
+        error: None,
         time: started.elapsed().as_nanos() as u64,
     }
 }
@@ -108,11 +109,11 @@ pub async fn run_client(
             inv.value = Some(value.clone());
             send(inv.clone());
             let r = client.put(t, key.as_bytes(), value.as_bytes()).await;
-            let kind = match &r {
-                Ok(()) => EventType::Ok,
-                Err(e) => failed(e, true),
+            let (kind, error) = match &r {
+                Ok(()) => (EventType::Ok, None),
+                Err(e) => (failed(e, true), Some(describe(e))),
             };
-            complete(Event { kind, ..inv });
+            complete(Event { kind, error, ..inv });
             if kind == EventType::Info {
                 process += stride;
             }
@@ -133,6 +134,7 @@ pub async fn run_client(
                 },
                 Err(e) => Event {
                     kind: failed(&e, false),
+                    error: Some(describe(&e)),
                     ..inv.clone()
                 },
             };
@@ -141,11 +143,11 @@ pub async fn run_client(
             let mut inv = event(process, EventType::Invoke, Function::Delete, t, ctx.started);
             inv.key = Some(key.clone());
             send(inv.clone());
-            let kind = match client.delete(t, key.as_bytes()).await {
-                Ok(()) => EventType::Ok,
-                Err(e) => failed(&e, true),
+            let (kind, error) = match client.delete(t, key.as_bytes()).await {
+                Ok(()) => (EventType::Ok, None),
+                Err(e) => (failed(&e, true), Some(describe(&e))),
             };
-            complete(Event { kind, ..inv });
+            complete(Event { kind, error, ..inv });
             if kind == EventType::Info {
                 process += stride;
             }
@@ -178,12 +180,17 @@ pub async fn run_client(
                 },
                 Err(e) => Event {
                     kind: failed(&e, false),
+                    error: Some(describe(&e)),
                     ..inv.clone()
                 },
             };
             complete(done);
         }
     }
+}
+
+fn describe(e: &cairn_client::Error) -> String {
+    format!("{}: {}", e.code.as_str(), e.message)
 }
 
 /// The process id of the final reads.

@@ -350,13 +350,25 @@ impl Client {
 
     /// Runs `call` on endpoints in turn until it succeeds, fails for good, or the
     /// deadline passes.
-    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.retry_as(call, false).await
+    }
+
+    /// [`Client::retry`]; for a `write`, a definite refusal (say DISK_FULL) after an
+    /// attempt whose outcome is unknown is reported as UNAVAILABLE: that earlier attempt may
+    /// have been applied, so "it did not happen" would be a lie.
+    async fn retry_as<T, F, Fut>(&self, mut call: F, write: bool) -> Result<T>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0u32;
+        let mut uncertain = false;
         loop {
             let node = self.pick();
             let left = deadline.saturating_duration_since(Instant::now());
@@ -373,8 +385,20 @@ impl Client {
                 ),
             };
             if !err.is_retryable() {
+                if write && uncertain {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the write may or may not have been applied: an earlier attempt \
+                             got no answer, and the last one failed with {err}"
+                        ),
+                    ));
+                }
                 return Err(err);
             }
+            // Any failed attempt may have reached a leader (even a broken connection may
+            // have carried the request), so later refusals are not proof.
+            uncertain = true;
             // A node that refused the connection, or held the request for (nearly) all of its
             // budget — typically one cut off from its peers — is passed over for a while.
             let hung = sent.elapsed() >= budget.mul_f32(0.8);
@@ -498,10 +522,13 @@ impl Client {
     {
         let id = self.session.begin();
         let r = self
-            .retry(|ch, left| {
-                let rid = to_pb(self.session.retry(id));
-                call(ch, rid, left.as_millis() as u64)
-            })
+            .retry_as(
+                |ch, left| {
+                    let rid = to_pb(self.session.retry(id));
+                    call(ch, rid, left.as_millis() as u64)
+                },
+                true,
+            )
             .await;
         self.session.finish(id);
         r
@@ -677,13 +704,21 @@ impl Client {
                     )),
                 }
             }
-            // An earlier attempt whose answer was lost may have made this very split.
+            // An earlier attempt whose answer was lost may have made this very split. The
+            // metadata records the right half shortly after the partition applied the split,
+            // so look for it until the deadline.
             Err(e) if e.code == ErrorCode::Conflict && attempts.get() > 1 => {
-                let t = self.describe_table(table).await?;
-                let right = t.partitions.iter().position(|p| p.start == key);
-                match right {
-                    Some(i) if i > 0 => Ok((t.partitions[i - 1].clone(), t.partitions[i].clone())),
-                    _ => Err(e),
+                let deadline = Instant::now() + self.timeout;
+                loop {
+                    let t = self.describe_table(table).await?;
+                    let right = t.partitions.iter().position(|p| p.start == key);
+                    match right {
+                        Some(i) if i > 0 => {
+                            return Ok((t.partitions[i - 1].clone(), t.partitions[i].clone()));
+                        }
+                        _ if Instant::now() >= deadline => return Err(e),
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
                 }
             }
             Err(e) => Err(e),

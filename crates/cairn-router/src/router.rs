@@ -142,6 +142,7 @@ impl<T: Transport> Router<T> {
         let mut attempt: u32 = 0;
         let mut last_err: Error;
         let mut skip = 0usize;
+        let mut uncertain = false;
         loop {
             let route = self.route(table, deadline).await?;
             let Some(part) = pick(&route) else {
@@ -204,7 +205,17 @@ impl<T: Transport> Router<T> {
                 Err(e) if e.is_retryable() => {
                     self.cache.clear_leader(table, part.id);
                     skip += 1;
+                    // A timeout or a lost answer: the attempt may have been applied.
+                    uncertain |= matches!(e, Error::Unavailable(_));
                     last_err = e;
+                }
+                // A refusal (say DISK_FULL) after an attempt that may have been applied does
+                // not prove the operation did not happen.
+                Err(e) if uncertain => {
+                    return Err(Error::Unavailable(format!(
+                        "{table}: an earlier attempt got no answer and may have been applied; \
+                         the last attempt failed with {e}"
+                    )));
                 }
                 Err(e) => return Err(e),
             }
