@@ -4,12 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The fault-injection tests cut the network with iptables inside a private network
-# namespace (they need root; without it they fail and say so).
-if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "installing iptables for the network fault tests"
+# namespace, and mount a FUSE filesystem under the nodes to cut their power (both need
+# root; without it they fail and say so); the clock test runs a node under libfaketime.
+missing=()
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${missing[*]} for the fault tests"
   # A fresh machine has no package lists yet.
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+if [ ! -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
+  modprobe fuse 2>/dev/null || true
 fi
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,6 +1,10 @@
 //! A cluster of `cairn server` child processes for `cairn chaos --spawn N`: node i lives at
 //! its own address 127.0.1.i, for listening and for its connections to peers, so that
 //! firewall rules between address pairs can cut node from node.
+//!
+//! For the disk faults (power cuts, failing fsync, a full disk) each node's data dir is a
+//! [`cairn_faultfs`] mount over `node-N.disk`: what a node has not fsynced is lost when its
+//! power is cut.
 
 use crate::playground::server_command;
 use anyhow::{Context, bail};
@@ -30,6 +34,8 @@ pub(crate) struct LocalNode {
     http: String,
     child: Option<Child>,
     paused: bool,
+    /// The fault filesystem under its data dir, when the run injects disk faults.
+    disk: Option<cairn_faultfs::FaultFs>,
 }
 
 /// The spawned cluster.
@@ -43,20 +49,45 @@ pub(crate) struct LocalCluster {
     pub(crate) nodes: Vec<LocalNode>,
     /// Nodes retired with remove-node: never started again.
     pub(crate) removed: std::collections::BTreeSet<u64>,
+    /// Whether every node's data dir is a fault filesystem.
+    fault_fs: bool,
+}
+
+/// Unmounts a mount left behind under `dir` by an earlier run that did not finish (its
+/// process died with the filesystem), so that the directory can be wiped.
+fn unmount_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("node-") {
+            continue;
+        }
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: a valid NUL-terminated path; umount2 only reads it. Failure (not a mount
+        // point) is expected and ignored.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 impl LocalCluster {
     /// Starts `n` nodes under `dir` (wiped first), the first `founders` of them (at most 5)
     /// founding the metadata group, with `extra` server flags, and waits until all are live.
+    /// With `fault_fs`, each node's data dir is a fault filesystem.
     pub(crate) async fn start(
         n: u64,
         dir: &Path,
         founders: usize,
         extra: Vec<String>,
+        fault_fs: bool,
     ) -> anyhow::Result<Self> {
         if !(1..=200).contains(&n) {
             bail!("--spawn takes 1 to 200 nodes, not {n}");
         }
+        unmount_stale(dir);
         if dir.exists() {
             std::fs::remove_dir_all(dir)
                 .with_context(|| format!("cannot clear {}", dir.display()))?;
@@ -72,6 +103,7 @@ impl LocalCluster {
                 http: format!("{ip}:{}", free_port(ip)?),
                 child: None,
                 paused: false,
+                disk: None,
             });
         }
         let cluster = nodes
@@ -87,6 +119,7 @@ impl LocalCluster {
             extra,
             nodes,
             removed: Default::default(),
+            fault_fs,
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -124,6 +157,7 @@ impl LocalCluster {
             http: format!("{ip}:{}", free_port(ip)?),
             child: None,
             paused: false,
+            disk: None,
         });
         self.spawn(id)?;
         Ok(id)
@@ -158,7 +192,21 @@ impl LocalCluster {
     pub(crate) fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let (exe, dir, cluster) = (self.exe.clone(), self.dir.clone(), self.cluster.clone());
         let extra = self.extra.clone();
+        let fault_fs = self.fault_fs;
         let n = self.node(id)?;
+        if fault_fs && n.disk.is_none() {
+            let mount = dir.join(format!("node-{id}"));
+            let backing = dir.join(format!("node-{id}.disk"));
+            std::fs::create_dir_all(&mount)
+                .with_context(|| format!("cannot create {}", mount.display()))?;
+            let fs = cairn_faultfs::FaultFs::mount(&backing, &mount).with_context(|| {
+                format!(
+                    "cannot mount a fault filesystem at {} (disk faults need root and /dev/fuse)",
+                    mount.display()
+                )
+            })?;
+            n.disk = Some(fs);
+        }
         let child = server_command(&exe, &dir, id, &n.grpc, &n.http, &cluster)?
             .args(["--outbound-ip", &node_ip(id).to_string()])
             .args(&extra)
@@ -186,6 +234,74 @@ impl LocalCluster {
         }
         n.paused = false;
         Ok(())
+    }
+
+    /// The fault filesystem of node `id`'s data dir.
+    pub(crate) fn disk(&self, id: u64) -> anyhow::Result<&cairn_faultfs::FaultFs> {
+        self.nodes
+            .get((id as usize).wrapping_sub(1))
+            .and_then(|n| n.disk.as_ref())
+            .with_context(|| format!("node {id} has no fault filesystem"))
+    }
+
+    /// Cuts the power of `ids` at once: kill -9 all of them, then drop from each disk
+    /// everything not fsynced. Returns what was lost, for the log. They stay down.
+    pub(crate) async fn power_cut(&mut self, ids: &[u64]) -> anyhow::Result<String> {
+        for &id in ids {
+            self.crash(id).await?;
+        }
+        let mut lost = Vec::new();
+        for &id in ids {
+            let n = self.node(id)?;
+            let disk = n
+                .disk
+                .as_mut()
+                .with_context(|| format!("node {id} has no fault filesystem"))?;
+            let cut = disk
+                .power_cut()
+                .with_context(|| format!("power cut of node {id}'s disk failed"))?;
+            let mut names = cut
+                .names
+                .iter()
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if cut.names.len() > 4 {
+                names.push_str(", ...");
+            }
+            lost.push(format!(
+                "node {id} lost {} unsynced bytes in {} files and {} names{}",
+                cut.bytes_discarded,
+                cut.files_reverted,
+                cut.names_reverted,
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({names})")
+                }
+            ));
+        }
+        Ok(lost.join("; "))
+    }
+
+    /// Waits up to `limit` for node `id` to exit by itself; its exit status if it did.
+    pub(crate) async fn wait_exit(
+        &mut self,
+        id: u64,
+        limit: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let n = self.node(id)?;
+        let Some(child) = n.child.as_mut() else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => {
+                n.child = None;
+                Ok(Some(status?))
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// SIGSTOP (`stop`) or SIGCONT.
@@ -248,11 +364,19 @@ impl LocalCluster {
         )
     }
 
-    /// Stops every node (SIGCONT first so a paused node can die).
+    /// Stops every node (SIGCONT first so a paused node can die) and unmounts the fault
+    /// filesystems.
     pub(crate) async fn stop(&mut self) {
         for id in 1..=self.nodes.len() as u64 {
             let _ = self.pause(id, false);
             let _ = self.crash(id).await;
+        }
+        for n in &mut self.nodes {
+            if let Some(disk) = n.disk.take()
+                && let Err(e) = disk.unmount()
+            {
+                eprintln!("cannot unmount the fault filesystem of node {}: {e}", n.id);
+            }
         }
     }
 }

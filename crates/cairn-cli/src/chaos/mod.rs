@@ -64,6 +64,10 @@ pub(crate) struct ChaosArgs {
     /// private network namespace and need root and iptables.
     #[arg(long, value_enum, value_delimiter = ',', requires = "spawn")]
     nemesis: Vec<nemesis::Fault>,
+    /// [testing only] Start the nodes with --fault-skip-fsync (they acknowledge writes they
+    /// never synced): with power cuts the run must then report lost writes.
+    #[arg(long, requires = "spawn")]
+    fault_skip_fsync: bool,
 }
 
 impl ChaosArgs {
@@ -104,7 +108,7 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
     let founders = if membership { 3 } else { 5 };
     // Small thresholds, so that the workload (several hundred operations per second over a
     // few partitions) makes the controller split by load during the run.
-    let extra: Vec<String> = [
+    let mut extra: Vec<String> = [
         "--controller",
         "on",
         "--split-qps",
@@ -115,7 +119,15 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut cluster = local::LocalCluster::start(a.spawn, &dir, founders, extra).await?;
+    if a.nemesis.contains(&nemesis::Fault::DiskFull) {
+        extra.push("--disk-reserve".into());
+        extra.push(nemesis::DISK_RESERVE.to_string());
+    }
+    if a.fault_skip_fsync {
+        extra.push("--fault-skip-fsync".into());
+    }
+    let fault_fs = a.nemesis.iter().any(|f| f.is_disk());
+    let mut cluster = local::LocalCluster::start(a.spawn, &dir, founders, extra, fault_fs).await?;
     let endpoints = cluster.endpoints();
     let result = if a.nemesis.is_empty() {
         workload(&a, &endpoints, None).await
@@ -138,21 +150,39 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
             nemesis.injected,
             faults_path.display()
         );
-        r
+        if !nemesis.problems.is_empty() {
+            for p in &nemesis.problems {
+                println!("PROBLEM {p}");
+            }
+            println!(
+                "{} problem(s): the nodes did not behave as the faults require",
+                nemesis.problems.len()
+            );
+        }
+        match r {
+            Ok(_) if !nemesis.problems.is_empty() => Ok(ExitCode::FAILURE),
+            r => r,
+        }
     };
     cluster.stop().await;
     if matches!(&result, Ok(code) if *code != ExitCode::SUCCESS) {
         let faults: Vec<String> = a
             .nemesis
             .iter()
-            .map(|f| format!("{f:?}").to_lowercase())
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .map(|v| v.get_name().to_string())
             .collect();
         println!(
-            "run the same schedule again: cairn chaos --spawn {} --nemesis {} --seed {} \
+            "run the same schedule again: cairn chaos --spawn {} --nemesis {}{} --seed {} \
              --duration {} --clients {} --keys {} (fault timing is real time, so a rerun \
              repeats the choices, not the exact interleaving)",
             a.spawn,
             faults.join(","),
+            if a.fault_skip_fsync {
+                " --fault-skip-fsync"
+            } else {
+                ""
+            },
             a.seed,
             a.duration,
             a.clients,

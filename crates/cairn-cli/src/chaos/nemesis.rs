@@ -4,6 +4,12 @@
 //! layout made through the admin API while the workload runs: splits at a workload key,
 //! replica moves, leader transfers, and nodes added, or drained and removed.
 //!
+//! Disk faults act on the fault filesystem under each node's data dir: a power cut (kill -9
+//! and the loss of everything not fsynced) of one node, a minority or every node; an fsync
+//! that fails with EIO (the node must stop without acknowledging); a full disk (writes are
+//! refused with DISK_FULL, reads go on, writes resume once space is freed). The nemesis
+//! checks what it expects of the nodes itself and reports each miss as a problem.
+//!
 //! Network faults are iptables rules between the nodes' addresses inside a private network
 //! namespace that `cairn chaos` enters at start ([`enter_private_network`]); the rules vanish
 //! with it, and the workload's client (at 127.0.0.1) keeps reaching every node.
@@ -40,12 +46,40 @@ pub(crate) enum Fault {
     /// Add a new node, or drain a node (the controller moves everything off it) and remove
     /// it for good. Runs the nodes with `--controller on`.
     Membership,
+    /// Cut the power of one node, of a minority, or of every node at once: kill -9, lose
+    /// every write not fsynced, restart from what survived.
+    Power,
+    /// Cut the power of every node at once (each cut waits until the cluster is back).
+    PowerAll,
+    /// Cut the power of one node or of a minority, never the same nodes twice in a row.
+    PowerMinority,
+    /// Make a node's next fsync fail with EIO: the node must stop by itself (it cannot know
+    /// what reached the disk); its power is then cut and it restarts.
+    FsyncError,
+    /// Fill every node's disk below the free-space reserve: writes must fail with DISK_FULL
+    /// while reads go on, and resume once space is freed.
+    DiskFull,
 }
+
+/// The free-space reserve the nodes run with when the disk-full fault is on.
+pub(crate) const DISK_RESERVE: u64 = 192 << 20;
 
 impl Fault {
     /// Whether the fault needs iptables in a private network namespace.
     pub(crate) fn is_network(self) -> bool {
         matches!(self, Fault::Partition | Fault::Loss)
+    }
+
+    /// Whether the fault needs the nodes' data dirs on fault filesystems.
+    pub(crate) fn is_disk(self) -> bool {
+        matches!(
+            self,
+            Fault::Power
+                | Fault::PowerAll
+                | Fault::PowerMinority
+                | Fault::FsyncError
+                | Fault::DiskFull
+        )
     }
 }
 
@@ -121,6 +155,11 @@ pub(crate) struct Nemesis {
     keys: u32,
     /// Faults injected so far.
     pub(crate) injected: u64,
+    /// What the nodes did that a fault's expectations rule out (a node acknowledging after
+    /// a failed fsync, a write accepted on a full disk, ...): the run fails if any.
+    pub(crate) problems: Vec<String>,
+    /// The nodes whose power was cut last (a minority cut picks others next time).
+    last_power: Vec<u64>,
 }
 
 impl Nemesis {
@@ -146,7 +185,14 @@ impl Nemesis {
             table: table.to_string(),
             keys,
             injected: 0,
+            problems: Vec::new(),
+            last_power: Vec::new(),
         })
+    }
+
+    fn problem(&mut self, what: String) {
+        self.note(&format!("PROBLEM: {what}"));
+        self.problems.push(what);
     }
 
     fn note(&mut self, what: &str) {
@@ -233,6 +279,11 @@ impl Nemesis {
                     heal_network()?;
                     self.note("heal the network");
                 }
+                Fault::Power | Fault::PowerAll | Fault::PowerMinority => {
+                    self.power(cluster, fault).await?
+                }
+                Fault::FsyncError => self.fsync_error(cluster).await?,
+                Fault::DiskFull => self.disk_full(cluster).await?,
                 Fault::Split => self.split().await,
                 Fault::Membership => self.membership(cluster).await?,
                 Fault::Move => self.move_replica(cluster).await,
@@ -270,6 +321,191 @@ impl Nemesis {
             }
         }
         self.heal(cluster).await
+    }
+
+    /// Cuts the power of one node, a minority or all (as `fault` allows), and restarts them
+    /// after 1 to 3 s. After a cut of every node it waits until the cluster is back, so that
+    /// the next cut again hits a cluster taking writes.
+    async fn power(&mut self, cluster: &mut LocalCluster, fault: Fault) -> anyhow::Result<()> {
+        let members: Vec<u64> = cluster.members();
+        let shape = match fault {
+            Fault::PowerAll => 2,
+            Fault::PowerMinority => self.rng.random_range(0..2),
+            _ => self.rng.random_range(0..3),
+        };
+        let minority = (members.len().saturating_sub(1) / 2).max(1);
+        let (victims, what) = match shape {
+            2 => (members.clone(), "every node"),
+            _ => {
+                let size = if shape == 0 { 1 } else { minority };
+                let mut pick = Vec::new();
+                for _ in 0..20 {
+                    pick = if size == 1 && self.rng.random_bool(0.75) {
+                        vec![self.victim(cluster).await]
+                    } else {
+                        let mut order = members.clone();
+                        order.shuffle(&mut self.rng);
+                        order.truncate(size);
+                        order.sort_unstable();
+                        order
+                    };
+                    if pick != self.last_power {
+                        break;
+                    }
+                }
+                (pick, if size == 1 { "one node" } else { "a minority" })
+            }
+        };
+        self.last_power = victims.clone();
+        let down = self.millis(1_000, 3_000);
+        let lost = cluster.power_cut(&victims).await?;
+        self.note(&format!(
+            "power cut of {what} {victims:?} for {down:?}: {lost}"
+        ));
+        tokio::time::sleep(down).await;
+        for &v in &victims {
+            cluster.spawn(v)?;
+        }
+        self.note(&format!("power back on {victims:?}"));
+        if victims.len() == members.len() {
+            cluster
+                .wait_live(Duration::from_secs(60))
+                .await
+                .context("the cluster did not come back after a power cut of every node")?;
+            self.note("every node live again");
+        }
+        Ok(())
+    }
+
+    /// Makes a node's next fsync fail. The node must stop by itself within 30 s without
+    /// acknowledging what it could not sync (the history checks the latter); its power is
+    /// then cut, since what the failed fsync covered may be lost, and it restarts.
+    async fn fsync_error(&mut self, cluster: &mut LocalCluster) -> anyhow::Result<()> {
+        let v = self.victim(cluster).await;
+        if !cluster.running(v) {
+            return Ok(());
+        }
+        let control = cluster.disk(v)?.control();
+        let before = control.failed_fsyncs();
+        control.fail_fsyncs(1);
+        self.note(&format!("node {v}: its next fsync fails with EIO"));
+        let status = cluster.wait_exit(v, Duration::from_secs(30)).await?;
+        let failed = control.failed_fsyncs() > before;
+        match status {
+            Some(s) if failed && !s.success() => self.note(&format!(
+                "node {v} stopped by itself after the failed fsync ({s})"
+            )),
+            Some(s) => self.problem(format!(
+                "node {v} exited ({s}) but {}",
+                if failed {
+                    "with success after a failed fsync"
+                } else {
+                    "no fsync had failed"
+                }
+            )),
+            None if !failed => {
+                // Nothing synced in 30 s (an idle node): not the node's fault. Lift it.
+                control.fail_fsyncs(0);
+                self.note(&format!("node {v} did not fsync within 30 s; fault lifted"));
+                return Ok(());
+            }
+            None => self.problem(format!(
+                "node {v} still runs 30 s after an fsync failed: it must stop"
+            )),
+        }
+        let lost = cluster.power_cut(&[v]).await?;
+        self.note(&format!("power cut of node {v}: {lost}"));
+        tokio::time::sleep(self.millis(1_000, 3_000)).await;
+        cluster.spawn(v)?;
+        self.note(&format!("restart node {v}"));
+        Ok(())
+    }
+
+    /// Leaves every node's disk with less free space than the reserve for 4 to 8 s. A probe
+    /// write must fail with DISK_FULL and a probe read succeed meanwhile, and a write must
+    /// succeed within 15 s once space is back.
+    async fn disk_full(&mut self, cluster: &mut LocalCluster) -> anyhow::Result<()> {
+        let probe = format!("{}-probe", self.table);
+        match self.client.create_table(&probe, 3, Vec::new()).await {
+            Ok(_) => {}
+            Err(e) if e.code == cairn_types::ErrorCode::AlreadyExists => {}
+            Err(e) => {
+                self.note(&format!(
+                    "disk full not injected: cannot create {probe}: {e}"
+                ));
+                return Ok(());
+            }
+        }
+        let ids: Vec<u64> = cluster
+            .members()
+            .into_iter()
+            .filter(|n| cluster.running(*n))
+            .collect();
+        // Half the reserve left: below it, yet room for the engine meanwhile (a memtable
+        // flush, and a journal rotation: fjall sizes each new journal at 64 MiB at once).
+        for &id in &ids {
+            let c = cluster.disk(id)?.control();
+            c.set_budget(Some(c.used_bytes() + DISK_RESERVE / 2));
+        }
+        let down = self.millis(4_000, 8_000);
+        self.note(&format!(
+            "disk full on nodes {ids:?}: {} MiB left, below the {} MiB reserve, for {down:?}",
+            (DISK_RESERVE / 2) >> 20,
+            DISK_RESERVE >> 20
+        ));
+        let until = Instant::now() + down;
+        // Each node measures its disk every 0.5 s.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let (mut refused, mut read) = (None, false);
+        while Instant::now() < until && (refused.is_none() || !read) {
+            if refused.is_none() {
+                match self.client.put(&probe, b"probe", b"full").await {
+                    Ok(()) => refused = Some(Err("a write succeeded".to_string())),
+                    Err(e) if e.code == cairn_types::ErrorCode::DiskFull => {
+                        refused = Some(Ok(e.message.clone()))
+                    }
+                    Err(_) => {}
+                }
+            }
+            if !read {
+                read = self.client.get(&probe, b"probe").await.is_ok();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match refused {
+            Some(Ok(msg)) => self.note(&format!("a write was refused: {msg}")),
+            Some(Err(e)) => self.problem(format!("on a full disk {e}")),
+            None => self.problem("no write was refused with DISK_FULL on a full disk".into()),
+        }
+        if read {
+            self.note("reads work on the full disk");
+        } else {
+            self.problem("no read succeeded while the disks were full".into());
+        }
+        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        for &id in &ids {
+            cluster.disk(id)?.control().set_budget(None);
+        }
+        self.note("disk space freed");
+        let back = Instant::now();
+        let limit = back + Duration::from_secs(15);
+        loop {
+            match self.client.put(&probe, b"probe", b"back").await {
+                Ok(()) => {
+                    self.note(&format!(
+                        "writes resumed {:.1} s after space was freed",
+                        back.elapsed().as_secs_f64()
+                    ));
+                    break;
+                }
+                Err(e) if Instant::now() >= limit => {
+                    self.problem(format!("writes did not resume within 15 s: {e}"));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Ok(())
     }
 
     /// Splits at a random workload key. A refusal (the key already starts a partition) or

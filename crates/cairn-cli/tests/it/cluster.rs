@@ -47,6 +47,33 @@ pub async fn chaos_passed(run: &mut Child, history: &std::path::Path) -> String 
 }
 
 /// A free loopback port, as the OS hands it out.
+/// Every key of `table` with its value, in order, page by page (linearizable reads).
+pub async fn list_all_values(c: &cairn_client::Client, table: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut rows = Vec::new();
+    let mut opts = cairn_client::ListOptions {
+        limit: 97,
+        values: true,
+        ..Default::default()
+    };
+    loop {
+        let page = c.list(table, &opts).await.unwrap();
+        rows.extend(page.keys.into_iter().zip(page.values));
+        match page.cursor {
+            Some(cur) => opts.cursor = cur,
+            None => return rows,
+        }
+    }
+}
+
+/// Every key of `table`, in order.
+pub async fn list_all(c: &cairn_client::Client, table: &str) -> Vec<Vec<u8>> {
+    list_all_values(c, table)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,6 +107,8 @@ pub struct NodeProc {
     pub http: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// The fault filesystem under the data dir ([`Cluster::start_fault_fs`]).
+    disk: Option<cairn_faultfs::FaultFs>,
 }
 
 /// Child processes of the built `cairn` binary, each with its own data dir and log.
@@ -88,7 +117,13 @@ pub struct Cluster {
     cluster_flag: String,
     extra: Vec<String>,
     tmp: tempfile::TempDir,
+    /// Whether each node runs under libfaketime with a wall clock of its own
+    /// ([`Cluster::set_clock`]).
+    faketime: bool,
 }
+
+/// Debian's libfaketime (package `faketime`; scripts/test.sh installs it).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl Cluster {
     /// Starts `n` nodes (all metadata members) and waits until every one is live.
@@ -98,6 +133,43 @@ impl Cluster {
 
     /// Starts `n` nodes with extra `cairn server` flags.
     pub async fn start_with(n: u64, extra: &[&str]) -> Cluster {
+        Self::start_opts(n, extra, false, false).await
+    }
+
+    /// Starts `n` nodes whose data dirs are fault filesystems: [`Cluster::power_cut`]
+    /// loses what a node did not fsync. Needs root and /dev/fuse.
+    pub async fn start_fault_fs(n: u64, extra: &[&str]) -> Cluster {
+        Self::start_opts(n, extra, false, true).await
+    }
+
+    /// Cuts node `id`'s power: kill -9 (if it still runs), then its disk loses everything
+    /// not fsynced. Returns the bytes lost.
+    pub fn power_cut(&mut self, id: u64) -> u64 {
+        self.kill9(id);
+        let disk = self.nodes[(id - 1) as usize]
+            .disk
+            .as_mut()
+            .expect("the cluster runs on fault filesystems");
+        disk.power_cut().unwrap().bytes_discarded
+    }
+
+    /// Starts `n` nodes whose wall clocks the test can move ([`Cluster::set_clock`]);
+    /// their monotonic clocks run true, as a stepped wall clock leaves them.
+    pub async fn start_faketime(n: u64) -> Cluster {
+        assert!(
+            std::path::Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} is missing: install Debian's faketime package (scripts/test.sh does)"
+        );
+        Self::start_opts(n, &[], true, false).await
+    }
+
+    /// Sets node `id`'s wall clock offset, in libfaketime's syntax (`+5h`, `-30m`, `+0`).
+    /// Nodes re-read it at every clock reading.
+    pub fn set_clock(&self, id: u64, offset: &str) {
+        std::fs::write(self.tmp.path().join(format!("clock-{id}")), offset).unwrap();
+    }
+
+    async fn start_opts(n: u64, extra: &[&str], faketime: bool, fault_fs: bool) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let nodes: Vec<NodeProc> = (1..=n)
             .map(|id| NodeProc {
@@ -106,6 +178,17 @@ impl Cluster {
                 http: format!("127.0.0.1:{}", free_port()),
                 dir: tmp.path().join(format!("node-{id}")),
                 child: None,
+                disk: fault_fs.then(|| {
+                    let mount = tmp.path().join(format!("node-{id}"));
+                    std::fs::create_dir_all(&mount).unwrap();
+                    cairn_faultfs::FaultFs::mount(
+                        &tmp.path().join(format!("node-{id}.disk")),
+                        &mount,
+                    )
+                    .unwrap_or_else(|e| {
+                        panic!("cannot mount a fault filesystem (needs root and /dev/fuse): {e}")
+                    })
+                }),
             })
             .collect();
         let cluster_flag = nodes
@@ -123,8 +206,12 @@ impl Cluster {
             cluster_flag,
             extra,
             tmp,
+            faketime,
         };
         for id in 1..=n {
+            if faketime {
+                c.set_clock(id, "+0");
+            }
             c.spawn(id);
         }
         c.wait_live(n as usize).await;
@@ -143,7 +230,17 @@ impl Cluster {
             .unwrap();
         let filter = std::env::var("CAIRN_TEST_LOG")
             .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into());
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        if self.faketime {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env(
+                    "FAKETIME_TIMESTAMP_FILE",
+                    self.tmp.path().join(format!("clock-{id}")),
+                )
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
             .args([
                 "server",
                 "--id",
@@ -227,6 +324,12 @@ impl Cluster {
         self.launch(id, &[]);
     }
 
+    /// Restarts node `id` with extra server flags (e.g. a crash point).
+    pub fn restart_with(&mut self, id: u64, flags: &[&str]) {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        self.launch(id, &flags);
+    }
+
     /// Adds a new node that joins through node 1 with `--join`; returns its id.
     pub fn join(&mut self) -> u64 {
         self.join_with(&[])
@@ -241,6 +344,7 @@ impl Cluster {
             http: format!("127.0.0.1:{}", free_port()),
             dir: self.tmp.path().join(format!("node-{id}")),
             child: None,
+            disk: None,
         });
         let mut flags = vec!["--join".to_string(), self.nodes[0].grpc.clone()];
         flags.extend(extra.iter().map(|s| s.to_string()));

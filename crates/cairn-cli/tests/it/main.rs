@@ -18,6 +18,8 @@ mod t70_snapshot_and_join;
 mod t80_pause;
 mod t85_split;
 mod t87_moves;
+mod t88_crash_points;
+mod t89_power;
 mod t90_chaos;
 mod t91_controller;
 mod t95_nemesis;

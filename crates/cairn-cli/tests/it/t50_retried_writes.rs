@@ -1,5 +1,6 @@
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, wait_for};
 use cairn_proto::v1::{GetRequest, PutRequest, RequestId, kv_client::KvClient};
+use std::time::Duration;
 
 fn put(key: &[u8], value: &[u8], seq: u64, first_incomplete: u64) -> PutRequest {
     PutRequest {
@@ -91,4 +92,123 @@ async fn t51_client_retry_after_lost_answer_applies_once() {
     for id in 1..=3 {
         assert!(duplicates(&c, id).await >= 1, "node {id} saw no duplicate");
     }
+}
+
+/// The wall clock of node `id` as its HTTP server reports it (the `Date` header), in
+/// seconds since the Unix epoch.
+async fn node_wall_clock(c: &Cluster, id: u64) -> i64 {
+    let r = reqwest::get(format!("{}/health", c.http(id)))
+        .await
+        .unwrap();
+    let date = r.headers()["date"].to_str().unwrap().to_string();
+    // "Tue, 01 Dec 2026 13:05:00 GMT"
+    let f: Vec<&str> = date.split([' ', ':']).collect();
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == f[2])
+    .unwrap() as i64
+        + 1;
+    let (y, d): (i64, i64) = (f[3].parse().unwrap(), f[1].parse().unwrap());
+    let (h, mi, s): (i64, i64, i64) = (
+        f[4].parse().unwrap(),
+        f[5].parse().unwrap(),
+        f[6].parse().unwrap(),
+    );
+    // Days from civil (Howard Hinnant's algorithm).
+    let (yy, mm) = if month <= 2 {
+        (y - 1, month + 9)
+    } else {
+        (y, month - 3)
+    };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    days * 86400 + h * 3600 + mi * 60 + s
+}
+
+/// A leader whose wall clock jumps forward by hours (and back) does not expire the write
+/// sessions of clients still retrying: a late copy of an applied write is recognised after
+/// the jump, and does not undo the newer value. Sessions expire by the group's own time,
+/// carried in the log, which no wall clock moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t52_retry_after_leader_wall_clock_jump_applies_once() {
+    let c = Cluster::start_faketime(3).await;
+    let cl = c.client();
+    cl.create_table("r", 3, vec![]).await.unwrap();
+    let leader = wait_for(Duration::from_secs(20), "a leader of table r", || async {
+        let t = cl.partitions("r").await.ok()?;
+        t.iter().flat_map(|(_, ps)| ps).find_map(|p| p.leader)
+    })
+    .await;
+    let mut kv = KvClient::connect(format!("http://{}", c.nodes[0].grpc))
+        .await
+        .unwrap();
+    let get = |mut k: KvClient<tonic::transport::Channel>, key: &'static [u8]| async move {
+        k.get(GetRequest {
+            table: "r".into(),
+            key: key.to_vec(),
+            consistency: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .value
+    };
+
+    // Write 1 is applied but the client never heard; another client then writes newer.
+    kv.put(put(b"k", b"old", 1, 1)).await.unwrap();
+    cl.put("r", b"k", b"new").await.unwrap();
+
+    for (offset, hours) in [("+5h", 5), ("+0", 0)] {
+        // The leader's wall clock jumps; its monotonic clock does not. libfaketime re-reads
+        // the offset at every clock reading, so the next request already sees it.
+        c.set_clock(leader, offset);
+        if hours > 0 {
+            // Proof that the node's clock really moved (hyper's `Date` header; it is cached
+            // until the clock passes its next second, so only a forward jump shows there).
+            let skew = wait_for(
+                Duration::from_secs(10),
+                "the leader's clock to move",
+                || async {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs() as i64;
+                    let skew = node_wall_clock(&c, leader).await - now;
+                    ((skew - hours * 3600).abs() < 120).then_some(skew)
+                },
+            )
+            .await;
+            eprintln!("node {leader}'s wall clock is {skew} s ahead");
+        }
+        // Writes from other clients go on through the jumped leader (each one would have
+        // expired every session older than 10 minutes by the old wall-clock rule).
+        for i in 0..20u32 {
+            cl.put("r", format!("other-{i}").as_bytes(), b"x")
+                .await
+                .unwrap();
+        }
+        // The late copy of write 1 arrives: recognised, not applied again.
+        let before = duplicates(&c, leader).await;
+        kv.put(put(b"k", b"old", 1, 1)).await.unwrap();
+        assert_eq!(
+            get(kv.clone(), b"k").await,
+            b"new",
+            "a retried write applied twice after the leader's wall clock moved {offset}"
+        );
+        assert!(
+            duplicates(&c, leader).await > before,
+            "the leader did not recognise the retry after its clock moved {offset}"
+        );
+    }
+    // The client's later writes still work, and are also applied once.
+    kv.put(put(b"k", b"third", 2, 2)).await.unwrap();
+    cl.put("r", b"k", b"fourth").await.unwrap();
+    kv.put(put(b"k", b"third", 2, 2)).await.unwrap();
+    assert_eq!(get(kv.clone(), b"k").await, b"fourth");
 }

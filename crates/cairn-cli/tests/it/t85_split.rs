@@ -1,29 +1,13 @@
 //! Splits and leader transfers through the admin API, on real processes: under a running
 //! workload whose history is checked, and with every kind of bad input.
 
-use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos, wait_for};
+use crate::cluster::{Cluster, chaos_passed, history_path, list_all, spawn_chaos, wait_for};
 use cairn_check::workload::key_name;
-use cairn_client::{Client, ListOptions};
+
 use cairn_types::ErrorCode;
 use std::time::Duration;
 
 /// Every key of `table`, page by page, as List returns them.
-async fn list_all(c: &Client, table: &str) -> Vec<Vec<u8>> {
-    let mut keys = Vec::new();
-    let mut opts = ListOptions {
-        limit: 37,
-        ..ListOptions::default()
-    };
-    loop {
-        let page = c.list(table, &opts).await.unwrap();
-        keys.extend(page.keys);
-        match page.cursor {
-            Some(cur) => opts.cursor = cur,
-            None => return keys,
-        }
-    }
-}
-
 /// On 3 nodes, with the chaos workload running on a one-partition table, the partition is
 /// split 10 times at different keys. The history is linearizable, no operation ends without
 /// an answer, the table has 11 partitions that tile the key space, and List returns every

@@ -1,28 +1,12 @@
 //! The controller on real processes: a table that grows splits on its own and spreads over
 //! the nodes.
 
-use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos, wait_for};
-use cairn_client::{Client, ListOptions};
+use crate::cluster::{Cluster, chaos_passed, history_path, list_all, spawn_chaos, wait_for};
+use cairn_client::Client;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every key of `table`, page by page, as List returns them.
-async fn list_all(c: &Client, table: &str) -> Vec<Vec<u8>> {
-    let mut keys = Vec::new();
-    let mut opts = ListOptions {
-        limit: 500,
-        ..ListOptions::default()
-    };
-    loop {
-        let page = c.list(table, &opts).await.unwrap();
-        keys.extend(page.keys);
-        match page.cursor {
-            Some(cur) => opts.cursor = cur,
-            None => return keys,
-        }
-    }
-}
-
 fn loaded_key(i: u32) -> Vec<u8> {
     format!("v/{i:05}").into_bytes()
 }
