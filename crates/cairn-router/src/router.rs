@@ -209,9 +209,13 @@ impl<T: Transport> Router<T> {
                     uncertain |= matches!(e, Error::Unavailable(_));
                     last_err = e;
                 }
-                // A refusal (say DISK_FULL) after an attempt that may have been applied does
-                // not prove the operation did not happen.
-                Err(e) if uncertain => {
+                // A refusal of a client write (say DISK_FULL) after an attempt that may have
+                // been applied does not prove the write did not happen. (Admin steps keep
+                // their errors: callers read a Conflict as "already done".)
+                Err(e)
+                    if uncertain
+                        && matches!(op(), PartitionOp::Put { .. } | PartitionOp::Delete { .. }) =>
+                {
                     return Err(Error::Unavailable(format!(
                         "{table}: an earlier attempt got no answer and may have been applied; \
                          the last attempt failed with {e}"
