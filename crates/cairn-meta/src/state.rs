@@ -315,6 +315,9 @@ impl MetaState {
         !adding
     }
 
+    /// Checks and records a move of `partition`'s replica (of the metadata group's seat for
+    /// partition 0) from `from` to `to`. Partitions and the metadata group share every
+    /// check; only who holds the group differs (replicas, or the metadata voters).
     fn start_move(
         &mut self,
         partition: PartitionId,
@@ -322,16 +325,17 @@ impl MetaState {
         to: NodeId,
         now_ms: u64,
     ) -> Result<Operation, Error> {
-        if partition == META_GROUP {
-            return self.start_meta_move(from, to, now_ms);
-        }
-        let Some((table, p)) = self.partition(partition) else {
-            return Err(Error::NotFound(format!(
-                "partition {partition}; `cairn table describe` lists a table's partitions"
-            )));
+        let meta = partition == META_GROUP;
+        let (table, holders): (TableId, Vec<NodeId>) = if meta {
+            (TableId(0), self.meta_voters.keys().copied().collect())
+        } else {
+            let Some((table, p)) = self.partition(partition) else {
+                return Err(Error::NotFound(format!(
+                    "partition {partition}; `cairn table describe` lists a table's partitions"
+                )));
+            };
+            (table.id, p.replicas.clone())
         };
-        let table = table.id;
-        let (from_here, to_here) = (p.replicas.contains(&from), p.replicas.contains(&to));
         for n in [from, to] {
             if !self.nodes.contains_key(&n) {
                 return Err(Error::NotFound(format!(
@@ -344,15 +348,24 @@ impl MetaState {
                 "a move needs two different nodes".into(),
             ));
         }
-        if !from_here {
-            return Err(Error::Conflict(format!(
-                "{from} holds no replica of {partition}"
-            )));
+        let group = if meta {
+            "the metadata group".to_string()
+        } else {
+            partition.to_string()
+        };
+        if !holders.contains(&from) {
+            return Err(Error::Conflict(if meta {
+                format!("{from} is not a metadata member; `cairn admin nodes` lists the members")
+            } else {
+                format!("{from} holds no replica of {group}")
+            }));
         }
-        if to_here {
-            return Err(Error::Conflict(format!(
-                "{to} already holds a replica of {partition}"
-            )));
+        if holders.contains(&to) {
+            return Err(Error::Conflict(if meta {
+                format!("{to} is already a metadata member")
+            } else {
+                format!("{to} already holds a replica of {group}")
+            }));
         }
         if self.draining.contains(&to) {
             return Err(Error::Conflict(format!(
@@ -361,52 +374,12 @@ impl MetaState {
         }
         if let Some(op) = self.running_on(partition) {
             return Err(Error::Conflict(format!(
-                "operation {} ({}) on {partition} is still running; wait for it (`cairn admin operations`)",
+                "operation {} ({}) on {group} is still running; wait for it (`cairn admin operations`)",
                 op.id,
                 op.kind.name()
             )));
         }
         Ok(self.record_move(partition, table, from, to, now_ms))
-    }
-
-    /// A move of a metadata replica: `from` must be a voter of the metadata group, `to` a
-    /// registered node that is not.
-    fn start_meta_move(
-        &mut self,
-        from: NodeId,
-        to: NodeId,
-        now_ms: u64,
-    ) -> Result<Operation, Error> {
-        for n in [from, to] {
-            if !self.nodes.contains_key(&n) {
-                return Err(Error::NotFound(format!(
-                    "node {n} is not part of the cluster; `cairn admin nodes` lists the nodes"
-                )));
-            }
-        }
-        if from == to {
-            return Err(Error::InvalidArgument(
-                "a move needs two different nodes".into(),
-            ));
-        }
-        if !self.meta_voters.contains_key(&from) {
-            return Err(Error::Conflict(format!(
-                "{from} is not a metadata member; `cairn admin nodes` lists the members"
-            )));
-        }
-        if self.meta_voters.contains_key(&to) {
-            return Err(Error::Conflict(format!(
-                "{to} is already a metadata member"
-            )));
-        }
-        if let Some(op) = self.running_on(META_GROUP) {
-            return Err(Error::Conflict(format!(
-                "operation {} ({}) on the metadata group is still running; wait for it (`cairn admin operations`)",
-                op.id,
-                op.kind.name()
-            )));
-        }
-        Ok(self.record_move(META_GROUP, TableId(0), from, to, now_ms))
     }
 
     fn record_move(
@@ -946,6 +919,14 @@ mod meta_move_tests {
             start(&mut s, 1, 1),
             MetaResponse::Refused(Error::InvalidArgument(_))
         ));
+        assert_eq!(s, before);
+        // Nothing new goes to a draining node, the metadata seat included.
+        s.draining.insert(NodeId(4));
+        assert!(matches!(
+            start(&mut s, 1, 4),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        s.draining.remove(&NodeId(4));
         assert_eq!(s, before);
         let MetaResponse::Operation(op) = start(&mut s, 1, 4) else {
             panic!("refused")
