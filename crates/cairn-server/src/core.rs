@@ -572,6 +572,29 @@ impl Core {
         Ok(())
     }
 
+    /// The first hosted group whose Raft stopped on a storage error or a panic, described.
+    /// A group stopped on purpose (a replica destroyed, the node shutting down) is fine.
+    pub(crate) fn failed_group(&self) -> Option<String> {
+        let failed = |group: PartitionId, raft: &typ::Raft| {
+            let m = raft.metrics().borrow_watched().clone();
+            match m.running_state {
+                Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+                Err(e) => Some(format!(
+                    "{group} on this node stopped on a storage failure ({e}); the node stops so \
+                     that it is restarted and recovers from what is durable. Check the disk \
+                     (space, errors in the kernel log)"
+                )),
+            }
+        };
+        if let Some(m) = self.meta()
+            && let Some(why) = failed(META_GROUP, &m.raft)
+        {
+            return Some(why);
+        }
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas.iter().find_map(|(id, r)| failed(*id, &r.raft))
+    }
+
     pub(crate) fn replica(&self, partition: PartitionId) -> Option<Replica> {
         self.replicas
             .read()

@@ -293,7 +293,7 @@ impl Node {
                 node.clone(),
                 node.stop.subscribe(),
             )),
-            tokio::spawn(fsync_watch(node.clone(), node.stop.subscribe())),
+            tokio::spawn(storage_watch(node.clone(), node.stop.subscribe())),
         ];
         // Off (reserve 0) in a simulation: its blocking statvfs would run outside simulated
         // time.
@@ -1085,19 +1085,29 @@ async fn split_loop(
     }
 }
 
-/// Stops the node when its syncer reports a failed fsync: nothing written since the last
-/// good one can be acknowledged, and a retried fsync cannot be trusted.
-async fn fsync_watch(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+/// Stops the node when its storage fails: a failed fsync reported by the syncer (nothing
+/// written since the last good one can be acknowledged, and a retried fsync cannot be
+/// trusted), or a group whose Raft stopped on a storage error or a panic (say a write the
+/// engine failed with ENOSPC before the disk guard saw it coming). A node that went on with
+/// such a group would hold a replica that never answers; restarted, it recovers from what is
+/// durable and catches up.
+async fn storage_watch(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut failure = node.core.syncer.failure();
-    tokio::select! {
-        biased;
-        _ = stop.changed() => {}
-        r = failure.wait_for(Option::is_some) => {
-            if let Ok(why) = r {
-                let why = why.clone().unwrap_or_default();
+    loop {
+        let why = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = failure.wait_for(Option::is_some) => {
                 node.core.metrics.fsync_failed();
-                let _ = node.fatal.send(Some(why));
+                r.ok().and_then(|w| w.clone()).unwrap_or_default()
             }
-        }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => match node.core.failed_group() {
+                Some(why) => why,
+                None => continue,
+            },
+        };
+        tracing::error!("stopping: {why}");
+        let _ = node.fatal.send(Some(why));
+        return;
     }
 }

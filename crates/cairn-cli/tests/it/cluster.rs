@@ -142,6 +142,15 @@ impl Cluster {
         Self::start_opts(n, extra, false, true).await
     }
 
+    /// The fault controls of node `id`'s disk (EIO on fsync, an ENOSPC budget).
+    pub fn disk_control(&self, id: u64) -> cairn_faultfs::Control {
+        self.nodes[(id - 1) as usize]
+            .disk
+            .as_ref()
+            .expect("the cluster runs on fault filesystems")
+            .control()
+    }
+
     /// Cuts node `id`'s power: kill -9 (if it still runs), then its disk loses everything
     /// not fsynced. Returns the bytes lost.
     pub fn power_cut(&mut self, id: u64) -> u64 {

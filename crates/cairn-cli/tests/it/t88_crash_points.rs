@@ -1,5 +1,5 @@
 //! Power cuts at the worst moments: in the middle of a snapshot install and right after a
-//! split is applied. The node aborts at a crash point (`--fault-crash-at`), its disk then
+//! split is applied; and a disk that fills up under the engine. The node aborts at a crash point (`--fault-crash-at`), its disk then
 //! loses everything not fsynced (a fault filesystem under its data dir), and it restarts.
 //! Its replicas must come back with the old state or the new one, never a mix: once it
 //! leads them again, it serves exactly the rows the cluster acknowledged.
@@ -149,5 +149,41 @@ async fn t88_power_cut_during_split_leaves_no_mix() {
     assert!(
         got == want,
         "node 2 serves rows that differ from what was acknowledged"
+    );
+}
+
+/// A write the engine fails with ENOSPC (the disk filled faster than the free-space guard
+/// could see; here the guard is off) stops that node instead of leaving it with a replica
+/// that never answers. The other two go on acknowledging writes; once space is back the
+/// node restarts, catches up, and serves every acknowledged row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t88_engine_out_of_space_stops_the_node_and_loses_nothing() {
+    let mut c = Cluster::start_fault_fs(3, &["--disk-reserve", "0"]).await;
+    let cl = c.client();
+    cl.create_table("e", 3, vec![]).await.unwrap();
+    lead_all(&cl, "e", 1).await;
+    let disk = c.disk_control(3);
+    disk.set_budget(Some(disk.used_bytes() + (1 << 20)));
+    // 16 MiB of values: more than a memtable, so the engine must write new files on node 3.
+    let value = vec![b'v'; 64 << 10];
+    let want: Vec<(Vec<u8>, Vec<u8>)> = (0..256u32)
+        .map(|i| (format!("k-{i:04}").into_bytes(), value.clone()))
+        .collect();
+    put_all(&cl, "e", &want).await;
+    let status = c.wait_exit(3, Duration::from_secs(60)).await;
+    assert!(!status.success(), "node 3 exited cleanly: {status}");
+    assert!(
+        c.log(3).contains("storage failure"),
+        "node 3 did not say why it stopped:\n{}",
+        c.log(3)
+    );
+    disk.set_budget(None);
+    c.restart(3);
+    lead_all(&cl, "e", 3).await;
+    let got = list_all_values(&c.client_of(3), "e").await;
+    assert_eq!(got.len(), want.len(), "node 3 lost rows");
+    assert!(
+        got == want,
+        "node 3 serves rows that differ from what was acknowledged"
     );
 }
