@@ -517,6 +517,7 @@ impl Node {
     /// Drives `op` until it finishes or this node stops leading the metadata group.
     async fn run_operation(self: Arc<Self>, op: Operation) {
         let mut pause = Duration::from_millis(100);
+        let mut last_error = String::new();
         loop {
             if !self.is_meta_leader() {
                 return;
@@ -546,7 +547,15 @@ impl Node {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(operation = op.id, "move step failed, retrying: {e}");
+                    // Each new kind of failure once at info (a stuck move says why in the
+                    // log), repeats at debug.
+                    let text = e.to_string();
+                    if text != last_error {
+                        tracing::info!(operation = op.id, step = %current.step, "move step failed, retrying: {text}");
+                        last_error = text;
+                    } else {
+                        tracing::debug!(operation = op.id, "move step failed, retrying: {e}");
+                    }
                     let step = current.step.clone();
                     let _ = self
                         .note_op(&current, OpState::Running, &step, Some(e.to_string()))

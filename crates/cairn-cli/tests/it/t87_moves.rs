@@ -5,15 +5,24 @@ use crate::cluster::{Cluster, chaos_passed, history_path, spawn_chaos, wait_for}
 use cairn_client::{Client, OperationInfo, PartitionInfo};
 use std::time::Duration;
 
-/// Waits until operation `id` is no longer running and returns it.
+/// Waits until operation `id` is no longer running and returns it; on timeout the panic
+/// names the step it was stuck at and its last error.
 async fn finished(c: &Client, id: u64, within: Duration) -> OperationInfo {
-    wait_for(within, "the operation to finish", || async move {
-        let ops = c.operations().await.ok()?;
-        ops.into_iter()
-            .find(|o| o.id == id)
-            .filter(|o| o.state != "running")
-    })
-    .await
+    let deadline = std::time::Instant::now() + within;
+    let mut last = None;
+    loop {
+        if let Ok(ops) = c.operations().await {
+            last = ops.into_iter().find(|o| o.id == id);
+            if let Some(o) = last.as_ref().filter(|o| o.state != "running") {
+                return o.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "operation {id} still running after {within:?}: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn partition(c: &Client, table: &str) -> PartitionInfo {
