@@ -140,71 +140,59 @@ impl Metrics {
                 "cairn_request_duration_seconds_count{{node=\"{node}\",op=\"{op}\"}} {count}"
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP cairn_replicas Partition replicas hosted by this node.\n# TYPE cairn_replicas gauge"
+        let mut one = |name: &str, kind: &str, help: &str, value: Option<u64>| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            if let Some(v) = value {
+                let _ = writeln!(s, "{name}{{node=\"{node}\"}} {v}");
+            }
+        };
+        one(
+            "cairn_replicas",
+            "gauge",
+            "Partition replicas hosted by this node.",
+            Some(g.replicas as u64),
         );
-        let _ = writeln!(s, "cairn_replicas{{node=\"{node}\"}} {}", g.replicas);
-        let _ = writeln!(
-            s,
-            "# HELP cairn_leaders Partition replicas this node leads.\n# TYPE cairn_leaders gauge"
+        one(
+            "cairn_leaders",
+            "gauge",
+            "Partition replicas this node leads.",
+            Some(g.leaders as u64),
         );
-        let _ = writeln!(s, "cairn_leaders{{node=\"{node}\"}} {}", g.leaders);
-        let _ = writeln!(
-            s,
-            "# HELP cairn_metadata_leader 1 if this node leads the metadata group.\n# TYPE cairn_metadata_leader gauge"
+        one(
+            "cairn_metadata_leader",
+            "gauge",
+            "1 if this node leads the metadata group.",
+            Some(u64::from(g.meta_leader)),
         );
-        let _ = writeln!(
-            s,
-            "cairn_metadata_leader{{node=\"{node}\"}} {}",
-            u8::from(g.meta_leader)
+        one(
+            "cairn_duplicate_writes_total",
+            "counter",
+            "Retried writes recognised by their request id and not applied again.",
+            Some(g.duplicate_writes),
         );
-        let _ = writeln!(
-            s,
-            "# HELP cairn_duplicate_writes_total Retried writes recognised by their request id and not applied again.\n# TYPE cairn_duplicate_writes_total counter"
+        one(
+            "cairn_disk_free_bytes",
+            "gauge",
+            "Free bytes on the data disk at the last measure.",
+            (g.disk_free_bytes != u64::MAX).then_some(g.disk_free_bytes),
         );
-        let _ = writeln!(
-            s,
-            "cairn_duplicate_writes_total{{node=\"{node}\"}} {}",
-            g.duplicate_writes
+        one(
+            "cairn_disk_full",
+            "gauge",
+            "1 while the data disk is below --disk-reserve and writes are refused.",
+            Some(u64::from(g.disk_full)),
         );
-        let _ = writeln!(
-            s,
-            "# HELP cairn_disk_free_bytes Free bytes on the data disk at the last measure.\n# TYPE cairn_disk_free_bytes gauge"
+        one(
+            "cairn_disk_full_refusals_total",
+            "counter",
+            "Writes refused because the data disk was below the reserve.",
+            Some(g.disk_full_refusals),
         );
-        if g.disk_free_bytes != u64::MAX {
-            let _ = writeln!(
-                s,
-                "cairn_disk_free_bytes{{node=\"{node}\"}} {}",
-                g.disk_free_bytes
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP cairn_disk_full 1 while the data disk is below --disk-reserve and writes are refused.\n# TYPE cairn_disk_full gauge"
-        );
-        let _ = writeln!(
-            s,
-            "cairn_disk_full{{node=\"{node}\"}} {}",
-            u8::from(g.disk_full)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP cairn_disk_full_refusals_total Writes refused because the data disk was below the reserve.\n# TYPE cairn_disk_full_refusals_total counter"
-        );
-        let _ = writeln!(
-            s,
-            "cairn_disk_full_refusals_total{{node=\"{node}\"}} {}",
-            g.disk_full_refusals
-        );
-        let _ = writeln!(
-            s,
-            "# HELP cairn_fsync_failures_total Failed fsyncs (the node stops at the first).\n# TYPE cairn_fsync_failures_total counter"
-        );
-        let _ = writeln!(
-            s,
-            "cairn_fsync_failures_total{{node=\"{node}\"}} {}",
-            self.fsync_failures.load(Ordering::Relaxed)
+        one(
+            "cairn_fsync_failures_total",
+            "counter",
+            "Failed fsyncs (the node stops at the first).",
+            Some(self.fsync_failures.load(Ordering::Relaxed)),
         );
         s
     }
