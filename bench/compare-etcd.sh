@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Cairn and etcd side by side on this machine: a 3-member etcd cluster and a 3-node Cairn
 # cluster on loopback, both fsyncing before they acknowledge, driven in turn by the same
-# `cairn bench` workloads at several client concurrencies. Prints one table with
-# throughput, p99 latency and the Cairn/etcd ratios, and keeps every JSON result.
+# `cairn bench` workloads at several client concurrencies. Each case runs RUNS times, the
+# store that goes first alternating between runs; the table gives medians: throughput, p99
+# latency, the Cairn/etcd ratios, and CPU per operation of the servers (all three, and the
+# busiest one) and of the load generator. Every JSON result is kept, with summary.json.
 #
-#   bench/compare-etcd.sh                       # write a b c e at 1 16 64 256 clients, 10 s each
-#   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" bench/compare-etcd.sh
+#   bench/compare-etcd.sh                       # write a b c e at 1 16 64 256 clients, 10 s, 3 runs
+#   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" RUNS=5 bench/compare-etcd.sh
 #   WORKLOADS=c CLIENTS=1 EXTRA="--consistency stale" bench/compare-etcd.sh   # stale reads
 #
 # Installs etcd-server, protobuf-compiler (for the etcd driver) and python3 from Debian's
@@ -17,6 +19,7 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 16 64 256"}
 WORKLOADS=${WORKLOADS:-"write a b c e"}
 RECORDS=${RECORDS:-10000}
+RUNS=${RUNS:-3}
 VALUE_SIZE=${VALUE_SIZE:-256}
 EXTRA=${EXTRA:-}   # more `cairn bench` flags for both stores, e.g. "--consistency stale"
 
@@ -94,59 +97,91 @@ for _ in $(seq 1 120); do
 done
 [ $ok = 2 ] || { echo "error: the clusters did not come up; logs in $OUT" >&2; exit 1; }
 
-# CPU time (clock ticks) the servers of a store have used so far.
+# CPU time (clock ticks) each server of a store has used so far, space-separated.
 cpu_ticks() {
-  local pids t=0
+  local pids p out=""
   if [ "$1" = etcd ]; then pids=("${ETCD_PIDS[@]}"); else pids=("${CAIRN_PIDS[@]}"); fi
-  for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo $t
+  for p in "${pids[@]}"; do out+="$(awk '{print $14 + $15}' "/proc/$p/stat") "; done
+  echo $out
 }
 
-run() { # store endpoints workload clients extra...
-  local store=$1 ep=$2 w=$3 c=$4; shift 4
-  local before; before=$(cpu_ticks "$store")
-  "$BIN" --endpoints "$ep" bench --driver "$store" --workload "$w" --clients "$c" \
+run() { # store endpoints workload clients tag extra...
+  local store=$1 ep=$2 w=$3 c=$4 tag=$5; shift 5
+  local before after name=$store-$w-$c$tag
+  before=$(cpu_ticks "$store")
+  # bash's `time` gives the load generator's own CPU (user and system seconds).
+  { TIMEFORMAT='%U %S'; time "$BIN" --endpoints "$ep" bench --driver "$store" --workload "$w" --clients "$c" \
     --records "$RECORDS" --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 \
-    --json "$OUT/$store-$w-$c.json" $EXTRA "$@" >"$OUT/$store-$w-$c.txt" 2>"$OUT/$store-$w-$c.progress"
-  echo $(( $(cpu_ticks "$store") - before )) >"$OUT/$store-$w-$c.cpu"
+    --json "$OUT/$name.json" $EXTRA "$@" >"$OUT/$name.txt" 2>"$OUT/$name.progress"; } 2>"$OUT/$name.loadgen"
+  after=$(cpu_ticks "$store")
+  python3 -c 'import sys; b, a = sys.argv[1].split(), sys.argv[2].split(); print(" ".join(str(int(y) - int(x)) for x, y in zip(b, a)))' \
+    "$before" "$after" >"$OUT/$name.cpu"
 }
 
 echo "loading $RECORDS records of $VALUE_SIZE B into each ..."
-run cairn "$CAIRN_EP" load 64
-run etcd "$ETCD_EP" load 64
-for w in $WORKLOADS; do
-  for c in $CLIENTS; do
-    for store in cairn etcd; do
-      ep=$CAIRN_EP; [ $store = etcd ] && ep=$ETCD_EP
-      echo "  $store workload $w, $c clients, ${DURATION} s"
-      run "$store" "$ep" "$w" "$c" --no-load
+run cairn "$CAIRN_EP" load 64 ""
+run etcd "$ETCD_EP" load 64 ""
+for r in $(seq 1 "$RUNS"); do
+  order="cairn etcd"; [ $((r % 2)) = 0 ] && order="etcd cairn"
+  for w in $WORKLOADS; do
+    for c in $CLIENTS; do
+      for store in $order; do
+        ep=$CAIRN_EP; [ $store = etcd ] && ep=$ETCD_EP
+        echo "  run $r/$RUNS: $store workload $w, $c clients, ${DURATION} s"
+        run "$store" "$ep" "$w" "$c" "-r$r" --no-load
+      done
     done
   done
 done
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS EXTRA=\"$EXTRA\" bench/compare-etcd.sh"
-  python3 - "$OUT" "$WORKLOADS" "$CLIENTS" "$(getconf CLK_TCK)" <<'PY'
-import json, sys
-out, workloads, clients, tck = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4])
+  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS EXTRA=\"$EXTRA\" bench/compare-etcd.sh"
+  python3 - "$OUT" "$WORKLOADS" "$CLIENTS" "$(getconf CLK_TCK)" "$RUNS" <<'PY'
+import json, statistics, sys
+out, workloads, clients, tck, runs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])
+med = statistics.median
 print()
-print("Ratios are Cairn/etcd: above 1 Cairn has more throughput, below 1 a lower p99.")
-print("CPU is the servers' user+system time per successful operation (the three nodes together).")
+print(f"Medians of {runs} runs. Ratios are Cairn/etcd: above 1 Cairn has more throughput, below 1 a lower p99.")
+print("CPU is user+system time per successful operation: `servers` of the three nodes together,")
+print("`busiest` of the busiest node, `loadgen` of the `cairn bench` process driving them.")
 print()
-print("| workload | clients | Cairn ops/s | etcd ops/s | ratio | Cairn p99 ms | etcd p99 ms | ratio | Cairn CPU µs/op | etcd CPU µs/op |")
+print("| workload | clients | Cairn ops/s | etcd ops/s | ratio | Cairn p99 ms | etcd p99 ms | ratio "
+      "| Cairn CPU µs/op servers / busiest / loadgen | etcd CPU µs/op servers / busiest / loadgen |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+summary = []
 for w in workloads:
     for c in clients:
-        r = {s: json.load(open(f"{out}/{s}-{w}-{c}.json")) for s in ("cairn", "etcd")}
-        p99 = {s: max([o["p99_us"] for o in r[s]["ops"]] or [0]) / 1000 for s in r}
-        ops = {s: r[s]["ops_per_sec"] for s in r}
-        errs = {s: sum(r[s]["errors"].values()) for s in r}
-        note = "" if not any(errs.values()) else f" (errors: cairn {errs['cairn']}, etcd {errs['etcd']})"
-        cpu = {s: int(open(f"{out}/{s}-{w}-{c}.cpu").read()) / tck * 1e6 / max(r[s]["total_ops"], 1) for s in r}
-        print(f"| {w} | {c} | {ops['cairn']:.0f} | {ops['etcd']:.0f} | {ops['cairn']/max(ops['etcd'],1e-9):.2f} "
-              f"| {p99['cairn']:.2f} | {p99['etcd']:.2f} | {p99['cairn']/max(p99['etcd'],1e-9):.2f} "
-              f"| {cpu['cairn']:.0f} | {cpu['etcd']:.0f} |{note}")
+        row = {"workload": w, "clients": int(c)}
+        note = []
+        for s in ("cairn", "etcd"):
+            ops, p99, srv, busy, gen, errs = [], [], [], [], [], 0
+            for r in range(1, runs + 1):
+                name = f"{out}/{s}-{w}-{c}-r{r}"
+                j = json.load(open(name + ".json"))
+                n = max(j["total_ops"], 1)
+                ticks = [int(t) for t in open(name + ".cpu").read().split()]
+                user, system = map(float, open(name + ".loadgen").read().split()[-2:])
+                ops.append(j["ops_per_sec"])
+                p99.append(max([o["p99_us"] for o in j["ops"]] or [0]) / 1000)
+                srv.append(sum(ticks) / tck * 1e6 / n)
+                busy.append(max(ticks) / tck * 1e6 / n)
+                gen.append((user + system) * 1e6 / n)
+                errs += sum(j["errors"].values())
+            row[s] = {"ops_per_sec": med(ops), "p99_ms": med(p99), "cpu_us_per_op_servers": med(srv),
+                      "cpu_us_per_op_busiest_node": med(busy), "cpu_us_per_op_loadgen": med(gen),
+                      "runs_ops_per_sec": ops, "errors": errs}
+            if errs:
+                note.append(f"{s} errors: {errs}")
+        a, b = row["cairn"], row["etcd"]
+        row["throughput_ratio"] = a["ops_per_sec"] / max(b["ops_per_sec"], 1e-9)
+        row["p99_ratio"] = a["p99_ms"] / max(b["p99_ms"], 1e-9)
+        summary.append(row)
+        cpu = lambda x: f'{x["cpu_us_per_op_servers"]:.0f} / {x["cpu_us_per_op_busiest_node"]:.0f} / {x["cpu_us_per_op_loadgen"]:.0f}'
+        print(f"| {w} | {c} | {a['ops_per_sec']:.0f} | {b['ops_per_sec']:.0f} | {row['throughput_ratio']:.2f} "
+              f"| {a['p99_ms']:.2f} | {b['p99_ms']:.2f} | {row['p99_ratio']:.2f} | {cpu(a)} | {cpu(b)} |"
+              + (f" ({'; '.join(note)})" if note else ""))
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
 PY
 } | tee "$OUT/summary.md"
 echo "results: $OUT"

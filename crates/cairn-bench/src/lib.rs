@@ -94,6 +94,47 @@ struct Shared {
     budget: AtomicU64,
     done: AtomicU64,
     errors: AtomicU64,
+    started: Instant,
+    /// Microseconds into the run of the latest acknowledged operation.
+    last_ack_us: AtomicU64,
+    /// The longest time without an acknowledged operation so far and when it ended, in
+    /// microseconds into the run.
+    gap: std::sync::Mutex<(u64, u64)>,
+    /// Every gap of at least [`LISTED_GAP_US`].
+    gaps: std::sync::Mutex<Vec<report::Gap>>,
+}
+
+/// Gaps without an acknowledged operation at least this long are listed in the report.
+const LISTED_GAP_US: u64 = 100_000;
+
+impl Shared {
+    /// Notes an acknowledged operation for the gap measures.
+    fn acked(&self) {
+        let now = self.started.elapsed().as_micros() as u64;
+        let prev = self.last_ack_us.fetch_max(now, Ordering::Relaxed);
+        if now <= prev {
+            return;
+        }
+        let gap = now - prev;
+        {
+            let mut g = self.gap.lock().unwrap_or_else(|p| p.into_inner());
+            if gap > g.0 {
+                *g = (gap, now);
+            }
+        }
+        if gap >= LISTED_GAP_US {
+            // Wall-clock times, so a script can line a gap up with the moment it killed a node.
+            let end = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
+            gaps.push(report::Gap {
+                start_unix_ms: end.saturating_sub(gap / 1000),
+                end_unix_ms: end,
+            });
+        }
+    }
 }
 
 type Latencies = BTreeMap<Op, Histogram<u64>>;
@@ -155,6 +196,7 @@ async fn worker(
         let micros = started.elapsed().as_micros().max(1) as u64;
         match result {
             Ok(()) => {
+                sh.acked();
                 let _ = lat
                     .entry(op)
                     .or_insert_with(|| empty.clone())
@@ -191,6 +233,10 @@ async fn phase(
         budget: AtomicU64::new(ops),
         done: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        started,
+        last_ack_us: AtomicU64::new(0),
+        gap: Default::default(),
+        gaps: Default::default(),
     });
     let clients = args.clients.max(1);
     // 1 µs .. 60 s at 3 significant digits.
@@ -235,7 +281,11 @@ async fn phase(
         }
     }
     progress.abort();
-    Ok(Report::new(args, workload, started.elapsed(), &lat, errors))
+    let (gap, end) = *sh.gap.lock().unwrap_or_else(|p| p.into_inner());
+    let gap = (Duration::from_micros(gap), Duration::from_micros(end));
+    let mut r = Report::new(args, workload, started.elapsed(), &lat, errors, gap);
+    r.gaps = std::mem::take(&mut *sh.gaps.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(r)
 }
 
 /// Runs the benchmark `args` describes against `endpoints`; prints and returns the report.

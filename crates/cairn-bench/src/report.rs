@@ -55,6 +55,22 @@ pub struct Report {
     pub ops: Vec<OpStats>,
     /// Failed operations by operation and error kind.
     pub errors: BTreeMap<String, u64>,
+    /// Longest time without any acknowledged operation, in milliseconds, and when it
+    /// ended (seconds into the run): after a leader is killed, the failover as clients see it.
+    pub longest_gap_ms: f64,
+    /// When the longest gap ended, in seconds since the run started.
+    pub longest_gap_end_s: f64,
+    /// Every time of 100 ms or more without an acknowledged operation, in wall-clock time.
+    pub gaps: Vec<Gap>,
+}
+
+/// A time without any acknowledged operation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Gap {
+    /// When the last acknowledgement before it came (Unix milliseconds).
+    pub start_unix_ms: u64,
+    /// When the first acknowledgement after it came (Unix milliseconds).
+    pub end_unix_ms: u64,
 }
 
 impl Report {
@@ -64,6 +80,7 @@ impl Report {
         elapsed: Duration,
         lat: &BTreeMap<Op, Histogram<u64>>,
         errors: BTreeMap<String, u64>,
+        gap: (Duration, Duration),
     ) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let ops: Vec<OpStats> = lat
@@ -93,6 +110,9 @@ impl Report {
             ops_per_sec: total_ops as f64 / secs,
             ops,
             errors,
+            longest_gap_ms: gap.0.as_secs_f64() * 1000.0,
+            longest_gap_end_s: gap.1.as_secs_f64(),
+            gaps: Vec::new(),
         }
     }
 
@@ -135,6 +155,10 @@ impl Report {
                 ms(o.max_us)
             );
         }
+        println!(
+            "longest time without an acknowledged operation: {:.0} ms (ended {:.1} s into the run)",
+            self.longest_gap_ms, self.longest_gap_end_s
+        );
         if self.errors.is_empty() {
             println!("errors: none");
         } else {

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# What an idle cluster costs: starts 3 release `cairn server` processes on loopback, creates
+# one table of PARTITIONS partitions × 3 replicas, waits until every partition has a leader
+# and SETTLE seconds more, then reports the CPU the three processes use over MEASURE seconds
+# with no traffic, as a fraction of one core (user + system, from /proc/<pid>/stat).
+#
+#   bench/idle-cost.sh                        # 1,000 partitions
+#   PARTITIONS=300 MEASURE=30 bench/idle-cost.sh
+#   CAIRN_FLAGS=--quiesce bench/idle-cost.sh  # with quiescent partition groups
+#   BIN=/path/to/other/cairn bench/idle-cost.sh   # the same for another build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PARTITIONS=${PARTITIONS:-1000}
+SETTLE=${SETTLE:-10}
+MEASURE=${MEASURE:-20}
+CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. --quiesce
+
+command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
+if [ -z "${BIN:-}" ]; then
+  echo "building cairn (release) ..."
+  cargo build --release -q
+  BIN=$PWD/target/release/cairn
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+declare -a GRPC HTTP
+CLUSTER=""
+for i in 1 2 3; do GRPC[$i]=127.0.0.1:$(free_port); HTTP[$i]=127.0.0.1:$(free_port); done
+for i in 1 2 3; do CLUSTER="$CLUSTER${CLUSTER:+,}$i=${GRPC[$i]}"; done
+EP="${GRPC[1]},${GRPC[2]},${GRPC[3]}"
+for i in 1 2 3; do
+  "$BIN" server --id "$i" --data-dir "$WORK/n$i" --listen "${GRPC[$i]}" --http "${HTTP[$i]}" \
+    --initial-cluster "$CLUSTER" $CAIRN_FLAGS >"$WORK/n$i.log" 2>&1 &
+  PIDS[$i]=$!
+done
+
+for _ in $(seq 1 120); do
+  [ "$("$BIN" --endpoints "$EP" admin nodes 2>/dev/null | grep -c ' yes ')" = 3 ] && break
+  sleep 0.5
+done
+SPLITS=$(python3 -c "print(','.join('k%06d' % (i * 1000000 // $PARTITIONS) for i in range(1, $PARTITIONS)))")
+echo "creating a table of $PARTITIONS partitions ..."
+"$BIN" --endpoints "$EP" table create idle --split "$SPLITS" >/dev/null
+leaders() { local t=0 n; for i in 1 2 3; do
+  n=$(curl -s "http://${HTTP[$i]}/metrics" | awk '/^cairn_leaders\{/ {print $2}'); t=$((t + ${n:-0})); done; echo $t; }
+for _ in $(seq 1 300); do
+  total=$(leaders)
+  [ "$total" -ge "$PARTITIONS" ] && break
+  sleep 1
+done
+echo "leaders: $total of $PARTITIONS partitions; settling ${SETTLE} s ..."
+sleep "$SETTLE"
+
+ticks() { local t=0; for i in 1 2 3; do t=$((t + $(awk '{print $14 + $15}' "/proc/${PIDS[$i]}/stat"))); done; echo $t; }
+before=$(ticks); sleep "$MEASURE"; after=$(ticks)
+python3 - "$before" "$after" "$MEASURE" "$(getconf CLK_TCK)" "$PARTITIONS" <<'PY'
+import sys
+b, a, secs, tck, parts = map(int, sys.argv[1:])
+cores = (a - b) / tck / secs
+print(f"idle: {parts} partitions x 3 replicas on 3 nodes use {cores:.3f} cores "
+      f"({cores * 100:.1f}% of one core) over {secs} s")
+PY
+for i in 1 2 3; do
+  curl -s "http://${HTTP[$i]}/metrics" 2>/dev/null | grep -E '^cairn_(leaders|raft_groups_ticking|raft_campaigns_total|peers_down)' | tr '\n' ' '; echo
+done
