@@ -407,7 +407,7 @@ impl Client {
                 *node.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(Instant::now() + pause);
             }
-            let pause = Duration::from_millis((25u64 << attempt.min(4)).min(400));
+            let pause = Duration::from_millis((25u64 << attempt.min(4)).min(250));
             if Instant::now() + pause >= deadline {
                 return Err(err.timed_out(self.timeout));
             }

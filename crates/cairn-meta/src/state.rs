@@ -496,18 +496,24 @@ impl MetaState {
                 out.destroy.push(h.id);
             }
         }
+        // A set, not a scan per partition: with a thousand replicas on a node the scans
+        // made this the largest part of an idle node's work.
+        let hosted_ids: std::collections::HashSet<PartitionId> =
+            hosted.iter().map(|(h, _)| h.id).collect();
         for (_, p) in self
             .partitions()
             .filter(|(_, p)| p.replicas.contains(&node))
         {
-            let hosted_here = hosted.iter().any(|(h, _)| h.id == p.id);
+            if hosted_ids.contains(&p.id) {
+                continue;
+            }
             // A hosted replica whose range still covers this one (it has not applied the
             // split that made it) will create it when it does; opening it now would put two
             // replicas on one range of this node.
             let overlaps = hosted.iter().any(|(h, _)| {
                 h.table_id == p.table_id && h.id != p.id && h.range.overlaps(&p.range)
             });
-            if !hosted_here && !overlaps {
+            if !overlaps {
                 out.open.push(p.clone());
             }
         }

@@ -1,8 +1,13 @@
 //! Raft timing for the two kinds of group.
 //!
-//! Idle groups are not free (see DESIGN.md: 300 groups at a 50 ms heartbeat burned 1.5
-//! cores), so data groups beat every 400 ms and elect after 1.6–3.2 s of silence. The
-//! metadata group is one group, so it can afford a faster beat.
+//! Idle groups are not free when each one keeps its own timers (DESIGN.md: 1,000 partitions
+//! at a 400 ms beat burned 1.73 cores doing nothing). With `cairn server --quiesce`
+//! (experimental) partition groups keep none of their own: openraft's tick, and with it its
+//! heartbeats and election timer, starts switched off. The node's group supervisor
+//! (`cairn-server`, `supervisor.rs`) turns a leader's tick on while the group is busy and
+//! campaigns for a follower when node-level liveness says its leader is gone, so an idle
+//! group costs nothing and failover takes about one leader lease. The metadata group is one
+//! group; it always keeps openraft's own timers.
 
 use openraft::{Config, SnapshotPolicy};
 use std::sync::Arc;
@@ -12,8 +17,11 @@ fn build(
     election_min_ms: u64,
     election_max_ms: u64,
     snapshot_logs: u64,
+    supervised: bool,
 ) -> Arc<Config> {
     let cfg = Config {
+        enable_tick: !supervised,
+        enable_elect: !supervised,
         cluster_name: "cairn".into(),
         heartbeat_interval: heartbeat_ms,
         election_timeout_min: election_min_ms,
@@ -45,14 +53,28 @@ pub const DEFAULT_SNAPSHOT_LOGS: u64 = 5000;
 
 /// Configuration of a partition group that snapshots every `snapshot_logs` entries.
 ///
-/// Failover takes about the leader lease (openraft's: the largest election timeout) plus
-/// one election timeout, since followers refuse votes while the lease runs: 400 ms beats and
-/// 1.6–3.2 s timeouts give 4–6 s.
-pub fn data_group_config(snapshot_logs: u64) -> Arc<Config> {
-    build(400, 1600, 3200, snapshot_logs)
+/// With `supervised`, its tick starts off and nothing elects on its own (see the module
+/// doc). While ticking, a leader beats every 150 ms; followers refuse votes for a leader
+/// lease of [`DATA_LEADER_LEASE_MS`] (openraft's lease is the largest election timeout)
+/// after they last heard from their leader, which bounds failover from below and keeps a
+/// node that merely lost sight of a busy leader from deposing it.
+///
+/// Without it (the default), each group keeps openraft's own timers: 400 ms beats and
+/// 1.6–3.2 s election timeouts, so failover takes about the 3.2 s lease plus one election
+/// timeout (4–6 s), and idle groups cost CPU in proportion to their number.
+pub fn data_group_config(snapshot_logs: u64, supervised: bool) -> Arc<Config> {
+    if supervised {
+        build(150, 400, DATA_LEADER_LEASE_MS, snapshot_logs, true)
+    } else {
+        build(400, 1600, 3200, snapshot_logs, false)
+    }
 }
+
+/// How long a supervised partition group's follower refuses to vote after it last heard
+/// from its leader (and a leader that has not heard from a quorum for as long refuses writes).
+pub const DATA_LEADER_LEASE_MS: u64 = 750;
 
 /// Configuration of the metadata group that snapshots every `snapshot_logs` entries.
 pub fn meta_group_config(snapshot_logs: u64) -> Arc<Config> {
-    build(250, 1000, 2000, snapshot_logs)
+    build(250, 1000, 2000, snapshot_logs, false)
 }

@@ -28,7 +28,9 @@ pub mod snapshot;
 mod state_machine;
 
 pub use command::{Command, KvCommand, KvOp, Reply};
-pub use config::{DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config};
+pub use config::{
+    DATA_LEADER_LEASE_MS, DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config,
+};
 pub use error::from_raft;
 pub use log_store::{LogStore, Syncer};
 pub use network::{GroupNetwork, PeerNetwork, RaftMsg, RaftRpc, serve_raft_rpc};

@@ -51,6 +51,9 @@ pub enum RaftMsg {
     SnapshotChunk(SnapshotChunk),
     /// The leader hands leadership to the receiver, which campaigns at once.
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Node-level liveness probe (`group` and `to` unused): the answer is the receiving
+    /// process's incarnation, so a restart shows as a new value.
+    Ping,
 }
 
 impl RaftRpc {
@@ -122,6 +125,8 @@ pub async fn serve_raft_rpc(
             enc(raft.install_full_snapshot(vote, snapshot).await)
         }
         RaftMsg::TransferLeader(req) => enc(raft.handle_transfer_leader(req).await),
+        // The node answers pings itself, before looking for a group.
+        RaftMsg::Ping => enc::<(), String>(Err("a ping is answered by the node".into())),
     }
 }
 
@@ -160,6 +165,27 @@ impl PeerNetwork {
         if p.addrs.get(&node).map(String::as_str) != Some(addr) {
             p.addrs.insert(node, addr.to_string());
         }
+    }
+
+    /// Every node whose address is known, in id order (a simulation must repeat it).
+    pub fn nodes(&self) -> Vec<u64> {
+        let p = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: Vec<u64> = p.addrs.keys().copied().collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// Probes `node`: its incarnation (a random number drawn when its process started), or
+    /// why it did not answer within `ttl`.
+    pub async fn ping(&self, node: u64, ttl: Duration) -> Result<u64, String> {
+        let rpc = RaftRpc {
+            group: 0,
+            to: 0,
+            msg: RaftMsg::Ping,
+        };
+        self.call::<u64>(node, &rpc, ttl)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The known address of `node`.

@@ -67,8 +67,10 @@ pub struct Router<T> {
     cache: RouteCache,
 }
 
+/// Pause before retry `attempt`: short at first, then a steady 250 ms, so that a request
+/// waiting out a failover (about a second) is retried soon after the new leader is elected.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((20u64 << attempt.min(5)).min(500))
+    Duration::from_millis((20u64 << attempt.min(4)).min(250))
 }
 
 impl<T: Transport> Router<T> {

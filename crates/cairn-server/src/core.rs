@@ -51,6 +51,11 @@ pub(crate) struct Replica {
     pub(crate) stats: Arc<crate::stats::ReplicaStats>,
     /// Stamps this replica's proposals while it leads.
     pub(crate) clock: Arc<GroupClock>,
+    /// When an AppendEntries last reached this replica ([`PeerHealth::now_ms`]), so the
+    /// supervisor can tell whether its leader's node restarted since.
+    ///
+    /// [`PeerHealth::now_ms`]: crate::supervisor::PeerHealth::now_ms
+    pub(crate) heard_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The clock a leader stamps its proposals with ([`KvCommand::proposed_at_ms`]): this
@@ -184,6 +189,24 @@ pub(crate) struct Core {
     pub(crate) splits: SplitSink,
     /// Free space on the data disk; below the reserve, writes are refused.
     pub(crate) disk: Arc<crate::disk::DiskGuard>,
+    /// Partition groups run without timers of their own, under the group supervisor.
+    pub(crate) quiesce: bool,
+    /// Drawn at start; a peer that sees it change knows this node restarted.
+    pub(crate) incarnation: u64,
+    /// Liveness of the peers, for the group supervisor.
+    pub(crate) peer_health: crate::supervisor::PeerHealth,
+    /// Leader hand-overs started here and not seen to complete, by partition.
+    pub(crate) transfers: Mutex<std::collections::HashMap<PartitionId, Transfer>>,
+}
+
+/// A hand-over of leadership a partition leader started (see the group supervisor).
+pub(crate) struct Transfer {
+    /// When it started ([`crate::supervisor::PeerHealth::now_ms`]).
+    pub(crate) started_ms: u64,
+    /// The leader's term then; a later term means the hand-over is over.
+    pub(crate) term: u64,
+    /// The replica leadership goes to.
+    pub(crate) target: u64,
 }
 
 /// How long a transfer of leadership may take before the caller hears an error.
@@ -509,7 +532,7 @@ impl Core {
         };
         let raft = typ::Raft::new(
             id.0,
-            data_group_config(self.snapshot_logs),
+            data_group_config(self.snapshot_logs, self.quiesce),
             net,
             log.clone(),
             sm,
@@ -528,6 +551,7 @@ impl Core {
             log,
             stats: Default::default(),
             clock: Default::default(),
+            heard_ms: Arc::new(self.peer_health.now_ms().into()),
         };
         self.replicas
             .write()
@@ -576,8 +600,10 @@ impl Core {
     /// A group stopped on purpose (a replica destroyed, the node shutting down) is fine.
     pub(crate) fn failed_group(&self) -> Option<String> {
         let failed = |group: PartitionId, raft: &typ::Raft| {
-            let m = raft.metrics().borrow_watched().clone();
-            match m.running_state {
+            // Borrowed, not cloned: this runs every second over every hosted group.
+            let rx = raft.metrics();
+            let m = rx.borrow_watched();
+            match &m.running_state {
                 Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
                 Err(e) => Some(format!(
                     "{group} on this node stopped on a storage failure ({e}); the node stops so \
@@ -649,7 +675,8 @@ impl Core {
         replicas
             .iter()
             .map(|(id, r)| {
-                let m = r.raft.metrics().borrow_watched().clone();
+                let rx = r.raft.metrics();
+                let m = rx.borrow_watched();
                 PartitionStatus {
                     partition: *id,
                     leader: leader_node(&m),
@@ -699,6 +726,7 @@ impl Core {
             proposed_at_ms: replica.clock.now_ms(replica.view.applied_time_ms()),
             op,
         };
+        self.renew_lease(&replica.raft).await;
         match replica.raft.client_write(Command::Kv(cmd)).await {
             Ok(resp) => match resp.data {
                 Reply::Kv(Ok(())) => Ok(PartitionReply::Done),
@@ -716,6 +744,14 @@ impl Core {
             .await
             .map(|_| ())
             .map_err(|e| from_raft(partition, e))
+    }
+
+    /// Renews a quiescent leader's lease before a proposal (see
+    /// [`crate::supervisor::ensure_lease`]); without `--quiesce`, leaders keep beating.
+    pub(crate) async fn renew_lease(&self, raft: &typ::Raft) {
+        if self.quiesce {
+            crate::supervisor::ensure_lease(raft).await;
+        }
     }
 
     /// Proposes a split of `replica` at `key` into a new partition `right`.
@@ -749,6 +785,7 @@ impl Core {
             proposed_at_ms: replica.clock.now_ms(replica.view.applied_time_ms()),
             op: KvOp::Split { key, right },
         };
+        self.renew_lease(&replica.raft).await;
         match replica.raft.client_write(Command::Kv(cmd)).await {
             Ok(resp) => match resp.data {
                 Reply::Split(Ok((l, r))) => {
@@ -796,6 +833,19 @@ impl Core {
                 g.group
             )));
         };
+        if g.group != META_GROUP {
+            self.transfers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    g.group,
+                    Transfer {
+                        started_ms: self.peer_health.now_ms(),
+                        term: m.current_term,
+                        target,
+                    },
+                );
+        }
         g.raft
             .trigger()
             .transfer_leader(target)

@@ -482,6 +482,11 @@ impl admin_server::Admin for Admin {
 impl internal_server::Internal for Internal {
     async fn raft(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let rpc: RaftRpc = decode(req.get_ref()).map_err(status)?;
+        if matches!(rpc.msg, cairn_raft::RaftMsg::Ping) {
+            return Ok(Response::new(encode(&Ok::<u64, String>(
+                self.0.core.incarnation,
+            ))));
+        }
         if self.0.core.fault_refuse_snapshots
             && matches!(rpc.msg, cairn_raft::RaftMsg::SnapshotChunk(_))
         {
@@ -506,10 +511,15 @@ impl internal_server::Internal for Internal {
         let raft = if group == META_GROUP {
             self.0.core.meta().map(|m| (m.raft, m.id.0, None))
         } else {
-            self.0
-                .core
-                .replica(group)
-                .map(|r| (r.raft, r.id.0, Some(r.view.desc().epoch.version)))
+            self.0.core.replica(group).map(|r| {
+                if matches!(rpc.msg, cairn_raft::RaftMsg::Append(_)) {
+                    r.heard_ms.store(
+                        self.0.core.peer_health.now_ms(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                (r.raft, r.id.0, Some(r.view.desc().epoch.version))
+            })
         };
         let (raft, me, shape) = raft.ok_or_else(|| {
             Status::not_found(format!("{group} has no replica on node {}", self.0.id()))

@@ -29,6 +29,7 @@ mod metrics;
 mod moves;
 mod node;
 mod stats;
+mod supervisor;
 mod transport;
 
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;

@@ -49,6 +49,12 @@ pub(crate) struct Gauges {
     pub(crate) disk_full: bool,
     /// Writes refused for lack of disk space since the node started.
     pub(crate) disk_full_refusals: u64,
+    /// Led groups ticking (busy) at the supervisor's last pass; the rest are quiescent.
+    pub(crate) groups_ticking: u64,
+    /// Campaigns the supervisor started since the node started.
+    pub(crate) campaigns: u64,
+    /// Peers that count as down.
+    pub(crate) peers_down: u64,
 }
 
 /// Request counters and latency histograms of a node.
@@ -189,6 +195,24 @@ impl Metrics {
             Some(g.disk_full_refusals),
         );
         one(
+            "cairn_raft_groups_ticking",
+            "gauge",
+            "Led partition groups that are busy and heartbeat; idle ones send nothing.",
+            Some(g.groups_ticking),
+        );
+        one(
+            "cairn_raft_campaigns_total",
+            "counter",
+            "Elections this node's replicas started because their leader was gone or unknown.",
+            Some(g.campaigns),
+        );
+        one(
+            "cairn_peers_down",
+            "gauge",
+            "Peer nodes that have not answered a liveness probe recently.",
+            Some(g.peers_down),
+        );
+        one(
             "cairn_fsync_failures_total",
             "counter",
             "Failed fsyncs (the node stops at the first).",
@@ -218,6 +242,9 @@ mod tests {
             disk_free_bytes: 1 << 20,
             disk_full: true,
             disk_full_refusals: 3,
+            groups_ticking: 0,
+            campaigns: 0,
+            peers_down: 0,
         };
         m.fsync_failed();
         let text = m.render(&g);

@@ -88,6 +88,7 @@ impl Core {
                 node: node.id.0,
                 addr: node.addr.clone(),
             };
+            self.renew_lease(g.raft).await;
             g.raft
                 .add_learner(rid.0, member, false)
                 .await
@@ -188,6 +189,7 @@ impl Core {
             });
         }
         // Answered once the final membership is applied here.
+        self.renew_lease(g.raft).await;
         g.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
@@ -217,6 +219,7 @@ impl Core {
             )));
         }
         if membership.get_node(&rid.0).is_some() {
+            self.renew_lease(g.raft).await;
             g.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([rid.0])), false)
                 .await

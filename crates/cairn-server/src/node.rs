@@ -260,6 +260,10 @@ impl Node {
             metrics: Metrics::default(),
             splits,
             disk: Arc::new(crate::disk::DiskGuard::new(&cfg.data_dir, cfg.disk_reserve)),
+            quiesce: cfg.quiesce,
+            incarnation: cairn_types::entropy::next_u64(),
+            peer_health: Default::default(),
+            transfers: Default::default(),
         });
         core.disk.check(cfg.id.0);
         core.reopen_recorded().await?;
@@ -295,6 +299,16 @@ impl Node {
             )),
             tokio::spawn(storage_watch(node.clone(), node.stop.subscribe())),
         ];
+        if cfg.quiesce {
+            tasks.push(tokio::spawn(crate::supervisor::ping_loop(
+                node.clone(),
+                node.stop.subscribe(),
+            )));
+            tasks.push(tokio::spawn(crate::supervisor::supervise_loop(
+                node.clone(),
+                node.stop.subscribe(),
+            )));
+        }
         // Off (reserve 0) in a simulation: its blocking statvfs would run outside simulated
         // time.
         if cfg.disk_reserve > 0 {
@@ -423,6 +437,9 @@ impl Node {
             disk_free_bytes: self.core.disk.free_bytes(),
             disk_full: self.core.disk.is_full(),
             disk_full_refusals: self.core.disk.refused(),
+            groups_ticking: self.core.peer_health.ticking.load(Ordering::Relaxed),
+            campaigns: self.core.peer_health.campaigns.load(Ordering::Relaxed),
+            peers_down: self.core.peer_health.down_count(),
         };
         self.core.metrics.render(&gauges)
     }

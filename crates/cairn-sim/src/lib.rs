@@ -65,6 +65,9 @@ pub struct SimConfig {
     pub stale_reads: bool,
     /// Split and transfer leadership through the admin API while the workload runs.
     pub layout_changes: bool,
+    /// Nodes run with `--quiesce` (`CAIRN_SIM_QUIESCE=1`): partition groups under the group
+    /// supervisor instead of their own timers.
+    pub quiesce: bool,
 }
 
 impl SimConfig {
@@ -83,6 +86,7 @@ impl SimConfig {
             think: Duration::from_millis(200),
             stale_reads: false,
             layout_changes: true,
+            quiesce: std::env::var("CAIRN_SIM_QUIESCE").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -146,6 +150,7 @@ fn add_node(
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
         disk_reserve: 0,
+        quiesce: cfg.quiesce,
         fault_skip_fsync: false,
     };
     sim.host(host(id), move || {

@@ -31,6 +31,12 @@ fn sim_dir() -> PathBuf {
 /// saved and the test fails naming it. `CAIRN_SIM_HISTORY` also saves a passing history.
 #[test]
 fn sim_seed() {
+    // `RUST_LOG=info` shows the nodes' logs (simulated time is not in the stamps).
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
     let seed = env_u64("CAIRN_SIM_SEED").unwrap_or(1);
     let out = run(&SimConfig::new(seed)).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
     if let Ok(path) = std::env::var("CAIRN_SIM_HISTORY") {

@@ -10,6 +10,7 @@ mod cluster;
 mod t10_tables_and_keys;
 mod t15_bench;
 mod t20_leader_crash;
+mod t21_quiescence;
 mod t30_whole_cluster_crash;
 mod t40_bad_input;
 mod t50_retried_writes;
