@@ -63,7 +63,10 @@ const CAMPAIGN_NOT_BEFORE_MS: u64 = cairn_raft::DATA_LEADER_LEASE_MS + 50;
 /// A leader lease acked longer ago than this is renewed before a proposal.
 const LEASE_MARGIN: Duration = Duration::from_millis(cairn_raft::DATA_LEADER_LEASE_MS / 2);
 /// Longest wait for that renewal; the proposal goes ahead (and may be refused) after it.
-const LEASE_RENEW_WAIT: Duration = Duration::from_secs(1);
+/// Short: one heartbeat round takes milliseconds when a quorum is up, and callers such as the
+/// move executor give an attempt ~330 ms (at 1 s, moves on 5-node simulations never got past
+/// their first step).
+const LEASE_RENEW_WAIT: Duration = Duration::from_millis(200);
 /// A leader still leading this long after it began to hand leadership over is stuck: a
 /// transferring leader takes no writes and sends no heartbeats, and nothing here elects on a
 /// timer, so the supervisor hands leadership to another live voter instead.
