@@ -269,7 +269,22 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         budget -= 1;
     }
 
-    // 2. Splits by size, then by load.
+    // 2. Splits by size, then by load. A load split only helps if a half can go to a node
+    // with room: the load the partition's leader carries must exceed the coolest node's by
+    // more than half the partition's. When every node already leads an even share (every
+    // node busy), a split only adds a Raft group per node to feed.
+    let mut led_qps: BTreeMap<NodeId, f64> = targets.iter().map(|n| (*n, 0.0)).collect();
+    for (p, l) in &view.leaders {
+        if let (Some(q), Some(load)) = (led_qps.get_mut(l), view.loads.get(p)) {
+            *q += load.qps;
+        }
+    }
+    let coolest = led_qps.values().copied().fold(f64::INFINITY, f64::min);
+    let spreads = |g: &Group, qps: f64| match view.leaders.get(&g.id).and_then(|l| led_qps.get(l)) {
+        Some(led) => led - coolest > qps / 2.0,
+        // Leader unknown, or on a node that takes no new load: judge by the threshold.
+        None => true,
+    };
     for g in groups.iter().filter(|g| g.id != META_GROUP) {
         if busy.contains(&g.id) {
             continue;
@@ -287,7 +302,7 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
                     key,
                     why: format!("{} bytes, above {}", load.bytes, cfg.split_size),
                 })
-        } else if load.qps > cfg.split_qps {
+        } else if load.qps > cfg.split_qps && spreads(g, load.qps) {
             Some(match load.load_split_key.clone().filter(inside) {
                 Some(key) => Decision::Split {
                     partition: g.id,
@@ -784,6 +799,42 @@ mod tests {
                 .any(|d| matches!(d, Decision::Split { partition, .. } if *partition == ids[2])),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn load_splits_only_where_a_half_can_go_to_a_cooler_node() {
+        let mut rng = Rng(5);
+        let s = cluster(&mut rng, 3, 3);
+        let parts: Vec<_> = s.partitions().map(|(_, p)| p.clone()).collect();
+        let cfg = PlannerConfig {
+            split_qps: 100.0,
+            ..PlannerConfig::default()
+        };
+        let hot = |p: &cairn_types::PartitionDesc| PartitionLoad {
+            qps: 7000.0,
+            // Load spread over the range, so a split key exists just after its start.
+            load_split_key: Some([p.range.start.as_slice(), &[0]].concat()),
+            ..PartitionLoad::default()
+        };
+        let mut v = view(&s, 1..=3);
+        for p in &parts {
+            v.loads.insert(p.id, hot(p));
+        }
+        // Every node leads one hot partition: nothing to spread to.
+        v.leaders = parts
+            .iter()
+            .zip(1..=3)
+            .map(|(p, n)| (p.id, NodeId(n)))
+            .collect();
+        let splits = |plan: &[Decision]| {
+            plan.iter()
+                .filter(|d| matches!(d, Decision::Split { .. }))
+                .count()
+        };
+        assert_eq!(splits(&plan(&v, &cfg)), 0, "{:?}", plan(&v, &cfg));
+        // Node 1 leads all three while nodes 2 and 3 idle: the hot partitions split.
+        v.leaders = parts.iter().map(|p| (p.id, NodeId(1))).collect();
+        assert!(splits(&plan(&v, &cfg)) > 0, "{:?}", plan(&v, &cfg));
     }
 
     #[test]
