@@ -56,6 +56,8 @@ pub(crate) struct Replica {
     ///
     /// [`PeerHealth::now_ms`]: crate::supervisor::PeerHealth::now_ms
     pub(crate) heard_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Shares ReadIndex rounds between concurrent linearizable reads.
+    reads: Arc<crate::reads::ReadBatcher>,
 }
 
 /// The clock a leader stamps its proposals with ([`KvCommand::proposed_at_ms`]): this
@@ -552,6 +554,7 @@ impl Core {
             stats: Default::default(),
             clock: Default::default(),
             heard_ms: Arc::new(self.peer_health.now_ms().into()),
+            reads: Default::default(),
         };
         self.replicas
             .write()
@@ -738,12 +741,19 @@ impl Core {
     }
 
     async fn read_barrier(&self, replica: &Replica, partition: PartitionId) -> Result<()> {
+        let raft = replica.raft.clone();
         replica
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .reads
+            .barrier(move || {
+                let raft = raft.clone();
+                async move {
+                    raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| from_raft(partition, e))
+                }
+            })
             .await
-            .map(|_| ())
-            .map_err(|e| from_raft(partition, e))
     }
 
     /// Renews a quiescent leader's lease before a proposal (see

@@ -18,6 +18,10 @@
 //! the cluster, and serves gRPC and HTTP until [`Node::shutdown`]. Background tasks send
 //! heartbeats to the metadata leader and reconcile the local replicas with the metadata.
 
+// The batch handler's future nests the whole request path; its layout needs more depth
+// than the default 128 in release builds.
+#![recursion_limit = "256"]
+
 mod config;
 mod controller;
 mod core;
@@ -28,6 +32,7 @@ mod meta_service;
 mod metrics;
 mod moves;
 mod node;
+mod reads;
 mod stats;
 mod supervisor;
 mod transport;
@@ -37,4 +42,4 @@ pub use cairn_raft::Syncer;
 pub use cairn_raft::fault::set_crash_point;
 pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
 pub use moves::DEFAULT_MOVE_TIMEOUT;
-pub use node::{Node, Substrate};
+pub use node::{LeaderHint, Node, Substrate};
