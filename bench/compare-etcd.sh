@@ -9,6 +9,7 @@
 #   bench/compare-etcd.sh                       # write a b c e at 1 16 64 256 clients, 10 s, 3 runs
 #   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" RUNS=5 bench/compare-etcd.sh
 #   WORKLOADS=c CLIENTS=1 EXTRA="--consistency stale" bench/compare-etcd.sh   # stale reads
+#   CAIRN_FLAGS="--controller off" bench/compare-etcd.sh   # keep Cairn's 3 partitions as they are
 #
 # Installs etcd-server, protobuf-compiler (for the etcd driver) and python3 from Debian's
 # packages when missing (needs root for that). Results go to target/bench/<timestamp>/.
@@ -22,6 +23,7 @@ RECORDS=${RECORDS:-10000}
 RUNS=${RUNS:-3}
 VALUE_SIZE=${VALUE_SIZE:-256}
 EXTRA=${EXTRA:-}   # more `cairn bench` flags for both stores, e.g. "--consistency stale"
+CAIRN_FLAGS=${CAIRN_FLAGS:-}   # more `cairn server` flags, e.g. "--controller off"
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -83,7 +85,7 @@ for i in 1 2 3; do CAIRN_CLUSTER+="${CAIRN_CLUSTER:+,}$i=127.0.0.1:${CG[$i]}"; d
 CAIRN_EP=$(echo "$CAIRN_CLUSTER" | sed 's/[0-9]*=//g')
 for i in 1 2 3; do
   "$BIN" server --id "$i" --data-dir "$WORK/c$i" --listen "127.0.0.1:${CG[$i]}" \
-    --http "127.0.0.1:${CH[$i]}" --initial-cluster "$CAIRN_CLUSTER" >"$OUT/cairn-$i.log" 2>&1 &
+    --http "127.0.0.1:${CH[$i]}" --initial-cluster "$CAIRN_CLUSTER" $CAIRN_FLAGS >"$OUT/cairn-$i.log" 2>&1 &
   PIDS+=($!); CAIRN_PIDS+=($!)
 done
 
@@ -136,7 +138,7 @@ done
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS EXTRA=\"$EXTRA\" bench/compare-etcd.sh"
+  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS EXTRA=\"$EXTRA\" CAIRN_FLAGS=\"$CAIRN_FLAGS\" bench/compare-etcd.sh"
   python3 - "$OUT" "$WORKLOADS" "$CLIENTS" "$(getconf CLK_TCK)" "$RUNS" <<'PY'
 import json, statistics, sys
 out, workloads, clients, tck, runs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])

@@ -1,8 +1,11 @@
 //! Rust client for Cairn.
 //!
 //! A [`Client`] takes several node endpoints and spreads requests over them round-robin.
-//! An endpoint that fails to answer is set aside for a moment and the request moves to the
-//! next one; retryable errors are retried with backoff until the request's deadline
+//! Keyed reads and writes go straight to the partition's leader once the client has heard
+//! which node leads it (every answer says so), saving the hop a node takes to forward
+//! them. Concurrent reads and writes bound for one node share a streamed `Batch` call. An
+//! endpoint that fails to answer is set aside for a moment and the request moves
+//! to the next one; retryable errors are retried with backoff until the request's deadline
 //! (default 10 s). Writes carry a request id from the client's session, so a retried write
 //! is applied at most once.
 //!
@@ -15,7 +18,9 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod error;
+mod leaders;
 
 pub use error::{Error, Result};
 
@@ -23,9 +28,10 @@ use cairn_proto::net::{SharedDialer, lazy_channel};
 use cairn_proto::v1::{self as pb, admin_client::AdminClient, kv_client::KvClient};
 use cairn_types::entropy;
 use cairn_types::{ClientId, ErrorCode, RequestId, Session};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -38,11 +44,35 @@ const COOLDOWN: Duration = Duration::from_secs(1);
 const HUNG_COOLDOWN: Duration = Duration::from_secs(5);
 /// Shortest time one attempt gets before the client tries another node.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a node learned from a leader hint (not one of the endpoints) is skipped after
+/// it failed: it may be unreachable from here (say, behind a load balancer).
+const DISCOVERED_COOLDOWN: Duration = Duration::from_secs(30);
+/// Most nodes learned from leader hints that the client keeps connections to.
+const MAX_DISCOVERED: usize = 256;
 
 struct Node {
     addr: String,
     channel: Channel,
     down_until: Mutex<Option<Instant>>,
+    /// Learned from a leader hint rather than given as an endpoint.
+    discovered: bool,
+    batcher: Arc<batch::Batcher>,
+}
+
+impl Node {
+    fn is_up(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t <= now)
+    }
+}
+
+/// Where a keyed request goes: its table and key, for the leader cache.
+#[derive(Clone, Copy)]
+struct Keyed<'a> {
+    table: &'a str,
+    key: &'a [u8],
 }
 
 /// A table as the client sees it.
@@ -230,10 +260,16 @@ pub struct NodeInfo {
 
 /// A Cairn client; cheap to share between tasks (`&Client` is enough).
 pub struct Client {
-    nodes: Vec<Node>,
+    nodes: Vec<Arc<Node>>,
     next: AtomicUsize,
     session: Session,
     timeout: Duration,
+    dialer: SharedDialer,
+    /// Send keyed requests to the leader named by earlier answers.
+    leader_routing: bool,
+    leaders: leaders::LeaderCache<Arc<Node>>,
+    /// Nodes learned from leader hints, by address.
+    discovered: RwLock<HashMap<String, Arc<Node>>>,
 }
 
 fn partition_info(p: pb::Partition) -> PartitionInfo {
@@ -289,22 +325,7 @@ impl Client {
             if addr.is_empty() {
                 continue;
             }
-            let channel = lazy_channel(&addr, &dialer, |e| {
-                e.connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-            })
-            .map_err(|err| {
-                Error::new(
-                    ErrorCode::InvalidArgument,
-                    format!("endpoint {addr:?} is not HOST:PORT: {err}"),
-                )
-            })?;
-            nodes.push(Node {
-                addr,
-                channel,
-                down_until: Mutex::new(None),
-            });
+            nodes.push(Arc::new(Self::dial(addr, &dialer, false)?));
         }
         if nodes.is_empty() {
             return Err(Error::new(
@@ -319,7 +340,74 @@ impl Client {
             next: AtomicUsize::new(start),
             session: Session::new(client),
             timeout: DEFAULT_TIMEOUT,
+            dialer,
+            leader_routing: true,
+            leaders: leaders::LeaderCache::default(),
+            discovered: RwLock::new(HashMap::new()),
         })
+    }
+
+    fn dial(addr: String, dialer: &SharedDialer, discovered: bool) -> Result<Node> {
+        let channel = lazy_channel(&addr, dialer, |e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+        })
+        .map_err(|err| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("endpoint {addr:?} is not HOST:PORT: {err}"),
+            )
+        })?;
+        Ok(Node {
+            addr,
+            batcher: Arc::new(batch::Batcher::new(channel.clone())),
+            channel,
+            down_until: Mutex::new(None),
+            discovered,
+        })
+    }
+
+    /// Whether keyed requests go to the leader named by earlier answers (the default), or
+    /// only to the given endpoints (say, when the nodes' own addresses are not reachable
+    /// from the client and it talks to a load balancer).
+    pub fn with_leader_routing(mut self, on: bool) -> Self {
+        self.leader_routing = on;
+        self
+    }
+
+    /// The node at `addr`: an endpoint, or one learned from a hint (connected lazily).
+    fn node_at(&self, addr: &str) -> Option<Arc<Node>> {
+        if let Some(n) = self.nodes.iter().find(|n| n.addr == addr) {
+            return Some(n.clone());
+        }
+        if let Some(n) = self
+            .discovered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+        {
+            return Some(n.clone());
+        }
+        let mut d = self.discovered.write().unwrap_or_else(|p| p.into_inner());
+        if d.len() >= MAX_DISCOVERED {
+            return None;
+        }
+        let node = Arc::new(Self::dial(addr.to_string(), &self.dialer, true).ok()?);
+        Some(d.entry(addr.to_string()).or_insert(node).clone())
+    }
+
+    /// Takes in the leader hint of a keyed answer.
+    fn learn(&self, table: &str, hint: Option<pb::LeaderHint>) {
+        let Some(h) = hint.filter(|h| self.leader_routing && !h.leader_addr.is_empty()) else {
+            return;
+        };
+        let Some(node) = self.node_at(&h.leader_addr) else {
+            return;
+        };
+        let end = h.has_end.then_some(h.end);
+        self.leaders
+            .learn(table, h.start, end, h.epoch_version, node);
     }
 
     /// Sets the time a call may take, retries included.
@@ -333,14 +421,13 @@ impl Client {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
-    fn pick(&self) -> &Node {
+    fn pick(&self) -> &Arc<Node> {
         let n = self.nodes.len();
         let now = Instant::now();
         for _ in 0..n {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
             let node = &self.nodes[i];
-            let down = node.down_until.lock().unwrap_or_else(|p| p.into_inner());
-            if down.is_none_or(|t| t <= now) {
+            if node.is_up(now) {
                 return node;
             }
         }
@@ -355,28 +442,43 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.retry_as(call, false).await
+        let mut call = call;
+        self.retry_as(|n: Arc<Node>, d| call(n.channel.clone(), d), false, None)
+            .await
     }
 
     /// [`Client::retry`]; for a `write`, a definite refusal (say DISK_FULL) after an
     /// attempt whose outcome is unknown is reported as UNAVAILABLE: that earlier attempt may
     /// have been applied, so "it did not happen" would be a lie.
-    async fn retry_as<T, F, Fut>(&self, mut call: F, write: bool) -> Result<T>
+    /// With `keyed`, an attempt goes to the range's leader when the client knows it.
+    async fn retry_as<T, F, Fut>(
+        &self,
+        mut call: F,
+        write: bool,
+        keyed: Option<Keyed<'_>>,
+    ) -> Result<T>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Arc<Node>, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0u32;
         let mut uncertain = false;
         loop {
-            let node = self.pick();
+            let led = keyed
+                .filter(|_| self.leader_routing)
+                .and_then(|k| self.leaders.lookup(k.table, k.key))
+                .filter(|n| n.is_up(Instant::now()));
+            let node = match &led {
+                Some(n) => n,
+                None => self.pick(),
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             // A node cut off from the cluster can hold a request until the deadline; one
             // attempt gets half of the time left (at least 1 s) so another node can be tried.
             let budget = (left / 2).max(MIN_ATTEMPT).min(left);
             let sent = Instant::now();
-            let err = match tokio::time::timeout(budget, call(node.channel.clone(), budget)).await {
+            let err = match tokio::time::timeout(budget, call(node.clone(), budget)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(status)) => Error::from_status(&status, &node.addr),
                 Err(_) => Error::new(
@@ -399,11 +501,20 @@ impl Client {
             // Any failed attempt may have reached a leader (even a broken connection may
             // have carried the request), so later refusals are not proof.
             uncertain = true;
+            if let (Some(_), Some(k)) = (&led, keyed) {
+                self.leaders.forget(k.table, k.key);
+            }
             // A node that refused the connection, or held the request for (nearly) all of its
             // budget — typically one cut off from its peers — is passed over for a while.
             let hung = sent.elapsed() >= budget.mul_f32(0.8);
             if err.is_transport() || hung {
-                let pause = if hung { HUNG_COOLDOWN } else { COOLDOWN };
+                let pause = if node.discovered {
+                    DISCOVERED_COOLDOWN
+                } else if hung {
+                    HUNG_COOLDOWN
+                } else {
+                    COOLDOWN
+                };
                 *node.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(Instant::now() + pause);
             }
@@ -478,12 +589,14 @@ impl Client {
         let req = pb::DropTableRequest {
             name: name.to_string(),
         };
-        self.retry(|ch, _| {
-            let r = req.clone();
-            async move { Self::kv(ch).drop_table(r).await }
-        })
-        .await
-        .map(|_| ())
+        let r = self
+            .retry(|ch, _| {
+                let r = req.clone();
+                async move { Self::kv(ch).drop_table(r).await }
+            })
+            .await;
+        self.leaders.forget_table(name);
+        r.map(|_| ())
     }
 
     /// Every table.
@@ -515,54 +628,69 @@ impl Client {
         table_info(resp.into_inner().table)
     }
 
-    async fn write<T, F, Fut>(&self, mut call: F) -> Result<T>
+    async fn write<T, F, Fut>(&self, keyed: Keyed<'_>, mut call: F) -> Result<T>
     where
-        F: FnMut(Channel, pb::RequestId, u64) -> Fut,
+        F: FnMut(Arc<Node>, pb::RequestId, u64) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let id = self.session.begin();
         let r = self
             .retry_as(
-                |ch, left| {
+                |node, left| {
                     let rid = to_pb(self.session.retry(id));
-                    call(ch, rid, left.as_millis() as u64)
+                    call(node, rid, left.as_millis() as u64)
                 },
                 true,
+                Some(keyed),
             )
             .await;
         self.session.finish(id);
         r
     }
 
+    /// Sends `op` to `node` in its next batch.
+    async fn batched(
+        node: Arc<Node>,
+        op: pb::batch_op::Op,
+        bytes: usize,
+    ) -> std::result::Result<pb::BatchResult, tonic::Status> {
+        let op = pb::BatchOp { op: Some(op) };
+        node.batcher.submit(op, bytes).await
+    }
+
     /// Sets `key` to `value`.
     pub async fn put(&self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write(|ch, rid, ms| {
-            let r = pb::PutRequest {
-                table: table.to_string(),
-                key: key.to_vec(),
-                value: value.to_vec(),
-                request_id: Some(rid),
-                timeout_ms: ms,
-            };
-            async move { Self::kv(ch).put(r).await }
-        })
-        .await
-        .map(|_| ())
+        let resp = self
+            .write(Keyed { table, key }, |node, rid, ms| {
+                let op = pb::batch_op::Op::Put(pb::PutRequest {
+                    table: table.to_string(),
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    request_id: Some(rid),
+                    timeout_ms: ms,
+                });
+                Self::batched(node, op, key.len() + value.len())
+            })
+            .await?;
+        self.learn(table, resp.leader);
+        Ok(())
     }
 
     /// Removes `key`; removing an absent key is not an error.
     pub async fn delete(&self, table: &str, key: &[u8]) -> Result<()> {
-        self.write(|ch, rid, ms| {
-            let r = pb::DeleteRequest {
-                table: table.to_string(),
-                key: key.to_vec(),
-                request_id: Some(rid),
-                timeout_ms: ms,
-            };
-            async move { Self::kv(ch).delete(r).await }
-        })
-        .await
-        .map(|_| ())
+        let resp = self
+            .write(Keyed { table, key }, |node, rid, ms| {
+                let op = pb::batch_op::Op::Delete(pb::DeleteRequest {
+                    table: table.to_string(),
+                    key: key.to_vec(),
+                    request_id: Some(rid),
+                    timeout_ms: ms,
+                });
+                Self::batched(node, op, key.len())
+            })
+            .await?;
+        self.learn(table, resp.leader);
+        Ok(())
     }
 
     async fn get_with(
@@ -571,18 +699,24 @@ impl Client {
         key: &[u8],
         consistency: pb::Consistency,
     ) -> Result<Option<Vec<u8>>> {
+        // Stale reads may be served by any replica: they stay spread over the endpoints.
+        let keyed = (consistency == pb::Consistency::Linearizable).then_some(Keyed { table, key });
         let resp = self
-            .retry(|ch, left| {
-                let r = pb::GetRequest {
-                    table: table.to_string(),
-                    key: key.to_vec(),
-                    consistency: consistency as i32,
-                    timeout_ms: left.as_millis() as u64,
-                };
-                async move { Self::kv(ch).get(r).await }
-            })
-            .await?
-            .into_inner();
+            .retry_as(
+                |node, left| {
+                    let op = pb::batch_op::Op::Get(pb::GetRequest {
+                        table: table.to_string(),
+                        key: key.to_vec(),
+                        consistency: consistency as i32,
+                        timeout_ms: left.as_millis() as u64,
+                    });
+                    Self::batched(node, op, key.len())
+                },
+                false,
+                keyed,
+            )
+            .await?;
+        self.learn(table, resp.leader);
         Ok(resp.found.then_some(resp.value))
     }
 

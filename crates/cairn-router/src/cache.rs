@@ -3,7 +3,7 @@
 use cairn_types::{NodeDesc, NodeId, PartitionDesc, PartitionId, TableDesc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// A table and the partition leaders last reported to the metadata group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -25,10 +25,11 @@ impl TableRoute {
 }
 
 /// Cached routes by table name. Entries are replaced whole on refresh; a leader hint is
-/// updated in place when a replica names the leader.
+/// updated in place when a replica names the leader. Routes are shared, not copied, with
+/// the requests that read them: a request takes one reference count, not a copy.
 #[derive(Default)]
 pub struct RouteCache {
-    tables: RwLock<HashMap<String, TableRoute>>,
+    tables: RwLock<HashMap<String, Arc<TableRoute>>>,
 }
 
 impl RouteCache {
@@ -38,7 +39,7 @@ impl RouteCache {
     }
 
     /// The cached route of `table`.
-    pub fn get(&self, table: &str) -> Option<TableRoute> {
+    pub fn get(&self, table: &str) -> Option<Arc<TableRoute>> {
         self.tables
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -48,6 +49,12 @@ impl RouteCache {
 
     /// Stores a route fetched from the metadata group.
     pub fn insert(&self, route: TableRoute) {
+        let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        t.insert(route.table.name.clone(), Arc::new(route));
+    }
+
+    /// Stores a route that is already shared.
+    pub fn insert_shared(&self, route: Arc<TableRoute>) {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
         t.insert(route.table.name.clone(), route);
     }
@@ -71,7 +78,7 @@ impl RouteCache {
         };
         let mut patched = r.table.clone();
         if patched.merge_partitions(descs) && patched.tiles() {
-            r.table = patched;
+            Arc::make_mut(r).table = patched;
             return true;
         }
         t.remove(table);
@@ -81,16 +88,20 @@ impl RouteCache {
     /// Records that `leader` leads `partition` of `table`.
     pub fn set_leader(&self, table: &str, partition: PartitionId, leader: NodeId) {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = t.get_mut(table) {
-            r.leaders.insert(partition, leader);
+        if let Some(r) = t.get_mut(table)
+            && r.leaders.get(&partition) != Some(&leader)
+        {
+            Arc::make_mut(r).leaders.insert(partition, leader);
         }
     }
 
     /// Drops the leader hint of `partition` (it proved wrong).
     pub fn clear_leader(&self, table: &str, partition: PartitionId) {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = t.get_mut(table) {
-            r.leaders.remove(&partition);
+        if let Some(r) = t.get_mut(table)
+            && r.leaders.contains_key(&partition)
+        {
+            Arc::make_mut(r).leaders.remove(&partition);
         }
     }
 }

@@ -16,4 +16,4 @@ pub use messages::{
     ControllerStatus, DecisionRecord, Heartbeat, MetaReply, MetaRequest, NodeStatus, PartitionOp,
     PartitionReply, PartitionRequest,
 };
-pub use router::{DEFAULT_DEADLINE, ListPage, Router, Transport};
+pub use router::{DEFAULT_DEADLINE, ListPage, Router, Served, Transport};

@@ -12,6 +12,7 @@ fn successor(k: &[u8]) -> Vec<u8> {
     s
 }
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -59,6 +60,17 @@ pub struct ListPage {
     /// Where the next page starts (inclusive), or `None` after the last page. A page can be
     /// short, even empty, and still have a next page: pages stop at partition boundaries.
     pub next: Option<Vec<u8>>,
+}
+
+/// A partition's answer and who gave it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The partition as the route described it when the request was sent.
+    pub partition: PartitionDesc,
+    /// The node whose replica answered (for a linearizable request, the leader).
+    pub node: NodeId,
+    /// The answer.
+    pub reply: PartitionReply,
 }
 
 /// Routes table and key requests to partition leaders.
@@ -111,7 +123,7 @@ impl<T: Transport> Router<T> {
     }
 
     /// The route of `table`, from the cache or the metadata group.
-    pub async fn route(&self, table: &str, deadline: Instant) -> Result<TableRoute> {
+    pub async fn route(&self, table: &str, deadline: Instant) -> Result<Arc<TableRoute>> {
         cairn_types::validate_table_name(table)?;
         if let Some(r) = self.cache.get(table) {
             return Ok(r);
@@ -122,7 +134,8 @@ impl<T: Transport> Router<T> {
         {
             MetaReply::Table(r) => {
                 self.transport.learn(&r.nodes);
-                self.cache.insert(r.clone());
+                let r = Arc::new(r);
+                self.cache.insert_shared(r.clone());
                 Ok(r)
             }
             other => Err(Error::Internal(format!(
@@ -140,7 +153,7 @@ impl<T: Transport> Router<T> {
         op: impl Fn() -> PartitionOp,
         stale_ok: bool,
         deadline: Instant,
-    ) -> Result<(PartitionDesc, PartitionReply)> {
+    ) -> Result<Served> {
         let mut attempt: u32 = 0;
         let mut last_err: Error;
         let mut skip = 0usize;
@@ -181,7 +194,11 @@ impl<T: Transport> Router<T> {
                     if !stale_ok && hint != Some(target) {
                         self.cache.set_leader(table, part.id, target);
                     }
-                    return Ok((part, r));
+                    return Ok(Served {
+                        partition: part,
+                        node: target,
+                        reply: r,
+                    });
                 }
                 Err(Error::NotLeader {
                     leader: Some(l), ..
@@ -247,11 +264,23 @@ impl<T: Transport> Router<T> {
         stale_ok: bool,
         deadline: Instant,
     ) -> Result<PartitionReply> {
+        Ok(self
+            .keyed_at(table, key, op, stale_ok, deadline)
+            .await?
+            .reply)
+    }
+
+    /// [`Router::keyed`], also saying which partition and node answered.
+    pub async fn keyed_at(
+        &self,
+        table: &str,
+        key: &[u8],
+        op: impl Fn() -> PartitionOp,
+        stale_ok: bool,
+        deadline: Instant,
+    ) -> Result<Served> {
         let pick = |r: &TableRoute| r.locate(key).map(|(p, _)| p.clone());
-        let (_, reply) = self
-            .on_partition(table, pick, op, stale_ok, deadline)
-            .await?;
-        Ok(reply)
+        self.on_partition(table, pick, op, stale_ok, deadline).await
     }
 
     /// Lists up to `limit` rows with keys in `[start, end)` from the partition owning
@@ -275,7 +304,11 @@ impl<T: Transport> Router<T> {
             limit: limit as u32 + 1,
             stale,
         };
-        let (part, reply) = self
+        let Served {
+            partition: part,
+            reply,
+            ..
+        } = self
             .on_partition(
                 table,
                 |r| r.locate(&start).map(|(p, _)| p.clone()),
@@ -301,7 +334,7 @@ impl<T: Transport> Router<T> {
     }
 
     /// Every partition's descriptor of `table`, fresh from the metadata group.
-    pub async fn describe(&self, table: &str, deadline: Instant) -> Result<TableRoute> {
+    pub async fn describe(&self, table: &str, deadline: Instant) -> Result<Arc<TableRoute>> {
         self.cache.invalidate(table);
         self.route(table, deadline).await
     }

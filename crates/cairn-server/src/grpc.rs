@@ -73,6 +73,21 @@ pub(crate) fn partition_pb(
     }
 }
 
+/// The leader hint a keyed response carries (none when the leader's address is unknown).
+fn hint_pb(h: crate::node::LeaderHint) -> Option<pb::LeaderHint> {
+    let addr = h.leader_addr?;
+    let r = h.partition.range;
+    Some(pb::LeaderHint {
+        partition: h.partition.id.0,
+        has_end: r.end.is_some(),
+        start: r.start,
+        end: r.end.unwrap_or_default(),
+        epoch_version: h.partition.epoch.version,
+        leader: h.leader.0,
+        leader_addr: addr,
+    })
+}
+
 pub(crate) fn operation_pb(op: &cairn_types::Operation) -> pb::Operation {
     let (from, to) = op.kind.nodes();
     pb::Operation {
@@ -124,6 +139,74 @@ pub(crate) fn table_pb(r: &TableRoute) -> pb::Table {
     }
 }
 
+/// Most operations one Batch call may carry.
+const MAX_BATCH_OPS: usize = 1024;
+
+/// Runs operation `index` of a batch the way its unary call would, and says how it went.
+async fn batch_op(node: Arc<Node>, index: u32, op: pb::BatchOp) -> pb::BatchResult {
+    use pb::batch_op::Op;
+    let started = std::time::Instant::now();
+    let mut out = pb::BatchResult {
+        index,
+        ..Default::default()
+    };
+    let (name, res) = match op.op {
+        Some(Op::Put(r)) => {
+            let res = node
+                .put(
+                    &r.table,
+                    r.key,
+                    r.value,
+                    request_id(r.request_id),
+                    deadline(r.timeout_ms),
+                )
+                .await;
+            ("put", res.map(|h| out.leader = hint_pb(h)))
+        }
+        Some(Op::Delete(r)) => {
+            let res = node
+                .delete(
+                    &r.table,
+                    r.key,
+                    request_id(r.request_id),
+                    deadline(r.timeout_ms),
+                )
+                .await;
+            ("delete", res.map(|h| out.leader = hint_pb(h)))
+        }
+        Some(Op::Get(r)) => {
+            let stale = r.consistency == pb::Consistency::Stale as i32;
+            let res = node
+                .get(&r.table, r.key, stale, deadline(r.timeout_ms))
+                .await;
+            (
+                "get",
+                res.map(|(v, h)| {
+                    out.found = v.is_some();
+                    out.value = v.unwrap_or_default();
+                    out.leader = h.and_then(hint_pb);
+                }),
+            )
+        }
+        None => (
+            "batch",
+            Err(Error::InvalidArgument(format!(
+                "operation {index} of the batch is empty: set put, get or delete"
+            ))),
+        ),
+    };
+    if name != "batch" {
+        node.record(name, res.is_ok(), started);
+    }
+    if let Err(e) = res {
+        out.error = Some(pb::ErrorInfo {
+            code: e.code().as_str().to_string(),
+            message: e.to_string(),
+        });
+    }
+    out
+}
+
 struct Kv(Arc<Node>);
 struct Admin(Arc<Node>);
 struct Internal(Arc<Node>);
@@ -142,6 +225,31 @@ impl Kv {
 
 #[tonic::async_trait]
 impl kv_server::Kv for Kv {
+    type BatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::BatchResult, Status>> + Send + 'static>,
+    >;
+
+    async fn batch(
+        &self,
+        req: Request<pb::BatchRequest>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        use futures::StreamExt;
+        let ops = req.into_inner().ops;
+        if ops.len() > MAX_BATCH_OPS {
+            return Err(status(Error::InvalidArgument(format!(
+                "a batch carries at most {MAX_BATCH_OPS} operations, not {}; split it",
+                ops.len()
+            ))));
+        }
+        // Every operation runs at once; each answer goes out as soon as it is ready.
+        let running: futures::stream::FuturesUnordered<_> = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| batch_op(self.0.clone(), i as u32, op))
+            .collect();
+        Ok(Response::new(Box::pin(running.map(Ok))))
+    }
+
     async fn create_table(
         &self,
         req: Request<pb::CreateTableRequest>,
@@ -225,7 +333,11 @@ impl kv_server::Kv for Kv {
                 deadline(r.timeout_ms),
             )
             .await;
-        self.done("put", started, res.map(|_| pb::PutResponse {}))
+        self.done(
+            "put",
+            started,
+            res.map(|h| pb::PutResponse { leader: hint_pb(h) }),
+        )
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -239,9 +351,10 @@ impl kv_server::Kv for Kv {
         self.done(
             "get",
             started,
-            res.map(|v| pb::GetResponse {
+            res.map(|(v, h)| pb::GetResponse {
                 found: v.is_some(),
                 value: v.unwrap_or_default(),
+                leader: h.and_then(hint_pb),
             }),
         )
     }
@@ -261,7 +374,11 @@ impl kv_server::Kv for Kv {
                 deadline(r.timeout_ms),
             )
             .await;
-        self.done("delete", started, res.map(|_| pb::DeleteResponse {}))
+        self.done(
+            "delete",
+            started,
+            res.map(|h| pb::DeleteResponse { leader: hint_pb(h) }),
+        )
     }
 
     async fn list(

@@ -393,7 +393,7 @@ async fn describe_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let started = std::time::Instant::now();
     let res = node.describe_table(&name, deadline()).await;
     node.record("describe_table", res.is_ok(), started);
-    Ok(Json(table_json(&res?)).into_response())
+    Ok(Json(table_json(&*res?)).into_response())
 }
 
 async fn drop_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
@@ -434,7 +434,7 @@ async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let started = std::time::Instant::now();
     let res = node.get(&table, key, stale, deadline()).await;
     node.record("get", res.is_ok(), started);
-    match res? {
+    match res?.0 {
         Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
         None => Ok((
             StatusCode::NOT_FOUND,

@@ -283,11 +283,11 @@ impl Node {
                 .find(|p| p.id == partition)
                 .cloned()
         };
-        let (_, reply) = self
+        let served = self
             .router
             .on_partition(&name, pick, || op.clone(), false, deadline)
             .await?;
-        Ok(reply)
+        Ok(served.reply)
     }
 
     /// Records a step of `op` in the metadata (only while this node leads it).

@@ -9,7 +9,7 @@ use cairn_proto::net::{Accepted, SharedDialer};
 use cairn_raft::{PeerNetwork, Syncer};
 use cairn_router::{
     Heartbeat, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply,
-    PartitionRequest, Router, TableRoute, Transport,
+    PartitionRequest, Router, Served, TableRoute, Transport,
 };
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_storage_fjall::FjallEngine;
@@ -45,6 +45,17 @@ pub struct Substrate {
     pub engine: SharedEngine,
     /// Makes the engine's writes durable.
     pub syncer: Syncer,
+}
+
+/// Who served a keyed request, so a client can go straight to the leader next time.
+#[derive(Clone, Debug)]
+pub struct LeaderHint {
+    /// The partition, as the route described it.
+    pub partition: PartitionDesc,
+    /// The node whose replica answered: the leader, for a linearizable request.
+    pub leader: NodeId,
+    /// Its gRPC address, when known.
+    pub leader_addr: Option<String>,
 }
 
 /// A running node.
@@ -603,12 +614,12 @@ impl Node {
     }
 
     /// A table with its partitions and leader hints.
-    pub async fn describe_table(&self, name: &str, deadline: Instant) -> Result<TableRoute> {
+    pub async fn describe_table(&self, name: &str, deadline: Instant) -> Result<Arc<TableRoute>> {
         self.router.describe(name, deadline).await
     }
 
     /// Routes a write to the owner of `key` under a request id: the caller's, or one from
-    /// this node's session (finished when the write returns).
+    /// this node's session (finished when the write returns). Answers who served it.
     async fn write(
         &self,
         table: &str,
@@ -616,17 +627,17 @@ impl Node {
         given: Option<RequestId>,
         deadline: Instant,
         op: impl Fn(RequestId) -> PartitionOp,
-    ) -> Result<()> {
+    ) -> Result<LeaderHint> {
         self.core.limits.check_key(key)?;
         let rid = given.unwrap_or_else(|| self.session.begin());
         let r = self
             .router
-            .keyed(table, key, || op(rid), false, deadline)
+            .keyed_at(table, key, || op(rid), false, deadline)
             .await;
         if given.is_none() {
             self.session.finish(rid);
         }
-        r?;
+        let served = r?;
         let lose = |n: u64| n.checked_sub(1);
         if self
             .lose_write_replies
@@ -637,7 +648,21 @@ impl Node {
                 "the answer was dropped by fault injection (--fault-lose-write-replies); the write was applied".into(),
             ));
         }
-        Ok(())
+        Ok(self.hint(served))
+    }
+
+    /// The leader hint for a client, from a linearizable request's answer.
+    fn hint(&self, served: Served) -> LeaderHint {
+        let leader_addr = if served.node == self.core.id {
+            Some(self.core.desc.addr.clone())
+        } else {
+            self.core.peers.addr(served.node.0)
+        };
+        LeaderHint {
+            partition: served.partition,
+            leader: served.node,
+            leader_addr,
+        }
     }
 
     /// Writes `value` under `key`.
@@ -648,7 +673,7 @@ impl Node {
         value: Vec<u8>,
         rid: Option<RequestId>,
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<LeaderHint> {
         self.core.limits.check_value(&value)?;
         let op = |rid| PartitionOp::Put {
             key: key.clone(),
@@ -665,7 +690,7 @@ impl Node {
         key: Vec<u8>,
         rid: Option<RequestId>,
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<LeaderHint> {
         let op = |rid| PartitionOp::Delete {
             key: key.clone(),
             request_id: Some(rid),
@@ -673,20 +698,22 @@ impl Node {
         self.write(table, &key, rid, deadline, op).await
     }
 
-    /// Reads `key`; linearizable unless `stale`.
+    /// Reads `key`; linearizable unless `stale`. A linearizable read also answers who
+    /// served it.
     pub async fn get(
         &self,
         table: &str,
         key: Vec<u8>,
         stale: bool,
         deadline: Instant,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<(Option<Vec<u8>>, Option<LeaderHint>)> {
         self.core.limits.check_key(&key)?;
-        let reply = if stale {
-            self.stale_get(table, &key, deadline).await?
+        let (reply, hint) = if stale {
+            (self.stale_get(table, &key, deadline).await?, None)
         } else {
-            self.router
-                .keyed(
+            let served = self
+                .router
+                .keyed_at(
                     table,
                     &key,
                     || PartitionOp::Get {
@@ -696,10 +723,12 @@ impl Node {
                     false,
                     deadline,
                 )
-                .await?
+                .await?;
+            let reply = served.reply.clone();
+            (reply, Some(self.hint(served)))
         };
         match reply {
-            PartitionReply::Value(v) => Ok(v),
+            PartitionReply::Value(v) => Ok((v, hint)),
             other => Err(Error::Internal(format!("get answered {other:?}"))),
         }
     }
