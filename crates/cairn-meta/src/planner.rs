@@ -14,6 +14,9 @@ pub use cairn_types::{KeySample, PartitionLoad};
 use cairn_types::{META_GROUP, NodeId, OpKind, OpState, PartitionId};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// How far above a node's fair share of the load a partition must be to split by load.
+const LOAD_SPLIT_MARGIN: f64 = 1.25;
+
 /// The controller's thresholds and limits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannerConfig {
@@ -269,22 +272,17 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         budget -= 1;
     }
 
-    // 2. Splits by size, then by load. A load split only helps if a half can go to a node
-    // with room: the load the partition's leader carries must exceed the coolest node's by
-    // more than half the partition's. When every node already leads an even share (every
-    // node busy), a split only adds a Raft group per node to feed.
-    let mut led_qps: BTreeMap<NodeId, f64> = targets.iter().map(|n| (*n, 0.0)).collect();
-    for (p, l) in &view.leaders {
-        if let (Some(q), Some(load)) = (led_qps.get_mut(l), view.loads.get(p)) {
-            *q += load.qps;
-        }
-    }
-    let coolest = led_qps.values().copied().fold(f64::INFINITY, f64::min);
-    let spreads = |g: &Group, qps: f64| match view.leaders.get(&g.id).and_then(|l| led_qps.get(l)) {
-        Some(led) => led - coolest > qps / 2.0,
-        // Leader unknown, or on a node that takes no new load: judge by the threshold.
-        None => true,
-    };
+    // 2. Splits by size, then by load. A load split only helps when the partition carries
+    // more than a node's fair share of the load (the total over the nodes that take load,
+    // with a margin): partitions no bigger than that are spread by moving leaders, and
+    // splitting them only adds Raft groups for every node to feed.
+    let total_qps: f64 = groups
+        .iter()
+        .filter(|g| g.id != META_GROUP)
+        .filter_map(|g| view.loads.get(&g.id))
+        .map(|l| l.qps)
+        .sum();
+    let fair_share = total_qps / targets.len().max(1) as f64;
     for g in groups.iter().filter(|g| g.id != META_GROUP) {
         if busy.contains(&g.id) {
             continue;
@@ -302,7 +300,7 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
                     key,
                     why: format!("{} bytes, above {}", load.bytes, cfg.split_size),
                 })
-        } else if load.qps > cfg.split_qps && spreads(g, load.qps) {
+        } else if load.qps > cfg.split_qps && load.qps > fair_share * LOAD_SPLIT_MARGIN {
             Some(match load.load_split_key.clone().filter(inside) {
                 Some(key) => Decision::Split {
                     partition: g.id,
@@ -802,7 +800,7 @@ mod tests {
     }
 
     #[test]
-    fn load_splits_only_where_a_half_can_go_to_a_cooler_node() {
+    fn load_splits_only_partitions_above_a_fair_share() {
         let mut rng = Rng(5);
         let s = cluster(&mut rng, 3, 3);
         let parts: Vec<_> = s.partitions().map(|(_, p)| p.clone()).collect();
@@ -810,31 +808,33 @@ mod tests {
             split_qps: 100.0,
             ..PlannerConfig::default()
         };
-        let hot = |p: &cairn_types::PartitionDesc| PartitionLoad {
-            qps: 7000.0,
+        let load = |p: &cairn_types::PartitionDesc, qps: f64| PartitionLoad {
+            qps,
             // Load spread over the range, so a split key exists just after its start.
             load_split_key: Some([p.range.start.as_slice(), &[0]].concat()),
             ..PartitionLoad::default()
         };
+        let splits = |v: &ClusterView| {
+            plan(v, &cfg)
+                .into_iter()
+                .filter(|d| matches!(d, Decision::Split { .. }))
+                .map(|d| d.partition())
+                .collect::<Vec<_>>()
+        };
+        // Three equally hot partitions on three nodes: moving leaders spreads them, and
+        // that holds however the leaders stand now.
         let mut v = view(&s, 1..=3);
         for p in &parts {
-            v.loads.insert(p.id, hot(p));
+            v.loads.insert(p.id, load(p, 7000.0));
         }
-        // Every node leads one hot partition: nothing to spread to.
-        v.leaders = parts
-            .iter()
-            .zip(1..=3)
-            .map(|(p, n)| (p.id, NodeId(n)))
-            .collect();
-        let splits = |plan: &[Decision]| {
-            plan.iter()
-                .filter(|d| matches!(d, Decision::Split { .. }))
-                .count()
-        };
-        assert_eq!(splits(&plan(&v, &cfg)), 0, "{:?}", plan(&v, &cfg));
-        // Node 1 leads all three while nodes 2 and 3 idle: the hot partitions split.
         v.leaders = parts.iter().map(|p| (p.id, NodeId(1))).collect();
-        assert!(splits(&plan(&v, &cfg)) > 0, "{:?}", plan(&v, &cfg));
+        assert_eq!(splits(&v), vec![], "{:?}", plan(&v, &cfg));
+        // One hot partition among idle ones: it splits, the others do not.
+        for (i, p) in parts.iter().enumerate() {
+            v.loads
+                .insert(p.id, load(p, if i == 1 { 7000.0 } else { 150.0 }));
+        }
+        assert_eq!(splits(&v), vec![parts[1].id], "{:?}", plan(&v, &cfg));
     }
 
     #[test]
