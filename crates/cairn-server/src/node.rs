@@ -434,14 +434,19 @@ impl Node {
 
     /// Prometheus text for `/metrics`.
     pub(crate) fn metrics_text(&self) -> String {
+        // Its own statement: a guard taken inside the struct literal below would live to the
+        // end of it, and `duplicate_writes` reads the same lock again. A second read while a
+        // writer waits (a replica being opened) blocks for good: the node hung so, with
+        // /metrics polled while a 1,000-partition table was being created.
+        let replicas = self
+            .core
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         let gauges = crate::metrics::Gauges {
             node: self.core.id.0,
-            replicas: self
-                .core
-                .replicas
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            replicas,
             leaders: self.core.leader_count(),
             meta_leader: self.is_meta_leader(),
             duplicate_writes: self.core.duplicate_writes(),
