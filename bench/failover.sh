@@ -11,7 +11,7 @@
 #
 #   bench/failover.sh                 # 3 rounds each
 #   RUNS=5 bench/failover.sh
-#   CAIRN_FLAGS=--quiesce bench/failover.sh    # with quiescent partition groups
+#   CAIRN_FLAGS="--quiesce false" bench/failover.sh  # with openraft's per-group timers
 #
 # Installs etcd-server, protobuf-compiler and python3 from Debian's packages when missing.
 set -euo pipefail
@@ -21,7 +21,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-12}
 KILL_AFTER=${KILL_AFTER:-5}
 CLIENTS=${CLIENTS:-16}
-CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. --quiesce
+CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. "--quiesce false"
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)

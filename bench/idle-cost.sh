@@ -6,7 +6,7 @@
 #
 #   bench/idle-cost.sh                        # 1,000 partitions
 #   PARTITIONS=300 MEASURE=30 bench/idle-cost.sh
-#   CAIRN_FLAGS=--quiesce bench/idle-cost.sh  # with quiescent partition groups
+#   CAIRN_FLAGS="--quiesce false" bench/idle-cost.sh  # with openraft's per-group timers
 #   BIN=/path/to/other/cairn bench/idle-cost.sh   # the same for another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PARTITIONS=${PARTITIONS:-1000}
 SETTLE=${SETTLE:-10}
 MEASURE=${MEASURE:-20}
-CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. --quiesce
+CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. "--quiesce false"
 
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
 if [ -z "${BIN:-}" ]; then
