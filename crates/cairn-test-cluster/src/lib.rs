@@ -105,6 +105,11 @@ impl TestCluster {
             .ok_or_else(|| anyhow::anyhow!("no node {id}"))
     }
 
+    /// The gRPC address of node `id`.
+    pub fn grpc(&self, id: u64) -> anyhow::Result<SocketAddr> {
+        Ok(self.slot(id)?.grpc)
+    }
+
     /// The HTTP address of node `id`.
     pub fn http(&self, id: u64) -> anyhow::Result<SocketAddr> {
         Ok(self.slot(id)?.http)

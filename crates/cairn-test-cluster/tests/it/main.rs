@@ -97,3 +97,120 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// One `Batch` call: each operation is answered on its own (a refused one fails alone), a
+/// keyed answer names the partition's range and the node that led it, and an oversized
+/// batch is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t30_batch_answers_each_operation_on_its_own() {
+    use cairn_proto::v1::{self as pb, batch_op::Op, kv_client::KvClient};
+    let c = TestCluster::start(3).await.unwrap();
+    let cl = c.client().unwrap();
+    cl.create_table("b", 3, vec![b"m".to_vec()]).await.unwrap();
+    let mut kv = KvClient::connect(format!("http://{}", c.grpc(1).unwrap()))
+        .await
+        .unwrap();
+    let put = |table: &str, key: &str| pb::BatchOp {
+        op: Some(Op::Put(pb::PutRequest {
+            table: table.into(),
+            key: key.into(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let get = |key: &str| pb::BatchOp {
+        op: Some(Op::Get(pb::GetRequest {
+            table: "b".into(),
+            key: key.into(),
+            ..Default::default()
+        })),
+    };
+    async fn run(
+        kv: &mut KvClient<tonic::transport::Channel>,
+        ops: Vec<pb::BatchOp>,
+    ) -> Vec<pb::BatchResult> {
+        let n = ops.len();
+        let mut stream = kv
+            .batch(pb::BatchRequest { ops })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = vec![None; n];
+        while let Some(r) = stream.message().await.unwrap() {
+            let i = r.index as usize;
+            assert!(out[i].is_none(), "operation {i} answered twice");
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| r.unwrap_or_else(|| panic!("operation {i} not answered")))
+            .collect()
+    }
+    let code = |r: &pb::BatchResult| r.error.as_ref().map(|e| e.code.clone());
+
+    let out = run(
+        &mut kv,
+        vec![
+            put("b", "apple"),
+            put("nope", "x"),
+            put("b", "zebra"),
+            pb::BatchOp { op: None },
+        ],
+    )
+    .await;
+    assert_eq!(code(&out[0]), None, "{out:?}");
+    assert_eq!(code(&out[1]).as_deref(), Some("TABLE_NOT_FOUND"), "{out:?}");
+    assert_eq!(code(&out[2]), None, "{out:?}");
+    assert_eq!(
+        code(&out[3]).as_deref(),
+        Some("INVALID_ARGUMENT"),
+        "{out:?}"
+    );
+
+    // The hints name each key's partition and its leader.
+    let t = cl.describe_table("b").await.unwrap();
+    for (r, key) in [
+        (&out[0], b"apple".as_slice()),
+        (&out[2], b"zebra".as_slice()),
+    ] {
+        let h = r
+            .leader
+            .as_ref()
+            .unwrap_or_else(|| panic!("no hint: {r:?}"));
+        let p = t
+            .partitions
+            .iter()
+            .find(|p| p.start.as_slice() <= key && p.end.as_deref().is_none_or(|e| key < e))
+            .unwrap();
+        assert_eq!(h.partition, p.id, "{h:?} {p:?}");
+        assert_eq!(
+            (h.start.clone(), h.has_end.then(|| h.end.clone())),
+            (p.start.clone(), p.end.clone())
+        );
+        assert!(p.replicas.contains(&h.leader), "{h:?} {p:?}");
+        assert_eq!(h.leader_addr, c.grpc(h.leader).unwrap().to_string());
+    }
+
+    // Reads in a batch see the writes acknowledged before it.
+    let out = run(&mut kv, vec![get("apple"), get("zebra"), get("absent")]).await;
+    let seen: Vec<_> = out
+        .iter()
+        .map(|r| (code(r), r.found, r.value.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (None, true, b"1".to_vec()),
+            (None, true, b"1".to_vec()),
+            (None, false, vec![]),
+        ]
+    );
+
+    let e = kv
+        .batch(pb::BatchRequest {
+            ops: vec![get("apple"); 1025],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+}
