@@ -46,6 +46,24 @@ impl<N: Clone> LeaderCache<N> {
             .then(|| e.node.clone())
     }
 
+    /// Whether the cache already says that a node matching `is_node` leads the range
+    /// starting at `start` at epoch `version` and ending at `end`: most answers repeat what
+    /// is known, and this costs a read lock where [`Self::learn`] takes the write lock.
+    pub(crate) fn knows(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        version: u64,
+        is_node: impl Fn(&N) -> bool,
+    ) -> bool {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables
+            .get(table)
+            .and_then(|m| m.get(start))
+            .is_some_and(|e| e.version == version && e.end.as_deref() == end && is_node(&e.node))
+    }
+
     /// Records that `node` leads `[start, end)` at epoch `version`. Cached ranges it
     /// overlaps are dropped, unless one of them is newer (a hint that raced a split).
     pub(crate) fn learn(
@@ -121,6 +139,16 @@ mod tests {
         let c = LeaderCache::default();
         c.learn("t", k(""), Some(k("m")), 1, 1u64);
         c.learn("t", k("m"), None, 1, 2u64);
+        assert!(c.knows("t", b"", Some(b"m"), 1, |n| *n == 1));
+        assert!(
+            !c.knows("t", b"", Some(b"m"), 1, |n| *n == 2),
+            "another leader"
+        );
+        assert!(
+            !c.knows("t", b"", Some(b"m"), 2, |n| *n == 1),
+            "another epoch"
+        );
+        assert!(!c.knows("t", b"", None, 1, |n| *n == 1), "another range");
         assert_eq!(c.lookup("t", b"a"), Some(1));
         assert_eq!(c.lookup("t", b"l"), Some(1));
         assert_eq!(c.lookup("t", b"m"), Some(2));

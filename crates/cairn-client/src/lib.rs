@@ -402,10 +402,18 @@ impl Client {
         let Some(h) = hint.filter(|h| self.leader_routing && !h.leader_addr.is_empty()) else {
             return;
         };
+        let end = h.has_end.then_some(h.end);
+        if self
+            .leaders
+            .knows(table, &h.start, end.as_deref(), h.epoch_version, |n| {
+                n.addr == h.leader_addr
+            })
+        {
+            return;
+        }
         let Some(node) = self.node_at(&h.leader_addr) else {
             return;
         };
-        let end = h.has_end.then_some(h.end);
         self.leaders
             .learn(table, h.start, end, h.epoch_version, node);
     }
