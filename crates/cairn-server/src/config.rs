@@ -38,7 +38,7 @@ pub struct ServerConfig {
     /// Below this many free bytes on the data disk, the node refuses writes (0: never).
     pub disk_reserve: u64,
     /// Partition groups keep no timers of their own: idle ones fall silent and the group
-    /// supervisor elects on node-level liveness (experimental, off by default).
+    /// supervisor elects on node-level liveness (the default; false: openraft's timers).
     pub quiesce: bool,
     /// Testing only: acknowledge log appends without fsync, so that power-loss tests can
     /// show they catch lost writes. False in production.

@@ -56,6 +56,11 @@ pub(crate) struct Replica {
     ///
     /// [`PeerHealth::now_ms`]: crate::supervisor::PeerHealth::now_ms
     pub(crate) heard_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When this replica was opened ([`PeerHealth::now_ms`]): `heard_ms` still equal to it
+    /// means no AppendEntries has reached it since.
+    ///
+    /// [`PeerHealth::now_ms`]: crate::supervisor::PeerHealth::now_ms
+    pub(crate) opened_ms: u64,
     /// Shares ReadIndex rounds between concurrent linearizable reads.
     reads: Arc<crate::reads::ReadBatcher>,
 }
@@ -546,6 +551,7 @@ impl Core {
             let raft = raft.clone();
             tokio::spawn(async move { campaign(&raft).await });
         }
+        let opened_ms = self.peer_health.now_ms();
         let replica = Replica {
             id,
             raft,
@@ -553,7 +559,8 @@ impl Core {
             log,
             stats: Default::default(),
             clock: Default::default(),
-            heard_ms: Arc::new(self.peer_health.now_ms().into()),
+            heard_ms: Arc::new(opened_ms.into()),
+            opened_ms,
             reads: Default::default(),
         };
         self.replicas

@@ -630,10 +630,9 @@ impl internal_server::Internal for Internal {
         } else {
             self.0.core.replica(group).map(|r| {
                 if matches!(rpc.msg, cairn_raft::RaftMsg::Append(_)) {
-                    r.heard_ms.store(
-                        self.0.core.peer_health.now_ms(),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    // Never equal to `opened_ms`, which means "not heard since opened".
+                    let now = self.0.core.peer_health.now_ms().max(r.opened_ms + 1);
+                    r.heard_ms.store(now, std::sync::atomic::Ordering::Relaxed);
                 }
                 (r.raft, r.id.0, Some(r.view.desc().epoch.version))
             })

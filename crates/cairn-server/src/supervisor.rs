@@ -13,8 +13,13 @@
 //!   follower has not caught up. An idle group sends nothing.
 //! - A voter campaigns (pre-vote first) when it knows no leader for [`LEADERLESS_AFTER`],
 //!   when its leader's node is down or restarted since it last heard from it, when its leader
-//!   is no longer a voter, or when it is itself the recorded leader but does not lead (it
-//!   restarted). Campaigns are spread by a random delay so two followers rarely split a vote.
+//!   is no longer a voter, when it is itself the recorded leader but does not lead (it
+//!   restarted), or when it has heard nothing from its recorded leader since it opened (every
+//!   node restarted: each follower sees its leader's node up and, having known no earlier
+//!   incarnation, cannot tell it restarted). Campaigns are spread by a random delay so two
+//!   followers rarely split a vote.
+//! - A leader whose follower's node restarted beats for a while even when idle, so the
+//!   restarted follower hears from it and does not take the last rule's way.
 //!
 //! Safety does not rest on any of this: Raft's votes and terms decide leadership, and a
 //! follower still refuses votes for a leader lease (1 s) after it last heard from its leader,
@@ -52,6 +57,13 @@ const PASS_EVERY: Duration = Duration::from_millis(500);
 pub(crate) const QUIESCE_AFTER: Duration = Duration::from_secs(2);
 /// A voter that knows no leader for this long campaigns.
 const LEADERLESS_AFTER: Duration = Duration::from_millis(400);
+/// A voter that has heard nothing from its recorded leader this long after it opened treats
+/// the group as leaderless. Longer than a live leader takes to notice the restart and beat
+/// ([`RESTART_BEAT_WINDOW`]), so that a live idle leader is not deposed.
+const SILENT_LEADER_AFTER_MS: u64 = 2_000;
+/// A leader beats (even if idle) while one of its followers' nodes restarted less than this
+/// ago: the follower reopens its replicas meanwhile and must hear from its leader.
+const RESTART_BEAT_WINDOW_MS: u64 = 1_000;
 /// Largest random delay before a campaign, so that followers rarely run at once.
 const CAMPAIGN_JITTER_MS: u64 = 150;
 /// Least time between two campaigns for one group (about one election round).
@@ -174,6 +186,16 @@ impl PeerHealth {
         v.sort_unstable();
         v.hash(&mut h);
         h.finish()
+    }
+
+    /// Peers seen to restart in the last `window_ms`.
+    fn restarted_within(&self, window_ms: u64) -> Vec<u64> {
+        let now = self.now_ms();
+        self.lock()
+            .iter()
+            .filter(|(_, p)| p.restarted_ms > 0 && now.saturating_sub(p.restarted_ms) < window_ms)
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     /// Whether `node` was seen to restart after `since_ms`.
@@ -311,6 +333,16 @@ fn seen(raft: &cairn_raft::typ::Raft, me: u64) -> Seen {
     }
 }
 
+/// Whether one of the group's members lives on one of `nodes`.
+fn has_member_on(raft: &cairn_raft::typ::Raft, nodes: &[u64]) -> bool {
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    m.membership_config
+        .membership()
+        .nodes()
+        .any(|(_, n)| nodes.contains(&n.node))
+}
+
 /// Whether this node sees a majority of the group's voters up (itself included). A node cut
 /// off from the rest sees every peer down; campaigning then would only win, once the cut
 /// heals, an idle group whose followers hold no lease, deposing a healthy leader.
@@ -405,6 +437,7 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool
     let mut urgent = false;
     let mut transfers = core.transfers.lock().unwrap_or_else(|p| p.into_inner());
     transfers.retain(|id, _| replicas.contains_key(id));
+    let restarted = core.peer_health.restarted_within(RESTART_BEAT_WINDOW_MS);
     for (&id, r) in replicas.iter() {
         let s = seen(&r.raft, r.id.0);
         let g = groups.entry(id).or_insert_with(|| GroupState {
@@ -412,8 +445,13 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool
             ..Default::default()
         });
 
-        // A leader beats while its group is busy and falls silent once it is idle.
-        if s.leading && (!g.leading || g.last_log != s.last_log) {
+        // A leader beats while its group is busy and falls silent once it is idle; a
+        // follower's restart counts as busy, so the follower learns who leads.
+        if s.leading
+            && (!g.leading
+                || g.last_log != s.last_log
+                || (!restarted.is_empty() && has_member_on(&r.raft, &restarted)))
+        {
             g.active_ms = now;
         }
         g.leading = s.leading;
@@ -456,6 +494,15 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool
                 }
                 Some((Some(n), _)) if core.peer_health.restarted_after(n.0, heard) => {
                     (None, Some("the leader's node restarted"))
+                }
+                Some(_)
+                    if heard == r.opened_ms
+                        && now.saturating_sub(r.opened_ms) >= SILENT_LEADER_AFTER_MS =>
+                {
+                    (
+                        Some("nothing heard from the leader since this replica opened"),
+                        None,
+                    )
                 }
                 Some(_) => (None, None),
             }
@@ -538,5 +585,22 @@ mod tests {
             "heard from since the restart"
         );
         assert_ne!(h.fingerprint(), up, "a restart wakes the supervisor");
+        assert_eq!(
+            h.restarted_within(RESTART_BEAT_WINDOW_MS),
+            vec![2],
+            "its leaders beat for a while"
+        );
+        tokio::time::advance(Duration::from_millis(RESTART_BEAT_WINDOW_MS)).await;
+        assert!(h.restarted_within(RESTART_BEAT_WINDOW_MS).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_incarnation_is_no_restart() {
+        // Every node restarted: each sees its peers' new incarnations for the first time,
+        // so none counts as a restart; the voters' silence rule elects instead.
+        let h = PeerHealth::default();
+        h.answered(2, 9);
+        assert!(!h.restarted_after(2, 0));
+        assert!(h.restarted_within(RESTART_BEAT_WINDOW_MS).is_empty());
     }
 }

@@ -86,7 +86,8 @@ impl SimConfig {
             think: Duration::from_millis(200),
             stale_reads: false,
             layout_changes: true,
-            quiesce: std::env::var("CAIRN_SIM_QUIESCE").is_ok_and(|v| v == "1"),
+            // CAIRN_SIM_QUIESCE=0 runs the groups on openraft's own timers instead.
+            quiesce: std::env::var("CAIRN_SIM_QUIESCE").map_or(true, |v| v != "0"),
         }
     }
 }

@@ -73,7 +73,7 @@ impl TestCluster {
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
                 disk_reserve: 0,
-                quiesce: false,
+                quiesce: true,
                 fault_skip_fsync: false,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;
