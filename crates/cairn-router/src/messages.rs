@@ -147,6 +147,13 @@ pub enum MetaReply {
     /// The metadata group's voters with their addresses (for [`MetaRequest::ClusterInfo`]
     /// and heartbeats).
     Cluster(Vec<(NodeId, String)>),
+    /// A heartbeat taken: the metadata group's voters, and whether the sender is draining.
+    HeartbeatAck {
+        /// The metadata group's voters with their addresses.
+        members: Vec<(NodeId, String)>,
+        /// Whether the sender is being drained (it then tells load balancers to leave it).
+        draining: bool,
+    },
     /// Nodes (for [`MetaRequest::Nodes`]).
     Nodes(Vec<NodeStatus>),
     /// The controller (for [`MetaRequest::ControllerStatus`]).

@@ -527,8 +527,17 @@ async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
     Ok(Json(json!({ "nodes": nodes })).into_response())
 }
 
+/// 200 while the node serves; 503 with the reason while it should get no traffic, so that
+/// a load balancer's health check takes it out.
 async fn health(State(node): State<Arc<Node>>) -> Response {
-    Json(json!({"status": "serving", "node": node.id().0})).into_response()
+    match node.not_serving() {
+        None => Json(json!({"status": "serving", "node": node.id().0})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not serving", "node": node.id().0, "reason": reason})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

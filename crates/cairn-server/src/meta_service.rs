@@ -533,6 +533,9 @@ impl Core {
         // A leader's descriptor newer than the record repairs a split record that was lost.
         let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.record_descs(&state, &hb.led).await?;
-        Ok(MetaReply::Cluster(m.voters()))
+        Ok(MetaReply::HeartbeatAck {
+            members: m.voters(),
+            draining: state.draining.contains(&hb.node.id),
+        })
     }
 }

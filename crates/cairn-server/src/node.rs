@@ -21,7 +21,7 @@ use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -71,7 +71,16 @@ pub struct Node {
     stop: watch::Sender<bool>,
     fatal: watch::Sender<Option<String>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// When the metadata leader last took this node's heartbeat
+    /// ([`crate::supervisor::PeerHealth::now_ms`]; 0: never since start).
+    meta_contact_ms: AtomicU64,
+    /// Whether the metadata group drains this node, as its last heartbeat answer said.
+    draining: AtomicBool,
 }
+
+/// A node whose heartbeat has not reached the metadata leader for this long says it is not
+/// serving (`/health` answers 503), so that load balancers send its clients elsewhere.
+const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
 
 async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
@@ -290,6 +299,8 @@ impl Node {
             stop,
             fatal: watch::channel(None).0,
             tasks: Default::default(),
+            meta_contact_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         });
         let mut tasks = vec![
             tokio::spawn(crate::grpc::serve(
@@ -386,6 +397,27 @@ impl Node {
             tracing::error!("final sync failed: {e}");
         }
         tracing::info!(node = %self.core.id, "node stopped");
+    }
+
+    /// Why this node should not take client traffic now, if it should not: it has not
+    /// reached the metadata group since it started, or not for [`CUT_OFF_AFTER`] (it cannot
+    /// learn routes or report liveness; a balancer should prefer its peers), or it is being
+    /// drained (it is about to leave).
+    pub fn not_serving(&self) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining: its replicas are moving to other nodes".into());
+        }
+        let last = self.meta_contact_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Some("starting: not yet in contact with the metadata group".into());
+        }
+        let ago = self.core.peer_health.now_ms().saturating_sub(last);
+        (ago > CUT_OFF_AFTER.as_millis() as u64).then(|| {
+            format!(
+                "cut off: no contact with the metadata group for {:.1} s",
+                ago as f64 / 1000.0
+            )
+        })
     }
 
     /// Every replica on this node: its descriptor as applied here, the voters of its group
@@ -1080,8 +1112,14 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             },
         };
         let deadline = Instant::now() + HEARTBEAT_EVERY;
-        match node.router.meta(MetaRequest::Heartbeat(hb), deadline).await {
-            Ok(MetaReply::Cluster(members)) => {
+        let delivered = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await;
+        if delivered.is_ok() {
+            let now = node.core.peer_health.now_ms().max(1);
+            node.meta_contact_ms.store(now, Ordering::Relaxed);
+        }
+        match delivered {
+            Ok(MetaReply::HeartbeatAck { members, draining }) => {
+                node.draining.store(draining, Ordering::Relaxed);
                 if let Err(e) = node.core.learn_meta_members(members).await {
                     tracing::warn!("cannot record the metadata members: {e}");
                 }

@@ -214,3 +214,35 @@ async fn t30_batch_answers_each_operation_on_its_own() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 }
+
+/// Polls `path` on `addr` until the answer starts with `status`, or panics after 30 s.
+async fn wait_http(addr: std::net::SocketAddr, path: &str, status: &str, body_has: &str) {
+    let start = Instant::now();
+    loop {
+        let body = http_get(addr, path).await;
+        if body.starts_with(status) && body.contains(body_has) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{path} on {addr} never answered {status} with {body_has:?}; last: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/health` tells a load balancer when to leave a node alone: 503 with the reason while
+/// it is drained, 200 again once it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t40_health_answers_503_while_a_node_is_drained() {
+    let c = TestCluster::start(3).await.unwrap();
+    let cl = c.client().unwrap();
+    let addr = c.http(3).unwrap();
+    wait_http(addr, "/health", "HTTP/1.1 200", "\"serving\"").await;
+    cl.set_draining(3, true).await.unwrap();
+    wait_http(addr, "/health", "HTTP/1.1 503", "draining").await;
+    // Its peers still serve.
+    wait_http(c.http(1).unwrap(), "/health", "HTTP/1.1 200", "\"serving\"").await;
+    cl.set_draining(3, false).await.unwrap();
+    wait_http(addr, "/health", "HTTP/1.1 200", "\"serving\"").await;
+}
