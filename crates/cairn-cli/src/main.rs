@@ -2,6 +2,7 @@
 
 mod chaos;
 mod client_cmds;
+mod gen_cmd;
 mod playground;
 mod server_cmd;
 
@@ -49,6 +50,8 @@ enum Command {
     Check(chaos::CheckArgs),
     /// Measure throughput and latency with a YCSB-style workload (Cairn or etcd).
     Bench(cairn_bench::BenchArgs),
+    /// Generate configuration for software around a cluster (HAProxy).
+    Gen(gen_cmd::GenArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::List(a) => client_cmds::list(a, conn).await,
             Command::Chaos(a) => chaos::chaos(a, &cli.endpoints).await,
             Command::Check(a) => chaos::check(a),
+            Command::Gen(a) => gen_cmd::run(a, &cli.endpoints).await,
             Command::Admin(a) => client_cmds::admin(a, conn).await,
             Command::Bench(a) => {
                 let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();

@@ -15,6 +15,7 @@ mod t30_whole_cluster_crash;
 mod t40_bad_input;
 mod t50_retried_writes;
 mod t60_playground;
+mod t65_haproxy;
 mod t70_snapshot_and_join;
 mod t80_pause;
 mod t85_split;
