@@ -7,7 +7,7 @@
 //!
 //! - `CAIRN_SIM_SEED=N cargo nextest run -p cairn-sim sim_seed` replays seed N (or
 //!   `cargo run -p cairn-sim --example replay -- N`);
-//! - `CAIRN_SIM_SEEDS=K` (default 100 per shard, two shards) and `CAIRN_SIM_FIRST=F` choose
+//! - `CAIRN_SIM_SEEDS=K` (default 50 per shard, four shards) and `CAIRN_SIM_FIRST=F` choose
 //!   the seeds F, F+1, ... for a longer soak, e.g.
 //!   `CAIRN_SIM_SEEDS=5000 cargo nextest run -p cairn-sim --release`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -82,12 +82,15 @@ fn run_child(seed: u64, history: Option<&PathBuf>) -> Result<(), String> {
     }
 }
 
+/// Shards of the seeds: 4 × 50 = the 200 seeds 1..=200 each CI run.
+const SHARDS: u64 = 4;
+
 /// Seeds of shard `shard` of `shards` (so nextest spreads them over the cores).
 fn shard(shard: u64, shards: u64) {
     if std::env::var("CAIRN_SIM_SEED").is_ok() {
         return; // `sim_seed` runs that one.
     }
-    let count = env_u64("CAIRN_SIM_SEEDS").unwrap_or(100);
+    let count = env_u64("CAIRN_SIM_SEEDS").unwrap_or(50);
     let first = env_u64("CAIRN_SIM_FIRST").unwrap_or(1);
     let t = Instant::now();
     let mut failures = Vec::new();
@@ -114,14 +117,26 @@ fn shard(shard: u64, shards: u64) {
     );
 }
 
+// Four shards, two at a time (`.config/nextest.toml`): each seed is one single-threaded
+// process, so a pair keeps both cores busy.
 #[test]
 fn sim_seeds_shard_0() {
-    shard(0, 2);
+    shard(0, SHARDS);
 }
 
 #[test]
 fn sim_seeds_shard_1() {
-    shard(1, 2);
+    shard(1, SHARDS);
+}
+
+#[test]
+fn sim_seeds_shard_2() {
+    shard(2, SHARDS);
+}
+
+#[test]
+fn sim_seeds_shard_3() {
+    shard(3, SHARDS);
 }
 
 /// The same seed gives the same history, byte for byte: a failing seed replays exactly.
