@@ -59,7 +59,7 @@ pub(crate) const QUIESCE_AFTER: Duration = Duration::from_secs(2);
 const LEADERLESS_AFTER: Duration = Duration::from_millis(400);
 /// A voter that has heard nothing from its recorded leader this long after it opened treats
 /// the group as leaderless. Longer than a live leader takes to notice the restart and beat
-/// ([`RESTART_BEAT_WINDOW`]), so that a live idle leader is not deposed.
+/// ([`RESTART_BEAT_WINDOW_MS`]), so that a live idle leader is not deposed.
 const SILENT_LEADER_AFTER_MS: u64 = 2_000;
 /// A leader beats (even if idle) while one of its followers' nodes restarted less than this
 /// ago: the follower reopens its replicas meanwhile and must hear from its leader.
