@@ -459,8 +459,26 @@ impl Client {
     /// attempt whose outcome is unknown is reported as UNAVAILABLE: that earlier attempt may
     /// have been applied, so "it did not happen" would be a lie.
     /// With `keyed`, an attempt goes to the range's leader when the client knows it.
-    async fn retry_as<T, F, Fut>(
+    async fn retry_as<T, F, Fut>(&self, call: F, write: bool, keyed: Option<Keyed<'_>>) -> Result<T>
+    where
+        F: FnMut(Arc<Node>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.retry_full(self.timeout, call, write, keyed).await
+    }
+
+    /// [`Client::retry`] with its own overall `timeout`.
+    async fn retry_within<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
+    where
+        F: FnMut(Arc<Node>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.retry_full(timeout, call, false, None).await
+    }
+
+    async fn retry_full<T, F, Fut>(
         &self,
+        timeout: Duration,
         mut call: F,
         write: bool,
         keyed: Option<Keyed<'_>>,
@@ -469,7 +487,7 @@ impl Client {
         F: FnMut(Arc<Node>, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         let mut attempt = 0u32;
         let mut uncertain = false;
         loop {
@@ -528,7 +546,7 @@ impl Client {
             }
             let pause = Duration::from_millis((25u64 << attempt.min(4)).min(250));
             if Instant::now() + pause >= deadline {
-                return Err(err.timed_out(self.timeout));
+                return Err(err.timed_out(timeout));
             }
             tokio::time::sleep(pause).await;
             attempt += 1;
@@ -549,47 +567,22 @@ impl Client {
         replication: u32,
         split_keys: Vec<Vec<u8>>,
     ) -> Result<TableInfo> {
-        let mut wanted = split_keys.clone();
-        wanted.sort();
-        wanted.dedup();
+        // One id for every retry: the metadata group answers a retry whose first attempt
+        // made the table with that table, and any other request with ALREADY_EXISTS.
         let req = pb::CreateTableRequest {
             name: name.to_string(),
             replication,
             split_keys,
+            request_id: entropy::next_u64() | 1,
         };
-        let attempts = AtomicUsize::new(0);
-        let result = self
-            .retry(|ch, _| {
-                attempts.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.timeout + cairn_types::create_table_time(req.split_keys.len() + 1);
+        let resp = self
+            .retry_within(timeout, |n: Arc<Node>, _| {
                 let r = req.clone();
-                async move { Self::kv(ch).create_table(r).await }
+                async move { Self::kv(n.channel.clone()).create_table(r).await }
             })
-            .await;
-        match result {
-            Ok(resp) => table_info(resp.into_inner().table),
-            // A retry after an attempt whose answer was lost can find the table that very
-            // attempt created: it is ours if it has the shape asked for.
-            Err(e) if e.code == ErrorCode::AlreadyExists && attempts.into_inner() > 1 => {
-                let t = self.describe_table(name).await?;
-                let splits: Vec<Vec<u8>> = t
-                    .partitions
-                    .iter()
-                    .skip(1)
-                    .map(|p| p.start.clone())
-                    .collect();
-                let want = if replication == 0 {
-                    cairn_types::DEFAULT_REPLICATION
-                } else {
-                    replication
-                };
-                if t.replication == want && splits == wanted {
-                    Ok(t)
-                } else {
-                    Err(e)
-                }
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        table_info(resp.into_inner().table)
     }
 
     /// Drops a table and all of its data.

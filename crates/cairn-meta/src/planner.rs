@@ -539,6 +539,7 @@ mod tests {
             replication: 3,
             split_keys,
             placement,
+            request_id: 1,
         });
         assert!(matches!(r, crate::MetaResponse::Table(_)), "{r:?}");
         s
@@ -909,6 +910,7 @@ mod tests {
             replication: 3,
             split_keys: vec![b"m".to_vec()],
             placement: vec![on([1, 2, 3]), on([1, 2, 3])],
+            request_id: 1,
         });
         let ids: Vec<PartitionId> = s.partitions().map(|(_, p)| p.id).collect();
         // Both just had their leadership moved.

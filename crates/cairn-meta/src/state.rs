@@ -34,6 +34,9 @@ pub struct MetaState {
     pub draining: std::collections::BTreeSet<NodeId>,
     /// Retired node ids (`cairn admin remove-node`), never accepted again.
     pub removed: std::collections::BTreeSet<NodeId>,
+    /// The id of the CreateTable request that made each table, so that a retry of that
+    /// very request (its first answer lost) is answered the table, not `AlreadyExists`.
+    pub create_requests: BTreeMap<String, u64>,
 }
 
 /// A change to the metadata, proposed through the metadata group.
@@ -52,6 +55,8 @@ pub enum MetaCommand {
         split_keys: Vec<Vec<u8>>,
         /// Replica nodes of each partition.
         placement: Vec<Vec<NodeId>>,
+        /// The request's id, chosen at random by the node that took it from a client.
+        request_id: u64,
     },
     /// Removes a table: from this command on it is unknown to every router.
     DropTable {
@@ -160,12 +165,24 @@ impl MetaState {
                 replication,
                 split_keys,
                 placement,
-            } => match self.create_table(name, *replication, split_keys, placement) {
-                Ok(t) => MetaResponse::Table(t),
-                Err(e) => MetaResponse::Refused(e),
-            },
+                request_id,
+            } => {
+                if let Some(t) = self.created_by(name, *request_id) {
+                    return MetaResponse::Table(t.clone());
+                }
+                match self.create_table(name, *replication, split_keys, placement) {
+                    Ok(t) => {
+                        self.create_requests.insert(name.clone(), *request_id);
+                        MetaResponse::Table(t)
+                    }
+                    Err(e) => MetaResponse::Refused(e),
+                }
+            }
             MetaCommand::DropTable { name } => match self.tables.remove(name) {
-                Some(t) => MetaResponse::Table(t),
+                Some(t) => {
+                    self.create_requests.remove(name);
+                    MetaResponse::Table(t)
+                }
                 None => MetaResponse::Refused(Error::TableNotFound(name.clone())),
             },
             MetaCommand::AllocPartitionIds { count } => {
@@ -520,6 +537,14 @@ impl MetaState {
         out
     }
 
+    /// The table `name` if the CreateTable request `request_id` made it (a retry of it).
+    pub fn created_by(&self, name: &str, request_id: u64) -> Option<&TableDesc> {
+        match self.create_requests.get(name) {
+            Some(id) if *id == request_id && request_id != 0 => self.tables.get(name),
+            _ => None,
+        }
+    }
+
     fn create_table(
         &mut self,
         name: &str,
@@ -627,7 +652,14 @@ pub fn validate_split_keys(split_keys: &[Vec<u8>]) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    /// Each call is a new request, as from a different client.
     fn create(s: &mut MetaState, name: &str, splits: &[&str]) -> MetaResponse {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        create_as(s, name, splits, id)
+    }
+
+    fn create_as(s: &mut MetaState, name: &str, splits: &[&str], request_id: u64) -> MetaResponse {
         let split_keys: Vec<Vec<u8>> = splits.iter().map(|k| k.as_bytes().to_vec()).collect();
         let placement = vec![vec![NodeId(1)]; split_keys.len() + 1];
         s.apply(&MetaCommand::CreateTable {
@@ -635,7 +667,39 @@ mod tests {
             replication: 1,
             split_keys,
             placement,
+            request_id,
         })
+    }
+
+    #[test]
+    fn a_retried_create_is_answered_its_table_and_another_is_refused() {
+        let mut s = MetaState::default();
+        let MetaResponse::Table(t) = create_as(&mut s, "t", &["m"], 77) else {
+            panic!("refused")
+        };
+        let after_first = s.clone();
+        // The same request again (its first answer was lost): the same table, nothing new.
+        assert_eq!(
+            create_as(&mut s, "t", &["m"], 77),
+            MetaResponse::Table(t.clone())
+        );
+        assert_eq!(s, after_first);
+        assert_eq!(s.created_by("t", 77), Some(&t));
+        // Another request for the same name is refused.
+        assert_eq!(
+            create_as(&mut s, "t", &["m"], 78),
+            MetaResponse::Refused(Error::AlreadyExists("t".into()))
+        );
+        // Once dropped and made again by another request, the old id no longer matches.
+        s.apply(&MetaCommand::DropTable { name: "t".into() });
+        assert!(matches!(
+            create_as(&mut s, "t", &[], 79),
+            MetaResponse::Table(_)
+        ));
+        assert_eq!(
+            create_as(&mut s, "t", &["m"], 77),
+            MetaResponse::Refused(Error::AlreadyExists("t".into()))
+        );
     }
 
     #[test]
@@ -695,6 +759,7 @@ mod reconcile_tests {
             replication: nodes.len() as u32,
             split_keys,
             placement,
+            request_id: 1,
         }) {
             MetaResponse::Table(t) => t,
             other => panic!("{other:?}"),
@@ -999,6 +1064,7 @@ mod node_state_tests {
             replication: 3,
             split_keys: vec![],
             placement: vec![vec![NodeId(2), NodeId(3), NodeId(4)]],
+            request_id: 1,
         });
         let remove =
             |s: &mut MetaState, n: u64| s.apply(&MetaCommand::RemoveNode { node: NodeId(n) });

@@ -23,6 +23,9 @@ pub enum MetaRequest {
         replication: u32,
         /// Sorted split keys.
         split_keys: Vec<Vec<u8>>,
+        /// Random id of this request, the same on every retry: a retry whose first attempt
+        /// made the table is answered that table rather than `AlreadyExists`.
+        request_id: u64,
     },
     /// Removes a table from the metadata; answers its last descriptor.
     DropTable(String),

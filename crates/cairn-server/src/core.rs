@@ -61,6 +61,9 @@ pub(crate) struct Replica {
     ///
     /// [`PeerHealth::now_ms`]: crate::supervisor::PeerHealth::now_ms
     pub(crate) opened_ms: u64,
+    /// Whether the group had Raft state on this node's disk when the replica opened (it
+    /// was reopened after a restart), as opposed to a replica made fresh here.
+    pub(crate) recovered: bool,
     /// Shares ReadIndex rounds between concurrent linearizable reads.
     reads: Arc<crate::reads::ReadBatcher>,
 }
@@ -502,11 +505,10 @@ impl Core {
         let record = postcard::to_allocvec(&record).map_err(io_err)?;
         let mut b = WriteBatch::new();
         b.put(Space::Local, keys::local_replica(desc.id), record);
+        let pristine = group_is_pristine(&self.engine, desc.id).map_err(io_err)?;
         // Only CreateTable forms a group, by seeding each initial replica with the same
         // starting state; every other replica waits to be reached by its leader.
-        let seeded = bootstrap
-            && desc.epoch == cairn_types::Epoch::INITIAL
-            && group_is_pristine(&self.engine, desc.id).map_err(io_err)?;
+        let seeded = bootstrap && desc.epoch == cairn_types::Epoch::INITIAL && pristine;
         if seeded {
             let voters: BTreeSet<u64> = desc.replica_ids.values().map(|r| r.0).collect();
             let nodes: BTreeMap<u64, Member> = desc
@@ -561,6 +563,7 @@ impl Core {
             clock: Default::default(),
             heard_ms: Arc::new(opened_ms.into()),
             opened_ms,
+            recovered: !pristine,
             reads: Default::default(),
         };
         self.replicas

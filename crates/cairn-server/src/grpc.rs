@@ -256,9 +256,16 @@ impl kv_server::Kv for Kv {
     ) -> Result<Response<pb::CreateTableResponse>, Status> {
         let started = std::time::Instant::now();
         let r = req.into_inner();
+        let n = r.split_keys.len() + 1;
         let res = self
             .0
-            .create_table(&r.name, r.replication, r.split_keys, deadline(0))
+            .create_table(
+                &r.name,
+                r.replication,
+                r.split_keys,
+                r.request_id,
+                deadline(0) + cairn_types::create_table_time(n),
+            )
             .await;
         self.done(
             "create_table",

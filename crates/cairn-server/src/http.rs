@@ -363,14 +363,16 @@ async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
     let req: CreateTable = serde_json::from_slice(&body).map_err(|e| {
         bad(format!("malformed JSON body: {e}; expected {{\"name\":\"t\",\"replication\":3,\"split_keys\":[\"m\"]}}"))
     })?;
-    let splits = req.split_keys.into_iter().map(String::into_bytes).collect();
+    let splits: Vec<Vec<u8>> = req.split_keys.into_iter().map(String::into_bytes).collect();
+    let time = cairn_types::create_table_time(splits.len() + 1);
     let started = std::time::Instant::now();
     let res = node
         .create_table(
             &req.name,
             req.replication.unwrap_or(DEFAULT_REPLICATION),
             splits,
-            deadline(),
+            0,
+            deadline() + time,
         )
         .await;
     node.record("create_table", res.is_ok(), started);

@@ -249,6 +249,7 @@ impl Core {
                 name,
                 replication,
                 split_keys,
+                request_id,
             } => {
                 validate_table_name(&name)?;
                 cairn_meta::validate_split_keys(&split_keys)?;
@@ -256,6 +257,9 @@ impl Core {
                     self.limits.check_key(k)?;
                 }
                 let state = self.meta_barrier().await?;
+                if let Some(t) = state.created_by(&name, request_id) {
+                    return Ok(MetaReply::Table(self.route_of(&state, t.clone())));
+                }
                 if state.tables.contains_key(&name) {
                     return Err(Error::AlreadyExists(name));
                 }
@@ -286,6 +290,7 @@ impl Core {
                     replication,
                     split_keys,
                     placement,
+                    request_id,
                 };
                 self.propose_table_change(cmd).await
             }

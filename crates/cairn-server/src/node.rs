@@ -30,6 +30,8 @@ use tokio::time::Instant;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// Partitions a CreateTable opens and waits for at once.
+const CREATE_PARALLELISM: usize = 32;
 
 /// What a node runs on besides its configuration.
 pub struct Substrate {
@@ -497,11 +499,13 @@ impl Node {
     }
 
     /// Creates a table and waits (until `deadline`) for each partition to elect a leader.
+    /// `request_id` names the request across retries (0: a fresh one is drawn).
     pub async fn create_table(
         &self,
         name: &str,
         replication: u32,
         split_keys: Vec<Vec<u8>>,
+        request_id: u64,
         deadline: Instant,
     ) -> Result<TableRoute> {
         let replication = if replication == 0 {
@@ -513,48 +517,66 @@ impl Node {
             name: name.to_string(),
             replication,
             split_keys,
+            request_id: if request_id == 0 {
+                cairn_types::entropy::next_u64() | 1
+            } else {
+                request_id
+            },
         };
         let MetaReply::Table(route) = self.router.meta(req, deadline).await? else {
             return Err(Error::Internal("create table answered no table".into()));
         };
         self.router.transport().learn(&route.nodes);
-        let transport = self.router.transport();
-        for p in &route.table.partitions {
-            let members: Vec<NodeDesc> = route
-                .nodes
-                .iter()
-                .filter(|n| p.replicas.contains(&n.id))
-                .cloned()
-                .collect();
-            let opens = p.replicas.iter().map(|n| {
-                let req = PartitionRequest {
-                    partition: p.id,
-                    epoch: p.epoch,
-                    table: p.table_id,
-                    op: PartitionOp::Open {
-                        desc: p.clone(),
-                        members: members.clone(),
-                        bootstrap: true,
-                        replica: p.replica_on(*n).unwrap_or_default(),
-                    },
-                };
-                transport.partition(*n, req)
-            });
-            for r in futures::future::join_all(opens).await {
-                if let Err(e) = r {
-                    // The replica's node opens it from the metadata when it can.
-                    tracing::warn!(partition = %p.id, "could not open a replica now: {e}");
-                }
-            }
-        }
+        // Partitions open and elect side by side (a bounded number at a time): one after
+        // another, a table of a thousand partitions would outlast the client's deadline.
+        let nodes = &route.nodes;
+        let leaders: Vec<(PartitionId, Option<NodeId>)> =
+            futures::stream::iter(route.table.partitions.clone())
+                .map(|p: PartitionDesc| async move {
+                    self.open_new_partition(&p, nodes).await;
+                    (p.id, self.wait_leader(&p, deadline).await)
+                })
+                .buffer_unordered(CREATE_PARALLELISM)
+                .collect()
+                .await;
         let mut route = route;
-        for p in &route.table.partitions.clone() {
-            if let Some(l) = self.wait_leader(p, deadline).await {
-                route.leaders.insert(p.id, l);
+        for (p, l) in leaders {
+            if let Some(l) = l {
+                route.leaders.insert(p, l);
             }
         }
         self.router.cache().insert(route.clone());
         Ok(route)
+    }
+
+    /// Opens each replica of a partition CreateTable just recorded, forming its group.
+    async fn open_new_partition(&self, p: &PartitionDesc, nodes: &[NodeDesc]) {
+        let members: Vec<NodeDesc> = nodes
+            .iter()
+            .filter(|n| p.replicas.contains(&n.id))
+            .cloned()
+            .collect();
+        let transport = self.router.transport();
+        let opens = p.replicas.iter().map(|n| {
+            let req = PartitionRequest {
+                partition: p.id,
+                epoch: p.epoch,
+                table: p.table_id,
+                op: PartitionOp::Open {
+                    desc: p.clone(),
+                    members: members.clone(),
+                    bootstrap: true,
+                    replica: p.replica_on(*n).unwrap_or_default(),
+                },
+            };
+            transport.partition(*n, req)
+        });
+        for r in futures::future::join_all(opens).await {
+            if let Err(e) = r {
+                // The replica's node opens it from the metadata when it can.
+                tracing::warn!(partition = %p.id, "could not open a replica now: {e}");
+            }
+        }
     }
 
     async fn wait_leader(&self, p: &PartitionDesc, deadline: Instant) -> Option<NodeId> {

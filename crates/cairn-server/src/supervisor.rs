@@ -14,10 +14,11 @@
 //! - A voter campaigns (pre-vote first) when it knows no leader for [`LEADERLESS_AFTER`],
 //!   when its leader's node is down or restarted since it last heard from it, when its leader
 //!   is no longer a voter, when it is itself the recorded leader but does not lead (it
-//!   restarted), or when it has heard nothing from its recorded leader since it opened (every
-//!   node restarted: each follower sees its leader's node up and, having known no earlier
-//!   incarnation, cannot tell it restarted). Campaigns are spread by a random delay so two
-//!   followers rarely split a vote.
+//!   restarted), or when, reopened from disk, it has heard nothing from its recorded leader
+//!   since (every node restarted: each follower sees its leader's node up and, having known
+//!   no earlier incarnation, cannot tell it restarted). Campaigns are spread by a random
+//!   delay so two followers rarely split a vote, and at most [`MAX_CAMPAIGNS_PER_PASS`]
+//!   start per pass.
 //! - A leader whose follower's node restarted beats for a while even when idle, so the
 //!   restarted follower hears from it and does not take the last rule's way.
 //!
@@ -66,6 +67,10 @@ const SILENT_LEADER_AFTER_MS: u64 = 2_000;
 const RESTART_BEAT_WINDOW_MS: u64 = 1_000;
 /// Largest random delay before a campaign, so that followers rarely run at once.
 const CAMPAIGN_JITTER_MS: u64 = 150;
+/// Most campaigns one pass starts; the rest wait for the next pass ([`WAKE_EVERY`] later).
+/// Hundreds of elections at once on a busy node starve the very heartbeats that would
+/// settle them, and each late one sets off more.
+const MAX_CAMPAIGNS_PER_PASS: usize = 64;
 /// Least time between two campaigns for one group (about one election round).
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(500);
 /// A campaign waits until this long after the voter last heard from its leader: the other
@@ -426,6 +431,15 @@ pub(crate) async fn supervise_loop(node: Arc<Node>, mut stop: watch::Receiver<bo
     }
 }
 
+/// Whether a voter should doubt its recorded leader: its replica was reopened from disk and
+/// has heard nothing since, [`SILENT_LEADER_AFTER_MS`] on. Only a reopened replica: it may
+/// record a leader from before a restart of every node. A fresh replica's first
+/// AppendEntries can be late on a busy node (a table of many partitions being made), and
+/// deposing its slow but live leader then starts one election after another.
+fn silent_since_reopened(recovered: bool, opened_ms: u64, heard_ms: u64, now_ms: u64) -> bool {
+    recovered && heard_ms == opened_ms && now_ms.saturating_sub(opened_ms) >= SILENT_LEADER_AFTER_MS
+}
+
 /// One look at every hosted group; true if some group waits to campaign or has no leader,
 /// so the next wake should look again.
 fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool {
@@ -438,6 +452,7 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool
     let mut transfers = core.transfers.lock().unwrap_or_else(|p| p.into_inner());
     transfers.retain(|id, _| replicas.contains_key(id));
     let restarted = core.peer_health.restarted_within(RESTART_BEAT_WINDOW_MS);
+    let mut campaigns = 0;
     for (&id, r) in replicas.iter() {
         let s = seen(&r.raft, r.id.0);
         let g = groups.entry(id).or_insert_with(|| GroupState {
@@ -495,15 +510,10 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool
                 Some((Some(n), _)) if core.peer_health.restarted_after(n.0, heard) => {
                     (None, Some("the leader's node restarted"))
                 }
-                Some(_)
-                    if heard == r.opened_ms
-                        && now.saturating_sub(r.opened_ms) >= SILENT_LEADER_AFTER_MS =>
-                {
-                    (
-                        Some("nothing heard from the leader since this replica opened"),
-                        None,
-                    )
-                }
+                Some(_) if silent_since_reopened(r.recovered, r.opened_ms, heard, now) => (
+                    Some("nothing heard from the leader since this replica opened"),
+                    None,
+                ),
                 Some(_) => (None, None),
             }
         };
@@ -533,9 +543,15 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>) -> bool
             .campaigned_ms
             .is_none_or(|t| now.saturating_sub(t) >= CAMPAIGN_RETRY.as_millis() as u64);
         let leased = now < heard.saturating_add(CAMPAIGN_NOT_BEFORE_MS);
-        if now.saturating_sub(since) < delay || !retry_ok || leased || !quorum_up(core, &r.raft) {
+        if now.saturating_sub(since) < delay
+            || !retry_ok
+            || leased
+            || campaigns >= MAX_CAMPAIGNS_PER_PASS
+            || !quorum_up(core, &r.raft)
+        {
             continue;
         }
+        campaigns += 1;
         g.campaigned_ms = Some(now);
         g.want = None;
         core.peer_health.campaigns.fetch_add(1, Ordering::Relaxed);
@@ -592,6 +608,25 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(RESTART_BEAT_WINDOW_MS)).await;
         assert!(h.restarted_within(RESTART_BEAT_WINDOW_MS).is_empty());
+    }
+
+    #[test]
+    fn only_a_reopened_replica_doubts_a_silent_leader() {
+        let opened = 10_000;
+        let later = opened + SILENT_LEADER_AFTER_MS;
+        assert!(silent_since_reopened(true, opened, opened, later));
+        assert!(
+            !silent_since_reopened(true, opened, opened, later - 1),
+            "too soon"
+        );
+        assert!(
+            !silent_since_reopened(true, opened, opened + 5, later),
+            "it heard from the leader"
+        );
+        assert!(
+            !silent_since_reopened(false, opened, opened, later * 10),
+            "a fresh replica waits for its leader however long it takes"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -215,6 +215,35 @@ async fn t30_batch_answers_each_operation_on_its_own() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 }
 
+/// A CreateTable retried with the same request id, through another node, is answered the
+/// table its first attempt made; another request for the same name gets ALREADY_EXISTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t31_retried_create_table_is_answered_its_table() {
+    use cairn_proto::v1::{self as pb, kv_client::KvClient};
+    let c = TestCluster::start(3).await.unwrap();
+    let req = |request_id: u64| pb::CreateTableRequest {
+        name: "r".into(),
+        replication: 3,
+        split_keys: vec![b"m".to_vec()],
+        request_id,
+    };
+    let mut first = KvClient::connect(format!("http://{}", c.grpc(1).unwrap()))
+        .await
+        .unwrap();
+    let mut other = KvClient::connect(format!("http://{}", c.grpc(2).unwrap()))
+        .await
+        .unwrap();
+    let made = first.create_table(req(42)).await.unwrap().into_inner();
+    let again = other.create_table(req(42)).await.unwrap().into_inner();
+    let id = |t: &pb::CreateTableResponse| t.table.as_ref().map(|t| t.id);
+    assert!(id(&made).is_some(), "{made:?}");
+    assert_eq!(id(&again), id(&made), "the retry made another table");
+    let refused = other.create_table(req(43)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    let tables = c.client().unwrap().list_tables().await.unwrap();
+    assert_eq!(tables.len(), 1, "{tables:?}");
+}
+
 /// Polls `path` on `addr` until the answer starts with `status`, or panics after 30 s.
 async fn wait_http(addr: std::net::SocketAddr, path: &str, status: &str, body_has: &str) {
     let start = Instant::now();
