@@ -50,7 +50,12 @@ for _ in $(seq 1 120); do
 done
 SPLITS=$(python3 -c "print(','.join('k%06d' % (i * 1000000 // $PARTITIONS) for i in range(1, $PARTITIONS)))")
 echo "creating a table of $PARTITIONS partitions ..."
-"$BIN" --endpoints "$EP" table create idle --split "$SPLITS" >/dev/null
+if ! "$BIN" --endpoints "$EP" table create idle --split "$SPLITS" >/dev/null; then
+  keep=target/bench/idle-failed-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$keep" && cp "$WORK"/n*.log "$keep"/
+  echo "the table was not created; node logs kept in $keep" >&2
+  exit 1
+fi
 leaders() { local t=0 n; for i in 1 2 3; do
   n=$(curl -s "http://${HTTP[$i]}/metrics" | awk '/^cairn_leaders\{/ {print $2}'); t=$((t + ${n:-0})); done; echo $t; }
 for _ in $(seq 1 300); do

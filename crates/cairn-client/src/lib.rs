@@ -464,16 +464,17 @@ impl Client {
         F: FnMut(Arc<Node>, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.retry_full(self.timeout, call, write, keyed).await
+        self.retry_full(self.timeout, call, write, keyed, false)
+            .await
     }
 
-    /// [`Client::retry`] with its own overall `timeout`.
+    /// [`Client::retry`] with its own overall `timeout`, of which an attempt may take all.
     async fn retry_within<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
     where
         F: FnMut(Arc<Node>, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.retry_full(timeout, call, false, None).await
+        self.retry_full(timeout, call, false, None, true).await
     }
 
     async fn retry_full<T, F, Fut>(
@@ -482,6 +483,7 @@ impl Client {
         mut call: F,
         write: bool,
         keyed: Option<Keyed<'_>>,
+        whole_budget: bool,
     ) -> Result<T>
     where
         F: FnMut(Arc<Node>, Duration) -> Fut,
@@ -502,7 +504,11 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             // A node cut off from the cluster can hold a request until the deadline; one
             // attempt gets half of the time left (at least 1 s) so another node can be tried.
-            let budget = (left / 2).max(MIN_ATTEMPT).min(left);
+            let budget = if whole_budget {
+                left
+            } else {
+                (left / 2).max(MIN_ATTEMPT).min(left)
+            };
             let sent = Instant::now();
             let err = match tokio::time::timeout(budget, call(node.clone(), budget)).await {
                 Ok(Ok(v)) => return Ok(v),
@@ -576,6 +582,8 @@ impl Client {
             request_id: entropy::next_u64() | 1,
         };
         let timeout = self.timeout + cairn_types::create_table_time(req.split_keys.len() + 1);
+        // The node answers by its deadline (the same as this one), so the first attempt gets
+        // the whole of it: giving up half-way would cancel a CreateTable almost done.
         let resp = self
             .retry_within(timeout, |n: Arc<Node>, _| {
                 let r = req.clone();

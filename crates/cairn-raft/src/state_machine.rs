@@ -185,7 +185,7 @@ enum Kind {
         last_expiry_ms: u64,
     },
     Meta {
-        state: Arc<RwLock<MetaState>>,
+        state: Arc<RwLock<Arc<MetaState>>>,
     },
 }
 
@@ -281,12 +281,12 @@ impl GroupStateMachine {
     pub fn meta(
         engine: SharedEngine,
         group: PartitionId,
-    ) -> io::Result<(Self, Arc<RwLock<MetaState>>)> {
+    ) -> io::Result<(Self, Arc<RwLock<Arc<MetaState>>>)> {
         let applied: Applied =
             read(&*engine, Space::Data, &keys::group_applied(group))?.unwrap_or_default();
         let state: MetaState =
             read(&*engine, Space::Data, &keys::group_meta_state(group))?.unwrap_or_default();
-        let state = Arc::new(RwLock::new(state));
+        let state = Arc::new(RwLock::new(Arc::new(state)));
         let kind = Kind::Meta {
             state: state.clone(),
         };
@@ -505,7 +505,7 @@ impl GroupStateMachine {
                 (h, Some(desc))
             }
             Kind::Meta { state } => {
-                let state = state.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let state = MetaState::clone(&state.read().unwrap_or_else(|p| p.into_inner()));
                 (encode(&SnapshotHeader::Meta { applied, state })?, None)
             }
         };
@@ -680,9 +680,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                                     m.get_node(&r).map(|n| (NodeId(n.node), ReplicaId(r)))
                                 })
                                 .collect();
-                            state
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
+                            Arc::make_mut(&mut state.write().unwrap_or_else(|p| p.into_inner()))
                                 .set_meta_voters(voters);
                             meta_changed = true;
                         }
@@ -744,7 +742,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     }
                     (Kind::Meta { state }, Command::Meta(c)) => {
                         meta_changed = true;
-                        Reply::Meta(state.write().unwrap_or_else(|p| p.into_inner()).apply(c))
+                        // Copy-on-write: readers hold the last state as an `Arc` (cheap to
+                        // take), and only a change made while one is held copies it.
+                        Reply::Meta(
+                            Arc::make_mut(&mut state.write().unwrap_or_else(|p| p.into_inner()))
+                                .apply(c),
+                        )
                     }
                     (_, other) => Reply::Kv(Err(Error::Internal(format!(
                         "{} cannot apply {other}: wrong kind of group",
@@ -755,8 +758,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             responders.push((responder, reply));
         }
         if let (true, Kind::Meta { state }) = (meta_changed, &self.kind) {
-            let s = state.read().unwrap_or_else(|p| p.into_inner()).clone();
-            batch.put(Space::Data, keys::group_meta_state(self.group), encode(&s)?);
+            let s = encode(&**state.read().unwrap_or_else(|p| p.into_inner()))?;
+            batch.put(Space::Data, keys::group_meta_state(self.group), s);
         }
         batch.put(
             Space::Data,
@@ -889,7 +892,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 let (s, e) = keys::staging_group_range(self.group);
                 cairn_storage::delete_range(&*self.engine, Space::Local, &s, e.as_deref(), 1024)
                     .map_err(io::Error::other)?;
-                *state.write().unwrap_or_else(|p| p.into_inner()) = snap_state;
+                *state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap_state);
                 self.applied = applied;
                 tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, "installed snapshot");
             }

@@ -127,7 +127,7 @@ pub(crate) struct MetaReplica {
     /// This replica's member id in the metadata group (a founder's is its node id).
     pub(crate) id: ReplicaId,
     pub(crate) raft: typ::Raft,
-    pub(crate) state: Arc<RwLock<MetaState>>,
+    pub(crate) state: Arc<RwLock<Arc<MetaState>>>,
 }
 
 impl MetaReplica {

@@ -673,6 +673,10 @@ pub(crate) async fn serve(
 ) {
     let max = cairn_proto::MAX_MESSAGE_BYTES;
     let res = tonic::transport::Server::builder()
+        // A node resets many streams at once when a caller gives up on a fan-out (say a
+        // CreateTable of a thousand partitions); at h2's default of 20 pending resets the
+        // whole connection, and every Raft message on it, would be closed.
+        .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(
             kv_server::KvServer::new(Kv(node.clone()))
                 .max_decoding_message_size(max)

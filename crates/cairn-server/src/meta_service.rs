@@ -5,12 +5,11 @@ use crate::core::Core;
 use cairn_meta::{MetaCommand, MetaResponse, MetaState, placement};
 use cairn_raft::{Command, Reply, from_raft};
 use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
-use cairn_types::{
-    Error, META_GROUP, NodeDesc, NodeId, PartitionId, Result, TableDesc, validate_table_name,
-};
+use cairn_types::{Error, META_GROUP, NodeId, PartitionId, Result, TableDesc, validate_table_name};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -124,7 +123,7 @@ impl Core {
     }
 
     /// Confirms this replica leads the metadata group and has applied everything committed.
-    async fn meta_barrier(&self) -> Result<MetaState> {
+    async fn meta_barrier(&self) -> Result<Arc<MetaState>> {
         let m = self.meta_replica()?;
         m.raft
             .ensure_linearizable(ReadPolicy::ReadIndex)
@@ -164,7 +163,7 @@ impl Core {
     }
 
     /// The metadata as applied by this node's replica (current only on the leader).
-    pub(crate) fn meta_state(&self) -> Result<MetaState> {
+    pub(crate) fn meta_state(&self) -> Result<Arc<MetaState>> {
         Ok(self
             .meta_replica()?
             .state
@@ -243,7 +242,12 @@ impl Core {
                 Ok(MetaReply::Table(self.route_of(&state, table)))
             }
             MetaRequest::ListTables => Ok(MetaReply::Tables(
-                self.meta_barrier().await?.tables.into_values().collect(),
+                self.meta_barrier()
+                    .await?
+                    .tables
+                    .values()
+                    .cloned()
+                    .collect(),
             )),
             MetaRequest::CreateTable {
                 name,
@@ -354,7 +358,7 @@ impl Core {
             MetaRequest::Operations => {
                 let state = self.meta_barrier().await?;
                 Ok(MetaReply::Operations(
-                    state.operations.into_values().rev().collect(),
+                    state.operations.values().rev().cloned().collect(),
                 ))
             }
             MetaRequest::AllocPartitionId => {
@@ -368,8 +372,8 @@ impl Core {
                 }
             }
             MetaRequest::UpdatePartitions(descs) => {
-                let state = self.meta_barrier().await?;
-                self.record_descs(&state, &descs).await?;
+                self.meta_barrier().await?;
+                self.record_descs(&descs).await?;
                 Ok(MetaReply::Done)
             }
             MetaRequest::ControllerStatus => {
@@ -482,12 +486,14 @@ impl Core {
     }
 
     /// Records the descriptors of `descs` that are newer than `state`'s.
-    pub(crate) async fn record_descs(
-        &self,
-        state: &MetaState,
-        descs: &[cairn_types::PartitionDesc],
-    ) -> Result<()> {
-        let newer: Vec<_> = state.newer_descs(descs).into_iter().cloned().collect();
+    pub(crate) async fn record_descs(&self, descs: &[cairn_types::PartitionDesc]) -> Result<()> {
+        // Compared under the read lock: cloning the whole metadata (a thousand partitions)
+        // for every heartbeat was a good part of an idle cluster's work.
+        let newer: Vec<_> = {
+            let m = self.meta_replica()?;
+            let state = m.state.read().unwrap_or_else(|p| p.into_inner());
+            state.newer_descs(descs).into_iter().cloned().collect()
+        };
         if newer.is_empty() {
             return Ok(());
         }
@@ -513,12 +519,15 @@ impl Core {
             });
         }
         self.note_leadership();
-        let known: Option<NodeDesc> = {
+        let (known, draining) = {
             let state = m.state.read().unwrap_or_else(|p| p.into_inner());
             if state.removed.contains(&hb.node.id) {
                 return Err(Error::NodeRemoved(hb.node.id));
             }
-            state.nodes.get(&hb.node.id).cloned()
+            (
+                state.nodes.get(&hb.node.id).cloned(),
+                state.draining.contains(&hb.node.id),
+            )
         };
         if known.as_ref() != Some(&hb.node) {
             match self
@@ -536,11 +545,10 @@ impl Core {
             l.loads.insert(hb.node.id, hb.loads);
         }
         // A leader's descriptor newer than the record repairs a split record that was lost.
-        let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-        self.record_descs(&state, &hb.led).await?;
+        self.record_descs(&hb.led).await?;
         Ok(MetaReply::HeartbeatAck {
             members: m.voters(),
-            draining: state.draining.contains(&hb.node.id),
+            draining,
         })
     }
 }

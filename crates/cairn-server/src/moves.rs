@@ -409,9 +409,7 @@ impl Node {
             other => return Err(Error::Internal(format!("replace voter answered {other:?}"))),
         };
         // 4. Record.
-        self.core
-            .record_descs(&self.core.meta_state()?, &[new_desc])
-            .await?;
+        self.core.record_descs(&[new_desc]).await?;
         self.note_op(op, OpState::Done, "done", None).await?;
         tracing::info!(operation = op.id, partition = %op.partition, %from, %to, "move done");
         Ok(Step::Next)
@@ -501,9 +499,7 @@ impl Node {
             .await
         {
             Ok(PartitionReply::Desc(d)) => {
-                self.core
-                    .record_descs(&self.core.meta_state()?, &[d])
-                    .await?;
+                self.core.record_descs(&[d]).await?;
                 self.note_op(op, OpState::RolledBack, "rolled back", Some(why.into()))
                     .await?;
                 Ok(Step::Finished)

@@ -443,7 +443,7 @@ impl Node {
 
     /// The metadata as this node's metadata replica has applied it (`None` on a node that
     /// is not a member). Only the leader's copy is known to be current.
-    pub fn metadata(&self) -> Option<cairn_meta::MetaState> {
+    pub fn metadata(&self) -> Option<Arc<cairn_meta::MetaState>> {
         self.core
             .meta()
             .map(|m| m.state.read().unwrap_or_else(|p| p.into_inner()).clone())
@@ -533,7 +533,11 @@ impl Node {
         let leaders: Vec<(PartitionId, Option<NodeId>)> =
             futures::stream::iter(route.table.partitions.clone())
                 .map(|p: PartitionDesc| async move {
-                    self.open_new_partition(&p, nodes).await;
+                    // Past the deadline, answer: the nodes open what is left from the
+                    // metadata (reconcile), and the caller gets an answer before it gives up.
+                    if Instant::now() < deadline {
+                        self.open_new_partition(&p, nodes).await;
+                    }
                     (p.id, self.wait_leader(&p, deadline).await)
                 })
                 .buffer_unordered(CREATE_PARALLELISM)
