@@ -73,7 +73,8 @@ pub fn split_seed_log_id() -> typ::LogId {
 /// its table was dropped, plus its data in the engine.
 #[derive(Clone)]
 pub struct PartitionView {
-    desc: Arc<RwLock<PartitionDesc>>,
+    /// Shared, so that a heartbeat can hold the descriptor without copying it.
+    desc: Arc<RwLock<Arc<PartitionDesc>>>,
     last_split: Arc<RwLock<Option<PartitionDesc>>>,
     dropped: Arc<std::sync::atomic::AtomicBool>,
     duplicates: Arc<std::sync::atomic::AtomicU64>,
@@ -84,7 +85,7 @@ pub struct PartitionView {
 impl PartitionView {
     fn new(desc: PartitionDesc, last_split: Option<PartitionDesc>) -> Self {
         Self {
-            desc: Arc::new(RwLock::new(desc)),
+            desc: Arc::new(RwLock::new(Arc::new(desc))),
             last_split: Arc::new(RwLock::new(last_split)),
             dropped: Default::default(),
             duplicates: Default::default(),
@@ -116,7 +117,7 @@ impl PartitionView {
     }
 
     fn set_desc(&self, desc: PartitionDesc) {
-        *self.desc.write().unwrap_or_else(|p| p.into_inner()) = desc;
+        *self.desc.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(desc);
     }
 
     /// Writes this replica recognised as retries of applied writes and did not apply
@@ -127,6 +128,11 @@ impl PartitionView {
 
     /// The descriptor as of the last applied entry.
     pub fn desc(&self) -> PartitionDesc {
+        (**self.desc.read().unwrap_or_else(|p| p.into_inner())).clone()
+    }
+
+    /// The same descriptor, shared rather than copied.
+    pub fn shared_desc(&self) -> Arc<PartitionDesc> {
         self.desc.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -88,18 +88,30 @@ pub enum MetaRequest {
     ClusterInfo,
 }
 
-/// A node's periodic report to the metadata leader.
+/// A node's periodic report to the metadata leader: the whole report, or only what changed
+/// since a report the leader acknowledged (most seconds, on an idle node, nothing).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The node and its addresses.
     pub node: NodeDesc,
-    /// Leader and term of each replica the node hosts.
+    /// This report's number (per node process; a delta names the one it builds on).
+    pub seq: u64,
+    /// `None`: the whole report. `Some(s)`: what changed since report `s`; a leader that
+    /// does not hold report `s` from this node asks for the whole one.
+    pub base: Option<u64>,
+    /// Leader and term of each replica the node hosts (in a delta: those that changed).
     pub replicas: Vec<PartitionStatus>,
-    /// Descriptors of the partitions the node leads, as applied there; the metadata group
-    /// records any that are newer than its own (repairing a lost split record).
+    /// Replicas the node no longer hosts (deltas only).
+    pub replicas_gone: Vec<PartitionId>,
+    /// Descriptors of the partitions the node leads, as applied there (in a delta: those
+    /// that changed); the metadata group records any that are newer than its own
+    /// (repairing a lost split record).
     pub led: Vec<PartitionDesc>,
-    /// Size and load of the partitions the node leads (when the controller runs).
+    /// Size and load of the partitions the node leads, when the controller runs (in a
+    /// delta: those that changed).
     pub loads: Vec<(PartitionId, PartitionLoad)>,
+    /// Partitions whose load the node no longer reports (deltas only).
+    pub loads_gone: Vec<PartitionId>,
 }
 
 /// What a node looks like to the metadata leader.
@@ -156,6 +168,9 @@ pub enum MetaReply {
         members: Vec<(NodeId, String)>,
         /// Whether the sender is being drained (it then tells load balancers to leave it).
         draining: bool,
+        /// The heartbeat was a delta from a report this leader does not hold (a new leader,
+        /// or a lost acknowledgement): the sender sends its whole report next.
+        resend_full: bool,
     },
     /// Nodes (for [`MetaRequest::Nodes`]).
     Nodes(Vec<NodeStatus>),

@@ -666,16 +666,6 @@ impl Core {
         campaign(&r.raft).await;
     }
 
-    /// Descriptors of the partitions this node leads, as applied here.
-    pub(crate) fn led_descs(&self) -> Vec<PartitionDesc> {
-        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-        replicas
-            .values()
-            .filter(|r| r.raft.metrics().borrow_watched().state == ServerState::Leader)
-            .map(|r| r.view.desc())
-            .collect()
-    }
-
     /// Descriptors of every hosted replica, as applied here, with their replica ids.
     pub(crate) fn hosted_descs(&self) -> Vec<(PartitionDesc, ReplicaId)> {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());

@@ -27,6 +27,7 @@ mod controller;
 mod core;
 mod disk;
 mod grpc;
+mod heartbeat;
 mod http;
 mod meta_service;
 mod metrics;

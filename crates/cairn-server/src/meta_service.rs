@@ -2,6 +2,7 @@
 //! removal, node heartbeats and liveness.
 
 use crate::core::Core;
+use crate::heartbeat::HeldReport;
 use cairn_meta::{MetaCommand, MetaResponse, MetaState, placement};
 use cairn_raft::{Command, Reply, from_raft};
 use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
@@ -24,8 +25,8 @@ pub(crate) const LEADER_GRACE: Duration = Duration::from_millis(2500);
 #[derive(Default)]
 pub(crate) struct Liveness {
     seen: BTreeMap<NodeId, Instant>,
-    reports: BTreeMap<NodeId, Vec<cairn_types::PartitionStatus>>,
-    loads: BTreeMap<NodeId, Vec<(PartitionId, cairn_types::PartitionLoad)>>,
+    /// Each node's replica statuses and loads, as its heartbeats brought them.
+    reports: BTreeMap<NodeId, HeldReport>,
     /// When this replica last became leader; before any heartbeat arrives, every
     /// registered node is given the benefit of the doubt for one window.
     leader_since: Option<Instant>,
@@ -63,7 +64,6 @@ impl Liveness {
     pub(crate) fn forget(&mut self, node: NodeId) {
         self.seen.remove(&node);
         self.reports.remove(&node);
-        self.loads.remove(&node);
     }
 
     /// Nodes heard from within the liveness window.
@@ -84,8 +84,8 @@ impl Liveness {
     pub(crate) fn loads(&self) -> BTreeMap<PartitionId, cairn_types::PartitionLoad> {
         let leaders = self.leaders();
         let mut out = BTreeMap::new();
-        for (node, loads) in &self.loads {
-            for (p, l) in loads {
+        for (node, report) in &self.reports {
+            for (p, l) in &report.loads {
                 if leaders.get(p) == Some(node) {
                     out.insert(*p, l.clone());
                 }
@@ -97,8 +97,8 @@ impl Liveness {
     /// Leader hints: for each partition, the leader in the report with the highest term.
     pub(crate) fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
         let mut best: BTreeMap<PartitionId, (u64, NodeId)> = BTreeMap::new();
-        for reports in self.reports.values() {
-            for r in reports {
+        for report in self.reports.values() {
+            for r in report.replicas.values() {
                 if let Some(l) = r.leader {
                     let e = best.entry(r.partition).or_insert((r.term, l));
                     if r.term > e.0 {
@@ -509,7 +509,7 @@ impl Core {
         }
     }
 
-    async fn heartbeat(&self, hb: Heartbeat) -> Result<MetaReply> {
+    async fn heartbeat(&self, mut hb: Heartbeat) -> Result<MetaReply> {
         let m = self.meta_replica()?;
         let leader = m.leader();
         if leader != Some(self.id) {
@@ -538,17 +538,22 @@ impl Core {
                 _ => tracing::info!(node = %hb.node.id, addr = %hb.node.addr, "registered node"),
             }
         }
-        {
+        let taken = {
             let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
             l.seen.insert(hb.node.id, Instant::now());
-            l.reports.insert(hb.node.id, hb.replicas);
-            l.loads.insert(hb.node.id, hb.loads);
-        }
+            let mut held = l.reports.remove(&hb.node.id);
+            let taken = HeldReport::take(&mut held, &mut hb);
+            if let Some(held) = held {
+                l.reports.insert(hb.node.id, held);
+            }
+            taken
+        };
         // A leader's descriptor newer than the record repairs a split record that was lost.
         self.record_descs(&hb.led).await?;
         Ok(MetaReply::HeartbeatAck {
             members: m.voters(),
             draining,
+            resend_full: !taken,
         })
     }
 }

@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use cairn_proto::net::{Accepted, SharedDialer};
 use cairn_raft::{PeerNetwork, Syncer};
 use cairn_router::{
-    Heartbeat, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply,
-    PartitionRequest, Router, Served, TableRoute, Transport,
+    ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply, PartitionRequest,
+    Router, Served, TableRoute, Transport,
 };
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_storage_fjall::FjallEngine;
@@ -508,11 +508,17 @@ impl Node {
         request_id: u64,
         deadline: Instant,
     ) -> Result<TableRoute> {
+        cairn_types::check_split_count(split_keys.len())?;
         let replication = if replication == 0 {
             DEFAULT_REPLICATION
         } else {
             replication
         };
+        // The client gives up at the same deadline: answer with a tenth of the time (at
+        // most 2 s) to spare, or an answer sent at the last moment arrives after it left.
+        let spare =
+            (deadline.saturating_duration_since(Instant::now()) / 10).min(Duration::from_secs(2));
+        let deadline = deadline - spare;
         let req = MetaRequest::CreateTable {
             name: name.to_string(),
             replication,
@@ -1125,38 +1131,43 @@ impl Node {
 }
 
 async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut reporter = crate::heartbeat::Reporter::new(cairn_types::entropy::next_u64());
     loop {
         node.core.observe_meta_role();
-        let hb = Heartbeat {
-            node: node.core.desc.clone(),
-            replicas: node.core.replica_statuses(),
-            led: node.core.led_descs(),
-            loads: if node.core.controller.enabled {
-                node.core.led_loads(node.core.controller.split_window)
-            } else {
-                Vec::new()
-            },
-        };
+        let hb = reporter.heartbeat(node.core.desc.clone(), node.core.report());
         let deadline = Instant::now() + HEARTBEAT_EVERY;
         let delivered = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await;
         if delivered.is_ok() {
             let now = node.core.peer_health.now_ms().max(1);
             node.meta_contact_ms.store(now, Ordering::Relaxed);
         }
+        let mut again = false;
         match delivered {
-            Ok(MetaReply::HeartbeatAck { members, draining }) => {
+            Ok(MetaReply::HeartbeatAck {
+                members,
+                draining,
+                resend_full,
+            }) => {
+                again = reporter.acknowledged(resend_full);
                 node.draining.store(draining, Ordering::Relaxed);
                 if let Err(e) = node.core.learn_meta_members(members).await {
                     tracing::warn!("cannot record the metadata members: {e}");
                 }
             }
-            Ok(_) => {}
+            Ok(_) => reporter.failed(),
             Err(e @ Error::NodeRemoved(_)) => {
                 tracing::error!("{e}");
                 let _ = node.fatal.send(Some(e.to_string()));
                 return;
             }
-            Err(e) => tracing::debug!("heartbeat not delivered: {e}"),
+            Err(e) => {
+                reporter.failed();
+                tracing::debug!("heartbeat not delivered: {e}");
+            }
+        }
+        if again {
+            // The leader wants the whole report: send it now, not a period late.
+            continue;
         }
         tokio::select! {
             // Fixed order keeps a simulation repeatable.

@@ -10,7 +10,10 @@
 use crate::core::Core;
 use cairn_storage::{Space, keys};
 use cairn_types::{KeySample, PartitionDesc, PartitionId, PartitionLoad};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,10 @@ struct Inner {
     samples: VecDeque<KeySample>,
     written: u64,
     measured: Option<Measured>,
+    /// The last answer of `load`, for the partition version it was made for; cleared by
+    /// anything that changes it. An idle partition's load is then not worked out anew
+    /// (its samples copied, its split key searched) for every heartbeat.
+    load: Option<(u64, PartitionLoad)>,
 }
 
 #[derive(Clone)]
@@ -56,6 +63,7 @@ impl ReplicaStats {
     /// the samples.
     pub(crate) fn record(&self, sample: KeySample, write: bool, written: u64, window: Duration) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.load = None;
         let now = Instant::now();
         let start = *s.window_start.get_or_insert(now);
         let elapsed = now.duration_since(start);
@@ -93,13 +101,19 @@ impl ReplicaStats {
             s.writes_in_window = 0;
             s.bytes_in_window = 0;
             s.window_start = None;
+            s.load = None;
+        }
+        if let Some((version, load)) = &s.load
+            && *version == desc.epoch.version
+        {
+            return load.clone();
         }
         let samples: Vec<KeySample> = s.samples.iter().cloned().collect();
         let m = s
             .measured
             .clone()
             .filter(|m| m.version == desc.epoch.version);
-        PartitionLoad {
+        let load = PartitionLoad {
             bytes: m.as_ref().map_or(0, |m| m.bytes),
             keys: m.as_ref().map_or(0, |m| m.keys),
             qps: s.qps,
@@ -111,7 +125,9 @@ impl ReplicaStats {
                 &desc.range.start,
                 desc.range.end.as_deref(),
             ),
-        }
+        };
+        s.load = Some((desc.epoch.version, load.clone()));
+        load
     }
 
     /// Whether the size should be measured again.
@@ -137,6 +153,7 @@ impl ReplicaStats {
         }
         s.written = 0;
         s.measured = Some(m);
+        s.load = None;
     }
 }
 
@@ -144,14 +161,24 @@ impl Core {
     /// Measures the size of every led partition whose measurement is stale, one at a time.
     pub(crate) async fn measure_led(&self, split_size: u64) {
         let rewrite_after = (split_size / 8).max(64 << 10);
-        for p in self.led_partitions() {
-            let Some(r) = self.replica(p) else { continue };
-            let desc = r.view.desc();
-            if !r.stats.stale(desc.epoch.version, rewrite_after) {
-                continue;
-            }
+        // Picked under the read lock without copying a replica: on an idle node none is
+        // stale, and cloning every led replica each pass was a visible part of its work.
+        let stale: Vec<(PartitionId, Arc<ReplicaStats>, Arc<PartitionDesc>)> = {
+            let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+            replicas
+                .iter()
+                .filter(|(_, r)| r.raft.metrics().borrow_watched().state == ServerState::Leader)
+                .filter_map(|(p, r)| {
+                    let desc = r.view.shared_desc();
+                    r.stats
+                        .stale(desc.epoch.version, rewrite_after)
+                        .then(|| (*p, r.stats.clone(), desc))
+                })
+                .collect()
+        };
+        for (p, stats, desc) in stale {
             match self.measure(&desc).await {
-                Ok(m) => r.stats.set_measured(m),
+                Ok(m) => stats.set_measured(m),
                 Err(e) => tracing::debug!(partition = %p, "size not measured: {e}"),
             }
         }
@@ -199,16 +226,5 @@ impl Core {
             middle,
             version: desc.epoch.version,
         })
-    }
-
-    /// Size and load of every partition this node leads, for its heartbeat.
-    pub(crate) fn led_loads(&self, window: Duration) -> Vec<(PartitionId, PartitionLoad)> {
-        self.led_partitions()
-            .into_iter()
-            .filter_map(|p| {
-                let r = self.replica(p)?;
-                Some((p, r.stats.load(&r.view.desc(), window)))
-            })
-            .collect()
     }
 }

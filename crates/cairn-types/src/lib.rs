@@ -17,7 +17,10 @@ pub use error::{Error, ErrorCode, Result};
 pub use ids::{
     ClientId, FIRST_REPLICA_ID, META_GROUP, NodeId, PartitionId, ReplicaId, RequestId, TableId,
 };
-pub use limits::{CREATE_TIME_PER_PARTITION, Limits, create_table_time, validate_table_name};
+pub use limits::{
+    CREATE_TIME_PER_PARTITION, Limits, MAX_CREATE_PARTITIONS, check_split_count, create_table_time,
+    validate_table_name,
+};
 pub use model::{
     DEFAULT_REPLICATION, KeySample, NodeDesc, PartitionDesc, PartitionLoad, PartitionStatus,
     TableDesc, TableState,

@@ -13,6 +13,24 @@ pub fn create_table_time(partitions: usize) -> std::time::Duration {
     CREATE_TIME_PER_PARTITION.saturating_mul(u32::try_from(partitions).unwrap_or(u32::MAX))
 }
 
+/// Most partitions one CreateTable may make (split keys + 1). Each is a Raft group opened
+/// on its replicas' nodes before the answer; a table that must grow beyond this is better
+/// grown by the controller's splits, which spread the work over time.
+pub const MAX_CREATE_PARTITIONS: usize = 4096;
+
+/// Refuses a CreateTable with more split keys than [`MAX_CREATE_PARTITIONS`] allows.
+pub fn check_split_count(split_keys: usize) -> Result<()> {
+    if split_keys >= MAX_CREATE_PARTITIONS {
+        return Err(Error::InvalidArgument(format!(
+            "{split_keys} split keys would make {} partitions; one CreateTable makes at most \
+             {MAX_CREATE_PARTITIONS}: create the table with fewer split keys and let the \
+             controller split it as it grows (or split it with `cairn admin split`)",
+            split_keys + 1
+        )));
+    }
+    Ok(())
+}
+
 /// Size limits applied to every write and key lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -77,6 +95,14 @@ pub fn validate_table_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_table_is_refused_more_partitions_than_the_limit() {
+        assert!(check_split_count(MAX_CREATE_PARTITIONS - 1).is_ok());
+        let err = check_split_count(MAX_CREATE_PARTITIONS).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("at most 4096"), "{err}");
+    }
 
     #[test]
     fn table_names() {

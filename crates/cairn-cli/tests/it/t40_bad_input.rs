@@ -30,6 +30,30 @@ async fn t40_http_bad_input() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
 
+    // More partitions than one CreateTable may make: refused, and no table is made.
+    let splits: Vec<String> = (0..4096).map(|i| format!("k{i:05}")).collect();
+    let r = h
+        .post(format!("{base}/v1/tables"))
+        .body(serde_json::json!({"name": "huge", "split_keys": splits}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("at most 4096") && body.contains("INVALID_ARGUMENT"),
+        "{body}"
+    );
+    expect_error(
+        h.get(format!("{base}/v1/tables/huge"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "TABLE_NOT_FOUND",
+    )
+    .await;
+
     let keys = format!("{base}/v1/tables/t/keys");
     expect_error(
         h.put(format!("{keys}/")).body("v").send().await.unwrap(),
