@@ -79,6 +79,10 @@ pub(crate) struct ServerArgs {
           default_missing_value = "true", action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     quiesce: bool,
+    /// Log lines as human-readable text, or as one JSON object per line (`json`: fields
+    /// `timestamp`, `level`, `target` and `fields`) for a log shipper.
+    #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// [testing only] Acknowledge log appends WITHOUT fsync, so that a power cut loses
     /// acknowledged writes: proves the power-loss tests catch a store that does this.
     #[arg(long, env = "CAIRN_FAULT_SKIP_FSYNC")]
@@ -103,11 +107,14 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if a.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(ansi).init();
+    }
     if a.id == 0 {
         anyhow::bail!("--id 0 is reserved; use ids from 1");
     }

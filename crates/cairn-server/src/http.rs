@@ -7,16 +7,19 @@
 use crate::node::Node;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use cairn_router::{DEFAULT_DEADLINE, TableRoute};
 use cairn_storage::keys::prefix_end;
-use cairn_types::{DEFAULT_REPLICATION, Error, NodeId, PartitionDesc, PartitionId};
+use cairn_types::{
+    ClientId, DEFAULT_REPLICATION, Error, NodeId, PartitionDesc, PartitionId, RequestId,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -359,7 +362,55 @@ struct CreateTable {
     split_keys: Vec<String>,
 }
 
-async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
+/// Header naming one logical write across retries (as in the IETF draft and Stripe's API).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A stable 64-bit id for the request `parts` that carries `Idempotency-Key: key`. The
+/// request's own parts are in it, so a key reused for a different request is a different
+/// write instead of one silently taken for a retry.
+fn idempotency_id(key: &[u8], parts: &[&[u8]]) -> u64 {
+    let mut h = Sha256::new();
+    for p in std::iter::once(key).chain(parts.iter().copied()) {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    // Never 0, which means "draw one" where ids are optional.
+    u64::from_le_bytes(id).max(1)
+}
+
+/// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let k = v.as_bytes();
+    if k.is_empty() || k.len() > 255 || !k.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, for example a UUID",
+        ));
+    }
+    Ok(Some(k))
+}
+
+/// The write id of a PUT or DELETE carrying an `Idempotency-Key`: each partition applies
+/// the write with this id once (its session lasts 10 minutes after the last retry), so a
+/// retry through any node is answered as the first attempt was and never overwrites a
+/// newer value.
+fn write_id(headers: &HeaderMap, parts: &[&[u8]]) -> Result<Option<RequestId>, ApiError> {
+    Ok(idempotency_key(headers)?.map(|k| RequestId {
+        client: ClientId(idempotency_id(k, parts)),
+        seq: 1,
+        first_incomplete: 1,
+    }))
+}
+
+async fn create_table(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    // A retried create with the same key is answered the table its first attempt made.
+    let request_id =
+        idempotency_key(&headers)?.map_or(0, |k| idempotency_id(k, &[b"create", &body]));
     let req: CreateTable = serde_json::from_slice(&body).map_err(|e| {
         bad(format!("malformed JSON body: {e}; expected {{\"name\":\"t\",\"replication\":3,\"split_keys\":[\"m\"]}}"))
     })?;
@@ -371,7 +422,7 @@ async fn create_table(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
             &req.name,
             req.replication.unwrap_or(DEFAULT_REPLICATION),
             splits,
-            0,
+            request_id,
             deadline() + time,
         )
         .await;
@@ -412,10 +463,16 @@ fn table_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
     Ok((table, key.unwrap_or_default()))
 }
 
-async fn put_key(State(node): State<Arc<Node>>, uri: Uri, body: Bytes) -> ApiResult {
+async fn put_key(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
+    let rid = write_id(&headers, &[b"put", table.as_bytes(), &key, &body])?;
     let started = std::time::Instant::now();
-    let res = node.put(&table, key, body.to_vec(), None, deadline()).await;
+    let res = node.put(&table, key, body.to_vec(), rid, deadline()).await;
     node.record("put", res.is_ok(), started);
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -446,10 +503,11 @@ async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     }
 }
 
-async fn delete_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
+async fn delete_key(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
+    let rid = write_id(&headers, &[b"delete", table.as_bytes(), &key])?;
     let started = std::time::Instant::now();
-    let res = node.delete(&table, key, None, deadline()).await;
+    let res = node.delete(&table, key, rid, deadline()).await;
     node.record("delete", res.is_ok(), started);
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())

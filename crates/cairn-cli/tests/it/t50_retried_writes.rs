@@ -212,3 +212,114 @@ async fn t52_retry_after_leader_wall_clock_jump_applies_once() {
     kv.put(put(b"k", b"third", 2, 2)).await.unwrap();
     assert_eq!(get(kv.clone(), b"k").await, b"fourth");
 }
+
+/// One curl call: its status, its body and what it said on stderr (`-v`: its retries).
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "30", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (code.trim().parse().unwrap_or(0), body.to_string(), stderr)
+}
+
+/// `curl` retries of an HTTP PUT carrying one `Idempotency-Key` apply once: the first
+/// attempt is applied but its answer is lost (fault injection), curl retries on the 503,
+/// and the replicas take the retry for a duplicate; a late copy of it, sent after a newer
+/// write and through another node, does not overwrite the newer value. Without the header
+/// the same late copy does (what the header is for). A retried CreateTable with a key is
+/// answered the table its first attempt made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t53_http_retries_with_one_idempotency_key_apply_once() {
+    let c = Cluster::start_with(3, &["--fault-lose-write-replies", "1"]).await;
+    let create = |node: u64, key: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Idempotency-Key: {key}"),
+            "--data-binary",
+            r#"{"name":"h","split_keys":["m"]}"#,
+            &format!("{}/v1/tables", c.http(node)),
+        ])
+    };
+    let (code, first, err) = create(1, "create-1");
+    assert_eq!(code, 201, "{first}\n{err}");
+    let (code, again, err) = create(2, "create-1");
+    assert_eq!(code, 201, "a retried create was refused: {again}\n{err}");
+    let id = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["id"].clone();
+    assert_eq!(id(&first), id(&again), "the retry made another table");
+    let (code, body, _) = create(1, "create-2");
+    assert_eq!(code, 409, "another request made a second table h: {body}");
+
+    let url = |node: u64, key: &str| format!("{}/v1/tables/h/keys/{key}", c.http(node));
+    let put = |node: u64, key: &str, value: &str, idem: Option<&str>| {
+        let header = idem.map(|k| format!("Idempotency-Key: {k}"));
+        let mut args = vec!["-X", "PUT", "--data-binary", value];
+        args.extend(["--retry", "5", "--retry-all-errors", "--retry-delay", "1"]);
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        let u = url(node, key);
+        args.push(&u);
+        curl(&args)
+    };
+    let get = |node: u64, key: &str| curl(&[&url(node, key)]).1;
+    let dups = async || {
+        let mut n = 0;
+        for id in 1..=3 {
+            n += duplicates(&c, id).await;
+        }
+        n
+    };
+
+    // The first write through node 1 is applied and its answer dropped: curl sees 503,
+    // retries, and the retry is recognised as the write already applied.
+    let before = dups().await;
+    let (code, body, err) = put(1, "a", "first", Some("w-1"));
+    assert_eq!(code, 204, "{body}\n{err}");
+    // curl -v shows each attempt: the 503, then the same PUT again.
+    assert!(
+        err.contains("< HTTP/1.1 503") && err.matches("> PUT ").count() >= 2,
+        "curl did not retry:\n{err}"
+    );
+    assert_eq!(get(2, "a"), "first");
+    assert!(dups().await > before, "no replica recognised the retry");
+
+    // A newer write, then a late copy of the first through another node: still the newer.
+    let (code, body, _) = put(2, "a", "second", Some("w-2"));
+    assert_eq!(code, 204, "{body}");
+    let before = dups().await;
+    let (code, body, _) = put(3, "a", "first", Some("w-1"));
+    assert_eq!(
+        code, 204,
+        "the late retry should be answered as the first attempt: {body}"
+    );
+    assert_eq!(
+        get(1, "a"),
+        "second",
+        "a late retry overwrote a newer value"
+    );
+    assert!(dups().await > before, "the late retry was not recognised");
+
+    // The same key on a different request is not taken for a retry of the first.
+    let (code, _, _) = put(1, "b", "other", Some("w-1"));
+    assert_eq!(code, 204);
+    assert_eq!(get(1, "b"), "other");
+
+    // Without the header, a late copy is a new write: it overwrites.
+    let (code, _, _) = put(3, "a", "first", None);
+    assert_eq!(code, 204);
+    assert_eq!(get(1, "a"), "first");
+
+    // A malformed key is refused before anything is written.
+    let long = "k".repeat(300);
+    let (code, body, _) = put(1, "c", "x", Some(&long));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Idempotency-Key"), "{body}");
+    let (code, _, _) = curl(&[&url(1, "c")]);
+    assert_eq!(code, 404, "a refused write changed something");
+}
