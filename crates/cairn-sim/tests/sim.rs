@@ -7,7 +7,7 @@
 //!
 //! - `CAIRN_SIM_SEED=N cargo nextest run -p cairn-sim sim_seed` replays seed N (or
 //!   `cargo run -p cairn-sim --example replay -- N`);
-//! - `CAIRN_SIM_SEEDS=K` (default 50 per shard, four shards) and `CAIRN_SIM_FIRST=F` choose
+//! - `CAIRN_SIM_SEEDS=K` (default 32 per shard, four shards) and `CAIRN_SIM_FIRST=F` choose
 //!   the seeds F, F+1, ... for a longer soak, e.g.
 //!   `CAIRN_SIM_SEEDS=5000 cargo nextest run -p cairn-sim --release`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -82,7 +82,7 @@ fn run_child(seed: u64, history: Option<&PathBuf>) -> Result<(), String> {
     }
 }
 
-/// Shards of the seeds: 4 × 50 = the 200 seeds 1..=200 each CI run.
+/// Shards of the seeds: 4 × 32 = the 128 seeds 1..=128 each CI run (longer runs: the README).
 const SHARDS: u64 = 4;
 
 /// Seeds of shard `shard` of `shards` (so nextest spreads them over the cores).
@@ -90,7 +90,7 @@ fn shard(shard: u64, shards: u64) {
     if std::env::var("CAIRN_SIM_SEED").is_ok() {
         return; // `sim_seed` runs that one.
     }
-    let count = env_u64("CAIRN_SIM_SEEDS").unwrap_or(50);
+    let count = env_u64("CAIRN_SIM_SEEDS").unwrap_or(32);
     let first = env_u64("CAIRN_SIM_FIRST").unwrap_or(1);
     let t = Instant::now();
     let mut failures = Vec::new();
