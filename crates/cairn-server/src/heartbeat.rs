@@ -129,8 +129,10 @@ impl Reporter {
         hb
     }
 
-    /// The leader took the heartbeat in flight; `resend_full` when it held no base for it.
-    /// Returns whether the next heartbeat should go at once (the whole report is wanted).
+    /// The leader took the heartbeat in flight; `resend_full` when it wants the whole
+    /// report (it held no base for a delta, or could not check every led descriptor).
+    /// Returns whether the next heartbeat should go at once: after a refused delta, yes;
+    /// after a whole report it could not check, a period later (not in a tight loop).
     pub(crate) fn acknowledged(&mut self, resend_full: bool) -> bool {
         let in_flight = self.in_flight.take();
         match in_flight {
@@ -139,9 +141,9 @@ impl Reporter {
                 self.acked = Some((seq, report));
                 false
             }
-            _ => {
+            in_flight => {
                 self.acked = None;
-                true
+                !in_flight.is_some_and(|(_, _, whole)| whole)
             }
         }
     }
@@ -328,6 +330,17 @@ mod tests {
         assert!(take(&mut new_leader, hb));
         r.acknowledged(false);
         assert_eq!(new_leader.unwrap().replicas, b.replicas);
+    }
+
+    #[test]
+    fn a_whole_report_the_leader_could_not_check_is_sent_again_a_period_later() {
+        let mut r = Reporter::new(1);
+        let a = report(&[(1, 1, 1)], &[(1, 1)]);
+        assert_eq!(r.heartbeat(node(), a.clone()).base, None);
+        assert!(!r.acknowledged(true), "no tight loop of whole reports");
+        let hb = r.heartbeat(node(), a);
+        assert_eq!(hb.base, None, "the led descriptors go again");
+        assert_eq!(hb.led.len(), 1);
     }
 
     #[test]

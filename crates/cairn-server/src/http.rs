@@ -381,24 +381,29 @@ fn idempotency_id(key: &[u8], parts: &[&[u8]]) -> u64 {
     u64::from_le_bytes(id).max(1)
 }
 
-/// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
+/// The request's `Idempotency-Key`, checked: one header of 16 to 255 visible ASCII
+/// characters. Keys are shared by every client, so a short one could be another client's.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+    let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(bad("send one Idempotency-Key header, not several"));
+    }
     let k = v.as_bytes();
-    if k.is_empty() || k.len() > 255 || !k.iter().all(|b| b.is_ascii_graphic()) {
+    if k.len() < 16 || k.len() > 255 || !k.iter().all(|b| b.is_ascii_graphic()) {
         return Err(bad(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters, for example a UUID",
+            "Idempotency-Key must be 16 to 255 visible ASCII characters, for example a UUID",
         ));
     }
     Ok(Some(k))
 }
 
 /// The write id of a PUT or DELETE carrying an `Idempotency-Key`: each partition applies
-/// the write with this id once (its session lasts 10 minutes after the last retry), so a
-/// retry through any node is answered as the first attempt was and never overwrites a
-/// newer value.
+/// the write with this id once (it remembers the id for 10 minutes after applying it), so
+/// a retry through any node within that time is answered as the first attempt was and
+/// never overwrites a newer value.
 fn write_id(headers: &HeaderMap, parts: &[&[u8]]) -> Result<Option<RequestId>, ApiError> {
     Ok(idempotency_key(headers)?.map(|k| RequestId {
         client: ClientId(idempotency_id(k, parts)),

@@ -548,12 +548,26 @@ impl Core {
             }
             taken
         };
-        // A leader's descriptor newer than the record repairs a split record that was lost.
-        self.record_descs(&hb.led).await?;
-        Ok(MetaReply::HeartbeatAck {
+        let ack = |resend_full| MetaReply::HeartbeatAck {
             members: m.voters(),
             draining,
-            resend_full: !taken,
-        })
+            resend_full,
+        };
+        if !taken {
+            // The whole report follows at once, with every led descriptor in it.
+            return Ok(ack(true));
+        }
+        // A led descriptor of a table this replica has not applied yet (a leader still
+        // catching up) cannot be checked; were it acknowledged, the node would not send it
+        // again until it changed. Ask for the whole report instead.
+        let placed = {
+            let state = m.state.read().unwrap_or_else(|p| p.into_inner());
+            hb.led
+                .iter()
+                .all(|d| state.table_by_id(d.table_id).is_some())
+        };
+        // A leader's descriptor newer than the record repairs a split record that was lost.
+        self.record_descs(&hb.led).await?;
+        Ok(ack(!placed))
     }
 }
