@@ -14,6 +14,6 @@ mod router;
 pub use cache::{RouteCache, TableRoute};
 pub use messages::{
     ControllerStatus, DecisionRecord, Heartbeat, MetaReply, MetaRequest, NodeStatus, PartitionOp,
-    PartitionReply, PartitionRequest,
+    PartitionReply, PartitionRequest, hosted_digest,
 };
 pub use router::{DEFAULT_DEADLINE, ListPage, Router, Served, Transport};

@@ -36,8 +36,12 @@ pub enum MetaRequest {
     Reconcile {
         /// The node asking.
         node: NodeId,
-        /// Descriptors of its replicas, as applied there, with their replica ids.
-        hosted: Vec<(PartitionDesc, ReplicaId)>,
+        /// Descriptors of its replicas, as applied there, with their replica ids; `None`
+        /// when they are those of its last reconcile that found nothing to do, so that an
+        /// idle node does not send a thousand descriptors every few seconds for nothing.
+        hosted: Option<Vec<(PartitionDesc, ReplicaId)>>,
+        /// Digest of the hosted replicas ([`hosted_digest`]).
+        digest: u64,
         /// The id of its metadata replica, if it hosts one.
         meta: Option<ReplicaId>,
     },
@@ -152,6 +156,10 @@ pub enum MetaReply {
         destroy: Vec<PartitionId>,
         /// Whether its metadata replica is no longer a member and must be destroyed.
         destroy_meta: bool,
+        /// The request named its replicas by digest only, and the leader cannot vouch that
+        /// nothing changed since (it holds no such reconcile, or the metadata changed): send
+        /// them.
+        send_hosted: bool,
     },
     /// A reserved partition id.
     Id(PartitionId),
@@ -338,4 +346,57 @@ pub struct ControllerStatus {
     pub decisions: Vec<DecisionRecord>,
     /// Size and load of each partition as its leader last reported them.
     pub loads: Vec<(PartitionId, PartitionLoad)>,
+}
+
+/// An order-independent digest of a node's hosted replicas (descriptor and replica id), the
+/// same for the same set within one build.
+pub fn hosted_digest<D: std::borrow::Borrow<PartitionDesc>>(
+    hosted: impl IntoIterator<Item = (D, ReplicaId)>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    hosted.into_iter().fold(0u64, |acc, (desc, rid)| {
+        let mut h = std::hash::DefaultHasher::new();
+        desc.borrow().hash(&mut h);
+        rid.hash(&mut h);
+        acc.wrapping_add(h.finish())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_types::KeyRange;
+
+    fn desc(id: u64, conf_ver: u64) -> PartitionDesc {
+        PartitionDesc {
+            id: PartitionId(id),
+            table_id: TableId(1),
+            range: KeyRange::default(),
+            epoch: Epoch {
+                conf_ver,
+                version: 1,
+            },
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            replica_ids: Default::default(),
+        }
+    }
+
+    #[test]
+    fn hosted_digest_ignores_order_and_sees_every_change() {
+        let (a, b) = (desc(1, 1), desc(2, 1));
+        let d = hosted_digest([(&a, ReplicaId(10)), (&b, ReplicaId(11))]);
+        assert_eq!(d, hosted_digest([(&b, ReplicaId(11)), (&a, ReplicaId(10))]));
+        assert_ne!(d, hosted_digest([(&a, ReplicaId(10))]), "a replica gone");
+        assert_ne!(
+            d,
+            hosted_digest([(&a, ReplicaId(10)), (&b, ReplicaId(12))]),
+            "a new incarnation"
+        );
+        let moved = desc(2, 2);
+        assert_ne!(
+            d,
+            hosted_digest([(&a, ReplicaId(10)), (&moved, ReplicaId(11))]),
+            "a membership change"
+        );
+    }
 }

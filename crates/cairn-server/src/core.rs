@@ -207,6 +207,17 @@ pub(crate) struct Core {
     pub(crate) peer_health: crate::supervisor::PeerHealth,
     /// Leader hand-overs started here and not seen to complete, by partition.
     pub(crate) transfers: Mutex<std::collections::HashMap<PartitionId, Transfer>>,
+    /// What the group supervisor's last pass over the replicas found.
+    pub(crate) walked: Mutex<Option<crate::supervisor::Walked>>,
+}
+
+/// Why a node stops when `group`'s Raft stopped on `error`, and what the operator checks.
+pub(crate) fn failure(group: PartitionId, error: &str) -> String {
+    format!(
+        "{group} on this node stopped on a storage failure ({error}); the node stops so that it \
+         is restarted and recovers from what is durable. Check the disk (space, errors in the \
+         kernel log)"
+    )
 }
 
 /// A hand-over of leadership a partition leader started (see the group supervisor).
@@ -613,22 +624,27 @@ impl Core {
     /// A group stopped on purpose (a replica destroyed, the node shutting down) is fine.
     pub(crate) fn failed_group(&self) -> Option<String> {
         let failed = |group: PartitionId, raft: &typ::Raft| {
-            // Borrowed, not cloned: this runs every second over every hosted group.
+            // Borrowed, not cloned: this can run every second over every hosted group.
             let rx = raft.metrics();
             let m = rx.borrow_watched();
             match &m.running_state {
                 Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
-                Err(e) => Some(format!(
-                    "{group} on this node stopped on a storage failure ({e}); the node stops so \
-                     that it is restarted and recovers from what is durable. Check the disk \
-                     (space, errors in the kernel log)"
-                )),
+                Err(e) => Some(failure(group, &e.to_string())),
             }
         };
         if let Some(m) = self.meta()
             && let Some(why) = failed(META_GROUP, &m.raft)
         {
             return Some(why);
+        }
+        // The group supervisor's last pass looked at every partition group.
+        if let Some(w) = self
+            .walked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return w.failed.clone();
         }
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
         replicas.iter().find_map(|(id, r)| failed(*id, &r.raft))
@@ -670,6 +686,12 @@ impl Core {
     pub(crate) fn hosted_descs(&self) -> Vec<(PartitionDesc, ReplicaId)> {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
         replicas.values().map(|r| (r.view.desc(), r.id)).collect()
+    }
+
+    /// Digest of what [`Core::hosted_descs`] would answer, without copying a descriptor.
+    pub(crate) fn hosted_digest(&self) -> u64 {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        cairn_router::hosted_digest(replicas.values().map(|r| (r.view.shared_desc(), r.id)))
     }
 
     /// Leader and term of every hosted replica.

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use cairn_raft::leader_node;
 use cairn_router::Heartbeat;
-use cairn_types::{NodeDesc, PartitionDesc, PartitionId, PartitionLoad, PartitionStatus};
+use cairn_types::{NodeDesc, NodeId, PartitionDesc, PartitionId, PartitionLoad, PartitionStatus};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 
-use crate::core::Core;
+use crate::core::{Core, Replica};
 
 /// Every this many acknowledged deltas the node sends its whole report anyway, so nothing
 /// the leader holds can drift for long whatever goes wrong.
@@ -34,34 +34,67 @@ pub(crate) struct Report {
     pub(crate) loads: BTreeMap<PartitionId, PartitionLoad>,
 }
 
+impl Report {
+    /// Adds one hosted replica whose recorded leader and term are `leader` and `term`; if
+    /// it `leads`, also its descriptor and (when the controller runs) its load.
+    pub(crate) fn add(
+        &mut self,
+        core: &Core,
+        (id, r): (PartitionId, &Replica),
+        leader: Option<NodeId>,
+        term: u64,
+        leads: bool,
+    ) {
+        self.replicas.insert(
+            id,
+            PartitionStatus {
+                partition: id,
+                leader,
+                term,
+            },
+        );
+        if leads {
+            let desc = r.view.shared_desc();
+            if core.controller.enabled {
+                let load = r.stats.load(&desc, core.controller.split_window);
+                self.loads.insert(id, load);
+            }
+            self.led.insert(id, desc);
+        }
+    }
+}
+
 impl Core {
-    /// This node's report, in one pass over its replicas: every replica's leader and term,
-    /// and the descriptor (and, when the controller runs, the load) of each one it leads.
+    /// This node's report: the one the group supervisor's last pass made (it walks every
+    /// replica's Raft metrics once a second anyway), or, before its first pass or when it does
+    /// not run, one made now.
+    pub(crate) fn current_report(&self) -> Report {
+        if let Some(w) = self
+            .walked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return w.report.clone();
+        }
+        self.report()
+    }
+
+    /// This node's report, in one pass over its replicas.
     pub(crate) fn report(&self) -> Report {
         let mut report = Report::default();
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
         for (id, r) in replicas.iter() {
-            let leads = {
+            let (leader, term, leads) = {
                 let rx = r.raft.metrics();
                 let m = rx.borrow_watched();
-                report.replicas.insert(
-                    *id,
-                    PartitionStatus {
-                        partition: *id,
-                        leader: leader_node(&m),
-                        term: m.current_term,
-                    },
-                );
-                m.state == ServerState::Leader
+                (
+                    leader_node(&m),
+                    m.current_term,
+                    m.state == ServerState::Leader,
+                )
             };
-            if leads {
-                let desc = r.view.shared_desc();
-                if self.controller.enabled {
-                    let load = r.stats.load(&desc, self.controller.split_window);
-                    report.loads.insert(*id, load);
-                }
-                report.led.insert(*id, desc);
-            }
+            report.add(self, (*id, r), leader, term, leads);
         }
         report
     }

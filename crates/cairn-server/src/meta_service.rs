@@ -6,7 +6,9 @@ use crate::heartbeat::HeldReport;
 use cairn_meta::{MetaCommand, MetaResponse, MetaState, placement};
 use cairn_raft::{Command, Reply, from_raft};
 use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
-use cairn_types::{Error, META_GROUP, NodeId, PartitionId, Result, TableDesc, validate_table_name};
+use cairn_types::{
+    Error, META_GROUP, NodeId, PartitionId, ReplicaId, Result, TableDesc, validate_table_name,
+};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +35,25 @@ pub(crate) struct Liveness {
     /// The metadata term this table belongs to; a new term starts it afresh, since what an
     /// earlier tenure saw may be stale.
     term: u64,
+    /// Each node's last reconcile that found nothing to do.
+    reconciled: BTreeMap<NodeId, Reconciled>,
+}
+
+/// A reconcile that found nothing to do: the same replicas (by digest) and metadata replica,
+/// checked against this very metadata state, would find nothing again.
+struct Reconciled {
+    digest: u64,
+    meta: Option<ReplicaId>,
+    /// Held, so that any change to the metadata (copy-on-write) makes a new state.
+    state: Arc<MetaState>,
+}
+
+impl Reconciled {
+    /// Whether a reconcile of the replicas `digest` and metadata replica `meta` against
+    /// `state` would again find nothing to do.
+    fn vouches(&self, digest: u64, meta: Option<ReplicaId>, state: &Arc<MetaState>) -> bool {
+        self.digest == digest && self.meta == meta && Arc::ptr_eq(&self.state, state)
+    }
 }
 
 impl Liveness {
@@ -303,10 +324,32 @@ impl Core {
                     .await
             }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,
-            MetaRequest::Reconcile { node, hosted, meta } => {
+            MetaRequest::Reconcile {
+                node,
+                hosted,
+                digest,
+                meta,
+            } => {
+                let Some(hosted) = hosted else {
+                    return self.reconcile_unchanged(node, digest, meta);
+                };
                 let state = self.meta_barrier().await?;
                 let rec = state.reconcile(node, &hosted);
                 let destroy_meta = meta.is_some_and(|r| state.meta_replica_stale(node, r));
+                {
+                    let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+                    if rec.open.is_empty() && rec.destroy.is_empty() && !destroy_meta {
+                        let state = state.clone();
+                        let done = Reconciled {
+                            digest,
+                            meta,
+                            state,
+                        };
+                        l.reconciled.insert(node, done);
+                    } else {
+                        l.reconciled.remove(&node);
+                    }
+                }
                 let open = rec
                     .open
                     .into_iter()
@@ -323,6 +366,7 @@ impl Core {
                     open,
                     destroy: rec.destroy,
                     destroy_meta,
+                    send_hosted: false,
                 })
             }
             MetaRequest::StartMove {
@@ -509,6 +553,38 @@ impl Core {
         }
     }
 
+    /// A reconcile that names the node's replicas by digest only: nothing to do if its last
+    /// reconcile here found nothing with the same replicas against the same metadata, else
+    /// the node is asked to send them. No ReadIndex round: "nothing to do" from a leader
+    /// deposed without knowing it makes the node do nothing, which is always safe.
+    fn reconcile_unchanged(
+        &self,
+        node: NodeId,
+        digest: u64,
+        meta: Option<ReplicaId>,
+    ) -> Result<MetaReply> {
+        let m = self.meta_replica()?;
+        let leader = m.leader();
+        if leader != Some(self.id) {
+            return Err(Error::NotLeader {
+                partition: META_GROUP,
+                leader,
+            });
+        }
+        let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let same = l
+            .reconciled
+            .get(&node)
+            .is_some_and(|r| r.vouches(digest, meta, &state));
+        Ok(MetaReply::Reconcile {
+            open: Vec::new(),
+            destroy: Vec::new(),
+            destroy_meta: false,
+            send_hosted: !same,
+        })
+    }
+
     async fn heartbeat(&self, mut hb: Heartbeat) -> Result<MetaReply> {
         let m = self.meta_replica()?;
         let leader = m.leader();
@@ -569,5 +645,37 @@ impl Core {
         // A leader's descriptor newer than the record repairs a split record that was lost.
         self.record_descs(&hb.led).await?;
         Ok(ack(!placed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_reconcile_holds_only_until_the_metadata_or_the_replicas_change() {
+        let mut current = Arc::new(MetaState::default());
+        let done = Reconciled {
+            digest: 7,
+            meta: Some(ReplicaId(3)),
+            state: current.clone(),
+        };
+        assert!(done.vouches(7, Some(ReplicaId(3)), &current));
+        assert!(
+            !done.vouches(8, Some(ReplicaId(3)), &current),
+            "replicas changed"
+        );
+        assert!(!done.vouches(7, None, &current), "metadata replica gone");
+        // Applying a command to the state the leader holds, as the state machine does.
+        Arc::make_mut(&mut current).controller_paused = true;
+        assert!(
+            !done.vouches(7, Some(ReplicaId(3)), &current),
+            "any change to the metadata makes a new state"
+        );
+        let snapshot = Arc::new((*done.state).clone());
+        assert!(
+            !done.vouches(7, Some(ReplicaId(3)), &snapshot),
+            "an installed snapshot is a new state even when equal"
+        );
     }
 }

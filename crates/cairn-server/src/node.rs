@@ -286,6 +286,7 @@ impl Node {
             incarnation: cairn_types::entropy::next_u64(),
             peer_health: Default::default(),
             transfers: Default::default(),
+            walked: Default::default(),
         });
         core.disk.check(cfg.id.0);
         core.reopen_recorded().await?;
@@ -875,20 +876,45 @@ impl Node {
     /// Opens the replicas the metadata places here and this node lacks, and destroys those
     /// the metadata says to destroy (see [`cairn_meta::Reconcile`]); anything the metadata
     /// does not know yet is left alone.
-    async fn reconcile(&self) -> Result<()> {
+    ///
+    /// `quiet` is the digest of the replicas of the last reconcile that found nothing to do;
+    /// while they stay the same, the request names them by digest only.
+    async fn reconcile(&self, quiet: &mut Option<u64>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let req = MetaRequest::Reconcile {
-            node: self.core.id,
-            hosted: self.core.hosted_descs(),
-            meta: self.core.meta().map(|m| m.id),
-        };
-        let MetaReply::Reconcile {
-            open,
-            destroy,
-            destroy_meta,
-        } = self.router.meta(req, deadline).await?
-        else {
-            return Err(Error::Internal("unexpected reply to Reconcile".into()));
+        let meta = self.core.meta().map(|m| m.id);
+        let digest = self.core.hosted_digest();
+        let mut by_digest = *quiet == Some(digest);
+        let (open, destroy, destroy_meta) = loop {
+            let (hosted, digest) = if by_digest {
+                (None, digest)
+            } else {
+                let hosted = self.core.hosted_descs();
+                let digest = cairn_router::hosted_digest(hosted.iter().map(|(d, r)| (d, *r)));
+                (Some(hosted), digest)
+            };
+            let full = hosted.is_some();
+            let req = MetaRequest::Reconcile {
+                node: self.core.id,
+                hosted,
+                digest,
+                meta,
+            };
+            let MetaReply::Reconcile {
+                open,
+                destroy,
+                destroy_meta,
+                send_hosted,
+            } = self.router.meta(req, deadline).await?
+            else {
+                return Err(Error::Internal("unexpected reply to Reconcile".into()));
+            };
+            if send_hosted && !full {
+                by_digest = false;
+                continue;
+            }
+            let nothing = open.is_empty() && destroy.is_empty() && !destroy_meta;
+            *quiet = nothing.then_some(digest);
+            break (open, destroy, destroy_meta);
         };
         if destroy_meta {
             self.core.destroy_meta().await?;
@@ -1134,7 +1160,7 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut reporter = crate::heartbeat::Reporter::new(cairn_types::entropy::next_u64());
     loop {
         node.core.observe_meta_role();
-        let hb = reporter.heartbeat(node.core.desc.clone(), node.core.report());
+        let hb = reporter.heartbeat(node.core.desc.clone(), node.core.current_report());
         let deadline = Instant::now() + HEARTBEAT_EVERY;
         let delivered = node.router.meta(MetaRequest::Heartbeat(hb), deadline).await;
         if delivered.is_ok() {
@@ -1179,13 +1205,14 @@ async fn heartbeat_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut quiet = None;
     loop {
         tokio::select! {
             biased;
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = node.reconcile().await {
+        if let Err(e) = node.reconcile(&mut quiet).await {
             tracing::debug!("reconcile: {e}");
         }
     }

@@ -81,7 +81,7 @@ impl TableDesc {
 }
 
 /// One partition: a key range of one table replicated by one Raft group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PartitionDesc {
     /// Partition id, equal to its Raft group id.
     pub id: PartitionId,
