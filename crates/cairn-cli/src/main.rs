@@ -2,11 +2,12 @@
 
 mod chaos;
 mod client_cmds;
+mod config_file;
 mod gen_cmd;
 mod playground;
 mod server_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Default endpoints: the playground's three nodes.
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Server(server_cmd::ServerArgs),
+    Server(Box<server_cmd::ServerArgs>),
     /// Start a local cluster of N nodes (child processes) and stop them on Ctrl-C.
     Playground(playground::PlaygroundArgs),
     /// Create, drop, list and describe tables.
@@ -55,7 +56,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config_file::expand(std::env::args_os().collect(), &Cli::command()) {
+        Ok(args) => Cli::parse_from(args),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     // A namespace change applies to the calling thread only, so it must come before the
     // runtime starts its threads.
     if let Command::Chaos(a) = &cli.command
@@ -78,7 +85,7 @@ fn main() -> ExitCode {
     let conn = client_cmds::Conn::new(cli.endpoints.clone());
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(a) => server_cmd::run(a).await,
+            Command::Server(a) => server_cmd::run(*a).await,
             Command::Playground(a) => playground::run(a).await,
             Command::Table(a) => client_cmds::table(a, conn).await,
             Command::Put(a) => client_cmds::put(a, conn).await,

@@ -10,6 +10,11 @@ use std::process::ExitCode;
 /// Flags of `cairn server`; each also reads a `CAIRN_…` environment variable.
 #[derive(Args, Debug)]
 pub(crate) struct ServerArgs {
+    /// A TOML file of these flags, keyed by their names (`data-dir = "/var/lib/cairn"`,
+    /// `join = ["10.0.0.2:7001"]`, `quiesce = false`); a flag or `CAIRN_…` variable given
+    /// as well wins over the file.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
     /// Unique id of this node (a positive integer).
     #[arg(long, env = "CAIRN_ID")]
     id: u64,
@@ -114,6 +119,9 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         logs.json().init();
     } else {
         logs.with_ansi(ansi).init();
+    }
+    if let Some(file) = &a.config {
+        tracing::info!(config = %file.display(), "flags read from the config file");
     }
     if a.id == 0 {
         anyhow::bail!("--id 0 is reserved; use ids from 1");

@@ -17,6 +17,7 @@ mod t50_retried_writes;
 mod t60_playground;
 mod t65_haproxy;
 mod t66_json_logs;
+mod t67_config_file;
 mod t70_snapshot_and_join;
 mod t80_pause;
 mod t85_split;

@@ -1,0 +1,53 @@
+use crate::cluster::Cluster;
+use cairn_types::ErrorCode;
+
+/// `cairn server --config FILE`: the file's keys set the node's flags, a flag typed as well
+/// wins over the file, and a misspelt key stops the node with a message naming the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t67_config_file_sets_flags_and_typed_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(
+        &file,
+        "log_format = \"json\"\nmax-value-bytes = 100\nmax-key-bytes = 50\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let c = Cluster::start_with(1, &["--config", file_arg, "--max-value-bytes", "300"]).await;
+    let cl = c.client();
+    cl.create_table("c", 1, vec![]).await.unwrap();
+    // The typed --max-value-bytes 300, not the file's 100.
+    cl.put("c", b"k", &[b'v'; 200]).await.unwrap();
+    assert_eq!(
+        cl.put("c", b"k", &[b'w'; 301]).await.unwrap_err().code,
+        ErrorCode::TooLarge
+    );
+    // The file's max-key-bytes.
+    assert_eq!(
+        cl.put("c", &[b'k'; 51], b"v").await.unwrap_err().code,
+        ErrorCode::TooLarge
+    );
+    assert_eq!(cl.get("c", b"k").await.unwrap(), Some(vec![b'v'; 200]));
+    // The file's log format.
+    let log = c.log(1);
+    let first = log.lines().next().expect("the node logged nothing");
+    let line: serde_json::Value = serde_json::from_str(first)
+        .unwrap_or_else(|e| panic!("log-format from the file not applied ({e}): {first}"));
+    assert!(line["level"].is_string(), "{first}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = 1\ndatadir = \"/tmp/x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["server", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a bad config file must stop the node"
+    );
+    assert!(
+        stderr.contains("unknown key `datadir`") && stderr.contains("data-dir"),
+        "{stderr}"
+    );
+}
