@@ -209,6 +209,8 @@ pub(crate) struct Core {
     pub(crate) transfers: Mutex<std::collections::HashMap<PartitionId, Transfer>>,
     /// What the group supervisor's last pass over the replicas found.
     pub(crate) walked: Mutex<Option<crate::supervisor::Walked>>,
+    /// Retried writes recognised by replicas since destroyed here.
+    pub(crate) retired_duplicates: std::sync::atomic::AtomicU64,
 }
 
 /// Why a node stops when `group`'s Raft stopped on `error`, and what the operator checks.
@@ -598,17 +600,26 @@ impl Core {
     /// Stops the replica of `partition` and deletes its log, state and data.
     pub(crate) async fn destroy_replica(&self, partition: PartitionId) -> Result<()> {
         let _guard = self.lifecycle.lock().await;
-        let Some(r) = self
-            .replicas
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&partition)
-        else {
-            return Ok(());
+        let counted = {
+            let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
+            let Some(r) = replicas.remove(&partition) else {
+                return Ok(());
+            };
+            // Under the lock, so that no reading of the counter misses these.
+            let counted = r.view.duplicates();
+            self.retired_duplicates
+                .fetch_add(counted, std::sync::atomic::Ordering::Relaxed);
+            (r, counted)
         };
+        let (r, counted) = counted;
         if let Err(e) = r.raft.shutdown().await {
             tracing::warn!("{partition}: shutdown: {e}");
         }
+        // Any applied between its removal and the shutdown.
+        self.retired_duplicates.fetch_add(
+            r.view.duplicates().saturating_sub(counted),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let desc = r.view.desc();
         let n = r.log.destroy().map_err(io_err)?
             + GroupStateMachine::destroy(&self.engine, &desc).map_err(io_err)?;
@@ -711,10 +722,16 @@ impl Core {
             .collect()
     }
 
-    /// Retried writes the hosted replicas recognised and did not apply again.
+    /// Retried writes this node's replicas recognised and did not apply again, since the
+    /// process started: those of the hosted replicas and of the ones destroyed here, so that
+    /// the counter never goes back when a replica moves away.
     pub(crate) fn duplicate_writes(&self) -> u64 {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-        replicas.values().map(|r| r.view.duplicates()).sum()
+        let hosted: u64 = replicas.values().map(|r| r.view.duplicates()).sum();
+        hosted
+            + self
+                .retired_duplicates
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many hosted replicas this node leads.

@@ -287,6 +287,7 @@ impl Node {
             peer_health: Default::default(),
             transfers: Default::default(),
             walked: Default::default(),
+            retired_duplicates: Default::default(),
         });
         core.disk.check(cfg.id.0);
         core.reopen_recorded().await?;

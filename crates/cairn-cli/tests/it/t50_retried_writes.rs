@@ -1,4 +1,5 @@
 use crate::cluster::{Cluster, wait_for};
+use crate::t87_moves::{finished, partition, wait_gone};
 use cairn_proto::v1::{GetRequest, PutRequest, RequestId, kv_client::KvClient};
 use std::time::Duration;
 
@@ -74,10 +75,11 @@ async fn duplicates(c: &Cluster, id: u64) -> u64 {
 
 /// A write whose answer is lost (forced by fault injection on every node) is retried by
 /// the client with the same request id and applied once: the replicas recognise the retry,
-/// and a later write is not undone by it.
+/// and a later write is not undone by it. `cairn_duplicate_writes_total` counts them, and
+/// as a counter it does not go back when the replica that counted them moves away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t51_client_retry_after_lost_answer_applies_once() {
-    let c = Cluster::start_with(3, &["--fault-lose-write-replies", "1"]).await;
+    let mut c = Cluster::start_with(3, &["--fault-lose-write-replies", "1"]).await;
     let cl = c.client();
     cl.create_table("r", 3, vec![]).await.unwrap();
     let before: u64 = duplicates(&c, 1).await + duplicates(&c, 2).await + duplicates(&c, 3).await;
@@ -92,6 +94,23 @@ async fn t51_client_retry_after_lost_answer_applies_once() {
     for id in 1..=3 {
         assert!(duplicates(&c, id).await >= 1, "node {id} saw no duplicate");
     }
+
+    let counted = duplicates(&c, 1).await;
+    let spare = c.join();
+    c.wait_live(4).await;
+    let p = partition(&cl, "r").await;
+    let op = cl.move_replica(p.id, 1, spare).await.unwrap();
+    assert_eq!(
+        finished(&cl, op.id, Duration::from_secs(60)).await.state,
+        "done"
+    );
+    let table = cl.describe_table("r").await.unwrap().id;
+    wait_gone(&c, 1, table, p.id).await;
+    assert!(
+        duplicates(&c, 1).await >= counted,
+        "the counter went back from {counted} when node 1's replica moved away"
+    );
+    assert_eq!(cl.get("r", b"k").await.unwrap(), Some(b"third".to_vec()));
 }
 
 /// The wall clock of node `id` as its HTTP server reports it (the `Date` header), in

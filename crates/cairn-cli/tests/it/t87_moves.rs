@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Waits until operation `id` is no longer running and returns it; on timeout the panic
 /// names the step it was stuck at and its last error.
-async fn finished(c: &Client, id: u64, within: Duration) -> OperationInfo {
+pub(crate) async fn finished(c: &Client, id: u64, within: Duration) -> OperationInfo {
     let deadline = std::time::Instant::now() + within;
     let mut last = None;
     loop {
@@ -25,12 +25,12 @@ async fn finished(c: &Client, id: u64, within: Duration) -> OperationInfo {
     }
 }
 
-async fn partition(c: &Client, table: &str) -> PartitionInfo {
+pub(crate) async fn partition(c: &Client, table: &str) -> PartitionInfo {
     c.describe_table(table).await.unwrap().partitions[0].clone()
 }
 
 /// Waits until node `id` holds no key, no raft entry and no replica of the table.
-async fn wait_gone(cl: &Cluster, id: u64, table_id: u64, p: u64) {
+pub(crate) async fn wait_gone(cl: &Cluster, id: u64, table_id: u64, p: u64) {
     let c = cl.client_of(id);
     wait_for(
         Duration::from_secs(30),
