@@ -23,27 +23,35 @@ use std::path::PathBuf;
 /// inserted after `server`, less those the command line or the environment gives; `args`
 /// unchanged when there is no such file.
 pub(crate) fn expand(args: Vec<OsString>, cli: &clap::Command) -> anyhow::Result<Vec<OsString>> {
-    let Some(at) = args
-        .iter()
-        .skip(1)
-        .position(|a| a == "server")
-        .map(|i| i + 1)
-    else {
+    let Some(at) = subcommand_at(&args).filter(|i| args[*i] == "server") else {
         return Ok(args);
     };
     let typed = &args[at + 1..];
+    if typed.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(args);
+    }
     let path = typed
         .iter()
         .enumerate()
         .find_map(|(i, a)| {
             let a = a.to_str()?;
             if a == "--config" {
-                typed.get(i + 1).map(PathBuf::from)
+                // A missing value (`--config --id 1`) is clap's to report.
+                let value = typed.get(i + 1);
+                Some(
+                    value
+                        .filter(|v| !v.to_string_lossy().starts_with('-'))
+                        .map(PathBuf::from),
+                )
             } else {
-                a.strip_prefix("--config=").map(PathBuf::from)
+                a.strip_prefix("--config=").map(|v| Some(PathBuf::from(v)))
             }
         })
-        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
+        .unwrap_or_else(|| {
+            std::env::var_os("CAIRN_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
     let Some(path) = path else {
         return Ok(args);
     };
@@ -59,6 +67,22 @@ pub(crate) fn expand(args: Vec<OsString>, cli: &clap::Command) -> anyhow::Result
     out.extend(flags.into_iter().map(OsString::from));
     out.extend_from_slice(typed);
     Ok(out)
+}
+
+/// Where the subcommand is in `args`: the first word after the program's name that is
+/// neither an option nor the value of the one global option that takes a value.
+fn subcommand_at(args: &[OsString]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
+        if a == "--endpoints" {
+            i += 2;
+        } else if a.to_string_lossy().starts_with('-') {
+            i += 1;
+        } else {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Whether the typed arguments give the flag `--name`.
@@ -243,6 +267,21 @@ mod tests {
         );
         assert_eq!(out.last().map(String::as_str), Some("--data-dir=/typed"));
         assert!(!out.iter().any(|a| a == "--data-dir=/from-file"));
+        // `server` as a word of another command is not the subcommand.
+        for other in [
+            vec![
+                "cairn",
+                "get",
+                "t",
+                "server",
+                "--config",
+                "/nonexistent.toml",
+            ],
+            vec!["cairn", "--endpoints", "server", "put", "t", "k", "v"],
+        ] {
+            let args: Vec<OsString> = other.iter().map(OsString::from).collect();
+            assert_eq!(expand(args.clone(), &cli).unwrap(), args);
+        }
         let m = cli.try_get_matches_from(&out).unwrap();
         let (_, s) = m.subcommand().unwrap();
         assert_eq!(s.get_one::<u64>("id"), Some(&7));

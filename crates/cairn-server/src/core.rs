@@ -654,6 +654,7 @@ impl Core {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
+            .filter(|w| w.fresh())
         {
             return w.failed.clone();
         }

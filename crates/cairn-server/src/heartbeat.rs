@@ -74,6 +74,7 @@ impl Core {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
+            .filter(|w| w.fresh())
         {
             return w.report.clone();
         }

@@ -44,15 +44,19 @@ pub(crate) struct Liveness {
 struct Reconciled {
     digest: u64,
     meta: Option<ReplicaId>,
-    /// Held, so that any change to the metadata (copy-on-write) makes a new state.
-    state: Arc<MetaState>,
+    /// The state it was checked against. Weak, so that it neither keeps an old copy alive
+    /// nor makes the next change copy the state; it still keeps the allocation, so any
+    /// change (copy-on-write moves the state to a new one) or snapshot makes a new address.
+    state: std::sync::Weak<MetaState>,
 }
 
 impl Reconciled {
     /// Whether a reconcile of the replicas `digest` and metadata replica `meta` against
     /// `state` would again find nothing to do.
     fn vouches(&self, digest: u64, meta: Option<ReplicaId>, state: &Arc<MetaState>) -> bool {
-        self.digest == digest && self.meta == meta && Arc::ptr_eq(&self.state, state)
+        self.digest == digest
+            && self.meta == meta
+            && std::ptr::eq(self.state.as_ptr(), Arc::as_ptr(state))
     }
 }
 
@@ -85,6 +89,7 @@ impl Liveness {
     pub(crate) fn forget(&mut self, node: NodeId) {
         self.seen.remove(&node);
         self.reports.remove(&node);
+        self.reconciled.remove(&node);
     }
 
     /// Nodes heard from within the liveness window.
@@ -339,7 +344,7 @@ impl Core {
                 {
                     let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
                     if rec.open.is_empty() && rec.destroy.is_empty() && !destroy_meta {
-                        let state = state.clone();
+                        let state = Arc::downgrade(&state);
                         let done = Reconciled {
                             digest,
                             meta,
@@ -658,21 +663,35 @@ mod tests {
         let done = Reconciled {
             digest: 7,
             meta: Some(ReplicaId(3)),
-            state: current.clone(),
+            state: Arc::downgrade(&current),
         };
+        let held = current.clone();
         assert!(done.vouches(7, Some(ReplicaId(3)), &current));
         assert!(
             !done.vouches(8, Some(ReplicaId(3)), &current),
             "replicas changed"
         );
         assert!(!done.vouches(7, None, &current), "metadata replica gone");
-        // Applying a command to the state the leader holds, as the state machine does.
+        // Applying a command, as the state machine does: copied while a reader holds it...
         Arc::make_mut(&mut current).controller_paused = true;
         assert!(
             !done.vouches(7, Some(ReplicaId(3)), &current),
             "any change to the metadata makes a new state"
         );
-        let snapshot = Arc::new((*done.state).clone());
+        // ... and moved to a new allocation (not copied) when only the weak reference is left.
+        let mut alone = held;
+        let before = Reconciled {
+            digest: 7,
+            meta: None,
+            state: Arc::downgrade(&alone),
+        };
+        assert!(before.vouches(7, None, &alone));
+        Arc::make_mut(&mut alone).controller_paused = true;
+        assert!(
+            !before.vouches(7, None, &alone),
+            "a change with no other reader still makes a new address"
+        );
+        let snapshot = Arc::new((*alone).clone());
         assert!(
             !done.vouches(7, Some(ReplicaId(3)), &snapshot),
             "an installed snapshot is a new state even when equal"

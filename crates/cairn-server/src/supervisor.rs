@@ -317,6 +317,16 @@ pub(crate) struct Walked {
     pub(crate) report: crate::heartbeat::Report,
     /// The first group whose Raft stopped on a failure, described.
     pub(crate) failed: Option<String>,
+    /// When the pass made it.
+    at: Instant,
+}
+
+impl Walked {
+    /// Whether it is recent enough to stand for a walk of its own; if the supervisor stopped
+    /// walking, its users walk the groups themselves again.
+    pub(crate) fn fresh(&self) -> bool {
+        self.at.elapsed() < 3 * PASS_EVERY
+    }
 }
 
 /// Reads what a pass needs without cloning anything: a pass visits every hosted group ten
@@ -449,17 +459,17 @@ pub(crate) async fn supervise_loop(node: Arc<Node>, mut stop: watch::Receiver<bo
             _ = tick.tick() => {}
         }
         let peers = core.peer_health.fingerprint();
-        if urgent || peers != seen_peers || last_pass.elapsed() >= PASS_EVERY {
+        let walk_due = last_walk.is_none_or(|t| t.elapsed() >= PASS_EVERY);
+        if urgent || peers != seen_peers || last_pass.elapsed() >= PASS_EVERY || walk_due {
             seen_peers = peers;
             last_pass = Instant::now();
             // The report and the failure check ride on one pass a second, not on every
             // urgent one: while a table of a thousand partitions forms, passes run ten times
             // a second under the replicas' read lock, which the opening replicas need.
-            let walk = last_walk.is_none_or(|t| t.elapsed() >= PASS_EVERY);
-            if walk {
+            if walk_due {
                 last_walk = Some(Instant::now());
             }
-            urgent = pass(&core, &mut groups, walk);
+            urgent = pass(&core, &mut groups, walk_due);
         }
     }
 }
@@ -490,6 +500,7 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>, walk: b
     let mut walked = walk.then(|| Walked {
         report: Default::default(),
         failed: None,
+        at: Instant::now(),
     });
     for (&id, r) in replicas.iter() {
         let s = seen(&r.raft, r.id.0);
