@@ -22,6 +22,7 @@ mod config;
 mod error;
 pub mod fault;
 mod log_store;
+pub mod metrics;
 mod network;
 pub mod runtime;
 pub mod snapshot;
@@ -33,6 +34,7 @@ pub use config::{
 };
 pub use error::from_raft;
 pub use log_store::{LogStore, Syncer};
+pub use metrics::{RaftMetrics, SyncMetrics};
 pub use network::{GroupNetwork, PeerNetwork, RaftMsg, RaftRpc, serve_raft_rpc};
 
 /// A group member's node data: where the replica lives.

@@ -27,6 +27,7 @@ type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 pub struct Syncer {
     inner: SyncerKind,
     failure: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    metrics: crate::SyncMetrics,
 }
 
 #[derive(Clone)]
@@ -47,6 +48,8 @@ impl Syncer {
         let (tx, rx) = mpsc::channel::<Done>();
         let failure = Arc::new(tokio::sync::watch::channel(None).0);
         let report = failure.clone();
+        let metrics = crate::SyncMetrics::default();
+        let measure = metrics.clone();
         std::thread::Builder::new()
             .name("cairn-syncer".into())
             .spawn(move || {
@@ -54,6 +57,7 @@ impl Syncer {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
+                    let started = std::time::Instant::now();
                     let result = match &poisoned {
                         Some(why) => Err(why.clone()),
                         None => engine.sync().map_err(|e| {
@@ -70,6 +74,10 @@ impl Syncer {
                             why
                         }),
                     };
+                    if poisoned.is_none() {
+                        measure.duration.observe(started.elapsed().as_secs_f64());
+                        measure.batch.observe(waiting.len() as f64);
+                    }
                     for done in waiting {
                         done(result.clone().map_err(io::Error::other));
                     }
@@ -78,6 +86,7 @@ impl Syncer {
         Ok(Self {
             inner: SyncerKind::Thread(tx),
             failure,
+            metrics,
         })
     }
 
@@ -87,6 +96,7 @@ impl Syncer {
         Self {
             inner: SyncerKind::Inline(engine),
             failure: Arc::new(tokio::sync::watch::channel(None).0),
+            metrics: Default::default(),
         }
     }
 
@@ -105,7 +115,13 @@ impl Syncer {
         Ok(Self {
             inner: SyncerKind::Skip(tx),
             failure: real.failure,
+            metrics: real.metrics,
         })
+    }
+
+    /// The fsync time and batch-size histograms of the sync thread.
+    pub fn metrics(&self) -> &crate::SyncMetrics {
+        &self.metrics
     }
 
     /// Why the syncer stopped making writes durable, once it has (a failed fsync).

@@ -74,6 +74,7 @@ pub async fn serve_raft_rpc(
     me: u64,
     shape: Option<u64>,
     engine: &cairn_storage::SharedEngine,
+    metrics: &crate::RaftMetrics,
     rpc: RaftRpc,
 ) -> Vec<u8> {
     fn enc<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
@@ -88,10 +89,14 @@ pub async fn serve_raft_rpc(
         return postcard::to_allocvec(&r).unwrap_or_default();
     }
     match rpc.msg {
-        RaftMsg::Append(req) => enc(raft.append_entries(req).await),
+        RaftMsg::Append(req) => {
+            metrics.append_entries_received.inc();
+            enc(raft.append_entries(req).await)
+        }
         RaftMsg::Vote(req) => enc(raft.vote(req).await),
         RaftMsg::PreVote(req) => enc(raft.pre_vote(req).await),
         RaftMsg::SnapshotChunk(mut c) => {
+            metrics.snapshot_received_bytes.inc_by(c.bytes());
             let group = cairn_types::PartitionId(rpc.group);
             if let Err(e) = stage_chunk(engine, group, &mut c) {
                 return enc::<(), _>(Err(format!("cannot stage snapshot chunk: {e}")));
@@ -142,6 +147,7 @@ pub struct PeerNetwork {
     peers: Arc<RwLock<Peers>>,
     local_ip: Option<IpAddr>,
     dialer: SharedDialer,
+    metrics: crate::RaftMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +163,11 @@ impl PeerNetwork {
             dialer,
             ..Self::default()
         }
+    }
+
+    /// The node's Raft traffic counters (every group's messages go through here).
+    pub fn metrics(&self) -> &crate::RaftMetrics {
+        &self.metrics
     }
 
     /// Records (or changes) the gRPC address of `node`.
@@ -310,6 +321,7 @@ impl ReplicaClient {
                 rows,
                 last: last.then(|| (vote, snapshot.meta.clone(), total)),
             };
+            self.peers.metrics.snapshot_sent_bytes.inc_by(chunk.bytes());
             let rpc = self.rpc(RaftMsg::SnapshotChunk(chunk));
             if last {
                 // Installing copies the whole partition: allow it more than one chunk's time.
@@ -332,6 +344,12 @@ impl RaftNetworkV2<TypeConfig> for ReplicaClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let m = &self.peers.metrics;
+        if rpc.entries.is_empty() {
+            m.heartbeats_sent.inc();
+        } else {
+            m.append_entries_sent.inc();
+        }
         let rpc = self.rpc(RaftMsg::Append(rpc));
         self.peers.call(self.node, &rpc, option.hard_ttl()).await
     }

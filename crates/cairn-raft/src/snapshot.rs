@@ -131,6 +131,14 @@ pub struct SnapshotChunk {
     pub last: Option<(typ::Vote, typ::SnapshotMeta, u64)>,
 }
 
+impl SnapshotChunk {
+    /// The bytes of data it carries: header, keys and values.
+    pub fn bytes(&self) -> u64 {
+        let rows: usize = self.rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (rows + self.header.as_ref().map_or(0, Vec::len)) as u64
+    }
+}
+
 /// Writes a chunk into the staging area of `group`, taking its header and rows (not
 /// copying them). The first chunk of a transfer drops anything staged before for the group
 /// (an abandoned transfer).

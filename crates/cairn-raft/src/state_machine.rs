@@ -221,6 +221,8 @@ pub struct GroupStateMachine {
     splits: Option<SplitSink>,
     /// This replica's member id; a split's right half gets the same on this node.
     me: ReplicaId,
+    /// Counts applied entries for the node's metrics.
+    applied_count: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// What a node records about each replica it hosts (under [`keys::local_replica`]), so it
@@ -242,7 +244,14 @@ impl GroupStateMachine {
             kind,
             splits: None,
             me: ReplicaId::default(),
+            applied_count: None,
         }
+    }
+
+    /// Adds every applied entry to `counter` (the node's `cairn_raft_applied_entries_total`).
+    pub fn count_applied(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.applied_count = Some(counter);
+        self
     }
 
     /// Sends the right half of each applied split to `sink`; `me` is this replica's member
@@ -668,7 +677,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut responders = Vec::new();
         let mut meta_changed = false;
         let mut opened = Vec::new();
+        let mut count = 0;
         while let Some((entry, responder)) = entries.try_next().await? {
+            count += 1;
             self.applied.last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::None,
@@ -773,6 +784,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             encode(&self.applied)?,
         );
         self.engine.write(batch).map_err(io::Error::other)?;
+        if let Some(c) = &self.applied_count {
+            c.inc_by(count);
+        }
         if !opened.is_empty() {
             crate::fault::crash_point("split-applied");
         }

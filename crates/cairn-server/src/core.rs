@@ -255,6 +255,7 @@ async fn start_meta_raft(
     snapshot_logs: u64,
 ) -> Result<MetaReplica> {
     let (sm, state) = GroupStateMachine::meta(engine.clone(), META_GROUP).map_err(io_err)?;
+    let sm = sm.count_applied(peers.metrics().applied_entries.clone());
     let log = LogStore::new(META_GROUP, engine.clone(), syncer.clone());
     let net = GroupNetwork {
         peers: peers.clone(),
@@ -546,7 +547,9 @@ impl Core {
 
         let (sm, view) =
             GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
-        let sm = sm.on_split(self.splits.clone(), id);
+        let sm = sm
+            .on_split(self.splits.clone(), id)
+            .count_applied(self.peers.metrics().applied_entries.clone());
         let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone());
         let net = GroupNetwork {
             peers: self.peers.clone(),
@@ -770,7 +773,9 @@ impl Core {
             op,
         };
         self.renew_lease(&replica.raft).await;
-        match replica.raft.client_write(Command::Kv(cmd)).await {
+        let written = replica.raft.client_write(Command::Kv(cmd)).await;
+        self.metrics.proposed(written.is_ok());
+        match written {
             Ok(resp) => match resp.data {
                 Reply::Kv(Ok(())) => Ok(PartitionReply::Done),
                 Reply::Kv(Err(e)) => Err(e),
@@ -836,7 +841,9 @@ impl Core {
             op: KvOp::Split { key, right },
         };
         self.renew_lease(&replica.raft).await;
-        match replica.raft.client_write(Command::Kv(cmd)).await {
+        let written = replica.raft.client_write(Command::Kv(cmd)).await;
+        self.metrics.proposed(written.is_ok());
+        match written {
             Ok(resp) => match resp.data {
                 Reply::Split(Ok((l, r))) => {
                     tracing::info!(left = %l.id, right = %r.id, at = ?String::from_utf8_lossy(&r.range.start), "split partition");

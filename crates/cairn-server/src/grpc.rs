@@ -648,7 +648,15 @@ impl internal_server::Internal for Internal {
             Status::not_found(format!("{group} has no replica on node {}", self.0.id()))
         })?;
         Ok(Response::new(Envelope {
-            payload: serve_raft_rpc(&raft, me, shape, &self.0.core.engine, rpc).await,
+            payload: serve_raft_rpc(
+                &raft,
+                me,
+                shape,
+                &self.0.core.engine,
+                self.0.core.peers.metrics(),
+                rpc,
+            )
+            .await,
         }))
     }
 

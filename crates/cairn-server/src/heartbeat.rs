@@ -81,6 +81,61 @@ impl Core {
         self.report()
     }
 
+    /// The `n` busiest partitions this node leads, by operations per second, from the last
+    /// report (loads are known only while the controller runs).
+    pub(crate) fn top_partitions(&self, n: usize) -> Vec<crate::metrics::PartitionGauges> {
+        let report = self.current_report();
+        // Loads ride in the report while the controller runs; otherwise they are read now.
+        let measured: BTreeMap<PartitionId, PartitionLoad> = if report.loads.is_empty() {
+            let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+            report
+                .led
+                .iter()
+                .filter_map(|(id, desc)| {
+                    let r = replicas.get(id)?;
+                    Some((*id, r.stats.load(desc, self.controller.split_window)))
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let source = if report.loads.is_empty() {
+            &measured
+        } else {
+            &report.loads
+        };
+        let mut loads: Vec<_> = source.iter().collect();
+        loads.sort_by(|a, b| b.1.qps.total_cmp(&a.1.qps).then(a.0.cmp(b.0)));
+        loads.truncate(n);
+        // Table names are known where the metadata is; elsewhere the id stands in.
+        let state = self
+            .meta()
+            .map(|m| m.state.read().unwrap_or_else(|p| p.into_inner()).clone());
+        loads
+            .into_iter()
+            .map(|(id, load)| {
+                let table_id = report.led.get(id).map(|d| d.table_id);
+                let name = table_id.and_then(|t| {
+                    state
+                        .as_ref()?
+                        .tables
+                        .values()
+                        .find(|d| d.id == t)
+                        .map(|d| d.name.clone())
+                });
+                crate::metrics::PartitionGauges {
+                    table: name
+                        .or_else(|| table_id.map(|t| t.0.to_string()))
+                        .unwrap_or_default(),
+                    partition: id.0,
+                    ops_per_second: load.qps,
+                    size_bytes: load.bytes,
+                    keys: load.keys,
+                }
+            })
+            .collect()
+    }
+
     /// This node's report, in one pass over its replicas.
     pub(crate) fn report(&self) -> Report {
         let mut report = Report::default();

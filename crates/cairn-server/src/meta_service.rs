@@ -138,6 +138,36 @@ impl Liveness {
 }
 
 impl Core {
+    /// The cluster's state for `/metrics`, if this node leads the metadata group: nodes by
+    /// liveness, and partitions short of replicas or without a leader.
+    pub(crate) fn cluster_gauges(&self) -> Option<crate::metrics::ClusterGauges> {
+        let m = self.meta()?;
+        if m.leader() != Some(self.id) {
+            return None;
+        }
+        let state = m.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let leaders = l.leaders();
+        let mut g = crate::metrics::ClusterGauges::default();
+        for n in state.nodes.keys() {
+            if l.live(*n) {
+                g.nodes_live += 1;
+            } else {
+                g.nodes_down += 1;
+            }
+        }
+        for (t, p) in state.partitions() {
+            g.partitions += 1;
+            if p.replicas.len() < t.replication as usize || p.replicas.iter().any(|n| !l.live(*n)) {
+                g.under_replicated += 1;
+            }
+            if !leaders.get(&p.id).is_some_and(|n| l.live(*n)) {
+                g.without_leader += 1;
+            }
+        }
+        Some(g)
+    }
+
     fn meta_replica(&self) -> Result<crate::core::MetaReplica> {
         self.meta().ok_or(Error::NotLeader {
             partition: META_GROUP,
@@ -200,7 +230,9 @@ impl Core {
 
     pub(crate) async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaResponse> {
         let m = self.meta_replica()?;
-        match m.raft.client_write(Command::Meta(cmd)).await {
+        let written = m.raft.client_write(Command::Meta(cmd)).await;
+        self.metrics.proposed(written.is_ok());
+        match written {
             Ok(resp) => match resp.data {
                 Reply::Meta(r) => Ok(r),
                 other => Err(Error::Internal(format!("unexpected reply {other:?}"))),

@@ -261,6 +261,7 @@ impl Node {
         )
         .await?;
         let (splits, split_rx) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = Metrics::new(cfg.id.0, peers.metrics(), syncer.metrics());
         let core = Arc::new(Core {
             id: cfg.id,
             desc,
@@ -279,7 +280,7 @@ impl Node {
             lifecycle: Default::default(),
             liveness: Default::default(),
             meta_leader_hint: Default::default(),
-            metrics: Metrics::default(),
+            metrics,
             splits,
             disk: Arc::new(crate::disk::DiskGuard::new(&cfg.data_dir, cfg.disk_reserve)),
             quiesce: cfg.quiesce,
@@ -480,8 +481,8 @@ impl Node {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .len();
+        let health = &self.core.peer_health;
         let gauges = crate::metrics::Gauges {
-            node: self.core.id.0,
             replicas,
             leaders: self.core.leader_count(),
             meta_leader: self.is_meta_leader(),
@@ -489,11 +490,16 @@ impl Node {
             disk_free_bytes: self.core.disk.free_bytes(),
             disk_full: self.core.disk.is_full(),
             disk_full_refusals: self.core.disk.refused(),
-            groups_ticking: self.core.peer_health.ticking.load(Ordering::Relaxed),
-            campaigns: self.core.peer_health.campaigns.load(Ordering::Relaxed),
-            peers_down: self.core.peer_health.down_count(),
+            engine_disk_bytes: self.core.engine.disk_bytes(),
+            groups_ticking: health.ticking.load(Ordering::Relaxed),
+            campaigns: health.campaigns.load(Ordering::Relaxed),
+            elections: health.elections.load(Ordering::Relaxed),
+            leader_changes: health.leader_changes.load(Ordering::Relaxed),
+            peers_down: health.down_count(),
+            top: self.core.top_partitions(crate::metrics::TOP_PARTITIONS),
+            cluster: self.core.cluster_gauges(),
         };
-        self.core.metrics.render(&gauges)
+        self.core.metrics.render(gauges)
     }
 
     pub(crate) fn record(&self, op: &str, ok: bool, started: std::time::Instant) {

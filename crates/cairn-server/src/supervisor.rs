@@ -101,6 +101,10 @@ pub(crate) struct PeerHealth {
     pub(crate) campaigns: AtomicU64,
     /// Groups whose leader here is ticking (busy) at the last pass.
     pub(crate) ticking: AtomicU64,
+    /// New terms seen on this node's replicas (one per replica per term).
+    pub(crate) elections: AtomicU64,
+    /// Changes of leader seen on this node's replicas.
+    pub(crate) leader_changes: AtomicU64,
 }
 
 struct Peer {
@@ -117,6 +121,8 @@ impl Default for PeerHealth {
             peers: Default::default(),
             campaigns: Default::default(),
             ticking: Default::default(),
+            elections: Default::default(),
+            leader_changes: Default::default(),
         }
     }
 }
@@ -293,6 +299,9 @@ struct GroupState {
     want: Option<(u64, u64)>,
     campaigned_ms: Option<u64>,
     leaderless_ms: Option<u64>,
+    /// The term and leader at the last pass, to count elections and leader changes (`None`
+    /// until the first pass over this replica: what came before it is not counted).
+    term_leader: Option<(u64, Option<NodeId>)>,
 }
 
 /// What one pass reads of a group's Raft metrics.
@@ -527,6 +536,16 @@ fn pass(core: &Arc<Core>, groups: &mut HashMap<PartitionId, GroupState>, walk: b
         }
         g.leading = s.leading;
         g.last_log = s.last_log;
+        if let Some((term, leader)) = g.term_leader {
+            let health = &core.peer_health;
+            health
+                .elections
+                .fetch_add(s.term.saturating_sub(term), Ordering::Relaxed);
+            if s.leader_node.is_some() && s.leader_node != leader {
+                health.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        g.term_leader = Some((s.term, s.leader_node.or(g.term_leader.and_then(|t| t.1))));
         let busy = s.leading
             && (now.saturating_sub(g.active_ms) < QUIESCE_AFTER.as_millis() as u64 || s.lagging);
         if busy != g.ticking {

@@ -130,6 +130,7 @@ impl Transport for NodeTransport {
         if node == self.core.id {
             return self.core.handle_partition(req).await;
         }
+        self.core.metrics.forwarded();
         let env = encode(&req);
         self.remote(node, |mut c| async move { c.partition(env).await })
             .await

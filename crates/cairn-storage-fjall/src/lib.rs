@@ -220,6 +220,10 @@ impl Engine for FjallEngine {
             local: self.local.clone(),
         }))
     }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.db.disk_space().ok()
+    }
 }
 
 /// A fjall snapshot across the three keyspaces.

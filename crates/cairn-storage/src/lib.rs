@@ -117,6 +117,11 @@ pub trait Engine: Send + Sync + 'static {
     /// A consistent read view of the engine as of now: later writes are not visible in it.
     /// Cheap to take; it keeps the versions it sees alive until dropped.
     fn read_view(&self) -> Result<Arc<dyn ReadView>>;
+
+    /// Bytes the engine's files take on disk, if it keeps files.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A point-in-time view of an [`Engine`] (see [`Engine::read_view`]).
