@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 # The fault-injection tests cut the network with iptables inside a private network
 # namespace, and mount a FUSE filesystem under the nodes to cut their power (both need
 # root; without it they fail and say so); the clock test runs a node under libfaketime; the
-# load-balancer test runs a real HAProxy and talks HTTP through it with curl.
+# load-balancer test runs a real HAProxy and talks HTTP through it with curl; the console
+# test drives a headless Chromium.
 missing=()
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing ${missing[*]} for the fault tests"

@@ -607,8 +607,38 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [
+            (
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            ),
+            // The console of any node charts every node's metrics from the browser.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
         node.metrics_text(),
+    )
+        .into_response()
+}
+
+/// uPlot (npm `uplot`, MIT), vendored for the console's charts: see `assets/README.md`.
+async fn uplot_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("../assets/uplot.iife.min.js"),
+    )
+        .into_response()
+}
+
+async fn uplot_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("../assets/uplot.min.css"),
     )
         .into_response()
 }
@@ -639,6 +669,8 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/", get(console))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/assets/uplot.iife.min.js", get(uplot_js))
+        .route("/assets/uplot.min.css", get(uplot_css))
         .route("/v1/admin/nodes", get(nodes))
         .route("/v1/admin/split", axum::routing::post(split))
         .route(

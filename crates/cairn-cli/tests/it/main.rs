@@ -19,6 +19,7 @@ mod t65_haproxy;
 mod t66_json_logs;
 mod t67_config_file;
 mod t68_metrics;
+mod t69_console;
 mod t70_snapshot_and_join;
 mod t80_pause;
 mod t85_split;
