@@ -3,6 +3,7 @@
 mod chaos;
 mod client_cmds;
 mod config_file;
+mod debug_cmd;
 mod gen_cmd;
 mod playground;
 mod server_cmd;
@@ -53,6 +54,8 @@ enum Command {
     Bench(cairn_bench::BenchArgs),
     /// Generate configuration for software around a cluster (HAProxy).
     Gen(gen_cmd::GenArgs),
+    /// Collect diagnostics for a bug report (`cairn debug zip FILE`).
+    Debug(debug_cmd::DebugArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             Command::Check(a) => chaos::check(a),
             Command::Gen(a) => gen_cmd::run(a, &cli.endpoints).await,
             Command::Admin(a) => client_cmds::admin(a, conn).await,
+            Command::Debug(a) => debug_cmd::run(a, &cli.endpoints).await,
             Command::Bench(a) => {
                 let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();
                 cairn_bench::run(&a, &endpoints)

@@ -112,9 +112,12 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Everything logged goes to stderr and into a tail kept for `cairn debug zip`.
+    let tail = cairn_server::LogTail::default();
+    let tee = tail.clone();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || Tee(tee.clone()));
     if a.log_format == "json" {
         logs.json().init();
     } else {
@@ -166,6 +169,7 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         disk_reserve: a.disk_reserve,
         quiesce: a.quiesce,
         fault_skip_fsync: a.fault_skip_fsync,
+        log_tail: Some(tail),
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;
@@ -180,6 +184,21 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     match why {
         Some(why) => anyhow::bail!("{why}"),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A log writer that copies each line to stderr and to the node's log tail.
+struct Tee(cairn_server::LogTail);
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::stderr().write(buf)?;
+        self.0.push(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// Testing only: refuse every snapshot chunk sent to this node, so a new replica here
     /// never catches up (to exercise the rollback of a move). False in production.
     pub fault_refuse_snapshots: bool,
+    /// The node's recent log output, served on `GET /debug/logs` (none: not kept).
+    pub log_tail: Option<crate::LogTail>,
 }
 
 /// The controller: whether it runs (beside the metadata leader) and its thresholds. Every

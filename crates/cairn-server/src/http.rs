@@ -620,6 +620,17 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// The node's recent log lines, oldest first (for `cairn debug zip`).
+async fn debug_logs(State(node): State<Arc<Node>>) -> Response {
+    match node.recent_logs() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        None => ApiError(Error::NotFound(
+            "this node keeps no log in memory (it was started without a log tail)".into(),
+        ))
+        .into_response(),
+    }
+}
+
 /// uPlot (npm `uplot`, MIT), vendored for the console's charts: see `assets/README.md`.
 async fn uplot_js() -> Response {
     (
@@ -669,6 +680,7 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/", get(console))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/debug/logs", get(debug_logs))
         .route("/assets/uplot.iife.min.js", get(uplot_js))
         .route("/assets/uplot.min.css", get(uplot_css))
         .route("/v1/admin/nodes", get(nodes))

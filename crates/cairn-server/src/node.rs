@@ -78,6 +78,8 @@ pub struct Node {
     meta_contact_ms: AtomicU64,
     /// Whether the metadata group drains this node, as its last heartbeat answer said.
     draining: AtomicBool,
+    /// Recent log output, if the process keeps it.
+    log_tail: Option<crate::LogTail>,
 }
 
 /// A node whose heartbeat has not reached the metadata leader for this long says it is not
@@ -295,6 +297,7 @@ impl Node {
         let (stop, _) = watch::channel(false);
         let client = ClientId(cairn_types::entropy::next_u64() | 1);
         let node = Arc::new(Node {
+            log_tail: cfg.log_tail.clone(),
             router: Router::new(NodeTransport { core: core.clone() }),
             core,
             session: Session::new(client),
@@ -467,6 +470,11 @@ impl Node {
         self.core
             .meta()
             .is_some_and(|m| m.leader() == Some(self.core.id))
+    }
+
+    /// The node's recent log output (`/debug/logs`), if it keeps it.
+    pub(crate) fn recent_logs(&self) -> Option<Vec<u8>> {
+        self.log_tail.as_ref().map(crate::LogTail::contents)
     }
 
     /// Prometheus text for `/metrics`.

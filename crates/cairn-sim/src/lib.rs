@@ -150,6 +150,7 @@ fn add_node(
         },
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
+        log_tail: None,
         disk_reserve: 0,
         quiesce: cfg.quiesce,
         fault_skip_fsync: false,

@@ -72,6 +72,7 @@ impl TestCluster {
                 },
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
+                log_tail: None,
                 disk_reserve: 0,
                 quiesce: true,
                 fault_skip_fsync: false,

@@ -1,0 +1,245 @@
+//! `cairn debug zip`: one file with what a bug report needs — every node's recent logs,
+//! metrics and health, and the cluster's nodes, tables, controller and operations.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `cairn debug …`.
+#[derive(Args, Debug)]
+pub(crate) struct DebugArgs {
+    #[command(subcommand)]
+    cmd: DebugCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// Collect every node's recent logs, metrics and health and the cluster's state into
+    /// one zip file for a bug report. Nodes that do not answer are listed in MANIFEST.txt.
+    Zip {
+        /// The file to write, e.g. cairn-debug.zip.
+        output: PathBuf,
+        /// How long to wait for each answer, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+/// What the zip is made of: a path inside it and its bytes.
+type Entry = (String, Vec<u8>);
+
+/// Collects the files: node by node, then the cluster's state from the first node that
+/// answers. Failures are collected, not fatal: a down node is what the report is about.
+struct Collector {
+    http: reqwest::Client,
+    entries: Vec<Entry>,
+    problems: Vec<String>,
+}
+
+impl Collector {
+    async fn get(&self, base: &str, path: &str) -> Result<Vec<u8>, String> {
+        let url = format!("{base}{path}");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        // /health answers 503 with a body worth keeping.
+        if status.is_success() || path == "/health" {
+            Ok(body.to_vec())
+        } else {
+            Err(format!(
+                "{url}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ))
+        }
+    }
+
+    /// Fetches `path` from `base` into `name`; true if it came.
+    async fn fetch(&mut self, base: &str, path: &str, name: String) -> bool {
+        match self.get(base, path).await {
+            Ok(body) => {
+                self.entries.push((name, body));
+                true
+            }
+            Err(e) => {
+                self.problems.push(e);
+                false
+            }
+        }
+    }
+}
+
+fn http_base(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+pub(crate) async fn run(a: DebugArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
+    let DebugCmd::Zip { output, timeout } = a.cmd;
+    let client =
+        cairn_client::Client::new(endpoints.split(',')).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nodes = client.nodes().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list the cluster's nodes through {endpoints}: {e}; pass --endpoints \
+             (or CAIRN_ENDPOINTS) with the gRPC address of a live node"
+        )
+    })?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout.max(1)))
+        .build()
+        .context("cannot make an HTTP client")?;
+    let mut c = Collector {
+        http,
+        entries: Vec::new(),
+        problems: Vec::new(),
+    };
+    let mut manifest = format!(
+        "cairn debug zip\ncairn version: {}\ncollected at: {} (seconds since 1970)\nendpoints: {endpoints}\n\nnodes:\n",
+        env!("CARGO_PKG_VERSION"),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    let mut answering = Vec::new();
+    for n in &nodes {
+        let base = http_base(&n.http_addr);
+        eprint!("node {} ({base}): ", n.id);
+        let mut got = Vec::new();
+        for (path, file) in [
+            ("/health", "health.json"),
+            ("/metrics", "metrics.txt"),
+            ("/debug/logs", "logs.txt"),
+        ] {
+            if c.fetch(&base, path, format!("nodes/{}/{file}", n.id)).await {
+                got.push(file);
+            }
+        }
+        eprintln!(
+            "{}",
+            if got.is_empty() {
+                "no answer".to_string()
+            } else {
+                got.join(", ")
+            }
+        );
+        let _ = writeln!(
+            manifest,
+            "  node {} grpc {} http {} live {} metadata {}: {}",
+            n.id,
+            n.addr,
+            n.http_addr,
+            n.live,
+            if n.metadata_leader {
+                "leader"
+            } else if n.metadata_member {
+                "member"
+            } else {
+                "-"
+            },
+            if got.is_empty() {
+                "NOT REACHED".to_string()
+            } else {
+                got.join(", ")
+            }
+        );
+        if !got.is_empty() {
+            answering.push(base);
+        }
+    }
+
+    eprint!("cluster state: ");
+    let mut cluster_from = None;
+    for base in &answering {
+        if c.fetch(base, "/v1/admin/nodes", "cluster/nodes.json".into())
+            .await
+        {
+            cluster_from = Some(base.clone());
+            break;
+        }
+    }
+    if let Some(base) = &cluster_from {
+        for (path, file) in [
+            ("/v1/admin/controller", "cluster/controller.json"),
+            ("/v1/admin/operations", "cluster/operations.json"),
+            ("/v1/tables", "cluster/tables.json"),
+        ] {
+            c.fetch(base, path, file.into()).await;
+        }
+        let tables: Vec<String> = c
+            .entries
+            .iter()
+            .find(|(n, _)| n == "cluster/tables.json")
+            .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| {
+                v["tables"].as_array().map(|t| {
+                    t.iter()
+                        .filter_map(|t| t["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        for t in &tables {
+            c.fetch(
+                base,
+                &format!("/v1/tables/{t}"),
+                format!("cluster/tables/{t}.json"),
+            )
+            .await;
+        }
+        eprintln!("from {base}, {} tables", tables.len());
+        let _ = writeln!(manifest, "\ncluster state from: {base}");
+    } else {
+        eprintln!("no node answered");
+        let _ = writeln!(manifest, "\ncluster state: NO NODE ANSWERED");
+    }
+    if !c.problems.is_empty() {
+        let _ = writeln!(manifest, "\nnot collected:");
+        for p in &c.problems {
+            let _ = writeln!(manifest, "  {p}");
+        }
+    }
+    c.entries
+        .insert(0, ("MANIFEST.txt".into(), manifest.into_bytes()));
+
+    let files = c.entries.len();
+    write_zip(&output, c.entries).with_context(|| format!("cannot write {}", output.display()))?;
+    let size = std::fs::metadata(&output).map_or(0, |m| m.len());
+    println!(
+        "wrote {} ({files} files, {size} bytes){}",
+        output.display(),
+        if c.problems.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} items could not be collected, see MANIFEST.txt",
+                c.problems.len()
+            )
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `entries` under a `cairn-debug/` folder in a new zip file at `path`.
+fn write_zip(path: &std::path::Path, entries: Vec<Entry>) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut zip = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, body) in entries {
+        zip.start_file(format!("cairn-debug/{name}"), opts)?;
+        zip.write_all(&body)?;
+    }
+    zip.finish()?.sync_all()?;
+    Ok(())
+}
