@@ -19,10 +19,20 @@ pub(crate) fn node_ip(id: u64) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 1, id as u8)
 }
 
-/// A port that was free on `ip` a moment ago (the OS picks it).
+/// A port that was free on `ip` a moment ago (the OS picks it), never one handed out
+/// before in this process: the OS may give a released port again at once, and a node's
+/// gRPC and HTTP ports would then collide.
 fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
-    let l = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}:0"))?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<(Ipv4Addr, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let l = TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}:0"))?;
+        let port = l.local_addr()?.port();
+        if !given.contains(&(ip, port)) {
+            given.push((ip, port));
+            return Ok(port);
+        }
+    }
 }
 
 /// One node: how to start it again, and its process while it runs.

@@ -74,12 +74,23 @@ pub async fn list_all(c: &cairn_client::Client, table: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A port the OS found free a moment ago, never one this process was given before: the OS
+/// may hand a released port out again at once, and two nodes of one cluster then collide
+/// (seen: node 2 could not listen on node 1's port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Runs `f` until it returns `Some`, or panics with `what` after `timeout`.
