@@ -738,11 +738,6 @@ impl Core {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// How many hosted replicas this node leads.
-    pub(crate) fn leader_count(&self) -> usize {
-        self.led_partitions().len()
-    }
-
     /// Partitions whose replica here is the leader right now.
     pub(crate) fn led_partitions(&self) -> Vec<PartitionId> {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());

@@ -81,59 +81,48 @@ impl Core {
         self.report()
     }
 
-    /// The `n` busiest partitions this node leads, by operations per second, from the last
-    /// report (loads are known only while the controller runs).
-    pub(crate) fn top_partitions(&self, n: usize) -> Vec<crate::metrics::PartitionGauges> {
-        let report = self.current_report();
-        // Loads ride in the report while the controller runs; otherwise they are read now.
-        let measured: BTreeMap<PartitionId, PartitionLoad> = if report.loads.is_empty() {
+    /// How many partitions this node leads and the `n` busiest of them by operations per
+    /// second, from one pass over the replicas as they are now: a scrape must not show a
+    /// leader count and a top list taken a supervisor pass apart (a leader elected in
+    /// between was counted but missing from the list).
+    pub(crate) fn led_gauges(&self, n: usize) -> (usize, Vec<crate::metrics::PartitionGauges>) {
+        let mut loads: Vec<(PartitionId, cairn_types::TableId, PartitionLoad)> = {
             let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-            report
-                .led
+            replicas
                 .iter()
-                .filter_map(|(id, desc)| {
-                    let r = replicas.get(id)?;
-                    Some((*id, r.stats.load(desc, self.controller.split_window)))
+                .filter(|(_, r)| r.raft.metrics().borrow_watched().state == ServerState::Leader)
+                .map(|(id, r)| {
+                    let desc = r.view.shared_desc();
+                    let load = r.stats.load(&desc, self.controller.split_window);
+                    (*id, desc.table_id, load)
                 })
                 .collect()
-        } else {
-            BTreeMap::new()
         };
-        let source = if report.loads.is_empty() {
-            &measured
-        } else {
-            &report.loads
-        };
-        let mut loads: Vec<_> = source.iter().collect();
-        loads.sort_by(|a, b| b.1.qps.total_cmp(&a.1.qps).then(a.0.cmp(b.0)));
+        let led = loads.len();
+        loads.sort_by(|a, b| b.2.qps.total_cmp(&a.2.qps).then(a.0.cmp(&b.0)));
         loads.truncate(n);
         // Table names are known where the metadata is; elsewhere the id stands in.
-        let state = self
-            .meta()
-            .map(|m| m.state.read().unwrap_or_else(|p| p.into_inner()).clone());
-        loads
+        let meta = self.meta();
+        let state = meta
+            .as_ref()
+            .map(|m| m.state.read().unwrap_or_else(|p| p.into_inner()));
+        let top = loads
             .into_iter()
-            .map(|(id, load)| {
-                let table_id = report.led.get(id).map(|d| d.table_id);
-                let name = table_id.and_then(|t| {
-                    state
-                        .as_ref()?
-                        .tables
-                        .values()
-                        .find(|d| d.id == t)
-                        .map(|d| d.name.clone())
-                });
+            .map(|(id, table_id, load)| {
+                let name = state
+                    .as_ref()
+                    .and_then(|s| s.tables.values().find(|d| d.id == table_id))
+                    .map(|d| d.name.clone());
                 crate::metrics::PartitionGauges {
-                    table: name
-                        .or_else(|| table_id.map(|t| t.0.to_string()))
-                        .unwrap_or_default(),
+                    table: name.unwrap_or_else(|| table_id.0.to_string()),
                     partition: id.0,
                     ops_per_second: load.qps,
                     size_bytes: load.bytes,
                     keys: load.keys,
                 }
             })
-            .collect()
+            .collect();
+        (led, top)
     }
 
     /// This node's report, in one pass over its replicas.

@@ -490,9 +490,10 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .len();
         let health = &self.core.peer_health;
+        let (leaders, top) = self.core.led_gauges(crate::metrics::TOP_PARTITIONS);
         let gauges = crate::metrics::Gauges {
             replicas,
-            leaders: self.core.leader_count(),
+            leaders,
             meta_leader: self.is_meta_leader(),
             duplicate_writes: self.core.duplicate_writes(),
             disk_free_bytes: self.core.disk.free_bytes(),
@@ -504,7 +505,7 @@ impl Node {
             elections: health.elections.load(Ordering::Relaxed),
             leader_changes: health.leader_changes.load(Ordering::Relaxed),
             peers_down: health.down_count(),
-            top: self.core.top_partitions(crate::metrics::TOP_PARTITIONS),
+            top,
             cluster: self.core.cluster_gauges(),
         };
         self.core.metrics.render(gauges)
