@@ -7,19 +7,54 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Where to connect: the top-level `--endpoints`.
+/// Where to connect and how: the top-level `--endpoints` and `--certs-dir`.
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
-    endpoints: String,
+    pub(crate) endpoints: String,
+    pub(crate) certs_dir: Option<PathBuf>,
 }
 
 impl Conn {
-    pub(crate) fn new(endpoints: String) -> Self {
-        Self { endpoints }
+    pub(crate) fn new(endpoints: String, certs_dir: Option<PathBuf>) -> Self {
+        Self {
+            endpoints,
+            certs_dir,
+        }
     }
 
-    fn client(&self) -> anyhow::Result<Client> {
-        Client::new(self.endpoints.split(',')).map_err(|e| anyhow::anyhow!("{e}"))
+    /// The user whose client certificate is presented when the directory holds one.
+    const USER: &str = "root";
+
+    /// A client of the cluster: over TLS when `--certs-dir` is given.
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
+        let dialer: cairn_proto::net::SharedDialer = match &self.certs_dir {
+            Some(dir) => {
+                let tls = cairn_proto::tls::client_config(dir, Self::USER, b"h2")
+                    .with_context(|| format!("--certs-dir {}", dir.display()))?;
+                Some(std::sync::Arc::new(cairn_proto::tls::TlsDialer::new(
+                    std::sync::Arc::new(tls),
+                    None,
+                )))
+            }
+            None => None,
+        };
+        Client::with_dialer(self.endpoints.split(','), dialer).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// An HTTP client for the nodes' HTTP ports, and the scheme to reach them with.
+    pub(crate) fn http(
+        &self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<(reqwest::Client, &'static str)> {
+        let b = reqwest::Client::builder().timeout(timeout);
+        Ok(match &self.certs_dir {
+            Some(dir) => {
+                let tls = cairn_proto::tls::client_config(dir, Self::USER, b"http/1.1")
+                    .with_context(|| format!("--certs-dir {}", dir.display()))?;
+                (b.use_preconfigured_tls(tls).build()?, "https")
+            }
+            None => (b.build()?, "http"),
+        })
     }
 }
 

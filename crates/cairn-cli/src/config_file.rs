@@ -60,7 +60,16 @@ pub(crate) fn expand(args: Vec<OsString>, cli: &clap::Command) -> anyhow::Result
     let Some(server) = cli.find_subcommand("server") else {
         return Ok(args);
     };
-    let flags = flags_from(&text, &path.display().to_string(), server, |name, env| {
+    // Global flags the server reads too (`--certs-dir`) are keys as well; `--endpoints` is
+    // for the client commands.
+    let mut server = server.clone();
+    for g in cli
+        .get_arguments()
+        .filter(|a| a.is_global_set() && a.get_long() != Some("endpoints"))
+    {
+        server = server.arg(g.clone());
+    }
+    let flags = flags_from(&text, &path.display().to_string(), &server, |name, env| {
         given(typed, name) || env.is_some_and(|e| std::env::var_os(e).is_some())
     })?;
     let mut out = args[..=at].to_vec();
@@ -74,7 +83,7 @@ pub(crate) fn expand(args: Vec<OsString>, cli: &clap::Command) -> anyhow::Result
 fn subcommand_at(args: &[OsString]) -> Option<usize> {
     let mut i = 1;
     while let Some(a) = args.get(i) {
-        if a == "--endpoints" {
+        if a == "--endpoints" || a == "--certs-dir" {
             i += 2;
         } else if a.to_string_lossy().starts_with('-') {
             i += 1;

@@ -77,27 +77,26 @@ impl Collector {
     }
 }
 
-fn http_base(addr: &str) -> String {
+fn http_base(addr: &str, scheme: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.trim_end_matches('/').to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 
-pub(crate) async fn run(a: DebugArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(a: DebugArgs, conn: &crate::client_cmds::Conn) -> anyhow::Result<ExitCode> {
     let DebugCmd::Zip { output, timeout } = a.cmd;
-    let client =
-        cairn_client::Client::new(endpoints.split(',')).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let endpoints = conn.endpoints.as_str();
+    let client = conn.client()?;
     let nodes = client.nodes().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot list the cluster's nodes through {endpoints}: {e}; pass --endpoints \
              (or CAIRN_ENDPOINTS) with the gRPC address of a live node"
         )
     })?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(timeout.max(1)))
-        .build()
+    let (http, scheme) = conn
+        .http(Duration::from_secs(timeout.max(1)))
         .context("cannot make an HTTP client")?;
     let mut c = Collector {
         http,
@@ -113,7 +112,7 @@ pub(crate) async fn run(a: DebugArgs, endpoints: &str) -> anyhow::Result<ExitCod
     );
     let mut answering = Vec::new();
     for n in &nodes {
-        let base = http_base(&n.http_addr);
+        let base = http_base(&n.http_addr, scheme);
         eprint!("node {} ({base}): ", n.id);
         let mut got = Vec::new();
         for (path, file) in [

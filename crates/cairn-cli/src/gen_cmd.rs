@@ -1,7 +1,7 @@
 //! `cairn gen …`: configuration for software around a cluster (an HAProxy load balancer).
 
 use anyhow::Context;
-use cairn_client::{Client, NodeInfo};
+use cairn_client::NodeInfo;
 use clap::{Args, Subcommand};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -44,14 +44,15 @@ pub(crate) struct HaproxyArgs {
 }
 
 /// Runs `cairn gen`.
-pub(crate) async fn run(a: GenArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(a: GenArgs, conn: &crate::client_cmds::Conn) -> anyhow::Result<ExitCode> {
     match a.cmd {
-        GenCmd::Haproxy(h) => haproxy(h, endpoints).await,
+        GenCmd::Haproxy(h) => haproxy(h, conn).await,
     }
 }
 
-async fn haproxy(a: HaproxyArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
-    let client = Client::new(endpoints.split(',')).map_err(|e| anyhow::anyhow!("{e}"))?;
+async fn haproxy(a: HaproxyArgs, conn: &crate::client_cmds::Conn) -> anyhow::Result<ExitCode> {
+    let endpoints = conn.endpoints.as_str();
+    let client = conn.client()?;
     let nodes = client.nodes().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot list the cluster's nodes through {endpoints}: {e}\n\
@@ -61,7 +62,18 @@ async fn haproxy(a: HaproxyArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
     if nodes.is_empty() {
         anyhow::bail!("the cluster at {endpoints} lists no nodes; is it initialised?");
     }
-    let text = haproxy_config(&nodes, &a, endpoints);
+    // A secure cluster's ports speak TLS: HAProxy passes it through and checks /health
+    // over TLS, trusting the cluster's CA.
+    let ca = match &conn.certs_dir {
+        Some(dir) => Some(
+            std::path::absolute(dir.join(cairn_proto::tls::CA_CERT))
+                .context("cannot resolve --certs-dir")?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let text = haproxy_config(&nodes, &a, endpoints, ca.as_deref());
     if a.out.as_os_str() == "-" {
         print!("{text}");
     } else {
@@ -83,7 +95,16 @@ fn host_port(addr: &str) -> (&str, &str) {
 }
 
 /// The configuration text for `nodes`.
-fn haproxy_config(nodes: &[NodeInfo], a: &HaproxyArgs, endpoints: &str) -> String {
+fn haproxy_config(
+    nodes: &[NodeInfo],
+    a: &HaproxyArgs,
+    endpoints: &str,
+    ca: Option<&str>,
+) -> String {
+    let check = match ca {
+        Some(ca) => format!("check check-ssl verify required ca-file {ca}"),
+        None => "check".to_string(),
+    };
     let mut nodes = nodes.to_vec();
     nodes.sort_by_key(|n| n.id);
     let mut s = String::new();
@@ -135,19 +156,24 @@ fn haproxy_config(nodes: &[NodeInfo], a: &HaproxyArgs, endpoints: &str) -> Strin
         let (host, port) = host_port(&n.http_addr);
         let _ = writeln!(
             s,
-            "  server n{} {} check addr {host} port {port}",
+            "  server n{} {} {check} addr {host} port {port}",
             n.id, n.addr
         );
     }
+    // HTTP is balanced per request, or per connection when TLS passes through.
+    let (http_mode, http_timeout) = match ca {
+        Some(_) => ("tcp", ""),
+        None => ("http", "  timeout http-request 10s\n"),
+    };
     let _ = writeln!(
         s,
-        "\nfrontend cairn_http\n  mode http\n  bind {}\n  timeout http-request 10s\n  default_backend cairn_http\n",
+        "\nfrontend cairn_http\n  mode {http_mode}\n  bind {}\n{http_timeout}  default_backend cairn_http\n",
         a.http_bind
     );
     let _ = writeln!(s, "backend cairn_http");
-    checks(&mut s, "http");
+    checks(&mut s, http_mode);
     for n in &nodes {
-        let _ = writeln!(s, "  server n{} {} check", n.id, n.http_addr);
+        let _ = writeln!(s, "  server n{} {} {check}", n.id, n.http_addr);
     }
     if !a.stats_bind.is_empty() {
         let _ = writeln!(
@@ -189,7 +215,7 @@ mod tests {
             node(2, "10.0.0.2:7001", "10.0.0.2:8001"),
             node(1, "10.0.0.1:7001", "10.0.0.1:8001"),
         ];
-        let c = haproxy_config(&nodes, &a, "10.0.0.1:7001");
+        let c = haproxy_config(&nodes, &a, "10.0.0.1:7001", None);
         assert!(c.contains("bind 127.0.0.1:7000"));
         assert!(c.contains("bind 127.0.0.1:8000"));
         assert!(c.contains("server n1 10.0.0.1:7001 check addr 10.0.0.1 port 8001"));
@@ -200,5 +226,16 @@ mod tests {
         );
         assert_eq!(c.matches("option httpchk GET /health").count(), 2);
         assert!(!c.contains("listen stats"));
+        assert!(c.contains("  mode http\n"));
+
+        // A secure cluster: TLS passes through, checks speak it and trust the CA.
+        let c = haproxy_config(&nodes, &a, "10.0.0.1:7001", Some("/certs/ca.crt"));
+        assert!(c.contains(
+            "server n1 10.0.0.1:7001 check check-ssl verify required ca-file /certs/ca.crt addr 10.0.0.1 port 8001"
+        ));
+        assert!(c.contains(
+            "server n2 10.0.0.2:8001 check check-ssl verify required ca-file /certs/ca.crt"
+        ));
+        assert!(!c.contains("mode http\n"), "no HTTP termination:\n{c}");
     }
 }

@@ -1,5 +1,6 @@
 //! `cairn`: the Cairn server, a one-command local cluster, and a command-line client.
 
+mod cert_cmd;
 mod chaos;
 mod client_cmds;
 mod config_file;
@@ -24,6 +25,11 @@ struct Cli {
     /// Nodes the client commands talk to: comma-separated HOST:PORT (gRPC).
     #[arg(long, env = "CAIRN_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, global = true)]
     endpoints: String,
+    /// Certificates directory (`cairn cert`): `cairn server` serves TLS with `node.crt` and
+    /// admits only nodes of this CA to internal calls; client commands trust `ca.crt` and
+    /// present `client.root.crt` if it is there. Without it everything is plaintext.
+    #[arg(long, env = "CAIRN_CERTS_DIR", global = true)]
+    certs_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +62,8 @@ enum Command {
     Gen(gen_cmd::GenArgs),
     /// Collect diagnostics for a bug report (`cairn debug zip FILE`).
     Debug(debug_cmd::DebugArgs),
+    /// Create the certificates of a secure cluster (CA, nodes, clients).
+    Cert(cert_cmd::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,10 +93,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let conn = client_cmds::Conn::new(cli.endpoints.clone());
+    let conn = client_cmds::Conn::new(cli.endpoints.clone(), cli.certs_dir.clone());
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(a) => server_cmd::run(*a).await,
+            Command::Server(a) => server_cmd::run(*a, cli.certs_dir).await,
+            Command::Cert(a) => cert_cmd::run(a, cli.certs_dir.as_deref()),
             Command::Playground(a) => playground::run(a).await,
             Command::Table(a) => client_cmds::table(a, conn).await,
             Command::Put(a) => client_cmds::put(a, conn).await,
@@ -97,9 +106,9 @@ fn main() -> ExitCode {
             Command::List(a) => client_cmds::list(a, conn).await,
             Command::Chaos(a) => chaos::chaos(a, &cli.endpoints).await,
             Command::Check(a) => chaos::check(a),
-            Command::Gen(a) => gen_cmd::run(a, &cli.endpoints).await,
+            Command::Gen(a) => gen_cmd::run(a, &conn).await,
             Command::Admin(a) => client_cmds::admin(a, conn).await,
-            Command::Debug(a) => debug_cmd::run(a, &cli.endpoints).await,
+            Command::Debug(a) => debug_cmd::run(a, &conn).await,
             Command::Bench(a) => {
                 let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();
                 cairn_bench::run(&a, &endpoints)

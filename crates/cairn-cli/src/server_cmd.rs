@@ -107,7 +107,7 @@ pub(crate) struct ServerArgs {
     fault_refuse_snapshots: bool,
 }
 
-pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
     });
@@ -170,6 +170,7 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         quiesce: a.quiesce,
         fault_skip_fsync: a.fault_skip_fsync,
         log_tail: Some(tail),
+        certs_dir,
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;

@@ -5,6 +5,7 @@
 //! requests, framed as postcard payloads in an [`v1::Envelope`]).
 
 pub mod net;
+pub mod tls;
 
 /// Generated code for package `cairn.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

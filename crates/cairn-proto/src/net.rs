@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
 /// A byte stream to or from a peer.
@@ -54,6 +54,18 @@ pub struct Accepted {
     conn: Box<dyn Conn>,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
+    peer: Option<String>,
+}
+
+/// What a gRPC handler knows of its caller's connection (in the request's extensions).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The address the connection was accepted on.
+    pub local: Option<SocketAddr>,
+    /// The caller's address.
+    pub remote: Option<SocketAddr>,
+    /// The common name of the caller's TLS certificate, verified against the cluster's CA.
+    pub peer: Option<String>,
 }
 
 impl Accepted {
@@ -63,16 +75,24 @@ impl Accepted {
             conn,
             local,
             remote,
+            peer: None,
         }
+    }
+
+    /// Records the common name of the caller's verified certificate.
+    pub fn with_peer(mut self, peer: Option<String>) -> Self {
+        self.peer = peer;
+        self
     }
 }
 
 impl Connected for Accepted {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        TcpConnectInfo {
-            local_addr: self.local,
-            remote_addr: self.remote,
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            local: self.local,
+            remote: self.remote,
+            peer: self.peer.clone(),
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub fault_refuse_snapshots: bool,
     /// The node's recent log output, served on `GET /debug/logs` (none: not kept).
     pub log_tail: Option<crate::LogTail>,
+    /// Directory of `ca.crt`, `node.crt` and `node.key`: TLS on both ports and mutual TLS
+    /// between nodes (none: the node runs insecure).
+    pub certs_dir: Option<PathBuf>,
 }
 
 /// The controller: whether it runs (beside the metadata leader) and its thresholds. Every

@@ -673,6 +673,30 @@ impl internal_server::Internal for Internal {
     }
 }
 
+/// On a secure node, admits to the internal service (Raft traffic, forwarding, snapshots,
+/// replica open) only callers whose certificate, verified against the cluster's CA during
+/// the handshake, names a node.
+fn only_nodes(secure: bool) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        if !secure {
+            return Ok(req);
+        }
+        let peer = req
+            .extensions()
+            .get::<cairn_proto::net::ConnInfo>()
+            .and_then(|c| c.peer.as_deref());
+        match peer {
+            Some(cairn_proto::tls::NODE_NAME) => Ok(req),
+            Some(other) => Err(Status::permission_denied(format!(
+                "the internal service is for the cluster's nodes; certificate {other:?} is not a node's"
+            ))),
+            None => Err(Status::unauthenticated(
+                "the internal service needs a node certificate of this cluster's CA",
+            )),
+        }
+    }
+}
+
 /// Serves the three services on `listener` until `stop` turns true, then drains.
 pub(crate) async fn serve(
     node: Arc<Node>,
@@ -691,11 +715,12 @@ pub(crate) async fn serve(
                 .max_encoding_message_size(max),
         )
         .add_service(admin_server::AdminServer::new(Admin(node.clone())))
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             internal_server::InternalServer::new(Internal(node.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
+            only_nodes(node.secure),
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })

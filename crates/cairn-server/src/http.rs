@@ -596,10 +596,14 @@ async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
 /// a load balancer's health check takes it out.
 async fn health(State(node): State<Arc<Node>>) -> Response {
     match node.not_serving() {
-        None => Json(json!({"status": "serving", "node": node.id().0})).into_response(),
+        None => Json(json!({"status": "serving", "node": node.id().0, "secure": node.secure}))
+            .into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not serving", "node": node.id().0, "reason": reason})),
+            Json(
+                json!({"status": "not serving", "node": node.id().0, "reason": reason,
+                "secure": node.secure}),
+            ),
         )
             .into_response(),
     }
@@ -713,19 +717,70 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves HTTP until `stop` turns true.
+/// Serves HTTP until `stop` turns true, over TLS when `tls` is given.
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let res = axum::serve(listener, app(node))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let res = match tls {
+        None => {
+            axum::serve(listener, app(node))
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(tls) => match TlsListener::new(listener, tls) {
+            Ok(listener) => {
+                axum::serve(listener, app(node))
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = res {
         tracing::error!("HTTP server stopped: {e}");
+    }
+}
+
+/// The HTTP port's connections once their TLS handshake is done (see
+/// [`cairn_proto::tls::accept`]: handshakes run concurrently, not in `accept`).
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<cairn_proto::tls::Handshaken>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    fn new(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self {
+            accepted: cairn_proto::tls::accept(listener, tls),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(h) => (h.stream, h.remote),
+            // The accept task ended (it does not, while this listener lives): serve no more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

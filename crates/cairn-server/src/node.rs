@@ -43,6 +43,9 @@ pub struct Substrate {
     pub http: Option<tokio::net::TcpListener>,
     /// How to reach peers; `None` for TCP.
     pub dialer: SharedDialer,
+    /// TLS for the HTTP listener and proof of a secure node (the gRPC connections and the
+    /// dialer already speak it); `None`: insecure.
+    pub tls: Option<cairn_proto::tls::NodeTls>,
     /// The node's engine.
     pub engine: SharedEngine,
     /// Makes the engine's writes durable.
@@ -80,6 +83,8 @@ pub struct Node {
     draining: AtomicBool,
     /// Recent log output, if the process keeps it.
     log_tail: Option<crate::LogTail>,
+    /// TLS on both ports and mutual TLS between nodes.
+    pub(crate) secure: bool,
 }
 
 /// A node whose heartbeat has not reached the metadata leader for this long says it is not
@@ -92,7 +97,11 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener>
         .with_context(|| format!("cannot listen for {what} on {addr}: is another process using the port? pick another with the flag"))
 }
 
-async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Result<Identity> {
+async fn load_identity(
+    engine: &SharedEngine,
+    cfg: &ServerConfig,
+    dialer: &SharedDialer,
+) -> anyhow::Result<Identity> {
     // Replica ids below FIRST_REPLICA_ID are node ids (the metadata group's founders).
     if cfg.id.0 == 0 || cfg.id.0 >= cairn_types::FIRST_REPLICA_ID {
         bail!(
@@ -117,7 +126,7 @@ async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Res
     let meta_members = if !cfg.initial_cluster.is_empty() {
         cfg.initial_cluster.clone()
     } else if !cfg.join.is_empty() {
-        ask_cluster(&cfg.join).await?
+        ask_cluster(&cfg.join, dialer).await?
     } else {
         bail!(
             "data dir {} holds no cluster: start a new cluster with --initial-cluster 1=HOST:PORT,... or join one with --join HOST:PORT",
@@ -140,33 +149,48 @@ async fn load_identity(engine: &SharedEngine, cfg: &ServerConfig) -> anyhow::Res
 }
 
 /// Asks the nodes at `addrs` for the metadata members, for up to 30 s.
-async fn ask_cluster(addrs: &[String]) -> anyhow::Result<Vec<(NodeId, String)>> {
+async fn ask_cluster(
+    addrs: &[String],
+    dialer: &SharedDialer,
+) -> anyhow::Result<Vec<(NodeId, String)>> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::from("no answer");
     loop {
         for a in addrs {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-            else {
+            let Ok(channel) = cairn_proto::net::lazy_channel(a, dialer, |e| {
+                e.connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(5))
+            }) else {
                 bail!("--join address {a:?} is not HOST:PORT");
             };
-            let Ok(channel) = endpoint
-                .connect_timeout(Duration::from_secs(1))
-                .connect()
-                .await
-            else {
-                continue;
-            };
             let mut c = cairn_proto::v1::internal_client::InternalClient::new(channel);
-            if let Ok(resp) = c
+            match c
                 .meta(crate::transport::encode(&MetaRequest::ClusterInfo))
                 .await
-                && let Ok(Ok(MetaReply::Cluster(m))) =
-                    crate::transport::decode::<Result<MetaReply>>(resp.get_ref())
             {
-                return Ok(m);
+                Ok(resp) => {
+                    if let Ok(Ok(MetaReply::Cluster(m))) =
+                        crate::transport::decode::<Result<MetaReply>>(resp.get_ref())
+                    {
+                        return Ok(m);
+                    }
+                }
+                Err(e) => {
+                    // The source says why: refused, a TLS certificate of another CA, ...
+                    let mut why = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        why = format!("{why}: {s}");
+                        src = s.source();
+                    }
+                    last = format!("{a}: {why}");
+                }
             }
         }
         if Instant::now() > deadline {
-            bail!("no node at {addrs:?} answered within 30 s; check the --join addresses");
+            bail!(
+                "no node at {addrs:?} answered within 30 s (last: {last}); check the --join addresses, and on a secure cluster that --certs-dir holds a node certificate of the cluster's CA"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -198,14 +222,39 @@ impl Node {
                 )
             })?);
         let grpc_addr = grpc.local_addr()?;
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc)
-            .with_nodelay(Some(true))
-            .map(move |s| {
-                s.map(|s| {
-                    let remote = s.peer_addr().ok();
-                    Accepted::new(Box::new(s), Some(grpc_addr), remote)
-                })
-            });
+        let tls = match &cfg.certs_dir {
+            Some(dir) => Some(
+                cairn_proto::tls::NodeTls::load(dir)
+                    .with_context(|| format!("--certs-dir {}: cannot set up TLS", dir.display()))?,
+            ),
+            None => None,
+        };
+        let (incoming, dialer): (cairn_proto::net::Incoming, SharedDialer) = match &tls {
+            Some(tls) => {
+                let accepted = cairn_proto::tls::accept(grpc, tls.grpc.clone());
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).map(
+                    move |h: cairn_proto::tls::Handshaken| {
+                        Ok(
+                            Accepted::new(Box::new(h.stream), Some(grpc_addr), Some(h.remote))
+                                .with_peer(h.peer),
+                        )
+                    },
+                );
+                let dialer = cairn_proto::tls::TlsDialer::new(tls.client.clone(), cfg.outbound_ip);
+                (Box::pin(incoming), Some(Arc::new(dialer)))
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+                    .with_nodelay(Some(true))
+                    .map(move |s| {
+                        s.map(|s| {
+                            let remote = s.peer_addr().ok();
+                            Accepted::new(Box::new(s), Some(grpc_addr), remote)
+                        })
+                    });
+                (Box::pin(incoming), None)
+            }
+        };
         let syncer = if cfg.fault_skip_fsync {
             Syncer::skip_fsync(engine.clone()).context("cannot start the sync thread")?
         } else {
@@ -214,10 +263,11 @@ impl Node {
         Self::start_with(
             cfg,
             Substrate {
-                grpc: Box::pin(incoming),
+                grpc: incoming,
                 grpc_addr,
                 http: Some(http),
-                dialer: None,
+                dialer,
+                tls,
                 engine,
                 syncer,
             },
@@ -233,10 +283,16 @@ impl Node {
             grpc_addr,
             http,
             dialer,
+            tls,
             engine,
             syncer,
         } = sub;
-        let identity = load_identity(&engine, &cfg).await?;
+        if tls.is_none() {
+            tracing::warn!(
+                "running INSECURE: no TLS and no authentication; anyone who reaches the ports can read, write and make internal calls. Start with --certs-dir (see `cairn cert`)"
+            );
+        }
+        let identity = load_identity(&engine, &cfg, &dialer).await?;
         let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
         let advertise = cfg
             .advertise
@@ -309,6 +365,7 @@ impl Node {
             tasks: Default::default(),
             meta_contact_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            secure: tls.is_some(),
         });
         let mut tasks = vec![
             tokio::spawn(crate::grpc::serve(
@@ -352,6 +409,7 @@ impl Node {
             tasks.push(tokio::spawn(crate::http::serve(
                 node.clone(),
                 http,
+                tls.map(|t| t.http),
                 node.stop.subscribe(),
             )));
         }

@@ -76,7 +76,7 @@ impl SimConfig {
         Self {
             seed,
             // Every fourth seed runs five nodes (majority/minority splits of 2 and 3).
-            nodes: if seed % 4 == 0 { 5 } else { 3 },
+            nodes: if seed.is_multiple_of(4) { 5 } else { 3 },
             clients: 4,
             keys: 8,
             workload_secs: 20,
@@ -151,6 +151,7 @@ fn add_node(
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
         log_tail: None,
+        certs_dir: None,
         disk_reserve: 0,
         quiesce: cfg.quiesce,
         fault_skip_fsync: false,
@@ -169,6 +170,7 @@ fn add_node(
                 grpc_addr,
                 http: None,
                 dialer: Some(Arc::new(net::SimDialer)),
+                tls: None,
                 engine: shared.clone(),
                 syncer: Syncer::inline(shared),
             };

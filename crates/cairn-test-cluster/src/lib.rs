@@ -73,6 +73,7 @@ impl TestCluster {
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
                 log_tail: None,
+                certs_dir: None,
                 disk_reserve: 0,
                 quiesce: true,
                 fault_skip_fsync: false,

@@ -131,6 +131,38 @@ pub struct Cluster {
     /// Whether each node runs under libfaketime with a wall clock of its own
     /// ([`Cluster::set_clock`]).
     faketime: bool,
+    /// The certificates directory of a secure cluster ([`Cluster::start_secure`]).
+    pub certs: Option<PathBuf>,
+}
+
+/// Runs `cairn cert` with `args`, failing the test if it fails.
+pub fn cert(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("cert")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cairn cert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a CA, a node certificate for 127.0.0.1 and root's client certificate in `dir`.
+pub fn make_certs(dir: &std::path::Path) {
+    let d = dir.to_str().unwrap();
+    cert(&["create-ca", "--certs-dir", d]);
+    cert(&["create-node", "--certs-dir", d, "127.0.0.1", "localhost"]);
+    cert(&["create-client", "--certs-dir", d, "root"]);
+}
+
+/// A client over `endpoints` that speaks TLS with the certificates in `dir` (root's
+/// client certificate if it is there).
+pub fn tls_client<I: IntoIterator<Item = String>>(endpoints: I, dir: &std::path::Path) -> Client {
+    let tls = cairn_proto::tls::client_config(dir, "root", b"h2").unwrap();
+    let dialer = cairn_proto::tls::TlsDialer::new(std::sync::Arc::new(tls), None);
+    Client::with_dialer(endpoints, Some(std::sync::Arc::new(dialer))).unwrap()
 }
 
 /// Debian's libfaketime (package `faketime`; scripts/test.sh installs it).
@@ -145,6 +177,12 @@ impl Cluster {
     /// Starts `n` nodes with extra `cairn server` flags.
     pub async fn start_with(n: u64, extra: &[&str]) -> Cluster {
         Self::start_opts(n, extra, false, false).await
+    }
+
+    /// Starts `n` secure nodes: certificates made by `cairn cert` in the cluster's temp
+    /// dir, TLS on every port, mutual TLS between nodes; the cluster's clients use them.
+    pub async fn start_secure(n: u64) -> Cluster {
+        Self::start_opts_with(n, &[], false, false, true).await
     }
 
     /// Starts `n` nodes whose data dirs are fault filesystems: [`Cluster::power_cut`]
@@ -190,7 +228,22 @@ impl Cluster {
     }
 
     async fn start_opts(n: u64, extra: &[&str], faketime: bool, fault_fs: bool) -> Cluster {
+        Self::start_opts_with(n, extra, faketime, fault_fs, false).await
+    }
+
+    async fn start_opts_with(
+        n: u64,
+        extra: &[&str],
+        faketime: bool,
+        fault_fs: bool,
+        secure: bool,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        let certs = secure.then(|| {
+            let dir = tmp.path().join("certs");
+            make_certs(&dir);
+            dir
+        });
         let nodes: Vec<NodeProc> = (1..=n)
             .map(|id| NodeProc {
                 id,
@@ -227,6 +280,7 @@ impl Cluster {
             extra,
             tmp,
             faketime,
+            certs,
         };
         for id in 1..=n {
             if faketime {
@@ -274,6 +328,13 @@ impl Cluster {
             .arg(&n.dir)
             .args(flags)
             .args(&self.extra)
+            .args(
+                self.certs
+                    .as_ref()
+                    .filter(|_| !flags.iter().any(|f| f == "--certs-dir"))
+                    .map(|d| vec!["--certs-dir".into(), d.clone().into_os_string()])
+                    .unwrap_or_default(),
+            )
             .env("CAIRN_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -300,7 +361,11 @@ impl Cluster {
 
     /// A client over every node.
     pub fn client(&self) -> Client {
-        Client::new(self.nodes.iter().map(|n| n.grpc.clone())).unwrap()
+        let endpoints = self.nodes.iter().map(|n| n.grpc.clone());
+        match &self.certs {
+            Some(dir) => tls_client(endpoints, dir),
+            None => Client::new(endpoints).unwrap(),
+        }
     }
 
     /// Every node's gRPC address, comma-separated, for `cairn --endpoints`.
@@ -314,12 +379,21 @@ impl Cluster {
 
     /// A client talking only to node `id`.
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new([self.nodes[(id - 1) as usize].grpc.clone()]).unwrap()
+        let endpoint = [self.nodes[(id - 1) as usize].grpc.clone()];
+        match &self.certs {
+            Some(dir) => tls_client(endpoint, dir),
+            None => Client::new(endpoint).unwrap(),
+        }
     }
 
-    /// The HTTP base URL of node `id`.
+    /// The HTTP base URL of node `id` (https on a secure cluster).
     pub fn http(&self, id: u64) -> String {
-        format!("http://{}", self.nodes[(id - 1) as usize].http)
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.nodes[(id - 1) as usize].http)
     }
 
     /// The process id of running node `id`.

@@ -1,0 +1,182 @@
+//! A secure cluster (`cairn server --certs-dir`): TLS on both ports, plaintext refused, and
+//! the internal service (Raft, forwarding, snapshots, replica open) only for nodes with a
+//! certificate of the cluster's CA.
+
+use crate::cluster::{Cluster, make_certs, wait_for};
+use cairn_proto::v1::Envelope;
+use cairn_proto::v1::internal_client::InternalClient;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn cairn(certs: Option<&std::path::Path>, endpoints: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(["--endpoints", endpoints]);
+    if let Some(d) = certs {
+        cmd.arg("--certs-dir").arg(d);
+    }
+    let out = cmd.args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// curl's exit status and output (`-k` never: the CA is given or nothing is trusted).
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Calls the internal service of the node at `addr` over TLS with `tls`; the gRPC code, or
+/// `None` if the connection itself was refused.
+async fn call_internal(addr: &str, tls: rustls::ClientConfig) -> Result<(), Option<tonic::Code>> {
+    let dialer = cairn_proto::tls::TlsDialer::new(Arc::new(tls), None);
+    let channel = cairn_proto::net::lazy_channel(addr, &Some(Arc::new(dialer)), |e| {
+        e.connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+    })
+    .unwrap();
+    match InternalClient::new(channel).meta(Envelope::default()).await {
+        Ok(_) => Ok(()),
+        // A refused handshake surfaces as a connection error: UNAVAILABLE when the client
+        // sees it, UNKNOWN or CANCELLED when TLS 1.3's server alert arrives after the client
+        // finished its side and sent the request. None of these comes from the service.
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ) =>
+        {
+            eprintln!("connection refused: {s}");
+            Err(None)
+        }
+        Err(s) => Err(Some(s.code())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t62_secure_cluster_refuses_plaintext_and_strangers() {
+    // The nodes form their cluster over mutual TLS (wait_live asks over TLS).
+    let c = Cluster::start_secure(3).await;
+    let certs = c.certs.clone().unwrap();
+    let endpoints = c.endpoints();
+    let cl = c.client();
+    cl.create_table("s", 3, Vec::new()).await.unwrap();
+    cl.put("s", b"k", b"v1").await.unwrap();
+    assert_eq!(
+        cl.get("s", b"k").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+
+    // The CLI with --certs-dir reads and writes; without it, it is refused and says so.
+    let (ok, out) = cairn(Some(&certs), &endpoints, &["put", "s", "cli", "v2"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cairn(Some(&certs), &endpoints, &["get", "s", "cli"]);
+    assert!(ok && out.contains("v2"), "{out}");
+    let (ok, out) = cairn(None, &endpoints, &["put", "s", "plain", "x"]);
+    assert!(!ok, "a plaintext client wrote: {out}");
+
+    // Plaintext gRPC from the Rust client fails too, and wrote nothing.
+    let plain = cairn_client::Client::new(endpoints.split(','))
+        .unwrap()
+        .with_timeout(Duration::from_secs(3));
+    assert!(plain.put("s", b"plain", b"x").await.is_err());
+    assert_eq!(cl.get("s", b"plain").await.unwrap(), None);
+
+    // HTTP: https with the CA works and says it is secure; plaintext and untrusted fail.
+    let https = format!("{}/health", c.http(1));
+    let (ok, body) = curl(&["--cacert", certs.join("ca.crt").to_str().unwrap(), &https]);
+    assert!(ok && body.contains("\"secure\":true"), "{body}");
+    let (ok, body) = curl(&[&https]);
+    assert!(!ok, "curl trusted a certificate of an unknown CA: {body}");
+    let plain_http = https.replacen("https://", "http://", 1);
+    let (ok, body) = curl(&[&plain_http]);
+    assert!(!ok, "plaintext HTTP was served: {body}");
+    let put = format!("{}/v1/tables/s/keys/h", c.http(2));
+    let (ok, body) = curl(&[
+        "--cacert",
+        certs.join("ca.crt").to_str().unwrap(),
+        "-X",
+        "PUT",
+        "--data-binary",
+        "over-https",
+        "--fail-with-body",
+        &put,
+    ]);
+    assert!(ok, "{body}");
+    assert_eq!(
+        cl.get("s", b"h").await.unwrap().as_deref(),
+        Some(&b"over-https"[..])
+    );
+
+    // The internal service: a node's certificate is admitted (the call reaches the handler,
+    // which rejects the empty request), a client's certificate is forbidden, a caller
+    // without one is unauthenticated, and a node certificate of another CA does not get
+    // through the handshake.
+    let addr = c.nodes[0].grpc.clone();
+    let node_tls = cairn_proto::tls::NodeTls::load(&certs).unwrap();
+    let admitted = call_internal(&addr, (*node_tls.client).clone()).await;
+    assert!(
+        !matches!(
+            admitted,
+            Err(None | Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated))
+        ),
+        "a node was refused: {admitted:?}"
+    );
+    let root = cairn_proto::tls::client_config(&certs, "root", b"h2").unwrap();
+    assert_eq!(
+        call_internal(&addr, root).await,
+        Err(Some(tonic::Code::PermissionDenied))
+    );
+    let anonymous = cairn_proto::tls::client_config(&certs, "nobody", b"h2").unwrap();
+    assert_eq!(
+        call_internal(&addr, anonymous).await,
+        Err(Some(tonic::Code::Unauthenticated))
+    );
+    // A stranger: trusts this cluster's CA but holds a node certificate of its own CA.
+    let other = c.certs.as_ref().unwrap().with_file_name("other-certs");
+    make_certs(&other);
+    std::fs::copy(certs.join("ca.crt"), other.join("ca.crt")).unwrap();
+    let stranger = cairn_proto::tls::NodeTls::load(&other).unwrap();
+    assert_eq!(
+        call_internal(&addr, (*stranger.client).clone()).await,
+        Err(None),
+        "a node certificate of another CA got through"
+    );
+
+    // A node started with the stranger's certificates asks to join for 30 s, is never let
+    // in, and gives up saying why.
+    let mut c = c;
+    let id = c.join_with(&["--certs-dir", other.to_str().unwrap()]);
+    let status = c.wait_exit(id, Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let log = c.log(id);
+    assert!(log.contains("--certs-dir"), "{log}");
+    let nodes = cl.nodes().await.unwrap();
+    assert!(
+        nodes.iter().all(|n| n.id != id),
+        "the stranger joined: {nodes:?}"
+    );
+
+    // The cluster still serves over TLS.
+    wait_for(
+        Duration::from_secs(20),
+        "a write after all that",
+        || async { cl.put("s", b"k", b"v3").await.ok() },
+    )
+    .await;
+}
