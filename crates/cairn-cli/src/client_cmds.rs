@@ -12,13 +12,19 @@ use std::process::ExitCode;
 pub(crate) struct Conn {
     pub(crate) endpoints: String,
     pub(crate) certs_dir: Option<PathBuf>,
+    token: Option<String>,
 }
 
 impl Conn {
-    pub(crate) fn new(endpoints: String, certs_dir: Option<PathBuf>) -> Self {
+    pub(crate) fn new(
+        endpoints: String,
+        certs_dir: Option<PathBuf>,
+        token: Option<String>,
+    ) -> Self {
         Self {
             endpoints,
             certs_dir,
+            token: token.filter(|t| !t.trim().is_empty()),
         }
     }
 
@@ -38,7 +44,8 @@ impl Conn {
             }
             None => None,
         };
-        Client::with_dialer(self.endpoints.split(','), dialer).map_err(|e| anyhow::anyhow!("{e}"))
+        Client::with_auth(self.endpoints.split(','), dialer, self.token.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// An HTTP client for the nodes' HTTP ports, and the scheme to reach them with.
@@ -46,7 +53,15 @@ impl Conn {
         &self,
         timeout: std::time::Duration,
     ) -> anyhow::Result<(reqwest::Client, &'static str)> {
-        let b = reqwest::Client::builder().timeout(timeout);
+        let mut b = reqwest::Client::builder().timeout(timeout);
+        if let Some(t) = &self.token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let value = format!("Bearer {}", t.trim())
+                .parse()
+                .context("the token holds characters a header cannot carry")?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            b = b.default_headers(headers);
+        }
         Ok(match &self.certs_dir {
             Some(dir) => {
                 let tls = cairn_proto::tls::client_config(dir, Self::USER, b"http/1.1")
@@ -597,6 +612,70 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
         AdminCmd::Undrain { node } => {
             c.set_draining(node, false).await.map_err(fail)?;
             println!("node {node} takes replicas and leadership again");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn user …`.
+#[derive(Args, Debug)]
+pub(crate) struct UserArgs {
+    #[command(subcommand)]
+    cmd: UserCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user and print its token (shown only now; store it like a password).
+    Add {
+        /// The user's name.
+        name: String,
+        /// `admin` (everything), `readwrite` (keys of its tables, cluster state) or
+        /// `readonly` (reads).
+        #[arg(long, value_parser = ["admin", "readwrite", "readonly"])]
+        role: String,
+        /// Limit the role to tables whose name starts with this prefix.
+        #[arg(long, default_value = "")]
+        tables: String,
+    },
+    /// List the users with their roles (never their tokens).
+    List,
+    /// Remove a user: its token stops working within seconds.
+    Remove {
+        /// The user's name.
+        name: String,
+    },
+}
+
+/// Runs `cairn user`.
+pub(crate) async fn user(a: UserArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    let c = conn.client()?;
+    match a.cmd {
+        UserCmd::Add { name, role, tables } => {
+            let token = c.add_user(&name, &role, &tables).await.map_err(fail)?;
+            let scope = if tables.is_empty() {
+                "all tables".to_string()
+            } else {
+                format!("tables starting with {tables:?}")
+            };
+            eprintln!("added user {name} ({role}, {scope}); its token, shown only now:");
+            println!("{token}");
+        }
+        UserCmd::List => {
+            let users = c.list_users().await.map_err(fail)?;
+            println!("{:<24} {:<10} TABLES", "NAME", "ROLE");
+            for (name, role, tables) in users {
+                let tables = if tables.is_empty() {
+                    "*".to_string()
+                } else {
+                    format!("{tables}*")
+                };
+                println!("{name:<24} {role:<10} {tables}");
+            }
+        }
+        UserCmd::Remove { name } => {
+            c.remove_user(&name).await.map_err(fail)?;
+            println!("removed user {name}");
         }
     }
     Ok(ExitCode::SUCCESS)

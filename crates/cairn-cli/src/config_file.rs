@@ -65,7 +65,7 @@ pub(crate) fn expand(args: Vec<OsString>, cli: &clap::Command) -> anyhow::Result
     let mut server = server.clone();
     for g in cli
         .get_arguments()
-        .filter(|a| a.is_global_set() && a.get_long() != Some("endpoints"))
+        .filter(|a| a.is_global_set() && !matches!(a.get_long(), Some("endpoints" | "token")))
     {
         server = server.arg(g.clone());
     }
@@ -83,7 +83,7 @@ pub(crate) fn expand(args: Vec<OsString>, cli: &clap::Command) -> anyhow::Result
 fn subcommand_at(args: &[OsString]) -> Option<usize> {
     let mut i = 1;
     while let Some(a) = args.get(i) {
-        if a == "--endpoints" || a == "--certs-dir" {
+        if a == "--endpoints" || a == "--certs-dir" || a == "--token" {
             i += 2;
         } else if a.to_string_lossy().starts_with('-') {
             i += 1;

@@ -30,6 +30,10 @@ struct Cli {
     /// present `client.root.crt` if it is there. Without it everything is plaintext.
     #[arg(long, env = "CAIRN_CERTS_DIR", global = true)]
     certs_dir: Option<std::path::PathBuf>,
+    /// Bearer token of a secure cluster's user (`cairn user add` prints one); sent with
+    /// every client command instead of root's client certificate.
+    #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +68,8 @@ enum Command {
     Debug(debug_cmd::DebugArgs),
     /// Create the certificates of a secure cluster (CA, nodes, clients).
     Cert(cert_cmd::CertArgs),
+    /// Add, list and remove the users of a secure cluster (admin only).
+    User(client_cmds::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,7 +99,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let conn = client_cmds::Conn::new(cli.endpoints.clone(), cli.certs_dir.clone());
+    let conn = client_cmds::Conn::new(
+        cli.endpoints.clone(),
+        cli.certs_dir.clone(),
+        cli.token.clone(),
+    );
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(a) => server_cmd::run(*a, cli.certs_dir).await,
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
             Command::Check(a) => chaos::check(a),
             Command::Gen(a) => gen_cmd::run(a, &conn).await,
             Command::Admin(a) => client_cmds::admin(a, conn).await,
+            Command::User(a) => client_cmds::user(a, conn).await,
             Command::Debug(a) => debug_cmd::run(a, &conn).await,
             Command::Bench(a) => {
                 let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();

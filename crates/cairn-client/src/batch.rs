@@ -10,13 +10,13 @@
 //! failover holds up no other; a batch still answering after [`HOLD`] no longer keeps the
 //! next one from going.
 
+use crate::Chan;
 use cairn_proto::v1::{self as pb, kv_client::KvClient};
 use prost::Message;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::Status;
-use tonic::transport::Channel;
 
 /// Batches being sent to one node at a time (more wait and go together).
 const MAX_FLUSHERS: usize = 2;
@@ -43,13 +43,13 @@ struct State {
 
 /// The batching queue of one node.
 pub(crate) struct Batcher {
-    channel: Channel,
+    channel: Chan,
     state: Mutex<State>,
 }
 
 impl Batcher {
     /// A queue sending over `channel`.
-    pub(crate) fn new(channel: Channel) -> Self {
+    pub(crate) fn new(channel: Chan) -> Self {
         Self {
             channel,
             state: Mutex::new(State::default()),

@@ -34,7 +34,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A connection to a node that adds the client's bearer token (if any) to every call.
+pub(crate) type Chan = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to each call.
+#[derive(Clone, Default)]
+pub(crate) struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Default time a call may take, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +72,7 @@ const MAX_DISCOVERED: usize = 256;
 
 struct Node {
     addr: String,
-    channel: Channel,
+    channel: Chan,
     down_until: Mutex<Option<Instant>>,
     /// Learned from a leader hint rather than given as an endpoint.
     discovered: bool,
@@ -265,6 +285,7 @@ pub struct Client {
     session: Session,
     timeout: Duration,
     dialer: SharedDialer,
+    bearer: Bearer,
     /// Send keyed requests to the leader named by earlier answers.
     leader_routing: bool,
     leaders: leaders::LeaderCache<Arc<Node>>,
@@ -319,13 +340,33 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::with_auth(endpoints, dialer, None)
+    }
+
+    /// Like [`Client::with_dialer`], sending `token` (a secure cluster's bearer token, from
+    /// `cairn user add`) with every call; pair it with a TLS dialer
+    /// ([`cairn_proto::tls::TlsDialer`]).
+    pub fn with_auth<I, S>(endpoints: I, dialer: SharedDialer, token: Option<&str>) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let bearer = match token {
+            Some(t) => Bearer(Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    "the token holds characters a header cannot carry; copy it again from `cairn user add`",
+                )
+            })?)),
+            None => Bearer(None),
+        };
         let mut nodes = Vec::new();
         for e in endpoints {
             let addr = e.as_ref().trim().trim_start_matches("http://").to_string();
             if addr.is_empty() {
                 continue;
             }
-            nodes.push(Arc::new(Self::dial(addr, &dialer, false)?));
+            nodes.push(Arc::new(Self::dial(addr, &dialer, &bearer, false)?));
         }
         if nodes.is_empty() {
             return Err(Error::new(
@@ -341,13 +382,19 @@ impl Client {
             session: Session::new(client),
             timeout: DEFAULT_TIMEOUT,
             dialer,
+            bearer,
             leader_routing: true,
             leaders: leaders::LeaderCache::default(),
             discovered: RwLock::new(HashMap::new()),
         })
     }
 
-    fn dial(addr: String, dialer: &SharedDialer, discovered: bool) -> Result<Node> {
+    fn dial(
+        addr: String,
+        dialer: &SharedDialer,
+        bearer: &Bearer,
+        discovered: bool,
+    ) -> Result<Node> {
         let channel = lazy_channel(&addr, dialer, |e| {
             e.connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
@@ -359,6 +406,7 @@ impl Client {
                 format!("endpoint {addr:?} is not HOST:PORT: {err}"),
             )
         })?;
+        let channel = InterceptedService::new(channel, bearer.clone());
         Ok(Node {
             addr,
             batcher: Arc::new(batch::Batcher::new(channel.clone())),
@@ -393,7 +441,7 @@ impl Client {
         if d.len() >= MAX_DISCOVERED {
             return None;
         }
-        let node = Arc::new(Self::dial(addr.to_string(), &self.dialer, true).ok()?);
+        let node = Arc::new(Self::dial(addr.to_string(), &self.dialer, &self.bearer, true).ok()?);
         Some(d.entry(addr.to_string()).or_insert(node).clone())
     }
 
@@ -447,7 +495,7 @@ impl Client {
     /// deadline passes.
     async fn retry<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Chan, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let mut call = call;
@@ -559,7 +607,7 @@ impl Client {
         }
     }
 
-    fn kv(ch: Channel) -> KvClient<Channel> {
+    fn kv(ch: Chan) -> KvClient<Chan> {
         KvClient::new(ch)
             .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
@@ -929,6 +977,55 @@ impl Client {
         let req = pb::RemoveNodeRequest { node };
         self.retry(|ch, _| async move { AdminClient::new(ch).remove_node(req).await })
             .await?;
+        Ok(())
+    }
+
+    /// Adds a user of a secure cluster with `role` (`admin`, `readwrite`, `readonly`),
+    /// limited to tables starting with `tables` (empty: all); answers its token, which the
+    /// cluster shows only this once.
+    pub async fn add_user(&self, name: &str, role: &str, tables: &str) -> Result<String> {
+        let req = pb::AddUserRequest {
+            user: Some(pb::User {
+                name: name.into(),
+                role: role.into(),
+                tables: tables.into(),
+            }),
+        };
+        // A retry after a lost answer is refused ALREADY_EXISTS (the token was never seen):
+        // remove the user and add it again.
+        let r = self
+            .retry(|ch, _| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).add_user(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().token)
+    }
+
+    /// Users of a secure cluster: `(name, role, table prefix)`.
+    pub async fn list_users(&self) -> Result<Vec<(String, String, String)>> {
+        let r = self
+            .retry(|ch, _| async move {
+                AdminClient::new(ch)
+                    .list_users(pb::ListUsersRequest {})
+                    .await
+            })
+            .await?;
+        Ok(r.into_inner()
+            .users
+            .into_iter()
+            .map(|u| (u.name, u.role, u.tables))
+            .collect())
+    }
+
+    /// Removes a user; its token stops working within seconds.
+    pub async fn remove_user(&self, name: &str) -> Result<()> {
+        let req = pb::RemoveUserRequest { name: name.into() };
+        self.retry(|ch, _| {
+            let req = req.clone();
+            async move { AdminClient::new(ch).remove_user(req).await }
+        })
+        .await?;
         Ok(())
     }
 

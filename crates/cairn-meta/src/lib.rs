@@ -12,4 +12,4 @@ pub mod planner;
 mod state;
 
 pub use cairn_types::{KEEP_FINISHED, OpKind, OpState, Operation};
-pub use state::{MetaCommand, MetaResponse, MetaState, Reconcile, validate_split_keys};
+pub use state::{MetaCommand, MetaResponse, MetaState, Reconcile, UserEntry, validate_split_keys};

@@ -37,6 +37,18 @@ pub struct MetaState {
     /// The id of the CreateTable request that made each table, so that a retry of that
     /// very request (its first answer lost) is answered the table, not `AlreadyExists`.
     pub create_requests: BTreeMap<String, u64>,
+    /// Users of a secure cluster by name, each with the SHA-256 of its token (the token
+    /// itself is shown once, when the user is added, and kept nowhere).
+    pub users: BTreeMap<String, UserEntry>,
+}
+
+/// A user and the hash of its bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// The user.
+    pub user: cairn_types::User,
+    /// SHA-256 of the user's token.
+    pub token_hash: [u8; 32],
 }
 
 /// A change to the metadata, proposed through the metadata group.
@@ -128,6 +140,13 @@ pub enum MetaCommand {
         /// The proposer's clock.
         now_ms: u64,
     },
+    /// Adds a user; refused if the name is taken.
+    AddUser(UserEntry),
+    /// Removes a user: its token stops working.
+    RemoveUser {
+        /// The user's name.
+        name: String,
+    },
 }
 
 /// The outcome of applying a [`MetaCommand`].
@@ -204,6 +223,22 @@ impl MetaState {
                 self.controller_paused = *paused;
                 MetaResponse::Done
             }
+            MetaCommand::AddUser(entry) => {
+                let name = &entry.user.name;
+                if self.users.contains_key(name) {
+                    return MetaResponse::Refused(Error::AlreadyExists(format!(
+                        "user {name}; remove it first to give it a new token"
+                    )));
+                }
+                self.users.insert(name.clone(), entry.clone());
+                MetaResponse::Done
+            }
+            MetaCommand::RemoveUser { name } => match self.users.remove(name) {
+                Some(_) => MetaResponse::Done,
+                None => MetaResponse::Refused(Error::NotFound(format!(
+                    "user {name}; `cairn user list` shows the users"
+                ))),
+            },
             MetaCommand::SetDraining { node, draining } => {
                 if !self.nodes.contains_key(node) {
                     return MetaResponse::Refused(Error::NotFound(format!(

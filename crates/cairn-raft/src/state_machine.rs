@@ -204,7 +204,8 @@ enum SnapshotHeader {
     },
     Meta {
         applied: Applied,
-        state: MetaState,
+        // Boxed: the metadata is much larger than a partition's header.
+        state: Box<MetaState>,
     },
 }
 
@@ -520,7 +521,9 @@ impl GroupStateMachine {
                 (h, Some(desc))
             }
             Kind::Meta { state } => {
-                let state = MetaState::clone(&state.read().unwrap_or_else(|p| p.into_inner()));
+                let state = Box::new(MetaState::clone(
+                    &state.read().unwrap_or_else(|p| p.into_inner()),
+                ));
                 (encode(&SnapshotHeader::Meta { applied, state })?, None)
             }
         };
@@ -912,7 +915,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 let (s, e) = keys::staging_group_range(self.group);
                 cairn_storage::delete_range(&*self.engine, Space::Local, &s, e.as_deref(), 1024)
                     .map_err(io::Error::other)?;
-                *state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap_state);
+                *state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(*snap_state);
                 self.applied = applied;
                 tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, "installed snapshot");
             }

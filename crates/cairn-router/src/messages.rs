@@ -90,6 +90,28 @@ pub enum MetaRequest {
     Nodes,
     /// The metadata members, answered by any node without forwarding (used to join).
     ClusterInfo,
+    /// Adds a user with the hash of its new token.
+    AddUser {
+        /// The user.
+        user: cairn_types::User,
+        /// SHA-256 of its token.
+        token_hash: [u8; 32],
+    },
+    /// Removes a user.
+    RemoveUser(String),
+    /// Every user (without token hashes).
+    ListUsers,
+    /// Who a credential belongs to, if anyone.
+    Authenticate(Credential),
+}
+
+/// What a caller of a secure cluster showed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Credential {
+    /// The SHA-256 of a bearer token.
+    Token([u8; 32]),
+    /// The user named by a client certificate of the cluster's CA.
+    Certificate(String),
 }
 
 /// A node's periodic report to the metadata leader: the whole report, or only what changed
@@ -184,6 +206,10 @@ pub enum MetaReply {
     Nodes(Vec<NodeStatus>),
     /// The controller (for [`MetaRequest::ControllerStatus`]).
     Controller(ControllerStatus),
+    /// Users (for [`MetaRequest::ListUsers`]).
+    Users(Vec<cairn_types::User>),
+    /// The user a credential belongs to (for [`MetaRequest::Authenticate`]).
+    Principal(Option<cairn_types::User>),
 }
 
 /// A request for one partition replica.

@@ -1,10 +1,12 @@
 //! The gRPC services: `Kv` (clients), `Admin` (operators) and `Internal` (peers).
 
+use crate::auth::Shown;
 use crate::node::Node;
 use crate::transport::{decode, encode};
 use cairn_proto::v1::{self as pb, Envelope, admin_server, internal_server, kv_server};
 use cairn_raft::{RaftRpc, serve_raft_rpc};
 use cairn_router::{DEFAULT_DEADLINE, MetaRequest, PartitionRequest, TableRoute};
+use cairn_types::Access;
 use cairn_types::{
     ClientId, Error, ErrorCode, META_GROUP, PartitionDesc, PartitionId, RequestId, TableId,
 };
@@ -28,6 +30,8 @@ pub(crate) fn status(e: Error) -> Status {
         ErrorCode::NotEnoughNodes => tonic::Code::FailedPrecondition,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::Internal => tonic::Code::Internal,
+        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
     };
     let message = e.to_string();
     let info = pb::ErrorInfo {
@@ -143,13 +147,54 @@ pub(crate) fn table_pb(r: &TableRoute) -> pb::Table {
 const MAX_BATCH_OPS: usize = 1024;
 
 /// Runs operation `index` of a batch the way its unary call would, and says how it went.
-async fn batch_op(node: Arc<Node>, index: u32, op: pb::BatchOp) -> pb::BatchResult {
+/// What a gRPC request showed of its caller: a verified client certificate, a token.
+fn shown<T>(req: &Request<T>) -> Shown<'_> {
+    Shown {
+        certificate: req
+            .extensions()
+            .get::<cairn_proto::net::ConnInfo>()
+            .and_then(|c| c.peer.as_deref()),
+        token: Shown::bearer(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        ),
+    }
+}
+
+/// Refuses the request unless its caller may do `access` (always allowed when insecure).
+async fn allow<T>(node: &Node, req: &Request<T>, access: Access<'_>) -> Result<(), Status> {
+    node.authorize(shown(req), access).await.map_err(status)
+}
+
+async fn batch_op(
+    node: Arc<Node>,
+    user: Option<Arc<cairn_types::User>>,
+    index: u32,
+    op: pb::BatchOp,
+) -> pb::BatchResult {
     use pb::batch_op::Op;
     let started = std::time::Instant::now();
     let mut out = pb::BatchResult {
         index,
         ..Default::default()
     };
+    let access = match &op.op {
+        Some(Op::Put(r)) => Some(Access::Write(&r.table)),
+        Some(Op::Delete(r)) => Some(Access::Write(&r.table)),
+        Some(Op::Get(r)) => Some(Access::Read(&r.table)),
+        None => None,
+    };
+    if let (Some(u), Some(access)) = (&user, access)
+        && !u.allows(access)
+    {
+        let e = Error::PermissionDenied(u.refusal(access));
+        out.error = Some(pb::ErrorInfo {
+            code: e.code().as_str().to_string(),
+            message: e.to_string(),
+        });
+        return out;
+    }
     let (name, res) = match op.op {
         Some(Op::Put(r)) => {
             let res = node
@@ -234,6 +279,13 @@ impl kv_server::Kv for Kv {
         req: Request<pb::BatchRequest>,
     ) -> Result<Response<Self::BatchStream>, Status> {
         use futures::StreamExt;
+        // Authenticated once; each operation is then allowed or refused on its own.
+        let user = self
+            .0
+            .authenticate(shown(&req))
+            .await
+            .map_err(status)?
+            .map(Arc::new);
         let ops = req.into_inner().ops;
         if ops.len() > MAX_BATCH_OPS {
             return Err(status(Error::InvalidArgument(format!(
@@ -245,7 +297,7 @@ impl kv_server::Kv for Kv {
         let running: futures::stream::FuturesUnordered<_> = ops
             .into_iter()
             .enumerate()
-            .map(|(i, op)| batch_op(self.0.clone(), i as u32, op))
+            .map(|(i, op)| batch_op(self.0.clone(), user.clone(), i as u32, op))
             .collect();
         Ok(Response::new(Box::pin(running.map(Ok))))
     }
@@ -254,6 +306,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::CreateTableRequest>,
     ) -> Result<Response<pb::CreateTableResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let n = r.split_keys.len() + 1;
@@ -280,6 +333,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::DropTableRequest>,
     ) -> Result<Response<pb::DropTableResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let started = std::time::Instant::now();
         let res = self.0.drop_table(&req.into_inner().name, deadline(0)).await;
         self.done("drop_table", started, res.map(|_| pb::DropTableResponse {}))
@@ -287,8 +341,9 @@ impl kv_server::Kv for Kv {
 
     async fn list_tables(
         &self,
-        _req: Request<pb::ListTablesRequest>,
+        req: Request<pb::ListTablesRequest>,
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let started = std::time::Instant::now();
         let res = self
             .0
@@ -313,6 +368,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::DescribeTableRequest>,
     ) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let started = std::time::Instant::now();
         let res = self
             .0
@@ -328,6 +384,7 @@ impl kv_server::Kv for Kv {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        allow(&self.0, &req, Access::Write(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
@@ -348,6 +405,7 @@ impl kv_server::Kv for Kv {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        allow(&self.0, &req, Access::Read(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let stale = r.consistency == pb::Consistency::Stale as i32;
@@ -370,6 +428,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        allow(&self.0, &req, Access::Write(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
@@ -392,6 +451,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        allow(&self.0, &req, Access::Read(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let res =
@@ -424,8 +484,9 @@ impl kv_server::Kv for Kv {
 impl admin_server::Admin for Admin {
     async fn nodes(
         &self,
-        _req: Request<pb::NodesRequest>,
+        req: Request<pb::NodesRequest>,
     ) -> Result<Response<pb::NodesResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let nodes = self.0.nodes(deadline(0)).await.map_err(status)?;
         Ok(Response::new(pb::NodesResponse {
             nodes: nodes
@@ -450,6 +511,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::PartitionsRequest>,
     ) -> Result<Response<pb::PartitionsResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let name = req.into_inner().table;
         let d = deadline(0);
         let names: Vec<String> = if name.is_empty() {
@@ -478,6 +540,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::EngineStatsRequest>,
     ) -> Result<Response<pb::EngineStatsResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let r = req.into_inner();
         let parts: Vec<PartitionId> = r.partitions.into_iter().map(PartitionId).collect();
         let (data_keys, raft_keys, replica_keys, open_replicas) = self
@@ -496,6 +559,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::SplitRequest>,
     ) -> Result<Response<pb::SplitResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let r = req.into_inner();
         let (left, right) = self
             .0
@@ -512,6 +576,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::MoveRequest>,
     ) -> Result<Response<pb::MoveResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let r = req.into_inner();
         let op = self
             .0
@@ -530,8 +595,9 @@ impl admin_server::Admin for Admin {
 
     async fn operations(
         &self,
-        _req: Request<pb::OperationsRequest>,
+        req: Request<pb::OperationsRequest>,
     ) -> Result<Response<pb::OperationsResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let ops = self.0.operations(deadline(0)).await.map_err(status)?;
         Ok(Response::new(pb::OperationsResponse {
             operations: ops.iter().map(operation_pb).collect(),
@@ -540,8 +606,9 @@ impl admin_server::Admin for Admin {
 
     async fn controller(
         &self,
-        _req: Request<pb::ControllerRequest>,
+        req: Request<pb::ControllerRequest>,
     ) -> Result<Response<pb::ControllerResponse>, Status> {
+        allow(&self.0, &req, Access::Observe).await?;
         let s = self
             .0
             .controller_status(deadline(0))
@@ -554,6 +621,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::SetControllerPausedRequest>,
     ) -> Result<Response<pb::ControllerResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let s = self
             .0
             .set_controller_paused(req.into_inner().paused, deadline(0))
@@ -566,6 +634,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::SetDrainingRequest>,
     ) -> Result<Response<pb::SetDrainingResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let r = req.into_inner();
         self.0
             .set_draining(cairn_types::NodeId(r.node), r.draining, deadline(0))
@@ -578,6 +647,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         self.0
             .remove_node(cairn_types::NodeId(req.into_inner().node), deadline(0))
             .await
@@ -589,6 +659,7 @@ impl admin_server::Admin for Admin {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
         let r = req.into_inner();
         self.0
             .transfer_leader(
@@ -599,6 +670,56 @@ impl admin_server::Admin for Admin {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::TransferLeaderResponse {}))
+    }
+
+    async fn add_user(
+        &self,
+        req: Request<pb::AddUserRequest>,
+    ) -> Result<Response<pb::AddUserResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
+        let u = req.into_inner().user.unwrap_or_default();
+        let role = cairn_types::Role::parse(&u.role).ok_or_else(|| {
+            status(Error::InvalidArgument(format!(
+                "role {:?}: use admin, readwrite or readonly",
+                u.role
+            )))
+        })?;
+        let token = self
+            .0
+            .add_user(&u.name, role, &u.tables)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AddUserResponse { token }))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
+        let users = self.0.list_users().await.map_err(status)?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| pb::User {
+                    name: u.name,
+                    role: u.role.as_str().to_string(),
+                    tables: u.tables,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn remove_user(
+        &self,
+        req: Request<pb::RemoveUserRequest>,
+    ) -> Result<Response<pb::RemoveUserResponse>, Status> {
+        allow(&self.0, &req, Access::Admin).await?;
+        self.0
+            .remove_user(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RemoveUserResponse {}))
     }
 }
 

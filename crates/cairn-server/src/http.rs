@@ -4,6 +4,7 @@
 //! Every error is `{"error":{"code":"…","message":"…"}}` with a fitting status; bad input
 //! never yields a 500.
 
+use crate::auth::Shown;
 use crate::node::Node;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -15,7 +16,7 @@ use base64::Engine as _;
 use cairn_router::{DEFAULT_DEADLINE, TableRoute};
 use cairn_storage::keys::prefix_end;
 use cairn_types::{
-    ClientId, DEFAULT_REPLICATION, Error, NodeId, PartitionDesc, PartitionId, RequestId,
+    Access, ClientId, DEFAULT_REPLICATION, Error, NodeId, PartitionDesc, PartitionId, RequestId,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -624,6 +625,21 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// A browser's CORS preflight for `/metrics`: the console of one node charts every node's
+/// metrics, sending its token in `Authorization`.
+async fn metrics_preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response()
+}
+
 /// The node's recent log lines, oldest first (for `cairn debug zip`).
 async fn debug_logs(State(node): State<Arc<Node>>) -> Response {
     match node.recent_logs() {
@@ -672,6 +688,126 @@ async fn not_found() -> ApiError {
     ))
 }
 
+#[derive(Deserialize)]
+struct AddUserBody {
+    name: String,
+    role: String,
+    #[serde(default)]
+    tables: String,
+}
+
+/// `POST /v1/admin/users {"name","role","tables"}` → `{"token"}` (shown only now).
+async fn add_user(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
+    let b: AddUserBody = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "body must be {{\"name\",\"role\",\"tables\"}}: {e}"
+        ))
+    })?;
+    let role = cairn_types::Role::parse(&b.role).ok_or_else(|| {
+        bad(format!(
+            "role {:?}: use admin, readwrite or readonly",
+            b.role
+        ))
+    })?;
+    let token = node.add_user(&b.name, role, &b.tables).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": b.name, "token": token})),
+    )
+        .into_response())
+}
+
+async fn list_users(State(node): State<Arc<Node>>) -> ApiResult {
+    let users: Vec<Value> = node
+        .list_users()
+        .await?
+        .into_iter()
+        .map(|u| json!({"name": u.name, "role": u.role.as_str(), "tables": u.tables}))
+        .collect();
+    Ok(Json(json!({ "users": users })).into_response())
+}
+
+async fn remove_user(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult {
+    node.remove_user(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// What an HTTP request needs (owned: a table name comes from the path).
+enum Need {
+    /// Open to anyone: the health check a load balancer makes, the console's page (its data
+    /// calls carry a token), a browser's CORS preflight.
+    Nothing,
+    Observe,
+    Admin,
+    Read(String),
+    Write(String),
+}
+
+impl Need {
+    /// What a request of `method` on `path` needs.
+    fn of(method: &axum::http::Method, path: &str) -> Need {
+        use axum::http::Method;
+        let read = matches!(*method, Method::GET | Method::HEAD);
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            [""] | ["health"] | ["assets", ..] => Need::Nothing,
+            ["metrics"] if *method == Method::OPTIONS => Need::Nothing,
+            ["metrics"] => Need::Observe,
+            ["v1", "admin", "users", ..] => Need::Admin,
+            ["v1", "admin", ..] | ["v1", "tables"] | ["v1", "tables", _] if read => Need::Observe,
+            ["v1", "tables", table, "keys", ..] => {
+                let table = String::from_utf8_lossy(&percent_decode(table).unwrap_or_default())
+                    .into_owned();
+                if read {
+                    Need::Read(table)
+                } else {
+                    Need::Write(table)
+                }
+            }
+            _ => Need::Admin,
+        }
+    }
+
+    fn access(&self) -> Option<Access<'_>> {
+        Some(match self {
+            Need::Nothing => return None,
+            Need::Observe => Access::Observe,
+            Need::Admin => Access::Admin,
+            Need::Read(t) => Access::Read(t),
+            Need::Write(t) => Access::Write(t),
+        })
+    }
+}
+
+/// Refuses a request on a secure node unless its token or client certificate allows it.
+async fn require_access(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let need = Need::of(req.method(), req.uri().path());
+    let Some(access) = need.access() else {
+        return next.run(req).await;
+    };
+    let certificate = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<HttpPeer>>()
+        .and_then(|c| c.0.certificate.clone());
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let shown = Shown {
+        certificate: certificate.as_deref(),
+        token: Shown::bearer(token.as_deref()),
+    };
+    match node.authorize(shown, access).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
 /// The HTTP routes of a node.
 pub(crate) fn app(node: Arc<Node>) -> Router {
     let body_limit = node
@@ -683,7 +819,7 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(console))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics).options(metrics_preflight))
         .route("/debug/logs", get(debug_logs))
         .route("/assets/uplot.iife.min.js", get(uplot_js))
         .route("/assets/uplot.min.css", get(uplot_css))
@@ -712,7 +848,13 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
             "/v1/tables/{table}/keys/",
             get(empty_key).put(empty_key).delete(empty_key),
         )
+        .route("/v1/admin/users", get(list_users).post(add_user))
+        .route("/v1/admin/users/{name}", axum::routing::delete(remove_user))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_access,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
 }
@@ -729,15 +871,21 @@ pub(crate) async fn serve(
     };
     let res = match tls {
         None => {
-            axum::serve(listener, app(node))
-                .with_graceful_shutdown(stopped)
-                .await
+            axum::serve(
+                listener,
+                app(node).into_make_service_with_connect_info::<HttpPeer>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .await
         }
         Some(tls) => match TlsListener::new(listener, tls) {
             Ok(listener) => {
-                axum::serve(listener, app(node))
-                    .with_graceful_shutdown(stopped)
-                    .await
+                axum::serve(
+                    listener,
+                    app(node).into_make_service_with_connect_info::<HttpPeer>(),
+                )
+                .with_graceful_shutdown(stopped)
+                .await
             }
             Err(e) => Err(e),
         },
@@ -767,20 +915,46 @@ impl TlsListener {
     }
 }
 
+/// Who is at the other end of an HTTP connection: the user its TLS client certificate
+/// names, if it showed one.
+#[derive(Clone, Debug, Default)]
+struct HttpPeer {
+    certificate: Option<String>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for HttpPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        HttpPeer {
+            certificate: stream.remote_addr().1.clone(),
+        }
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for HttpPeer
+{
+    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        HttpPeer::default()
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
     type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
+    type Addr = (std::net::SocketAddr, Option<String>);
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.accepted.recv().await {
-            Some(h) => (h.stream, h.remote),
+            Some(h) => (h.stream, (h.remote, h.peer)),
             // The accept task ended (it does not, while this listener lives): serve no more.
             None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok((self.local, None))
     }
 }
 

@@ -22,6 +22,7 @@
 // than the default 128 in release builds.
 #![recursion_limit = "256"]
 
+mod auth;
 mod config;
 mod controller;
 mod core;
@@ -39,6 +40,7 @@ mod stats;
 mod supervisor;
 mod transport;
 
+pub use auth::AUTH_TTL;
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use cairn_raft::Syncer;
 pub use cairn_raft::fault::set_crash_point;

@@ -5,7 +5,7 @@ use crate::core::Core;
 use crate::heartbeat::HeldReport;
 use cairn_meta::{MetaCommand, MetaResponse, MetaState, placement};
 use cairn_raft::{Command, Reply, from_raft};
-use cairn_router::{Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
+use cairn_router::{Credential, Heartbeat, MetaReply, MetaRequest, NodeStatus, TableRoute};
 use cairn_types::{
     Error, META_GROUP, NodeId, PartitionId, ReplicaId, Result, TableDesc, validate_table_name,
 };
@@ -472,6 +472,47 @@ impl Core {
                         .loads()
                         .into_iter()
                         .collect(),
+                }))
+            }
+            MetaRequest::AddUser { user, token_hash } => {
+                cairn_types::validate_user_name(&user.name)?;
+                match self
+                    .propose_meta(MetaCommand::AddUser(cairn_meta::UserEntry {
+                        user,
+                        token_hash,
+                    }))
+                    .await?
+                {
+                    MetaResponse::Refused(e) => Err(e),
+                    _ => Ok(MetaReply::Done),
+                }
+            }
+            MetaRequest::RemoveUser(name) => {
+                match self.propose_meta(MetaCommand::RemoveUser { name }).await? {
+                    MetaResponse::Refused(e) => Err(e),
+                    _ => Ok(MetaReply::Done),
+                }
+            }
+            MetaRequest::ListUsers => Ok(MetaReply::Users(
+                self.meta_barrier()
+                    .await?
+                    .users
+                    .values()
+                    .map(|e| e.user.clone())
+                    .collect(),
+            )),
+            MetaRequest::Authenticate(credential) => {
+                let state = self.meta_barrier().await?;
+                Ok(MetaReply::Principal(match credential {
+                    Credential::Token(hash) => state
+                        .users
+                        .values()
+                        .find(|e| e.token_hash == hash)
+                        .map(|e| e.user.clone()),
+                    Credential::Certificate(name) if name == cairn_types::ROOT_USER => {
+                        Some(cairn_types::User::root())
+                    }
+                    Credential::Certificate(name) => state.users.get(&name).map(|e| e.user.clone()),
                 }))
             }
             MetaRequest::SetControllerPaused(paused) => {

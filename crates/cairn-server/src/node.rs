@@ -85,6 +85,8 @@ pub struct Node {
     log_tail: Option<crate::LogTail>,
     /// TLS on both ports and mutual TLS between nodes.
     pub(crate) secure: bool,
+    /// Credentials recently checked (on a secure node).
+    pub(crate) auth: crate::auth::AuthCache,
 }
 
 /// A node whose heartbeat has not reached the metadata leader for this long says it is not
@@ -366,6 +368,7 @@ impl Node {
             meta_contact_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             secure: tls.is_some(),
+            auth: Default::default(),
         });
         let mut tasks = vec![
             tokio::spawn(crate::grpc::serve(

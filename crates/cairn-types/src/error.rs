@@ -99,6 +99,12 @@ pub enum Error {
     /// A bug or a storage failure; details are in the node's log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A secure cluster got a request with no credential it accepts.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but its role does not allow the request; nothing was done.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// Stable, machine-readable error codes used on HTTP and gRPC.
@@ -126,6 +132,10 @@ pub enum ErrorCode {
     Unavailable,
     /// See [`Error::Internal`].
     Internal,
+    /// See [`Error::Unauthenticated`].
+    Unauthenticated,
+    /// See [`Error::PermissionDenied`].
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -143,6 +153,8 @@ impl ErrorCode {
             Self::DiskFull => "DISK_FULL",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 
@@ -158,6 +170,8 @@ impl ErrorCode {
             Self::DiskFull => 507,
             Self::NotEnoughNodes | Self::Unavailable => 503,
             Self::Internal => 500,
+            Self::Unauthenticated => 401,
+            Self::PermissionDenied => 403,
         }
     }
 
@@ -175,6 +189,8 @@ impl ErrorCode {
             "DISK_FULL" => Self::DiskFull,
             "UNAVAILABLE" => Self::Unavailable,
             "INTERNAL" => Self::Internal,
+            "UNAUTHENTICATED" => Self::Unauthenticated,
+            "PERMISSION_DENIED" => Self::PermissionDenied,
             _ => return None,
         })
     }
@@ -199,6 +215,8 @@ impl Error {
             | Self::PartitionNotFound(_)
             | Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
         }
     }
 

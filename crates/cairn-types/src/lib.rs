@@ -4,6 +4,7 @@
 //! This crate does no I/O; everything here is plain data that travels between the
 //! storage, raft, metadata, router, server and client crates.
 
+mod auth;
 pub mod entropy;
 mod error;
 mod ids;
@@ -13,6 +14,7 @@ mod operation;
 mod range;
 mod session;
 
+pub use auth::{Access, ROOT_USER, Role, User, validate_user_name};
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{
     ClientId, FIRST_REPLICA_ID, META_GROUP, NodeId, PartitionId, ReplicaId, RequestId, TableId,

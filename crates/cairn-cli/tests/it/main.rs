@@ -16,6 +16,7 @@ mod t40_bad_input;
 mod t50_retried_writes;
 mod t60_playground;
 mod t62_tls;
+mod t63_auth;
 mod t64_debug_zip;
 mod t65_haproxy;
 mod t66_json_logs;

@@ -107,9 +107,14 @@ async fn t62_secure_cluster_refuses_plaintext_and_strangers() {
     let (ok, body) = curl(&[&plain_http]);
     assert!(!ok, "plaintext HTTP was served: {body}");
     let put = format!("{}/v1/tables/s/keys/h", c.http(2));
+    // A write needs a credential on a secure cluster: root's client certificate here.
     let (ok, body) = curl(&[
         "--cacert",
         certs.join("ca.crt").to_str().unwrap(),
+        "--cert",
+        certs.join("client.root.crt").to_str().unwrap(),
+        "--key",
+        certs.join("client.root.key").to_str().unwrap(),
         "-X",
         "PUT",
         "--data-binary",

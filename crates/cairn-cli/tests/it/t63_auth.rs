@@ -1,0 +1,251 @@
+//! Users, tokens and roles on a secure cluster: unauthenticated and forbidden requests are
+//! refused (gRPC UNAUTHENTICATED / PERMISSION_DENIED, HTTP 401 / 403) and change nothing.
+
+use crate::cluster::{Cluster, wait_for};
+use cairn_types::ErrorCode;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A TLS client with no client certificate, sending `token` if given.
+fn token_client(c: &Cluster, token: Option<&str>) -> cairn_client::Client {
+    let certs = c.certs.as_ref().unwrap();
+    // "nobody" has no certificate in the directory: the client shows only the token.
+    let tls = cairn_proto::tls::client_config(certs, "nobody", b"h2").unwrap();
+    let dialer = cairn_proto::tls::TlsDialer::new(Arc::new(tls), None);
+    cairn_client::Client::with_auth(
+        c.nodes.iter().map(|n| n.grpc.clone()),
+        Some(Arc::new(dialer)),
+        token,
+    )
+    .unwrap()
+    .with_timeout(Duration::from_secs(5))
+}
+
+fn cairn(certs: &Path, endpoints: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", endpoints])
+        .arg("--certs-dir")
+        .arg(certs)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cairn {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// curl's HTTP status and body, trusting the cluster's CA.
+fn curl(certs: &Path, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(certs.join("ca.crt"))
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn code<T: std::fmt::Debug>(r: cairn_client::Result<T>) -> ErrorCode {
+    r.expect_err("the request was allowed").code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t63_tokens_and_roles_allow_only_what_they_say() {
+    let c = Cluster::start_secure(3).await;
+    let certs = c.certs.clone().unwrap();
+    let endpoints = c.endpoints();
+    // root's client certificate is admin.
+    let root = c.client();
+    root.create_table("app_t", 3, Vec::new()).await.unwrap();
+    root.create_table("other", 3, Vec::new()).await.unwrap();
+    root.put("app_t", b"k", b"v0").await.unwrap();
+    root.put("other", b"k", b"o0").await.unwrap();
+
+    let ro = cairn(
+        &certs,
+        &endpoints,
+        &["user", "add", "ro", "--role", "readonly"],
+    );
+    let ro = ro.trim().to_string();
+    let app = cairn(
+        &certs,
+        &endpoints,
+        &[
+            "user",
+            "add",
+            "app",
+            "--role",
+            "readwrite",
+            "--tables",
+            "app_",
+        ],
+    );
+    let app = app.trim().to_string();
+    assert!(ro.starts_with("cairn_") && app.starts_with("cairn_") && ro != app);
+    let listed = cairn(&certs, &endpoints, &["user", "list"]);
+    assert!(
+        listed.contains("ro") && listed.contains("readonly"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("app_*") && listed.contains("readwrite"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&ro) && !listed.contains(&app),
+        "tokens listed: {listed}"
+    );
+
+    // No credential: refused, nothing written.
+    let anon = token_client(&c, None);
+    assert_eq!(
+        code(anon.put("app_t", b"k", b"anon").await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        code(anon.get("app_t", b"k").await),
+        ErrorCode::Unauthenticated
+    );
+    let forged = token_client(&c, Some("cairn_not-a-token"));
+    assert_eq!(
+        code(forged.get("app_t", b"k").await),
+        ErrorCode::Unauthenticated
+    );
+
+    // readonly reads everything and writes nothing.
+    let reader = token_client(&c, Some(&ro));
+    assert_eq!(
+        reader.get("other", b"k").await.unwrap().as_deref(),
+        Some(&b"o0"[..])
+    );
+    assert_eq!(
+        code(reader.put("app_t", b"k", b"ro").await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        code(reader.delete("app_t", b"k").await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        code(reader.create_table("ro_t", 3, Vec::new()).await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(code(reader.list_users().await), ErrorCode::PermissionDenied);
+
+    // readwrite on app_ tables writes those only.
+    let writer = token_client(&c, Some(&app));
+    writer.put("app_t", b"k", b"v1").await.unwrap();
+    assert_eq!(
+        code(writer.put("other", b"k", b"app").await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        code(writer.get("other", b"k").await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        code(writer.drop_table("app_t").await),
+        ErrorCode::PermissionDenied
+    );
+
+    // HTTP: 401 without a token, 403 for a forbidden one, and the write did not happen.
+    let key = format!("{}/v1/tables/app_t/keys/k", c.http(1));
+    let (status, body) = curl(&certs, &[&key]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("UNAUTHENTICATED"), "{body}");
+    let ro_auth = format!("Authorization: Bearer {ro}");
+    let (status, body) = curl(&certs, &["-H", &ro_auth, &key]);
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    let (status, body) = curl(
+        &certs,
+        &[
+            "-H",
+            &ro_auth,
+            "-X",
+            "PUT",
+            "--data-binary",
+            "http-ro",
+            &key,
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("PERMISSION_DENIED"), "{body}");
+    let users = format!("{}/v1/admin/users", c.http(2));
+    assert_eq!(curl(&certs, &["-H", &ro_auth, &users]).0, 403);
+    let metrics = format!("{}/metrics", c.http(3));
+    assert_eq!(curl(&certs, &[&metrics]).0, 401);
+    assert_eq!(curl(&certs, &["-H", &ro_auth, &metrics]).0, 200);
+    // The console of one node charts the others' metrics with its token (CORS preflight).
+    let (status, _) = curl(&certs, &["-X", "OPTIONS", "-D", "-", &metrics]);
+    assert_eq!(status, 204);
+    // root's client certificate is admin over HTTP too: it adds a user there.
+    let cert = certs.join("client.root.crt");
+    let key_file = certs.join("client.root.key");
+    let (status, body) = curl(
+        &certs,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+            "-X",
+            "POST",
+            "--data",
+            r#"{"name":"web","role":"readwrite","tables":"app_"}"#,
+            &users,
+        ],
+    );
+    assert_eq!(status, 201, "{body}");
+    let web: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let web_token = web["token"].as_str().unwrap().to_string();
+    let (status, body) = curl(
+        &certs,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {web_token}"),
+            "-X",
+            "PUT",
+            "--data-binary",
+            "v2",
+            &key,
+        ],
+    );
+    assert!((200..300).contains(&status), "{status} {body}");
+    assert_eq!(
+        root.get("app_t", b"k").await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert_eq!(
+        root.get("other", b"k").await.unwrap().as_deref(),
+        Some(&b"o0"[..])
+    );
+
+    // A removed user's token stops working (at once on the node that removed it, within
+    // the cache's few seconds elsewhere).
+    cairn(&certs, &endpoints, &["user", "remove", "ro"]);
+    wait_for(
+        Duration::from_secs(20),
+        "the removed token to be refused",
+        || async {
+            (reader.get("other", b"k").await.err()?.code == ErrorCode::Unauthenticated)
+                .then_some(())
+        },
+    )
+    .await;
+    let listed = cairn(&certs, &endpoints, &["user", "list"]);
+    assert!(!listed.contains("readonly"), "{listed}");
+}

@@ -1,0 +1,218 @@
+//! Who is calling a secure node, and whether their role allows the request.
+//!
+//! A caller shows a bearer token or a client certificate of the cluster's CA (verified in
+//! the TLS handshake; its common name is the user, `root` being admin). The metadata group
+//! holds the users with the SHA-256 of their tokens; a node asks it once per credential and
+//! remembers the answer for a few seconds, so that a removed user is locked out within
+//! [`AUTH_TTL`] everywhere and at once on the node that removed it. An insecure node
+//! (no `--certs-dir`) authenticates nobody and allows everything.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use cairn_router::{Credential, MetaReply, MetaRequest};
+use cairn_types::{Access, Error, Result, Role, User};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::node::Node;
+
+/// How long a node trusts what the metadata group said about a credential.
+pub const AUTH_TTL: Duration = Duration::from_secs(5);
+/// How long a refused credential stays refused without asking again.
+const REFUSED_TTL: Duration = Duration::from_secs(1);
+/// Entries a node remembers at most (it forgets them all when full).
+const MAX_ENTRIES: usize = 10_000;
+/// What a token starts with, so that one pasted in the wrong place is recognisable.
+const TOKEN_PREFIX: &str = "cairn_";
+
+/// Credentials recently checked with the metadata group.
+#[derive(Default)]
+pub(crate) struct AuthCache {
+    entries: Mutex<HashMap<Credential, (Option<User>, Instant)>>,
+}
+
+impl AuthCache {
+    fn get(&self, c: &Credential) -> Option<Option<User>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (user, until) = entries.get(c)?;
+        (Instant::now() < *until).then(|| user.clone())
+    }
+
+    fn put(&self, c: Credential, user: Option<User>) {
+        let ttl = if user.is_some() {
+            AUTH_TTL
+        } else {
+            REFUSED_TTL
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(c, (user, Instant::now() + ttl));
+    }
+
+    /// Forgets everything (after a user was removed here).
+    pub(crate) fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// The SHA-256 of a token, as the metadata group keeps it.
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new token: 256 random bits from the operating system's generator.
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// What a request showed: the common name of its client certificate and its bearer token.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shown<'a> {
+    /// The user named by a verified client certificate.
+    pub(crate) certificate: Option<&'a str>,
+    /// The token of an `Authorization: Bearer` header.
+    pub(crate) token: Option<&'a str>,
+}
+
+impl Shown<'_> {
+    /// The token of an `authorization` header value, if it is a bearer token.
+    pub(crate) fn bearer(header: Option<&str>) -> Option<&str> {
+        let h = header?.trim();
+        let (scheme, token) = h.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+impl Node {
+    /// The user making a request (`None` on an insecure node, where everything is
+    /// allowed). A token wins over a certificate, so a root certificate can act as a user.
+    pub(crate) async fn authenticate(&self, shown: Shown<'_>) -> Result<Option<User>> {
+        if !self.secure {
+            return Ok(None);
+        }
+        let credential = match (shown.token, shown.certificate) {
+            (Some(t), _) => Credential::Token(token_hash(t)),
+            (None, Some(cn)) if cn != cairn_proto::tls::NODE_NAME => {
+                Credential::Certificate(cn.to_string())
+            }
+            _ => {
+                return Err(Error::Unauthenticated(
+                    "this cluster is secure: pass a token (--token, CAIRN_TOKEN or HTTP `Authorization: Bearer TOKEN`) or a client certificate (`cairn cert create-client`)".into(),
+                ));
+            }
+        };
+        let user = match self.auth.get(&credential) {
+            Some(u) => u,
+            None => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let user = match self
+                    .router
+                    .meta(MetaRequest::Authenticate(credential.clone()), deadline)
+                    .await?
+                {
+                    MetaReply::Principal(u) => u,
+                    other => {
+                        return Err(Error::Internal(format!(
+                            "the metadata leader answered {other:?} to an authentication"
+                        )));
+                    }
+                };
+                self.auth.put(credential.clone(), user.clone());
+                user
+            }
+        };
+        match (user, credential) {
+            (Some(u), _) => Ok(Some(u)),
+            (None, Credential::Token(_)) => Err(Error::Unauthenticated(
+                "the token is not valid (mistyped, or its user was removed); `cairn user add` makes a new one".into(),
+            )),
+            (None, Credential::Certificate(name)) => Err(Error::Unauthenticated(format!(
+                "the client certificate names user {name:?}, who does not exist; add it with `cairn user add {name} --role ROLE`"
+            ))),
+        }
+    }
+
+    /// Checks that the caller may do `access`; nothing is done when it may not.
+    pub(crate) async fn authorize(&self, shown: Shown<'_>, access: Access<'_>) -> Result<()> {
+        match self.authenticate(shown).await? {
+            Some(u) if !u.allows(access) => Err(Error::PermissionDenied(u.refusal(access))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a user and answers its token, which is shown only now.
+    pub async fn add_user(&self, name: &str, role: Role, tables: &str) -> Result<String> {
+        cairn_types::validate_user_name(name)?;
+        let token = new_token();
+        let user = User {
+            name: name.to_string(),
+            role,
+            tables: tables.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.router
+            .meta(
+                MetaRequest::AddUser {
+                    user,
+                    token_hash: token_hash(&token),
+                },
+                deadline,
+            )
+            .await?;
+        Ok(token)
+    }
+
+    /// Removes a user: its token stops working here at once, elsewhere within [`AUTH_TTL`].
+    pub async fn remove_user(&self, name: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.router
+            .meta(MetaRequest::RemoveUser(name.to_string()), deadline)
+            .await?;
+        self.auth.clear();
+        Ok(())
+    }
+
+    /// Every user, by name.
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        match self.router.meta(MetaRequest::ListUsers, deadline).await? {
+            MetaReply::Users(u) => Ok(u),
+            other => Err(Error::Internal(format!(
+                "the metadata leader answered {other:?} to a user list"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() >= 40, "{a}");
+        assert_eq!(token_hash(&a), token_hash(&a));
+        assert_ne!(token_hash(&a), token_hash(&b));
+        assert_eq!(Shown::bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(Shown::bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(Shown::bearer(Some("Basic abc")), None);
+        assert_eq!(Shown::bearer(None), None);
+    }
+}
