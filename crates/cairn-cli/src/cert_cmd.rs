@@ -152,6 +152,50 @@ pub(crate) fn run(a: CertArgs, certs_dir: Option<&Path>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// Makes a CA, a node certificate for `hosts` and root's client certificate in `dir` (for
+/// `cairn playground --secure` and `cairn chaos --secure`); keeps those already there.
+pub(crate) fn make_local_certs(dir: &Path, hosts: Vec<String>) -> anyhow::Result<()> {
+    if !dir.join(CA_CERT).exists() {
+        run(
+            CertArgs {
+                cmd: CertCmd::CreateCa {
+                    ca_key: None,
+                    lifetime_days: 3650,
+                    overwrite: false,
+                },
+            },
+            Some(dir),
+        )?;
+    }
+    if !dir.join(NODE_CERT).exists() {
+        run(
+            CertArgs {
+                cmd: CertCmd::CreateNode {
+                    hosts,
+                    ca_key: None,
+                    lifetime_days: 1825,
+                    overwrite: false,
+                },
+            },
+            Some(dir),
+        )?;
+    }
+    if !dir.join(client_cert(cairn_types::ROOT_USER)).exists() {
+        run(
+            CertArgs {
+                cmd: CertCmd::CreateClient {
+                    user: cairn_types::ROOT_USER.into(),
+                    ca_key: None,
+                    lifetime_days: 1825,
+                    overwrite: false,
+                },
+            },
+            Some(dir),
+        )?;
+    }
+    Ok(())
+}
+
 /// A user name for a client certificate: the name its holder acts as.
 fn check_user(user: &str) -> anyhow::Result<()> {
     if user == NODE_NAME {

@@ -33,19 +33,11 @@ impl Conn {
 
     /// A client of the cluster: over TLS when `--certs-dir` is given.
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        let dialer: cairn_proto::net::SharedDialer = match &self.certs_dir {
-            Some(dir) => {
-                let tls = cairn_proto::tls::client_config(dir, Self::USER, b"h2")
-                    .with_context(|| format!("--certs-dir {}", dir.display()))?;
-                Some(std::sync::Arc::new(cairn_proto::tls::TlsDialer::new(
-                    std::sync::Arc::new(tls),
-                    None,
-                )))
-            }
-            None => None,
-        };
-        Client::with_auth(self.endpoints.split(','), dialer, self.token.as_deref())
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        connect(
+            self.endpoints.split(','),
+            self.certs_dir.as_deref(),
+            self.token.as_deref(),
+        )
     }
 
     /// An HTTP client for the nodes' HTTP ports, and the scheme to reach them with.
@@ -71,6 +63,31 @@ impl Conn {
             None => (b.build()?, "http"),
         })
     }
+}
+
+/// A client of `endpoints`: over TLS trusting `certs`' CA (and showing root's client
+/// certificate if the directory holds it) when given, sending `token` when given.
+pub(crate) fn connect<I, S>(
+    endpoints: I,
+    certs: Option<&std::path::Path>,
+    token: Option<&str>,
+) -> anyhow::Result<Client>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let dialer: cairn_proto::net::SharedDialer = match certs {
+        Some(dir) => {
+            let tls = cairn_proto::tls::client_config(dir, Conn::USER, b"h2")
+                .with_context(|| format!("--certs-dir {}", dir.display()))?;
+            Some(std::sync::Arc::new(cairn_proto::tls::TlsDialer::new(
+                std::sync::Arc::new(tls),
+                None,
+            )))
+        }
+        None => None,
+    };
+    Client::with_auth(endpoints, dialer, token).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn fail(e: cairn_client::Error) -> anyhow::Error {

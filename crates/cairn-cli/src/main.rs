@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             Command::Get(a) => client_cmds::get(a, conn).await,
             Command::Delete(a) => client_cmds::delete(a, conn).await,
             Command::List(a) => client_cmds::list(a, conn).await,
-            Command::Chaos(a) => chaos::chaos(a, &cli.endpoints).await,
+            Command::Chaos(a) => chaos::chaos(a, &conn).await,
             Command::Check(a) => chaos::check(a),
             Command::Gen(a) => gen_cmd::run(a, &conn).await,
             Command::Admin(a) => client_cmds::admin(a, conn).await,

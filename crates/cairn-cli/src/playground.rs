@@ -20,6 +20,11 @@ pub(crate) struct PlaygroundArgs {
     /// Directory holding each node's data dir and log.
     #[arg(long, default_value = "./cairn-data")]
     data_dir: PathBuf,
+    /// Run secure: make a CA, a node certificate and root's client certificate in
+    /// DATA_DIR/certs (kept across runs), serve TLS, admit only this CA's nodes to internal
+    /// calls and require a token or client certificate of every client.
+    #[arg(long)]
+    secure: bool,
 }
 
 /// A `cairn server` child for node `id` of a local cluster: data in `dir/node-{id}`, output
@@ -61,12 +66,16 @@ fn spawn(
     exe: &Path,
     dir: &Path,
     id: u16,
-    grpc: u16,
-    http: u16,
+    (grpc, http): (u16, u16),
     cluster: &str,
+    certs: Option<&Path>,
 ) -> anyhow::Result<Child> {
     let (grpc, http) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
-    server_command(exe, dir, u64::from(id), &grpc, &http, cluster)?
+    let mut cmd = server_command(exe, dir, u64::from(id), &grpc, &http, cluster)?;
+    if let Some(certs) = certs {
+        cmd.arg("--certs-dir").arg(certs);
+    }
+    cmd
         // A Ctrl-C in the terminal reaches the playground, which stops the nodes itself.
         .process_group(0)
         .spawn()
@@ -104,11 +113,17 @@ pub(crate) async fn run(a: PlaygroundArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let cluster = cluster.join(",");
     let resumed = dir.join("node-1").exists();
+    let certs = if a.secure {
+        let certs = dir.join("certs");
+        crate::cert_cmd::make_local_certs(&certs, vec!["127.0.0.1".into(), "localhost".into()])?;
+        Some(certs)
+    } else {
+        None
+    };
     let mut children = Vec::new();
     for i in 1..=a.nodes {
-        let grpc = a.base_port + i - 1;
-        let http = a.base_port + 1000 + i - 1;
-        children.push((i, spawn(&exe, &dir, i, grpc, http, &cluster)?));
+        let ports = (a.base_port + i - 1, a.base_port + 1000 + i - 1);
+        children.push((i, spawn(&exe, &dir, i, ports, &cluster, certs.as_deref())?));
     }
     let endpoints: Vec<String> = (1..=a.nodes)
         .map(|i| format!("127.0.0.1:{}", a.base_port + i - 1))
@@ -119,7 +134,8 @@ pub(crate) async fn run(a: PlaygroundArgs) -> anyhow::Result<ExitCode> {
         a.nodes,
         dir.display()
     );
-    let client = cairn_client::Client::new(&endpoints)?.with_timeout(Duration::from_secs(2));
+    let client = crate::client_cmds::connect(&endpoints, certs.as_deref(), None)?
+        .with_timeout(Duration::from_secs(2));
     let started = Instant::now();
     let mut ready = false;
     let mut interrupted = false;
@@ -161,27 +177,44 @@ pub(crate) async fn run(a: PlaygroundArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!();
+    let scheme = if certs.is_some() { "https" } else { "http" };
     for i in 1..=a.nodes {
         println!(
-            "  node {i}: gRPC 127.0.0.1:{}  HTTP http://127.0.0.1:{}  log {}",
+            "  node {i}: gRPC 127.0.0.1:{}  HTTP {scheme}://127.0.0.1:{}  log {}",
             a.base_port + i - 1,
             a.base_port + 1000 + i - 1,
             dir.join(format!("node-{i}.log")).display()
         );
     }
     let http = a.base_port + 1000;
+    // On a secure cluster curl trusts the CA and shows root's client certificate.
+    let (curl, cli) = match &certs {
+        Some(c) => (
+            format!(
+                "curl --cacert {0}/ca.crt --cert {0}/client.root.crt --key {0}/client.root.key",
+                c.display()
+            ),
+            format!("cairn --certs-dir {}", c.display()),
+        ),
+        None => ("curl".to_string(), "cairn".to_string()),
+    };
     println!();
     println!("Try:");
     println!(
-        "  curl -X POST http://127.0.0.1:{http}/v1/tables -d '{{\"name\":\"demo\",\"split_keys\":[\"m\"]}}'"
+        "  {curl} -X POST {scheme}://127.0.0.1:{http}/v1/tables -d '{{\"name\":\"demo\",\"split_keys\":[\"m\"]}}'"
     );
-    println!("  curl -X PUT http://127.0.0.1:{http}/v1/tables/demo/keys/hello -d 'world'");
-    println!("  curl http://127.0.0.1:{http}/v1/tables/demo/keys/hello");
+    println!("  {curl} -X PUT {scheme}://127.0.0.1:{http}/v1/tables/demo/keys/hello -d 'world'");
+    println!("  {curl} {scheme}://127.0.0.1:{http}/v1/tables/demo/keys/hello");
     println!(
-        "  cairn --help   (endpoints: --endpoints {})",
+        "  {cli} --help   (endpoints: --endpoints {})",
         endpoints.join(",")
     );
-    println!("Console: http://127.0.0.1:{http}/   Press Ctrl-C to stop all nodes.");
+    if certs.is_some() {
+        println!(
+            "  {cli} user add app --role readwrite   (prints a token for --token / CAIRN_TOKEN, and for the console)"
+        );
+    }
+    println!("Console: {scheme}://127.0.0.1:{http}/   Press Ctrl-C to stop all nodes.");
 
     let mut exited = vec![false; children.len()];
     while !interrupted {

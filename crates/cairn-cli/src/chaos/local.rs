@@ -61,6 +61,8 @@ pub(crate) struct LocalCluster {
     pub(crate) removed: std::collections::BTreeSet<u64>,
     /// Whether every node's data dir is a fault filesystem.
     fault_fs: bool,
+    /// The certificates of a secure cluster (clients trust its CA and show root's).
+    pub(crate) certs: Option<PathBuf>,
 }
 
 /// Unmounts a mount left behind under `dir` by an earlier run that did not finish (its
@@ -93,6 +95,7 @@ impl LocalCluster {
         founders: usize,
         extra: Vec<String>,
         fault_fs: bool,
+        certs: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         if !(1..=200).contains(&n) {
             bail!("--spawn takes 1 to 200 nodes, not {n}");
@@ -130,6 +133,7 @@ impl LocalCluster {
             nodes,
             removed: Default::default(),
             fault_fs,
+            certs,
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -345,11 +349,18 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// A client of every node (over TLS on a secure cluster).
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
+        crate::client_cmds::connect(
+            self.nodes.iter().map(|n| n.grpc.as_str()),
+            self.certs.as_deref(),
+            None,
+        )
+    }
+
     /// Waits until every node is reported live by the metadata leader.
     pub(crate) async fn wait_live(&self, limit: Duration) -> anyhow::Result<()> {
-        let client = Client::new(self.nodes.iter().map(|n| n.grpc.as_str()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_timeout(Duration::from_secs(5));
+        let client = self.client()?.with_timeout(Duration::from_secs(5));
         let deadline = Instant::now() + limit;
         let want = self.members().len();
         let mut last = String::from("no answer yet");

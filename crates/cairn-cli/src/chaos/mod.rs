@@ -12,10 +12,10 @@
 mod local;
 pub(crate) mod nemesis;
 
+use crate::client_cmds::connect;
 use anyhow::Context;
 use cairn_check::workload::{Workload, final_reads, run_client, split_keys};
 use cairn_check::{Event, EventType, check_lists, check_registers, parse_history};
-use cairn_client::Client;
 use cairn_types::ErrorCode;
 use clap::Args;
 use std::io::Write;
@@ -68,6 +68,10 @@ pub(crate) struct ChaosArgs {
     /// never synced): with power cuts the run must then report lost writes.
     #[arg(long, requires = "spawn")]
     fault_skip_fsync: bool,
+    /// Run the spawned cluster secure: certificates made next to the history, TLS on every
+    /// port, mutual TLS between nodes; the clients show root's client certificate.
+    #[arg(long, requires = "spawn")]
+    secure: bool,
 }
 
 impl ChaosArgs {
@@ -86,9 +90,12 @@ pub(crate) struct CheckArgs {
 
 /// Runs the workload (against a spawned cluster under faults, or the given endpoints),
 /// writes the history, then checks it.
-pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitCode> {
+pub(crate) async fn chaos(
+    a: ChaosArgs,
+    conn: &crate::client_cmds::Conn,
+) -> anyhow::Result<ExitCode> {
     if a.spawn == 0 {
-        return workload(&a, endpoints, None).await;
+        return workload(&a, &conn.endpoints, conn.certs_dir.as_deref(), None).await;
     }
     let stem = a
         .history
@@ -127,10 +134,29 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
         extra.push("--fault-skip-fsync".into());
     }
     let fault_fs = a.nemesis.iter().any(|f| f.is_disk());
-    let mut cluster = local::LocalCluster::start(a.spawn, &dir, founders, extra, fault_fs).await?;
+    // Outside the nodes' dir, which a start wipes.
+    let certs = a
+        .secure
+        .then(|| dir.with_file_name(format!("{stem}-certs")));
+    if let Some(certs) = &certs {
+        // Every address a node may get, with room for the nodes a membership fault adds.
+        let hosts = (1..=(a.spawn + 16).min(250))
+            .map(|id| local::node_ip(id).to_string())
+            .collect();
+        if certs.exists() {
+            std::fs::remove_dir_all(certs)
+                .with_context(|| format!("cannot clear {}", certs.display()))?;
+        }
+        crate::cert_cmd::make_local_certs(certs, hosts)?;
+        extra.push("--certs-dir".into());
+        extra.push(certs.display().to_string());
+        eprintln!("secure cluster: certificates in {}", certs.display());
+    }
+    let mut cluster =
+        local::LocalCluster::start(a.spawn, &dir, founders, extra, fault_fs, certs.clone()).await?;
     let endpoints = cluster.endpoints();
     let result = if a.nemesis.is_empty() {
-        workload(&a, &endpoints, None).await
+        workload(&a, &endpoints, certs.as_deref(), None).await
     } else {
         let faults_path = a.history.with_extension("faults.log");
         let log = std::fs::File::create(&faults_path)
@@ -144,7 +170,13 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
             &a.table,
             a.keys,
         )?;
-        let r = workload(&a, &endpoints, Some((&mut nemesis, &mut cluster))).await;
+        let r = workload(
+            &a,
+            &endpoints,
+            certs.as_deref(),
+            Some((&mut nemesis, &mut cluster)),
+        )
+        .await;
         eprintln!(
             "{} faults injected; their log is {}",
             nemesis.injected,
@@ -194,9 +226,14 @@ pub(crate) async fn chaos(a: ChaosArgs, endpoints: &str) -> anyhow::Result<ExitC
 
 type Faults<'a> = Option<(&'a mut nemesis::Nemesis, &'a mut local::LocalCluster)>;
 
-async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow::Result<ExitCode> {
+async fn workload(
+    a: &ChaosArgs,
+    endpoints: &str,
+    certs: Option<&std::path::Path>,
+    faults: Faults<'_>,
+) -> anyhow::Result<ExitCode> {
     let endpoints: Vec<&str> = endpoints.split(',').collect();
-    let admin = Client::new(&endpoints).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let admin = connect(&endpoints, certs, None)?;
     match admin.create_table(&a.table, 3, split_keys(a.keys)).await {
         Ok(_) => {}
         Err(e) if e.code == ErrorCode::AlreadyExists => {}
@@ -233,9 +270,7 @@ async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow:
     let timeout = Duration::from_millis(a.op_timeout_ms);
     let mut tasks = Vec::new();
     for c in 0..a.clients {
-        let client = Client::new(&endpoints)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_timeout(timeout);
+        let client = connect(&endpoints, certs, None)?.with_timeout(timeout);
         tasks.push(tokio::spawn(run_client(
             ctx.clone(),
             client,
@@ -276,9 +311,7 @@ async fn workload(a: &ChaosArgs, endpoints: &str, faults: Faults<'_>) -> anyhow:
     c?;
     f?;
     // Final reads, after the faults have healed: every key once more, linearizably.
-    let reader = Client::new(&endpoints)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_timeout(Duration::from_secs(30));
+    let reader = connect(&endpoints, certs, None)?.with_timeout(Duration::from_secs(30));
     final_reads(&ctx, &reader)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -173,9 +173,7 @@ impl Nemesis {
         table: &str,
         keys: u32,
     ) -> anyhow::Result<Self> {
-        let client = Client::new(cluster.nodes.iter().map(|n| n.grpc.as_str()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_timeout(Duration::from_secs(3));
+        let client = cluster.client()?.with_timeout(Duration::from_secs(3));
         Ok(Self {
             faults,
             rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),

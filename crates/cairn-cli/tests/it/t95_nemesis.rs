@@ -25,6 +25,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// Runs one schedule and asserts it passed the checkers with faults actually injected and
 /// a real amount of work done.
 fn schedule(name: &str, faults: &str, default_seed: u64) {
+    schedule_with(name, faults, default_seed, &[]);
+}
+
+/// [`schedule`] with more `cairn chaos` flags.
+fn schedule_with(name: &str, faults: &str, default_seed: u64, flags: &[&str]) {
     let seed = env_u64("CAIRN_CHAOS_SEED", default_seed);
     // 30 s in CI: five schedules run one after another, alone on the machine; longer soaks
     // run with CAIRN_CHAOS_SECS (the README).
@@ -35,6 +40,7 @@ fn schedule(name: &str, faults: &str, default_seed: u64) {
         .args(["chaos", "--spawn", "5", "--nemesis", faults])
         .args(["--seed", &seed.to_string(), "--duration", &secs.to_string()])
         .args(["--clients", "8", "--keys", "16"])
+        .args(flags)
         .args(["--max-ops", &(secs * 2000).to_string()])
         .arg("--history")
         .arg(&history)
@@ -75,9 +81,16 @@ fn t96_partition_schedule_is_linearizable() {
     schedule("t96-partition", "partition", 12);
 }
 
+/// On a secure cluster: TLS between clients and nodes, mutual TLS between nodes (a node's
+/// restart, a cut connection and lost packets all go through new handshakes).
 #[test]
-fn t97_mixed_schedule_with_packet_loss_is_linearizable() {
-    schedule("t97-mixed", "partition,loss,crash,pause", 13);
+fn t97_mixed_schedule_with_packet_loss_on_a_secure_cluster_is_linearizable() {
+    schedule_with(
+        "t97-mixed-secure",
+        "partition,loss,crash,pause",
+        13,
+        &["--secure"],
+    );
 }
 
 /// Splits, replica moves and leader transfers through the admin API, mixed with crashes and
