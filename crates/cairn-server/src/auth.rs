@@ -23,6 +23,10 @@ use crate::node::Node;
 pub const AUTH_TTL: Duration = Duration::from_secs(5);
 /// How long a refused credential stays refused without asking again.
 const REFUSED_TTL: Duration = Duration::from_secs(1);
+/// How long a credential once accepted stays accepted while the metadata group cannot be
+/// asked (a leader election, a partition): client traffic to partitions that still serve
+/// must not stop because the metadata leader is away for a few seconds.
+const STALE_OK: Duration = Duration::from_secs(300);
 /// Entries a node remembers at most (it forgets them all when full).
 const MAX_ENTRIES: usize = 10_000;
 /// What a token starts with, so that one pasted in the wrong place is recognisable.
@@ -31,27 +35,37 @@ const TOKEN_PREFIX: &str = "cairn_";
 /// Credentials recently checked with the metadata group.
 #[derive(Default)]
 pub(crate) struct AuthCache {
+    /// What the metadata group said of each credential, and when.
     entries: Mutex<HashMap<Credential, (Option<User>, Instant)>>,
 }
 
 impl AuthCache {
+    /// The answer for `c` if it is recent enough to use without asking again.
     fn get(&self, c: &Credential) -> Option<Option<User>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (user, until) = entries.get(c)?;
-        (Instant::now() < *until).then(|| user.clone())
-    }
-
-    fn put(&self, c: Credential, user: Option<User>) {
+        let (user, at) = entries.get(c)?;
         let ttl = if user.is_some() {
             AUTH_TTL
         } else {
             REFUSED_TTL
         };
+        (at.elapsed() < ttl).then(|| user.clone())
+    }
+
+    /// The user `c` was accepted as within [`STALE_OK`], for when the metadata group
+    /// cannot be asked.
+    fn stale(&self, c: &Credential) -> Option<User> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (user, at) = entries.get(c)?;
+        user.clone().filter(|_| at.elapsed() < STALE_OK)
+    }
+
+    fn put(&self, c: Credential, user: Option<User>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(c, (user, Instant::now() + ttl));
+        entries.insert(c, (user, Instant::now()));
     }
 
     /// Forgets everything (after a user was removed here).
@@ -120,13 +134,19 @@ impl Node {
             Some(u) => u,
             None => {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                let user = match self
+                let answer = self
                     .router
                     .meta(MetaRequest::Authenticate(credential.clone()), deadline)
-                    .await?
-                {
-                    MetaReply::Principal(u) => u,
-                    other => {
+                    .await;
+                let user = match answer {
+                    Ok(MetaReply::Principal(u)) => u,
+                    Err(e) if e.is_retryable() => match self.auth.stale(&credential) {
+                        // Known a little while ago: keep serving through the outage.
+                        Some(u) => return Ok(Some(u)),
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                    Ok(other) => {
                         return Err(Error::Internal(format!(
                             "the metadata leader answered {other:?} to an authentication"
                         )));
@@ -214,5 +234,35 @@ mod tests {
         assert_eq!(Shown::bearer(Some("bearer  abc ")), Some("abc"));
         assert_eq!(Shown::bearer(Some("Basic abc")), None);
         assert_eq!(Shown::bearer(None), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_used_for_a_while_and_kept_for_outages() {
+        let cache = AuthCache::default();
+        let (ok, bad) = (Credential::Token([1; 32]), Credential::Token([2; 32]));
+        cache.put(ok.clone(), Some(User::root()));
+        cache.put(bad.clone(), None);
+        assert_eq!(cache.get(&ok), Some(Some(User::root())));
+        assert_eq!(cache.get(&bad), Some(None));
+        tokio::time::advance(REFUSED_TTL).await;
+        assert_eq!(cache.get(&bad), None, "a refusal is asked again soon");
+        assert!(cache.get(&ok).is_some());
+        tokio::time::advance(AUTH_TTL).await;
+        assert_eq!(
+            cache.get(&ok),
+            None,
+            "an acceptance is asked again after the TTL"
+        );
+        assert_eq!(cache.stale(&ok), Some(User::root()));
+        assert_eq!(
+            cache.stale(&bad),
+            None,
+            "a refusal never stands in for an answer"
+        );
+        tokio::time::advance(STALE_OK).await;
+        assert_eq!(cache.stale(&ok), None);
+        cache.put(ok.clone(), Some(User::root()));
+        cache.clear();
+        assert_eq!(cache.stale(&ok), None);
     }
 }
