@@ -12,6 +12,11 @@ mod server_cmd;
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
+// A node allocates and frees a few small buffers per operation on several threads; glibc's
+// allocator spent 13% of a write workload's CPU on it (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Default endpoints: the playground's three nodes.
 pub(crate) const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
