@@ -8,10 +8,11 @@ use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
@@ -184,12 +185,93 @@ pub(crate) fn read<T: DeserializeOwned>(
     }
 }
 
+/// Most entries a group keeps in its [`LogCache`].
+const CACHE_ENTRIES: usize = 1024;
+/// Most encoded bytes a group keeps in its [`LogCache`].
+const CACHE_BYTES: usize = 1 << 20;
+
+/// The newest entries of a group's log, as appended, so that replication to followers and
+/// apply do not read back from the engine and decode what was just written (each entry is
+/// read once per follower and once more to apply). It always holds a contiguous run of
+/// indexes that matches the log in the engine: appends extend it, truncation and purge cut
+/// it, and a read it cannot serve whole goes to the engine.
+#[derive(Default)]
+struct LogCache {
+    entries: VecDeque<(typ::Entry, usize)>,
+    bytes: usize,
+}
+
+impl LogCache {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn next_index(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index + 1)
+    }
+
+    fn push(&mut self, entry: typ::Entry, size: usize) {
+        if self.next_index() != Some(entry.log_id.index) {
+            // Not contiguous (the first append, or one after a read-only restart): start over.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.entries.len() > CACHE_ENTRIES || self.bytes > CACHE_BYTES {
+            match self.entries.pop_front() {
+                Some((_, n)) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries from index `from` on.
+    fn truncate(&mut self, from: u64) {
+        while let Some((e, n)) = self.entries.back() {
+            if e.log_id.index < from {
+                break;
+            }
+            self.bytes -= n;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops entries up to and including index `upto`.
+    fn purge(&mut self, upto: u64) {
+        while let Some((e, n)) = self.entries.front() {
+            if e.log_id.index > upto {
+                break;
+            }
+            self.bytes -= n;
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries `start..end` if the cache holds every one of them.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<typ::Entry>> {
+        let (first, next) = (self.first()?, self.next_index()?);
+        if start < first || end > next || start > end {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+}
+
 /// The log of one group; also its log reader.
 #[derive(Clone)]
 pub struct LogStore {
     group: PartitionId,
     engine: SharedEngine,
     syncer: Syncer,
+    cache: Arc<Mutex<LogCache>>,
 }
 
 impl LogStore {
@@ -211,7 +293,12 @@ impl LogStore {
             group,
             engine,
             syncer,
+            cache: Default::default(),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self, batch: WriteBatch) -> io::Result<()> {
@@ -220,6 +307,7 @@ impl LogStore {
 
     /// Deletes every log entry, the vote and the log metadata of the group.
     pub fn destroy(&self) -> io::Result<u64> {
+        *self.cache() = LogCache::default();
         let (start, end) = keys::raft_group_range(self.group);
         cairn_storage::delete_range(&*self.engine, Space::Raft, &start, end.as_deref(), 1024)
             .map_err(io::Error::other)
@@ -241,6 +329,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        if let Some(end) = end
+            && let Some(hit) = self.cache().get(start, end)
+        {
+            return Ok(hit);
+        }
         let start_key = keys::raft_log(self.group, start);
         let end_key = match end {
             Some(e) => keys::raft_log(self.group, e),
@@ -291,26 +384,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.syncer.sync().await
     }
 
-    async fn save_committed(&mut self, committed: Option<typ::LogId>) -> Result<(), io::Error> {
-        // Not synced: a lost committed id is only an optimisation lost (re-learned from
-        // the leader), never a safety issue.
-        let mut b = WriteBatch::new();
-        b.put(
-            Space::Raft,
-            keys::raft_committed(self.group),
-            encode(&committed)?,
-        );
-        self.write(b)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<typ::LogId>, io::Error> {
-        Ok(read::<Option<typ::LogId>>(
-            &*self.engine,
-            Space::Raft,
-            &keys::raft_committed(self.group),
-        )?
-        .flatten())
-    }
+    // No `save_committed`/`read_committed`: persisting the committed id cost an engine write
+    // (a journal write syscall) per commit on every replica, and it only saves a restarted
+    // replica from waiting for its leader before applying; a lost or absent committed id is
+    // never a safety issue (state-machine writes are not fsynced either, and a restarted
+    // node never restores leadership).
 
     async fn append<I>(
         &mut self,
@@ -322,20 +400,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut b = WriteBatch::new();
+        let mut appended = Vec::new();
         for e in entries {
+            let bytes = encode(&e)?;
+            let size = bytes.len();
             b.put(
                 Space::Raft,
                 keys::raft_log(self.group, e.log_id.index),
-                encode(&e)?,
+                bytes,
             );
+            appended.push((e, size));
         }
-        self.write(b)?;
+        if let Err(e) = self.write(b) {
+            // The engine may hold part of the batch: make the cache hold none of it.
+            if let Some((first, _)) = appended.first() {
+                self.cache().truncate(first.log_id.index);
+            }
+            return Err(e);
+        }
+        {
+            let mut cache = self.cache();
+            for (e, size) in appended {
+                cache.push(e, size);
+            }
+        }
         self.syncer.request(move |r| callback.io_completed(r));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<typ::LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.cache().truncate(from);
         let Some(last) = self.edge_index(true)? else {
             return Ok(());
         };
@@ -349,11 +444,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: typ::LogId) -> Result<(), io::Error> {
+        self.cache().purge(log_id.index);
         let mut b = WriteBatch::new();
         b.put(Space::Raft, keys::raft_purged(self.group), encode(&log_id)?);
         // Computed keys from the oldest entry on: reading every purged entry back would
-        // fill the block cache with data about to be deleted.
-        if let Some(first) = self.edge_index(false)? {
+        // fill the block cache with data about to be deleted. The oldest entry is the one
+        // after the last purge (a purge deletes up to its id in the same batch that records
+        // it); only a log never purged needs a scan, which would otherwise walk over the
+        // tombstones of every entry purged before.
+        let previous: Option<typ::LogId> =
+            read(&*self.engine, Space::Raft, &keys::raft_purged(self.group))?;
+        let first = match previous {
+            Some(p) => Some(p.index + 1),
+            None => self.edge_index(false)?,
+        };
+        if let Some(first) = first {
             for i in first..=log_id.index {
                 b.delete(Space::Raft, keys::raft_log(self.group, i));
             }

@@ -7,4 +7,5 @@
 )]
 
 mod t10_openraft_suite;
+mod t12_log_cache;
 mod t20_state_machine;
