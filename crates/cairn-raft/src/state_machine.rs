@@ -29,7 +29,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, RwLock};
 
@@ -330,29 +330,28 @@ impl GroupStateMachine {
             .map_err(io::Error::other)
     }
 
+    /// Applies a write into `batch`. A session it changes is only noted in `dirty`: the
+    /// caller stores each changed session once per applied batch, since one client's many
+    /// concurrent writes commonly land in the same batch.
     fn apply_kv(
-        group: PartitionId,
         view: &PartitionView,
         sessions: &mut HashMap<ClientId, Session>,
+        dirty: &mut HashSet<ClientId>,
         cmd: &KvCommand,
         batch: &mut WriteBatch,
-    ) -> io::Result<Result<(), Error>> {
+    ) -> Result<(), Error> {
         let (table, key) = match &cmd.op {
             KvOp::Put { table, key, .. } | KvOp::Delete { table, key } => (*table, key.as_slice()),
             KvOp::Drop => {
                 view.dropped
                     .store(true, std::sync::atomic::Ordering::Release);
-                return Ok(Ok(()));
+                return Ok(());
             }
             KvOp::Split { .. } => {
-                return Ok(Err(Error::Internal(
-                    "a split reached the write path".into(),
-                )));
+                return Err(Error::Internal("a split reached the write path".into()));
             }
         };
-        if let Err(e) = view.check(cmd.epoch, table, Some(key)) {
-            return Ok(Err(e));
-        }
+        view.check(cmd.epoch, table, Some(key))?;
         if let Some(rid) = cmd.request_id {
             let s = sessions.entry(rid.client).or_default();
             if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
@@ -360,18 +359,14 @@ impl GroupStateMachine {
                 // a newer value.
                 view.duplicates
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(Ok(()));
+                return Ok(());
             }
             s.applied.insert(rid.seq);
             s.first_incomplete = s.first_incomplete.max(rid.first_incomplete);
             let floor = s.first_incomplete;
             s.applied.retain(|seq| *seq >= floor);
             s.last_write_ms = s.last_write_ms.max(cmd.proposed_at_ms);
-            batch.put(
-                Space::Data,
-                keys::group_session(group, rid.client),
-                encode(&*s)?,
-            );
+            dirty.insert(rid.client);
         }
         match &cmd.op {
             KvOp::Put { table, key, value } => {
@@ -380,7 +375,7 @@ impl GroupStateMachine {
             KvOp::Delete { table, key } => batch.delete(Space::Data, keys::data(*table, key)),
             KvOp::Drop | KvOp::Split { .. } => {}
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Applies a split at `key`: shrinks this replica's descriptor and seeds the right
@@ -681,6 +676,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut meta_changed = false;
         let mut opened = Vec::new();
         let mut count = 0;
+        let mut dirty = HashSet::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             count += 1;
             self.applied.last_applied = Some(entry.log_id);
@@ -754,7 +750,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                                 &mut batch,
                             );
                         }
-                        let r = Self::apply_kv(self.group, view, sessions, c, &mut batch)?;
+                        let r = Self::apply_kv(view, sessions, &mut dirty, c, &mut batch);
                         if matches!(c.op, KvOp::Drop) {
                             self.applied.dropped = true;
                         }
@@ -776,6 +772,18 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 },
             };
             responders.push((responder, reply));
+        }
+        if let Kind::Partition { sessions, .. } = &self.kind {
+            for client in dirty {
+                // A session expired later in this batch stays deleted.
+                if let Some(s) = sessions.get(&client) {
+                    batch.put(
+                        Space::Data,
+                        keys::group_session(self.group, client),
+                        encode(s)?,
+                    );
+                }
+            }
         }
         if let (true, Kind::Meta { state }) = (meta_changed, &self.kind) {
             let s = encode(&**state.read().unwrap_or_else(|p| p.into_inner()))?;
