@@ -186,9 +186,9 @@ pub(crate) fn read<T: DeserializeOwned>(
 }
 
 /// Most entries a group keeps in its [`LogCache`].
-const CACHE_ENTRIES: usize = 1024;
-/// Most encoded bytes a group keeps in its [`LogCache`].
-const CACHE_BYTES: usize = 1 << 20;
+const CACHE_ENTRIES: usize = 512;
+/// Most encoded bytes a group keeps in its [`LogCache`] (1,000 groups: 256 MiB at most).
+const CACHE_BYTES: usize = 256 << 10;
 
 /// The newest entries of a group's log, as appended, so that replication to followers and
 /// apply do not read back from the engine and decode what was just written (each entry is
@@ -458,8 +458,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(p) => Some(p.index + 1),
             None => self.edge_index(false)?,
         };
-        if let Some(first) = first {
-            for i in first..=log_id.index {
+        // Nothing past the newest entry: a snapshot far ahead of a short log must not
+        // write a tombstone for every index it skipped.
+        let last = match first {
+            Some(_) => self.edge_index(true)?.map(|l| l.min(log_id.index)),
+            None => None,
+        };
+        if let (Some(first), Some(last)) = (first, last) {
+            for i in first..=last {
                 b.delete(Space::Raft, keys::raft_log(self.group, i));
             }
         }
