@@ -12,6 +12,9 @@ pub enum Command {
     Kv(KvCommand),
     /// A change to the metadata (group 0 only).
     Meta(MetaCommand),
+    /// Concurrent puts and deletes to one partition proposed as one entry: each is checked,
+    /// deduplicated and answered on its own, as if it had its own entry, in this order.
+    KvBatch(Vec<KvCommand>),
 }
 
 /// A write to one partition, as proposed by its leader.
@@ -29,6 +32,17 @@ pub struct KvCommand {
     pub proposed_at_ms: u64,
     /// The change.
     pub op: KvOp,
+}
+
+impl KvCommand {
+    /// The bytes of key and value it carries (what a batch of writes is sized by).
+    pub fn op_bytes(&self) -> usize {
+        match &self.op {
+            KvOp::Put { key, value, .. } => key.len() + value.len(),
+            KvOp::Delete { key, .. } | KvOp::Split { key, .. } => key.len(),
+            KvOp::Drop => 0,
+        }
+    }
 }
 
 /// The change a [`KvCommand`] makes.
@@ -71,6 +85,8 @@ pub enum Reply {
     Split(Result<(PartitionDesc, PartitionDesc), Error>),
     /// Answer to a [`MetaCommand`].
     Meta(MetaResponse),
+    /// Answers to a [`Command::KvBatch`], one per write, in its order.
+    KvBatch(Vec<Result<(), Error>>),
     /// Blank and membership entries answer nothing.
     None,
 }
@@ -87,6 +103,7 @@ impl fmt::Display for Command {
                 KvOp::Split { key, right } => write!(f, "split at {}B into {right}", key.len()),
             },
             Command::Meta(m) => write!(f, "meta {m:?}"),
+            Command::KvBatch(b) => write!(f, "batch of {} writes", b.len()),
         }
     }
 }

@@ -333,13 +333,21 @@ impl GroupStateMachine {
     /// Applies a write into `batch`. A session it changes is only noted in `dirty`: the
     /// caller stores each changed session once per applied batch, since one client's many
     /// concurrent writes commonly land in the same batch.
+    /// Sessions idle past the TTL are expired at most once a minute of group time.
     fn apply_kv(
+        group: PartitionId,
         view: &PartitionView,
         sessions: &mut HashMap<ClientId, Session>,
+        last_expiry_ms: &mut u64,
         dirty: &mut HashSet<ClientId>,
         cmd: &KvCommand,
         batch: &mut WriteBatch,
     ) -> Result<(), Error> {
+        view.note_time(cmd.proposed_at_ms);
+        if cmd.proposed_at_ms.saturating_sub(*last_expiry_ms) > 60_000 {
+            *last_expiry_ms = cmd.proposed_at_ms;
+            Self::expire_sessions(group, sessions, cmd.proposed_at_ms, batch);
+        }
         let (table, key) = match &cmd.op {
             KvOp::Put { table, key, .. } | KvOp::Delete { table, key } => (*table, key.as_slice()),
             KvOp::Drop => {
@@ -740,22 +748,48 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         },
                         Command::Kv(c),
                     ) => {
-                        view.note_time(c.proposed_at_ms);
-                        if c.proposed_at_ms.saturating_sub(*last_expiry_ms) > 60_000 {
-                            *last_expiry_ms = c.proposed_at_ms;
-                            Self::expire_sessions(
-                                self.group,
-                                sessions,
-                                c.proposed_at_ms,
-                                &mut batch,
-                            );
-                        }
-                        let r = Self::apply_kv(view, sessions, &mut dirty, c, &mut batch);
+                        let r = Self::apply_kv(
+                            self.group,
+                            view,
+                            sessions,
+                            last_expiry_ms,
+                            &mut dirty,
+                            c,
+                            &mut batch,
+                        );
                         if matches!(c.op, KvOp::Drop) {
                             self.applied.dropped = true;
                         }
                         Reply::Kv(r)
                     }
+                    (
+                        Kind::Partition {
+                            view,
+                            sessions,
+                            last_expiry_ms,
+                        },
+                        Command::KvBatch(cmds),
+                    ) => Reply::KvBatch(
+                        cmds.iter()
+                            .map(|c| match c.op {
+                                KvOp::Put { .. } | KvOp::Delete { .. } => Self::apply_kv(
+                                    self.group,
+                                    view,
+                                    sessions,
+                                    last_expiry_ms,
+                                    &mut dirty,
+                                    c,
+                                    &mut batch,
+                                ),
+                                // Drops and splits change the replica itself: never batched.
+                                KvOp::Drop | KvOp::Split { .. } => Err(Error::Internal(format!(
+                                    "{} cannot apply a {} inside a batch",
+                                    self.group,
+                                    Command::Kv(c.clone())
+                                ))),
+                            })
+                            .collect(),
+                    ),
                     (Kind::Meta { state }, Command::Meta(c)) => {
                         meta_changed = true;
                         // Copy-on-write: readers hold the last state as an `Arc` (cheap to

@@ -66,6 +66,8 @@ pub(crate) struct Replica {
     pub(crate) recovered: bool,
     /// Shares ReadIndex rounds between concurrent linearizable reads.
     reads: Arc<crate::reads::ReadBatcher>,
+    /// Shares Raft entries between concurrent puts and deletes.
+    writes: Arc<crate::writes::WriteBatcher>,
 }
 
 /// The clock a leader stamps its proposals with ([`KvCommand::proposed_at_ms`]): this
@@ -570,6 +572,11 @@ impl Core {
             tokio::spawn(async move { campaign(&raft).await });
         }
         let opened_ms = self.peer_health.now_ms();
+        let writes = Arc::new(crate::writes::WriteBatcher::new(
+            raft.clone(),
+            desc.id,
+            self.metrics.proposals(),
+        ));
         let replica = Replica {
             id,
             raft,
@@ -581,6 +588,7 @@ impl Core {
             opened_ms,
             recovered: !pristine,
             reads: Default::default(),
+            writes,
         };
         self.replicas
             .write()
@@ -768,6 +776,13 @@ impl Core {
             op,
         };
         self.renew_lease(&replica.raft).await;
+        if matches!(cmd.op, KvOp::Put { .. } | KvOp::Delete { .. }) {
+            return replica
+                .writes
+                .write(cmd)
+                .await
+                .map(|()| PartitionReply::Done);
+        }
         let written = replica.raft.client_write(Command::Kv(cmd)).await;
         self.metrics.proposed(written.is_ok());
         match written {

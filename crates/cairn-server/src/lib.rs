@@ -39,6 +39,7 @@ mod reads;
 mod stats;
 mod supervisor;
 mod transport;
+mod writes;
 
 pub use auth::AUTH_TTL;
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;

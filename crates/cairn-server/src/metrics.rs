@@ -132,13 +132,29 @@ pub(crate) struct ClusterGauges {
     pub(crate) without_leader: u64,
 }
 
+/// Raft proposals made by this node, and those that committed.
+#[derive(Clone)]
+pub(crate) struct Proposals {
+    proposals: Counter,
+    commits: Counter,
+}
+
+impl Proposals {
+    /// Counts one proposal, and whether it committed.
+    pub(crate) fn proposed(&self, committed: bool) {
+        self.proposals.inc();
+        if committed {
+            self.commits.inc();
+        }
+    }
+}
+
 /// The node's metrics registry and the series updated on the request path.
 pub(crate) struct Metrics {
     registry: Registry,
     ops: Vec<OpSeries>,
     forwarded: Counter,
-    proposals: Counter,
-    commits: Counter,
+    proposals: Proposals,
     fsync_failures: Counter,
     scraped: Arc<Scraped>,
     rendering: Mutex<()>,
@@ -214,8 +230,7 @@ impl Metrics {
             registry,
             ops,
             forwarded,
-            proposals,
-            commits,
+            proposals: Proposals { proposals, commits },
             fsync_failures,
             scraped,
             rendering: Mutex::new(()),
@@ -234,10 +249,12 @@ impl Metrics {
 
     /// Counts a proposal to a led group, and whether it was committed.
     pub(crate) fn proposed(&self, committed: bool) {
-        self.proposals.inc();
-        if committed {
-            self.commits.inc();
-        }
+        self.proposals.proposed(committed);
+    }
+
+    /// The Raft proposal counters, for a proposer that outlives a request (a write batch).
+    pub(crate) fn proposals(&self) -> Proposals {
+        self.proposals.clone()
     }
 
     /// Counts one request of `op`, whether it failed, and how long it took.

@@ -474,3 +474,73 @@ async fn t26_streamed_snapshot_and_interrupted_install() {
     .await;
     assert_eq!(view2.get(&dst, b"k01500").unwrap(), Some(big.into_bytes()));
 }
+
+/// One entry carrying the writes of `entries` as a batch.
+fn batch(index: u64, entries: Vec<typ::Entry>) -> typ::Entry {
+    let cmds = entries
+        .into_iter()
+        .map(|e| match e.payload {
+            EntryPayload::Normal(Command::Kv(c)) => c,
+            _ => unreachable!("put() makes Kv entries"),
+        })
+        .collect();
+    typ::Entry {
+        log_id: openraft::testing::log_id::<cairn_raft::TypeConfig>(1, 1, index),
+        payload: EntryPayload::Normal(Command::KvBatch(cmds)),
+    }
+}
+
+/// The writes of a batch entry apply as if each had its own entry: a duplicate inside the
+/// batch applies once, a key outside the range is refused without stopping the others, and
+/// the session (stored once for the batch) still refuses retries after a restart.
+#[tokio::test]
+async fn t27_a_batch_applies_each_write_on_its_own() {
+    let engine: SharedEngine = Arc::new(MemEngine::new());
+    let range = KeyRange {
+        start: b"a".to_vec(),
+        end: Some(b"m".to_vec()),
+    };
+    {
+        let (mut sm, view) = open(&engine, range.clone());
+        apply(
+            &mut sm,
+            vec![batch(
+                1,
+                vec![
+                    put(0, "b", "first", Some((5, 1, 1)), 0),
+                    put(0, "q", "outside", Some((5, 2, 1)), 0),
+                    put(0, "b", "retry of 1", Some((5, 1, 1)), 0),
+                    put(0, "c", "third", Some((5, 3, 1)), 0),
+                    put(0, "d", "no id", None, 0),
+                ],
+            )],
+        )
+        .await;
+        assert_eq!(view.get(&engine, b"b").unwrap(), Some(b"first".to_vec()));
+        assert_eq!(view.get(&engine, b"c").unwrap(), Some(b"third".to_vec()));
+        assert_eq!(view.get(&engine, b"d").unwrap(), Some(b"no id".to_vec()));
+        assert_eq!(
+            engine
+                .get(
+                    cairn_storage::Space::Data,
+                    &cairn_storage::keys::data(T, b"q")
+                )
+                .unwrap(),
+            None
+        );
+        assert_eq!(view.duplicates(), 1);
+    }
+    let (mut sm, view) = open(&engine, range);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    apply(
+        &mut sm,
+        vec![
+            put(2, "c", "late retry of 3", Some((5, 3, 1)), 0),
+            put(3, "b", "late retry of 1", Some((5, 1, 1)), 0),
+        ],
+    )
+    .await;
+    assert_eq!(view.get(&engine, b"b").unwrap(), Some(b"first".to_vec()));
+    assert_eq!(view.get(&engine, b"c").unwrap(), Some(b"third".to_vec()));
+}
