@@ -16,6 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// How far above a node's fair share of the load a partition must be to split by load.
 const LOAD_SPLIT_MARGIN: f64 = 1.25;
+/// Consecutive controller passes a partition must be found hot in ([`load_hot`]) before it
+/// splits by load. Nodes report their partitions' rates at different moments: at the start
+/// of a burst, one partition's fresh rate beside the others' rates from a quiet second looks
+/// like more than a fair share, and a split made on that only adds a Raft group to feed.
+pub const LOAD_SPLIT_PASSES: u32 = 3;
 
 /// The controller's thresholds and limits.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +67,33 @@ pub struct ClusterView<'a> {
     pub leaders: BTreeMap<PartitionId, NodeId>,
     /// The metadata leader's clock, ms since the Unix epoch.
     pub now_ms: u64,
+    /// For each partition, how many consecutive earlier passes found it hot ([`load_hot`]).
+    pub hot_passes: BTreeMap<PartitionId, u32>,
+}
+
+/// Partitions carrying more than `cfg.split_qps` and more than a node's fair share of the
+/// load (the total over the nodes that take load, with a margin). Only those split by load:
+/// partitions no bigger than a fair share are spread by moving leaders, and splitting them
+/// only adds Raft groups for every node to feed.
+pub fn load_hot(view: &ClusterView<'_>, cfg: &PlannerConfig) -> BTreeSet<PartitionId> {
+    let targets = view
+        .live
+        .iter()
+        .filter(|n| {
+            view.meta.nodes.contains_key(n) && !view.down.contains(n) && !view.draining.contains(n)
+        })
+        .count();
+    let loads = || {
+        view.loads
+            .iter()
+            .filter(|(p, _)| **p != META_GROUP && view.meta.partition(**p).is_some())
+    };
+    let total_qps: f64 = loads().map(|(_, l)| l.qps).sum();
+    let fair_share = total_qps / targets.max(1) as f64;
+    loads()
+        .filter(|(_, l)| l.qps > cfg.split_qps && l.qps > fair_share * LOAD_SPLIT_MARGIN)
+        .map(|(p, _)| *p)
+        .collect()
 }
 
 /// One thing the controller decided, with the reason it gives in its status.
@@ -272,17 +304,12 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         budget -= 1;
     }
 
-    // 2. Splits by size, then by load. A load split only helps when the partition carries
-    // more than a node's fair share of the load (the total over the nodes that take load,
-    // with a margin): partitions no bigger than that are spread by moving leaders, and
-    // splitting them only adds Raft groups for every node to feed.
-    let total_qps: f64 = groups
-        .iter()
-        .filter(|g| g.id != META_GROUP)
-        .filter_map(|g| view.loads.get(&g.id))
-        .map(|l| l.qps)
-        .sum();
-    let fair_share = total_qps / targets.len().max(1) as f64;
+    // 2. Splits by size, then by load (see [`load_hot`]), once a partition has stayed hot
+    // for [`LOAD_SPLIT_PASSES`] passes.
+    let hot = load_hot(view, cfg);
+    let hot_enough = |p: PartitionId| {
+        hot.contains(&p) && view.hot_passes.get(&p).copied().unwrap_or(0) + 1 >= LOAD_SPLIT_PASSES
+    };
     for g in groups.iter().filter(|g| g.id != META_GROUP) {
         if busy.contains(&g.id) {
             continue;
@@ -300,7 +327,7 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
                     key,
                     why: format!("{} bytes, above {}", load.bytes, cfg.split_size),
                 })
-        } else if load.qps > cfg.split_qps && load.qps > fair_share * LOAD_SPLIT_MARGIN {
+        } else if hot_enough(g.id) {
             Some(match load.load_split_key.clone().filter(inside) {
                 Some(key) => Decision::Split {
                     partition: g.id,
@@ -555,6 +582,11 @@ mod tests {
             loads: BTreeMap::new(),
             leaders,
             now_ms: 1_000_000,
+            // Loads as if they had held for long enough (see `load_splits_wait_for_a_steady_load`).
+            hot_passes: s
+                .partitions()
+                .map(|(_, p)| (p.id, LOAD_SPLIT_PASSES))
+                .collect(),
         }
     }
 
@@ -836,6 +868,51 @@ mod tests {
                 .insert(p.id, load(p, if i == 1 { 7000.0 } else { 150.0 }));
         }
         assert_eq!(splits(&v), vec![parts[1].id], "{:?}", plan(&v, &cfg));
+    }
+
+    #[test]
+    fn load_splits_wait_for_a_steady_load() {
+        let mut rng = Rng(7);
+        let s = cluster(&mut rng, 3, 3);
+        let parts: Vec<_> = s.partitions().map(|(_, p)| p.clone()).collect();
+        let cfg = PlannerConfig {
+            split_qps: 100.0,
+            ..PlannerConfig::default()
+        };
+        let mut v = view(&s, 1..=3);
+        v.hot_passes.clear();
+        // One partition's fresh rate beside two still reported from a quiet second: it
+        // looks like the whole load, but only for one report.
+        for (i, p) in parts.iter().enumerate() {
+            let qps = if i == 0 { 3000.0 } else { 0.0 };
+            let load_split_key = Some([p.range.start.as_slice(), &[0]].concat());
+            v.loads.insert(
+                p.id,
+                PartitionLoad {
+                    qps,
+                    load_split_key,
+                    ..PartitionLoad::default()
+                },
+            );
+        }
+        assert_eq!(load_hot(&v, &cfg), BTreeSet::from([parts[0].id]));
+        let splits = |v: &ClusterView| {
+            plan(v, &cfg)
+                .into_iter()
+                .filter(|d| matches!(d, Decision::Split { .. } | Decision::Report { .. }))
+                .count()
+        };
+        for passes in 0..LOAD_SPLIT_PASSES - 1 {
+            v.hot_passes.insert(parts[0].id, passes);
+            assert_eq!(splits(&v), 0, "after {passes} earlier hot passes");
+        }
+        v.hot_passes.insert(parts[0].id, LOAD_SPLIT_PASSES - 1);
+        assert_eq!(splits(&v), 1, "hot for {LOAD_SPLIT_PASSES} passes in a row");
+        // The others' rates arrive: three equal partitions, none hot.
+        for p in &parts {
+            v.loads.get_mut(&p.id).expect("inserted above").qps = 3000.0;
+        }
+        assert!(load_hot(&v, &cfg).is_empty());
     }
 
     #[test]

@@ -8,10 +8,11 @@
 
 use crate::meta_service::LEADER_GRACE;
 use crate::node::Node;
-use cairn_meta::planner::{ClusterView, Decision, PlannerConfig, plan};
+use cairn_meta::planner::{ClusterView, Decision, PlannerConfig, load_hot, plan};
 use cairn_router::DecisionRecord;
+use cairn_types::PartitionId;
 use cairn_types::{Error, Result};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -68,6 +69,8 @@ pub(crate) async fn controller_loop(node: Arc<Node>, mut stop: tokio::sync::watc
         split_qps: cfg.split_qps,
         ..PlannerConfig::default()
     };
+    // Consecutive passes each partition was found hot in (`load_hot`).
+    let mut hot_passes = BTreeMap::new();
     loop {
         tokio::select! {
             biased;
@@ -76,9 +79,13 @@ pub(crate) async fn controller_loop(node: Arc<Node>, mut stop: tokio::sync::watc
         }
         node.core.measure_led(cfg.split_size).await;
         if !node.is_meta_leader() {
+            hot_passes.clear();
             continue;
         }
-        if let Err(e) = node.control_once(&planner, cfg.down_after).await {
+        if let Err(e) = node
+            .control_once(&planner, cfg.down_after, &mut hot_passes)
+            .await
+        {
             tracing::debug!("controller: {e}");
         }
     }
@@ -86,7 +93,14 @@ pub(crate) async fn controller_loop(node: Arc<Node>, mut stop: tokio::sync::watc
 
 impl Node {
     /// One pass of the controller on the metadata leader: plan, then act on each decision.
-    async fn control_once(&self, planner: &PlannerConfig, down_after: Duration) -> Result<()> {
+    async fn control_once(
+        &self,
+        planner: &PlannerConfig,
+        down_after: Duration,
+        hot_passes: &mut BTreeMap<PartitionId, u32>,
+    ) -> Result<()> {
+        // A pass that returns early breaks every streak.
+        let earlier = std::mem::take(hot_passes);
         let state = self.core.meta_state()?;
         if state.controller_paused {
             return Ok(());
@@ -112,8 +126,14 @@ impl Node {
             loads,
             leaders,
             now_ms: crate::core::now_ms(),
+            hot_passes: earlier,
         };
-        for d in plan(&view, planner) {
+        let decisions = plan(&view, planner);
+        *hot_passes = load_hot(&view, planner)
+            .into_iter()
+            .map(|p| (p, view.hot_passes.get(&p).copied().unwrap_or(0) + 1))
+            .collect();
+        for d in decisions {
             let outcome = match self.act(&state, &d).await {
                 Ok(()) => "done".to_string(),
                 Err(e) => format!("failed: {e}"),
