@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Two builds of cairn, back to back: for each pair of runs, a fresh 3-node cluster on
+# loopback per build (the order alternates), loaded with RECORDS records, then one
+# `cairn bench` workload. Prints ops/s and the three servers' CPU (user+system) per
+# operation of every run and the median of each build. The load generator is the build's
+# own binary.
+#
+#   cp target/release/cairn /tmp/cairn-before; <change>; cargo build --release
+#   bench/ab.sh /tmp/cairn-before target/release/cairn
+#   WORKLOAD=c CLIENTS=64 PAIRS=3 DURATION=8 CAIRN_FLAGS="--controller off" bench/ab.sh A B
+#
+# The controller is off by default (CAIRN_FLAGS) so that no split changes the layout mid-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ $# = 2 ] || { echo "usage: bench/ab.sh BINARY_A BINARY_B" >&2; exit 2; }
+A=$(realpath "$1")
+B=$(realpath "$2")
+WORKLOAD=${WORKLOAD:-write}
+CLIENTS=${CLIENTS:-64}
+DURATION=${DURATION:-8}
+PAIRS=${PAIRS:-3}
+RECORDS=${RECORDS:-10000}
+VALUE_SIZE=${VALUE_SIZE:-256}
+CAIRN_FLAGS=${CAIRN_FLAGS:---controller off}
+command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
+
+OUT=$PWD/target/bench/ab-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+PIDS=()
+WORK=""
+stop_cluster() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+  [ -n "$WORK" ] && rm -rf "$WORK"
+  WORK=""
+}
+trap stop_cluster EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# CPU seconds (user+system) of the given processes.
+cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | awk -v hz="$(getconf CLK_TCK)" '{s+=$1} END {printf "%.3f", s/hz}'; }
+
+# run BIN LABEL: one cluster, one workload; appends "label ops/s µs/op" to $OUT/runs.txt
+run() {
+  local bin=$1 label=$2 cluster="" ep i
+  WORK=$(mktemp -d)
+  declare -a G H
+  for i in 1 2 3; do G[$i]=$(free_port); H[$i]=$(free_port); done
+  for i in 1 2 3; do cluster+="${cluster:+,}$i=127.0.0.1:${G[$i]}"; done
+  ep=$(echo "$cluster" | sed 's/[0-9]*=//g')
+  for i in 1 2 3; do
+    # shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
+    "$bin" server --id "$i" --data-dir "$WORK/c$i" --listen "127.0.0.1:${G[$i]}" \
+      --http "127.0.0.1:${H[$i]}" --initial-cluster "$cluster" $CAIRN_FLAGS >"$OUT/$label-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  local up=0
+  for _ in $(seq 1 120); do
+    [ "$("$bin" --endpoints "$ep" admin nodes 2>/dev/null | grep -c ' yes ')" = 3 ] && { up=1; break; }
+    sleep 0.5
+  done
+  [ $up = 1 ] || { echo "error: the cluster of $label did not come up; logs in $OUT" >&2; exit 1; }
+  "$bin" --endpoints "$ep" bench --workload load --clients 64 --records "$RECORDS" \
+    --value-size "$VALUE_SIZE" --ops 100000000 >/dev/null 2>&1
+  local c0 c1
+  c0=$(cpu "${PIDS[@]}")
+  "$bin" --endpoints "$ep" bench --workload "$WORKLOAD" --clients "$CLIENTS" --records "$RECORDS" \
+    --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 --no-load >"$OUT/$label.txt" 2>&1
+  c1=$(cpu "${PIDS[@]}")
+  local ops
+  ops=$(awk '/operations in/ {print $1}' "$OUT/$label.txt")
+  local rate
+  rate=$(awk '/operations in/ {print $NF=="ops/s" ? $(NF-1) : $NF}' "$OUT/$label.txt" | tr -d ',')
+  python3 - "$label" "$ops" "$rate" "$c0" "$c1" <<'EOF' | tee -a "$OUT/runs.txt"
+import sys
+label, ops, rate, c0, c1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print(f"{label} {rate:.0f} {(c1 - c0) / ops * 1e6:.1f}")
+EOF
+  stop_cluster
+}
+
+echo "A = $A"; echo "B = $B"
+echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers)"
+for n in $(seq 1 "$PAIRS"); do
+  if [ $((n % 2)) = 1 ]; then run "$A" "a$n"; run "$B" "b$n"; else run "$B" "b$n"; run "$A" "a$n"; fi
+done
+python3 - "$OUT/runs.txt" <<'EOF'
+import statistics, sys
+runs = [l.split() for l in open(sys.argv[1])]
+for side in "ab":
+    r = [(float(o), float(u)) for l, o, u in runs if l[0] == side]
+    print(f"median {side.upper()}: {statistics.median(o for o, _ in r):.0f} ops/s, "
+          f"{statistics.median(u for _, u in r):.1f} µs/op")
+EOF
+echo "runs in $OUT"
