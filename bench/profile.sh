@@ -6,6 +6,7 @@
 #   bench/profile.sh                                  # write, 64 clients, 10 s
 #   WORKLOAD=c CLIENTS=64 DURATION=10 bench/profile.sh
 #   CAIRN_FLAGS="--controller off" bench/profile.sh
+#   CALLGRAPH=dwarf FREQ=99 bench/profile.sh       # inclusive time per function
 #
 # Installs linux-perf, protobuf-compiler and python3 from Debian's packages when missing (needs root). The raw
 # profile and the reports go to target/bench/profile-<timestamp>/.
@@ -18,6 +19,9 @@ DURATION=${DURATION:-10}
 RECORDS=${RECORDS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-256}
 FREQ=${FREQ:-499}
+# fp (frame pointers; cheap, but Rust frames without them show no callers) or dwarf
+# (callers of everything; large files, so use a lower FREQ).
+CALLGRAPH=${CALLGRAPH:-fp}
 CAIRN_FLAGS=${CAIRN_FLAGS:-}
 
 missing=()
@@ -84,7 +88,7 @@ GEN=$!
 PIDS+=($GEN)
 # Skip the first second (connections, leader discovery) and stop a second before the end.
 sleep 1
-perf record -q -F "$FREQ" -g -o "$OUT/perf.data" -p "$(echo "$SERVERS $GEN" | tr ' ' ,)" \
+perf record -q -F "$FREQ" --call-graph "$CALLGRAPH" -o "$OUT/perf.data" -p "$(echo "$SERVERS $GEN" | tr ' ' ,)" \
   -- sleep $((DURATION - 2)) 2>"$OUT/perf-record.log" || true
 wait "$GEN" || true
 cat "$OUT/bench.txt"
