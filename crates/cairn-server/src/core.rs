@@ -587,7 +587,7 @@ impl Core {
             heard_ms: Arc::new(opened_ms.into()),
             opened_ms,
             recovered: !pristine,
-            reads: Default::default(),
+            reads: Arc::new(crate::reads::ReadBatcher::new(self.metrics.read_rounds())),
             writes,
         };
         self.replicas

@@ -293,6 +293,7 @@ impl kv_server::Kv for Kv {
                 ops.len()
             ))));
         }
+        self.0.record_batch(ops.len());
         // Every operation runs at once; each answer goes out as soon as it is ready.
         let running: futures::stream::FuturesUnordered<_> = ops
             .into_iter()

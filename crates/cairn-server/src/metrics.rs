@@ -137,6 +137,7 @@ pub(crate) struct ClusterGauges {
 pub(crate) struct Proposals {
     proposals: Counter,
     commits: Counter,
+    batch_writes: Histogram,
 }
 
 impl Proposals {
@@ -147,6 +148,16 @@ impl Proposals {
             self.commits.inc();
         }
     }
+
+    /// Records how many client writes one proposal carried.
+    pub(crate) fn carried(&self, writes: usize) {
+        self.batch_writes.observe(writes as f64);
+    }
+}
+
+/// Upper bounds of the buckets of per-call and per-round operation counts.
+fn count_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10)
 }
 
 /// The node's metrics registry and the series updated on the request path.
@@ -155,6 +166,8 @@ pub(crate) struct Metrics {
     ops: Vec<OpSeries>,
     forwarded: Counter,
     proposals: Proposals,
+    batch_ops: Histogram,
+    read_round_reads: Histogram,
     fsync_failures: Counter,
     scraped: Arc<Scraped>,
     rendering: Mutex<()>,
@@ -216,6 +229,24 @@ impl Metrics {
             "Proposals committed and applied (the proposer got its answer)",
             commits.clone(),
         );
+        let batch_writes = Histogram::new(count_buckets());
+        registry.register(
+            "proposal_writes",
+            "Client writes carried by one Raft proposal (concurrent writes share one)",
+            batch_writes.clone(),
+        );
+        let batch_ops = Histogram::new(count_buckets());
+        registry.register(
+            "batch_operations",
+            "Operations in one client Batch call (concurrent operations of a client share one)",
+            batch_ops.clone(),
+        );
+        let read_round_reads = Histogram::new(count_buckets());
+        registry.register(
+            "read_round_reads",
+            "Linearizable reads answered by one ReadIndex round (one quorum check)",
+            read_round_reads.clone(),
+        );
         let fsync_failures = Counter::default();
         registry.register(
             "fsync_failures",
@@ -230,7 +261,13 @@ impl Metrics {
             registry,
             ops,
             forwarded,
-            proposals: Proposals { proposals, commits },
+            proposals: Proposals {
+                proposals,
+                commits,
+                batch_writes,
+            },
+            batch_ops,
+            read_round_reads,
             fsync_failures,
             scraped,
             rendering: Mutex::new(()),
@@ -255,6 +292,16 @@ impl Metrics {
     /// The Raft proposal counters, for a proposer that outlives a request (a write batch).
     pub(crate) fn proposals(&self) -> Proposals {
         self.proposals.clone()
+    }
+
+    /// Records the size of one client Batch call.
+    pub(crate) fn batch(&self, ops: usize) {
+        self.batch_ops.observe(ops as f64);
+    }
+
+    /// The histogram of reads per ReadIndex round, for the replicas' read batchers.
+    pub(crate) fn read_rounds(&self) -> Histogram {
+        self.read_round_reads.clone()
     }
 
     /// Counts one request of `op`, whether it failed, and how long it took.
@@ -519,6 +566,9 @@ mod tests {
         m.forwarded();
         m.proposed(true);
         m.proposed(false);
+        m.proposals().carried(3);
+        m.batch(5);
+        m.read_rounds().observe(2.0);
         raft.heartbeats_sent.inc();
         raft.snapshot_sent_bytes.inc_by(4096);
         sync.duration.observe(0.002);
@@ -582,6 +632,11 @@ mod tests {
         assert_eq!(at(r#"cairn_raft_proposals_total{node="1"}"#), 2.0);
         assert_eq!(at(r#"cairn_raft_commits_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_raft_heartbeats_sent_total{node="1"}"#), 1.0);
+        assert_eq!(at(r#"cairn_proposal_writes_sum{node="1"}"#), 3.0);
+        assert_eq!(at(r#"cairn_proposal_writes_bucket{node="1",le="2"}"#), 0.0);
+        assert_eq!(at(r#"cairn_proposal_writes_bucket{node="1",le="4"}"#), 1.0);
+        assert_eq!(at(r#"cairn_batch_operations_sum{node="1"}"#), 5.0);
+        assert_eq!(at(r#"cairn_read_round_reads_count{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_snapshot_sent_bytes_total{node="1"}"#), 4096.0);
         assert_eq!(at(r#"cairn_fsync_duration_seconds_count{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_fsync_batch_writes_sum{node="1"}"#), 7.0);

@@ -572,6 +572,12 @@ impl Node {
         self.core.metrics.render(gauges)
     }
 
+    /// Records the size of one client Batch call.
+    pub(crate) fn record_batch(&self, ops: usize) {
+        self.core.metrics.batch(ops);
+    }
+
+    /// Counts one request of `op`, whether it failed, and how long it took since `started`.
     pub(crate) fn record(&self, op: &str, ok: bool, started: std::time::Instant) {
         self.core.metrics.record(op, ok, started.elapsed());
     }

@@ -8,6 +8,7 @@
 //! under load, one round serves many reads instead of one quorum round trip each.
 
 use cairn_types::{Error, Result};
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -24,9 +25,19 @@ struct State {
 #[derive(Default)]
 pub(crate) struct ReadBatcher {
     state: Mutex<State>,
+    /// Where the number of reads each round answers is recorded, if anywhere.
+    sizes: Option<Histogram>,
 }
 
 impl ReadBatcher {
+    /// A batcher recording the reads of each round in `sizes`.
+    pub(crate) fn new(sizes: Histogram) -> Self {
+        Self {
+            state: Mutex::default(),
+            sizes: Some(sizes),
+        }
+    }
+
     /// Waits for a ReadIndex round that begins after this call; `round` runs one (the
     /// batcher calls it from a task of its own, so a caller that gives up does not strand
     /// the others).
@@ -64,6 +75,9 @@ impl ReadBatcher {
                 }
                 std::mem::take(&mut s.waiting)
             };
+            if let Some(h) = &self.sizes {
+                h.observe(batch.len() as f64);
+            }
             let r = round().await;
             for tx in batch {
                 let _ = tx.send(r.clone());

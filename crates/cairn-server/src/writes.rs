@@ -117,6 +117,7 @@ impl WriteBatcher {
         }
         let mut slot = Slot(self, true);
         while let Some(mut batch) = self.next_batch(&mut slot.1) {
+            self.proposals.carried(batch.len());
             if batch.len() == 1 {
                 let Some((cmd, tx)) = batch.pop() else { break };
                 let r = self.propose(Command::Kv(cmd)).await.and_then(|r| match r {

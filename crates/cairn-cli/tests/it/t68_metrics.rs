@@ -104,6 +104,11 @@ async fn t68_metrics_move_with_traffic_and_failures() {
     );
     assert!(total(&c, &all, "cairn_raft_proposals_total", &[]).await >= n);
     assert!(total(&c, &all, "cairn_raft_commits_total", &[]).await >= n);
+    // The client sends its keyed operations in Batch calls; every write rides a proposal
+    // and every linearizable read a ReadIndex round.
+    assert!(total(&c, &all, "cairn_batch_operations_sum", &[]).await >= 2.0 * n);
+    assert!(total(&c, &all, "cairn_proposal_writes_sum", &[]).await >= n);
+    assert!(total(&c, &all, "cairn_read_round_reads_sum", &[]).await >= n);
     // Every write is applied by the three replicas of its partition (followers learn of a
     // commit with the next AppendEntries, so wait for it).
     wait_for(Duration::from_secs(20), "followers to apply", || async {
