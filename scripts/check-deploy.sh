@@ -17,8 +17,10 @@
 #   all three             shellcheck on the shell they embed; every `cairn server` flag and CAIRN_ variable they use exists in
 #                         crates/cairn-cli/src/{server_cmd,main}.rs; the StatefulSet's start
 #                         script runs (with a stand-in cairn) and gives the expected
-#                         arguments per pod; both health checks pass on 200 and fail on 503
-#                         from a stand-in /health
+#                         arguments per pod; both health checks are `cairn health` and,
+#                         when a built cairn is at hand (CAIRN_BIN, target/debug or
+#                         target/release), pass on 200 and fail on 503 from a stand-in
+#                         /health (t71 runs them against real nodes, secure ones too)
 #   deploy/prometheus/    promtool (Debian's prometheus package, installed when missing):
 #                         check rules alerts.yaml, check config prometheus.yml, test rules
 #                         alerts.test.yaml (the alerts' unit tests); then the group `cairn`,
@@ -181,6 +183,21 @@ def check_envs(names, envs, where):
         if n.startswith("CAIRN_") and n not in envs:
             err(f"{where}: cairn reads no variable {n}")
 
+def is_health_cmd(argv, binname="cairn"):
+    """The container health checks run `cairn health` (it speaks TLS on a secure node)."""
+    return (len(argv) == 2 and os.path.basename(str(argv[0])) == binname
+            and argv[1] == "health")
+
+def healthcheck_argv(value):
+    """The exec-form argv of a Dockerfile HEALTHCHECK value, or None."""
+    if "CMD" not in value:
+        return None
+    try:
+        argv = json.loads(value.split("CMD", 1)[1].strip())
+    except ValueError:
+        return None
+    return argv if isinstance(argv, list) else None
+
 # --- Dockerfile --------------------------------------------------------------------------
 def dockerfile(repo, path, ignore_path):
     flags, envs = server_flags(repo)
@@ -233,8 +250,8 @@ def dockerfile(repo, path, ignore_path):
         if port not in exposed and f"{port}/tcp" not in exposed:
             err(f"EXPOSE lacks {port}")
     hc = last("HEALTHCHECK")
-    if not hc or "/health" not in hc:
-        err("no HEALTHCHECK on /health")
+    if not hc or not is_health_cmd(healthcheck_argv(hc) or [], binname):
+        err("the HEALTHCHECK is not `cairn health` in exec form")
     if not last("VOLUME"):
         err("no VOLUME for the data")
     env = d.envs
@@ -293,8 +310,8 @@ def compose(repo, path):
         if not any(str(p).endswith(":8001") for p in s.get("ports") or []):
             err(f"{where}: HTTP port 8001 is not published")
         test = (s.get("healthcheck") or {}).get("test")
-        if not test or "/health" not in " ".join(test if isinstance(test, list) else [test]):
-            err(f"{where}: no healthcheck on /health")
+        if not isinstance(test, list) or test[:1] != ["CMD"] or not is_health_cmd(test[1:]):
+            err(f"{where}: the healthcheck is not [CMD, cairn, health]")
     if len(clusters) != 1:
         err(f"the founders give {len(clusters)} different --initial-cluster values")
     else:
@@ -453,32 +470,35 @@ def shellcheck(name, script):
     if r.returncode != 0:
         err(f"{name}: shellcheck: " + r.stdout.replace(f.name, name).strip())
 
+def built_cairn(repo):
+    """A built cairn binary to run the health checks with, if there is one."""
+    for b in (os.environ.get("CAIRN_BIN"), os.path.join(repo, "target/debug/cairn"),
+              os.path.join(repo, "target/release/cairn")):
+        if b and os.access(b, os.X_OK):
+            return b
+    return None
+
 def snippets(repo, k8s_path, dockerfile_path, compose_path):
     flags, envs = server_flags(repo)
-    # Dockerfile HEALTHCHECK (exec form), aimed at the port through CAIRN_HTTP as in the image.
+    # The health checks: `cairn health`, aimed at the stand-in's port through CAIRN_HTTP as
+    # in the image (the static checks make sure both are that command).
+    binary = built_cairn(repo)
     hc = [i["value"] for i in DockerfileParser(dockerfile_path).structure
           if i["instruction"] == "HEALTHCHECK"]
-    if hc and "CMD" in hc[-1]:
-        argv = json.loads(hc[-1].split("CMD", 1)[1].strip())
-        if argv[:2] == ["/bin/bash", "-c"]:
-            shellcheck("Dockerfile HEALTHCHECK", argv[2])
-        try_health("Dockerfile HEALTHCHECK", argv,
-                   lambda p: (argv, {"CAIRN_HTTP": f"0.0.0.0:{p}"}))
-    else:
-        err("Dockerfile: no HEALTHCHECK CMD to run")
-    # compose healthcheck: `$$` is compose's escaped `$`; aimed at the test port.
+    checks = [("Dockerfile HEALTHCHECK", healthcheck_argv(hc[-1]) if hc else None)]
     doc = load(compose_path)
     for name, s in (doc.get("services") or {}).items():
         test = (s.get("healthcheck") or {}).get("test")
-        if not isinstance(test, list) or test[0] != "CMD":
-            err(f"compose {name}: healthcheck test is not a CMD list")
-            continue
-        argv = [t.replace("$$", "$") for t in test[1:]]
-        if argv[:2] == ["/bin/bash", "-c"]:
-            shellcheck(f"compose {name} healthcheck", argv[2])
-        try_health(f"compose {name} healthcheck", argv,
-                   lambda p, argv=argv: ([t.replace("127.0.0.1/8001", f"127.0.0.1/{p}") for t in argv], {}))
+        checks.append((f"compose {name} healthcheck", test[1:] if isinstance(test, list) else None))
         break  # the services share one healthcheck (a YAML anchor)
+    for name, argv in checks:
+        if not argv or not is_health_cmd(argv):
+            err(f"{name}: not `cairn health` in exec form: {argv!r}")
+        elif binary is None:
+            print(f"  {name}: not run (no built cairn; t71 runs it against real nodes)")
+        else:
+            try_health(name, [binary, "health"],
+                       lambda p: ([binary, "health"], {"CAIRN_HTTP": f"0.0.0.0:{p}"}))
     # The StatefulSet's start script, with a stand-in cairn that prints its arguments.
     docs = load_all(k8s_path)
     sts = next(d for d in docs if d.get("kind") == "StatefulSet")
@@ -966,7 +986,8 @@ self_test() {
     "Dockerfile|dockerfile|COPY --from=builder|COPY --from=bulider|COPY from an undefined stage"
     "Dockerfile|dockerfile|USER 10001:10001|USER root|runs as root"
     "Dockerfile|dockerfile|-p cairn-cli|-p cairn-cly|builds a package that does not exist"
-    "Dockerfile|snippets|= 200 ]|!= 500 ]|HEALTHCHECK passes on 503"
+    "Dockerfile|dockerfile|\"health\"]|\"--version\"]|HEALTHCHECK not on cairn health"
+    "deploy/compose.yaml|compose|\"cairn\", \"health\"]|\"cairn\", \"--version\"]|compose healthcheck not on cairn health"
     ".dockerignore|dockerfile|target|tmp|.dockerignore sends target/ to the daemon"
     "deploy/compose.yaml|compose|stop_grace_period:|stop_grace_periods:|unknown compose key"
     "deploy/compose.yaml|compose|interval: 5s|interval: [5s]|wrong type"

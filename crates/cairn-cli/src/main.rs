@@ -6,6 +6,7 @@ mod client_cmds;
 mod config_file;
 mod debug_cmd;
 mod gen_cmd;
+mod health_cmd;
 mod playground;
 mod server_cmd;
 
@@ -71,6 +72,8 @@ enum Command {
     Gen(gen_cmd::GenArgs),
     /// Collect diagnostics for a bug report (`cairn debug zip FILE`).
     Debug(debug_cmd::DebugArgs),
+    /// Ask a node whether it serves (its /health; exit 0 if it does): for container checks.
+    Health(health_cmd::HealthArgs),
     /// Create the certificates of a secure cluster (CA, nodes, clients).
     Cert(cert_cmd::CertArgs),
     /// Add, list and remove the users of a secure cluster (admin only).
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
             Command::Admin(a) => client_cmds::admin(a, conn).await,
             Command::User(a) => client_cmds::user(a, conn).await,
             Command::Debug(a) => debug_cmd::run(a, &conn).await,
+            Command::Health(a) => health_cmd::run(a, &conn).await,
             Command::Bench(a) => {
                 let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();
                 cairn_bench::run(&a, &endpoints)
