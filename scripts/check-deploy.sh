@@ -20,7 +20,7 @@
 #                         arguments per pod; both health checks are `cairn health` and,
 #                         when a built cairn is at hand (CAIRN_BIN, target/debug or
 #                         target/release), pass on 200 and fail on 503 from a stand-in
-#                         /health (t71 runs them against real nodes, secure ones too)
+#                         /health (t72 runs them against real nodes, secure ones too)
 #   deploy/prometheus/    promtool (Debian's prometheus package, installed when missing):
 #                         check rules alerts.yaml, check config prometheus.yml, test rules
 #                         alerts.test.yaml (the alerts' unit tests); then the group `cairn`,
@@ -495,7 +495,7 @@ def snippets(repo, k8s_path, dockerfile_path, compose_path):
         if not argv or not is_health_cmd(argv):
             err(f"{name}: not `cairn health` in exec form: {argv!r}")
         elif binary is None:
-            print(f"  {name}: not run (no built cairn; t71 runs it against real nodes)")
+            print(f"  {name}: not run (no built cairn; t72 runs it against real nodes)")
         else:
             try_health(name, [binary, "health"],
                        lambda p: ([binary, "health"], {"CAIRN_HTTP": f"0.0.0.0:{p}"}))

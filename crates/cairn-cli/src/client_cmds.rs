@@ -12,6 +12,8 @@ use std::process::ExitCode;
 pub(crate) struct Conn {
     pub(crate) endpoints: String,
     pub(crate) certs_dir: Option<PathBuf>,
+    /// The user whose client certificate is presented (`--user`; root by default).
+    user: String,
     token: Option<String>,
 }
 
@@ -19,25 +21,47 @@ impl Conn {
     pub(crate) fn new(
         endpoints: String,
         certs_dir: Option<PathBuf>,
+        user: String,
         token: Option<String>,
     ) -> Self {
         Self {
             endpoints,
             certs_dir,
+            user,
             token: token.filter(|t| !t.trim().is_empty()),
         }
     }
 
-    /// The user whose client certificate is presented when the directory holds one.
-    const USER: &str = "root";
+    /// The TLS client settings for `alpn`: the CA of the certificates directory, and the
+    /// client certificate of `--user`. Root's may be missing (a token then says who calls);
+    /// another user's must be there, since the user was asked for by name.
+    fn tls(&self, dir: &std::path::Path, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+        if self.user != cairn_types::ROOT_USER {
+            let cert = dir.join(cairn_proto::tls::client_cert(&self.user));
+            anyhow::ensure!(
+                cert.exists(),
+                "--user {}: there is no {} (make it with `cairn cert create-client --certs-dir {} {}`)",
+                self.user,
+                cert.display(),
+                dir.display(),
+                self.user
+            );
+        }
+        cairn_proto::tls::client_config(dir, &self.user, alpn)
+            .with_context(|| format!("--certs-dir {}", dir.display()))
+    }
 
     /// A client of the cluster: over TLS when `--certs-dir` is given.
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        connect(
-            self.endpoints.split(','),
-            self.certs_dir.as_deref(),
-            self.token.as_deref(),
-        )
+        let dialer: cairn_proto::net::SharedDialer = match &self.certs_dir {
+            Some(dir) => Some(std::sync::Arc::new(cairn_proto::tls::TlsDialer::new(
+                std::sync::Arc::new(self.tls(dir, b"h2")?),
+                None,
+            ))),
+            None => None,
+        };
+        Client::with_auth(self.endpoints.split(','), dialer, self.token.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// An HTTP client for the nodes' HTTP ports, and the scheme to reach them with.
@@ -56,8 +80,7 @@ impl Conn {
         }
         Ok(match &self.certs_dir {
             Some(dir) => {
-                let tls = cairn_proto::tls::client_config(dir, Self::USER, b"http/1.1")
-                    .with_context(|| format!("--certs-dir {}", dir.display()))?;
+                let tls = self.tls(dir, b"http/1.1")?;
                 (b.use_preconfigured_tls(tls).build()?, "https")
             }
             None => (b.build()?, "http"),
@@ -78,7 +101,7 @@ where
 {
     let dialer: cairn_proto::net::SharedDialer = match certs {
         Some(dir) => {
-            let tls = cairn_proto::tls::client_config(dir, Conn::USER, b"h2")
+            let tls = cairn_proto::tls::client_config(dir, cairn_types::ROOT_USER, b"h2")
                 .with_context(|| format!("--certs-dir {}", dir.display()))?;
             Some(std::sync::Arc::new(cairn_proto::tls::TlsDialer::new(
                 std::sync::Arc::new(tls),

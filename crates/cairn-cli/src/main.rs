@@ -33,9 +33,13 @@ struct Cli {
     endpoints: String,
     /// Certificates directory (`cairn cert`): `cairn server` serves TLS with `node.crt` and
     /// admits only nodes of this CA to internal calls; client commands trust `ca.crt` and
-    /// present `client.root.crt` if it is there. Without it everything is plaintext.
+    /// present `client.USER.crt` (`--user`, root by default) if it is there. Without it everything is plaintext.
     #[arg(long, env = "CAIRN_CERTS_DIR", global = true)]
     certs_dir: Option<std::path::PathBuf>,
+    /// With --certs-dir, the client commands present `client.USER.crt` (made by `cairn cert
+    /// create-client USER`) instead of root's.
+    #[arg(long = "user", id = "as_user", env = "CAIRN_USER", default_value = cairn_types::ROOT_USER, global = true)]
+    as_user: String,
     /// Bearer token of a secure cluster's user (`cairn user add` prints one); sent with
     /// every client command instead of root's client certificate.
     #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
     let conn = client_cmds::Conn::new(
         cli.endpoints.clone(),
         cli.certs_dir.clone(),
+        cli.as_user.clone(),
         cli.token.clone(),
     );
     let result = runtime.block_on(async {

@@ -1,7 +1,7 @@
 //! Users, tokens and roles on a secure cluster: unauthenticated and forbidden requests are
 //! refused (gRPC UNAUTHENTICATED / PERMISSION_DENIED, HTTP 401 / 403) and change nothing.
 
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, cert, wait_for};
 use cairn_types::ErrorCode;
 use std::path::Path;
 use std::process::Command;
@@ -248,4 +248,77 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
     .await;
     let listed = cairn(&certs, &endpoints, &["user", "list"]);
     assert!(!listed.contains("readonly"), "{listed}");
+}
+
+/// `cairn --user NAME ...` with the cluster's certificates: success and all output.
+fn cairn_as(certs: &Path, endpoints: &str, user: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", endpoints, "--user", user])
+        .arg("--certs-dir")
+        .arg(certs)
+        .args(args)
+        .env_remove("CAIRN_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The CLI's `--user` presents that user's client certificate: refused while the user does
+/// not exist, then allowed exactly what its role allows; a user without a certificate is
+/// named in the error with the command that makes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t63_cli_user_presents_that_users_certificate() {
+    let c = Cluster::start_secure(3).await;
+    let certs = c.certs.clone().unwrap();
+    let endpoints = c.endpoints();
+    let root = c.client();
+    root.create_table("t", 3, Vec::new()).await.unwrap();
+    root.put("t", b"k", b"v0").await.unwrap();
+    cert(&[
+        "create-client",
+        "--certs-dir",
+        certs.to_str().unwrap(),
+        "reader",
+    ]);
+
+    let (ok, out) = cairn_as(&certs, &endpoints, "reader", &["get", "t", "k"]);
+    assert!(!ok && out.contains("does not exist"), "{out}");
+
+    cairn(
+        &certs,
+        &endpoints,
+        &["user", "add", "reader", "--role", "readonly"],
+    );
+    // A node remembers a refusal for a second before it asks the metadata group again.
+    let out = wait_for(Duration::from_secs(20), "reader to be let in", || async {
+        let (ok, out) = cairn_as(&certs, &endpoints, "reader", &["get", "t", "k"]);
+        ok.then_some(out)
+    })
+    .await;
+    assert!(out.contains("v0"), "{out}");
+    // Every node soon knows the user (a refusal remembered by another node lasts a second).
+    let out = wait_for(
+        Duration::from_secs(20),
+        "the put to meet the role",
+        || async {
+            let (ok, out) = cairn_as(&certs, &endpoints, "reader", &["put", "t", "k", "v1"]);
+            (ok || !out.contains("does not exist")).then_some(out)
+        },
+    )
+    .await;
+    assert!(out.to_lowercase().contains("permission"), "{out}");
+    assert_eq!(
+        root.get("t", b"k").await.unwrap().as_deref(),
+        Some(&b"v0"[..])
+    );
+
+    let (ok, out) = cairn_as(&certs, &endpoints, "ghost", &["get", "t", "k"]);
+    assert!(!ok && out.contains("create-client"), "{out}");
 }

@@ -65,7 +65,7 @@ fn run(argv: &[String], http: &str, certs: Option<&Path>) -> (bool, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t71_health_checks_pass_on_serving_nodes_and_fail_on_drained_and_stopped_ones() {
+async fn t72_health_checks_pass_on_serving_nodes_and_fail_on_drained_and_stopped_ones() {
     let mut c = Cluster::start(3).await;
     let cl = c.client();
     let checks = health_checks();
@@ -106,7 +106,7 @@ async fn t71_health_checks_pass_on_serving_nodes_and_fail_on_drained_and_stopped
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t71_health_checks_speak_tls_to_a_secure_node() {
+async fn t72_health_checks_speak_tls_to_a_secure_node() {
     let c = Cluster::start_secure(3).await;
     let certs = c.certs.clone().unwrap();
     for (name, argv) in health_checks() {
