@@ -8,6 +8,7 @@
 #   cp target/release/cairn /tmp/cairn-before; <change>; cargo build --release
 #   bench/ab.sh /tmp/cairn-before target/release/cairn
 #   WORKLOAD=c CLIENTS=64 PAIRS=3 DURATION=8 CAIRN_FLAGS="--controller off" bench/ab.sh A B
+#   FLAGS_A="--controller off" FLAGS_B="--controller on" bench/ab.sh B B   # one build, two settings
 #
 # The controller is off by default (CAIRN_FLAGS) so that no split changes the layout mid-run.
 set -euo pipefail
@@ -23,6 +24,8 @@ PAIRS=${PAIRS:-3}
 RECORDS=${RECORDS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-256}
 CAIRN_FLAGS=${CAIRN_FLAGS:---controller off}
+FLAGS_A=${FLAGS_A:-$CAIRN_FLAGS}   # server flags of A's runs and of B's
+FLAGS_B=${FLAGS_B:-$CAIRN_FLAGS}
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
 
 OUT=$PWD/target/bench/ab-$(date -u +%Y%m%dT%H%M%SZ)
@@ -44,16 +47,16 @@ cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | awk -v h
 
 # run BIN LABEL: one cluster, one workload; appends "label ops/s µs/op" to $OUT/runs.txt
 run() {
-  local bin=$1 label=$2 cluster="" ep i
+  local bin=$1 label=$2 flags=$3 cluster="" ep i
   WORK=$(mktemp -d)
   declare -a G H
   for i in 1 2 3; do G[$i]=$(free_port); H[$i]=$(free_port); done
   for i in 1 2 3; do cluster+="${cluster:+,}$i=127.0.0.1:${G[$i]}"; done
   ep=$(echo "$cluster" | sed 's/[0-9]*=//g')
   for i in 1 2 3; do
-    # shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
+    # shellcheck disable=SC2086 # flags is a list of flags
     "$bin" server --id "$i" --data-dir "$WORK/c$i" --listen "127.0.0.1:${G[$i]}" \
-      --http "127.0.0.1:${H[$i]}" --initial-cluster "$cluster" $CAIRN_FLAGS >"$OUT/$label-$i.log" 2>&1 &
+      --http "127.0.0.1:${H[$i]}" --initial-cluster "$cluster" $flags >"$OUT/$label-$i.log" 2>&1 &
     PIDS+=($!)
   done
   local up=0
@@ -81,10 +84,10 @@ EOF
   stop_cluster
 }
 
-echo "A = $A"; echo "B = $B"
+echo "A = $A $FLAGS_A"; echo "B = $B $FLAGS_B"
 echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers)"
 for n in $(seq 1 "$PAIRS"); do
-  if [ $((n % 2)) = 1 ]; then run "$A" "a$n"; run "$B" "b$n"; else run "$B" "b$n"; run "$A" "a$n"; fi
+  if [ $((n % 2)) = 1 ]; then run "$A" "a$n" "$FLAGS_A"; run "$B" "b$n" "$FLAGS_B"; else run "$B" "b$n" "$FLAGS_B"; run "$A" "a$n" "$FLAGS_A"; fi
 done
 python3 - "$OUT/runs.txt" <<'EOF'
 import statistics, sys
