@@ -84,6 +84,11 @@ pub(crate) struct ServerArgs {
           default_missing_value = "true", action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     quiesce: bool,
+    /// How Raft messages travel between two nodes: `stream` (the default) sends them as
+    /// frames of one long-lived gRPC stream per node pair, many in flight at once; `unary`
+    /// makes each message a gRPC call of its own. Nodes of either setting talk to each other.
+    #[arg(long, env = "CAIRN_RAFT_TRANSPORT", default_value = "stream", value_parser = ["stream", "unary"])]
+    raft_transport: String,
     /// Log lines as human-readable text, or as one JSON object per line (`json`: fields
     /// `timestamp`, `level`, `target` and `fields`) for a log shipper.
     #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -168,6 +173,7 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
         fault_refuse_snapshots: a.fault_refuse_snapshots,
         disk_reserve: a.disk_reserve,
         quiesce: a.quiesce,
+        raft_stream: a.raft_transport == "stream",
         fault_skip_fsync: a.fault_skip_fsync,
         log_tail: Some(tail),
         certs_dir,

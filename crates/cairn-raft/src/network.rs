@@ -3,13 +3,16 @@
 //! its replica of that group only if that is the replica named, so a message meant for a
 //! replica the node once had (and destroyed) never reaches a newer one.
 //!
-//! Messages travel as postcard-encoded [`RaftRpc`] values inside the `Internal.Raft` call.
+//! Messages travel as postcard-encoded [`RaftRpc`] values: by default as frames of one
+//! long-lived `Internal.RaftStream` per node pair, many in flight at once, so a message costs
+//! no HTTP/2 stream of its own; snapshot chunks, pings and large appends (and everything,
+//! with the stream turned off or to a node that lacks it) as unary `Internal.Raft` calls.
 
 use crate::snapshot::{SnapshotChunk, SnapshotData, stage_chunk, staged_complete};
 use crate::{Member, TypeConfig, typ};
 use cairn_proto::net::{SharedDialer, lazy_channel};
-use cairn_proto::v1::Envelope;
 use cairn_proto::v1::internal_client::InternalClient;
+use cairn_proto::v1::{Envelope, RaftFrame};
 use openraft::OptionalSend;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
@@ -20,10 +23,10 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -135,10 +138,86 @@ pub async fn serve_raft_rpc(
     }
 }
 
+/// Raft messages up to this size go on the node pair's stream; larger ones go as calls of
+/// their own, so that one big append does not hold up the small ones queued behind it.
+const STREAM_MAX_BYTES: usize = 256 << 10;
+
 #[derive(Default)]
 struct Peers {
     addrs: HashMap<u64, String>,
     clients: HashMap<u64, (String, InternalClient<Channel>)>,
+    streams: HashMap<u64, (String, Arc<RaftStream>)>,
+    /// Nodes (at an address) that answered that they have no `RaftStream`: an older
+    /// version during a rolling upgrade. They get unary calls.
+    unary_only: HashSet<(u64, String)>,
+}
+
+/// The calls waiting for an answer on one stream.
+#[derive(Default)]
+struct Waiting {
+    closed: bool,
+    next: u64,
+    calls: BTreeMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>,
+}
+
+/// One open `RaftStream` to a peer: frames go out through `tx`, and a reader task hands
+/// each answer to the call waiting for its id.
+struct RaftStream {
+    tx: tokio::sync::mpsc::UnboundedSender<RaftFrame>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+/// Forgets a call that stopped waiting (timed out or dropped), so its id does not linger.
+struct Forget<'a>(&'a Mutex<Waiting>, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .calls
+            .remove(&self.1);
+    }
+}
+
+impl RaftStream {
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+            || self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .closed
+    }
+
+    /// Sends one message and waits up to `ttl` for its answer.
+    async fn call(&self, payload: Vec<u8>, ttl: Duration) -> Result<Vec<u8>, String> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if w.closed {
+                return Err("its Raft stream closed".into());
+            }
+            w.next += 1;
+            let id = w.next;
+            w.calls.insert(id, answer);
+            id
+        };
+        let _forget = Forget(&self.waiting, id);
+        let frame = RaftFrame {
+            id,
+            payload,
+            error: String::new(),
+        };
+        if self.tx.send(frame).is_err() {
+            return Err("its Raft stream closed".into());
+        }
+        match tokio::time::timeout(ttl, answered).await {
+            Err(_) => Err(format!("timed out after {ttl:?}")),
+            Ok(Err(_)) => Err("its Raft stream closed".into()),
+            Ok(Ok(r)) => r,
+        }
+    }
 }
 
 /// Connections to peer nodes, shared by every group and by request forwarding.
@@ -148,6 +227,7 @@ pub struct PeerNetwork {
     local_ip: Option<IpAddr>,
     dialer: SharedDialer,
     metrics: crate::RaftMetrics,
+    stream: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +243,95 @@ impl PeerNetwork {
             dialer,
             ..Self::default()
         }
+    }
+
+    /// Sends Raft messages over one stream per peer node (true) or as one call each.
+    pub fn with_raft_stream(mut self, on: bool) -> Self {
+        self.stream = on;
+        self
+    }
+
+    /// The open Raft stream to `node`, opened now if there is none; none if the node's
+    /// address is unknown or it serves no streams.
+    fn stream(&self, node: u64) -> Option<Arc<RaftStream>> {
+        let addr = self.addr(node)?;
+        let open = |p: &Peers| {
+            p.streams
+                .get(&node)
+                .filter(|(a, s)| *a == addr && !s.is_closed())
+                .map(|(_, s)| s.clone())
+        };
+        {
+            let p = self.peers.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = open(&p) {
+                return Some(s);
+            }
+            if p.unary_only.contains(&(node, addr.clone())) {
+                return None;
+            }
+        }
+        let mut client = self.client(node)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let stream = Arc::new(RaftStream {
+            tx,
+            waiting: waiting.clone(),
+        });
+        {
+            let mut p = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            // Another call may have opened one meanwhile.
+            if let Some(s) = open(&p) {
+                return Some(s);
+            }
+            p.streams.insert(node, (addr.clone(), stream.clone()));
+        }
+        let peers = self.peers.clone();
+        tokio::spawn(async move {
+            let frames =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+                );
+            let why = match client.raft_stream(frames).await {
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    peers
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unary_only
+                        .insert((node, addr));
+                    "it serves no Raft streams (an older version?); retrying as calls".into()
+                }
+                Err(s) => s.message().to_string(),
+                Ok(answers) => {
+                    let mut answers = answers.into_inner();
+                    loop {
+                        match answers.message().await {
+                            Ok(Some(f)) => {
+                                let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                                if let Some(call) = w.calls.remove(&f.id) {
+                                    let r = if f.error.is_empty() {
+                                        Ok(f.payload)
+                                    } else {
+                                        Err(f.error)
+                                    };
+                                    let _ = call.send(r);
+                                }
+                            }
+                            Ok(None) => break "its Raft stream ended".to_string(),
+                            Err(s) => break s.message().to_string(),
+                        }
+                    }
+                }
+            };
+            // Whatever is still waiting will get no answer on this stream; the next call
+            // opens a new one.
+            let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+            w.closed = true;
+            for (_, call) in std::mem::take(&mut w.calls) {
+                let _ = call.send(Err(why.clone()));
+            }
+        });
+        Some(stream)
     }
 
     /// The node's Raft traffic counters (every group's messages go through here).
@@ -245,25 +414,36 @@ impl PeerNetwork {
         ttl: Duration,
     ) -> Result<T, RPCError<TypeConfig>> {
         let unreachable = |m: String| RPCError::Unreachable(Unreachable::new(&Msg(m)));
-        let mut client = self
-            .client(target)
-            .ok_or_else(|| unreachable(format!("no address for node {target}")))?;
         let payload =
             postcard::to_allocvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let call = client.raft(Envelope { payload });
-        let reply = match tokio::time::timeout(ttl, call).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "node {target}: timed out after {ttl:?}"
-                )));
+        let streamed = self.stream
+            && payload.len() <= STREAM_MAX_BYTES
+            && !matches!(rpc.msg, RaftMsg::Ping | RaftMsg::SnapshotChunk(_));
+        let reply = match streamed.then(|| self.stream(target)).flatten() {
+            Some(stream) => stream
+                .call(payload, ttl)
+                .await
+                .map_err(|e| unreachable(format!("node {target}: {e}")))?,
+            None => {
+                let mut client = self
+                    .client(target)
+                    .ok_or_else(|| unreachable(format!("no address for node {target}")))?;
+                let call = client.raft(Envelope { payload });
+                match tokio::time::timeout(ttl, call).await {
+                    Err(_) => {
+                        return Err(unreachable(format!(
+                            "node {target}: timed out after {ttl:?}"
+                        )));
+                    }
+                    Ok(Err(status)) => {
+                        return Err(unreachable(format!("node {target}: {}", status.message())));
+                    }
+                    Ok(Ok(r)) => r.into_inner().payload,
+                }
             }
-            Ok(Err(status)) => {
-                return Err(unreachable(format!("node {target}: {}", status.message())));
-            }
-            Ok(Ok(r)) => r.into_inner(),
         };
-        let decoded: Result<T, String> = postcard::from_bytes(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let decoded: Result<T, String> =
+            postcard::from_bytes(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|m| RPCError::Network(NetworkError::new(&Msg(m))))
     }
 }

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Partition groups keep no timers of their own: idle ones fall silent and the group
     /// supervisor elects on node-level liveness (the default; false: openraft's timers).
     pub quiesce: bool,
+    /// Raft messages between two nodes go as frames of one long-lived stream (true, the
+    /// default) or as one gRPC call each.
+    pub raft_stream: bool,
     /// Testing only: acknowledge log appends without fsync, so that power-loss tests can
     /// show they catch lost writes. False in production.
     pub fault_skip_fsync: bool,

@@ -724,62 +724,126 @@ impl admin_server::Admin for Admin {
     }
 }
 
+/// Hands one Raft message to the replica it names and encodes the answer; shared by the
+/// unary `Raft` call and `RaftStream`.
+async fn handle_raft(node: &Node, rpc: RaftRpc) -> Result<Vec<u8>, Status> {
+    if matches!(rpc.msg, cairn_raft::RaftMsg::Ping) {
+        return Ok(encode(&Ok::<u64, String>(node.core.incarnation)).payload);
+    }
+    if node.core.fault_refuse_snapshots && matches!(rpc.msg, cairn_raft::RaftMsg::SnapshotChunk(_))
+    {
+        return Err(Status::unavailable(
+            "refusing snapshots (--fault-refuse-snapshots)",
+        ));
+    }
+    // Out of disk: take no log entries or snapshots (an empty append, a heartbeat, still
+    // passes, so this follower does not start elections). The leader retries later.
+    let stores = match &rpc.msg {
+        cairn_raft::RaftMsg::Append(a) => !a.entries.is_empty(),
+        cairn_raft::RaftMsg::SnapshotChunk(_) => true,
+        _ => false,
+    };
+    if stores && node.core.disk.is_full() {
+        return Err(Status::resource_exhausted(format!(
+            "node {} is out of disk space and takes no log entries until space is freed",
+            node.id()
+        )));
+    }
+    let group = PartitionId(rpc.group());
+    let raft = if group == META_GROUP {
+        node.core.meta().map(|m| (m.raft, m.id.0, None))
+    } else {
+        node.core.replica(group).map(|r| {
+            if matches!(rpc.msg, cairn_raft::RaftMsg::Append(_)) {
+                // Never equal to `opened_ms`, which means "not heard since opened".
+                let now = node.core.peer_health.now_ms().max(r.opened_ms + 1);
+                r.heard_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+            (r.raft, r.id.0, Some(r.view.desc().epoch.version))
+        })
+    };
+    let (raft, me, shape) = raft.ok_or_else(|| {
+        Status::not_found(format!("{group} has no replica on node {}", node.id()))
+    })?;
+    Ok(serve_raft_rpc(
+        &raft,
+        me,
+        shape,
+        &node.core.engine,
+        node.core.peers.metrics(),
+        rpc,
+    )
+    .await)
+}
+
+/// Answers of one `RaftStream`, in the order they are ready.
+type RaftFrames =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RaftFrame, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl internal_server::Internal for Internal {
+    type RaftStreamStream = RaftFrames;
+
     async fn raft(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let rpc: RaftRpc = decode(req.get_ref()).map_err(status)?;
-        if matches!(rpc.msg, cairn_raft::RaftMsg::Ping) {
-            return Ok(Response::new(encode(&Ok::<u64, String>(
-                self.0.core.incarnation,
-            ))));
-        }
-        if self.0.core.fault_refuse_snapshots
-            && matches!(rpc.msg, cairn_raft::RaftMsg::SnapshotChunk(_))
-        {
-            return Err(Status::unavailable(
-                "refusing snapshots (--fault-refuse-snapshots)",
-            ));
-        }
-        // Out of disk: take no log entries or snapshots (an empty append, a heartbeat, still
-        // passes, so this follower does not start elections). The leader retries later.
-        let stores = match &rpc.msg {
-            cairn_raft::RaftMsg::Append(a) => !a.entries.is_empty(),
-            cairn_raft::RaftMsg::SnapshotChunk(_) => true,
-            _ => false,
-        };
-        if stores && self.0.core.disk.is_full() {
-            return Err(Status::resource_exhausted(format!(
-                "node {} is out of disk space and takes no log entries until space is freed",
-                self.0.id()
-            )));
-        }
-        let group = PartitionId(rpc.group());
-        let raft = if group == META_GROUP {
-            self.0.core.meta().map(|m| (m.raft, m.id.0, None))
-        } else {
-            self.0.core.replica(group).map(|r| {
-                if matches!(rpc.msg, cairn_raft::RaftMsg::Append(_)) {
-                    // Never equal to `opened_ms`, which means "not heard since opened".
-                    let now = self.0.core.peer_health.now_ms().max(r.opened_ms + 1);
-                    r.heard_ms.store(now, std::sync::atomic::Ordering::Relaxed);
-                }
-                (r.raft, r.id.0, Some(r.view.desc().epoch.version))
-            })
-        };
-        let (raft, me, shape) = raft.ok_or_else(|| {
-            Status::not_found(format!("{group} has no replica on node {}", self.0.id()))
-        })?;
-        Ok(Response::new(Envelope {
-            payload: serve_raft_rpc(
-                &raft,
-                me,
-                shape,
-                &self.0.core.engine,
-                self.0.core.peers.metrics(),
-                rpc,
-            )
-            .await,
-        }))
+        let payload = handle_raft(&self.0, rpc).await?;
+        Ok(Response::new(Envelope { payload }))
+    }
+
+    async fn raft_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::RaftFrame>>,
+    ) -> Result<Response<RaftFrames>, Status> {
+        use futures::StreamExt;
+        let mut frames = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let node = self.0.clone();
+        // The stream lives as long as the connection: end both halves when the node stops,
+        // or its graceful shutdown would wait on the stream.
+        let mut stop = node.stopping();
+        let mut stop2 = node.stopping();
+        // Every message is handled on its own, as a unary call would be, so a slow one (an
+        // append waiting on fsync) holds up no other group's.
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    f = frames.message() => match f {
+                        Ok(Some(f)) => f,
+                        _ => break,
+                    },
+                };
+                let (node, tx) = (node.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = match postcard::from_bytes::<RaftRpc>(&frame.payload) {
+                        Err(e) => Err(Status::invalid_argument(format!(
+                            "malformed internal message: {e}"
+                        ))),
+                        Ok(rpc) => handle_raft(&node, rpc).await,
+                    };
+                    let frame = match answer {
+                        Ok(payload) => pb::RaftFrame {
+                            id: frame.id,
+                            payload,
+                            error: String::new(),
+                        },
+                        Err(s) => pb::RaftFrame {
+                            id: frame.id,
+                            payload: Vec::new(),
+                            error: s.message().to_string(),
+                        },
+                    };
+                    // The caller has gone when this fails; nothing waits for the answer.
+                    let _ = tx.send(Ok(frame));
+                });
+            }
+        });
+        let answers =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx).take_until(async move {
+                let _ = stop2.wait_for(|s| *s).await;
+            });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn partition(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {

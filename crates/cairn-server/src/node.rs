@@ -306,7 +306,7 @@ impl Node {
             http_addr: http_addr.map(|a| a.to_string()).unwrap_or_default(),
         };
 
-        let peers = PeerNetwork::new(cfg.outbound_ip, dialer);
+        let peers = PeerNetwork::new(cfg.outbound_ip, dialer).with_raft_stream(cfg.raft_stream);
         for (n, a) in &identity.meta_members {
             peers.set_addr(n.0, a);
         }
@@ -437,6 +437,11 @@ impl Node {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Turns true when the node starts shutting down (long-lived streams end on it).
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Stops accepting requests, lets in-flight ones finish, stops every group and makes

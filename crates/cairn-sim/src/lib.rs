@@ -68,6 +68,9 @@ pub struct SimConfig {
     /// Nodes run with `--quiesce` (`CAIRN_SIM_QUIESCE=1`): partition groups under the group
     /// supervisor instead of their own timers.
     pub quiesce: bool,
+    /// Raft messages travel on one stream per node pair (`CAIRN_SIM_RAFT_STREAM=0`: one
+    /// call each).
+    pub raft_stream: bool,
 }
 
 impl SimConfig {
@@ -88,6 +91,7 @@ impl SimConfig {
             layout_changes: true,
             // CAIRN_SIM_QUIESCE=0 runs the groups on openraft's own timers instead.
             quiesce: std::env::var("CAIRN_SIM_QUIESCE").map_or(true, |v| v != "0"),
+            raft_stream: std::env::var("CAIRN_SIM_RAFT_STREAM").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -154,6 +158,7 @@ fn add_node(
         certs_dir: None,
         disk_reserve: 0,
         quiesce: cfg.quiesce,
+        raft_stream: cfg.raft_stream,
         fault_skip_fsync: false,
     };
     sim.host(host(id), move || {

@@ -76,6 +76,9 @@ impl TestCluster {
                 certs_dir: None,
                 disk_reserve: 0,
                 quiesce: true,
+                // Node 1 sends its Raft messages as calls, the others on streams, so every
+                // test here runs both transports side by side.
+                raft_stream: i != 0,
                 fault_skip_fsync: false,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;
