@@ -29,6 +29,12 @@ const MAX_OPS: usize = 256;
 const MAX_BYTES: usize = 1 << 20;
 /// How long a batch that is still answering keeps the next one waiting.
 const HOLD: Duration = Duration::from_millis(5);
+/// Most times the sender yields, after a batch is answered, while the queue still grows.
+/// Without it, the callers a batch answered resubmitted only after the next batch had left,
+/// so at 64 clients two cohorts alternated, about 12 operations a batch out of 21 in
+/// flight per node. Yielding makes it about 15: `bench/ab.sh`, 64 clients, medians, writes
+/// 7,367 → 8,830 ops/s (173 → 149 server µs each, 5 pairs), reads 35.1k → 42.8k (3 pairs).
+const MAX_YIELDS: usize = 8;
 
 type Outcome = Result<pb::BatchResult, Status>;
 
@@ -107,7 +113,27 @@ impl Batcher {
                 let _ = done_tx.send(());
             });
             let _ = tokio::time::timeout(HOLD, done_rx).await;
+            // The callers just answered are waking up, and most will submit again at once:
+            // let them, so that they go in the next batch rather than the one after.
+            let mut queued = self.queued();
+            for _ in 0..MAX_YIELDS {
+                tokio::task::yield_now().await;
+                let now = self.queued();
+                if now == queued {
+                    break;
+                }
+                queued = now;
+            }
         }
+    }
+
+    /// Operations waiting for the next batch.
+    fn queued(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .len()
     }
 
     /// Sends one batch and hands each answer to its waiter as it arrives.
