@@ -254,22 +254,26 @@ impl PeerNetwork {
     /// The open Raft stream to `node`, opened now if there is none; none if the node's
     /// address is unknown or it serves no streams.
     fn stream(&self, node: u64) -> Option<Arc<RaftStream>> {
-        let addr = self.addr(node)?;
+        // The stream to the node's current address, if it is still open. Called for every
+        // Raft message, so it looks without copying the address.
         let open = |p: &Peers| {
+            let addr = p.addrs.get(&node)?;
             p.streams
                 .get(&node)
-                .filter(|(a, s)| *a == addr && !s.is_closed())
+                .filter(|(a, s)| a == addr && !s.is_closed())
                 .map(|(_, s)| s.clone())
         };
-        {
+        let addr = {
             let p = self.peers.read().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = open(&p) {
                 return Some(s);
             }
+            let addr = p.addrs.get(&node)?.clone();
             if p.unary_only.contains(&(node, addr.clone())) {
                 return None;
             }
-        }
+            addr
+        };
         let mut client = self.client(node)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(Waiting::default()));

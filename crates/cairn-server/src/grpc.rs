@@ -2,7 +2,7 @@
 
 use crate::auth::Shown;
 use crate::node::Node;
-use crate::transport::{decode, encode};
+use crate::transport::{decode, decode_bytes, encode};
 use cairn_proto::v1::{self as pb, Envelope, admin_server, internal_server, kv_server};
 use cairn_raft::{RaftRpc, serve_raft_rpc};
 use cairn_router::{DEFAULT_DEADLINE, MetaRequest, PartitionRequest, TableRoute};
@@ -816,10 +816,8 @@ impl internal_server::Internal for Internal {
                 };
                 let (node, tx) = (node.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let answer = match postcard::from_bytes::<RaftRpc>(&frame.payload) {
-                        Err(e) => Err(Status::invalid_argument(format!(
-                            "malformed internal message: {e}"
-                        ))),
+                    let answer = match decode_bytes::<RaftRpc>(&frame.payload) {
+                        Err(e) => Err(status(e)),
                         Ok(rpc) => handle_raft(&node, rpc).await,
                     };
                     let frame = match answer {

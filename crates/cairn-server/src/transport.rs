@@ -20,7 +20,12 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Envelope {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(e: &Envelope) -> Result<T> {
-    postcard::from_bytes(&e.payload)
+    decode_bytes(&e.payload)
+}
+
+/// Decodes an internal message carried outside an [`Envelope`] (a `RaftStream` frame).
+pub(crate) fn decode_bytes<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    postcard::from_bytes(payload)
         .map_err(|err| Error::InvalidArgument(format!("malformed internal message: {err}")))
 }
 
