@@ -167,11 +167,16 @@ impl Node {
         }
     }
 
-    /// Checks that the caller may do `access`; nothing is done when it may not.
-    pub(crate) async fn authorize(&self, shown: Shown<'_>, access: Access<'_>) -> Result<()> {
+    /// Checks that the caller may do `access`; nothing is done when it may not. Answers
+    /// the caller's user name (`None` on an insecure node).
+    pub(crate) async fn authorize(
+        &self,
+        shown: Shown<'_>,
+        access: Access<'_>,
+    ) -> Result<Option<String>> {
         match self.authenticate(shown).await? {
             Some(u) if !u.allows(access) => Err(Error::PermissionDenied(u.refusal(access))),
-            _ => Ok(()),
+            u => Ok(u.map(|u| u.name)),
         }
     }
 

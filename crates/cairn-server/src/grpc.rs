@@ -164,7 +164,10 @@ fn shown<T>(req: &Request<T>) -> Shown<'_> {
 
 /// Refuses the request unless its caller may do `access` (always allowed when insecure).
 async fn allow<T>(node: &Node, req: &Request<T>, access: Access<'_>) -> Result<(), Status> {
-    node.authorize(shown(req), access).await.map_err(status)
+    node.authorize(shown(req), access)
+        .await
+        .map(drop)
+        .map_err(status)
 }
 
 async fn batch_op(

@@ -366,12 +366,28 @@ struct CreateTable {
 /// Header naming one logical write across retries (as in the IETF draft and Stripe's API).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// A stable 64-bit id for the request `parts` that carries `Idempotency-Key: key`. The
-/// request's own parts are in it, so a key reused for a different request is a different
-/// write instead of one silently taken for a retry.
-fn idempotency_id(key: &[u8], parts: &[&[u8]]) -> u64 {
+/// The user a request was authorized as, put in its extensions by [`require_access`]
+/// (absent on an insecure node).
+#[derive(Clone)]
+struct Caller(String);
+
+/// The name an `Idempotency-Key` is scoped to: the caller's user, or nobody when the node is
+/// insecure.
+fn scope(caller: &Option<axum::Extension<Caller>>) -> &[u8] {
+    caller.as_ref().map_or(&[], |c| c.0.0.as_bytes())
+}
+
+/// A stable 64-bit id for the request `parts` that user `scope` sent with
+/// `Idempotency-Key: key`. The request's own parts are in it, so a key reused for a
+/// different request is a different write instead of one silently taken for a retry; and
+/// so is the user, so that one user's key can never pass another's write off as a retry
+/// (which would answer it as done without applying it).
+fn idempotency_id(scope: &[u8], key: &[u8], parts: &[&[u8]]) -> u64 {
     let mut h = Sha256::new();
-    for p in std::iter::once(key).chain(parts.iter().copied()) {
+    // An insecure node has no users: its ids stay what they were before keys were scoped,
+    // so a retry through a node of the previous version is still recognised.
+    let scope = (!scope.is_empty()).then_some(scope);
+    for p in scope.into_iter().chain([key]).chain(parts.iter().copied()) {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
@@ -405,18 +421,28 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
 /// the write with this id once (it remembers the id for 10 minutes after applying it), so
 /// a retry through any node within that time is answered as the first attempt was and
 /// never overwrites a newer value.
-fn write_id(headers: &HeaderMap, parts: &[&[u8]]) -> Result<Option<RequestId>, ApiError> {
+fn write_id(
+    scope: &[u8],
+    headers: &HeaderMap,
+    parts: &[&[u8]],
+) -> Result<Option<RequestId>, ApiError> {
     Ok(idempotency_key(headers)?.map(|k| RequestId {
-        client: ClientId(idempotency_id(k, parts)),
+        client: ClientId(idempotency_id(scope, k, parts)),
         seq: 1,
         first_incomplete: 1,
     }))
 }
 
-async fn create_table(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn create_table(
+    State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     // A retried create with the same key is answered the table its first attempt made.
-    let request_id =
-        idempotency_key(&headers)?.map_or(0, |k| idempotency_id(k, &[b"create", &body]));
+    let request_id = idempotency_key(&headers)?.map_or(0, |k| {
+        idempotency_id(scope(&caller), k, &[b"create", &body])
+    });
     let req: CreateTable = serde_json::from_slice(&body).map_err(|e| {
         bad(format!("malformed JSON body: {e}; expected {{\"name\":\"t\",\"replication\":3,\"split_keys\":[\"m\"]}}"))
     })?;
@@ -471,12 +497,14 @@ fn table_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
 
 async fn put_key(
     State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<Caller>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
-    let rid = write_id(&headers, &[b"put", table.as_bytes(), &key, &body])?;
+    let parts: [&[u8]; 4] = [b"put", table.as_bytes(), &key, &body];
+    let rid = write_id(scope(&caller), &headers, &parts)?;
     let started = std::time::Instant::now();
     let res = node.put(&table, key, body.to_vec(), rid, deadline()).await;
     node.record("put", res.is_ok(), started);
@@ -509,9 +537,15 @@ async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     }
 }
 
-async fn delete_key(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) -> ApiResult {
+async fn delete_key(
+    State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<Caller>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
-    let rid = write_id(&headers, &[b"delete", table.as_bytes(), &key])?;
+    let parts: [&[u8]; 3] = [b"delete", table.as_bytes(), &key];
+    let rid = write_id(scope(&caller), &headers, &parts)?;
     let started = std::time::Instant::now();
     let res = node.delete(&table, key, rid, deadline()).await;
     node.record("delete", res.is_ok(), started);
@@ -782,7 +816,7 @@ impl Need {
 /// Refuses a request on a secure node unless its token or client certificate allows it.
 async fn require_access(
     State(node): State<Arc<Node>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let need = Need::of(req.method(), req.uri().path());
@@ -803,7 +837,12 @@ async fn require_access(
         token: Shown::bearer(token.as_deref()),
     };
     match node.authorize(shown, access).await {
-        Ok(()) => next.run(req).await,
+        Ok(user) => {
+            if let Some(name) = user {
+                req.extensions_mut().insert(Caller(name));
+            }
+            next.run(req).await
+        }
         Err(e) => ApiError(e).into_response(),
     }
 }

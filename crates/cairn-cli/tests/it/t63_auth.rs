@@ -234,6 +234,44 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
         Some(&b"o0"[..])
     );
 
+    // An Idempotency-Key is the user's own: `app` retrying its write is recognised (a newer
+    // value stays), but `web` sending the same request with the same key makes a write of
+    // its own instead of being answered as app's retry and dropped.
+    let idem = format!("{}/v1/tables/app_t/keys/idem", c.http(2));
+    let put_as = |token: &str| {
+        curl(
+            &certs,
+            &[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Idempotency-Key: t63-shared-key-0001",
+                "-X",
+                "PUT",
+                "--data-binary",
+                "first",
+                &idem,
+            ],
+        )
+    };
+    let (status, body) = put_as(&app);
+    assert_eq!(status, 204, "{body}");
+    root.put("app_t", b"idem", b"newer").await.unwrap();
+    let (status, body) = put_as(&app);
+    assert_eq!(status, 204, "app's retry: {body}");
+    assert_eq!(
+        root.get("app_t", b"idem").await.unwrap().as_deref(),
+        Some(&b"newer"[..]),
+        "a retry of app's write was applied again over a newer value"
+    );
+    let (status, body) = put_as(&web_token);
+    assert_eq!(status, 204, "web's write: {body}");
+    assert_eq!(
+        root.get("app_t", b"idem").await.unwrap().as_deref(),
+        Some(&b"first"[..]),
+        "web's write under app's Idempotency-Key was taken for app's retry and not applied"
+    );
+
     // A removed user's token stops working (at once on the node that removed it, within
     // the cache's few seconds elsewhere).
     cairn(&certs, &endpoints, &["user", "remove", "ro"]);
