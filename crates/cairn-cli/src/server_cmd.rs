@@ -110,6 +110,10 @@ pub(crate) struct ServerArgs {
     /// never catches up, to exercise the rollback of a move.
     #[arg(long, env = "CAIRN_FAULT_REFUSE_SNAPSHOTS")]
     fault_refuse_snapshots: bool,
+    /// [testing only] Serve no Raft streams (answer them UNIMPLEMENTED, as a node of an
+    /// older version does), so that peers send this node one call per Raft message.
+    #[arg(long, env = "CAIRN_FAULT_NO_RAFT_STREAM")]
+    fault_no_raft_stream: bool,
 }
 
 pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -171,6 +175,7 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
         },
         fault_lose_write_replies: a.fault_lose_write_replies,
         fault_refuse_snapshots: a.fault_refuse_snapshots,
+        fault_no_raft_stream: a.fault_no_raft_stream,
         disk_reserve: a.disk_reserve,
         quiesce: a.quiesce,
         raft_stream: a.raft_transport == "stream",

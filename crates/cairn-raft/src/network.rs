@@ -23,7 +23,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -147,10 +147,16 @@ struct Peers {
     addrs: HashMap<u64, String>,
     clients: HashMap<u64, (String, InternalClient<Channel>)>,
     streams: HashMap<u64, (String, Arc<RaftStream>)>,
-    /// Nodes (at an address) that answered that they have no `RaftStream`: an older
-    /// version during a rolling upgrade. They get unary calls.
-    unary_only: HashSet<(u64, String)>,
+    /// Nodes that answered, at an address and time, that they have no `RaftStream`: an
+    /// older version during a rolling upgrade. They get unary calls until
+    /// [`STREAM_RETRY_AFTER`] has passed, when the stream is tried again (the node may have
+    /// been upgraded meanwhile).
+    unary_only: HashMap<u64, (String, tokio::time::Instant)>,
 }
+
+/// How long a node that served no Raft stream gets unary calls before the stream is tried
+/// again.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The calls waiting for an answer on one stream.
 #[derive(Default)]
@@ -268,11 +274,14 @@ impl PeerNetwork {
             if let Some(s) = open(&p) {
                 return Some(s);
             }
-            let addr = p.addrs.get(&node)?.clone();
-            if p.unary_only.contains(&(node, addr.clone())) {
+            let addr = p.addrs.get(&node)?;
+            if p.unary_only
+                .get(&node)
+                .is_some_and(|(a, since)| a == addr && since.elapsed() < STREAM_RETRY_AFTER)
+            {
                 return None;
             }
-            addr
+            addr.clone()
         };
         let mut client = self.client(node)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -302,7 +311,13 @@ impl PeerNetwork {
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
                         .unary_only
-                        .insert((node, addr));
+                        .insert(node, (addr.clone(), tokio::time::Instant::now()));
+                    // Once per peer address: a rolling upgrade passes through this.
+                    tracing::warn!(
+                        "node {node} at {addr} serves no Raft streams (an older version?): \
+                         sending it one call per Raft message, trying the stream again in {}s",
+                        STREAM_RETRY_AFTER.as_secs()
+                    );
                     "it serves no Raft streams (an older version?); retrying as calls".into()
                 }
                 Err(s) => s.message().to_string(),

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Testing only: refuse every snapshot chunk sent to this node, so a new replica here
     /// never catches up (to exercise the rollback of a move). False in production.
     pub fault_refuse_snapshots: bool,
+    /// Testing only: serve no Raft streams, answering them UNIMPLEMENTED as a node of an
+    /// older version does, so peers must fall back to one call per message. False in
+    /// production.
+    pub fault_no_raft_stream: bool,
     /// The node's recent log output, served on `GET /debug/logs` (none: not kept).
     pub log_tail: Option<crate::LogTail>,
     /// Directory of `ca.crt`, `node.crt` and `node.key`: TLS on both ports and mutual TLS

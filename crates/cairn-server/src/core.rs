@@ -191,6 +191,8 @@ pub(crate) struct Core {
     pub(crate) controller_log: crate::controller::ControllerLog,
     /// Testing only: refuse incoming snapshot chunks.
     pub(crate) fault_refuse_snapshots: bool,
+    /// Testing only: answer Raft streams UNIMPLEMENTED (an older node).
+    pub(crate) fault_no_raft_stream: bool,
     /// This node's metadata replica; a move can open one or take it away at run time.
     pub(crate) meta: RwLock<Option<MetaReplica>>,
     /// The metadata group's voters as last heard (persisted in the identity record), so

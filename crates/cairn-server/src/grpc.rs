@@ -798,6 +798,11 @@ impl internal_server::Internal for Internal {
         req: Request<tonic::Streaming<pb::RaftFrame>>,
     ) -> Result<Response<RaftFrames>, Status> {
         use futures::StreamExt;
+        if self.0.core.fault_no_raft_stream {
+            return Err(Status::unimplemented(
+                "serving no Raft streams (--fault-no-raft-stream)",
+            ));
+        }
         let mut frames = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let node = self.0.clone();

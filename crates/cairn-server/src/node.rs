@@ -334,6 +334,7 @@ impl Node {
             controller: cfg.controller.clone(),
             controller_log: Default::default(),
             fault_refuse_snapshots: cfg.fault_refuse_snapshots,
+            fault_no_raft_stream: cfg.fault_no_raft_stream,
             meta_members: RwLock::new(identity.meta_members),
             meta: RwLock::new(meta),
             replicas: Default::default(),

@@ -154,6 +154,7 @@ fn add_node(
         },
         fault_lose_write_replies: 0,
         fault_refuse_snapshots: false,
+        fault_no_raft_stream: false,
         log_tail: None,
         certs_dir: None,
         disk_reserve: 0,

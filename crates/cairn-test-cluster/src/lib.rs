@@ -72,6 +72,7 @@ impl TestCluster {
                 },
                 fault_lose_write_replies: 0,
                 fault_refuse_snapshots: false,
+                fault_no_raft_stream: false,
                 log_tail: None,
                 certs_dir: None,
                 disk_reserve: 0,

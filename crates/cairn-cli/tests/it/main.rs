@@ -24,6 +24,7 @@ mod t67_config_file;
 mod t68_metrics;
 mod t69_console;
 mod t70_snapshot_and_join;
+mod t71_raft_stream_fallback;
 mod t72_health_checks;
 mod t80_pause;
 mod t85_split;
