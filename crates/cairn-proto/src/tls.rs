@@ -7,6 +7,10 @@
 //! and client) and `client.USER.crt`/`client.USER.key` (common name `USER`). A node asks
 //! every caller for a certificate but also accepts callers without one (they authenticate
 //! with a token); what a certificate's common name allows is decided above this layer.
+//!
+//! A node's configurations are [`LiveTls`]: [`LiveTls::reload`] reads the directory again
+//! and every connection accepted or dialed afterwards uses the new files (certificates are
+//! rotated without a restart; connections already open keep their session).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -120,6 +124,16 @@ fn roots(dir: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A configuration that can be replaced while connections are accepted and dialed with it:
+/// each new connection takes the newest.
+pub type Live<T> = tokio::sync::watch::Receiver<Arc<T>>;
+
+/// A configuration that never changes.
+fn fixed<T>(config: Arc<T>) -> Live<T> {
+    // A receiver keeps the last value after its sender is gone.
+    tokio::sync::watch::channel(config).1
+}
+
 /// What a node serves and dials with, from its certificates directory.
 #[derive(Clone)]
 pub struct NodeTls {
@@ -169,6 +183,64 @@ impl NodeTls {
     }
 }
 
+/// A node's TLS configurations, re-read from its certificates directory on
+/// [`LiveTls::reload`].
+pub struct LiveTls {
+    dir: PathBuf,
+    grpc: tokio::sync::watch::Sender<Arc<ServerConfig>>,
+    http: tokio::sync::watch::Sender<Arc<ServerConfig>>,
+    client: tokio::sync::watch::Sender<Arc<ClientConfig>>,
+}
+
+impl std::fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LiveTls({})", self.dir.display())
+    }
+}
+
+impl LiveTls {
+    /// Loads `ca.crt`, `node.crt` and `node.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let t = NodeTls::load(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            grpc: tokio::sync::watch::channel(t.grpc).0,
+            http: tokio::sync::watch::channel(t.http).0,
+            client: tokio::sync::watch::channel(t.client).0,
+        })
+    }
+
+    /// Reads the directory again; on success, connections from now on use its files. On
+    /// failure (a missing file, a key that does not match its certificate) nothing changes.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let t = NodeTls::load(&self.dir)?;
+        self.grpc.send_replace(t.grpc);
+        self.http.send_replace(t.http);
+        self.client.send_replace(t.client);
+        Ok(())
+    }
+
+    /// The certificates directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The gRPC port's configuration.
+    pub fn grpc(&self) -> Live<ServerConfig> {
+        self.grpc.subscribe()
+    }
+
+    /// The HTTP port's configuration.
+    pub fn http(&self) -> Live<ServerConfig> {
+        self.http.subscribe()
+    }
+
+    /// What the node dials its peers with.
+    pub fn client(&self) -> Live<ClientConfig> {
+        self.client.subscribe()
+    }
+}
+
 /// A client's configuration from `dir`: it trusts the CA in `ca.crt` and presents
 /// `client.USER.crt` when that file exists. `alpn` is `h2` for gRPC, `http/1.1` for HTTP.
 pub fn client_config(dir: &Path, user: &str, alpn: &[u8]) -> Result<ClientConfig, TlsError> {
@@ -203,7 +275,7 @@ fn host_of(addr: &str) -> &str {
 /// Dials TLS over TCP, checking the server's certificate against the CA and the name it
 /// was dialled by.
 pub struct TlsDialer {
-    connector: TlsConnector,
+    config: Live<ClientConfig>,
     local_ip: Option<IpAddr>,
 }
 
@@ -211,10 +283,12 @@ impl TlsDialer {
     /// Dials with `config`, from `local_ip` when given (the chaos harness gives each node
     /// its own loopback address).
     pub fn new(config: Arc<ClientConfig>, local_ip: Option<IpAddr>) -> Self {
-        Self {
-            connector: TlsConnector::from(config),
-            local_ip,
-        }
+        Self::live(fixed(config), local_ip)
+    }
+
+    /// Dials each connection with the newest of `config`.
+    pub fn live(config: Live<ClientConfig>, local_ip: Option<IpAddr>) -> Self {
+        Self { config, local_ip }
     }
 }
 
@@ -247,7 +321,7 @@ async fn connect_tcp(addr: &str, local_ip: Option<IpAddr>) -> io::Result<TcpStre
 
 impl Dialer for TlsDialer {
     fn dial(&self, addr: String) -> Dialing {
-        let connector = self.connector.clone();
+        let connector = TlsConnector::from(self.config.borrow().clone());
         let local_ip = self.local_ip;
         Box::pin(async move {
             let name = ServerName::try_from(host_of(&addr).to_string())
@@ -269,13 +343,12 @@ pub struct Handshaken {
     pub peer: Option<String>,
 }
 
-/// Accepts connections on `listener` and hands on those whose handshake with `config`
-/// succeeds. Each handshake runs on its own task for at most 10 s, so a slow or silent
+/// Accepts connections on `listener` and hands on those whose handshake with the newest
+/// of `config` succeeds. Each handshake runs on its own task for at most 10 s, so a slow or silent
 /// caller holds up nobody; a failed one is logged at debug level (a plaintext client, a
 /// certificate of another CA).
-pub fn accept(listener: TcpListener, config: Arc<ServerConfig>) -> mpsc::Receiver<Handshaken> {
+pub fn accept(listener: TcpListener, config: Live<ServerConfig>) -> mpsc::Receiver<Handshaken> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -293,7 +366,7 @@ pub fn accept(listener: TcpListener, config: Arc<ServerConfig>) -> mpsc::Receive
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

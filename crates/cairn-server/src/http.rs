@@ -902,7 +902,7 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<cairn_proto::tls::Live<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let stopped = async move {
@@ -944,7 +944,7 @@ struct TlsListener {
 impl TlsListener {
     fn new(
         listener: tokio::net::TcpListener,
-        tls: Arc<rustls::ServerConfig>,
+        tls: cairn_proto::tls::Live<rustls::ServerConfig>,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         Ok(Self {

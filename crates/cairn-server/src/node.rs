@@ -45,7 +45,7 @@ pub struct Substrate {
     pub dialer: SharedDialer,
     /// TLS for the HTTP listener and proof of a secure node (the gRPC connections and the
     /// dialer already speak it); `None`: insecure.
-    pub tls: Option<cairn_proto::tls::NodeTls>,
+    pub tls: Option<Arc<cairn_proto::tls::LiveTls>>,
     /// The node's engine.
     pub engine: SharedEngine,
     /// Makes the engine's writes durable.
@@ -226,14 +226,15 @@ impl Node {
         let grpc_addr = grpc.local_addr()?;
         let tls = match &cfg.certs_dir {
             Some(dir) => Some(
-                cairn_proto::tls::NodeTls::load(dir)
+                cairn_proto::tls::LiveTls::load(dir)
+                    .map(Arc::new)
                     .with_context(|| format!("--certs-dir {}: cannot set up TLS", dir.display()))?,
             ),
             None => None,
         };
         let (incoming, dialer): (cairn_proto::net::Incoming, SharedDialer) = match &tls {
             Some(tls) => {
-                let accepted = cairn_proto::tls::accept(grpc, tls.grpc.clone());
+                let accepted = cairn_proto::tls::accept(grpc, tls.grpc());
                 let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).map(
                     move |h: cairn_proto::tls::Handshaken| {
                         Ok(
@@ -242,7 +243,7 @@ impl Node {
                         )
                     },
                 );
-                let dialer = cairn_proto::tls::TlsDialer::new(tls.client.clone(), cfg.outbound_ip);
+                let dialer = cairn_proto::tls::TlsDialer::live(tls.client(), cfg.outbound_ip);
                 (Box::pin(incoming), Some(Arc::new(dialer)))
             }
             None => {
@@ -413,7 +414,13 @@ impl Node {
             tasks.push(tokio::spawn(crate::http::serve(
                 node.clone(),
                 http,
-                tls.map(|t| t.http),
+                tls.as_ref().map(|t| t.http()),
+                node.stop.subscribe(),
+            )));
+        }
+        if let Some(tls) = tls {
+            tasks.push(tokio::spawn(reload_certificates_on_hangup(
+                tls,
                 node.stop.subscribe(),
             )));
         }
@@ -1351,5 +1358,38 @@ async fn storage_watch(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         tracing::error!("stopping: {why}");
         let _ = node.fatal.send(Some(why));
         return;
+    }
+}
+
+/// Re-reads the certificates directory on each SIGHUP (`kill -HUP`), so that certificates
+/// are rotated without a restart: new connections use the new files, open ones keep theirs.
+/// A directory that fails to load is logged and changes nothing.
+async fn reload_certificates_on_hangup(
+    tls: Arc<cairn_proto::tls::LiveTls>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch for SIGHUP ({e}): certificates reload only on restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                certs_dir = %tls.dir().display(),
+                "SIGHUP: certificates reloaded; new connections use them"
+            ),
+            Err(e) => tracing::error!(
+                certs_dir = %tls.dir().display(),
+                "SIGHUP: cannot reload the certificates, still using the ones loaded before: {e}"
+            ),
+        }
     }
 }

@@ -185,3 +185,94 @@ async fn t62_secure_cluster_refuses_plaintext_and_strangers() {
     )
     .await;
 }
+
+/// `kill -HUP` makes a node read its certificates directory again: a node certificate
+/// reissued with another host name is served on new connections without a restart, and a
+/// directory that does not load leaves the node serving the certificate it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t62_sighup_reloads_certificates() {
+    let c = Cluster::start_secure(3).await;
+    let certs = c.certs.clone().unwrap();
+    let ca = certs.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let port = |id: u64| c.http(id).rsplit(':').next().unwrap().to_string();
+    // /health of node `id` asked for by a name its certificate must carry.
+    let by_name = |id: u64| {
+        let p = port(id);
+        curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("reloaded.example:{p}:127.0.0.1"),
+            &format!("https://reloaded.example:{p}/health"),
+        ])
+    };
+    let (ok, body) = by_name(1);
+    assert!(
+        !ok,
+        "the first certificate already names reloaded.example: {body}"
+    );
+
+    let dir = certs.to_str().unwrap();
+    crate::cluster::cert(&[
+        "create-node",
+        "--certs-dir",
+        dir,
+        "--overwrite",
+        "127.0.0.1",
+        "localhost",
+        "reloaded.example",
+    ]);
+    let hup = |id: u64| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &c.pid(id).to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP node {id}");
+    };
+    hup(1);
+    wait_for(Duration::from_secs(10), "node 1 to reload", async || {
+        c.log(1).contains("certificates reloaded").then_some(())
+    })
+    .await;
+    let (ok, body) = by_name(1);
+    assert!(
+        ok && body.contains("\"secure\":true"),
+        "after SIGHUP: {body}"
+    );
+    // Node 2 was not told: it still serves the certificate it started with.
+    let (ok, body) = by_name(2);
+    assert!(
+        !ok,
+        "node 2 serves the new certificate without a SIGHUP: {body}"
+    );
+    // The cluster still works with node 1's new certificate (new connections use it).
+    let cl = c.client();
+    cl.create_table("r", 3, Vec::new()).await.unwrap();
+    cl.put("r", b"k", b"v").await.unwrap();
+    assert_eq!(cl.get("r", b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+
+    // A key that does not load: node 2 says so and keeps its certificate.
+    std::fs::write(certs.join("node.key"), "not a key").unwrap();
+    hup(2);
+    wait_for(
+        Duration::from_secs(10),
+        "node 2 to refuse the reload",
+        async || {
+            c.log(2)
+                .contains("cannot reload the certificates")
+                .then_some(())
+        },
+    )
+    .await;
+    let (ok, body) = curl(&["--cacert", ca, &format!("{}/health", c.http(2))]);
+    assert!(
+        ok && body.contains("\"secure\":true"),
+        "after a failed reload: {body}"
+    );
+    assert_eq!(
+        c.client_of(2).get("r", b"k").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
