@@ -92,7 +92,7 @@ fn terminate(child: &Child) {
 }
 
 pub(crate) async fn run(a: PlaygroundArgs) -> anyhow::Result<ExitCode> {
-    let mut signals = Signals::install();
+    let mut signals = Signals::install_stopping_on_hangup();
     if a.nodes == 0 {
         bail!("--nodes must be at least 1");
     }

@@ -218,6 +218,7 @@ impl std::io::Write for Tee {
 pub(crate) struct Signals {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -227,10 +228,22 @@ impl Signals {
         Self {
             term: signal(SignalKind::terminate()).ok(),
             int: signal(SignalKind::interrupt()).ok(),
+            hup: None,
         }
     }
 
-    /// Waits for SIGTERM or Ctrl-C.
+    /// Like [`Signals::install`], and SIGHUP stops too: for the playground, whose secure
+    /// nodes take SIGHUP as "reload the certificates", so that closing its terminal still
+    /// stops them rather than leaving them running without it.
+    pub(crate) fn install_stopping_on_hangup() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            hup: signal(SignalKind::hangup()).ok(),
+            ..Self::install()
+        }
+    }
+
+    /// Waits for SIGTERM or Ctrl-C (or SIGHUP, if it was asked for).
     pub(crate) async fn recv(&mut self) {
         async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
             match s {
@@ -243,6 +256,7 @@ impl Signals {
         tokio::select! {
             _ = one(&mut self.term) => {}
             _ = one(&mut self.int) => {}
+            _ = one(&mut self.hup) => {}
         }
     }
 }

@@ -179,7 +179,7 @@ async fn t60_playground_and_readme_tour() {
     assert_eq!(r.text().await.unwrap(), "still");
 
     // Ctrl-C stops every node; the playground exits cleanly.
-    assert!(pg.interrupt().await.success());
+    assert!(pg.signal("-INT").await.success());
 
     // Run again: same data.
     let mut pg = start();
@@ -202,17 +202,22 @@ async fn t60_playground_and_readme_tour() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "still");
-    assert!(pg.interrupt().await.success());
+    // Closing its terminal (SIGHUP) stops it as cleanly, nodes included.
+    assert!(pg.signal("-HUP").await.success());
+    assert!(
+        h.get(format!("{http}/health")).send().await.is_err(),
+        "a node still answers after the playground exited"
+    );
 }
 
 /// The playground process; on drop (a failed test) it is asked to stop its nodes.
 struct Playground(std::process::Child);
 
 impl Playground {
-    /// Sends Ctrl-C (SIGINT) and waits, at most 60 s, for the playground to exit.
-    async fn interrupt(&mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (`-INT`: Ctrl-C) and waits, at most 60 s, for the playground to exit.
+    async fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
+            .args([signal, &self.0.id().to_string()])
             .status()
             .unwrap();
         wait_for(Duration::from_secs(60), "the playground to exit", || {
