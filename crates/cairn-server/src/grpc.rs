@@ -52,13 +52,30 @@ fn deadline(timeout_ms: u64) -> Instant {
     Instant::now() + t - (t / 10).min(Duration::from_millis(100))
 }
 
-fn request_id(r: Option<pb::RequestId>) -> Option<RequestId> {
+/// The write id of a request from `user` (none on an insecure node). A client draws its
+/// own id; on a secure node the id is scoped to the user, so that a user who learned
+/// another's client id cannot make that client's writes look like duplicates (and be
+/// dropped), nor its own look like that client's.
+fn request_id(r: Option<pb::RequestId>, user: Option<&str>) -> Option<RequestId> {
     r.filter(|r| r.client != 0 && r.seq != 0)
         .map(|r| RequestId {
-            client: ClientId(r.client),
+            client: ClientId(user.map_or(r.client, |u| scoped_client(u, r.client))),
             seq: r.seq,
             first_incomplete: r.first_incomplete,
         })
+}
+
+/// Client id `client` of user `user`, as the partitions record it.
+fn scoped_client(user: &str, client: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((user.len() as u64).to_le_bytes());
+    h.update(user.as_bytes());
+    h.update(client.to_le_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&h.finalize()[..8]);
+    // Never 0, which means "no id".
+    u64::from_le_bytes(id).max(1)
 }
 
 pub(crate) fn partition_pb(
@@ -162,12 +179,14 @@ fn shown<T>(req: &Request<T>) -> Shown<'_> {
     }
 }
 
-/// Refuses the request unless its caller may do `access` (always allowed when insecure).
-async fn allow<T>(node: &Node, req: &Request<T>, access: Access<'_>) -> Result<(), Status> {
-    node.authorize(shown(req), access)
-        .await
-        .map(drop)
-        .map_err(status)
+/// Refuses the request unless its caller may do `access` (always allowed when insecure);
+/// answers the caller's user name on a secure node.
+async fn allow<T>(
+    node: &Node,
+    req: &Request<T>,
+    access: Access<'_>,
+) -> Result<Option<String>, Status> {
+    node.authorize(shown(req), access).await.map_err(status)
 }
 
 async fn batch_op(
@@ -198,6 +217,7 @@ async fn batch_op(
         });
         return out;
     }
+    let user = user.as_deref().map(|u| u.name.as_str());
     let (name, res) = match op.op {
         Some(Op::Put(r)) => {
             let res = node
@@ -205,7 +225,7 @@ async fn batch_op(
                     &r.table,
                     r.key,
                     r.value,
-                    request_id(r.request_id),
+                    request_id(r.request_id, user),
                     deadline(r.timeout_ms),
                 )
                 .await;
@@ -216,7 +236,7 @@ async fn batch_op(
                 .delete(
                     &r.table,
                     r.key,
-                    request_id(r.request_id),
+                    request_id(r.request_id, user),
                     deadline(r.timeout_ms),
                 )
                 .await;
@@ -388,7 +408,7 @@ impl kv_server::Kv for Kv {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        allow(&self.0, &req, Access::Write(&req.get_ref().table)).await?;
+        let user = allow(&self.0, &req, Access::Write(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
@@ -397,7 +417,7 @@ impl kv_server::Kv for Kv {
                 &r.table,
                 r.key,
                 r.value,
-                request_id(r.request_id),
+                request_id(r.request_id, user.as_deref()),
                 deadline(r.timeout_ms),
             )
             .await;
@@ -432,7 +452,7 @@ impl kv_server::Kv for Kv {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        allow(&self.0, &req, Access::Write(&req.get_ref().table)).await?;
+        let user = allow(&self.0, &req, Access::Write(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
         let res = self
@@ -440,7 +460,7 @@ impl kv_server::Kv for Kv {
             .delete(
                 &r.table,
                 r.key,
-                request_id(r.request_id),
+                request_id(r.request_id, user.as_deref()),
                 deadline(r.timeout_ms),
             )
             .await;

@@ -2,6 +2,7 @@
 //! refused (gRPC UNAUTHENTICATED / PERMISSION_DENIED, HTTP 401 / 403) and change nothing.
 
 use crate::cluster::{Cluster, cert, wait_for};
+use cairn_proto::v1::{PutRequest, RequestId, kv_client::KvClient};
 use cairn_types::ErrorCode;
 use std::path::Path;
 use std::process::Command;
@@ -270,6 +271,46 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
         root.get("app_t", b"idem").await.unwrap().as_deref(),
         Some(&b"first"[..]),
         "web's write under app's Idempotency-Key was taken for app's retry and not applied"
+    );
+
+    // The same over gRPC, where the client draws its own write id: web reusing app's id
+    // (learned somehow) neither has its write dropped as app's duplicate nor touches app's.
+    let tls = cairn_proto::tls::client_config(&certs, "nobody", b"h2").unwrap();
+    let dialer: cairn_proto::net::SharedDialer = Some(Arc::new(cairn_proto::tls::TlsDialer::new(
+        Arc::new(tls),
+        None,
+    )));
+    let channel = cairn_proto::net::lazy_channel(&c.nodes[0].grpc, &dialer, |e| e).unwrap();
+    let raw_put = |token: &str, value: &[u8]| {
+        let mut req = tonic::Request::new(PutRequest {
+            table: "app_t".into(),
+            key: b"grpc-idem".to_vec(),
+            value: value.to_vec(),
+            request_id: Some(RequestId {
+                client: 0xC0FFEE,
+                seq: 1,
+                first_incomplete: 1,
+            }),
+            timeout_ms: 0,
+        });
+        let auth = format!("Bearer {token}").parse().unwrap();
+        req.metadata_mut().insert("authorization", auth);
+        let mut kv = KvClient::new(channel.clone());
+        async move { kv.put(req).await.map(drop) }
+    };
+    raw_put(&app, b"app").await.unwrap();
+    root.put("app_t", b"grpc-idem", b"newer").await.unwrap();
+    raw_put(&app, b"app").await.unwrap();
+    assert_eq!(
+        root.get("app_t", b"grpc-idem").await.unwrap().as_deref(),
+        Some(&b"newer"[..]),
+        "a retry of app's gRPC write was applied again over a newer value"
+    );
+    raw_put(&web_token, b"web").await.unwrap();
+    assert_eq!(
+        root.get("app_t", b"grpc-idem").await.unwrap().as_deref(),
+        Some(&b"web"[..]),
+        "web's gRPC write with app's write id was taken for app's duplicate and not applied"
     );
 
     // A removed user's token stops working (at once on the node that removed it, within
