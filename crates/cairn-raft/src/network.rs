@@ -312,7 +312,8 @@ impl PeerNetwork {
                         .unwrap_or_else(|p| p.into_inner())
                         .unary_only
                         .insert(node, (addr.clone(), tokio::time::Instant::now()));
-                    // Once per peer address: a rolling upgrade passes through this.
+                    // Once per peer address and retry period: a rolling upgrade passes
+                    // through this.
                     tracing::warn!(
                         "node {node} at {addr} serves no Raft streams (an older version?): \
                          sending it one call per Raft message, trying the stream again in {}s",

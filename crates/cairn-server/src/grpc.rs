@@ -67,15 +67,7 @@ fn request_id(r: Option<pb::RequestId>, user: Option<&str>) -> Option<RequestId>
 
 /// Client id `client` of user `user`, as the partitions record it.
 fn scoped_client(user: &str, client: u64) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update((user.len() as u64).to_le_bytes());
-    h.update(user.as_bytes());
-    h.update(client.to_le_bytes());
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&h.finalize()[..8]);
-    // Never 0, which means "no id".
-    u64::from_le_bytes(id).max(1)
+    crate::auth::stable_id([user.as_bytes(), &client.to_le_bytes()])
 }
 
 pub(crate) fn partition_pb(

@@ -20,7 +20,6 @@ use cairn_types::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -383,19 +382,10 @@ fn scope(caller: &Option<axum::Extension<Caller>>) -> &[u8] {
 /// so is the user, so that one user's key can never pass another's write off as a retry
 /// (which would answer it as done without applying it).
 fn idempotency_id(scope: &[u8], key: &[u8], parts: &[&[u8]]) -> u64 {
-    let mut h = Sha256::new();
     // An insecure node has no users: its ids stay what they were before keys were scoped,
     // so a retry through a node of the previous version is still recognised.
     let scope = (!scope.is_empty()).then_some(scope);
-    for p in scope.into_iter().chain([key]).chain(parts.iter().copied()) {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    let digest = h.finalize();
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&digest[..8]);
-    // Never 0, which means "draw one" where ids are optional.
-    u64::from_le_bytes(id).max(1)
+    crate::auth::stable_id(scope.into_iter().chain([key]).chain(parts.iter().copied()))
 }
 
 /// The request's `Idempotency-Key`, checked: one header of 16 to 255 visible ASCII
