@@ -26,6 +26,8 @@ VALUE_SIZE=${VALUE_SIZE:-256}
 CAIRN_FLAGS=${CAIRN_FLAGS:---controller off}
 FLAGS_A=${FLAGS_A:-$CAIRN_FLAGS}   # server flags of A's runs and of B's
 FLAGS_B=${FLAGS_B:-$CAIRN_FLAGS}
+BENCH_A=${BENCH_A:-}   # more `cairn bench` flags of A's runs and of B's, e.g. "--partitions 1"
+BENCH_B=${BENCH_B:-}
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
 
 OUT=$PWD/target/bench/ab-$(date -u +%Y%m%dT%H%M%SZ)
@@ -47,7 +49,7 @@ cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | awk -v h
 
 # run BIN LABEL: one cluster, one workload; appends "label ops/s µs/op" to $OUT/runs.txt
 run() {
-  local bin=$1 label=$2 flags=$3 cluster="" ep i
+  local bin=$1 label=$2 flags=$3 bflags=$4 cluster="" ep i
   WORK=$(mktemp -d)
   declare -a G H
   for i in 1 2 3; do G[$i]=$(free_port); H[$i]=$(free_port); done
@@ -65,12 +67,13 @@ run() {
     sleep 0.5
   done
   [ $up = 1 ] || { echo "error: the cluster of $label did not come up; logs in $OUT" >&2; exit 1; }
+  # shellcheck disable=SC2086 # bflags is a list of flags
   "$bin" --endpoints "$ep" bench --workload load --clients 64 --records "$RECORDS" \
-    --value-size "$VALUE_SIZE" --ops 100000000 >/dev/null 2>&1
+    --value-size "$VALUE_SIZE" --ops 100000000 $bflags >/dev/null 2>&1
   local c0 c1
   c0=$(cpu "${PIDS[@]}")
   "$bin" --endpoints "$ep" bench --workload "$WORKLOAD" --clients "$CLIENTS" --records "$RECORDS" \
-    --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 --no-load >"$OUT/$label.txt" 2>&1
+    --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 --no-load $bflags >"$OUT/$label.txt" 2>&1
   c1=$(cpu "${PIDS[@]}")
   local ops
   ops=$(awk '/operations in/ {print $1}' "$OUT/$label.txt")
@@ -84,10 +87,11 @@ EOF
   stop_cluster
 }
 
-echo "A = $A $FLAGS_A"; echo "B = $B $FLAGS_B"
+echo "A = $A $FLAGS_A; bench $BENCH_A"; echo "B = $B $FLAGS_B; bench $BENCH_B"
 echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers)"
 for n in $(seq 1 "$PAIRS"); do
-  if [ $((n % 2)) = 1 ]; then run "$A" "a$n" "$FLAGS_A"; run "$B" "b$n" "$FLAGS_B"; else run "$B" "b$n" "$FLAGS_B"; run "$A" "a$n" "$FLAGS_A"; fi
+  if [ $((n % 2)) = 1 ]; then run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; run "$B" "b$n" "$FLAGS_B" "$BENCH_B"
+  else run "$B" "b$n" "$FLAGS_B" "$BENCH_B"; run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; fi
 done
 python3 - "$OUT/runs.txt" <<'EOF'
 import statistics, sys

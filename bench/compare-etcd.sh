@@ -10,6 +10,7 @@
 #   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" RUNS=5 bench/compare-etcd.sh
 #   WORKLOADS=c CLIENTS=1 EXTRA="--consistency stale" bench/compare-etcd.sh   # stale reads
 #   CAIRN_FLAGS="--controller off" bench/compare-etcd.sh   # keep Cairn's 3 partitions as they are
+#   PARTITIONS=1 CAIRN_FLAGS="--split-qps 1000000" bench/compare-etcd.sh   # one Raft group, as etcd
 #
 # Installs etcd-server, protobuf-compiler (for the etcd driver) and python3 from Debian's
 # packages when missing (needs root for that). Results go to target/bench/<timestamp>/.
@@ -24,6 +25,9 @@ RUNS=${RUNS:-3}
 VALUE_SIZE=${VALUE_SIZE:-256}
 EXTRA=${EXTRA:-}   # more `cairn bench` flags for both stores, e.g. "--consistency stale"
 CAIRN_FLAGS=${CAIRN_FLAGS:-}   # more `cairn server` flags, e.g. "--controller off"
+# Partitions of Cairn's table: 3 (one leader per node) or 1 (one Raft group, like etcd's).
+# With 1, raise --split-qps in CAIRN_FLAGS or the controller splits the table under load.
+PARTITIONS=${PARTITIONS:-3}
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -114,7 +118,7 @@ run() { # store endpoints workload clients tag extra...
   # bash's `time` gives the load generator's own CPU (user and system seconds).
   { TIMEFORMAT='%U %S'; time "$BIN" --endpoints "$ep" bench --driver "$store" --workload "$w" --clients "$c" \
     --records "$RECORDS" --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 \
-    --json "$OUT/$name.json" $EXTRA "$@" >"$OUT/$name.txt" 2>"$OUT/$name.progress"; } 2>"$OUT/$name.loadgen"
+    --json "$OUT/$name.json" --partitions "$PARTITIONS" $EXTRA "$@" >"$OUT/$name.txt" 2>"$OUT/$name.progress"; } 2>"$OUT/$name.loadgen"
   after=$(cpu_ticks "$store")
   python3 -c 'import sys; b, a = sys.argv[1].split(), sys.argv[2].split(); print(" ".join(str(int(y) - int(x)) for x, y in zip(b, a)))' \
     "$before" "$after" >"$OUT/$name.cpu"
@@ -138,7 +142,7 @@ done
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS EXTRA=\"$EXTRA\" CAIRN_FLAGS=\"$CAIRN_FLAGS\" bench/compare-etcd.sh"
+  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS PARTITIONS=$PARTITIONS EXTRA=\"$EXTRA\" CAIRN_FLAGS=\"$CAIRN_FLAGS\" bench/compare-etcd.sh"
   python3 - "$OUT" "$WORKLOADS" "$CLIENTS" "$(getconf CLK_TCK)" "$RUNS" <<'PY'
 import json, statistics, sys
 out, workloads, clients, tck, runs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])
