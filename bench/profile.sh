@@ -7,6 +7,7 @@
 #   WORKLOAD=c CLIENTS=64 DURATION=10 bench/profile.sh
 #   CAIRN_FLAGS="--controller off" bench/profile.sh
 #   CALLGRAPH=dwarf FREQ=99 bench/profile.sh       # inclusive time per function
+#   PARTITIONS=1 CAIRN_FLAGS="--controller off" bench/profile.sh   # one Raft group
 #
 # Installs linux-perf, protobuf-compiler and python3 from Debian's packages when missing (needs root). The raw
 # profile and the reports go to target/bench/profile-<timestamp>/.
@@ -23,6 +24,7 @@ FREQ=${FREQ:-499}
 # (callers of everything; large files, so use a lower FREQ).
 CALLGRAPH=${CALLGRAPH:-fp}
 CAIRN_FLAGS=${CAIRN_FLAGS:-}
+PARTITIONS=${PARTITIONS:-3}   # of the table; with 1, add --controller off or a high --split-qps
 
 missing=()
 command -v perf >/dev/null || missing+=(linux-perf)
@@ -78,12 +80,12 @@ done
 
 echo "loading $RECORDS records ..."
 "$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
-  --value-size "$VALUE_SIZE" --ops 100000000 >"$OUT/load.txt" 2>/dev/null
+  --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >"$OUT/load.txt" 2>/dev/null
 
 echo "profiling workload $WORKLOAD, $CLIENTS clients, $DURATION s ..."
 "$BIN" --endpoints "$EP" bench --workload "$WORKLOAD" --clients "$CLIENTS" --records "$RECORDS" \
   --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 --no-load \
-  >"$OUT/bench.txt" 2>/dev/null &
+  --partitions "$PARTITIONS" >"$OUT/bench.txt" 2>/dev/null &
 GEN=$!
 PIDS+=($GEN)
 # Skip the first second (connections, leader discovery) and stop a second before the end.
