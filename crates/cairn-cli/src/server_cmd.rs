@@ -97,6 +97,11 @@ pub(crate) struct ServerArgs {
     /// acknowledged writes: proves the power-loss tests catch a store that does this.
     #[arg(long, env = "CAIRN_FAULT_SKIP_FSYNC")]
     fault_skip_fsync: bool,
+    /// With --certs-dir: every this many seconds, reload ca.crt, node.crt and node.key if
+    /// they changed (as when cert-manager or Kubernetes rotates a mounted Secret); 0 reloads
+    /// them only on SIGHUP.
+    #[arg(long, env = "CAIRN_CERTS_RELOAD_INTERVAL", default_value_t = 60)]
+    certs_reload_interval: u64,
     /// [testing only] Abort the process the moment it reaches this point (install-rows: a
     /// snapshot install has copied its first rows; split-applied: a split is applied, its
     /// right half not yet open), as if the power went out there.
@@ -182,6 +187,8 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
         fault_skip_fsync: a.fault_skip_fsync,
         log_tail: Some(tail),
         certs_dir,
+        certs_reload_interval: (a.certs_reload_interval > 0)
+            .then(|| std::time::Duration::from_secs(a.certs_reload_interval)),
     };
     let mut signals = Signals::install();
     let node = Node::start(cfg).await.context("the node could not start")?;

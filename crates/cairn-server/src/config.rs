@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// Directory of `ca.crt`, `node.crt` and `node.key`: TLS on both ports and mutual TLS
     /// between nodes (none: the node runs insecure).
     pub certs_dir: Option<PathBuf>,
+    /// How often a secure node looks whether its certificate files changed, and reloads
+    /// them if so (none: only on SIGHUP).
+    pub certs_reload_interval: Option<std::time::Duration>,
 }
 
 /// The controller: whether it runs (beside the metadata leader) and its thresholds. Every

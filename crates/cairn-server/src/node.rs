@@ -419,8 +419,9 @@ impl Node {
             )));
         }
         if let Some(tls) = tls {
-            tasks.push(tokio::spawn(reload_certificates_on_hangup(
+            tasks.push(tokio::spawn(reload_certificates(
                 tls,
+                cfg.certs_reload_interval,
                 node.stop.subscribe(),
             )));
         }
@@ -1361,35 +1362,80 @@ async fn storage_watch(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Re-reads the certificates directory on each SIGHUP (`kill -HUP`), so that certificates
-/// are rotated without a restart: new connections use the new files, open ones keep theirs.
-/// A directory that fails to load is logged and changes nothing.
-async fn reload_certificates_on_hangup(
+/// Re-reads the certificates directory on each SIGHUP (`kill -HUP`) and, every `poll`, when
+/// its files changed, so that certificates are rotated without a restart (cert-manager and
+/// Kubernetes rewrite a mounted Secret's files and signal nobody): new connections use the
+/// new files, open ones keep theirs. A directory that fails to load is logged and changes
+/// nothing; a half-written rotation (a new certificate beside the old key) is tried again
+/// once the files change again.
+async fn reload_certificates(
     tls: Arc<cairn_proto::tls::LiveTls>,
+    poll: Option<Duration>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!("cannot watch for SIGHUP ({e}): certificates reload only on restart");
-            return;
+            None
         }
     };
+    let mut ticks = poll.map(|p| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut seen = certificate_files_digest(tls.dir());
     loop {
-        tokio::select! {
+        let why = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            got = hangups.recv() => if got.is_none() { return },
-        }
+            got = async { match hangups.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            } } => match got {
+                Some(()) => {
+                    // What the signal loads, the next check need not load again.
+                    seen = certificate_files_digest(tls.dir());
+                    "SIGHUP"
+                }
+                None => return,
+            },
+            _ = async { match ticks.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            } } => {
+                let now = certificate_files_digest(tls.dir());
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the certificate files changed"
+            }
+        };
         match tls.reload() {
             Ok(()) => tracing::info!(
                 certs_dir = %tls.dir().display(),
-                "SIGHUP: certificates reloaded; new connections use them"
+                "{why}: certificates reloaded; new connections use them"
             ),
             Err(e) => tracing::error!(
                 certs_dir = %tls.dir().display(),
-                "SIGHUP: cannot reload the certificates, still using the ones loaded before: {e}"
+                "{why}: cannot reload the certificates, still using the ones loaded before: {e}"
             ),
         }
     }
+}
+
+/// A digest of the contents of the files a node's TLS is made of (a missing or unreadable
+/// file counts as empty), to notice that they changed.
+fn certificate_files_digest(dir: &std::path::Path) -> [u8; 32] {
+    use cairn_proto::tls::{CA_CERT, NODE_CERT, NODE_KEY};
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for name in [CA_CERT, NODE_CERT, NODE_KEY] {
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    h.finalize().into()
 }

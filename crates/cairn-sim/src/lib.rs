@@ -157,6 +157,7 @@ fn add_node(
         fault_no_raft_stream: false,
         log_tail: None,
         certs_dir: None,
+        certs_reload_interval: None,
         disk_reserve: 0,
         quiesce: cfg.quiesce,
         raft_stream: cfg.raft_stream,

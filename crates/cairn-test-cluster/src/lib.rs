@@ -75,6 +75,7 @@ impl TestCluster {
                 fault_no_raft_stream: false,
                 log_tail: None,
                 certs_dir: None,
+                certs_reload_interval: None,
                 disk_reserve: 0,
                 quiesce: true,
                 // Node 1 sends its Raft messages as calls, the others on streams, so every

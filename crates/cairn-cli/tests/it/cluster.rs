@@ -185,6 +185,11 @@ impl Cluster {
         Self::start_opts_with(n, &[], false, false, true).await
     }
 
+    /// [`Cluster::start_secure`] with extra `cairn server` flags.
+    pub async fn start_secure_with(n: u64, extra: &[&str]) -> Cluster {
+        Self::start_opts_with(n, extra, false, false, true).await
+    }
+
     /// Starts `n` nodes whose data dirs are fault filesystems: [`Cluster::power_cut`]
     /// loses what a node did not fsync. Needs root and /dev/fuse.
     pub async fn start_fault_fs(n: u64, extra: &[&str]) -> Cluster {

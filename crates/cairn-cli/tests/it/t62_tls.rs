@@ -191,7 +191,8 @@ async fn t62_secure_cluster_refuses_plaintext_and_strangers() {
 /// directory that does not load leaves the node serving the certificate it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t62_sighup_reloads_certificates() {
-    let c = Cluster::start_secure(3).await;
+    // No polling of the files: only the signal reloads them, so node 2 keeps its old one.
+    let c = Cluster::start_secure_with(3, &["--certs-reload-interval", "0"]).await;
     let certs = c.certs.clone().unwrap();
     let ca = certs.join("ca.crt");
     let ca = ca.to_str().unwrap();
@@ -271,6 +272,100 @@ async fn t62_sighup_reloads_certificates() {
         ok && body.contains("\"secure\":true"),
         "after a failed reload: {body}"
     );
+    assert_eq!(
+        c.client_of(2).get("r", b"k").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+/// A node looks at its certificate files every `--certs-reload-interval` and reloads them
+/// when they changed, with no signal (cert-manager and Kubernetes rewrite a mounted
+/// Secret and tell nobody). A rotation caught half-way (a key that does not load) is
+/// refused, the node keeps serving, and it reloads once the files are whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t62_changed_certificate_files_reload_without_a_signal() {
+    let c = Cluster::start_secure_with(3, &["--certs-reload-interval", "1"]).await;
+    let certs = c.certs.clone().unwrap();
+    let ca = certs.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let dir = certs.to_str().unwrap();
+    let port = |id: u64| c.http(id).rsplit(':').next().unwrap().to_string();
+    let by_name = |id: u64| {
+        let p = port(id);
+        curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("rotated.example:{p}:127.0.0.1"),
+            &format!("https://rotated.example:{p}/health"),
+        ])
+    };
+    let reissue = || {
+        crate::cluster::cert(&[
+            "create-node",
+            "--certs-dir",
+            dir,
+            "--overwrite",
+            "127.0.0.1",
+            "localhost",
+            "rotated.example",
+        ])
+    };
+    let reloads = |id: u64| {
+        c.log(id)
+            .matches("the certificate files changed: certificates reloaded")
+            .count()
+    };
+    let (ok, body) = by_name(1);
+    assert!(
+        !ok,
+        "the first certificate already names rotated.example: {body}"
+    );
+
+    reissue();
+    for id in 1..=3 {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("node {id} to serve the rewritten certificate, unsignalled"),
+            async || by_name(id).0.then_some(()),
+        )
+        .await;
+        // A poll between the writes of the new certificate and its key is refused and
+        // retried, so at least one reload succeeded, maybe after a refusal.
+        assert!(reloads(id) >= 1, "node {id}: {}", c.log(id));
+    }
+    let cl = c.client();
+    cl.create_table("r", 3, Vec::new()).await.unwrap();
+    cl.put("r", b"k", b"v").await.unwrap();
+
+    // Half a rotation: the key does not load. Each node says so and keeps what it had.
+    std::fs::write(certs.join("node.key"), "not a key").unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "node 2 to refuse the broken key",
+        async || {
+            c.log(2)
+                .contains("the certificate files changed: cannot reload the certificates")
+                .then_some(())
+        },
+    )
+    .await;
+    let (ok, body) = by_name(2);
+    assert!(
+        ok && body.contains("\"secure\":true"),
+        "node 2 after refusing the files: {body}"
+    );
+    // The rest of the rotation lands: the node loads the whole files.
+    let before = reloads(2);
+    reissue();
+    wait_for(
+        Duration::from_secs(20),
+        "node 2 to reload the repaired files",
+        async || (reloads(2) > before).then_some(()),
+    )
+    .await;
+    let (ok, body) = by_name(2);
+    assert!(ok, "node 2 after the repair: {body}");
     assert_eq!(
         c.client_of(2).get("r", b"k").await.unwrap().as_deref(),
         Some(&b"v"[..])
