@@ -82,17 +82,22 @@ pub(crate) fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// A stable, nonzero 64-bit id of `parts` (each length-prefixed, so no two lists of parts
-/// share an encoding): the write ids that HTTP idempotency keys and per-user gRPC client ids
-/// become, the same on every node.
-pub(crate) fn stable_id<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+/// The SHA-256 of `parts`, each length-prefixed, so that no two lists of parts share an
+/// encoding.
+pub(crate) fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
+    h.finalize().into()
+}
+
+/// A stable, nonzero 64-bit id of `parts` ([`digest`]): the write ids that HTTP idempotency
+/// keys and per-user gRPC client ids become, the same on every node.
+pub(crate) fn stable_id<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     let mut id = [0u8; 8];
-    id.copy_from_slice(&h.finalize()[..8]);
+    id.copy_from_slice(&digest(parts)[..8]);
     // Never 0, which means "no id".
     u64::from_le_bytes(id).max(1)
 }

@@ -1430,12 +1430,7 @@ async fn reload_certificates(
 /// file counts as empty), to notice that they changed.
 fn certificate_files_digest(dir: &std::path::Path) -> [u8; 32] {
     use cairn_proto::tls::{CA_CERT, NODE_CERT, NODE_KEY};
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for name in [CA_CERT, NODE_CERT, NODE_KEY] {
-        let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
-    }
-    h.finalize().into()
+    let files =
+        [CA_CERT, NODE_CERT, NODE_KEY].map(|n| std::fs::read(dir.join(n)).unwrap_or_default());
+    crate::auth::digest(files.iter().map(Vec::as_slice))
 }

@@ -186,6 +186,33 @@ async fn t62_secure_cluster_refuses_plaintext_and_strangers() {
     .await;
 }
 
+/// `/health` of node `id` of `c`, asked for by `name` (resolved to loopback): it answers
+/// only while the node's certificate carries that name.
+fn health_by_name(c: &Cluster, name: &str, id: u64) -> (bool, String) {
+    let ca = c.certs.as_ref().unwrap().join("ca.crt");
+    let p = c.http(id).rsplit(':').next().unwrap().to_string();
+    curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("{name}:{p}:127.0.0.1"),
+        &format!("https://{name}:{p}/health"),
+    ])
+}
+
+/// Reissues the node certificate in `c`'s certificates directory with `name` added.
+fn reissue_node_certificate(c: &Cluster, name: &str) {
+    crate::cluster::cert(&[
+        "create-node",
+        "--certs-dir",
+        c.certs.as_ref().unwrap().to_str().unwrap(),
+        "--overwrite",
+        "127.0.0.1",
+        "localhost",
+        name,
+    ]);
+}
+
 /// `kill -HUP` makes a node read its certificates directory again: a node certificate
 /// reissued with another host name is served on new connections without a restart, and a
 /// directory that does not load leaves the node serving the certificate it had.
@@ -196,34 +223,14 @@ async fn t62_sighup_reloads_certificates() {
     let certs = c.certs.clone().unwrap();
     let ca = certs.join("ca.crt");
     let ca = ca.to_str().unwrap();
-    let port = |id: u64| c.http(id).rsplit(':').next().unwrap().to_string();
-    // /health of node `id` asked for by a name its certificate must carry.
-    let by_name = |id: u64| {
-        let p = port(id);
-        curl(&[
-            "--cacert",
-            ca,
-            "--resolve",
-            &format!("reloaded.example:{p}:127.0.0.1"),
-            &format!("https://reloaded.example:{p}/health"),
-        ])
-    };
+    let by_name = |id: u64| health_by_name(&c, "reloaded.example", id);
     let (ok, body) = by_name(1);
     assert!(
         !ok,
         "the first certificate already names reloaded.example: {body}"
     );
 
-    let dir = certs.to_str().unwrap();
-    crate::cluster::cert(&[
-        "create-node",
-        "--certs-dir",
-        dir,
-        "--overwrite",
-        "127.0.0.1",
-        "localhost",
-        "reloaded.example",
-    ]);
+    reissue_node_certificate(&c, "reloaded.example");
     let hup = |id: u64| {
         let ok = Command::new("kill")
             .args(["-HUP", &c.pid(id).to_string()])
@@ -286,31 +293,8 @@ async fn t62_sighup_reloads_certificates() {
 async fn t62_changed_certificate_files_reload_without_a_signal() {
     let c = Cluster::start_secure_with(3, &["--certs-reload-interval", "1"]).await;
     let certs = c.certs.clone().unwrap();
-    let ca = certs.join("ca.crt");
-    let ca = ca.to_str().unwrap();
-    let dir = certs.to_str().unwrap();
-    let port = |id: u64| c.http(id).rsplit(':').next().unwrap().to_string();
-    let by_name = |id: u64| {
-        let p = port(id);
-        curl(&[
-            "--cacert",
-            ca,
-            "--resolve",
-            &format!("rotated.example:{p}:127.0.0.1"),
-            &format!("https://rotated.example:{p}/health"),
-        ])
-    };
-    let reissue = || {
-        crate::cluster::cert(&[
-            "create-node",
-            "--certs-dir",
-            dir,
-            "--overwrite",
-            "127.0.0.1",
-            "localhost",
-            "rotated.example",
-        ])
-    };
+    let by_name = |id: u64| health_by_name(&c, "rotated.example", id);
+    let reissue = || reissue_node_certificate(&c, "rotated.example");
     let reloads = |id: u64| {
         c.log(id)
             .matches("the certificate files changed: certificates reloaded")
