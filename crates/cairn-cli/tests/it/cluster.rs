@@ -74,23 +74,67 @@ pub async fn list_all(c: &cairn_client::Client, table: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A port the OS found free a moment ago, never one this process was given before: the OS
-/// may hand a released port out again at once, and two nodes of one cluster then collide
-/// (seen: node 2 could not listen on node 1's port).
+/// A free port on 127.0.0.1 that stays this test process's until it exits.
+///
+/// Ports come from below the kernel's ephemeral range, so that no outgoing connection (of
+/// this test or of another running beside it) takes a node's port while the node is down
+/// between a kill and a restart (seen in CI: a restarted node could not listen on its own
+/// HTTP port). Test processes share a lock file per port, so two never pick the same one.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
+    let (low, high) = reservable_range();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut seed = (u64::from(std::process::id()) << 32 | u64::from(now.subsec_nanos())) | 1;
+    for _ in 0..10_000 {
+        // xorshift: a different sequence per process, no dependency needed.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % u64::from(high - low)) as u16;
+        if reserve(port) {
             return port;
         }
     }
+    panic!("no free port in {low}..{high}");
+}
+
+/// Reserves `port` for this process if it is below the ephemeral range, no other test
+/// process holds it and nothing listens on it; the reservation is a lock on a file named
+/// after the port, freed when the process exits however it exits.
+pub fn reserve(port: u16) -> bool {
+    static HELD: std::sync::Mutex<Vec<(u16, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = reservable_range();
+    let mut held = HELD.lock().unwrap();
+    if !(low..high).contains(&port) || held.iter().any(|(p, _)| *p == port) {
+        return false;
+    }
+    let dir = std::env::temp_dir().join("cairn-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+        .unwrap();
+    if file.try_lock().is_err() || TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return false;
+    }
+    held.push((port, file));
+    true
+}
+
+/// The ports tests may take: below the kernel's ephemeral range (`ip_local_port_range`).
+fn reservable_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        ephemeral_low > 12_000,
+        "the ephemeral port range starts at {ephemeral_low}: tests need the ports below it free"
+    );
+    (10_000, ephemeral_low)
 }
 
 /// Runs `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -512,4 +556,18 @@ impl Drop for Cluster {
             eprintln!("node logs kept in {}", keep.display());
         }
     }
+}
+
+/// Ports handed to nodes lie below the ephemeral range, are never handed out twice, and a
+/// port another holder reserved is refused.
+#[test]
+fn free_ports_are_reserved_and_outside_the_ephemeral_range() {
+    let (low, high) = reservable_range();
+    let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+    for (i, p) in ports.iter().enumerate() {
+        assert!((low..high).contains(p), "port {p} is outside {low}..{high}");
+        assert!(!ports[..i].contains(p), "port {p} was handed out twice");
+        assert!(!reserve(*p), "port {p} was reserved again");
+    }
+    assert!(!reserve(high), "a port in the ephemeral range was reserved");
 }

@@ -1,19 +1,17 @@
-use crate::cluster::{free_port, wait_for};
+use crate::cluster::{free_port, reserve, wait_for};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A base port whose gRPC ports (base..base+2) and HTTP ports (base+1000..) are free now.
+/// A base port whose gRPC ports (base..base+2) and HTTP ports (base+1000..) are free now
+/// and reserved for this test process.
 fn free_base() -> u16 {
     for _ in 0..200 {
         let base = free_port();
-        if !(2000..=60000).contains(&base) {
-            continue;
-        }
-        let ok = (0..3).all(|i| {
-            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
-        });
-        if ok {
+        let rest = [1, 2, 1000, 1001, 1002];
+        if rest
+            .iter()
+            .all(|&d| base.checked_add(d).is_some_and(reserve))
+        {
             return base;
         }
     }
