@@ -30,6 +30,10 @@ pub(crate) struct ServerArgs {
     /// gRPC address other nodes and clients should use (default: the listen address).
     #[arg(long, env = "CAIRN_ADVERTISE")]
     advertise: Option<String>,
+    /// HTTP address others should use for this node's console, /metrics and /health
+    /// (default: --http, with the host of --advertise when --http binds 0.0.0.0 or [::]).
+    #[arg(long, env = "CAIRN_ADVERTISE_HTTP")]
+    advertise_http: Option<String>,
     /// Form a new cluster whose metadata group is these nodes: `1=HOST:PORT,2=HOST:PORT,...`.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
@@ -162,6 +166,7 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
         listen: a.listen,
         http: a.http,
         advertise: a.advertise,
+        advertise_http: a.advertise_http,
         initial_cluster,
         join: a.join,
         outbound_ip: a.outbound_ip,

@@ -16,6 +16,10 @@ pub struct ServerConfig {
     pub http: String,
     /// gRPC address peers and clients should use; default: the bound `listen` address.
     pub advertise: Option<String>,
+    /// HTTP address others should use (the console, `cairn debug zip`, `cairn gen
+    /// haproxy`); default: the bound `http` address, with the host of the advertised gRPC
+    /// address when `http` binds every interface.
+    pub advertise_http: Option<String>,
     /// Members of the metadata group when forming a new cluster (`id=host:port`).
     pub initial_cluster: Vec<(NodeId, String)>,
     /// Addresses of existing nodes to join through.

@@ -93,6 +93,20 @@ pub struct Node {
 /// serving (`/health` answers 503), so that load balancers send its clients elsewhere.
 const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
 
+/// The HTTP address to advertise for a node whose HTTP port is bound to `bound` and whose
+/// gRPC address is advertised as `advertise`: the bound address, unless it is a wildcard
+/// (0.0.0.0 or [::], as in containers), which no other host can dial; then the advertised
+/// gRPC host with the bound HTTP port.
+fn advertised_http(bound: SocketAddr, advertise: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    match advertise.rsplit_once(':') {
+        Some((host, _)) if !host.is_empty() => format!("{host}:{}", bound.port()),
+        _ => bound.to_string(),
+    }
+}
+
 async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -304,7 +318,11 @@ impl Node {
         let desc = NodeDesc {
             id: cfg.id,
             addr: advertise.clone(),
-            http_addr: http_addr.map(|a| a.to_string()).unwrap_or_default(),
+            http_addr: cfg.advertise_http.clone().unwrap_or_else(|| {
+                http_addr
+                    .map(|a| advertised_http(a, &advertise))
+                    .unwrap_or_default()
+            }),
         };
 
         let peers = PeerNetwork::new(cfg.outbound_ip, dialer).with_raft_stream(cfg.raft_stream);
@@ -1433,4 +1451,33 @@ fn certificate_files_digest(dir: &std::path::Path) -> [u8; 32] {
     let files =
         [CA_CERT, NODE_CERT, NODE_KEY].map(|n| std::fs::read(dir.join(n)).unwrap_or_default());
     crate::auth::digest(files.iter().map(Vec::as_slice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_http;
+
+    #[test]
+    fn a_wildcard_http_address_is_advertised_with_the_grpc_host() {
+        let at = |s: &str| s.parse().unwrap();
+        // A container binds every interface and advertises its name.
+        assert_eq!(
+            advertised_http(at("0.0.0.0:8001"), "cairn-2:7001"),
+            "cairn-2:8001"
+        );
+        assert_eq!(
+            advertised_http(at("[::]:8001"), "[fd00::2]:7001"),
+            "[fd00::2]:8001"
+        );
+        // A specific address is what others dial already.
+        assert_eq!(
+            advertised_http(at("127.0.0.1:8003"), "cairn-2:7001"),
+            "127.0.0.1:8003"
+        );
+        // Nothing better to say: the bound address stays.
+        assert_eq!(
+            advertised_http(at("0.0.0.0:8001"), "0.0.0.0:7001"),
+            "0.0.0.0:8001"
+        );
+    }
 }

@@ -137,6 +137,7 @@ fn add_node(
         listen: format!("0.0.0.0:{PORT}"),
         http: String::new(),
         advertise: Some(format!("{}:{PORT}", host(id))),
+        advertise_http: None,
         initial_cluster: members,
         join: Vec::new(),
         outbound_ip: None,

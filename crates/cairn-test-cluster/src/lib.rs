@@ -59,6 +59,7 @@ impl TestCluster {
                 listen: ga.to_string(),
                 http: ha.to_string(),
                 advertise: None,
+                advertise_http: None,
                 initial_cluster: initial.clone(),
                 join: vec![],
                 limits: Limits::default(),
