@@ -398,6 +398,22 @@ impl PeerNetwork {
             .cloned()
     }
 
+    /// A client for a one-off call to `addr`, over this node's dialer (TLS on a secure
+    /// cluster), not kept: for a node this one shares no group with.
+    pub fn client_at(&self, addr: &str) -> Option<InternalClient<Channel>> {
+        let channel = lazy_channel(addr, &self.dialer, |e| {
+            e.connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .local_address(self.local_ip)
+        })
+        .ok()?;
+        Some(
+            InternalClient::new(channel)
+                .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES),
+        )
+    }
+
     /// A (lazily connected) client for `node`, if its address is known.
     pub fn client(&self, node: u64) -> Option<InternalClient<Channel>> {
         let addr = self.addr(node)?;

@@ -103,6 +103,9 @@ pub enum MetaRequest {
     ListUsers,
     /// Who a credential belongs to, if anyone.
     Authenticate(Credential),
+    /// The metrics of the node asked, in Prometheus' text format, answered by that node
+    /// without forwarding (another node's console charts it).
+    NodeMetrics,
 }
 
 /// What a caller of a secure cluster showed.
@@ -210,6 +213,8 @@ pub enum MetaReply {
     Users(Vec<cairn_types::User>),
     /// The user a credential belongs to (for [`MetaRequest::Authenticate`]).
     Principal(Option<cairn_types::User>),
+    /// A node's metrics text (for [`MetaRequest::NodeMetrics`]).
+    Metrics(String),
 }
 
 /// A request for one partition replica.

@@ -5,7 +5,7 @@ use crate::node::Node;
 use crate::transport::{decode, decode_bytes, encode};
 use cairn_proto::v1::{self as pb, Envelope, admin_server, internal_server, kv_server};
 use cairn_raft::{RaftRpc, serve_raft_rpc};
-use cairn_router::{DEFAULT_DEADLINE, MetaRequest, PartitionRequest, TableRoute};
+use cairn_router::{DEFAULT_DEADLINE, MetaReply, MetaRequest, PartitionRequest, TableRoute};
 use cairn_types::Access;
 use cairn_types::{
     ClientId, Error, ErrorCode, META_GROUP, PartitionDesc, PartitionId, RequestId, TableId,
@@ -872,7 +872,10 @@ impl internal_server::Internal for Internal {
 
     async fn meta(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let r: MetaRequest = decode(req.get_ref()).map_err(status)?;
-        let res = self.0.core.handle_meta(r).await;
+        let res = match r {
+            MetaRequest::NodeMetrics => Ok(MetaReply::Metrics(self.0.metrics_text())),
+            r => self.0.core.handle_meta(r).await,
+        };
         Ok(Response::new(encode(&res)))
     }
 }

@@ -649,6 +649,20 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// Node `id`'s `/metrics`, fetched through this node (the console's charts of every node).
+async fn node_metrics(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+    let id = node_id(&id)?;
+    let text = node.metrics_of(NodeId(id), deadline()).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
+}
+
 /// A browser's CORS preflight for `/metrics`: the console of one node charts every node's
 /// metrics, sending its token in `Authorization`.
 async fn metrics_preflight() -> Response {
@@ -863,6 +877,7 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/v1/admin/controller", get(controller))
         .route("/v1/admin/controller/pause", post(pause_controller))
         .route("/v1/admin/controller/resume", post(resume_controller))
+        .route("/v1/admin/nodes/{id}/metrics", get(node_metrics))
         .route("/v1/admin/nodes/{id}/drain", post(drain))
         .route("/v1/admin/nodes/{id}/undrain", post(undrain))
         .route("/v1/admin/nodes/{id}", axum::routing::delete(remove_node))

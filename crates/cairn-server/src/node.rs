@@ -971,6 +971,43 @@ impl Node {
             .await
     }
 
+    /// Node `id`'s metrics text, asked of it over the internal service unless it is this
+    /// node: the console charts every node through the one it was loaded from, so it works
+    /// behind a balancer, a port-forward or a Compose network whose names the browser cannot
+    /// resolve.
+    pub(crate) async fn metrics_of(&self, id: NodeId, deadline: Instant) -> Result<String> {
+        if id == self.id() {
+            return Ok(self.metrics_text());
+        }
+        // A peer of one of this node's groups has a connection already; any other node is
+        // looked up in the metadata and called once.
+        let mut client = match self.core.peers.client(id.0) {
+            Some(c) => c,
+            None => {
+                let nodes = self.nodes(deadline).await?;
+                let n = nodes
+                    .iter()
+                    .find(|n| n.node.id == id)
+                    .ok_or_else(|| Error::NotFound(format!("the cluster has no node {id}")))?;
+                let addr = &n.node.addr;
+                self.core.peers.client_at(addr).ok_or_else(|| {
+                    Error::Unavailable(format!("node {id}'s address {addr:?} is not HOST:PORT"))
+                })?
+            }
+        };
+        let call = client.meta(crate::transport::encode(&MetaRequest::NodeMetrics));
+        let resp = tokio::time::timeout_at(deadline, call)
+            .await
+            .map_err(|_| Error::Unavailable(format!("node {id} did not answer in time")))?
+            .map_err(|s| Error::Unavailable(format!("node {id}: {}", s.message())))?;
+        match crate::transport::decode::<Result<MetaReply>>(resp.get_ref())?? {
+            MetaReply::Metrics(text) => Ok(text),
+            other => Err(Error::Internal(format!(
+                "node {id} answered {other:?} for its metrics"
+            ))),
+        }
+    }
+
     /// Nodes with liveness and load, from the metadata leader.
     pub async fn nodes(&self, deadline: Instant) -> Result<Vec<NodeStatus>> {
         match self.router.meta(MetaRequest::Nodes, deadline).await? {

@@ -171,6 +171,14 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
     let ro_auth = format!("Authorization: Bearer {ro}");
     let (status, body) = curl(&certs, &["-H", &ro_auth, &key]);
     assert_eq!((status, body.as_str()), (200, "v1"));
+    // The console's way to another node's metrics (node 1 asks node 2 over mutual TLS):
+    // open to a readonly token, not to a request without one.
+    let other = format!("{}/v1/admin/nodes/2/metrics", c.http(1));
+    let (status, body) = curl(&certs, &["-H", &ro_auth, &other]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("cairn_metadata_leader{node=\"2\"}"), "{body}");
+    let (status, body) = curl(&certs, &[&other]);
+    assert_eq!(status, 401, "{body}");
     let (status, body) = curl(
         &certs,
         &[

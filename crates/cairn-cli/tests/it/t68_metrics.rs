@@ -158,6 +158,30 @@ async fn t68_metrics_move_with_traffic_and_failures() {
         Some(1.0)
     );
 
+    // Every node's metrics through any node, as the console fetches them: the text is that
+    // node's (its label), the metadata leader's says it leads and another's does not; an
+    // unknown node is a 404.
+    let other = *all.iter().find(|&&id| id != meta).unwrap();
+    for via in all {
+        for (id, leads) in [(meta, 1.0), (other, 0.0)] {
+            let r = reqwest::get(format!("{}/v1/admin/nodes/{id}/metrics", c.http(via)))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "node {id}'s metrics through node {via}");
+            let t = r.text().await.unwrap();
+            let this = format!("node=\"{id}\"");
+            assert_eq!(
+                value(&t, "cairn_metadata_leader", &[&this]),
+                Some(leads),
+                "node {id}'s metrics through node {via}:\n{t}"
+            );
+        }
+    }
+    let r = reqwest::get(format!("{}/v1/admin/nodes/9/metrics", c.http(1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
+
     // The busiest partitions, by table name, on the nodes leading them.
     let busy = ["table=\"m\""];
     let mut exported = 0;

@@ -140,6 +140,11 @@ async fn t69_console_in_chromium_shows_nodes_tables_and_leaders() {
         !dom.contains("class=\"down\""),
         "no node is down yet:\n{dom}"
     );
+    // Every node's metrics come through node 2, the page's node.
+    assert!(
+        !dom.contains("metrics not fetched"),
+        "a node's metrics could not be fetched through node 2:\n{dom}"
+    );
 
     // A killed node shows as down.
     c.kill9(3);
