@@ -641,7 +641,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
                 header::CONTENT_TYPE,
                 prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             ),
-            // The console of any node charts every node's metrics from the browser.
+            // A page of another origin may chart it (the console itself fetches other
+            // nodes' metrics through its own node).
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         node.metrics_text(),
@@ -663,8 +664,8 @@ async fn node_metrics(State(node): State<Arc<Node>>, Path(id): Path<String>) -> 
         .into_response())
 }
 
-/// A browser's CORS preflight for `/metrics`: the console of one node charts every node's
-/// metrics, sending its token in `Authorization`.
+/// A browser's CORS preflight for `/metrics`, for a page of another origin that sends a
+/// token in `Authorization`.
 async fn metrics_preflight() -> Response {
     (
         StatusCode::NO_CONTENT,
