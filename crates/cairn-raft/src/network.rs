@@ -240,6 +240,13 @@ pub struct PeerNetwork {
 #[error("{0}")]
 struct Msg(String);
 
+/// The internal service's client on `channel`, taking messages up to the cluster's limit.
+fn internal_client(channel: Channel) -> InternalClient<Channel> {
+    InternalClient::new(channel)
+        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+}
+
 impl PeerNetwork {
     /// An empty address book; connections leave from `local_ip` when given, and go through
     /// `dialer` instead of TCP when given (simulation).
@@ -407,11 +414,7 @@ impl PeerNetwork {
                 .local_address(self.local_ip)
         })
         .ok()?;
-        Some(
-            InternalClient::new(channel)
-                .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES),
-        )
+        Some(internal_client(channel))
     }
 
     /// A (lazily connected) client for `node`, if its address is known.
@@ -435,9 +438,7 @@ impl PeerNetwork {
                 .keep_alive_timeout(Duration::from_secs(2))
         })
         .ok()?;
-        let client = InternalClient::new(channel)
-            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+        let client = internal_client(channel);
         let mut p = self.peers.write().unwrap_or_else(|p| p.into_inner());
         p.clients.insert(node, (addr, client.clone()));
         Some(client)

@@ -1496,25 +1496,22 @@ mod tests {
 
     #[test]
     fn a_wildcard_http_address_is_advertised_with_the_grpc_host() {
-        let at = |s: &str| s.parse().unwrap();
-        // A container binds every interface and advertises its name.
-        assert_eq!(
-            advertised_http(at("0.0.0.0:8001"), "cairn-2:7001"),
-            "cairn-2:8001"
-        );
-        assert_eq!(
-            advertised_http(at("[::]:8001"), "[fd00::2]:7001"),
-            "[fd00::2]:8001"
-        );
-        // A specific address is what others dial already.
-        assert_eq!(
-            advertised_http(at("127.0.0.1:8003"), "cairn-2:7001"),
-            "127.0.0.1:8003"
-        );
-        // Nothing better to say: the bound address stays.
-        assert_eq!(
-            advertised_http(at("0.0.0.0:8001"), "0.0.0.0:7001"),
-            "0.0.0.0:8001"
-        );
+        let cases = [
+            // A container binds every interface and advertises its name.
+            ("0.0.0.0:8001", "cairn-2:7001", "cairn-2:8001"),
+            ("[::]:8001", "[fd00::2]:7001", "[fd00::2]:8001"),
+            // A specific address is what others dial already.
+            ("127.0.0.1:8003", "cairn-2:7001", "127.0.0.1:8003"),
+            // Nothing better to say: the bound address stays.
+            ("0.0.0.0:8001", "0.0.0.0:7001", "0.0.0.0:8001"),
+        ];
+        for (bound, advertise, want) in cases {
+            let bound = bound.parse().unwrap();
+            assert_eq!(
+                advertised_http(bound, advertise),
+                want,
+                "{bound} {advertise}"
+            );
+        }
     }
 }
