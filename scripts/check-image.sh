@@ -2,7 +2,7 @@
 # Builds the server image from ./Dockerfile and walks docs/deployment.md's "The image" and
 # "Docker Compose" sections against it, end to end: build, a 3-node `compose up`, the
 # health check, `exec cairn admin nodes`, the curl tour (and node 3's metrics through node
-# 1, as the console fetches them), a rolling restart, `down` then `up` (the volumes keep the
+# 1, as the console fetches them), `cairn debug zip` from the host, a rolling restart, `down` then `up` (the volumes keep the
 # data), the node4 profile, `down -v`. Exits non-zero and says what
 # failed on the first failure. Not in CI: the image's release build alone takes 10-20 min on
 # 2 cores. scripts/check-deploy.sh (in CI) checks the same files offline.
@@ -218,6 +218,20 @@ echo "hello = $got"
 # The console on node 1 charts node 3 through node 1 (the browser cannot resolve cairn-3).
 http http://127.0.0.1:8001/v1/admin/nodes/3/metrics | grep -q 'cairn_metadata_leader{node="3"}' ||
   fail "node 1 does not serve node 3's metrics (the console's charts)"
+
+step "cairn debug zip from the host, through node 1's published port"
+# The host cannot resolve cairn-N, so everything comes through node 1 (--via). The image's
+# own cairn (its entrypoint) runs on the host's network, as root to write into $work, to
+# stand for a cairn installed on the host.
+podman run --rm --network host --user 0 -v "$work:/out" cairn:dev \
+  --endpoints 127.0.0.1:7001 debug zip --via 127.0.0.1:8001 /out/debug.zip >>"$log" 2>&1 ||
+  fail "cairn debug zip --via 127.0.0.1:8001 failed"
+manifest=$(python3 -c 'import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read("cairn-debug/MANIFEST.txt").decode())' "$work/debug.zip")
+for n in 1 2 3; do
+  grep -E "^  node $n .*logs.txt \(through" <<<"$manifest" >/dev/null ||
+    fail "debug zip did not collect node $n through node 1: $manifest"
+done
+echo "debug zip: every node's health, metrics and logs through node 1"
 
 step "rolling restart: compose restart cairn-3"
 compose restart cairn-3 >>"$log" 2>&1 || fail "compose restart cairn-3"

@@ -26,8 +26,22 @@ enum DebugCmd {
         /// How long to wait for each answer, in seconds.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// The HTTP address of one node to collect everything through, e.g. the
+        /// 127.0.0.1:8001 of a `kubectl port-forward`. By default each node is asked at the
+        /// HTTP address it advertises, and one that cannot be reached there is asked through
+        /// a node that could.
+        #[arg(long, value_name = "HOST:PORT")]
+        via: Option<String>,
     },
 }
+
+/// What is collected of each node: its own HTTP path, the name of the same diagnostic
+/// asked through another node (`/v1/admin/nodes/{id}/{name}`), and the file in the zip.
+const NODE_FILES: [(&str, &str, &str); 3] = [
+    ("/health", "health", "health.json"),
+    ("/metrics", "metrics", "metrics.txt"),
+    ("/debug/logs", "logs", "logs.txt"),
+];
 
 /// What the zip is made of: a path inside it and its bytes.
 type Entry = (String, Vec<u8>);
@@ -51,8 +65,12 @@ impl Collector {
             .map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        // /health answers 503 with a body worth keeping.
-        if status.is_success() || path == "/health" {
+        // /health answers 503 with a body worth keeping (so does a node's health asked
+        // through another node); a 503 that says the node could not be asked is an error.
+        let health = path.ends_with("/health")
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v.get("status").is_some());
+        if status.is_success() || health {
             Ok(body.to_vec())
         } else {
             Err(format!(
@@ -75,6 +93,54 @@ impl Collector {
             }
         }
     }
+
+    /// Fetches node `id`'s files from `base`: from the node itself, or through the node at
+    /// `base` when `through`. Answers the files that came and why the others did not.
+    async fn node_files(
+        &mut self,
+        base: &str,
+        id: u64,
+        through: bool,
+    ) -> (Vec<&'static str>, Vec<String>) {
+        let (mut got, mut errors) = (Vec::new(), Vec::new());
+        for (own, name, file) in NODE_FILES {
+            let path = if through {
+                format!("/v1/admin/nodes/{id}/{name}")
+            } else {
+                own.to_string()
+            };
+            match self.get(base, &path).await {
+                Ok(body) => {
+                    self.entries.push((format!("nodes/{id}/{file}"), body));
+                    got.push(file);
+                }
+                Err(e) => {
+                    errors.push(e);
+                    // Health is the first file and open to anyone: a node that does not
+                    // answer it will not answer the rest, and each try may wait the timeout.
+                    if got.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        (got, errors)
+    }
+}
+
+/// What was collected of one node, and through which node if not from itself.
+struct NodeResult {
+    got: Vec<&'static str>,
+    through: Option<String>,
+}
+
+/// The files that came, for the progress line.
+fn said(got: &[&str]) -> String {
+    if got.is_empty() {
+        "no answer".to_string()
+    } else {
+        got.join(", ")
+    }
 }
 
 fn http_base(addr: &str, scheme: &str) -> String {
@@ -86,7 +152,11 @@ fn http_base(addr: &str, scheme: &str) -> String {
 }
 
 pub(crate) async fn run(a: DebugArgs, conn: &crate::client_cmds::Conn) -> anyhow::Result<ExitCode> {
-    let DebugCmd::Zip { output, timeout } = a.cmd;
+    let DebugCmd::Zip {
+        output,
+        timeout,
+        via,
+    } = a.cmd;
     let endpoints = conn.endpoints.as_str();
     let client = conn.client()?;
     let nodes = client.nodes().await.map_err(|e| {
@@ -110,28 +180,62 @@ pub(crate) async fn run(a: DebugArgs, conn: &crate::client_cmds::Conn) -> anyhow
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     );
+    let mut results: Vec<NodeResult> = Vec::with_capacity(nodes.len());
     let mut answering = Vec::new();
-    for n in &nodes {
-        let base = http_base(&n.http_addr, scheme);
-        eprint!("node {} ({base}): ", n.id);
-        let mut got = Vec::new();
-        for (path, file) in [
-            ("/health", "health.json"),
-            ("/metrics", "metrics.txt"),
-            ("/debug/logs", "logs.txt"),
-        ] {
-            if c.fetch(&base, path, format!("nodes/{}/{file}", n.id)).await {
-                got.push(file);
+    if let Some(via) = &via {
+        // The caller reaches this one node only: everything comes through it.
+        let base = http_base(via, scheme);
+        for n in &nodes {
+            eprint!("node {} through {base}: ", n.id);
+            let (got, errors) = c.node_files(&base, n.id, true).await;
+            eprintln!("{}", said(&got));
+            c.problems.extend(errors);
+            results.push(NodeResult {
+                got,
+                through: Some(base.clone()),
+            });
+        }
+        answering.push(base);
+    } else {
+        let mut unreached = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let base = http_base(&n.http_addr, scheme);
+            eprint!("node {} ({base}): ", n.id);
+            let (got, errors) = c.node_files(&base, n.id, false).await;
+            eprintln!("{}", said(&got));
+            if got.is_empty() {
+                unreached.push((i, errors));
+            } else {
+                c.problems.extend(errors);
+                answering.push(base);
+            }
+            results.push(NodeResult { got, through: None });
+        }
+        // A node whose advertised address this machine cannot reach (a Compose or
+        // Kubernetes name, a private network) may still answer the nodes that answered.
+        for (i, direct) in unreached {
+            let n = &nodes[i];
+            let Some(base) = answering.first() else {
+                c.problems.extend(direct);
+                continue;
+            };
+            eprint!("node {} through {base}: ", n.id);
+            let (got, errors) = c.node_files(base, n.id, true).await;
+            eprintln!("{}", said(&got));
+            if got.is_empty() {
+                c.problems.extend(direct);
+                c.problems.extend(errors);
+            } else {
+                // It was reached after all: its direct failures are not worth reporting.
+                c.problems.extend(errors);
+                results[i] = NodeResult {
+                    got,
+                    through: Some(base.clone()),
+                };
             }
         }
-        eprintln!(
-            "{}",
-            if got.is_empty() {
-                "no answer".to_string()
-            } else {
-                got.join(", ")
-            }
-        );
+    }
+    for (n, r) in nodes.iter().zip(&results) {
         let _ = writeln!(
             manifest,
             "  node {} grpc {} http {} live {} metadata {}: {}",
@@ -146,15 +250,12 @@ pub(crate) async fn run(a: DebugArgs, conn: &crate::client_cmds::Conn) -> anyhow
             } else {
                 "-"
             },
-            if got.is_empty() {
-                "NOT REACHED".to_string()
-            } else {
-                got.join(", ")
+            match (&r.through, r.got.is_empty()) {
+                (_, true) => "NOT REACHED".to_string(),
+                (Some(b), false) => format!("{} (through {b})", r.got.join(", ")),
+                (None, false) => r.got.join(", "),
             }
         );
-        if !got.is_empty() {
-            answering.push(base);
-        }
     }
 
     eprint!("cluster state: ");
@@ -201,6 +302,15 @@ pub(crate) async fn run(a: DebugArgs, conn: &crate::client_cmds::Conn) -> anyhow
     } else {
         eprintln!("no node answered");
         let _ = writeln!(manifest, "\ncluster state: NO NODE ANSWERED");
+        if via.is_none() {
+            // The usual cause: the nodes advertise names of a container network or a
+            // cluster's DNS, which this machine cannot resolve.
+            eprintln!(
+                "hint: no node answered at the HTTP address it advertises; if you reach a \
+                 node's HTTP port another way (a published port, kubectl port-forward), pass \
+                 it as --via HOST:PORT"
+            );
+        }
     }
     if !c.problems.is_empty() {
         let _ = writeln!(manifest, "\nnot collected:");

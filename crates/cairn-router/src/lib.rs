@@ -13,7 +13,7 @@ mod router;
 
 pub use cache::{RouteCache, TableRoute};
 pub use messages::{
-    ControllerStatus, Credential, DecisionRecord, Heartbeat, MetaReply, MetaRequest, NodeStatus,
-    PartitionOp, PartitionReply, PartitionRequest, hosted_digest,
+    ControllerStatus, Credential, DecisionRecord, Diagnostic, Heartbeat, MetaReply, MetaRequest,
+    NodeStatus, PartitionOp, PartitionReply, PartitionRequest, hosted_digest,
 };
 pub use router::{DEFAULT_DEADLINE, ListPage, Router, Served, Transport};

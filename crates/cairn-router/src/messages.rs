@@ -103,9 +103,21 @@ pub enum MetaRequest {
     ListUsers,
     /// Who a credential belongs to, if anyone.
     Authenticate(Credential),
-    /// The metrics of the node asked, in Prometheus' text format, answered by that node
-    /// without forwarding (another node's console charts it).
-    NodeMetrics,
+    /// One of the asked node's diagnostics, answered by that node without forwarding:
+    /// another node's console charts its metrics, and `cairn debug zip` collects a node whose
+    /// own HTTP address it cannot reach through one it can.
+    NodeDiagnostic(Diagnostic),
+}
+
+/// What a node tells about itself on its HTTP port, asked of it through another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Diagnostic {
+    /// `/metrics`: Prometheus' text format.
+    Metrics,
+    /// `/debug/logs`: its recent log lines.
+    Logs,
+    /// `/health`: the JSON a health check reads.
+    Health,
 }
 
 /// What a caller of a secure cluster showed.
@@ -213,8 +225,9 @@ pub enum MetaReply {
     Users(Vec<cairn_types::User>),
     /// The user a credential belongs to (for [`MetaRequest::Authenticate`]).
     Principal(Option<cairn_types::User>),
-    /// A node's metrics text (for [`MetaRequest::NodeMetrics`]).
-    Metrics(String),
+    /// A node's diagnostic, as its own HTTP port serves it (for
+    /// [`MetaRequest::NodeDiagnostic`]).
+    Diagnostic(Vec<u8>),
 }
 
 /// A request for one partition replica.

@@ -873,7 +873,7 @@ impl internal_server::Internal for Internal {
     async fn meta(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let r: MetaRequest = decode(req.get_ref()).map_err(status)?;
         let res = match r {
-            MetaRequest::NodeMetrics => Ok(MetaReply::Metrics(self.0.metrics_text())),
+            MetaRequest::NodeDiagnostic(d) => self.0.diagnostic(d).map(MetaReply::Diagnostic),
             r => self.0.core.handle_meta(r).await,
         };
         Ok(Response::new(encode(&res)))

@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use cairn_router::{DEFAULT_DEADLINE, TableRoute};
+use cairn_router::{DEFAULT_DEADLINE, Diagnostic, TableRoute};
 use cairn_storage::keys::prefix_end;
 use cairn_types::{
     Access, ClientId, DEFAULT_REPLICATION, Error, NodeId, PartitionDesc, PartitionId, RequestId,
@@ -620,18 +620,13 @@ async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
 /// 200 while the node serves; 503 with the reason while it should get no traffic, so that
 /// a load balancer's health check takes it out.
 async fn health(State(node): State<Arc<Node>>) -> Response {
-    match node.not_serving() {
-        None => Json(json!({"status": "serving", "node": node.id().0, "secure": node.secure}))
-            .into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "not serving", "node": node.id().0, "reason": reason,
-                "secure": node.secure}),
-            ),
-        )
-            .into_response(),
-    }
+    let (serving, body) = node.health();
+    let status = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -650,18 +645,39 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-/// Node `id`'s `/metrics`, fetched through this node (the console's charts of every node).
-async fn node_metrics(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+/// Node `id`'s `/metrics`, `/debug/logs` or `/health`, fetched through this node (the
+/// console's charts of every node; `cairn debug zip` when it cannot reach a node itself).
+async fn node_diagnostic(
+    State(node): State<Arc<Node>>,
+    Path((id, what)): Path<(String, String)>,
+) -> ApiResult {
     let id = node_id(&id)?;
-    let text = node.metrics_of(NodeId(id), deadline()).await?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )],
-        text,
-    )
-        .into_response())
+    let d = match what.as_str() {
+        "metrics" => Diagnostic::Metrics,
+        "logs" => Diagnostic::Logs,
+        "health" => Diagnostic::Health,
+        _ => {
+            return Err(ApiError(Error::NotFound(format!(
+                "no diagnostic {what:?}: ask for metrics, logs or health"
+            ))));
+        }
+    };
+    let body = node.diagnostic_of(NodeId(id), d, deadline()).await?;
+    let content_type = match d {
+        Diagnostic::Metrics => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        Diagnostic::Logs => "text/plain; charset=utf-8",
+        Diagnostic::Health => "application/json",
+    };
+    // A node that does not serve says so as its own /health would: 503 with its reason.
+    let status = if d == Diagnostic::Health
+        && serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|v| v["status"] != "serving")
+    {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// A browser's CORS preflight for `/metrics`, for a page of another origin that sends a
@@ -681,12 +697,9 @@ async fn metrics_preflight() -> Response {
 
 /// The node's recent log lines, oldest first (for `cairn debug zip`).
 async fn debug_logs(State(node): State<Arc<Node>>) -> Response {
-    match node.recent_logs() {
-        Some(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
-        None => ApiError(Error::NotFound(
-            "this node keeps no log in memory (it was started without a log tail)".into(),
-        ))
-        .into_response(),
+    match node.diagnostic(Diagnostic::Logs) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
@@ -793,6 +806,9 @@ impl Need {
             ["metrics"] if *method == Method::OPTIONS => Need::Nothing,
             ["metrics"] => Need::Observe,
             ["v1", "admin", "users", ..] => Need::Admin,
+            // Logs can hold keys and names from error messages: they need what
+            // /debug/logs on the node itself needs.
+            ["v1", "admin", "nodes", _, "logs"] => Need::Admin,
             ["v1", "admin", ..] | ["v1", "tables"] | ["v1", "tables", _] if read => Need::Observe,
             ["v1", "tables", table, "keys", ..] => {
                 let table = String::from_utf8_lossy(&percent_decode(table).unwrap_or_default())
@@ -878,7 +894,7 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/v1/admin/controller", get(controller))
         .route("/v1/admin/controller/pause", post(pause_controller))
         .route("/v1/admin/controller/resume", post(resume_controller))
-        .route("/v1/admin/nodes/{id}/metrics", get(node_metrics))
+        .route("/v1/admin/nodes/{id}/{what}", get(node_diagnostic))
         .route("/v1/admin/nodes/{id}/drain", post(drain))
         .route("/v1/admin/nodes/{id}/undrain", post(undrain))
         .route("/v1/admin/nodes/{id}", axum::routing::delete(remove_node))
@@ -1006,6 +1022,30 @@ impl axum::serve::Listener for TlsListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_diagnostic_through_another_needs_what_it_needs_on_the_node() {
+        use axum::http::Method;
+        let need = |m: &Method, p: &str| match Need::of(m, p) {
+            Need::Nothing => "nothing",
+            Need::Observe => "observe",
+            Need::Admin => "admin",
+            Need::Read(_) => "read",
+            Need::Write(_) => "write",
+        };
+        let cases = [
+            (Method::GET, "/health", "nothing"),
+            (Method::GET, "/metrics", "observe"),
+            (Method::GET, "/debug/logs", "admin"),
+            (Method::GET, "/v1/admin/nodes/2/health", "observe"),
+            (Method::GET, "/v1/admin/nodes/2/metrics", "observe"),
+            (Method::GET, "/v1/admin/nodes/2/logs", "admin"),
+            (Method::POST, "/v1/admin/nodes/2/drain", "admin"),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(need(&m, p), want, "{m} {p}");
+        }
+    }
 
     #[test]
     fn percent_decoding_is_strict() {

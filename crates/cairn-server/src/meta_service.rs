@@ -290,10 +290,10 @@ impl Core {
     pub(crate) async fn handle_meta(&self, req: MetaRequest) -> Result<MetaReply> {
         match req {
             MetaRequest::ClusterInfo => Ok(MetaReply::Cluster(self.meta_members())),
-            // The node's internal service answers it before it gets here (the metrics are
-            // the node's, not the metadata group's).
-            MetaRequest::NodeMetrics => Err(Error::InvalidArgument(
-                "a node's metrics are asked of that node's internal service".into(),
+            // The node's internal service answers it before it gets here (the diagnostics
+            // are the node's, not the metadata group's).
+            MetaRequest::NodeDiagnostic(_) => Err(Error::InvalidArgument(
+                "a node's diagnostics are asked of that node's internal service".into(),
             )),
             MetaRequest::GetTable(name) => {
                 let state = self.meta_barrier().await?;

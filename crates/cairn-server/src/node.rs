@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use cairn_proto::net::{Accepted, SharedDialer};
 use cairn_raft::{PeerNetwork, Syncer};
 use cairn_router::{
-    ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply, PartitionRequest,
-    Router, Served, TableRoute, Transport,
+    Diagnostic, ListPage, MetaReply, MetaRequest, NodeStatus, PartitionOp, PartitionReply,
+    PartitionRequest, Router, Served, TableRoute, Transport,
 };
 use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_storage_fjall::FjallEngine;
@@ -971,13 +971,47 @@ impl Node {
             .await
     }
 
-    /// Node `id`'s metrics text, asked of it over the internal service unless it is this
-    /// node: the console charts every node through the one it was loaded from, so it works
-    /// behind a balancer, a port-forward or a Compose network whose names the browser cannot
-    /// resolve.
-    pub(crate) async fn metrics_of(&self, id: NodeId, deadline: Instant) -> Result<String> {
+    /// What this node's `/health` answers: whether it serves, and the JSON body.
+    pub(crate) fn health(&self) -> (bool, serde_json::Value) {
+        match self.not_serving() {
+            None => (
+                true,
+                serde_json::json!({"status": "serving", "node": self.id().0, "secure": self.secure}),
+            ),
+            Some(reason) => (
+                false,
+                serde_json::json!({"status": "not serving", "node": self.id().0,
+                    "reason": reason, "secure": self.secure}),
+            ),
+        }
+    }
+
+    /// One of this node's diagnostics, as its HTTP port serves it.
+    pub(crate) fn diagnostic(&self, d: Diagnostic) -> Result<Vec<u8>> {
+        match d {
+            Diagnostic::Metrics => Ok(self.metrics_text().into_bytes()),
+            Diagnostic::Logs => self.recent_logs().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "node {} keeps no log in memory (it was started without a log tail)",
+                    self.id()
+                ))
+            }),
+            Diagnostic::Health => Ok(self.health().1.to_string().into_bytes()),
+        }
+    }
+
+    /// Node `id`'s diagnostic `d`, asked of it over the internal service unless it is this
+    /// node: the console charts every node through the one it was loaded from, and `cairn
+    /// debug zip` collects through one node, so both work behind a balancer, a port-forward
+    /// or a Compose network whose names the caller cannot resolve.
+    pub(crate) async fn diagnostic_of(
+        &self,
+        id: NodeId,
+        d: Diagnostic,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
         if id == self.id() {
-            return Ok(self.metrics_text());
+            return self.diagnostic(d);
         }
         // A peer of one of this node's groups has a connection already; any other node is
         // looked up in the metadata and called once.
@@ -995,15 +1029,15 @@ impl Node {
                 })?
             }
         };
-        let call = client.meta(crate::transport::encode(&MetaRequest::NodeMetrics));
+        let call = client.meta(crate::transport::encode(&MetaRequest::NodeDiagnostic(d)));
         let resp = tokio::time::timeout_at(deadline, call)
             .await
             .map_err(|_| Error::Unavailable(format!("node {id} did not answer in time")))?
             .map_err(|s| Error::Unavailable(format!("node {id}: {}", s.message())))?;
         match crate::transport::decode::<Result<MetaReply>>(resp.get_ref())?? {
-            MetaReply::Metrics(text) => Ok(text),
+            MetaReply::Diagnostic(body) => Ok(body),
             other => Err(Error::Internal(format!(
-                "node {id} answered {other:?} for its metrics"
+                "node {id} answered {other:?} for its {d:?}"
             ))),
         }
     }
