@@ -2,10 +2,11 @@
 # Builds the server image from ./Dockerfile and walks docs/deployment.md's "The image" and
 # "Docker Compose" sections against it, end to end: build, a 3-node `compose up`, the
 # health check, `exec cairn admin nodes`, the curl tour (and node 3's metrics through node
-# 1, as the console fetches them), `cairn debug zip` from the host, a rolling restart, `down` then `up` (the volumes keep the
-# data), the node4 profile, `down -v`. Exits non-zero and says what
-# failed on the first failure. Not in CI: the image's release build alone takes 10-20 min on
-# 2 cores. scripts/check-deploy.sh (in CI) checks the same files offline.
+# 1, as the console fetches them), `cairn debug zip` from the host, a rolling restart,
+# `down` then `up` (the volumes keep the data), the node4 profile, `down -v`. Exits
+# non-zero and says what failed on the first failure. Not in CI: the image's release build
+# alone takes 10-20 min on 2 cores. scripts/check-deploy.sh (in CI) checks the same files
+# offline.
 #
 # The engine is podman with podman-compose (Docker's CLI and file formats; no daemon), so it
 # runs where no Docker engine does. On a machine that cannot pull images (only crates.io,
@@ -226,7 +227,8 @@ step "cairn debug zip from the host, through node 1's published port"
 podman run --rm --network host --user 0 -v "$work:/out" cairn:dev \
   --endpoints 127.0.0.1:7001 debug zip --via 127.0.0.1:8001 /out/debug.zip >>"$log" 2>&1 ||
   fail "cairn debug zip --via 127.0.0.1:8001 failed"
-manifest=$(python3 -c 'import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read("cairn-debug/MANIFEST.txt").decode())' "$work/debug.zip")
+manifest=$(python3 -c 'import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read("cairn-debug/MANIFEST.txt").decode())' "$work/debug.zip") ||
+  fail "$work/debug.zip has no MANIFEST.txt"
 for n in 1 2 3; do
   grep -E "^  node $n .*logs.txt \(through" <<<"$manifest" >/dev/null ||
     fail "debug zip did not collect node $n through node 1: $manifest"

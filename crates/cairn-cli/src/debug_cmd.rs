@@ -54,17 +54,24 @@ struct Collector {
     problems: Vec<String>,
 }
 
+/// Why a file did not come.
+struct Failure {
+    /// Nobody answered: the connection failed or timed out, or the node asked through
+    /// another did not answer it (503). The node's other files would fail the same way.
+    unreached: bool,
+    message: String,
+}
+
 impl Collector {
-    async fn get(&self, base: &str, path: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, base: &str, path: &str) -> Result<Vec<u8>, Failure> {
         let url = format!("{base}{path}");
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let unreached = |e: reqwest::Error| Failure {
+            unreached: true,
+            message: format!("{url}: {e}"),
+        };
+        let resp = self.http.get(&url).send().await.map_err(unreached)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        let body = resp.bytes().await.map_err(unreached)?;
         // /health answers 503 with a body worth keeping (so does a node's health asked
         // through another node); a 503 that says the node could not be asked is an error.
         let health = path.ends_with("/health")
@@ -73,10 +80,13 @@ impl Collector {
         if status.is_success() || health {
             Ok(body.to_vec())
         } else {
-            Err(format!(
-                "{url}: HTTP {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ))
+            Err(Failure {
+                unreached: status == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "{url}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+            })
         }
     }
 
@@ -88,7 +98,7 @@ impl Collector {
                 true
             }
             Err(e) => {
-                self.problems.push(e);
+                self.problems.push(e.message);
                 false
             }
         }
@@ -115,10 +125,11 @@ impl Collector {
                     got.push(file);
                 }
                 Err(e) => {
-                    errors.push(e);
-                    // Health is the first file and open to anyone: a node that does not
-                    // answer it will not answer the rest, and each try may wait the timeout.
-                    if got.is_empty() {
+                    errors.push(e.message);
+                    // A node that did not answer will not answer the rest, and each try
+                    // may wait the whole timeout. (A refusal, 401 or 403, goes on: logs
+                    // need admin where metrics do not.)
+                    if e.unreached {
                         break;
                     }
                 }
@@ -213,26 +224,24 @@ pub(crate) async fn run(a: DebugArgs, conn: &crate::client_cmds::Conn) -> anyhow
         }
         // A node whose advertised address this machine cannot reach (a Compose or
         // Kubernetes name, a private network) may still answer the nodes that answered.
-        for (i, direct) in unreached {
+        for (i, mut failures) in unreached {
             let n = &nodes[i];
-            let Some(base) = answering.first() else {
-                c.problems.extend(direct);
-                continue;
-            };
-            eprint!("node {} through {base}: ", n.id);
-            let (got, errors) = c.node_files(base, n.id, true).await;
-            eprintln!("{}", said(&got));
-            if got.is_empty() {
-                c.problems.extend(direct);
-                c.problems.extend(errors);
-            } else {
-                // It was reached after all: its direct failures are not worth reporting.
-                c.problems.extend(errors);
-                results[i] = NodeResult {
-                    got,
-                    through: Some(base.clone()),
-                };
+            for base in &answering {
+                eprint!("node {} through {base}: ", n.id);
+                let (got, errors) = c.node_files(base, n.id, true).await;
+                eprintln!("{}", said(&got));
+                if !got.is_empty() {
+                    results[i] = NodeResult {
+                        got,
+                        through: Some(base.clone()),
+                    };
+                    // Reached after all: only what this node could not fetch matters.
+                    failures = errors;
+                    break;
+                }
+                failures.extend(errors);
             }
+            c.problems.extend(failures);
         }
     }
     for (n, r) in nodes.iter().zip(&results) {

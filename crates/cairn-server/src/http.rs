@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -620,64 +621,78 @@ async fn nodes(State(node): State<Arc<Node>>) -> ApiResult {
 /// 200 while the node serves; 503 with the reason while it should get no traffic, so that
 /// a load balancer's health check takes it out.
 async fn health(State(node): State<Arc<Node>>) -> Response {
-    let (serving, body) = node.health();
-    let status = if serving {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    diagnostic_response(Diagnostic::Health, node.diagnostic(Diagnostic::Health))
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            ),
-            // A page of another origin may chart it (the console itself fetches other
-            // nodes' metrics through its own node).
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-        ],
-        node.metrics_text(),
-    )
-        .into_response()
+    diagnostic_response(Diagnostic::Metrics, node.diagnostic(Diagnostic::Metrics))
 }
+
+/// How long a node waits for another node's diagnostic: less than `cairn debug zip`'s default
+/// timeout (10 s), so that the caller hears which node did not answer.
+const DIAGNOSTIC_WAIT: Duration = Duration::from_secs(5);
 
 /// Node `id`'s `/metrics`, `/debug/logs` or `/health`, fetched through this node (the
 /// console's charts of every node; `cairn debug zip` when it cannot reach a node itself).
-async fn node_diagnostic(
-    State(node): State<Arc<Node>>,
-    Path((id, what)): Path<(String, String)>,
-) -> ApiResult {
-    let id = node_id(&id)?;
-    let d = match what.as_str() {
-        "metrics" => Diagnostic::Metrics,
-        "logs" => Diagnostic::Logs,
-        "health" => Diagnostic::Health,
-        _ => {
-            return Err(ApiError(Error::NotFound(format!(
-                "no diagnostic {what:?}: ask for metrics, logs or health"
-            ))));
+/// Three fixed routes rather than one `{what}` parameter: a parameter is percent-decoded
+/// and the access check reads the raw path, so `lo%67s` would pass as an observer's request.
+async fn node_diagnostic(node: Arc<Node>, id: String, d: Diagnostic) -> Response {
+    let id = match node_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let body = node
+        .diagnostic_of(NodeId(id), d, Instant::now() + DIAGNOSTIC_WAIT)
+        .await;
+    diagnostic_response(d, body)
+}
+
+async fn node_metrics(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    node_diagnostic(node, id, Diagnostic::Metrics).await
+}
+
+async fn node_logs(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    node_diagnostic(node, id, Diagnostic::Logs).await
+}
+
+async fn node_health(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    node_diagnostic(node, id, Diagnostic::Health).await
+}
+
+/// The HTTP answer for a diagnostic, the same whichever node it was asked through: health
+/// is 503 while the node does not serve (its body says why).
+fn diagnostic_response(d: Diagnostic, body: cairn_types::Result<Vec<u8>>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    match d {
+        Diagnostic::Metrics => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                ),
+                // A page of another origin may chart it.
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            ],
+            body,
+        )
+            .into_response(),
+        Diagnostic::Logs => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
         }
-    };
-    let body = node.diagnostic_of(NodeId(id), d, deadline()).await?;
-    let content_type = match d {
-        Diagnostic::Metrics => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        Diagnostic::Logs => "text/plain; charset=utf-8",
-        Diagnostic::Health => "application/json",
-    };
-    // A node that does not serve says so as its own /health would: 503 with its reason.
-    let status = if d == Diagnostic::Health
-        && serde_json::from_slice::<serde_json::Value>(&body)
-            .is_ok_and(|v| v["status"] != "serving")
-    {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+        Diagnostic::Health => {
+            let serving = serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["status"] == "serving");
+            let status = if serving {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    }
 }
 
 /// A browser's CORS preflight for `/metrics`, for a page of another origin that sends a
@@ -697,10 +712,7 @@ async fn metrics_preflight() -> Response {
 
 /// The node's recent log lines, oldest first (for `cairn debug zip`).
 async fn debug_logs(State(node): State<Arc<Node>>) -> Response {
-    match node.diagnostic(Diagnostic::Logs) {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
-        Err(e) => ApiError(e).into_response(),
-    }
+    diagnostic_response(Diagnostic::Logs, node.diagnostic(Diagnostic::Logs))
 }
 
 /// uPlot (npm `uplot`, MIT), vendored for the console's charts: see `assets/README.md`.
@@ -894,7 +906,9 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .route("/v1/admin/controller", get(controller))
         .route("/v1/admin/controller/pause", post(pause_controller))
         .route("/v1/admin/controller/resume", post(resume_controller))
-        .route("/v1/admin/nodes/{id}/{what}", get(node_diagnostic))
+        .route("/v1/admin/nodes/{id}/metrics", get(node_metrics))
+        .route("/v1/admin/nodes/{id}/logs", get(node_logs))
+        .route("/v1/admin/nodes/{id}/health", get(node_health))
         .route("/v1/admin/nodes/{id}/drain", post(drain))
         .route("/v1/admin/nodes/{id}/undrain", post(undrain))
         .route("/v1/admin/nodes/{id}", axum::routing::delete(remove_node))
@@ -1024,7 +1038,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_diagnostic_through_another_needs_what_it_needs_on_the_node() {
+    fn a_node_log_needs_admin_whichever_node_serves_it() {
         use axum::http::Method;
         let need = |m: &Method, p: &str| match Need::of(m, p) {
             Need::Nothing => "nothing",

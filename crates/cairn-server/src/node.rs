@@ -971,18 +971,15 @@ impl Node {
             .await
     }
 
-    /// What this node's `/health` answers: whether it serves, and the JSON body.
-    pub(crate) fn health(&self) -> (bool, serde_json::Value) {
+    /// What this node's `/health` answers: its status ("serving" or "not serving" with a
+    /// reason) as JSON.
+    fn health(&self) -> serde_json::Value {
         match self.not_serving() {
-            None => (
-                true,
-                serde_json::json!({"status": "serving", "node": self.id().0, "secure": self.secure}),
-            ),
-            Some(reason) => (
-                false,
-                serde_json::json!({"status": "not serving", "node": self.id().0,
-                    "reason": reason, "secure": self.secure}),
-            ),
+            None => {
+                serde_json::json!({"status": "serving", "node": self.id().0, "secure": self.secure})
+            }
+            Some(reason) => serde_json::json!({"status": "not serving", "node": self.id().0,
+                "reason": reason, "secure": self.secure}),
         }
     }
 
@@ -996,7 +993,7 @@ impl Node {
                     self.id()
                 ))
             }),
-            Diagnostic::Health => Ok(self.health().1.to_string().into_bytes()),
+            Diagnostic::Health => Ok(self.health().to_string().into_bytes()),
         }
     }
 

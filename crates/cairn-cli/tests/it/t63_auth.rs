@@ -179,6 +179,18 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
     assert!(body.contains("cairn_metadata_leader{node=\"2\"}"), "{body}");
     let (status, body) = curl(&certs, &[&other]);
     assert_eq!(status, 401, "{body}");
+    // Another node's log needs admin, as /debug/logs does, however the path is spelled.
+    for logs in ["logs", "%6Cogs", "lo%67s"] {
+        let url = format!("{}/v1/admin/nodes/2/{logs}", c.http(1));
+        let (status, body) = curl(&certs, &["-H", &ro_auth, &url]);
+        assert_ne!(
+            status, 200,
+            "a readonly token read node 2's log as {logs}: {body}"
+        );
+        assert!(!body.contains("node started"), "{body}");
+    }
+    let url = format!("{}/v1/admin/nodes/2/logs", c.http(1));
+    assert_eq!(curl(&certs, &["-H", &ro_auth, &url]).0, 403);
     let (status, body) = curl(
         &certs,
         &[

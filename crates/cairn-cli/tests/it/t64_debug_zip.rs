@@ -25,26 +25,12 @@ async fn t64_debug_zip_collects_logs_metrics_and_state_despite_a_dead_node() {
     c.kill9(3);
 
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("report.zip");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--endpoints", &c.endpoints(), "debug", "zip"])
-        .arg(&out)
-        .args(["--timeout", "5"])
-        .output();
-    let run = tokio::time::timeout(std::time::Duration::from_secs(60), run)
-        .await
-        .expect("debug zip finished within a minute")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("wrote"), "{stdout}");
+    let (mut zip, stderr) = debug_zip(&c, dir.path(), &[]).await;
     assert!(
         stderr.contains("node 3") && stderr.contains("no answer"),
         "{stderr}"
     );
 
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
     let manifest = entry(&mut zip, "MANIFEST.txt").unwrap();
     assert!(
         manifest
@@ -93,12 +79,10 @@ async fn debug_zip(
         .await
         .expect("debug zip finished within a minute")
         .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    assert!(
-        run.status.success(),
-        "{}\n{stderr}",
-        String::from_utf8_lossy(&run.stdout)
-    );
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wrote"), "{stdout}");
     let zip = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
     (zip, stderr)
 }
@@ -119,7 +103,11 @@ fn assert_node_collected(zip: &mut zip::ZipArchive<std::fs::File>, id: u64, thro
         "node {id}'s metrics are another node's:\n{metrics}"
     );
     let logs = entry(zip, &format!("nodes/{id}/logs.txt")).unwrap();
-    assert!(logs.contains("node started"), "node {id} logs:\n{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("node started") && l.contains(&format!("node=n{id} "))),
+        "node {id}'s logs are another node's:\n{logs}"
+    );
     let health: serde_json::Value =
         serde_json::from_str(&entry(zip, &format!("nodes/{id}/health.json")).unwrap()).unwrap();
     assert_eq!(health["node"], id, "{health}");

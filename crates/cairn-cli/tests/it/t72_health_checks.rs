@@ -88,6 +88,24 @@ async fn t72_health_checks_pass_on_serving_nodes_and_fail_on_drained_and_stopped
     assert!(out.contains("503") && out.contains("draining"), "{out}");
     let (ok, out) = run(&checks[1].1, &c.nodes[1].http, None);
     assert!(!ok && out.contains("draining"), "{out}");
+    // Asked through node 1 (as `cairn debug zip` does when it cannot reach node 2), node 2's
+    // health says the same: 503 with its reason. An unknown node is a 404.
+    let r = reqwest::get(format!("{}/v1/admin/nodes/2/health", c.http(1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["node"], 2, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("draining")),
+        "{body}"
+    );
+    let r = reqwest::get(format!("{}/v1/admin/nodes/9/health", c.http(1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     cl.set_draining(2, false).await.unwrap();
     wait_for(Duration::from_secs(20), "node 2 to serve again", || async {
         run(&checks[0].1, &c.nodes[1].http, None).0.then_some(())
