@@ -240,13 +240,6 @@ pub struct PeerNetwork {
 #[error("{0}")]
 struct Msg(String);
 
-/// The internal service's client on `channel`, taking messages up to the cluster's limit.
-fn internal_client(channel: Channel) -> InternalClient<Channel> {
-    InternalClient::new(channel)
-        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-}
-
 impl PeerNetwork {
     /// An empty address book; connections leave from `local_ip` when given, and go through
     /// `dialer` instead of TCP when given (simulation).
@@ -405,18 +398,6 @@ impl PeerNetwork {
             .cloned()
     }
 
-    /// A client for a one-off call to `addr`, over this node's dialer (TLS on a secure
-    /// cluster), not kept: for a node this one shares no group with.
-    pub fn client_at(&self, addr: &str) -> Option<InternalClient<Channel>> {
-        let channel = lazy_channel(addr, &self.dialer, |e| {
-            e.connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .local_address(self.local_ip)
-        })
-        .ok()?;
-        Some(internal_client(channel))
-    }
-
     /// A (lazily connected) client for `node`, if its address is known.
     pub fn client(&self, node: u64) -> Option<InternalClient<Channel>> {
         let addr = self.addr(node)?;
@@ -438,7 +419,9 @@ impl PeerNetwork {
                 .keep_alive_timeout(Duration::from_secs(2))
         })
         .ok()?;
-        let client = internal_client(channel);
+        let client = InternalClient::new(channel)
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
         let mut p = self.peers.write().unwrap_or_else(|p| p.into_inner());
         p.clients.insert(node, (addr, client.clone()));
         Some(client)

@@ -998,9 +998,10 @@ impl Node {
     }
 
     /// Node `id`'s diagnostic `d`, asked of it over the internal service unless it is this
-    /// node: the console charts every node through the one it was loaded from, and `cairn
-    /// debug zip` collects through one node, so both work behind a balancer, a port-forward
-    /// or a Compose network whose names the caller cannot resolve.
+    /// node (one hop, at most 5 s; `deadline` bounds looking up its address): the console
+    /// charts every node through the one it was loaded from, and `cairn debug zip` collects
+    /// through one node, so both work behind a balancer, a port-forward or a Compose network
+    /// whose names the caller cannot resolve.
     pub(crate) async fn diagnostic_of(
         &self,
         id: NodeId,
@@ -1010,28 +1011,22 @@ impl Node {
         if id == self.id() {
             return self.diagnostic(d);
         }
-        // A peer of one of this node's groups has a connection already; any other node is
-        // looked up in the metadata and called once.
-        let mut client = match self.core.peers.client(id.0) {
-            Some(c) => c,
-            None => {
-                let nodes = self.nodes(deadline).await?;
-                let n = nodes
-                    .iter()
-                    .find(|n| n.node.id == id)
-                    .ok_or_else(|| Error::NotFound(format!("the cluster has no node {id}")))?;
-                let addr = &n.node.addr;
-                self.core.peers.client_at(addr).ok_or_else(|| {
-                    Error::Unavailable(format!("node {id}'s address {addr:?} is not HOST:PORT"))
-                })?
-            }
+        // A node this one shares no group with is looked up in the metadata first.
+        if self.core.peers.addr(id.0).is_none() {
+            let nodes = self.nodes(deadline).await?;
+            let n = nodes
+                .iter()
+                .find(|n| n.node.id == id)
+                .ok_or_else(|| Error::NotFound(format!("the cluster has no node {id}")))?;
+            self.core.peers.set_addr(id.0, &n.node.addr);
+        }
+        let transport = NodeTransport {
+            core: self.core.clone(),
         };
-        let call = client.meta(crate::transport::encode(&MetaRequest::NodeDiagnostic(d)));
-        let resp = tokio::time::timeout_at(deadline, call)
-            .await
-            .map_err(|_| Error::Unavailable(format!("node {id} did not answer in time")))?
-            .map_err(|s| Error::Unavailable(format!("node {id}: {}", s.message())))?;
-        match crate::transport::decode::<Result<MetaReply>>(resp.get_ref())?? {
+        match transport
+            .meta_of(id, &MetaRequest::NodeDiagnostic(d))
+            .await?
+        {
             MetaReply::Diagnostic(body) => Ok(body),
             other => Err(Error::Internal(format!(
                 "node {id} answered {other:?} for its {d:?}"

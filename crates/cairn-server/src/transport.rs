@@ -36,6 +36,14 @@ pub(crate) struct NodeTransport {
 }
 
 impl NodeTransport {
+    /// Asks node `node` itself (not the metadata leader) a request its internal service
+    /// answers without forwarding, such as its diagnostics.
+    pub(crate) async fn meta_of(&self, node: NodeId, req: &MetaRequest) -> Result<MetaReply> {
+        let env = encode(req);
+        self.remote(node, |mut c| async move { c.meta(env).await })
+            .await
+    }
+
     async fn remote<T: DeserializeOwned, F, Fut>(&self, node: NodeId, call: F) -> Result<T>
     where
         F: FnOnce(
