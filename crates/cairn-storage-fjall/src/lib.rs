@@ -7,8 +7,9 @@
 
 use cairn_storage::{Engine, Error, KeyValue, Op, Result, Space, WriteBatch};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::fs::File;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A node's fjall database.
 pub struct FjallEngine {
@@ -16,9 +17,25 @@ pub struct FjallEngine {
     raft: Keyspace,
     data: Keyspace,
     local: Keyspace,
+    /// The database's folder, which holds its journal files (`<id>.jnl`).
+    dir: PathBuf,
+    /// Held for the whole of a sync, so syncs run one at a time.
+    sync: std::sync::Mutex<SyncState>,
+}
+
+/// What [`Engine::sync`] keeps between calls.
+#[derive(Default)]
+struct SyncState {
     /// Set by the first failed sync: the kernel may have dropped the pages it could not
     /// write, so no later sync may claim durability.
-    sync_failed: std::sync::Mutex<Option<String>>,
+    failed: Option<String>,
+    /// The newest journal file seen, by id, kept open for the next fsync.
+    journal: Option<(u64, File)>,
+}
+
+/// The id of a journal file named `<id>.jnl`.
+fn journal_id(name: &std::ffi::OsStr) -> Option<u64> {
+    name.to_str()?.strip_suffix(".jnl")?.parse().ok()
 }
 
 fn err(e: fjall::Error) -> Error {
@@ -108,8 +125,40 @@ impl FjallEngine {
             data,
             local,
             db,
-            sync_failed: std::sync::Mutex::new(None),
+            dir: dir.to_path_buf(),
+            sync: Default::default(),
         })
+    }
+
+    /// The journal that receives writes now, or a newer one.
+    ///
+    /// fjall names journals by increasing id and, before it creates journal `n + 1`,
+    /// fsyncs journal `n` under its journal lock (`Writer::rotate`). So once the buffered
+    /// bytes have been handed to the kernel, an fsync of the newest journal seen afterwards
+    /// makes them durable: either they are in it, or in an older one that rotation synced.
+    fn newest_journal<'a>(&self, state: &'a mut SyncState) -> Result<&'a File> {
+        let io =
+            |e: std::io::Error| Error::Engine(format!("journal of {}: {e}", self.dir.display()));
+        let mut newest = match state.journal.as_ref() {
+            Some((id, _)) => *id,
+            None => std::fs::read_dir(&self.dir)
+                .map_err(io)?
+                .filter_map(|d| journal_id(&d.ok()?.file_name()))
+                .max()
+                .ok_or_else(|| Error::Engine(format!("no journal in {}", self.dir.display())))?,
+        };
+        while self.dir.join(format!("{}.jnl", newest + 1)).exists() {
+            newest += 1;
+        }
+        if state.journal.as_ref().is_none_or(|(id, _)| *id != newest) {
+            // Read-only is enough: fsync flushes the file, whichever descriptor asks.
+            let file = File::open(self.dir.join(format!("{newest}.jnl"))).map_err(io)?;
+            state.journal = Some((newest, file));
+        }
+        match &state.journal {
+            Some((_, file)) => Ok(file),
+            None => Err(Error::Engine("journal handle missing".into())),
+        }
     }
 
     fn space(&self, s: Space) -> &Keyspace {
@@ -195,21 +244,33 @@ impl Engine for FjallEngine {
         b.commit().map_err(err)
     }
 
+    /// Hands the journal's buffered bytes to the kernel under fjall's journal lock, then
+    /// fsyncs outside it: `persist(SyncAll)` would hold that lock through the disk flush,
+    /// and every write of every group (appends, applies) waits on it meanwhile, blocking a
+    /// runtime worker thread.
     fn sync(&self) -> Result<()> {
-        let mut failed = self
-            .sync_failed
+        let mut state = self
+            .sync
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(why) = &*failed {
+        if let Some(why) = &state.failed {
             return Err(Error::Engine(format!(
                 "an earlier fsync failed ({why}); nothing written since can be made durable"
             )));
         }
-        self.db.persist(PersistMode::SyncAll).map_err(|e| {
-            let e = err(e);
-            *failed = Some(e.to_string());
-            e
-        })
+        let synced = self
+            .db
+            .persist(PersistMode::Buffer)
+            .map_err(err)
+            .and_then(|()| {
+                let file = self.newest_journal(&mut state)?;
+                file.sync_all()
+                    .map_err(|e| Error::Engine(format!("fsync of the journal: {e}")))
+            });
+        if let Err(e) = &synced {
+            state.failed = Some(e.to_string());
+        }
+        synced
     }
 
     fn read_view(&self) -> Result<std::sync::Arc<dyn cairn_storage::ReadView>> {
@@ -285,5 +346,71 @@ mod tests {
         let e = FjallEngine::open(d.path()).unwrap();
         assert_eq!(e.get(Space::Raft, b"log").unwrap(), Some(b"entry".to_vec()));
         assert_eq!(e.get(Space::Data, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    /// The fsync happens outside fjall's journal lock on a handle of Cairn's own, so it must
+    /// follow fjall when it starts a new journal: a sync that fsynced the sealed journal would
+    /// leave the writes in the new one undurable.
+    #[test]
+    fn sync_follows_the_journal_across_rotations() {
+        let d = tempfile::tempdir().unwrap();
+        let newest_on_disk = || {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .filter_map(|e| journal_id(&e.unwrap().file_name()))
+                .max()
+                .unwrap()
+        };
+        let e = FjallEngine::open(d.path()).unwrap();
+        let first = newest_on_disk();
+        // Incompressible values: the journal compresses what it can.
+        let value = |i: u64| {
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..(256 << 10) / 8)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()
+                })
+                .collect::<Vec<u8>>()
+        };
+        let put = |i: u64| {
+            let mut b = WriteBatch::new();
+            b.put(Space::Data, i.to_be_bytes().to_vec(), value(i));
+            e.write(b).unwrap();
+            e.sync().unwrap();
+        };
+        // fjall starts a new journal at a memtable flush once the journal passes 64 MB, on
+        // a worker thread of its own.
+        let writes = 80 * 4;
+        for i in 0..writes {
+            put(i);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while newest_on_disk() == first {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fjall never started a new journal: {:?}",
+                std::fs::read_dir(d.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        put(writes);
+        let synced = e.sync.lock().unwrap().journal.as_ref().map(|(id, _)| *id);
+        assert_eq!(
+            synced,
+            Some(newest_on_disk()),
+            "the sync fsynced an older journal"
+        );
+        drop(e);
+        let e = FjallEngine::open(d.path()).unwrap();
+        for i in 0..=writes {
+            let got = e.get(Space::Data, &i.to_be_bytes()).unwrap();
+            assert_eq!(got, Some(value(i)), "write {i}");
+        }
     }
 }
