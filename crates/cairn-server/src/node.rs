@@ -1020,10 +1020,9 @@ impl Node {
                 .ok_or_else(|| Error::NotFound(format!("the cluster has no node {id}")))?;
             self.core.peers.set_addr(id.0, &n.node.addr);
         }
-        let transport = NodeTransport {
-            core: self.core.clone(),
-        };
-        match transport
+        match self
+            .router
+            .transport()
             .meta_of(id, &MetaRequest::NodeDiagnostic(d))
             .await?
         {
