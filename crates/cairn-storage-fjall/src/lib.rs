@@ -56,6 +56,13 @@ const TABLE_BYTES: u64 = 8 << 20;
 /// The block cache shared by all keyspaces.
 const CACHE_BYTES: u64 = 32 << 20;
 
+/// Most journal bytes kept on disk before fjall flushes the memtables that still hold the
+/// oldest journal. fjall starts a new 64 MiB journal at a flush once the current one is
+/// full, and deletes a journal only when every keyspace has flushed what it holds. The
+/// small `local` keyspace fills its memtable slowly, so with fjall's default of 512 MiB a
+/// busy node kept seven or eight journals (about 450 MiB for a few MiB of data).
+const JOURNAL_BYTES: u64 = 128 << 20;
+
 /// fsyncs directory `dir`, making the names created in it durable.
 fn fsync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
@@ -96,6 +103,7 @@ impl FjallEngine {
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
             .worker_threads(2)
             .open()
             .map_err(err)?;
@@ -367,6 +375,70 @@ mod tests {
         assert_eq!(e.get(Space::Data, b"k").unwrap(), Some(b"v".to_vec()));
     }
 
+    /// Incompressible bytes, a different run for each `i`: the journal compresses what it can.
+    fn noise(i: u64, len: usize) -> Vec<u8> {
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect()
+    }
+
+    /// A keyspace written rarely must not keep old journals on disk: with fjall's default
+    /// cap, one small write to `local` kept every journal after it (seven or eight, about
+    /// 450 MiB, on a busy node). The cap makes fjall flush that keyspace and drop them.
+    #[test]
+    fn a_rarely_written_keyspace_does_not_pin_old_journals() {
+        let d = tempfile::tempdir().unwrap();
+        let journals = || {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .filter_map(|e| journal_id(&e.unwrap().file_name()))
+                .collect::<Vec<_>>()
+        };
+        let e = FjallEngine::open(d.path()).unwrap();
+        let mut b = WriteBatch::new();
+        b.put(Space::Local, b"vote".to_vec(), b"term 1".to_vec());
+        e.write(b).unwrap();
+        // 200 MiB through the Raft keyspace: past three 64 MiB journals, so past the cap.
+        let chunk = 256 << 10;
+        for i in 0..(200 << 20) / chunk as u64 {
+            let mut b = WriteBatch::new();
+            b.put(Space::Raft, i.to_be_bytes().to_vec(), noise(i, chunk));
+            e.write(b).unwrap();
+            e.sync().unwrap();
+        }
+        // fjall deletes journals on its worker threads after their memtables are flushed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while journals().len() > 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "old journals stayed on disk: {:?}",
+                journals()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            journals().iter().all(|id| *id >= 2),
+            "the oldest journals are still there: {:?}",
+            journals()
+        );
+        drop(e);
+        let e = FjallEngine::open(d.path()).unwrap();
+        assert_eq!(
+            e.get(Space::Local, b"vote").unwrap(),
+            Some(b"term 1".to_vec())
+        );
+        assert_eq!(
+            e.get(Space::Raft, &0u64.to_be_bytes()).unwrap(),
+            Some(noise(0, chunk))
+        );
+    }
+
     /// The fsync happens outside fjall's journal lock on a handle of Cairn's own, so it must
     /// follow fjall when it starts a new journal: a sync that fsynced the sealed journal would
     /// leave the writes in the new one undurable. (The power-cut tests show what a missed
@@ -384,18 +456,7 @@ mod tests {
         };
         let e = FjallEngine::open(d.path()).unwrap();
         let first = newest_on_disk();
-        // Incompressible values: the journal compresses what it can.
-        let value = |i: u64| {
-            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            (0..(256 << 10) / 8)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()
-                })
-                .collect::<Vec<u8>>()
-        };
+        let value = |i: u64| noise(i, 256 << 10);
         let put = |i: u64| {
             let mut b = WriteBatch::new();
             b.put(Space::Data, i.to_be_bytes().to_vec(), value(i));
