@@ -652,6 +652,133 @@ mod tests {
         check_queues(d.path());
     }
 
+    /// Batch `i` of [`compaction_crash_child`]: entry `i` of each of three logs and, every
+    /// 100 batches, the deletion of each log's entries older than its newest 50.
+    fn queue_batch(i: u64) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        for g in 0..QUEUES {
+            b.put(Space::Raft, key(g, i), noise(g << 32 | i, QUEUE_ENTRY));
+            if i % 100 == 99 {
+                for j in i.saturating_sub(150)..i - 49 {
+                    b.delete(Space::Raft, key(g, j));
+                }
+            }
+        }
+        b
+    }
+
+    /// Entries of log `g` live after batch `last`: `(first, last)` inclusive.
+    fn queue_live(last: u64) -> (u64, u64) {
+        let purged_at = (last + 1) / 100 * 100;
+        let first = if purged_at == 0 { 0 } else { purged_at - 50 };
+        (first, last)
+    }
+
+    /// The child of [`a_crash_during_a_whole_compaction_loses_nothing`]: writes and syncs
+    /// batches, compacting the Raft keyspace whole every 8 MiB of growth, until killed.
+    #[test]
+    #[ignore = "child process of a_crash_during_a_whole_compaction_loses_nothing"]
+    fn compaction_crash_child() {
+        let dir = std::env::var("CAIRN_COMPACTION_CRASH_DIR").expect("run by the parent test");
+        let e = FjallEngine::open_with(
+            Path::new(&dir),
+            8 << 20,
+            std::time::Duration::from_millis(5),
+        )
+        .unwrap();
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for i in 0.. {
+            e.write(queue_batch(i)).unwrap();
+            e.sync().unwrap();
+            writeln!(out, "synced {i} compactions {}", e.raft_compactions()).unwrap();
+            out.flush().unwrap();
+        }
+    }
+
+    /// A node killed while it compacts its Raft logs whole keeps every synced entry that
+    /// was not deleted, and no deleted one comes back. Each round kills the writer at a
+    /// different point after its compactions have started; whole compactions run often
+    /// enough (every 8 MiB here) that some rounds land in one.
+    #[test]
+    fn a_crash_during_a_whole_compaction_loses_nothing() {
+        use std::io::BufRead;
+        let base = tempfile::tempdir().unwrap();
+        for round in 0..4u64 {
+            let dir = base.path().join(format!("round-{round}"));
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "tests::compaction_crash_child",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("CAIRN_COMPACTION_CRASH_DIR", &dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut last_synced = None;
+            let mut since_compaction = None;
+            let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            for line in lines {
+                let line = line.unwrap();
+                let Some(rest) = line.strip_prefix("synced ") else {
+                    continue;
+                };
+                let mut parts = rest.split(" compactions ");
+                let n: u64 = parts.next().unwrap().parse().unwrap();
+                let compactions: u64 = parts.next().unwrap().parse().unwrap();
+                last_synced = Some(n);
+                if compactions >= 1 {
+                    let since = since_compaction.get_or_insert(n);
+                    if n >= *since + round * 7 {
+                        break;
+                    }
+                }
+                assert!(
+                    n < 20_000,
+                    "round {round}: no whole compaction after {n} batches"
+                );
+            }
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let last = last_synced.expect("the child reported no sync");
+
+            let e = FjallEngine::open(&dir).unwrap();
+            for g in 0..QUEUES {
+                let rows = e
+                    .scan(Space::Raft, &key(g, 0), Some(&key(g + 1, 0)), usize::MAX)
+                    .unwrap();
+                let found: Vec<u64> = rows
+                    .iter()
+                    .map(|(k, _)| u64::from_be_bytes(k[8..16].try_into().unwrap()))
+                    .collect();
+                // The log as the last synced batch left it, or as the next one did (written,
+                // not yet reported): every live entry, and no deleted one.
+                let after = |b: u64| {
+                    let (first, last) = queue_live(b);
+                    (first..=last).collect::<Vec<u64>>()
+                };
+                assert!(
+                    found == after(last) || found == after(last + 1),
+                    "round {round}, log {g}: after batch {last} found {}..{} ({} entries)",
+                    found.first().unwrap_or(&0),
+                    found.last().unwrap_or(&0),
+                    found.len()
+                );
+                for (k, v) in &rows {
+                    let i = u64::from_be_bytes(k[8..16].try_into().unwrap());
+                    assert_eq!(
+                        v,
+                        &noise(g << 32 | i, QUEUE_ENTRY),
+                        "round {round}: entry {i}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The fsync happens outside fjall's journal lock on a handle of Cairn's own, so it must
     /// follow fjall when it starts a new journal: a sync that fsynced the sealed journal would
     /// leave the writes in the new one undurable. (The power-cut tests show what a missed
