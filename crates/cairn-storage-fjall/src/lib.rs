@@ -49,7 +49,9 @@ fn raft_compaction_due(size: u64, base: u64, growth: u64) -> bool {
 /// lower level overflows. Under 64-client writes to 3 partitions a node's Raft keyspace kept
 /// about everything ever written (2 MB/s) for minutes, and its data folder passed 900 MB
 /// for 2.5 MB of data; fjall's next levels are 320 MiB and 3.2 GiB. A whole compaction merges
-/// every tombstone with the entry it deletes and drops both.
+/// every tombstone with the entry it deletes and drops both. It writes 64 MB tables (fjall's
+/// size for a whole compaction, not [`TABLE_BYTES`]), so while one runs the node may hold up
+/// to that much more memory.
 struct RaftCompactor {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
