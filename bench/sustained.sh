@@ -3,7 +3,7 @@
 # processes on loopback, loads RECORDS records into a table of PARTITIONS partitions, then
 # runs RUNS write workloads of DURATION seconds back to back on the same cluster and reports,
 # after each: ops/s, p99, the three servers' CPU per write (user + system, /proc/<pid>/stat),
-# node 1's data dir size and journal count, and the servers' resident memory. The controller
+# node 1's data dir size (MiB) and journal count, and the servers' resident memory. The controller
 # splits nothing for load (--split-qps 1000000) so that the layout stays the same.
 #
 #   bench/sustained.sh                          # 10 runs of 30 s, 64 clients
@@ -31,7 +31,8 @@ fi
 OUT=$PWD/target/bench/sustained-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 
-WORK=$(mktemp -d)
+# The data dirs go under TMPDIR: a disk, not tmpfs, or fsync costs nothing.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-sustained.XXXXXX")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -77,7 +78,7 @@ rss_mb() {
 
 {
   echo "$RUNS write runs of $DURATION s, $CLIENTS clients, $PARTITIONS partitions, one cluster ($BIN $CAIRN_FLAGS)"
-  printf '%4s %9s %8s %12s %9s %9s %s\n' run "ops/s" "p99 ms" "server µs/op" "dir MB" journals "rss MB (3 nodes)"
+  printf '%4s %9s %8s %12s %9s %9s %s\n' run "ops/s" "p99 ms" "server µs/op" "dir MiB" journals "rss MiB (3 nodes)"
 } | tee "$OUT/report.txt"
 for r in $(seq 1 "$RUNS"); do
   c0=$(cpu_ticks)

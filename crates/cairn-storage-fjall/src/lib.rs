@@ -55,15 +55,22 @@ fn raft_compaction_due(size: u64, base: u64, growth: u64) -> bool {
 struct RaftCompactor {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Whole compactions done.
-    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whole compactions begun and done.
+    counts: std::sync::Arc<CompactionCounts>,
+}
+
+/// Whole compactions of the Raft keyspace since the engine opened.
+#[derive(Default)]
+struct CompactionCounts {
+    started: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
 }
 
 impl RaftCompactor {
     fn start(raft: Keyspace, growth: u64, every: std::time::Duration) -> Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = done.clone();
+        let counts = std::sync::Arc::new(CompactionCounts::default());
+        let counter = counts.clone();
         let thread = std::thread::Builder::new()
             .name("cairn-compact".into())
             .spawn(move || {
@@ -79,10 +86,15 @@ impl RaftCompactor {
                         continue;
                     }
                     let started = std::time::Instant::now();
+                    counter
+                        .started
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     match compact_whole(&raft) {
                         Ok(()) => {
                             base = raft.disk_space();
-                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            counter
+                                .done
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::info!(
                                 before = size,
                                 after = base,
@@ -102,7 +114,7 @@ impl RaftCompactor {
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
-            done,
+            counts,
         })
     }
 }
@@ -112,8 +124,10 @@ impl Drop for RaftCompactor {
         drop(self.stop.take());
         // Joined, so that the database is closed when the engine is and a reopen of the
         // folder does not find it locked.
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the Raft log compactor panicked; whole compactions had stopped");
         }
     }
 }
@@ -252,7 +266,17 @@ impl FjallEngine {
     /// Whole compactions of the Raft keyspace since the database was opened.
     pub fn raft_compactions(&self) -> u64 {
         self.compactor
+            .counts
             .done
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whole compactions of the Raft keyspace begun since the database was opened.
+    #[cfg(test)]
+    fn raft_compactions_started(&self) -> u64 {
+        self.compactor
+            .counts
+            .started
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -678,6 +702,7 @@ mod tests {
 
     /// The child of [`a_crash_during_a_whole_compaction_loses_nothing`]: writes and syncs
     /// batches, compacting the Raft keyspace whole every 8 MiB of growth, until killed.
+    /// After each sync it reports the batch and whether a whole compaction is running.
     #[test]
     #[ignore = "child process of a_crash_during_a_whole_compaction_loses_nothing"]
     fn compaction_crash_child() {
@@ -693,15 +718,15 @@ mod tests {
         for i in 0.. {
             e.write(queue_batch(i)).unwrap();
             e.sync().unwrap();
-            writeln!(out, "synced {i} compactions {}", e.raft_compactions()).unwrap();
+            let compacting = e.raft_compactions_started() > e.raft_compactions();
+            writeln!(out, "synced {i} compacting {compacting}").unwrap();
             out.flush().unwrap();
         }
     }
 
     /// A node killed while it compacts its Raft logs whole keeps every synced entry that
-    /// was not deleted, and no deleted one comes back. Each round kills the writer at a
-    /// different point after its compactions have started; whole compactions run often
-    /// enough (every 8 MiB here) that some rounds land in one.
+    /// was not deleted, and no deleted one comes back. Each round kills the writer while a
+    /// whole compaction runs (as it reported a moment before), at a different point.
     #[test]
     fn a_crash_during_a_whole_compaction_loses_nothing() {
         use std::io::BufRead;
@@ -721,20 +746,22 @@ mod tests {
                 .spawn()
                 .unwrap();
             let mut last_synced = None;
-            let mut since_compaction = None;
-            let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-            for line in lines {
+            let mut seen_compacting = 0;
+            // Kept until the child is killed, so that it does not stop on a closed pipe.
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut killed_compacting = false;
+            for line in lines.by_ref() {
                 let line = line.unwrap();
                 let Some(rest) = line.strip_prefix("synced ") else {
                     continue;
                 };
-                let mut parts = rest.split(" compactions ");
-                let n: u64 = parts.next().unwrap().parse().unwrap();
-                let compactions: u64 = parts.next().unwrap().parse().unwrap();
+                let (n, compacting) = rest.split_once(" compacting ").unwrap();
+                let n: u64 = n.parse().unwrap();
                 last_synced = Some(n);
-                if compactions >= 1 {
-                    let since = since_compaction.get_or_insert(n);
-                    if n >= *since + round * 7 {
+                if compacting == "true" {
+                    seen_compacting += 1;
+                    if seen_compacting > round * 3 {
+                        killed_compacting = true;
                         break;
                     }
                 }
@@ -745,9 +772,15 @@ mod tests {
             }
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
+            drop(lines);
+            assert!(
+                killed_compacting,
+                "round {round}: the child stopped before a whole compaction"
+            );
             let last = last_synced.expect("the child reported no sync");
 
             let e = FjallEngine::open(&dir).unwrap();
+            let mut newest = None;
             for g in 0..QUEUES {
                 let rows = e
                     .scan(Space::Raft, &key(g, 0), Some(&key(g + 1, 0)), usize::MAX)
@@ -756,18 +789,24 @@ mod tests {
                     .iter()
                     .map(|(k, _)| u64::from_be_bytes(k[8..16].try_into().unwrap()))
                     .collect();
-                // The log as the last synced batch left it, or as the next one did (written,
-                // not yet reported): every live entry, and no deleted one.
-                let after = |b: u64| {
-                    let (first, last) = queue_live(b);
-                    (first..=last).collect::<Vec<u64>>()
-                };
+                // The child went on after its last report: the log is as some batch at or
+                // after the last reported one left it, every live entry and no deleted one,
+                // and the same batch for every log (one write batch holds all three).
+                let b = *found.last().expect("an empty log");
                 assert!(
-                    found == after(last) || found == after(last + 1),
-                    "round {round}, log {g}: after batch {last} found {}..{} ({} entries)",
-                    found.first().unwrap_or(&0),
-                    found.last().unwrap_or(&0),
-                    found.len()
+                    b >= last,
+                    "round {round}, log {g}: batch {last} was synced, newest entry {b}"
+                );
+                assert_eq!(
+                    *newest.get_or_insert(b),
+                    b,
+                    "round {round}: logs end at different batches"
+                );
+                let (first, _) = queue_live(b);
+                assert_eq!(
+                    found,
+                    (first..=b).collect::<Vec<u64>>(),
+                    "round {round}, log {g}: entries after batch {b}"
                 );
                 for (k, v) in &rows {
                     let i = u64::from_be_bytes(k[8..16].try_into().unwrap());
