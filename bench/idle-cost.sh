@@ -23,36 +23,17 @@ if [ -z "${BIN:-}" ]; then
   BIN=$PWD/target/release/cairn
 fi
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-declare -a GRPC HTTP
-CLUSTER=""
-for i in 1 2 3; do GRPC[$i]=127.0.0.1:$(free_port); HTTP[$i]=127.0.0.1:$(free_port); done
-for i in 1 2 3; do CLUSTER="$CLUSTER${CLUSTER:+,}$i=${GRPC[$i]}"; done
-EP="${GRPC[1]},${GRPC[2]},${GRPC[3]}"
-for i in 1 2 3; do
-  "$BIN" server --id "$i" --data-dir "$WORK/n$i" --listen "${GRPC[$i]}" --http "${HTTP[$i]}" \
-    --initial-cluster "$CLUSTER" $CAIRN_FLAGS >"$WORK/n$i.log" 2>&1 &
-  PIDS[$i]=$!
-done
-
-for _ in $(seq 1 120); do
-  [ "$("$BIN" --endpoints "$EP" admin nodes 2>/dev/null | grep -c ' yes ')" = 3 ] && break
-  sleep 0.5
-done
+LOGS=$(mktemp -d)
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
+trap 'cleanup_cluster; rm -rf "$LOGS"' EXIT
+# shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
+start_cluster "$LOGS" $CAIRN_FLAGS
 SPLITS=$(python3 -c "print(','.join('k%06d' % (i * 1000000 // $PARTITIONS) for i in range(1, $PARTITIONS)))")
 echo "creating a table of $PARTITIONS partitions ..."
 if ! "$BIN" --endpoints "$EP" table create idle --split "$SPLITS" >/dev/null; then
   keep=target/bench/idle-failed-$(date -u +%Y%m%dT%H%M%SZ)
-  mkdir -p "$keep" && cp "$WORK"/n*.log "$keep"/
+  mkdir -p "$keep" && cp "$LOGS"/node-*.log "$keep"/
   echo "the table was not created; node logs kept in $keep" >&2
   exit 1
 fi

@@ -31,36 +31,10 @@ fi
 OUT=$PWD/target/bench/sustained-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 
-# The data dirs go under TMPDIR: a disk, not tmpfs, or fsync costs nothing.
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-sustained.XXXXXX")
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-declare -a GRPC HTTP
-CLUSTER=""
-for i in 1 2 3; do GRPC[$i]=127.0.0.1:$(free_port); HTTP[$i]=127.0.0.1:$(free_port); done
-for i in 1 2 3; do CLUSTER="$CLUSTER${CLUSTER:+,}$i=${GRPC[$i]}"; done
-EP="${GRPC[1]},${GRPC[2]},${GRPC[3]}"
-for i in 1 2 3; do
-  # shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
-  "$BIN" server --id "$i" --data-dir "$WORK/n$i" --listen "${GRPC[$i]}" --http "${HTTP[$i]}" \
-    --initial-cluster "$CLUSTER" $CAIRN_FLAGS >"$OUT/node-$i.log" 2>&1 &
-  PIDS+=($!)
-done
-
-echo "waiting for the cluster ..."
-up=0
-for _ in $(seq 1 120); do
-  [ "$("$BIN" --endpoints "$EP" admin nodes 2>/dev/null | grep -c ' yes ')" = 3 ] && { up=1; break; }
-  sleep 0.5
-done
-[ $up = 1 ] || { echo "error: the cluster did not come up; logs in $OUT" >&2; exit 1; }
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
+# shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
+start_cluster "$OUT" $CAIRN_FLAGS
 
 echo "loading $RECORDS records ..."
 "$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
