@@ -25,23 +25,6 @@ pub(crate) struct DiskGuard {
     refused: AtomicU64,
 }
 
-/// Bytes available to an unprivileged writer on the filesystem holding `dir`.
-fn available(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a valid NUL-terminated string and `st` points to writable memory
-    // of the right size; statvfs only writes into it.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 impl DiskGuard {
     /// A guard of the disk holding `dir`, refusing writes below `reserve` free bytes
     /// (0 turns it off).
@@ -60,7 +43,7 @@ impl DiskGuard {
         if self.reserve == 0 {
             return;
         }
-        let free = match available(&self.dir) {
+        let free = match cairn_storage::disk::available(&self.dir) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("cannot measure free space of {}: {e}", self.dir.display());

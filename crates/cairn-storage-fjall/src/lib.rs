@@ -41,6 +41,21 @@ fn raft_compaction_due(size: u64, base: u64, growth: u64) -> bool {
     size >= base.saturating_add(growth) && size >= base.saturating_mul(2)
 }
 
+/// Free space a whole compaction leaves at least, in the worst case. It writes the live
+/// part of the keyspace anew before it deletes the old tables, so it may need as much room
+/// as the keyspace takes now; with this much more, it never takes the disk below the
+/// node's default write refusal (`--disk-reserve`, 256 MiB), and flushes that run beside it
+/// keep room too.
+const COMPACTION_HEADROOM: u64 = 256 << 20;
+
+/// Whether a whole compaction of a keyspace of `size` bytes fits in `free` bytes of disk.
+fn raft_compaction_fits(size: u64, free: u64) -> bool {
+    free >= size.saturating_add(COMPACTION_HEADROOM)
+}
+
+/// Free bytes on the database's disk, asked before each whole compaction.
+type FreeSpace = Box<dyn Fn() -> std::io::Result<u64> + Send>;
+
 /// Compacts the Raft keyspace whole, on a thread of its own, when [`raft_compaction_due`].
 ///
 /// Every Raft log is a queue: entries are appended at its tail and, once a snapshot covers
@@ -51,7 +66,8 @@ fn raft_compaction_due(size: u64, base: u64, growth: u64) -> bool {
 /// for 2.5 MB of data; fjall's next levels are 320 MiB and 3.2 GiB. A whole compaction merges
 /// every tombstone with the entry it deletes and drops both. It writes 64 MB tables (fjall's
 /// size for a whole compaction, not [`TABLE_BYTES`]), so while one runs the node may hold up
-/// to that much more memory.
+/// to that much more memory, and it needs room on disk for the keyspace's live part
+/// ([`raft_compaction_fits`]): on a disk with less, it waits and warns.
 struct RaftCompactor {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -64,10 +80,17 @@ struct RaftCompactor {
 struct CompactionCounts {
     started: std::sync::atomic::AtomicU64,
     done: std::sync::atomic::AtomicU64,
+    /// Checks that found one due but the disk too full for it.
+    no_room: std::sync::atomic::AtomicU64,
 }
 
 impl RaftCompactor {
-    fn start(raft: Keyspace, growth: u64, every: std::time::Duration) -> Result<Self> {
+    fn start(
+        raft: Keyspace,
+        growth: u64,
+        every: std::time::Duration,
+        free: FreeSpace,
+    ) -> Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let counts = std::sync::Arc::new(CompactionCounts::default());
         let counter = counts.clone();
@@ -84,6 +107,37 @@ impl RaftCompactor {
                     let size = raft.disk_space();
                     if !raft_compaction_due(size, base, growth) {
                         continue;
+                    }
+                    let room = free();
+                    if !matches!(room, Ok(f) if raft_compaction_fits(size, f)) {
+                        // Warned once per spell of a full disk; looked at again next time.
+                        if counter
+                            .no_room
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            == 0
+                        {
+                            match room {
+                                Ok(f) => tracing::warn!(
+                                    raft_bytes = size,
+                                    free_bytes = f,
+                                    "not compacting the Raft logs: the disk has too little \
+                                     free space for the rewrite (it needs the logs' size plus \
+                                     256 MiB); free space on the data disk"
+                                ),
+                                Err(e) => tracing::warn!(
+                                    "not compacting the Raft logs: cannot measure the free \
+                                     space of the data disk: {e}"
+                                ),
+                            }
+                        }
+                        continue;
+                    }
+                    if counter
+                        .no_room
+                        .swap(0, std::sync::atomic::Ordering::Relaxed)
+                        > 0
+                    {
+                        tracing::info!("the data disk has room again for compacting the Raft logs");
                     }
                     let started = std::time::Instant::now();
                     counter
@@ -215,12 +269,20 @@ fn create_durable_dir(dir: &Path) -> Result<()> {
 impl FjallEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, RAFT_GROWTH_BYTES, RAFT_CHECK_EVERY)
+        let at = dir.to_path_buf();
+        let free: FreeSpace = Box::new(move || cairn_storage::disk::available(&at));
+        Self::open_with(dir, RAFT_GROWTH_BYTES, RAFT_CHECK_EVERY, free)
     }
 
     /// Opens the database in `dir`; the Raft keyspace is compacted whole once it has grown
-    /// by `raft_growth` bytes and doubled (looked at every `check_every`).
-    fn open_with(dir: &Path, raft_growth: u64, check_every: std::time::Duration) -> Result<Self> {
+    /// by `raft_growth` bytes and doubled (looked at every `check_every`), and `free` says the
+    /// disk has room for it.
+    fn open_with(
+        dir: &Path,
+        raft_growth: u64,
+        check_every: std::time::Duration,
+        free: FreeSpace,
+    ) -> Result<Self> {
         create_durable_dir(dir)?;
         let db = Database::builder(dir)
             .manual_journal_persist(true)
@@ -251,7 +313,7 @@ impl FjallEngine {
             fsync_dir(&keyspaces)?;
         }
         fsync_dir(dir)?;
-        let compactor = RaftCompactor::start(raft.clone(), raft_growth, check_every)?;
+        let compactor = RaftCompactor::start(raft.clone(), raft_growth, check_every, free)?;
         Ok(Self {
             compactor,
             raft,
@@ -595,6 +657,20 @@ mod tests {
         assert!(!raft_compaction_due(u64::MAX - 1, u64::MAX / 2 + 1, growth));
     }
 
+    #[test]
+    fn a_whole_compaction_needs_room_for_the_keyspace_and_the_headroom() {
+        let mib = 1 << 20;
+        assert!(raft_compaction_fits(300 * mib, 556 * mib));
+        assert!(!raft_compaction_fits(300 * mib, 555 * mib));
+        assert!(!raft_compaction_fits(0, 255 * mib));
+        assert!(!raft_compaction_fits(u64::MAX - 1, u64::MAX - 1));
+    }
+
+    /// A free-space probe that never stands in the way.
+    fn plenty() -> FreeSpace {
+        Box::new(|| Ok(u64::MAX))
+    }
+
     /// Three Raft logs as queues: 4,000 entries of 16 KiB each (about 190 MiB in all), every
     /// log deleting all but its newest 100 entries every 500, as its snapshots would; about
     /// 5 MiB stays live.
@@ -643,8 +719,13 @@ mod tests {
     #[test]
     fn a_whole_compaction_shrinks_the_raft_keyspace_to_the_live_logs() {
         let d = tempfile::tempdir().unwrap();
-        let e = FjallEngine::open_with(d.path(), u64::MAX, std::time::Duration::from_secs(3600))
-            .unwrap();
+        let e = FjallEngine::open_with(
+            d.path(),
+            u64::MAX,
+            std::time::Duration::from_secs(3600),
+            plenty(),
+        )
+        .unwrap();
         write_queues(&e);
         e.raft.rotate_memtable_and_wait().unwrap();
         let before = e.raft.disk_space();
@@ -663,8 +744,13 @@ mod tests {
     #[test]
     fn the_compactor_compacts_a_growing_raft_keyspace() {
         let d = tempfile::tempdir().unwrap();
-        let e = FjallEngine::open_with(d.path(), 16 << 20, std::time::Duration::from_millis(20))
-            .unwrap();
+        let e = FjallEngine::open_with(
+            d.path(),
+            16 << 20,
+            std::time::Duration::from_millis(20),
+            plenty(),
+        )
+        .unwrap();
         write_queues(&e);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while e.raft_compactions() == 0 {
@@ -674,6 +760,50 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        drop(e);
+        check_queues(d.path());
+    }
+
+    /// On a disk without room for the rewrite the compactor waits, however much the
+    /// keyspace has grown, and compacts once room comes back.
+    #[test]
+    fn the_compactor_waits_for_room_on_the_disk() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let d = tempfile::tempdir().unwrap();
+        let free = std::sync::Arc::new(AtomicU64::new(100 << 20));
+        let probe = free.clone();
+        let e = FjallEngine::open_with(
+            d.path(),
+            16 << 20,
+            std::time::Duration::from_millis(20),
+            Box::new(move || Ok(probe.load(Ordering::Relaxed))),
+        )
+        .unwrap();
+        write_queues(&e);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Counted only for a compaction that is due: the keyspace grew past 16 MiB.
+        while e.compactor.counts.no_room.load(Ordering::Relaxed) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the compactor never found a whole compaction due after 190 MiB"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(
+            e.raft_compactions_started(),
+            0,
+            "compacted whole with 100 MiB free for a {} byte keyspace",
+            e.raft.disk_space()
+        );
+        free.store(u64::MAX, Ordering::Relaxed);
+        while e.raft_compactions() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no whole compaction once the disk had room"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(e.compactor.counts.no_room.load(Ordering::Relaxed), 0);
         drop(e);
         check_queues(d.path());
     }
@@ -711,6 +841,7 @@ mod tests {
             Path::new(&dir),
             8 << 20,
             std::time::Duration::from_millis(5),
+            plenty(),
         )
         .unwrap();
         use std::io::Write;

@@ -10,6 +10,7 @@
 //! middle one, and never part of a batch.
 
 pub mod conformance;
+pub mod disk;
 mod error;
 pub mod keys;
 mod memory;
