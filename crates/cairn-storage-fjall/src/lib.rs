@@ -220,8 +220,8 @@ const MEMTABLE_BYTES: u64 = 4 << 20;
 /// Largest memtable of the Raft keyspace. Every write passes through it (about 4 MB/s on a
 /// node under 64-client writes), and each flush costs an fsync under fjall's journal lock,
 /// which holds up every engine write of the node, and a compaction after it. 16 MiB
-/// instead of 4 MiB: 8% less server CPU per write (`bench/ab.sh`, 4 pairs) and a lower
-/// p99 over four minutes of writes, for about 10 MiB more memory per node
+/// instead of 4 MiB: 5–8% less server CPU per write (`bench/ab.sh`, two runs of 4 pairs)
+/// and a lower p99 over four minutes of writes, for about 15 MiB more memory per node
 /// (docs/benchmarks.md, eighth run). Snapshots are staged and installed elsewhere. fjall
 /// records a keyspace's options when it creates it, so a data dir created by an older
 /// version keeps its 4 MiB.
