@@ -45,7 +45,8 @@ fn raft_compaction_due(size: u64, base: u64, growth: u64) -> bool {
 /// part of the keyspace anew before it deletes the old tables, so it may need as much room
 /// as the keyspace takes now; with this much more, it never takes the disk below the
 /// node's default write refusal (`--disk-reserve`, 256 MiB), and flushes that run beside it
-/// keep room too.
+/// keep room too. RocksDB cancels a compaction short of room the same way, rather than let
+/// it fail the journal's writes with ENOSPC (which stops the node).
 const COMPACTION_HEADROOM: u64 = 256 << 20;
 
 /// Whether a whole compaction of a keyspace of `size` bytes fits in `free` bytes of disk.
@@ -120,9 +121,10 @@ impl RaftCompactor {
                                 Ok(f) => tracing::warn!(
                                     raft_bytes = size,
                                     free_bytes = f,
-                                    "not compacting the Raft logs: the disk has too little \
-                                     free space for the rewrite (it needs the logs' size plus \
-                                     256 MiB); free space on the data disk"
+                                    "not compacting the Raft logs: the data disk has too \
+                                     little free space for the rewrite (it needs the logs' \
+                                     size plus 256 MiB); free space on it or move the node to \
+                                     a larger volume"
                                 ),
                                 Err(e) => tracing::warn!(
                                     "not compacting the Raft logs: cannot measure the free \
