@@ -46,7 +46,7 @@ fn raft_compaction_due(size: u64, base: u64, growth: u64) -> bool {
 /// as the keyspace takes now; with this much more, it never takes the disk below the
 /// node's default write refusal (`--disk-reserve`, 256 MiB), and flushes that run beside it
 /// keep room too. RocksDB cancels a compaction short of room the same way, rather than let
-/// it fail the journal's writes with ENOSPC (which stops the node).
+/// it fail the journal's writes with ENOSPC (which stops the Raft groups that made them).
 const COMPACTION_HEADROOM: u64 = 256 << 20;
 
 /// Whether a whole compaction of a keyspace of `size` bytes fits in `free` bytes of disk.
