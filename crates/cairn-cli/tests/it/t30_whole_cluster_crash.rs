@@ -55,3 +55,52 @@ async fn t31_graceful_stop_and_restart() {
         Some(b"v2".to_vec())
     );
 }
+
+/// A node stopped with SIGTERM first hands every group it leads, the metadata group
+/// included, to a replica on another node, so a rolling restart does not make writes wait
+/// out a failover; every acknowledged write stays readable through the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t31_graceful_stop_hands_leaderships_over() {
+    let mut c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("h", 3, vec![]).await.unwrap();
+    for i in 0..30 {
+        cl.put("h", format!("k{i:02}").as_bytes(), b"before")
+            .await
+            .unwrap();
+    }
+    let nodes = cl.nodes().await.unwrap();
+    let leader = nodes
+        .iter()
+        .find(|n| n.metadata_leader)
+        .map(|n| n.id)
+        .expect("a metadata leader");
+    assert!(
+        c.stop(leader),
+        "node {leader} did not exit 0 on SIGTERM:\n{}",
+        c.log(leader)
+    );
+    let log = c.log(leader);
+    assert!(
+        log.contains("stopping: handing leaderships over")
+            && log.contains("handed every leadership over"),
+        "node {leader} led the metadata group but did not hand it over:\n{log}"
+    );
+    let other = if leader == 1 { 2 } else { 1 };
+    let cl = c.client_of(other);
+    let after = cl.nodes().await.unwrap();
+    let new_leader = after.iter().find(|n| n.metadata_leader).map(|n| n.id);
+    assert!(
+        new_leader.is_some_and(|n| n != leader),
+        "metadata leader after the stop: {new_leader:?} (stopped: {leader})"
+    );
+    cl.put("h", b"after", b"x").await.unwrap();
+    for i in 0..30 {
+        assert_eq!(
+            cl.get("h", format!("k{i:02}").as_bytes()).await.unwrap(),
+            Some(b"before".to_vec()),
+            "k{i:02}"
+        );
+    }
+    assert_eq!(cl.get("h", b"after").await.unwrap(), Some(b"x".to_vec()));
+}
