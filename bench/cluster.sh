@@ -1,12 +1,29 @@
 # Sourced by the bench scripts: a 3-node Cairn cluster of release processes on loopback.
 #
-#   start_cluster LOG_DIR [SERVER_FLAGS...]
+#   ensure_bin; start_cluster LOG_DIR [SERVER_FLAGS...]; load_records
 #
 # starts `$BIN server` three times on free ports with data dirs under WORK (a temporary
 # folder under TMPDIR, removed on exit with the processes), logs to LOG_DIR/node-N.log, and
 # waits until all three are live. It sets GRPC[1..3] and HTTP[1..3] (host:port), CLUSTER
 # (the --initial-cluster value), EP (the client --endpoints) and PIDS[1..3]; on a cluster
 # that does not come up it exits the script with an error.
+
+# Builds the release binary into BIN unless BIN already names one.
+ensure_bin() {
+  if [ -z "${BIN:-}" ]; then
+    echo "building cairn (release) ..."
+    cargo build --release -q
+    BIN=$PWD/target/release/cairn
+  fi
+}
+
+# Loads RECORDS records of VALUE_SIZE bytes into `cairn bench`'s table of PARTITIONS
+# partitions on the cluster at EP.
+load_records() {
+  echo "loading $RECORDS records ..."
+  "$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
+    --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >/dev/null 2>&1
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

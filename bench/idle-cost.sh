@@ -17,15 +17,11 @@ MEASURE=${MEASURE:-20}
 CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. "--quiesce false"
 
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
-if [ -z "${BIN:-}" ]; then
-  echo "building cairn (release) ..."
-  cargo build --release -q
-  BIN=$PWD/target/release/cairn
-fi
 
 LOGS=$(mktemp -d)
 # shellcheck source=bench/cluster.sh
 . bench/cluster.sh
+ensure_bin
 trap 'cleanup_cluster; rm -rf "$LOGS"' EXIT
 # shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
 start_cluster "$LOGS" $CAIRN_FLAGS

@@ -23,22 +23,16 @@ PARTITIONS=${PARTITIONS:-3}
 CAIRN_FLAGS=${CAIRN_FLAGS:---split-qps 1000000}
 
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
-if [ -z "${BIN:-}" ]; then
-  echo "building cairn (release) ..."
-  cargo build --release -q
-  BIN=$PWD/target/release/cairn
-fi
 OUT=$PWD/target/bench/sustained-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 
 # shellcheck source=bench/cluster.sh
 . bench/cluster.sh
+ensure_bin
 # shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
 start_cluster "$OUT" $CAIRN_FLAGS
 
-echo "loading $RECORDS records ..."
-"$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
-  --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >/dev/null 2>&1
+load_records
 
 ticks=$(getconf CLK_TCK)
 cpu_ticks() {

@@ -28,22 +28,16 @@ if [ -n "$PERF_THREADS" ] && ! command -v perf >/dev/null; then
   echo "error: PERF_THREADS needs perf (apt-get install linux-perf)" >&2
   exit 1
 fi
-if [ -z "${BIN:-}" ]; then
-  echo "building cairn (release) ..."
-  cargo build --release -q
-  BIN=$PWD/target/release/cairn
-fi
 OUT=$PWD/target/bench/threads-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 
 # shellcheck source=bench/cluster.sh
 . bench/cluster.sh
+ensure_bin
 # shellcheck disable=SC2086 # CAIRN_FLAGS is a list of flags
 start_cluster "$OUT" $CAIRN_FLAGS
 
-echo "loading $RECORDS records ..."
-"$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
-  --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >/dev/null 2>&1
+load_records
 
 # One line per thread: node, thread name, tid, CPU ticks so far.
 threads() {

@@ -680,6 +680,16 @@ impl Core {
         replicas.iter().find_map(|(id, r)| failed(*id, &r.raft))
     }
 
+    /// Every replica on this node, as they are now (a copy: the map's lock is not held).
+    pub(crate) fn all_replicas(&self) -> Vec<Replica> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn replica(&self, partition: PartitionId) -> Option<Replica> {
         self.replicas
             .read()

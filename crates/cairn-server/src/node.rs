@@ -509,15 +509,7 @@ impl Node {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        let replicas: Vec<_> = self
-            .core
-            .replicas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for r in replicas {
+        for r in self.core.all_replicas() {
             let _ = r.raft.shutdown().await;
         }
         if let Some(m) = self.core.meta() {
@@ -542,11 +534,9 @@ impl Node {
         };
         let replicas: Vec<_> = self
             .core
-            .replicas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(|r| target(&r.raft.metrics().borrow_watched()).map(|to| (r.clone(), to)))
+            .all_replicas()
+            .into_iter()
+            .filter_map(|r| target(&r.raft.metrics().borrow_watched()).map(|to| (r, to)))
             .collect();
         let meta = self
             .core
