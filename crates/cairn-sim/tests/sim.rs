@@ -83,7 +83,7 @@ fn run_child(seed: u64, history: Option<&PathBuf>) -> Result<(), String> {
     }
 }
 
-/// Shards of the seeds: 4 × 32 = the 128 seeds 1..=128 each CI run (longer runs: the README).
+/// Shards of the seeds: 4 × 20 = the 80 seeds 1..=80 each CI run (`CAIRN_SIM_SEEDS` per shard; longer runs: the README).
 const SHARDS: u64 = 4;
 
 /// Seeds of shard `shard` of `shards` (so nextest spreads them over the cores).
