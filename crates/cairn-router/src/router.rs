@@ -28,13 +28,20 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// Runs one attempt for at most half the time left (within [`MIN_ATTEMPT`] ..
 /// [`MAX_ATTEMPT`]) and never past `deadline`, so a hung replica leaves time for another.
-async fn bounded<T>(deadline: Instant, f: impl Future<Output = Result<T>>) -> Result<T> {
+///
+/// A combinator, not an `async fn` or block: those keep `f` twice in their state (as an
+/// argument or capture, and again as the future awaited), and every request's future holds
+/// this one.
+fn bounded<T>(
+    deadline: Instant,
+    f: impl Future<Output = Result<T>>,
+) -> impl Future<Output = Result<T>> {
+    use futures::FutureExt;
     let left = deadline.saturating_duration_since(Instant::now());
     let budget = (left / 2).clamp(MIN_ATTEMPT, MAX_ATTEMPT).min(left);
-    match tokio::time::timeout(budget, f).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Unavailable(format!("no answer within {budget:?}"))),
-    }
+    tokio::time::timeout(budget, f).map(move |r| {
+        r.unwrap_or_else(|_| Err(Error::Unavailable(format!("no answer within {budget:?}"))))
+    })
 }
 
 /// How the router reaches the metadata group and partition replicas.
@@ -128,10 +135,9 @@ impl<T: Transport> Router<T> {
         if let Some(r) = self.cache.get(table) {
             return Ok(r);
         }
-        match self
-            .meta(MetaRequest::GetTable(table.to_string()), deadline)
-            .await?
-        {
+        // Boxed: a cache miss is rare, and inline its metadata call would make every
+        // request's future (which holds this one) several KiB larger.
+        match Box::pin(self.meta(MetaRequest::GetTable(table.to_string()), deadline)).await? {
             MetaReply::Table(r) => {
                 self.transport.learn(&r.nodes);
                 let r = Arc::new(r);

@@ -154,10 +154,13 @@ impl Node {
             Some(u) => u,
             None => {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                let answer = self
-                    .router
-                    .meta(MetaRequest::Authenticate(credential.clone()), deadline)
-                    .await;
+                // Boxed: a cache miss is rare, and inline the metadata call would make every
+                // request's future (which holds this one) KiBs larger.
+                let answer = Box::pin(
+                    self.router
+                        .meta(MetaRequest::Authenticate(credential.clone()), deadline),
+                )
+                .await;
                 let user = match answer {
                     Ok(MetaReply::Principal(u)) => u,
                     Err(e) if e.is_retryable() => match self.auth.stale(&credential) {

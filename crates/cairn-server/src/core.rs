@@ -800,7 +800,9 @@ impl Core {
                 .await
                 .map(|()| PartitionReply::Done);
         }
-        let written = replica.raft.client_write(Command::Kv(cmd)).await;
+        // A drop (the only other op here) is rare: boxed, so the future of every write,
+        // which holds this one, does not carry a proposal's few KiB.
+        let written = Box::pin(replica.raft.client_write(Command::Kv(cmd))).await;
         self.metrics.proposed(written.is_ok());
         match written {
             Ok(resp) => match resp.data {
@@ -868,7 +870,9 @@ impl Core {
             op: KvOp::Split { key, right },
         };
         self.renew_lease(&replica.raft).await;
-        let written = replica.raft.client_write(Command::Kv(cmd)).await;
+        // A drop (the only other op here) is rare: boxed, so the future of every write,
+        // which holds this one, does not carry a proposal's few KiB.
+        let written = Box::pin(replica.raft.client_write(Command::Kv(cmd))).await;
         self.metrics.proposed(written.is_ok());
         match written {
             Ok(resp) => match resp.data {
@@ -951,8 +955,10 @@ impl Core {
 
     /// Serves a request for a partition replica hosted here.
     pub(crate) async fn handle_partition(&self, req: PartitionRequest) -> Result<PartitionReply> {
+        // Opening a replica is rare and its future large: boxed, so that the future of
+        // every read and write (which holds this one) stays small.
         if let PartitionOp::OpenMeta { replica } = &req.op {
-            self.open_meta_replica(*replica).await?;
+            Box::pin(self.open_meta_replica(*replica)).await?;
             return Ok(PartitionReply::Done);
         }
         if let PartitionOp::Open {
@@ -962,8 +968,7 @@ impl Core {
             replica,
         } = &req.op
         {
-            self.open_replica(desc, members, *bootstrap, *replica)
-                .await?;
+            Box::pin(self.open_replica(desc, members, *bootstrap, *replica)).await?;
             return Ok(PartitionReply::Done);
         }
         let PartitionRequest {
@@ -1050,16 +1055,20 @@ impl Core {
             PartitionOp::Open { .. } | PartitionOp::OpenMeta { .. } => Ok(PartitionReply::Done),
             PartitionOp::Split { key, right } => {
                 self.limits.check_key(&key)?;
-                self.split(&replica, epoch, table, key, right).await
+                Box::pin(self.split(&replica, epoch, table, key, right)).await
             }
-            PartitionOp::TransferLeader { to } => self.transfer_leader(&replica, to).await,
+            PartitionOp::TransferLeader { to } => {
+                Box::pin(self.transfer_leader(&replica, to)).await
+            }
             PartitionOp::AddLearner { replica: rid, node } => {
-                self.add_learner(&replica, rid, node).await
+                Box::pin(self.add_learner(&replica, rid, node)).await
             }
             PartitionOp::ReplaceVoter { remove, add } => {
-                self.replace_voter(&replica, remove, add).await
+                Box::pin(self.replace_voter(&replica, remove, add)).await
             }
-            PartitionOp::RemoveLearner { replica: rid } => self.remove_learner(&replica, rid).await,
+            PartitionOp::RemoveLearner { replica: rid } => {
+                Box::pin(self.remove_learner(&replica, rid)).await
+            }
         }
     }
 

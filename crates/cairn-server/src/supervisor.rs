@@ -226,18 +226,26 @@ impl PeerHealth {
 /// second after its last heartbeat. Before proposing, renew it with one heartbeat round if
 /// it is close to running out; bounded by [`LEASE_RENEW_WAIT`].
 pub(crate) async fn ensure_lease(raft: &cairn_raft::typ::Raft) {
-    type RaftInstant = openraft::TokioInstant;
-    let fresh = |m: &cairn_raft::typ::Metrics, since: RaftInstant| {
-        m.state != ServerState::Leader
-            || m.membership_config.membership().voter_ids().count() <= 1
-            || m.last_quorum_acked
-                .as_ref()
-                .is_some_and(|t| **t + LEASE_MARGIN > since)
-    };
-    let now = <RaftInstant as openraft::Instant>::now();
-    if fresh(&raft.metrics().borrow_watched(), now) {
+    let now = <openraft::TokioInstant as openraft::Instant>::now();
+    if lease_fresh(&raft.metrics().borrow_watched(), now) {
         return;
     }
+    // Boxed: renewing is the rare case, and inline its heartbeat and wait would make the
+    // future of every write (which holds this one) KiBs larger.
+    Box::pin(renew_lease(raft, now)).await;
+}
+
+/// Whether a proposal made at `since` needs no lease renewal first.
+fn lease_fresh(m: &cairn_raft::typ::Metrics, since: openraft::TokioInstant) -> bool {
+    m.state != ServerState::Leader
+        || m.membership_config.membership().voter_ids().count() <= 1
+        || m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| **t + LEASE_MARGIN > since)
+}
+
+/// One heartbeat round, then waits (at most [`LEASE_RENEW_WAIT`]) for a quorum to ack it.
+async fn renew_lease(raft: &cairn_raft::typ::Raft, now: openraft::TokioInstant) {
     if raft.trigger().heartbeat().await.is_err() {
         return;
     }
@@ -245,7 +253,7 @@ pub(crate) async fn ensure_lease(raft: &cairn_raft::typ::Raft) {
     let _ = raft
         .wait(Some(LEASE_RENEW_WAIT))
         .metrics(
-            move |m| fresh(m, now + LEASE_MARGIN),
+            move |m| lease_fresh(m, now + LEASE_MARGIN),
             "the leader lease renewed",
         )
         .await;

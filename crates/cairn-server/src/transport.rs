@@ -145,7 +145,8 @@ impl Transport for NodeTransport {
         }
         self.core.metrics.forwarded();
         let env = encode(&req);
-        self.remote(node, |mut c| async move { c.partition(env).await })
-            .await
+        // Boxed: a gRPC call's future is KiBs, and inline it would grow every request's
+        // future, forwarded or not (each one is allocated and moved whole).
+        Box::pin(self.remote(node, |mut c| async move { c.partition(env).await })).await
     }
 }
