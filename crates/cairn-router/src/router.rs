@@ -355,3 +355,48 @@ impl<T: Transport> Router<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transport whose calls each hold `BIG` bytes across an await, as a gRPC call does.
+    struct Heavy;
+
+    const BIG: usize = 4096;
+
+    async fn hold_big<R>(r: R) -> R {
+        let buf = [7u8; BIG];
+        tokio::task::yield_now().await;
+        std::hint::black_box(&buf);
+        r
+    }
+
+    impl Transport for Heavy {
+        async fn meta(&self, _req: MetaRequest) -> Result<MetaReply> {
+            hold_big(Err(Error::Unavailable("no metadata here".into()))).await
+        }
+        fn learn(&self, _nodes: &[cairn_types::NodeDesc]) {}
+        async fn partition(&self, _node: NodeId, _req: PartitionRequest) -> Result<PartitionReply> {
+            hold_big(Ok(PartitionReply::Done)).await
+        }
+    }
+
+    /// Every read and write on a node runs inside this future, allocated and moved whole,
+    /// so it must hold one attempt's state once (not twice, as an `async fn` timeout did)
+    /// and a route-cache miss's metadata call not at all (it is boxed).
+    #[test]
+    fn a_keyed_request_holds_the_transports_attempt_once() {
+        let router = Router::new(Heavy);
+        let get = || PartitionOp::Get {
+            key: b"k".to_vec(),
+            stale: false,
+        };
+        let fut = router.keyed_at("t", b"k", get, false, Instant::now());
+        let size = std::mem::size_of_val(&fut);
+        assert!(
+            (BIG..BIG + 2048).contains(&size),
+            "a keyed request's future is {size} bytes for a transport attempt of {BIG}"
+        );
+    }
+}
