@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -102,7 +102,16 @@ struct Shared {
     gap: std::sync::Mutex<(u64, u64)>,
     /// Every gap of at least [`LISTED_GAP_US`].
     gaps: std::sync::Mutex<Vec<report::Gap>>,
+    /// Acknowledged operations per [`WINDOW_US`] of the run, by when they were answered.
+    windows: Vec<AtomicU32>,
 }
+
+/// Length of a window of [`Shared::windows`]: short enough to show a stall of a tenth of a
+/// second that a per-second rate hides.
+const WINDOW_US: u64 = 100_000;
+
+/// Windows kept: the first hour of a phase.
+const MAX_WINDOWS: u64 = 36_000;
 
 /// Gaps without an acknowledged operation at least this long are listed in the report.
 const LISTED_GAP_US: u64 = 100_000;
@@ -111,6 +120,9 @@ impl Shared {
     /// Notes an acknowledged operation for the gap measures.
     fn acked(&self) {
         let now = self.started.elapsed().as_micros() as u64;
+        if let Some(w) = self.windows.get((now / WINDOW_US) as usize) {
+            w.fetch_add(1, Ordering::Relaxed);
+        }
         let prev = self.last_ack_us.fetch_max(now, Ordering::Relaxed);
         if now <= prev {
             return;
@@ -237,6 +249,11 @@ async fn phase(
         last_ack_us: AtomicU64::new(0),
         gap: Default::default(),
         gaps: Default::default(),
+        windows: (0..(duration.as_micros() as u64)
+            .div_ceil(WINDOW_US)
+            .min(MAX_WINDOWS))
+            .map(|_| AtomicU32::new(0))
+            .collect(),
     });
     let clients = args.clients.max(1);
     // 1 µs .. 60 s at 3 significant digits.
@@ -285,6 +302,15 @@ async fn phase(
     let gap = (Duration::from_micros(gap), Duration::from_micros(end));
     let mut r = Report::new(args, workload, started.elapsed(), &lat, errors, gap);
     r.gaps = std::mem::take(&mut *sh.gaps.lock().unwrap_or_else(|p| p.into_inner()));
+    // Only whole windows: the last one is cut short by the end of the run.
+    let whole = (r.elapsed_secs * 1e6) as u64 / WINDOW_US;
+    r.set_windows(
+        sh.windows
+            .iter()
+            .take(whole as usize)
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect(),
+    );
     Ok(r)
 }
 

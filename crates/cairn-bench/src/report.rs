@@ -62,6 +62,46 @@ pub struct Report {
     pub longest_gap_end_s: f64,
     /// Every time of 100 ms or more without an acknowledged operation, in wall-clock time.
     pub gaps: Vec<Gap>,
+    /// Acknowledged operations in each whole 100 ms of the run, in order.
+    pub ops_per_100ms: Vec<u32>,
+    /// What [`Report::ops_per_100ms`] says about stalls.
+    pub windows: Windows,
+}
+
+/// Throughput in 100 ms windows: a stall of a tenth of a second shows as a window well
+/// below the median, where a per-second rate or a percentile hides when it happened.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Windows {
+    /// Whole windows in the run.
+    pub count: usize,
+    /// The median window's operations.
+    pub median_ops: u32,
+    /// The fewest operations in one window.
+    pub min_ops: u32,
+    /// Windows with fewer than three quarters of the median's operations. A stall of 30 to
+    /// 100 ms that halves the rate leaves about that much in the window it falls in.
+    pub slow: usize,
+}
+
+impl Windows {
+    /// Summarises operations per window.
+    pub fn of(ops: &[u32]) -> Self {
+        let mut sorted = ops.to_vec();
+        sorted.sort_unstable();
+        let Some(&min_ops) = sorted.first() else {
+            return Self::default();
+        };
+        let median_ops = sorted[sorted.len() / 2];
+        Self {
+            count: ops.len(),
+            median_ops,
+            min_ops,
+            slow: ops
+                .iter()
+                .filter(|&&n| u64::from(n) * 4 < u64::from(median_ops) * 3)
+                .count(),
+        }
+    }
 }
 
 /// A time without any acknowledged operation.
@@ -113,7 +153,15 @@ impl Report {
             longest_gap_ms: gap.0.as_secs_f64() * 1000.0,
             longest_gap_end_s: gap.1.as_secs_f64(),
             gaps: Vec::new(),
+            ops_per_100ms: Vec::new(),
+            windows: Windows::default(),
         }
+    }
+
+    /// Records the operations acknowledged in each whole 100 ms of the run.
+    pub(crate) fn set_windows(&mut self, ops: Vec<u32>) {
+        self.windows = Windows::of(&ops);
+        self.ops_per_100ms = ops;
     }
 
     /// The highest p99 over the operation kinds, in microseconds.
@@ -159,6 +207,13 @@ impl Report {
             "longest time without an acknowledged operation: {:.0} ms (ended {:.1} s into the run)",
             self.longest_gap_ms, self.longest_gap_end_s
         );
+        let w = &self.windows;
+        if w.count > 0 {
+            println!(
+                "per 100 ms: median {} ops, fewest {}; {} of {} windows below 3/4 of the median",
+                w.median_ops, w.min_ops, w.slow, w.count
+            );
+        }
         if self.errors.is_empty() {
             println!("errors: none");
         } else {
@@ -166,5 +221,26 @@ impl Report {
                 println!("errors: {n} {k}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Windows;
+
+    #[test]
+    fn windows_count_the_stalls_below_three_quarters_of_the_median() {
+        // Steady at about 1,700 ops per window, with two stalls and a dip that is not one.
+        let ops = [1700, 1650, 400, 1720, 1690, 1300, 10, 1710, 1680];
+        let w = Windows::of(&ops);
+        assert_eq!(w.count, 9);
+        assert_eq!(w.median_ops, 1680);
+        assert_eq!(w.min_ops, 10);
+        assert_eq!(w.slow, 2);
+    }
+
+    #[test]
+    fn a_run_without_a_whole_window_has_no_summary() {
+        assert_eq!(Windows::of(&[]), Windows::default());
     }
 }
