@@ -797,7 +797,10 @@ mod tests {
         )
         .unwrap();
         write_queues(&e);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Each wait has a bound of its own: on a busy CI machine the first can take most of
+        // a shared one (it failed once at 30 s in the second wait, and passes in 1 s alone).
+        let bound = std::time::Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + bound;
         // Counted only for a compaction that is due: the keyspace grew past 16 MiB.
         while e.compactor.counts.no_room.load(Ordering::Relaxed) < 3 {
             assert!(
@@ -813,10 +816,17 @@ mod tests {
             e.raft.disk_space()
         );
         free.store(u64::MAX, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + bound;
         while e.raft_compactions() == 0 {
+            // Started but never done means compact_whole failed (it then waits for more
+            // growth) or is still running; never started means it was not found due.
             assert!(
                 std::time::Instant::now() < deadline,
-                "no whole compaction once the disk had room"
+                "no whole compaction within {bound:?} once the disk had room: {} started, \
+                 {} checks without room since, Raft keyspace {} bytes",
+                e.raft_compactions_started(),
+                e.compactor.counts.no_room.load(Ordering::Relaxed),
+                e.raft.disk_space()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
