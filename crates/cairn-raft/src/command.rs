@@ -4,6 +4,7 @@ use cairn_meta::{MetaCommand, MetaResponse};
 use cairn_types::{Epoch, Error, PartitionDesc, PartitionId, RequestId, TableId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// The application payload of a log entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -14,7 +15,9 @@ pub enum Command {
     Meta(MetaCommand),
     /// Concurrent puts and deletes to one partition proposed as one entry: each is checked,
     /// deduplicated and answered on its own, as if it had its own entry, in this order.
-    KvBatch(Vec<KvCommand>),
+    /// Shared, so that handing the entry to each follower and to apply copies no key or
+    /// value (encoded as the list itself).
+    KvBatch(Arc<[KvCommand]>),
 }
 
 /// A write to one partition, as proposed by its leader.
@@ -104,6 +107,65 @@ impl fmt::Display for Command {
             },
             Command::Meta(m) => write!(f, "meta {m:?}"),
             Command::KvBatch(b) => write!(f, "batch of {} writes", b.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_types::ClientId;
+
+    /// `Command` as it was when a batch owned its list: logs and snapshots written then are
+    /// on disk, and nodes still running it send entries of this shape.
+    #[derive(Serialize, Deserialize)]
+    enum OwnedCommand {
+        Kv(KvCommand),
+        Meta(MetaCommand),
+        KvBatch(Vec<KvCommand>),
+    }
+
+    fn put(i: u64) -> KvCommand {
+        KvCommand {
+            request_id: Some(RequestId {
+                client: ClientId(7),
+                seq: i,
+                first_incomplete: 1,
+            }),
+            epoch: Epoch::INITIAL,
+            proposed_at_ms: 1_000 + i,
+            op: KvOp::Put {
+                table: TableId(3),
+                key: format!("k{i}").into_bytes(),
+                value: vec![i as u8; 300],
+            },
+        }
+    }
+
+    fn keys(cmds: &[KvCommand]) -> Vec<Vec<u8>> {
+        cmds.iter()
+            .map(|c| match &c.op {
+                KvOp::Put { key, .. } => key.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// A shared batch is encoded byte for byte as an owned one, both ways, so entries in
+    /// old logs still decode and a mixed-version cluster still replicates.
+    #[test]
+    fn a_batch_encodes_as_it_did_when_it_owned_its_writes() {
+        let cmds: Vec<KvCommand> = (1..=3).map(put).collect();
+        let old = postcard::to_allocvec(&OwnedCommand::KvBatch(cmds.clone())).unwrap();
+        let new = postcard::to_allocvec(&Command::KvBatch(cmds.clone().into())).unwrap();
+        assert_eq!(old, new);
+        match postcard::from_bytes::<Command>(&old).unwrap() {
+            Command::KvBatch(b) => assert_eq!(keys(&b), keys(&cmds)),
+            other => panic!("decoded as {other}"),
+        }
+        match postcard::from_bytes::<OwnedCommand>(&new).unwrap() {
+            OwnedCommand::KvBatch(b) => assert_eq!(keys(&b), keys(&cmds)),
+            _ => panic!("decoded as another variant"),
         }
     }
 }

@@ -160,8 +160,9 @@ impl PartitionView {
         epoch: Epoch,
         table: TableId,
         key: Option<&[u8]>,
-    ) -> Result<PartitionDesc, Error> {
-        let desc = self.desc();
+    ) -> Result<Arc<PartitionDesc>, Error> {
+        // Shared, not copied: every applied write and every request checks its partition.
+        let desc = self.shared_desc();
         if self.dropped() || table != desc.table_id {
             // A partition id belongs to one table forever; a request naming another table
             // was routed with a view this replica has nothing to do with.

@@ -159,7 +159,7 @@ impl WriteBatcher {
                 continue;
             }
             let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            match self.propose(Command::KvBatch(cmds)).await {
+            match self.propose(Command::KvBatch(cmds.into())).await {
                 Ok(Reply::KvBatch(answers)) if answers.len() == txs.len() => {
                     for (tx, r) in txs.into_iter().zip(answers) {
                         let _ = tx.send(r);
