@@ -167,7 +167,7 @@ for w in workloads:
         row = {"workload": w, "clients": int(c)}
         note = []
         for s in ("cairn", "etcd"):
-            ops, p99, srv, busy, gen, errs = [], [], [], [], [], 0
+            ops, p99, srv, busy, gen, errs, slow = [], [], [], [], [], 0, []
             for r in range(1, runs + 1):
                 name = f"{out}/{s}-{w}-{c}-r{r}"
                 j = json.load(open(name + ".json"))
@@ -180,9 +180,12 @@ for w in workloads:
                 busy.append(max(ticks) / tck * 1e6 / n)
                 gen.append((user + system) * 1e6 / n)
                 errs += sum(j["errors"].values())
+                win = j.get("windows")
+                if win:
+                    slow.append(f'{win["slow"]} of {win["count"]}')
             row[s] = {"ops_per_sec": med(ops), "p99_ms": med(p99), "cpu_us_per_op_servers": med(srv),
                       "cpu_us_per_op_busiest_node": med(busy), "cpu_us_per_op_loadgen": med(gen),
-                      "runs_ops_per_sec": ops, "errors": errs}
+                      "runs_ops_per_sec": ops, "errors": errs, "runs_slow_windows": slow}
             if errs:
                 note.append(f"{s} errors: {errs}")
         a, b = row["cairn"], row["etcd"]
@@ -193,6 +196,13 @@ for w in workloads:
         print(f"| {w} | {c} | {a['ops_per_sec']:.0f} | {b['ops_per_sec']:.0f} | {row['throughput_ratio']:.2f} "
               f"| {a['p99_ms']:.2f} | {b['p99_ms']:.2f} | {row['p99_ratio']:.2f} | {cpu(a)} | {cpu(b)} |"
               + (f" ({'; '.join(note)})" if note else ""))
+# Stalls: a run's 100 ms windows that acknowledged under 3/4 of its median window.
+print()
+print("100 ms windows below 3/4 of the run's median, each run (stalls, which a p99 does not place):")
+for row in summary:
+    print(f'- {row["workload"]}, {row["clients"]} clients: Cairn '
+          + ", ".join(row["cairn"]["runs_slow_windows"] or ["not recorded"])
+          + "; etcd " + ", ".join(row["etcd"]["runs_slow_windows"] or ["not recorded"]))
 layouts = {}
 for w in workloads:
     for c in clients:
