@@ -8,4 +8,5 @@
 
 mod t10_openraft_suite;
 mod t12_log_cache;
+mod t14_entry_encoding;
 mod t20_state_machine;
