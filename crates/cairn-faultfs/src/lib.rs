@@ -23,7 +23,7 @@ use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +69,7 @@ impl FaultFs {
                 "the backing directory must not be inside the mountpoint",
             ));
         }
+        sweep_orphans();
         let shared = Arc::new(Shared::new(State::new(backing)?));
         let session = start(&shared, &mountpoint)?;
         Ok(FaultFs {
@@ -221,7 +222,7 @@ fn start(shared: &Arc<Shared>, mountpoint: &Path) -> io::Result<BackgroundSessio
         "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},allow_other,default_permissions",
         dev.as_raw_fd()
     );
-    let source = c"faultfs";
+    let source = CString::new(format!("{SOURCE_PREFIX}{}", std::process::id()))?;
     let fstype = c"fuse";
     let target = CString::new(mountpoint.as_os_str().as_bytes())?;
     let data = CString::new(options)?;
@@ -258,6 +259,80 @@ fn start(shared: &Arc<Shared>, mountpoint: &Path) -> io::Result<BackgroundSessio
             Err(e)
         }
     }
+}
+
+/// What a fault filesystem's mount source starts with; the id of the process serving it
+/// follows, so that a later mount can tell an orphan ([`sweep_orphans`]).
+const SOURCE_PREFIX: &str = "faultfs:";
+
+/// Detaches every fault filesystem whose serving process has died, and returns their
+/// mountpoints. Such a mount (left by a test process killed mid-run, with the nextest run
+/// that ran it, say) answers every call with ENOTCONN and keeps its directory from being
+/// removed. Mounts of live processes, other tests' running beside this one included, are left
+/// alone. Called by [`FaultFs::mount`]; a failure to read the mount table sweeps nothing.
+pub fn sweep_orphans() -> Vec<PathBuf> {
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for (mountpoint, pid) in faultfs_mounts(&table) {
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(target) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: valid NUL-terminated path. MNT_DETACH: a dead session's mount cannot be
+        // busy with anything that needs it, and another sweeper may have got there first.
+        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
+            debug!(mountpoint = %mountpoint.display(), pid, "faultfs: detached an orphaned mount");
+            swept.push(mountpoint);
+        }
+    }
+    swept
+}
+
+/// The fault filesystems in a `/proc/<pid>/mountinfo` table: mountpoint and serving process.
+fn faultfs_mounts(table: &str) -> Vec<(PathBuf, u32)> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let mut fs = fs.split(' ');
+            if fs.next()? != "fuse" {
+                return None;
+            }
+            let pid = fs.next()?.strip_prefix(SOURCE_PREFIX)?.parse().ok()?;
+            let mountpoint = mount.split(' ').nth(4)?;
+            Some((PathBuf::from(unescape_mountinfo(mountpoint)), pid))
+        })
+        .collect()
+}
+
+/// A mountinfo path field, whose space, tab, newline and backslash are written as octal
+/// escapes (`\040`).
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            d.iter()
+                .all(|c| (b'0'..=b'7').contains(c))
+                .then(|| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+        });
+        match octal {
+            Some(v) if b[i] == b'\\' && v <= 0xff => {
+                out.push(v as u8);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// umount(2), retrying while the mount is busy for up to `patience`.

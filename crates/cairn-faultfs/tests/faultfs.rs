@@ -528,3 +528,62 @@ fn o_dsync_writes_are_durable() {
     fx.power_cut();
     assert_eq!(fs::read(fx.p("log")).unwrap(), b"each write is synced");
 }
+
+/// Whether `/proc/self/mountinfo` lists a mount at `path` (which holds no escaped byte
+/// but spaces).
+fn mounted(path: &Path) -> bool {
+    let field = path.to_str().unwrap().replace(' ', "\\040");
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(field.as_str()))
+}
+
+/// The child of [`a_mount_whose_process_died_is_detached_by_the_next_mount`]: mounts at
+/// `mount point` under `$CAIRN_FAULTFS_ORPHAN`, says so, and waits to be killed.
+#[test]
+#[ignore = "child process of a_mount_whose_process_died_is_detached_by_the_next_mount"]
+fn orphan_child() {
+    let base = PathBuf::from(std::env::var_os("CAIRN_FAULTFS_ORPHAN").expect("run by the parent"));
+    let fs = FaultFs::mount(&base.join("backing"), &base.join("mount point")).unwrap();
+    println!("mounted");
+    std::io::stdout().flush().unwrap();
+    // Bounded: the parent kills it long before.
+    std::thread::sleep(std::time::Duration::from_secs(120));
+    drop(fs);
+}
+
+/// A test process killed with its mount leaves a dead mount behind (every call on it fails
+/// with ENOTCONN, and its temp dir cannot be removed); the next mount detaches it, and
+/// leaves the mounts of live processes alone.
+#[test]
+fn a_mount_whose_process_died_is_detached_by_the_next_mount() {
+    use std::io::BufRead;
+    let base = tempfile::tempdir().unwrap();
+    // A space, which the mount table escapes.
+    let mnt = base.path().canonicalize().unwrap().join("mount point");
+    fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["orphan_child", "--exact", "--ignored", "--nocapture"])
+        .env("CAIRN_FAULTFS_ORPHAN", base.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let said = out.lines().map_while(Result::ok).any(|l| l == "mounted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(said, "the child ended without mounting");
+    // Another test's mount may have detached it already; if not, the next one does.
+    let mut fx = Fixture::new();
+    assert!(!mounted(&mnt), "the dead child's mount is still there");
+    // The live mount still serves, and survives another sweep.
+    durable_file(&fx.p("f"), b"still here");
+    let live = fx.mnt.path().canonicalize().unwrap();
+    assert!(!cairn_faultfs::sweep_orphans().contains(&live));
+    assert!(mounted(&live));
+    assert_eq!(fs::read(fx.p("f")).unwrap(), b"still here");
+    fx.power_cut();
+    assert_eq!(fs::read(fx.p("f")).unwrap(), b"still here");
+    fs::remove_dir_all(&mnt).unwrap();
+}
