@@ -49,6 +49,10 @@ impl KvCommand {
 }
 
 /// The change a [`KvCommand`] makes.
+///
+/// Keys and values are (de)serialized as byte strings, not as sequences of `u8`: postcard
+/// writes both the same way (a length, then the bytes), but a sequence goes through serde
+/// one byte at a time, which cost a few percent of a node's CPU under write load.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum KvOp {
     /// Sets a key.
@@ -56,8 +60,10 @@ pub enum KvOp {
         /// Table the partition belongs to.
         table: TableId,
         /// User key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Removes a key (absent keys are fine).
@@ -65,6 +71,7 @@ pub enum KvOp {
         /// Table the partition belongs to.
         table: TableId,
         /// User key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// The table was dropped: refuse every request from this log position on.
@@ -73,6 +80,7 @@ pub enum KvOp {
     /// the new partition `right` (a new group on the same replicas) owns `[key, end)`.
     Split {
         /// First key of the right half; strictly inside the range.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Id of the right half, allocated by the metadata group.
         right: PartitionId,
