@@ -372,8 +372,16 @@ impl GroupStateMachine {
             }
             s.applied.insert(rid.seq);
             s.first_incomplete = s.first_incomplete.max(rid.first_incomplete);
-            let floor = s.first_incomplete;
-            s.applied.retain(|seq| *seq >= floor);
+            // Only the seqs now below the floor go, from the front: `retain` walked the
+            // whole set for every write, and a client with hundreds of writes in flight keeps
+            // hundreds here (1.1% of all samples in a 256-client write profile).
+            while s
+                .applied
+                .first()
+                .is_some_and(|&seq| seq < s.first_incomplete)
+            {
+                s.applied.pop_first();
+            }
             s.last_write_ms = s.last_write_ms.max(cmd.proposed_at_ms);
             dirty.insert(rid.client);
         }

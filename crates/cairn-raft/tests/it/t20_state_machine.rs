@@ -92,6 +92,43 @@ async fn t20_duplicate_request_ids_apply_once() {
     assert_eq!(view.get(&engine, b"k").unwrap(), Some(b"other".to_vec()));
 }
 
+/// Writes applied out of order behind a slow one stay deduplicated when the client's
+/// `first_incomplete` moves past some of them: what is at or above it is still known to be
+/// applied, and what is below it is stale.
+#[tokio::test]
+async fn t20_seqs_above_the_floor_stay_known_when_it_moves() {
+    let engine: SharedEngine = Arc::new(MemEngine::new());
+    let (mut sm, view) = open(&engine, KeyRange::full());
+    // Seq 1 is slow: 2 to 6 apply first, each on its own key.
+    let first: Vec<_> = (2..=6)
+        .map(|seq| put(seq, &format!("k{seq}"), "v", Some((5, seq, 1)), 0))
+        .chain([put(7, "k1", "v", Some((5, 1, 1)), 0)])
+        .collect();
+    apply(&mut sm, first).await;
+    // The client has seen 1 to 4 answered; 5 and 6 are applied but not yet answered.
+    apply(&mut sm, vec![put(8, "k7", "v", Some((5, 7, 5)), 0)]).await;
+    // Copies of 5 and 6 (still at or above the floor) and of 3 (below it) change nothing.
+    apply(
+        &mut sm,
+        vec![
+            put(9, "k5", "copy", Some((5, 5, 1)), 0),
+            put(10, "k6", "copy", Some((5, 6, 5)), 0),
+            put(11, "k3", "copy", Some((5, 3, 1)), 0),
+        ],
+    )
+    .await;
+    for k in ["k3", "k5", "k6"] {
+        assert_eq!(
+            view.get(&engine, k.as_bytes()).unwrap(),
+            Some(b"v".to_vec()),
+            "{k}"
+        );
+    }
+    // A new seq still applies.
+    apply(&mut sm, vec![put(12, "k8", "new", Some((5, 8, 5)), 0)]).await;
+    assert_eq!(view.get(&engine, b"k8").unwrap(), Some(b"new".to_vec()));
+}
+
 /// Sessions survive a reopen of the state machine (a node restart).
 #[tokio::test]
 async fn t21_sessions_survive_restart() {
