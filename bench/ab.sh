@@ -29,6 +29,7 @@ FLAGS_B=${FLAGS_B:-$CAIRN_FLAGS}
 BENCH_A=${BENCH_A:-}   # more `cairn bench` flags of A's runs and of B's, e.g. "--partitions 1"
 BENCH_B=${BENCH_B:-}
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
+command -v curl >/dev/null || { echo "error: needs curl (apt-get install curl)" >&2; exit 1; }
 
 OUT=$PWD/target/bench/ab-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
@@ -47,7 +48,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # CPU seconds (user+system) of the given processes.
 cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | awk -v hz="$(getconf CLK_TCK)" '{s+=$1} END {printf "%.3f", s/hz}'; }
 
-# run BIN LABEL: one cluster, one workload; appends "label ops/s µs/op" to $OUT/runs.txt
+# The sums over the three nodes of the named series (labelled by node only), from /metrics.
+# Called from run(), whose H holds the nodes' HTTP ports.
+metric_sums() {
+  local port
+  for port in "${H[@]}"; do curl -s "http://127.0.0.1:$port/metrics"; done |
+    awk -v names="$*" 'BEGIN { n = split(names, want, " ") }
+      { name = $1; sub(/\{.*/, "", name); for (i = 1; i <= n; i++) if (name == want[i]) s[i] += $2 }
+      END { for (i = 1; i <= n; i++) printf "%s ", s[i] + 0 }'
+}
+SIZES=(cairn_proposal_writes_sum cairn_proposal_writes_count cairn_batch_operations_sum cairn_batch_operations_count)
+
+# run BIN LABEL: one cluster, one workload; appends "label ops/s µs/op writes/proposal
+# ops/batch" to $OUT/runs.txt
 run() {
   local bin=$1 label=$2 flags=$3 bflags=$4 cluster="" ep i
   WORK=$(mktemp -d)
@@ -70,25 +83,29 @@ run() {
   # shellcheck disable=SC2086 # bflags is a list of flags
   "$bin" --endpoints "$ep" bench --workload load --clients 64 --records "$RECORDS" \
     --value-size "$VALUE_SIZE" --ops 100000000 $bflags >/dev/null 2>&1
-  local c0 c1
+  local c0 c1 m0 m1
+  m0=$(metric_sums "${SIZES[@]}")
   c0=$(cpu "${PIDS[@]}")
   "$bin" --endpoints "$ep" bench --workload "$WORKLOAD" --clients "$CLIENTS" --records "$RECORDS" \
     --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 --no-load $bflags >"$OUT/$label.txt" 2>&1
   c1=$(cpu "${PIDS[@]}")
+  m1=$(metric_sums "${SIZES[@]}")
   local ops
   ops=$(awk '/operations in/ {print $1}' "$OUT/$label.txt")
   local rate
   rate=$(awk '/operations in/ {print $NF=="ops/s" ? $(NF-1) : $NF}' "$OUT/$label.txt" | tr -d ',')
-  python3 - "$label" "$ops" "$rate" "$c0" "$c1" <<'EOF' | tee -a "$OUT/runs.txt"
+  python3 - "$label" "$ops" "$rate" "$c0" "$c1" "$m0" "$m1" <<'EOF' | tee -a "$OUT/runs.txt"
 import sys
 label, ops, rate, c0, c1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-print(f"{label} {rate:.0f} {(c1 - c0) / ops * 1e6:.1f}")
+d = [b - a for a, b in zip(map(float, sys.argv[6].split()), map(float, sys.argv[7].split()))]
+per = lambda s, n: f"{s / n:.1f}" if n else "-"
+print(f"{label} {rate:.0f} {(c1 - c0) / ops * 1e6:.1f} {per(d[0], d[1])} {per(d[2], d[3])}")
 EOF
   stop_cluster
 }
 
 echo "A = $A $FLAGS_A; bench $BENCH_A"; echo "B = $B $FLAGS_B; bench $BENCH_B"
-echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers)"
+echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers) writes/proposal ops/batch"
 for n in $(seq 1 "$PAIRS"); do
   if [ $((n % 2)) = 1 ]; then run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; run "$B" "b$n" "$FLAGS_B" "$BENCH_B"
   else run "$B" "b$n" "$FLAGS_B" "$BENCH_B"; run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; fi
@@ -97,8 +114,9 @@ python3 - "$OUT/runs.txt" <<'EOF'
 import statistics, sys
 runs = [l.split() for l in open(sys.argv[1])]
 for side in "ab":
-    r = [(float(o), float(u)) for l, o, u in runs if l[0] == side]
-    print(f"median {side.upper()}: {statistics.median(o for o, _ in r):.0f} ops/s, "
-          f"{statistics.median(u for _, u in r):.1f} µs/op")
+    r = [l[1:] for l in runs if l[0][0] == side]
+    med = lambda i: statistics.median(float(x[i]) for x in r if x[i] != "-") if any(x[i] != "-" for x in r) else float("nan")
+    print(f"median {side.upper()}: {med(0):.0f} ops/s, {med(1):.1f} µs/op, "
+          f"{med(2):.1f} writes/proposal, {med(3):.1f} ops/batch")
 EOF
 echo "runs in $OUT"
