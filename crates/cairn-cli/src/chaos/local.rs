@@ -65,26 +65,6 @@ pub(crate) struct LocalCluster {
     pub(crate) certs: Option<PathBuf>,
 }
 
-/// Unmounts a mount left behind under `dir` by an earlier run that did not finish (its
-/// process died with the filesystem), so that the directory can be wiped.
-fn unmount_stale(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if !e.file_name().to_string_lossy().starts_with("node-") {
-            continue;
-        }
-        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-            continue;
-        };
-        // SAFETY: a valid NUL-terminated path; umount2 only reads it. Failure (not a mount
-        // point) is expected and ignored.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 impl LocalCluster {
     /// Starts `n` nodes under `dir` (wiped first), the first `founders` of them (at most 5)
     /// founding the metadata group, with `extra` server flags, and waits until all are live.
@@ -100,7 +80,9 @@ impl LocalCluster {
         if !(1..=200).contains(&n) {
             bail!("--spawn takes 1 to 200 nodes, not {n}");
         }
-        unmount_stale(dir);
+        // A run that died with its fault filesystems mounted left them under `dir`, dead;
+        // detached here so that the directory can be wiped.
+        cairn_faultfs::sweep_orphans();
         if dir.exists() {
             std::fs::remove_dir_all(dir)
                 .with_context(|| format!("cannot clear {}", dir.display()))?;
