@@ -28,6 +28,9 @@ FLAGS_A=${FLAGS_A:-$CAIRN_FLAGS}   # server flags of A's runs and of B's
 FLAGS_B=${FLAGS_B:-$CAIRN_FLAGS}
 BENCH_A=${BENCH_A:-}   # more `cairn bench` flags of A's runs and of B's, e.g. "--partitions 1"
 BENCH_B=${BENCH_B:-}
+# Worker threads of each node, as bench/compare-etcd.sh gives them: a third of the cores.
+# `cairn server` reads the variable; builds older than its --threads flag ignore it.
+export CAIRN_THREADS=${CAIRN_THREADS:-$(( $(nproc) / 3 > 1 ? $(nproc) / 3 : 1 ))}
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "error: needs curl (apt-get install curl)" >&2; exit 1; }
 
@@ -104,7 +107,7 @@ EOF
   stop_cluster
 }
 
-echo "A = $A $FLAGS_A; bench $BENCH_A"; echo "B = $B $FLAGS_B; bench $BENCH_B"
+echo "A = $A $FLAGS_A; bench $BENCH_A"; echo "B = $B $FLAGS_B; bench $BENCH_B"; echo "CAIRN_THREADS=$CAIRN_THREADS"
 echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers) writes/proposal ops/batch"
 for n in $(seq 1 "$PAIRS"); do
   if [ $((n % 2)) = 1 ]; then run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; run "$B" "b$n" "$FLAGS_B" "$BENCH_B"

@@ -11,6 +11,7 @@
 #   WORKLOADS=c CLIENTS=1 EXTRA="--consistency stale" bench/compare-etcd.sh   # stale reads
 #   PARTITIONS=1 bench/compare-etcd.sh          # one Raft group, as etcd
 #   CAIRN_FLAGS="" bench/compare-etcd.sh        # let the controller split hot partitions mid-run
+#   CAIRN_THREADS=2 ETCD_GOMAXPROCS=1 bench/compare-etcd.sh   # threads of each server
 #
 # Installs etcd-server, protobuf-compiler (for the etcd driver) and python3 from Debian's
 # packages when missing (needs root for that). Results go to target/bench/<timestamp>/.
@@ -31,6 +32,12 @@ EXTRA=${EXTRA:-}   # more `cairn bench` flags for both stores, e.g. "--consisten
 CAIRN_FLAGS=${CAIRN_FLAGS---split-qps 1000000}
 # Partitions of Cairn's table: 3 (one leader per node) or 1 (one Raft group, like etcd's).
 PARTITIONS=${PARTITIONS:-3}
+# Worker threads of each Cairn node (`cairn server --threads`). The three nodes share this
+# machine, so each gets a third of its cores (at least one), as `cairn playground` gives
+# them. etcd keeps Go's default; its members measured no faster at one core each
+# (GOMAXPROCS=1, docs/benchmarks.md). ETCD_GOMAXPROCS sets it.
+CAIRN_THREADS=${CAIRN_THREADS:-$(( $(nproc) / 3 > 1 ? $(nproc) / 3 : 1 ))}
+ETCD_GOMAXPROCS=${ETCD_GOMAXPROCS:-}
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -76,7 +83,7 @@ for i in 1 2 3; do EC[$i]=$(free_port); EP[$i]=$(free_port); done
 for i in 1 2 3; do ETCD_CLUSTER+="${ETCD_CLUSTER:+,}e$i=http://127.0.0.1:${EP[$i]}"; ETCD_EP+="${ETCD_EP:+,}127.0.0.1:${EC[$i]}"; done
 for i in 1 2 3; do
   mkdir -m 700 "$WORK/e$i"
-  etcd --name "e$i" --data-dir "$WORK/e$i" \
+  GOMAXPROCS=${ETCD_GOMAXPROCS:-$(nproc)} etcd --name "e$i" --data-dir "$WORK/e$i" \
     --listen-client-urls "http://127.0.0.1:${EC[$i]}" --advertise-client-urls "http://127.0.0.1:${EC[$i]}" \
     --listen-peer-urls "http://127.0.0.1:${EP[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${EP[$i]}" \
     --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token cairn-bench \
@@ -92,7 +99,8 @@ for i in 1 2 3; do CAIRN_CLUSTER+="${CAIRN_CLUSTER:+,}$i=127.0.0.1:${CG[$i]}"; d
 CAIRN_EP=$(echo "$CAIRN_CLUSTER" | sed 's/[0-9]*=//g')
 for i in 1 2 3; do
   "$BIN" server --id "$i" --data-dir "$WORK/c$i" --listen "127.0.0.1:${CG[$i]}" \
-    --http "127.0.0.1:${CH[$i]}" --initial-cluster "$CAIRN_CLUSTER" $CAIRN_FLAGS >"$OUT/cairn-$i.log" 2>&1 &
+    --http "127.0.0.1:${CH[$i]}" --initial-cluster "$CAIRN_CLUSTER" --threads "$CAIRN_THREADS" \
+    $CAIRN_FLAGS >"$OUT/cairn-$i.log" 2>&1 &
   PIDS+=($!); CAIRN_PIDS+=($!)
 done
 
@@ -148,7 +156,7 @@ done
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
-  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS PARTITIONS=$PARTITIONS EXTRA=\"$EXTRA\" CAIRN_FLAGS=\"$CAIRN_FLAGS\" bench/compare-etcd.sh"
+  echo "command: DURATION=$DURATION CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS RUNS=$RUNS PARTITIONS=$PARTITIONS EXTRA=\"$EXTRA\" CAIRN_FLAGS=\"$CAIRN_FLAGS\" CAIRN_THREADS=$CAIRN_THREADS ETCD_GOMAXPROCS=${ETCD_GOMAXPROCS:-$(nproc)} bench/compare-etcd.sh"
   python3 - "$OUT" "$WORKLOADS" "$CLIENTS" "$(getconf CLK_TCK)" "$RUNS" <<'PY'
 import json, statistics, sys
 out, workloads, clients, tck, runs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])

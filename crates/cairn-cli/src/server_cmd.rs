@@ -93,6 +93,11 @@ pub(crate) struct ServerArgs {
     /// makes each message a gRPC call of its own. Nodes of either setting talk to each other.
     #[arg(long, env = "CAIRN_RAFT_TRANSPORT", default_value = "stream", value_parser = ["stream", "unary"])]
     raft_transport: String,
+    /// Worker threads of the node's async runtime (default: one per core). Nodes that share
+    /// a machine waste less CPU on hand-offs between threads with the cores divided between
+    /// them: `cairn playground` gives each node cores / nodes.
+    #[arg(long, env = "CAIRN_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
     /// Log lines as human-readable text, or as one JSON object per line (`json`: fields
     /// `timestamp`, `level`, `target` and `fields`) for a log shipper.
     #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

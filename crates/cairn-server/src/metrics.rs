@@ -73,6 +73,8 @@ pub(crate) struct Gauges {
     pub(crate) replicas: usize,
     /// Replicas led.
     pub(crate) leaders: usize,
+    /// Worker threads of the node's async runtime (`cairn server --threads`).
+    pub(crate) worker_threads: usize,
     /// Whether this node leads the metadata group.
     pub(crate) meta_leader: bool,
     /// Duplicates recognised by the hosted replicas since the node started.
@@ -400,6 +402,13 @@ fn encode_gauges(e: &mut DescriptorEncoder, g: &Gauges) -> Result<(), std::fmt::
     )?;
     gauge(
         e,
+        "runtime_worker_threads",
+        "Worker threads of the node's async runtime (cairn server --threads)",
+        None,
+        n(g.worker_threads as u64),
+    )?;
+    gauge(
+        e,
         "metadata_leader",
         "1 if this node leads the metadata group",
         None,
@@ -576,6 +585,7 @@ mod tests {
         let g = Gauges {
             replicas: 2,
             leaders: 1,
+            worker_threads: 3,
             meta_leader: true,
             duplicate_writes: 4,
             disk_free_bytes: 1 << 20,
@@ -628,6 +638,7 @@ mod tests {
             3.0
         );
         assert_eq!(at(r#"cairn_fsync_failures_total{node="1"}"#), 1.0);
+        assert_eq!(at(r#"cairn_runtime_worker_threads{node="1"}"#), 3.0);
         assert_eq!(at(r#"cairn_forwarded_requests_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_raft_proposals_total{node="1"}"#), 2.0);
         assert_eq!(at(r#"cairn_raft_commits_total{node="1"}"#), 1.0);

@@ -677,6 +677,7 @@ impl Node {
         let gauges = crate::metrics::Gauges {
             replicas,
             leaders,
+            worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
             meta_leader: self.is_meta_leader(),
             duplicate_writes: self.core.duplicate_writes(),
             disk_free_bytes: self.core.disk.free_bytes(),

@@ -130,6 +130,13 @@ async fn t60_playground_and_readme_tour() {
         .await
         .unwrap();
     assert!(metrics.contains("cairn_requests_total"), "{metrics}");
+    // The three nodes divide the machine's cores between them.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = format!(
+        "cairn_runtime_worker_threads{{node=\"1\"}} {}\n",
+        (cores / 3).max(1)
+    );
+    assert!(metrics.contains(&threads), "no {threads} in {metrics}");
 
     // The CLI against the same cluster.
     let endpoints = format!("127.0.0.1:{base},127.0.0.1:{}", base + 1);
