@@ -149,6 +149,10 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
     if let Some(file) = &a.config {
         tracing::info!(config = %file.display(), "flags read from the config file");
     }
+    tracing::info!(
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "async runtime started (--threads)"
+    );
     if a.id == 0 {
         anyhow::bail!("--id 0 is reserved; use ids from 1");
     }
