@@ -677,7 +677,8 @@ impl Node {
         let gauges = crate::metrics::Gauges {
             replicas,
             leaders,
-            worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
+            worker_threads: tokio::runtime::Handle::try_current()
+                .map_or(0, |h| h.metrics().num_workers()),
             meta_leader: self.is_meta_leader(),
             duplicate_writes: self.core.duplicate_writes(),
             disk_free_bytes: self.core.disk.free_bytes(),
