@@ -197,12 +197,12 @@ impl RaftStream {
     }
 
     /// Sends one message and waits up to `ttl` for its answer.
-    async fn call(&self, payload: Vec<u8>, ttl: Duration) -> Result<Vec<u8>, String> {
+    async fn call(&self, payload: Vec<u8>, ttl: Duration) -> Result<Vec<u8>, CallError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let id = {
             let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
             if w.closed {
-                return Err("its Raft stream closed".into());
+                return Err(CallError::Failed("its Raft stream closed".into()));
             }
             w.next += 1;
             let id = w.next;
@@ -216,12 +216,40 @@ impl RaftStream {
             error: String::new(),
         };
         if self.tx.send(frame).is_err() {
-            return Err("its Raft stream closed".into());
+            return Err(CallError::Failed("its Raft stream closed".into()));
         }
         match tokio::time::timeout(ttl, answered).await {
-            Err(_) => Err(format!("timed out after {ttl:?}")),
-            Ok(Err(_)) => Err("its Raft stream closed".into()),
-            Ok(Ok(r)) => r,
+            Err(_) => Err(CallError::TimedOut(ttl)),
+            Ok(Err(_)) => Err(CallError::Failed("its Raft stream closed".into())),
+            Ok(Ok(r)) => r.map_err(CallError::Failed),
+        }
+    }
+}
+
+/// Why a Raft message got no answer.
+enum CallError {
+    /// The peer did not answer in time; the connection may be fine (a slow fsync there).
+    TimedOut(Duration),
+    /// The connection or the peer failed.
+    Failed(String),
+}
+
+impl CallError {
+    /// The error openraft sees for a message to `target`.
+    ///
+    /// Unreachable makes openraft pause replication to the peer at once (200 ms), so one
+    /// slow answer from a busy follower would stall its commits for longer than the delay
+    /// itself (seen as 300 ms stalls under write load). A timeout is reported as a
+    /// transient network error instead: openraft resends at once and backs off only after
+    /// ten in a row.
+    fn into_rpc(self, target: u64) -> RPCError<TypeConfig> {
+        match self {
+            CallError::TimedOut(ttl) => RPCError::Network(NetworkError::new(&Msg(format!(
+                "node {target}: timed out after {ttl:?}"
+            )))),
+            CallError::Failed(why) => {
+                RPCError::Unreachable(Unreachable::new(&Msg(format!("node {target}: {why}"))))
+            }
         }
     }
 }
@@ -433,7 +461,6 @@ impl PeerNetwork {
         rpc: &RaftRpc,
         ttl: Duration,
     ) -> Result<T, RPCError<TypeConfig>> {
-        let unreachable = |m: String| RPCError::Unreachable(Unreachable::new(&Msg(m)));
         let payload =
             postcard::to_allocvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let streamed = self.stream
@@ -443,20 +470,20 @@ impl PeerNetwork {
             Some(stream) => stream
                 .call(payload, ttl)
                 .await
-                .map_err(|e| unreachable(format!("node {target}: {e}")))?,
+                .map_err(|e| e.into_rpc(target))?,
             None => {
-                let mut client = self
-                    .client(target)
-                    .ok_or_else(|| unreachable(format!("no address for node {target}")))?;
+                let mut client = self.client(target).ok_or_else(|| {
+                    RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                        "no address for node {target}"
+                    ))))
+                })?;
                 let call = client.raft(Envelope { payload });
                 match tokio::time::timeout(ttl, call).await {
-                    Err(_) => {
-                        return Err(unreachable(format!(
-                            "node {target}: timed out after {ttl:?}"
-                        )));
-                    }
+                    Err(_) => return Err(CallError::TimedOut(ttl).into_rpc(target)),
                     Ok(Err(status)) => {
-                        return Err(unreachable(format!("node {target}: {}", status.message())));
+                        return Err(
+                            CallError::Failed(status.message().to_string()).into_rpc(target)
+                        );
                     }
                     Ok(Ok(r)) => r.into_inner().payload,
                 }
@@ -621,5 +648,80 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             node: member.node,
             replica: target,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream whose frames go nowhere: `answer` plays the peer.
+    fn stream() -> (
+        RaftStream,
+        tokio::sync::mpsc::UnboundedReceiver<RaftFrame>,
+        Arc<Mutex<Waiting>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let s = RaftStream {
+            tx,
+            waiting: waiting.clone(),
+        };
+        (s, rx, waiting)
+    }
+
+    fn answer(waiting: &Mutex<Waiting>, id: u64, r: Result<Vec<u8>, String>) {
+        let call = waiting.lock().unwrap().calls.remove(&id);
+        let _ = call.expect("a call waits for this id").send(r);
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_is_a_transient_error_and_the_stream_stays_usable() {
+        let (s, mut rx, waiting) = stream();
+        let ttl = Duration::from_millis(20);
+        let slow = s.call(b"first".to_vec(), ttl).await;
+        let frame = rx.recv().await.unwrap();
+        assert_eq!(frame.payload, b"first");
+        let Err(e) = slow else {
+            panic!("a call nobody answers must time out")
+        };
+        assert!(matches!(e, CallError::TimedOut(t) if t == ttl));
+        // Openraft backs off at once only for Unreachable; a timeout must not be one.
+        match e.into_rpc(2) {
+            RPCError::Network(n) => assert!(n.to_string().contains("node 2: timed out")),
+            other => panic!("a timeout reported as {other:?}"),
+        }
+        // The timed-out call forgot its id; the next one on the same stream is answered.
+        assert!(waiting.lock().unwrap().calls.is_empty());
+        let next = s.call(b"second".to_vec(), Duration::from_secs(30));
+        let peer = async {
+            let f = rx.recv().await.unwrap();
+            answer(&waiting, f.id, Ok(b"ok".to_vec()));
+        };
+        let (r, ()) = tokio::join!(next, peer);
+        assert_eq!(r.ok(), Some(b"ok".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_peer_or_closed_stream_is_unreachable() {
+        let (s, mut rx, waiting) = stream();
+        let refused = s.call(b"m".to_vec(), Duration::from_secs(30));
+        let peer = async {
+            let f = rx.recv().await.unwrap();
+            answer(&waiting, f.id, Err("p9 has no replica on node n2".into()));
+        };
+        let (r, ()) = tokio::join!(refused, peer);
+        match r.err().map(|e| e.into_rpc(2)) {
+            Some(RPCError::Unreachable(u)) => {
+                assert!(u.to_string().contains("node 2: p9 has no replica"))
+            }
+            other => panic!("a failed call reported as {other:?}"),
+        }
+        waiting.lock().unwrap().closed = true;
+        let closed = s.call(b"m".to_vec(), Duration::from_secs(30)).await;
+        assert!(matches!(
+            closed.err().map(|e| e.into_rpc(2)),
+            Some(RPCError::Unreachable(_))
+        ));
     }
 }
