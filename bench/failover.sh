@@ -14,6 +14,9 @@
 #   CAIRN_FLAGS="--quiesce false" bench/failover.sh  # with openraft's per-group timers
 #   SIGNAL=TERM bench/failover.sh     # a graceful stop (a rolling restart) instead of kill -9:
 #                                     # reports the longest pause within 5 s of the signal
+#   SIGNAL=STOP bench/failover.sh     # no failover: every process of the store is frozen
+#                                     # (SIGSTOP) for PAUSE_MS, as in a stall of the whole
+#                                     # machine, then resumed; reports the write pause around it
 #
 # Installs etcd-server, protobuf-compiler and python3 from Debian's packages when missing.
 set -euo pipefail
@@ -24,8 +27,9 @@ DURATION=${DURATION:-12}
 KILL_AFTER=${KILL_AFTER:-5}
 CLIENTS=${CLIENTS:-16}
 CAIRN_FLAGS=${CAIRN_FLAGS:-}   # e.g. "--quiesce false"
-SIGNAL=${SIGNAL:-KILL}         # KILL (a crash) or TERM (a graceful stop)
-case "$SIGNAL" in KILL|TERM) ;; *) echo "error: SIGNAL must be KILL or TERM, not $SIGNAL" >&2; exit 2 ;; esac
+SIGNAL=${SIGNAL:-KILL}         # KILL (a crash), TERM (a graceful stop) or STOP (a frozen machine)
+PAUSE_MS=${PAUSE_MS:-250}      # how long SIGNAL=STOP freezes the store
+case "$SIGNAL" in KILL|TERM|STOP) ;; *) echo "error: SIGNAL must be KILL, TERM or STOP, not $SIGNAL" >&2; exit 2 ;; esac
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -119,6 +123,16 @@ round() { # store round
   if [ "$store" = etcd ]; then leader=$(etcd_leader); else leader=$(cairn_leader); fi
   [ -n "$leader" ] || { echo "error: no $store leader found" >&2; exit 1; }
   local key=c$leader; [ "$store" = etcd ] && key=e$leader
+  if [ "$SIGNAL" = STOP ]; then
+    local all=("${PID[${key:0:1}1]}" "${PID[${key:0:1}2]}" "${PID[${key:0:1}3]}")
+    date +%s%3N >"$OUT/$store-$r.killed"
+    kill -STOP "${all[@]}"
+    sleep "$(awk -v ms="$PAUSE_MS" 'BEGIN { print ms / 1000 }')"
+    kill -CONT "${all[@]}"
+    echo "  $store round $r: every process frozen for ${PAUSE_MS} ms at ${KILL_AFTER} s"
+    wait "$bench" || { echo "error: the $store bench failed; see $OUT/$store-$r.progress" >&2; exit 1; }
+    return
+  fi
   date +%s%3N >"$OUT/$store-$r.killed"
   kill -s "$SIGNAL" "${PID[$key]}"
   wait "${PID[$key]}" 2>/dev/null || true
@@ -133,10 +147,11 @@ for r in $(seq 1 "$RUNS"); do
 done
 
 {
-  echo "machine: $(nproc) cores, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}'); $CLIENTS writers, SIG$SIGNAL to the leader ${KILL_AFTER} s into each ${DURATION} s round"
-  python3 - "$OUT" "$RUNS" "$SIGNAL" <<'PY'
+  what="SIG$SIGNAL to the leader"; [ "$SIGNAL" = STOP ] && what="every process frozen for $PAUSE_MS ms"
+  echo "machine: $(nproc) cores, $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}'); $CLIENTS writers, $what ${KILL_AFTER} s into each ${DURATION} s round"
+  python3 - "$OUT" "$RUNS" "$SIGNAL" "$PAUSE_MS" <<'PY'
 import json, statistics, sys
-out, runs, signal = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, runs, signal, pause_ms = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 print()
 print("| store | " + " | ".join(f"round {r}" for r in range(1, runs + 1)) + " | median |")
 print("|---|" + "---:|" * (runs + 1))
@@ -147,6 +162,10 @@ def failover(s, r):
     # The pause spanning the kill ends with the first acknowledged write after it; with
     # none listed, a write was acknowledged within 100 ms.
     # (The last acknowledgement before it may land a few ms after `date` ran.)
+    if signal == "STOP":
+        # The pause that spans the freeze, whole: at least the freeze itself.
+        within = [g for g in gaps if g["start_unix_ms"] <= killed + 50 and killed < g["end_unix_ms"]]
+        return max((g["end_unix_ms"] - g["start_unix_ms"]) / 1000 for g in within) if within else 0.0
     if signal == "TERM":
         # A graceful stop hands leadership over while writes go on: the longest pause
         # that overlaps the 5 s after the signal.
@@ -159,8 +178,10 @@ for s in ("cairn", "etcd"):
     med[s] = statistics.median(gaps)
     print(f"| {s} | " + " | ".join(f"{g:.2f} s" for g in gaps) + f" | {med[s]:.2f} s |")
 print()
-what = ("The longest write pause within 5 s of the leader's SIGTERM (0.10 s: none of 100 ms or more)"
-        if signal == "TERM" else "From the leader's kill -9 to the first acknowledged write")
+what = {
+    "TERM": "The longest write pause within 5 s of the leader's SIGTERM (0.10 s: none of 100 ms or more)",
+    "STOP": f"The write pause around a {pause_ms} ms freeze of every process, whole",
+}.get(signal, "From the leader's kill -9 to the first acknowledged write")
 print(f"{what}; Cairn/etcd = {med['cairn'] / med['etcd']:.2f}")
 PY
 } | tee "$OUT/summary.md"
