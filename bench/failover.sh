@@ -182,7 +182,9 @@ what = {
     "TERM": "The longest write pause within 5 s of the leader's SIGTERM (0.10 s: none of 100 ms or more)",
     "STOP": f"The write pause around a {pause_ms} ms freeze of every process, whole",
 }.get(signal, "From the leader's kill -9 to the first acknowledged write")
-print(f"{what}; Cairn/etcd = {med['cairn'] / med['etcd']:.2f}")
+# A freeze shorter than the bench's 100 ms gap threshold may leave no pause at all (0 s).
+ratio = f"{med['cairn'] / med['etcd']:.2f}" if med["etcd"] else "n/a"
+print(f"{what}; Cairn/etcd = {ratio}")
 PY
 } | tee "$OUT/summary.md"
 echo "results: $OUT"
