@@ -67,10 +67,6 @@ const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 /// How long a node learned from a leader hint (not one of the endpoints) is skipped after
 /// it failed: it may be unreachable from here (say, behind a load balancer).
 const DISCOVERED_COOLDOWN: Duration = Duration::from_secs(30);
-/// Longest pause between two attempts of one operation: a write waiting out a failover
-/// goes through at the first retry after the election, so this pause adds to the outage
-/// the application sees (the nodes' router retries as often, for the same reason).
-const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Most nodes learned from leader hints that the client keeps connections to.
 const MAX_DISCOVERED: usize = 256;
 
@@ -602,7 +598,7 @@ impl Client {
                 *node.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(Instant::now() + pause);
             }
-            let pause = Duration::from_millis(25u64 << attempt.min(4)).min(MAX_RETRY_PAUSE);
+            let pause = cairn_types::retry_pause(Duration::from_millis(25), attempt);
             if Instant::now() + pause >= deadline {
                 return Err(err.timed_out(timeout));
             }

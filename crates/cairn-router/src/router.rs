@@ -86,17 +86,9 @@ pub struct Router<T> {
     cache: RouteCache,
 }
 
-/// Longest pause between two attempts of one request.
-///
-/// A request waiting out a failover (about a second) reaches the new leader at its first
-/// retry after the election, so this pause is added to every failover as clients see it:
-/// at 250 ms, `bench/failover.sh` measured 1.33–1.85 s; at 100 ms, 1.19–1.30 s. A retry
-/// is one small call, and etcd's client retries every 25 ms.
-const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// Pause before retry `attempt`: short at first, then a steady [`MAX_RETRY_PAUSE`].
+/// Pause before retry `attempt`: 20 ms, doubling, then [`cairn_types::MAX_RETRY_PAUSE`].
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(20u64 << attempt.min(4)).min(MAX_RETRY_PAUSE)
+    cairn_types::retry_pause(Duration::from_millis(20), attempt)
 }
 
 impl<T: Transport> Router<T> {

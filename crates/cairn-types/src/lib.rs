@@ -15,7 +15,7 @@ mod range;
 mod session;
 
 pub use auth::{Access, ROOT_USER, Role, User, validate_user_name};
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, MAX_RETRY_PAUSE, Result, retry_pause};
 pub use ids::{
     ClientId, FIRST_REPLICA_ID, META_GROUP, NodeId, PartitionId, ReplicaId, RequestId, TableId,
 };
