@@ -93,6 +93,12 @@ pub(crate) struct ServerArgs {
     /// makes each message a gRPC call of its own. Nodes of either setting talk to each other.
     #[arg(long, env = "CAIRN_RAFT_TRANSPORT", default_value = "stream", value_parser = ["stream", "unary"])]
     raft_transport: String,
+    /// Milliseconds a partition leader holds a commit notice to a follower (an AppendEntries
+    /// without entries) waiting for the group's next append to carry it, so that under load
+    /// the notice costs no message of its own; a follower then applies up to this much later.
+    /// 0 sends notices at once.
+    #[arg(long, env = "CAIRN_COMMIT_HOLD_MS", default_value_t = cairn_server::DEFAULT_COMMIT_HOLD.as_millis() as u64)]
+    commit_hold_ms: u64,
     /// Worker threads of the node's async runtime (default: one per core). Nodes that share
     /// a machine waste less CPU on hand-offs between threads with the cores divided between
     /// them: `cairn playground` gives each node cores / nodes.
@@ -198,6 +204,7 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
         disk_reserve: a.disk_reserve,
         quiesce: a.quiesce,
         raft_stream: a.raft_transport == "stream",
+        commit_hold: std::time::Duration::from_millis(a.commit_hold_ms),
         fault_skip_fsync: a.fault_skip_fsync,
         log_tail: Some(tail),
         certs_dir,

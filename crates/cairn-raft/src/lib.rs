@@ -21,6 +21,7 @@ mod command;
 mod config;
 mod error;
 pub mod fault;
+mod fold;
 mod log_store;
 pub mod metrics;
 mod network;
@@ -33,6 +34,7 @@ pub use config::{
     DATA_LEADER_LEASE_MS, DEFAULT_SNAPSHOT_LOGS, data_group_config, meta_group_config,
 };
 pub use error::from_raft;
+pub use fold::DEFAULT_COMMIT_HOLD;
 pub use log_store::{LogStore, Syncer};
 pub use metrics::{RaftMetrics, SyncMetrics};
 pub use network::{GroupNetwork, PeerNetwork, RaftMsg, RaftRpc, serve_raft_rpc};

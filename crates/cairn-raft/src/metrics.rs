@@ -12,6 +12,9 @@ pub struct RaftMetrics {
     pub append_entries_sent: Counter,
     /// AppendEntries calls sent without entries (heartbeats and commit notices).
     pub heartbeats_sent: Counter,
+    /// Commit notices (AppendEntries without entries) not sent because the group's next
+    /// append carried them.
+    pub commit_notices_folded: Counter,
     /// AppendEntries calls received, with or without entries.
     pub append_entries_received: Counter,
     /// Snapshot bytes (keys and values) sent to peers.
@@ -34,6 +37,11 @@ impl RaftMetrics {
             "raft_heartbeats_sent",
             "AppendEntries calls sent without entries (heartbeats), all groups",
             self.heartbeats_sent.clone(),
+        );
+        registry.register(
+            "raft_commit_notices_folded",
+            "Commit notices not sent because the group's next append carried them, all groups",
+            self.commit_notices_folded.clone(),
         );
         registry.register(
             "raft_append_entries_received",

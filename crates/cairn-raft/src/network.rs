@@ -14,12 +14,13 @@ use cairn_proto::net::{SharedDialer, lazy_channel};
 use cairn_proto::v1::internal_client::InternalClient;
 use cairn_proto::v1::{Envelope, RaftFrame};
 use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -502,6 +503,7 @@ pub struct ReplicaClient {
     group: u64,
     node: u64,
     replica: u64,
+    commit_hold: Duration,
 }
 
 impl ReplicaClient {
@@ -565,6 +567,30 @@ impl ReplicaClient {
 
 impl RaftNetworkV2<TypeConfig> for ReplicaClient {
     type SnapshotData = SnapshotData;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        let (hold, folded) = (
+            self.commit_hold,
+            self.peers.metrics.commit_notices_folded.clone(),
+        );
+        crate::fold::stream_append_folding(self, input, option, hold, folded)
+    }
 
     async fn append_entries(
         &mut self,
@@ -635,6 +661,9 @@ pub struct GroupNetwork {
     pub peers: PeerNetwork,
     /// The group id stamped on every message.
     pub group: u64,
+    /// How long a commit notice waits for the group's next append to carry it (zero: it
+    /// goes at once); see [`crate::DEFAULT_COMMIT_HOLD`].
+    pub commit_hold: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -647,6 +676,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             group: self.group,
             node: member.node,
             replica: target,
+            commit_hold: self.commit_hold,
         }
     }
 }

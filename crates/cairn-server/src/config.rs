@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Raft messages between two nodes go as frames of one long-lived stream (true, the
     /// default) or as one gRPC call each.
     pub raft_stream: bool,
+    /// How long a partition leader's commit notice to a follower waits for the group's
+    /// next append to carry it (zero: sent at once); [`crate::DEFAULT_COMMIT_HOLD`].
+    pub commit_hold: std::time::Duration,
     /// Testing only: acknowledge log appends without fsync, so that power-loss tests can
     /// show they catch lost writes. False in production.
     pub fault_skip_fsync: bool,

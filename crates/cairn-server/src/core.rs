@@ -210,6 +210,8 @@ pub(crate) struct Core {
     pub(crate) disk: Arc<crate::disk::DiskGuard>,
     /// Partition groups run without timers of their own, under the group supervisor.
     pub(crate) quiesce: bool,
+    /// How long a partition leader's commit notice waits for the next append to carry it.
+    pub(crate) commit_hold: Duration,
     /// Drawn at start; a peer that sees it change knows this node restarted.
     pub(crate) incarnation: u64,
     /// Liveness of the peers, for the group supervisor.
@@ -266,9 +268,12 @@ async fn start_meta_raft(
     let (sm, state) = GroupStateMachine::meta(engine.clone(), META_GROUP).map_err(io_err)?;
     let sm = sm.count_applied(peers.metrics().applied_entries.clone());
     let log = LogStore::new(META_GROUP, engine.clone(), syncer.clone());
+    // The metadata group is not on the write path, and nodes route by what their metadata
+    // replicas have applied: its commit notices go at once.
     let net = GroupNetwork {
         peers: peers.clone(),
         group: META_GROUP.0,
+        commit_hold: Duration::ZERO,
     };
     let raft = typ::Raft::new(id.0, meta_group_config(snapshot_logs), net, log, sm)
         .await
@@ -563,6 +568,7 @@ impl Core {
         let net = GroupNetwork {
             peers: self.peers.clone(),
             group: desc.id.0,
+            commit_hold: self.commit_hold,
         };
         let raft = typ::Raft::new(
             id.0,

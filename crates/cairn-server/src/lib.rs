@@ -42,6 +42,7 @@ mod transport;
 mod writes;
 
 pub use auth::AUTH_TTL;
+pub use cairn_raft::DEFAULT_COMMIT_HOLD;
 pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use cairn_raft::Syncer;
 pub use cairn_raft::fault::set_crash_point;

@@ -392,6 +392,7 @@ impl Node {
             splits,
             disk: Arc::new(crate::disk::DiskGuard::new(&cfg.data_dir, cfg.disk_reserve)),
             quiesce: cfg.quiesce,
+            commit_hold: cfg.commit_hold,
             incarnation: cairn_types::entropy::next_u64(),
             peer_health: Default::default(),
             transfers: Default::default(),

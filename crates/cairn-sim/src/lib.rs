@@ -162,6 +162,7 @@ fn add_node(
         disk_reserve: 0,
         quiesce: cfg.quiesce,
         raft_stream: cfg.raft_stream,
+        commit_hold: cairn_server::DEFAULT_COMMIT_HOLD,
         fault_skip_fsync: false,
     };
     sim.host(host(id), move || {

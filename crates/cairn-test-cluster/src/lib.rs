@@ -82,6 +82,12 @@ impl TestCluster {
                 // Node 1 sends its Raft messages as calls, the others on streams, so every
                 // test here runs both transports side by side.
                 raft_stream: i != 0,
+                // Likewise node 1's partition leaders send commit notices at once.
+                commit_hold: if i == 0 {
+                    Duration::ZERO
+                } else {
+                    cairn_server::DEFAULT_COMMIT_HOLD
+                },
                 fault_skip_fsync: false,
             };
             let node = Node::start_on(cfg.clone(), g, h).await?;
