@@ -61,10 +61,12 @@ metric_sums() {
       END { for (i = 1; i <= n; i++) printf "%s ", s[i] + 0 }'
 }
 SIZES=(cairn_proposal_writes_sum cairn_proposal_writes_count cairn_batch_operations_sum cairn_batch_operations_count
-  cairn_fsync_batch_writes_count)
+  cairn_fsync_batch_writes_count cairn_raft_heartbeats_sent_total cairn_raft_commit_notices_folded_total)
 
 # run BIN LABEL: one cluster, one workload; appends "label ops/s µs/op writes/proposal
-# ops/batch fsyncs/proposal" to $OUT/runs.txt (fsyncs of all three nodes' syncers)
+# ops/batch fsyncs/proposal empty/proposal folded/proposal" to $OUT/runs.txt (fsyncs of all
+# three nodes' syncers; AppendEntries sent without entries, heartbeats and commit notices;
+# commit notices folded into the next append instead)
 run() {
   local bin=$1 label=$2 flags=$3 bflags=$4 cluster="" ep i
   WORK=$(mktemp -d)
@@ -103,13 +105,14 @@ import sys
 label, ops, rate, c0, c1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 d = [b - a for a, b in zip(map(float, sys.argv[6].split()), map(float, sys.argv[7].split()))]
 per = lambda s, n: f"{s / n:.1f}" if n else "-"
-print(f"{label} {rate:.0f} {(c1 - c0) / ops * 1e6:.1f} {per(d[0], d[1])} {per(d[2], d[3])} {per(d[4], d[1])}")
+print(f"{label} {rate:.0f} {(c1 - c0) / ops * 1e6:.1f} {per(d[0], d[1])} {per(d[2], d[3])} {per(d[4], d[1])} "
+      f"{per(d[5], d[1])} {per(d[6], d[1])}")
 EOF
   stop_cluster
 }
 
 echo "A = $A $FLAGS_A; bench $BENCH_A"; echo "B = $B $FLAGS_B; bench $BENCH_B"; echo "CAIRN_THREADS=$CAIRN_THREADS"
-echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers) writes/proposal ops/batch fsyncs/proposal"
+echo "$WORKLOAD, $CLIENTS clients, $DURATION s, $PAIRS pairs; label ops/s µs/op (servers) writes/proposal ops/batch fsyncs/proposal empty-appends/proposal folded/proposal"
 for n in $(seq 1 "$PAIRS"); do
   if [ $((n % 2)) = 1 ]; then run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; run "$B" "b$n" "$FLAGS_B" "$BENCH_B"
   else run "$B" "b$n" "$FLAGS_B" "$BENCH_B"; run "$A" "a$n" "$FLAGS_A" "$BENCH_A"; fi
@@ -121,6 +124,7 @@ for side in "ab":
     r = [l[1:] for l in runs if l[0][0] == side]
     med = lambda i: statistics.median(float(x[i]) for x in r if x[i] != "-") if any(x[i] != "-" for x in r) else float("nan")
     print(f"median {side.upper()}: {med(0):.0f} ops/s, {med(1):.1f} µs/op, "
-          f"{med(2):.1f} writes/proposal, {med(3):.1f} ops/batch, {med(4):.1f} fsyncs/proposal")
+          f"{med(2):.1f} writes/proposal, {med(3):.1f} ops/batch, {med(4):.1f} fsyncs/proposal, "
+          f"{med(5):.1f} empty appends/proposal, {med(6):.1f} folded/proposal")
 EOF
 echo "runs in $OUT"
