@@ -82,7 +82,7 @@ pub(crate) struct ServerArgs {
     /// Quiescent partition groups (on by default): no per-group heartbeats or election
     /// timers; idle groups send nothing and the group supervisor replaces leaders on
     /// node-level liveness (1,000 idle partitions cost ~0.08 cores instead of ~1.2;
-    /// failover ~1.3 s instead of ~5.5 s). `--quiesce false` gives every group openraft's
+    /// failover ~1.2 s instead of ~5.5 s). `--quiesce false` gives every group openraft's
     /// own timers. Give every node the same setting.
     #[arg(long, env = "CAIRN_QUIESCE", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set,
@@ -96,8 +96,9 @@ pub(crate) struct ServerArgs {
     /// Milliseconds a partition leader holds a commit notice to a follower (an AppendEntries
     /// without entries) waiting for the group's next append to carry it, so that under load
     /// the notice costs no message of its own; a follower then applies up to this much later.
-    /// 0 sends notices at once.
-    #[arg(long, env = "CAIRN_COMMIT_HOLD_MS", default_value_t = cairn_server::DEFAULT_COMMIT_HOLD.as_millis() as u64)]
+    /// 0 sends notices at once; at most 100, well inside a leader lease.
+    #[arg(long, env = "CAIRN_COMMIT_HOLD_MS", default_value_t = cairn_server::DEFAULT_COMMIT_HOLD.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=100))]
     commit_hold_ms: u64,
     /// Worker threads of the node's async runtime (default: one per core). Nodes that share
     /// a machine waste less CPU on hand-offs between threads with the cores divided between
