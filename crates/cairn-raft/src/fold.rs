@@ -32,7 +32,6 @@ use std::time::Duration;
 
 type Request = AppendEntriesRequest<TypeConfig>;
 type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
-type LogId = crate::typ::LogId;
 
 /// How long a commit notice of a partition group waits for the group's next append by
 /// default: a few of a loaded round's fractions of a millisecond, and far below a leader
@@ -102,8 +101,9 @@ where
         None if st.input_done => return None,
         None => st.input.next().await?,
     };
-    // The `prev_log_id`s of the notices folded into `req`, oldest first.
-    let mut folded: Vec<Option<LogId>> = Vec::new();
+    // Notices folded into `req`. Only one with `req`'s `prev_log_id` folds, so that is each
+    // one's whole range.
+    let mut folded = 0usize;
     if !st.hold.is_zero() && req.entries.is_empty() {
         let until = tokio::time::Instant::now() + st.hold;
         while req.entries.is_empty() {
@@ -112,7 +112,7 @@ where
                 Ok(Some(later))
                     if later.vote == req.vote && later.prev_log_id == req.prev_log_id =>
                 {
-                    folded.push(req.prev_log_id);
+                    folded += 1;
                     req = later;
                 }
                 Ok(Some(later)) => {
@@ -139,9 +139,9 @@ where
     let result = resp.into_stream_result(prev, last);
     match &result {
         Ok(matched) => {
-            st.folded.inc_by(folded.len() as u64);
-            // Each folded notice covered only its `prev_log_id`, which the follower matched.
-            st.owed.extend(folded.into_iter().map(|p| Ok(Ok(p))));
+            st.folded.inc_by(folded as u64);
+            // Each folded notice covered only `prev`, which the follower matched.
+            st.owed.extend((0..folded).map(|_| Ok(Ok(prev))));
             st.stopped = *matched != last;
         }
         // The folded notices had this request's leader and `prev_log_id`: the first of them
@@ -156,7 +156,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::typ::{Entry, Vote};
+    use crate::typ::{Entry, LogId, Vote};
     use openraft::EntryPayload;
     use openraft::raft::{AppendEntriesResponse, StreamAppendError};
     use openraft::vote::RaftLeaderId;
