@@ -28,9 +28,8 @@ FLAGS_A=${FLAGS_A:-$CAIRN_FLAGS}   # server flags of A's runs and of B's
 FLAGS_B=${FLAGS_B:-$CAIRN_FLAGS}
 BENCH_A=${BENCH_A:-}   # more `cairn bench` flags of A's runs and of B's, e.g. "--partitions 1"
 BENCH_B=${BENCH_B:-}
-# Worker threads of each node, as bench/compare-etcd.sh gives them: a third of the cores.
-# `cairn server` reads the variable; builds older than its --threads flag ignore it.
-export CAIRN_THREADS=${CAIRN_THREADS:-$(( $(nproc) / 3 > 1 ? $(nproc) / 3 : 1 ))}
+# shellcheck source=bench/threads.inc.sh
+. bench/threads.inc.sh
 command -v python3 >/dev/null || { echo "error: needs python3 (apt-get install python3)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "error: needs curl (apt-get install curl)" >&2; exit 1; }
 

@@ -6,7 +6,8 @@
 # folder under TMPDIR, removed on exit with the processes), logs to LOG_DIR/node-N.log, and
 # waits until all three are live. It sets GRPC[1..3] and HTTP[1..3] (host:port), CLUSTER
 # (the --initial-cluster value), EP (the client --endpoints) and PIDS[1..3]; on a cluster
-# that does not come up it exits the script with an error.
+# that does not come up it exits the script with an error. Each node gets the worker
+# threads of bench/threads.inc.sh (CAIRN_THREADS).
 
 # Builds the release binary into BIN unless BIN already names one.
 ensure_bin() {
@@ -24,6 +25,9 @@ load_records() {
   "$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
     --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >/dev/null 2>&1
 }
+
+# shellcheck source=bench/threads.inc.sh
+. bench/threads.inc.sh
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

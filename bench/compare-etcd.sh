@@ -32,11 +32,11 @@ EXTRA=${EXTRA:-}   # more `cairn bench` flags for both stores, e.g. "--consisten
 CAIRN_FLAGS=${CAIRN_FLAGS---split-qps 1000000}
 # Partitions of Cairn's table: 3 (one leader per node) or 1 (one Raft group, like etcd's).
 PARTITIONS=${PARTITIONS:-3}
-# Worker threads of each Cairn node (`cairn server --threads`). The three nodes share this
-# machine, so each gets a third of its cores (at least one), as `cairn playground` gives
-# them. etcd keeps Go's default; its members measured no faster at one core each
-# (GOMAXPROCS=1, docs/benchmarks.md). ETCD_GOMAXPROCS sets it.
-CAIRN_THREADS=${CAIRN_THREADS:-$(( $(nproc) / 3 > 1 ? $(nproc) / 3 : 1 ))}
+# Worker threads of each Cairn node: a third of the cores (bench/threads.inc.sh). etcd keeps
+# Go's default; its members measured no faster at one core each (GOMAXPROCS=1,
+# docs/benchmarks.md). ETCD_GOMAXPROCS sets it.
+# shellcheck source=bench/threads.inc.sh
+. bench/threads.inc.sh
 ETCD_GOMAXPROCS=${ETCD_GOMAXPROCS:-}
 
 missing=()

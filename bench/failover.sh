@@ -21,6 +21,8 @@
 # Installs etcd-server, protobuf-compiler and python3 from Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/threads.inc.sh
+. bench/threads.inc.sh
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-12}

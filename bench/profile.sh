@@ -24,9 +24,8 @@ FREQ=${FREQ:-499}
 # (callers of everything; large files, so use a lower FREQ).
 CALLGRAPH=${CALLGRAPH:-fp}
 CAIRN_FLAGS=${CAIRN_FLAGS:-}
-# Worker threads of each node, as bench/compare-etcd.sh gives them: a third of the cores.
-# `cairn server` reads the variable; builds older than its --threads flag ignore it.
-export CAIRN_THREADS=${CAIRN_THREADS:-$(( $(nproc) / 3 > 1 ? $(nproc) / 3 : 1 ))}
+# shellcheck source=bench/threads.inc.sh
+. bench/threads.inc.sh
 PARTITIONS=${PARTITIONS:-3}   # of the table; with 1, add --controller off or a high --split-qps
 
 missing=()
