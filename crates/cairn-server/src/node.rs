@@ -258,13 +258,14 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-        let engine: SharedEngine =
-            Arc::new(FjallEngine::open(&cfg.data_dir).with_context(|| {
+        let engine: SharedEngine = Arc::new(
+            FjallEngine::open_for_node(&cfg.data_dir, cfg.id.0).with_context(|| {
                 format!(
                     "cannot open the engine in {} (is another node using it?)",
                     cfg.data_dir.display()
                 )
-            })?);
+            })?,
+        );
         let grpc_addr = grpc.local_addr()?;
         let tls = match &cfg.certs_dir {
             Some(dir) => Some(

@@ -229,6 +229,21 @@ const MEMTABLE_BYTES: u64 = 4 << 20;
 /// version keeps its 4 MiB.
 const RAFT_MEMTABLE_BYTES: u64 = 16 << 20;
 
+/// Spreads a keyspace's memtable size over nodes: `nominal` times a factor in [0.75, 1.25)
+/// picked by `node` (the golden-ratio sequence, so any few consecutive ids land far apart).
+///
+/// Every node of a small cluster holds a replica of every partition, so with equal sizes
+/// their memtables fill in step and all of them flush at once. A flush fsyncs fjall's journal
+/// under its journal lock, and behind the new table's writes that fsync took 25–57 ms here
+/// (strace, 64-client writes): every engine write of the node waits for it. With all nodes
+/// stalled together no group has a quorum; with the flushes apart, a stalled node's followers
+/// are not needed. Measured in docs/benchmarks.md (eighteenth run).
+fn spread_memtable(nominal: u64, node: u64) -> u64 {
+    const GOLDEN: f64 = 0.618_033_988_749_895;
+    let frac = (node as f64 * GOLDEN).fract();
+    (nominal as f64 * (0.75 + 0.5 * frac)) as u64
+}
+
 /// Target size of a table written by compaction. While a compaction runs, lsm-tree keeps
 /// every input block alive until its output table is finished (the index keys share the
 /// blocks' buffers), so this bounds the memory a compaction holds; the default of 64 MiB
@@ -279,18 +294,26 @@ fn create_durable_dir(dir: &Path) -> Result<()> {
 }
 
 impl FjallEngine {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, with the memtable sizes of node 0.
     pub fn open(dir: &Path) -> Result<Self> {
-        let at = dir.to_path_buf();
-        let free: FreeSpace = Box::new(move || cairn_storage::disk::available(&at));
-        Self::open_with(dir, RAFT_GROWTH_BYTES, RAFT_CHECK_EVERY, free)
+        Self::open_for_node(dir, 0)
     }
 
-    /// Opens the database in `dir`; the Raft keyspace is compacted whole once it has grown
-    /// by `raft_growth` bytes and doubled (looked at every `check_every`), and `free` says the
-    /// disk has room for it.
+    /// Opens (or creates) the database of node `node` in `dir`. A database created here gets
+    /// memtables sized for that node ([`spread_memtable`]); fjall keeps the sizes a keyspace
+    /// was created with, so a data dir made by an older version keeps its own.
+    pub fn open_for_node(dir: &Path, node: u64) -> Result<Self> {
+        let at = dir.to_path_buf();
+        let free: FreeSpace = Box::new(move || cairn_storage::disk::available(&at));
+        Self::open_with(dir, node, RAFT_GROWTH_BYTES, RAFT_CHECK_EVERY, free)
+    }
+
+    /// Opens the database of node `node` in `dir`; the Raft keyspace is compacted whole once
+    /// it has grown by `raft_growth` bytes and doubled (looked at every `check_every`), and
+    /// `free` says the disk has room for it.
     fn open_with(
         dir: &Path,
+        node: u64,
         raft_growth: u64,
         check_every: std::time::Duration,
         free: FreeSpace,
@@ -317,9 +340,10 @@ impl FjallEngine {
             })
             .map_err(err)
         };
+        // The local keyspace fills slowly (votes, replica records): no need to spread it.
         let (raft, data, local) = (
-            open("raft", RAFT_MEMTABLE_BYTES)?,
-            open("data", MEMTABLE_BYTES)?,
+            open("raft", spread_memtable(RAFT_MEMTABLE_BYTES, node))?,
+            open("data", spread_memtable(MEMTABLE_BYTES, node))?,
             open("local", MEMTABLE_BYTES)?,
         );
         // fjall creates a folder per keyspace but does not fsync the folder holding them;
@@ -569,6 +593,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memtable_sizes_are_spread_over_nodes() {
+        let nominal = RAFT_MEMTABLE_BYTES;
+        let sizes: Vec<u64> = (1..=5).map(|n| spread_memtable(nominal, n)).collect();
+        for s in &sizes {
+            assert!(
+                *s >= nominal / 4 * 3 && *s < nominal / 4 * 5,
+                "{s} out of range"
+            );
+        }
+        // Any two of five consecutive nodes differ by at least 5%, so their flushes drift
+        // apart instead of lining up.
+        for (i, a) in sizes.iter().enumerate() {
+            for b in &sizes[i + 1..] {
+                assert!(a.abs_diff(*b) >= nominal / 20, "{sizes:?}");
+            }
+        }
+        assert_eq!(spread_memtable(nominal, 7), spread_memtable(nominal, 7));
+    }
+
+    #[test]
     fn conformance() {
         let dirs = std::sync::Mutex::new(Vec::new());
         cairn_storage::conformance::run_all(&|| {
@@ -738,6 +782,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = FjallEngine::open_with(
             d.path(),
+            0,
             u64::MAX,
             std::time::Duration::from_secs(3600),
             plenty(),
@@ -763,6 +808,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = FjallEngine::open_with(
             d.path(),
+            0,
             16 << 20,
             std::time::Duration::from_millis(20),
             plenty(),
@@ -791,6 +837,7 @@ mod tests {
         let probe = free.clone();
         let e = FjallEngine::open_with(
             d.path(),
+            0,
             16 << 20,
             std::time::Duration::from_millis(20),
             Box::new(move || Ok(probe.load(Ordering::Relaxed))),
@@ -866,6 +913,7 @@ mod tests {
         let dir = std::env::var("CAIRN_COMPACTION_CRASH_DIR").expect("run by the parent test");
         let e = FjallEngine::open_with(
             Path::new(&dir),
+            0,
             8 << 20,
             std::time::Duration::from_millis(5),
             plenty(),
