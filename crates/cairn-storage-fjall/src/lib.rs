@@ -294,26 +294,31 @@ fn create_durable_dir(dir: &Path) -> Result<()> {
 }
 
 impl FjallEngine {
-    /// Opens (or creates) the database in `dir`, with the memtable sizes of node 0.
+    /// Opens (or creates) the database in `dir`, with the nominal memtable sizes.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_for_node(dir, 0)
+        Self::open_at(dir, None)
     }
 
     /// Opens (or creates) the database of node `node` in `dir`. A database created here gets
     /// memtables sized for that node ([`spread_memtable`]); fjall keeps the sizes a keyspace
     /// was created with, so a data dir made by an older version keeps its own.
     pub fn open_for_node(dir: &Path, node: u64) -> Result<Self> {
+        Self::open_at(dir, Some(node))
+    }
+
+    /// [`Self::open`] or [`Self::open_for_node`], with the engine's own compaction settings.
+    fn open_at(dir: &Path, node: Option<u64>) -> Result<Self> {
         let at = dir.to_path_buf();
         let free: FreeSpace = Box::new(move || cairn_storage::disk::available(&at));
         Self::open_with(dir, node, RAFT_GROWTH_BYTES, RAFT_CHECK_EVERY, free)
     }
 
-    /// Opens the database of node `node` in `dir`; the Raft keyspace is compacted whole once
-    /// it has grown by `raft_growth` bytes and doubled (looked at every `check_every`), and
-    /// `free` says the disk has room for it.
+    /// Opens the database in `dir` (with memtables spread for `node`, if given); the Raft
+    /// keyspace is compacted whole once it has grown by `raft_growth` bytes and doubled
+    /// (looked at every `check_every`), and `free` says the disk has room for it.
     fn open_with(
         dir: &Path,
-        node: u64,
+        node: Option<u64>,
         raft_growth: u64,
         check_every: std::time::Duration,
         free: FreeSpace,
@@ -341,9 +346,10 @@ impl FjallEngine {
             .map_err(err)
         };
         // The local keyspace fills slowly (votes, replica records): no need to spread it.
+        let spread = |nominal| node.map_or(nominal, |n| spread_memtable(nominal, n));
         let (raft, data, local) = (
-            open("raft", spread_memtable(RAFT_MEMTABLE_BYTES, node))?,
-            open("data", spread_memtable(MEMTABLE_BYTES, node))?,
+            open("raft", spread(RAFT_MEMTABLE_BYTES))?,
+            open("data", spread(MEMTABLE_BYTES))?,
             open("local", MEMTABLE_BYTES)?,
         );
         // fjall creates a folder per keyspace but does not fsync the folder holding them;
@@ -782,7 +788,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = FjallEngine::open_with(
             d.path(),
-            0,
+            None,
             u64::MAX,
             std::time::Duration::from_secs(3600),
             plenty(),
@@ -808,7 +814,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = FjallEngine::open_with(
             d.path(),
-            0,
+            None,
             16 << 20,
             std::time::Duration::from_millis(20),
             plenty(),
@@ -837,7 +843,7 @@ mod tests {
         let probe = free.clone();
         let e = FjallEngine::open_with(
             d.path(),
-            0,
+            None,
             16 << 20,
             std::time::Duration::from_millis(20),
             Box::new(move || Ok(probe.load(Ordering::Relaxed))),
@@ -913,7 +919,7 @@ mod tests {
         let dir = std::env::var("CAIRN_COMPACTION_CRASH_DIR").expect("run by the parent test");
         let e = FjallEngine::open_with(
             Path::new(&dir),
-            0,
+            None,
             8 << 20,
             std::time::Duration::from_millis(5),
             plenty(),
