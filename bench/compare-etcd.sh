@@ -9,6 +9,9 @@
 #   bench/compare-etcd.sh                       # write a b c e at 1 16 64 256 clients, 10 s, 3 runs
 #   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" RUNS=5 bench/compare-etcd.sh
 #   WORKLOADS=c CLIENTS=1 EXTRA="--consistency stale" bench/compare-etcd.sh   # stale reads
+#   CLIENTS=64 WORKLOADS="write c" EXTRA="--rate 4000" bench/compare-etcd.sh
+#       # open loop: both stores at 4,000 ops/s, to compare CPU per operation and latency
+#       # below saturation (the ops/s ratio is then about 1 by design)
 #   PARTITIONS=1 bench/compare-etcd.sh          # one Raft group, as etcd
 #   CAIRN_FLAGS="" bench/compare-etcd.sh        # let the controller split hot partitions mid-run
 #   CAIRN_THREADS=2 ETCD_GOMAXPROCS=1 bench/compare-etcd.sh   # threads of each server
@@ -175,7 +178,7 @@ for w in workloads:
         row = {"workload": w, "clients": int(c)}
         note = []
         for s in ("cairn", "etcd"):
-            ops, p99, srv, busy, gen, errs, slow = [], [], [], [], [], 0, []
+            ops, p99, srv, busy, gen, errs, slow, late = [], [], [], [], [], 0, [], 0
             for r in range(1, runs + 1):
                 name = f"{out}/{s}-{w}-{c}-r{r}"
                 j = json.load(open(name + ".json"))
@@ -191,11 +194,15 @@ for w in workloads:
                 win = j.get("windows")
                 if win:
                     slow.append(f'{win["slow"]} of {win["count"]}')
+                late += j.get("late_ops", 0)
             row[s] = {"ops_per_sec": med(ops), "p99_ms": med(p99), "cpu_us_per_op_servers": med(srv),
                       "cpu_us_per_op_busiest_node": med(busy), "cpu_us_per_op_loadgen": med(gen),
                       "runs_ops_per_sec": ops, "errors": errs, "runs_slow_windows": slow}
             if errs:
                 note.append(f"{s} errors: {errs}")
+            # Open loop (EXTRA="--rate N"): operations overdue because the clients fell behind.
+            if late:
+                note.append(f"{s} overdue operations: {late}")
         a, b = row["cairn"], row["etcd"]
         row["throughput_ratio"] = a["ops_per_sec"] / max(b["ops_per_sec"], 1e-9)
         row["p99_ratio"] = a["p99_ms"] / max(b["p99_ms"], 1e-9)

@@ -1,8 +1,12 @@
 //! `cairn bench`: a YCSB-style load generator.
 //!
-//! Closed-loop clients run a workload ([`Workload`]) against Cairn or etcd ([`Driver`]):
-//! each client issues one operation, waits for the answer, records its latency in an
-//! HdrHistogram and issues the next, until the operation count or the duration runs out.
+//! Clients run a workload ([`Workload`]) against Cairn or etcd ([`Driver`]): each client
+//! issues one operation, waits for the answer, records its latency in an HdrHistogram and
+//! issues the next, until the operation count or the duration runs out. Closed loop by
+//! default: the next operation goes as soon as the last is answered, so the run finds the
+//! store's throughput. With `--rate`, open loop: operations are due on a fixed schedule
+//! ([`Pace`]), so two stores can be compared at the same load below saturation (CPU per
+//! operation, latency), and a stall shows in the latencies of the operations it delayed.
 //! Every workload except `load` first inserts the records it reads (unless `--no-load`).
 
 mod driver;
@@ -76,6 +80,63 @@ pub struct BenchArgs {
     /// Timeout of one operation, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub op_timeout_ms: u64,
+    /// Open loop: operations per second over all clients, on a fixed schedule. Each
+    /// operation's latency counts from when it was due, so time spent waiting behind a slow
+    /// one counts too. Without it, clients run closed loop (as fast as answers come).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+/// Parses `--rate`: a positive, finite number of operations per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a rate: give operations per second as a positive number, e.g. 5000"
+        )),
+    }
+}
+
+/// One client's schedule in an open-loop run: its `k`-th operation is due at
+/// `first + k * every`.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    first: Instant,
+    every: Duration,
+}
+
+impl Pace {
+    /// The schedule of client `client` of `clients` sharing `rate` operations per second
+    /// from `start`: each runs at `rate / clients`, and their first operations are spread
+    /// over one interval so that the clients do not fire together. An interval is at most
+    /// a day (a slower client's run is over before its second operation anyway), so that
+    /// no sum of instants overflows.
+    fn for_client(start: Instant, rate: f64, client: u64, clients: u64) -> Self {
+        let clients = clients.max(1);
+        let every = Duration::try_from_secs_f64(clients as f64 / rate)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(86_400));
+        let first = start + every.mul_f64(client as f64 / clients as f64);
+        Self { first, every }
+    }
+
+    /// When operation `k` is due.
+    fn due(&self, k: u32) -> Instant {
+        self.first + self.every * k
+    }
+}
+
+/// When an operation due at `due` counts as started, given that its client came to it at
+/// `ready` (the previous operation answered) and, if it had to wait for `due`, woke at
+/// `woke`. A client that came late was held up by the store: the operation started when it
+/// was due, and the wait is part of its latency (no coordinated omission). A client that
+/// came early started when it woke: a timer firing late is the load generator's delay.
+fn open_loop_start(due: Instant, ready: Instant, woke: Instant) -> (Instant, bool) {
+    if ready >= due {
+        (due, ready > due)
+    } else {
+        (woke, false)
+    }
 }
 
 /// Split keys that cut the records into `partitions` even ranges.
@@ -104,6 +165,10 @@ struct Shared {
     gaps: std::sync::Mutex<Vec<report::Gap>>,
     /// Acknowledged operations per [`WINDOW_US`] of the run, by when they were answered.
     windows: Vec<AtomicU32>,
+    /// Open loop: operations per second over all clients.
+    rate: Option<f64>,
+    /// Open loop: operations that were overdue when their client came to them.
+    late: AtomicU64,
 }
 
 /// Length of a window of [`Shared::windows`]: short enough to show a stall of a tenth of a
@@ -159,13 +224,34 @@ async fn worker(
     sh: Arc<Shared>,
     mut driver: Driver,
     seed: u64,
+    pace: Option<Pace>,
     next_insert: Arc<AtomicU64>,
     empty: Histogram<u64>,
 ) -> (Latencies, BTreeMap<String, u64>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut lat: Latencies = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut k = 0u32;
     while Instant::now() < sh.deadline {
+        let started = match pace {
+            None => Instant::now(),
+            Some(p) => {
+                let due = p.due(k);
+                k = k.saturating_add(1);
+                if due >= sh.deadline {
+                    break;
+                }
+                let ready = Instant::now();
+                if ready < due {
+                    tokio::time::sleep_until(due).await;
+                }
+                let (started, late) = open_loop_start(due, ready, Instant::now());
+                if late {
+                    sh.late.fetch_add(1, Ordering::Relaxed);
+                }
+                started
+            }
+        };
         if sh
             .budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
@@ -174,7 +260,6 @@ async fn worker(
             break;
         }
         let op = sh.workload.next_op(&mut rng);
-        let started = Instant::now();
         let result = match op {
             Op::Read => driver
                 .get(&record_key(sh.keys.next(&mut rng)))
@@ -226,13 +311,15 @@ async fn worker(
     (lat, errors)
 }
 
-/// Runs `phase` (the load or the workload) with `clients` workers; prints progress.
+/// Runs `phase` (the load or the workload) with `clients` workers, open loop at `rate`
+/// operations per second if given; prints progress.
 async fn phase(
     args: &BenchArgs,
     driver: &Driver,
     workload: Workload,
     ops: u64,
     duration: Duration,
+    rate: Option<f64>,
     next_insert: Arc<AtomicU64>,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -254,6 +341,8 @@ async fn phase(
             .min(MAX_WINDOWS))
             .map(|_| AtomicU32::new(0))
             .collect(),
+        rate,
+        late: AtomicU64::new(0),
     });
     let clients = args.clients.max(1);
     // 1 µs .. 60 s at 3 significant digits.
@@ -264,6 +353,7 @@ async fn phase(
             sh.clone(),
             driver.clone(),
             args.seed.wrapping_mul(10_007).wrapping_add(c),
+            rate.map(|r| Pace::for_client(started, r, c, clients)),
             next_insert.clone(),
             empty.clone(),
         )));
@@ -301,6 +391,9 @@ async fn phase(
     let (gap, end) = *sh.gap.lock().unwrap_or_else(|p| p.into_inner());
     let gap = (Duration::from_micros(gap), Duration::from_micros(end));
     let mut r = Report::new(args, workload, started.elapsed(), &lat, errors, gap);
+    if let Some(rate) = sh.rate {
+        r.set_open_loop(rate, sh.late.load(Ordering::Relaxed));
+    }
     r.gaps = std::mem::take(&mut *sh.gaps.lock().unwrap_or_else(|p| p.into_inner()));
     // Only whole windows: the last one is cut short by the end of the run.
     let whole = (r.elapsed_secs * 1e6) as u64 / WINDOW_US;
@@ -335,6 +428,7 @@ pub async fn run(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Repor
             Workload::Load,
             args.records.min(args.ops),
             Duration::from_secs(args.duration).min(load_limit),
+            args.rate,
             next_insert,
         )
         .await?;
@@ -349,6 +443,7 @@ pub async fn run(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Repor
             Workload::Load,
             args.records,
             load_limit,
+            None,
             next_insert.clone(),
         )
         .await?;
@@ -362,6 +457,7 @@ pub async fn run(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Repor
         args.workload,
         args.ops,
         Duration::from_secs(args.duration),
+        args.rate,
         next_insert,
     )
     .await?;
@@ -376,4 +472,62 @@ fn finish(args: &BenchArgs, r: Report) -> anyhow::Result<Report> {
         eprintln!("result written to {}", path.display());
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_a_positive_number() {
+        assert_eq!(parse_rate("2500"), Ok(2500.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-10", "NaN", "inf", "fast", ""] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.contains("operations per second"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn clients_share_the_rate_and_start_spread_over_one_interval() {
+        let t0 = Instant::now();
+        // 4 clients at 1,000 ops/s: each one every 4 ms, their first ones 1 ms apart.
+        let pace: Vec<Pace> = (0..4).map(|c| Pace::for_client(t0, 1000.0, c, 4)).collect();
+        for (c, p) in pace.iter().enumerate() {
+            assert_eq!(p.every, Duration::from_millis(4));
+            assert_eq!(p.due(0), t0 + Duration::from_millis(c as u64));
+            assert_eq!(p.due(250), t0 + Duration::from_millis(1000 + c as u64));
+        }
+        // Over any second, the clients together have 1,000 operations due.
+        let due_in_first_second = pace
+            .iter()
+            .map(|p| {
+                (0..)
+                    .take_while(|&k| p.due(k) < t0 + Duration::from_secs(1))
+                    .count()
+            })
+            .sum::<usize>();
+        assert_eq!(due_in_first_second, 1000);
+        // A rate so low that an interval would not fit a Duration is capped, not a panic.
+        let slow = Pace::for_client(t0, f64::MIN_POSITIVE, 3, u64::MAX);
+        assert_eq!(slow.every, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn an_overdue_operation_counts_from_when_it_was_due() {
+        let due = Instant::now() + Duration::from_millis(10);
+        let ms = Duration::from_millis(1);
+        // Its client was still waiting for the previous answer: the wait is latency.
+        assert_eq!(
+            open_loop_start(due, due + 3 * ms, due + 3 * ms),
+            (due, true)
+        );
+        // Ready exactly on time.
+        assert_eq!(open_loop_start(due, due, due), (due, false));
+        // Early, and the timer woke the client late: that delay is the load generator's.
+        assert_eq!(
+            open_loop_start(due, due - 5 * ms, due + ms),
+            (due + ms, false)
+        );
+    }
 }

@@ -66,6 +66,11 @@ pub struct Report {
     pub ops_per_100ms: Vec<u32>,
     /// What [`Report::ops_per_100ms`] says about stalls.
     pub windows: Windows,
+    /// Open loop (`--rate`): the operations per second scheduled; absent for closed loop.
+    pub target_ops_per_sec: Option<f64>,
+    /// Open loop: operations already overdue when their client came to them (the previous
+    /// one was answered late). Their latency counts from when they were due.
+    pub late_ops: u64,
 }
 
 /// Throughput in 100 ms windows: a stall of a tenth of a second shows as a window well
@@ -155,7 +160,41 @@ impl Report {
             gaps: Vec::new(),
             ops_per_100ms: Vec::new(),
             windows: Windows::default(),
+            target_ops_per_sec: None,
+            late_ops: 0,
         }
+    }
+
+    /// Marks the run as open loop at `rate` operations per second, `late` of them overdue.
+    pub(crate) fn set_open_loop(&mut self, rate: f64, late: u64) {
+        self.target_ops_per_sec = Some(rate);
+        self.late_ops = late;
+    }
+
+    /// What an open-loop run says about its schedule, if it was one: the rate asked for and
+    /// done, the operations that had to wait for their client, and a warning if the clients
+    /// could not keep to it.
+    fn schedule_line(&self) -> Option<String> {
+        let rate = self.target_ops_per_sec?;
+        let mut line = format!(
+            "open loop: {rate:.0} ops/s scheduled, {:.0} done; {} operations ({:.1}%) were \
+             overdue when their client came to them, and their latency counts from when they \
+             were due",
+            self.ops_per_sec,
+            self.late_ops,
+            self.late_ops as f64 * 100.0 / self.total_ops.max(1) as f64
+        );
+        // A slow answer makes the next operation of its client overdue, which the latency
+        // shows; a run that did not reach the rate measured a queue, not the store at it.
+        if self.ops_per_sec < rate * 0.95 {
+            line.push_str(&format!(
+                "\nwarning: the clients fell behind the schedule: {} clients, one operation in \
+                 flight each, cannot keep {rate:.0} ops/s at this latency; raise --clients or \
+                 lower --rate",
+                self.clients
+            ));
+        }
+        Some(line)
     }
 
     /// Records the operations acknowledged in each whole 100 ms of the run.
@@ -207,6 +246,9 @@ impl Report {
             "longest time without an acknowledged operation: {:.0} ms (ended {:.1} s into the run)",
             self.longest_gap_ms, self.longest_gap_end_s
         );
+        if let Some(line) = self.schedule_line() {
+            println!("{line}");
+        }
         let w = &self.windows;
         if w.count > 0 {
             println!(
@@ -226,7 +268,50 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::Windows;
+    use super::{Report, Windows};
+    use crate::{BenchArgs, Workload};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn report(clients: u64, total: u64) -> Report {
+        let args = Cli::parse_from(["bench", "--clients", &clients.to_string()]).bench;
+        let mut r = Report::new(
+            &args,
+            Workload::Write,
+            std::time::Duration::from_secs(1),
+            &Default::default(),
+            Default::default(),
+            Default::default(),
+        );
+        r.total_ops = total;
+        r.ops_per_sec = total as f64;
+        r
+    }
+
+    #[test]
+    fn an_open_loop_run_warns_when_its_clients_fell_behind() {
+        assert_eq!(report(4, 1000).schedule_line(), None, "closed loop");
+        let mut kept_up = report(4, 960);
+        kept_up.set_open_loop(1000.0, 15);
+        let line = kept_up.schedule_line().unwrap();
+        assert!(
+            line.starts_with("open loop: 1000 ops/s scheduled, 960 done; 15 operations (1.6%)"),
+            "{line}"
+        );
+        assert!(!line.contains("warning"), "96% of the rate kept it: {line}");
+        let mut behind = report(4, 940);
+        behind.set_open_loop(1000.0, 900);
+        let line = behind.schedule_line().unwrap();
+        assert!(
+            line.contains("warning: the clients fell behind") && line.contains("raise --clients"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn windows_count_the_stalls_below_three_quarters_of_the_median() {

@@ -72,7 +72,57 @@ async fn t15_bench_runs_every_workload() {
             assert!(o["p99_us"].as_u64().unwrap() <= o["max_us"].as_u64().unwrap());
         }
         assert!(stdout.contains("ops/s"), "{stdout}");
+        assert!(r["target_ops_per_sec"].is_null(), "closed loop: {r}");
     }
+    // Open loop: 40 writes at 100 a second from 2 clients are due over 0.39 s, so the run
+    // takes at least that long however fast the cluster answers (each client's 20th write
+    // is due 380 ms in), and the report says it kept a schedule.
+    let json = dir.path().join("open-loop.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "bench", "--workload", "write"])
+        .args([
+            "--records",
+            "200",
+            "--no-load",
+            "--ops",
+            "40",
+            "--duration",
+            "20",
+        ])
+        .args(["--clients", "2", "--rate", "100", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "open loop failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["total_ops"], 40, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    assert_eq!(r["target_ops_per_sec"], 100.0, "{r}");
+    assert!(
+        r["elapsed_secs"].as_f64().unwrap() >= 0.38,
+        "ran ahead of the schedule: {r}"
+    );
+    assert!(
+        stdout.contains("open loop: 100 ops/s scheduled"),
+        "{stdout}"
+    );
+    // A rate that is not one is refused with what to give instead.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "bench", "--rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("operations per second"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The etcd driver is a build feature; without it the tool says how to get it.
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--endpoints", &endpoints, "bench", "--driver", "etcd"])
