@@ -8,6 +8,7 @@
 #   CAIRN_FLAGS="--controller off" bench/profile.sh
 #   CALLGRAPH=dwarf FREQ=99 bench/profile.sh       # inclusive time per function
 #   PARTITIONS=1 CAIRN_FLAGS="--controller off" bench/profile.sh   # one Raft group
+#   EXTRA="--rate 2000" bench/profile.sh             # open loop: at 2,000 ops/s, below saturation
 #
 # Installs linux-perf, protobuf-compiler and python3 from Debian's packages when missing (needs root). The raw
 # profile and the reports go to target/bench/profile-<timestamp>/.
@@ -24,6 +25,7 @@ FREQ=${FREQ:-499}
 # (callers of everything; large files, so use a lower FREQ).
 CALLGRAPH=${CALLGRAPH:-fp}
 CAIRN_FLAGS=${CAIRN_FLAGS:-}
+EXTRA=${EXTRA:-}   # more `cairn bench` flags for the profiled run, e.g. "--rate 2000"
 # shellcheck source=bench/threads.inc.sh
 . bench/threads.inc.sh
 PARTITIONS=${PARTITIONS:-3}   # of the table; with 1, add --controller off or a high --split-qps
@@ -84,10 +86,11 @@ echo "loading $RECORDS records ..."
 "$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
   --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >"$OUT/load.txt" 2>/dev/null
 
-echo "profiling workload $WORKLOAD, $CLIENTS clients, $DURATION s ..."
+echo "profiling workload $WORKLOAD, $CLIENTS clients, $DURATION s $EXTRA ..."
+# shellcheck disable=SC2086 # EXTRA is a list of flags
 "$BIN" --endpoints "$EP" bench --workload "$WORKLOAD" --clients "$CLIENTS" --records "$RECORDS" \
   --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 --no-load \
-  --partitions "$PARTITIONS" >"$OUT/bench.txt" 2>/dev/null &
+  --partitions "$PARTITIONS" $EXTRA >"$OUT/bench.txt" 2>/dev/null &
 GEN=$!
 PIDS+=($GEN)
 # Skip the first second (connections, leader discovery) and stop a second before the end.
