@@ -4,7 +4,8 @@
 # `cairn bench` workloads at several client concurrencies. Each case runs RUNS times, the
 # store that goes first alternating between runs; the table gives medians: throughput, p99
 # latency, the Cairn/etcd ratios, and CPU per operation of the servers (all three, and the
-# busiest one) and of the load generator. Every JSON result is kept, with summary.json.
+# busiest one) and of the load generator; below it, the servers' disk writes per operation.
+# Every JSON result is kept, with summary.json.
 #
 #   bench/compare-etcd.sh                       # write a b c e at 1 16 64 256 clients, 10 s, 3 runs
 #   DURATION=30 CLIENTS="16 64" WORKLOADS="a c" RUNS=5 bench/compare-etcd.sh
@@ -125,15 +126,26 @@ cpu_ticks() {
   echo $out
 }
 
+# Bytes the servers of a store have sent to the disk so far (`write_bytes` of /proc/PID/io:
+# pages dirtied, so an fsynced 300-byte append that dirties a page again counts 4 KiB).
+disk_bytes() {
+  local pids p sum=0
+  if [ "$1" = etcd ]; then pids=("${ETCD_PIDS[@]}"); else pids=("${CAIRN_PIDS[@]}"); fi
+  for p in "${pids[@]}"; do sum=$((sum + $(awk '/^write_bytes/ {print $2}' "/proc/$p/io"))); done
+  echo $sum
+}
+
 run() { # store endpoints workload clients tag extra...
   local store=$1 ep=$2 w=$3 c=$4 tag=$5; shift 5
-  local before after name=$store-$w-$c$tag
+  local before after disk_before name=$store-$w-$c$tag
+  disk_before=$(disk_bytes "$store")
   before=$(cpu_ticks "$store")
   # bash's `time` gives the load generator's own CPU (user and system seconds).
   { TIMEFORMAT='%U %S'; time "$BIN" --endpoints "$ep" bench --driver "$store" --workload "$w" --clients "$c" \
     --records "$RECORDS" --value-size "$VALUE_SIZE" --duration "$DURATION" --ops 100000000 \
     --json "$OUT/$name.json" --partitions "$PARTITIONS" $EXTRA "$@" >"$OUT/$name.txt" 2>"$OUT/$name.progress"; } 2>"$OUT/$name.loadgen"
   after=$(cpu_ticks "$store")
+  echo $(( $(disk_bytes "$store") - disk_before )) >"$OUT/$name.disk"
   if [ "$store" = cairn ]; then
     "$BIN" --endpoints "$ep" admin partitions bench 2>/dev/null | grep -c '^[0-9]' >"$OUT/$name.partitions" || true
   fi
@@ -178,7 +190,7 @@ for w in workloads:
         row = {"workload": w, "clients": int(c)}
         note = []
         for s in ("cairn", "etcd"):
-            ops, p99, srv, busy, gen, errs, slow, late = [], [], [], [], [], 0, [], 0
+            ops, p99, srv, busy, gen, errs, slow, late, disk = [], [], [], [], [], 0, [], 0, []
             for r in range(1, runs + 1):
                 name = f"{out}/{s}-{w}-{c}-r{r}"
                 j = json.load(open(name + ".json"))
@@ -195,9 +207,14 @@ for w in workloads:
                 if win:
                     slow.append(f'{win["slow"]} of {win["count"]}')
                 late += j.get("late_ops", 0)
+                try:
+                    disk.append(int(open(name + ".disk").read()) / 1024 / n)
+                except (OSError, ValueError):
+                    pass
             row[s] = {"ops_per_sec": med(ops), "p99_ms": med(p99), "cpu_us_per_op_servers": med(srv),
                       "cpu_us_per_op_busiest_node": med(busy), "cpu_us_per_op_loadgen": med(gen),
-                      "runs_ops_per_sec": ops, "errors": errs, "runs_slow_windows": slow}
+                      "runs_ops_per_sec": ops, "errors": errs, "runs_slow_windows": slow,
+                      "disk_kib_per_op": med(disk) if disk else None}
             if errs:
                 note.append(f"{s} errors: {errs}")
             # Open loop (EXTRA="--rate N"): operations overdue because the clients fell behind.
@@ -218,6 +235,11 @@ for row in summary:
     print(f'- {row["workload"]}, {row["clients"]} clients: Cairn '
           + ", ".join(row["cairn"]["runs_slow_windows"] or ["not recorded"])
           + "; etcd " + ", ".join(row["etcd"]["runs_slow_windows"] or ["not recorded"]))
+print()
+print("Disk writes of the servers per operation (KiB, `write_bytes` of /proc/PID/io, median of the runs):")
+for row in summary:
+    kib = lambda x: "not recorded" if x["disk_kib_per_op"] is None else f'{x["disk_kib_per_op"]:.1f}'
+    print(f'- {row["workload"]}, {row["clients"]} clients: Cairn {kib(row["cairn"])}; etcd {kib(row["etcd"])}')
 layouts = {}
 for w in workloads:
     for c in clients:
