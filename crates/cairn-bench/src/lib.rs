@@ -165,8 +165,6 @@ struct Shared {
     gaps: std::sync::Mutex<Vec<report::Gap>>,
     /// Acknowledged operations per [`WINDOW_US`] of the run, by when they were answered.
     windows: Vec<AtomicU32>,
-    /// Open loop: operations per second over all clients.
-    rate: Option<f64>,
     /// Open loop: operations that were overdue when their client came to them.
     late: AtomicU64,
 }
@@ -341,7 +339,6 @@ async fn phase(
             .min(MAX_WINDOWS))
             .map(|_| AtomicU32::new(0))
             .collect(),
-        rate,
         late: AtomicU64::new(0),
     });
     let clients = args.clients.max(1);
@@ -391,7 +388,7 @@ async fn phase(
     let (gap, end) = *sh.gap.lock().unwrap_or_else(|p| p.into_inner());
     let gap = (Duration::from_micros(gap), Duration::from_micros(end));
     let mut r = Report::new(args, workload, started.elapsed(), &lat, errors, gap);
-    if let Some(rate) = sh.rate {
+    if let Some(rate) = rate {
         r.set_open_loop(rate, sh.late.load(Ordering::Relaxed));
     }
     r.gaps = std::mem::take(&mut *sh.gaps.lock().unwrap_or_else(|p| p.into_inner()));

@@ -41,20 +41,7 @@ async fn t15_bench_runs_every_workload() {
         if i > 0 {
             args.push("--no-load");
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(&args)
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "bench {workload} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let (stdout, r) = bench_json(&args, &json);
         let expected_ops = if *workload == "load" { 200 } else { 400 };
         assert_eq!(r["total_ops"], expected_ops, "{workload}: {r}");
         assert_eq!(r["errors"], serde_json::json!({}), "{workload}: {r}");
@@ -78,9 +65,13 @@ async fn t15_bench_runs_every_workload() {
     // takes at least that long however fast the cluster answers (each client's 20th write
     // is due 380 ms in), and the report says it kept a schedule.
     let json = dir.path().join("open-loop.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--endpoints", &endpoints, "bench", "--workload", "write"])
-        .args([
+    let (stdout, r) = bench_json(
+        &[
+            "--endpoints",
+            &endpoints,
+            "bench",
+            "--workload",
+            "write",
             "--records",
             "200",
             "--no-load",
@@ -88,19 +79,13 @@ async fn t15_bench_runs_every_workload() {
             "40",
             "--duration",
             "20",
-        ])
-        .args(["--clients", "2", "--rate", "100", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "open loop failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--clients",
+            "2",
+            "--rate",
+            "100",
+        ],
+        &json,
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["total_ops"], 40, "{r}");
     assert_eq!(r["errors"], serde_json::json!({}), "{r}");
     assert_eq!(r["target_ops_per_sec"], 100.0, "{r}");
@@ -136,4 +121,23 @@ async fn t15_bench_runs_every_workload() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Runs `cairn ARGS --json JSON`, checks that it succeeded, and returns its output and the
+/// JSON result.
+fn bench_json(args: &[&str], json: &std::path::Path) -> (String, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cairn {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (stdout, r)
 }
