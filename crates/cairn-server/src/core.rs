@@ -769,6 +769,22 @@ impl Core {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Entries held in the Raft logs of the partition replicas here: appended and not yet
+    /// purged behind a snapshot.
+    pub(crate) fn raft_log_entries(&self) -> u64 {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .values()
+            .map(|r| {
+                let rx = r.raft.metrics();
+                let m = rx.borrow_watched();
+                let first = m.purged.as_ref().map_or(0, |p| p.index + 1);
+                m.last_log_index
+                    .map_or(0, |last| (last + 1).saturating_sub(first))
+            })
+            .sum()
+    }
+
     /// Partitions whose replica here is the leader right now.
     pub(crate) fn led_partitions(&self) -> Vec<PartitionId> {
         let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());

@@ -87,6 +87,8 @@ pub(crate) struct Gauges {
     pub(crate) disk_full_refusals: u64,
     /// Bytes the engine's files take on disk, if the engine can tell.
     pub(crate) engine_disk_bytes: Option<u64>,
+    /// Entries held in the Raft logs of the hosted partition replicas.
+    pub(crate) raft_log_entries: u64,
     /// Led groups ticking (busy) at the supervisor's last pass; the rest are quiescent.
     pub(crate) groups_ticking: u64,
     /// Campaigns the supervisor started since the node started.
@@ -453,6 +455,13 @@ fn encode_gauges(e: &mut DescriptorEncoder, g: &Gauges) -> Result<(), std::fmt::
     }
     gauge(
         e,
+        "raft_log_entries",
+        "Entries held in the Raft logs of this node's partition replicas (purged behind each snapshot)",
+        None,
+        n(g.raft_log_entries),
+    )?;
+    gauge(
+        e,
         "raft_groups_ticking",
         "Led partition groups that are busy and heartbeat; idle ones send nothing",
         None,
@@ -592,6 +601,7 @@ mod tests {
             disk_full: true,
             disk_full_refusals: 3,
             engine_disk_bytes: Some(5000),
+            raft_log_entries: 1234,
             leader_changes: 6,
             top: vec![PartitionGauges {
                 table: "t".into(),
@@ -656,6 +666,7 @@ mod tests {
         assert_eq!(at(r#"cairn_disk_full{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_disk_full_refusals_total{node="1"}"#), 3.0);
         assert_eq!(at(r#"cairn_engine_disk_bytes{node="1"}"#), 5000.0);
+        assert_eq!(at(r#"cairn_raft_log_entries{node="1"}"#), 1234.0);
         assert_eq!(at(r#"cairn_raft_leader_changes_total{node="1"}"#), 6.0);
         assert_eq!(at(r#"cairn_metadata_leader{node="1"}"#), 1.0);
         assert_eq!(

@@ -674,6 +674,7 @@ impl Node {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .len();
+        let raft_log_entries = self.core.raft_log_entries();
         let health = &self.core.peer_health;
         let (leaders, top) = self.core.led_gauges(crate::metrics::TOP_PARTITIONS);
         let gauges = crate::metrics::Gauges {
@@ -687,6 +688,7 @@ impl Node {
             disk_full: self.core.disk.is_full(),
             disk_full_refusals: self.core.disk.refused(),
             engine_disk_bytes: self.core.engine.disk_bytes(),
+            raft_log_entries,
             groups_ticking: health.ticking.load(Ordering::Relaxed),
             campaigns: health.campaigns.load(Ordering::Relaxed),
             elections: health.elections.load(Ordering::Relaxed),

@@ -156,6 +156,39 @@ where
     }
 }
 
+/// Node `id`'s `/metrics` text, if it answers.
+pub async fn scrape(c: &Cluster, id: u64) -> Option<String> {
+    reqwest::get(format!("{}/metrics", c.http(id)))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// The sum of the series of `name` whose labels include every one of `labels` (`k="v"`),
+/// or `None` if there is no such series.
+pub fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some((series, v)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        if !(series.is_empty() || series.starts_with('{')) {
+            continue;
+        }
+        if labels.iter().all(|l| series.contains(l))
+            && let Ok(v) = v.parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 pub struct NodeProc {
     pub id: u64,
     pub grpc: String,

@@ -1,40 +1,7 @@
 //! The metrics an operator graphs and alerts on move as the cluster works and fails.
 
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, scrape, value, wait_for};
 use std::time::Duration;
-
-/// Node `id`'s `/metrics` text, if it answers.
-async fn scrape(c: &Cluster, id: u64) -> Option<String> {
-    reqwest::get(format!("{}/metrics", c.http(id)))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
-}
-
-/// The sum of the series of `name` whose labels include every one of `labels` (`k="v"`),
-/// or `None` if there is no such series.
-fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let Some((series, v)) = rest.rsplit_once(' ') else {
-            continue;
-        };
-        if !(series.is_empty() || series.starts_with('{')) {
-            continue;
-        }
-        if labels.iter().all(|l| series.contains(l))
-            && let Ok(v) = v.parse::<f64>()
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
 
 /// The sum over `nodes` of `name` with `labels` (a node without the series counts 0).
 async fn total(c: &Cluster, nodes: &[u64], name: &str, labels: &[&str]) -> f64 {
