@@ -55,9 +55,10 @@ fn build(
 /// keyspace's memtable holds 3–5 s of a busy node's appends, so an entry purged within
 /// that is dropped with its tombstone when the memtable flushes and never reaches a table.
 /// At 5,000 (openraft's default) an entry lived about 20 s under 64-client writes: every
-/// entry was flushed and compacted before its purge, and write throughput on one cluster
-/// fell by a quarter over a minute while p99 rose by half (docs/benchmarks.md, twentieth
-/// run). A follower more than a fifth of this behind catches up by snapshot instead.
+/// entry was flushed and compacted before its purge, and over a minute of writes on one
+/// cluster throughput fell by a fifth and p99 rose by a third; at 1,000 both hold
+/// (docs/benchmarks.md, twentieth run). A follower more than a fifth of this behind catches
+/// up by snapshot instead.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 
 /// Configuration of a partition group that snapshots every `snapshot_logs` entries.
