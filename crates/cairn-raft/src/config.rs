@@ -12,6 +12,20 @@
 use openraft::{Config, SnapshotPolicy};
 use std::sync::Arc;
 
+/// Entries purged at once: openraft waits until this many can go.
+const PURGE_BATCH: u64 = 256;
+
+/// Entries kept behind a snapshot when the log is purged.
+fn logs_kept(snapshot_logs: u64) -> u64 {
+    (snapshot_logs / 5).max(1)
+}
+
+/// Most entries a group's log holds once its purges have caught up: those since the last
+/// snapshot, the ones kept behind it, and a purge batch not yet full.
+pub fn max_log_held(snapshot_logs: u64) -> u64 {
+    snapshot_logs.max(1) + logs_kept(snapshot_logs) + PURGE_BATCH
+}
+
 fn build(
     heartbeat_ms: u64,
     election_min_ms: u64,
@@ -29,8 +43,8 @@ fn build(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
         // Keep some log behind the snapshot so a briefly lagging follower catches up from
         // the log rather than a whole snapshot.
-        max_in_snapshot_log_to_keep: (snapshot_logs / 5).max(1),
-        purge_batch_size: 256,
+        max_in_snapshot_log_to_keep: logs_kept(snapshot_logs),
+        purge_batch_size: PURGE_BATCH,
         install_snapshot_timeout: 10_000,
         // State machine writes are not fsynced on apply and the committed log id is not
         // persisted, so a leader restarted with leadership restored could serve reads from

@@ -43,9 +43,9 @@ mod writes;
 
 pub use auth::AUTH_TTL;
 pub use cairn_raft::DEFAULT_COMMIT_HOLD;
-pub use cairn_raft::DEFAULT_SNAPSHOT_LOGS;
 pub use cairn_raft::Syncer;
 pub use cairn_raft::fault::set_crash_point;
+pub use cairn_raft::{DEFAULT_SNAPSHOT_LOGS, max_log_held};
 pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
 pub use logs::{DEFAULT_LOG_TAIL_BYTES, LogTail};
 pub use moves::DEFAULT_MOVE_TIMEOUT;

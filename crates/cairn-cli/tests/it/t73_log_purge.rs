@@ -11,17 +11,14 @@ use std::time::Duration;
 /// entries between snapshots kept all of them), and every value reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t73_a_busy_partitions_log_is_purged_at_the_defaults() {
-    // cairn_raft::DEFAULT_SNAPSHOT_LOGS, the fifth of it kept behind a snapshot, and
-    // openraft's purge batch (cairn-raft's config).
-    const SNAPSHOT_LOGS: f64 = 1000.0;
-    const BOUND: f64 = SNAPSHOT_LOGS + SNAPSHOT_LOGS / 5.0 + 256.0;
-    const WRITES: usize = 2_500;
+    let bound = cairn_server::max_log_held(cairn_server::DEFAULT_SNAPSHOT_LOGS) as f64;
+    let writes = 2 * cairn_server::DEFAULT_SNAPSHOT_LOGS as usize + 500;
     let all = [1, 2, 3];
     let c = Cluster::start(3).await;
     let cl = c.client();
     cl.create_table("p", 3, vec![]).await.unwrap();
     let mut latest = BTreeMap::new();
-    for i in 0..WRITES {
+    for i in 0..writes {
         // One at a time, so each write is a proposal and a log entry of its own.
         let (k, v) = (format!("k{:03}", i % 300), format!("v{i}"));
         cl.put("p", k.as_bytes(), v.as_bytes()).await.unwrap();
@@ -36,7 +33,7 @@ async fn t73_a_busy_partitions_log_is_purged_at_the_defaults() {
                 let t = scrape(&c, id).await?;
                 held.push(value(&t, "cairn_raft_log_entries", &[])?);
             }
-            held.iter().all(|h| *h <= BOUND).then_some(held)
+            held.iter().all(|h| *h <= bound).then_some(held)
         },
     )
     .await;
