@@ -53,6 +53,11 @@ pub(crate) struct ServerArgs {
     /// Raft log entries between snapshots of a group; older entries are then purged.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
     snapshot_logs: u64,
+    /// Bytes of Raft log appended since a partition's last snapshot after which it
+    /// snapshots anyway and purges its log down to a quarter of this (e.g. 32MiB, 4MiB), so
+    /// large values do not keep a log of --snapshot-logs entries; 0 counts entries only.
+    #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES", default_value = "32MiB", value_parser = cairn_server::parse_size)]
+    snapshot_log_bytes: u64,
     /// Seconds after which a replica move whose new replica still does not vote (its
     /// target down, or too slow to catch up) is rolled back.
     #[arg(long, env = "CAIRN_MOVE_TIMEOUT", default_value_t = cairn_server::DEFAULT_MOVE_TIMEOUT.as_secs())]
@@ -191,6 +196,7 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
             max_value_bytes: a.max_value_bytes,
         },
         snapshot_logs: a.snapshot_logs,
+        snapshot_log_bytes: a.snapshot_log_bytes,
         move_timeout: std::time::Duration::from_secs(a.move_timeout),
         controller: cairn_server::ControllerConfig {
             enabled: a.controller == "on",

@@ -75,6 +75,20 @@ fn build(
 /// up by snapshot instead.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 
+/// Bytes of log appended since the last snapshot after which a partition group snapshots
+/// anyway, whatever its entry count: a thousand entries of 1 MiB values would otherwise
+/// hold a gigabyte of log per replica (TiKV bounds its Raft logs by size the same way).
+/// The log is then purged down to [`log_bytes_kept`]: a follower further behind catches up
+/// by snapshot. Small entries reach the entry count first, so this changes nothing for
+/// them. `--snapshot-log-bytes` sets it; 0 leaves the bound to the entry count.
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 32 << 20;
+
+/// Most bytes of log kept behind a snapshot that the byte limit `snapshot_log_bytes` took
+/// (a quarter of it, as the entry policy keeps a fifth of its interval).
+pub fn log_bytes_kept(snapshot_log_bytes: u64) -> u64 {
+    snapshot_log_bytes / 4
+}
+
 /// Configuration of a partition group that snapshots every `snapshot_logs` entries.
 ///
 /// With `supervised`, its tick starts off and nothing elects on its own (see the module

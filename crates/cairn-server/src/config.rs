@@ -30,8 +30,11 @@ pub struct ServerConfig {
     pub outbound_ip: Option<std::net::IpAddr>,
     /// Key and value size limits.
     pub limits: Limits,
-    /// Raft log entries between snapshots of a group (default 5000).
+    /// Raft log entries between snapshots of a group ([`crate::DEFAULT_SNAPSHOT_LOGS`]).
     pub snapshot_logs: u64,
+    /// Bytes of Raft log since the last snapshot after which a partition group snapshots
+    /// and purges by size ([`crate::DEFAULT_SNAPSHOT_LOG_BYTES`]); 0: by entry count only.
+    pub snapshot_log_bytes: u64,
     /// A replica move whose new replica is not a voter after this long is rolled back.
     pub move_timeout: std::time::Duration,
     /// The controller's switch and thresholds.

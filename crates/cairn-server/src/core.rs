@@ -51,7 +51,7 @@ pub(crate) struct Replica {
     pub(crate) id: ReplicaId,
     pub(crate) raft: typ::Raft,
     pub(crate) view: PartitionView,
-    log: LogStore,
+    pub(crate) log: LogStore,
     /// Load and size measured while this node leads it.
     pub(crate) stats: Arc<crate::stats::ReplicaStats>,
     /// Stamps this replica's proposals while it leads.
@@ -183,6 +183,11 @@ pub(crate) struct Core {
     pub(crate) peers: PeerNetwork,
     pub(crate) limits: Limits,
     pub(crate) snapshot_logs: u64,
+    /// Bytes of log since a partition replica's last snapshot that make it snapshot and
+    /// purge by size (0: off); see [`crate::log_bound`].
+    pub(crate) snapshot_log_bytes: u64,
+    /// Where partition logs past that many bytes report themselves to the log keeper.
+    pub(crate) log_full: tokio::sync::mpsc::UnboundedSender<PartitionId>,
     /// When a move that makes no progress is rolled back.
     pub(crate) move_timeout: Duration,
     /// The controller's switch and thresholds.
@@ -564,7 +569,8 @@ impl Core {
         let sm = sm
             .on_split(self.splits.clone(), id)
             .count_applied(self.peers.metrics().applied_entries.clone());
-        let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone());
+        let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone())
+            .with_byte_limit(self.snapshot_log_bytes, self.log_full.clone());
         let net = GroupNetwork {
             peers: self.peers.clone(),
             group: desc.id.0,

@@ -30,6 +30,7 @@ mod disk;
 mod grpc;
 mod heartbeat;
 mod http;
+mod log_bound;
 mod logs;
 mod meta_service;
 mod metrics;
@@ -45,7 +46,9 @@ pub use auth::AUTH_TTL;
 pub use cairn_raft::DEFAULT_COMMIT_HOLD;
 pub use cairn_raft::Syncer;
 pub use cairn_raft::fault::set_crash_point;
-pub use cairn_raft::{DEFAULT_SNAPSHOT_LOGS, max_log_held};
+pub use cairn_raft::{
+    DEFAULT_SNAPSHOT_LOG_BYTES, DEFAULT_SNAPSHOT_LOGS, log_bytes_kept, max_log_held,
+};
 pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
 pub use logs::{DEFAULT_LOG_TAIL_BYTES, LogTail};
 pub use moves::DEFAULT_MOVE_TIMEOUT;

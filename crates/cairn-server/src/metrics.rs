@@ -173,6 +173,7 @@ pub(crate) struct Metrics {
     batch_ops: Histogram,
     read_round_reads: Histogram,
     fsync_failures: Counter,
+    size_purges: Counter,
     scraped: Arc<Scraped>,
     rendering: Mutex<()>,
 }
@@ -257,6 +258,13 @@ impl Metrics {
             "Failed fsyncs (the node stops at the first)",
             fsync_failures.clone(),
         );
+        let size_purges = Counter::default();
+        registry.register(
+            "raft_log_size_purges",
+            "Partition Raft logs snapshotted and purged because their bytes passed \
+             --snapshot-log-bytes (large values), rather than their entry count",
+            size_purges.clone(),
+        );
         raft.register(&mut registry);
         sync.register(&mut registry);
         let scraped = Arc::new(Scraped::default());
@@ -273,6 +281,7 @@ impl Metrics {
             batch_ops,
             read_round_reads,
             fsync_failures,
+            size_purges,
             scraped,
             rendering: Mutex::new(()),
         }
@@ -281,6 +290,11 @@ impl Metrics {
     /// Counts a failed fsync (the node stops after it).
     pub(crate) fn fsync_failed(&self) {
         self.fsync_failures.inc();
+    }
+
+    /// The count of logs purged by size, for the log keeper.
+    pub(crate) fn size_purges(&self) -> Counter {
+        self.size_purges.clone()
     }
 
     /// Counts a request passed on to another node.
@@ -587,6 +601,7 @@ mod tests {
         m.proposals().carried(3);
         m.batch(5);
         m.read_rounds().observe(2.0);
+        m.size_purges().inc();
         raft.heartbeats_sent.inc();
         raft.snapshot_sent_bytes.inc_by(4096);
         sync.duration.observe(0.002);
@@ -648,6 +663,7 @@ mod tests {
             3.0
         );
         assert_eq!(at(r#"cairn_fsync_failures_total{node="1"}"#), 1.0);
+        assert_eq!(at(r#"cairn_raft_log_size_purges_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_runtime_worker_threads{node="1"}"#), 3.0);
         assert_eq!(at(r#"cairn_forwarded_requests_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_raft_proposals_total{node="1"}"#), 2.0);

@@ -369,6 +369,7 @@ impl Node {
         )
         .await?;
         let (splits, split_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (log_full, log_full_rx) = tokio::sync::mpsc::unbounded_channel();
         let metrics = Metrics::new(cfg.id.0, peers.metrics(), syncer.metrics());
         let core = Arc::new(Core {
             id: cfg.id,
@@ -378,6 +379,8 @@ impl Node {
             peers,
             limits: cfg.limits,
             snapshot_logs: cfg.snapshot_logs,
+            snapshot_log_bytes: cfg.snapshot_log_bytes,
+            log_full,
             move_timeout: cfg.move_timeout,
             controller: cfg.controller.clone(),
             controller_log: Default::default(),
@@ -438,6 +441,11 @@ impl Node {
                 node.stop.subscribe(),
             )),
             tokio::spawn(storage_watch(node.clone(), node.stop.subscribe())),
+            tokio::spawn(crate::log_bound::keeper_loop(
+                node.core.clone(),
+                log_full_rx,
+                node.stop.subscribe(),
+            )),
         ];
         if cfg.quiesce {
             tasks.push(tokio::spawn(crate::supervisor::ping_loop(
@@ -655,6 +663,11 @@ impl Node {
         self.core
             .meta()
             .is_some_and(|m| m.leader() == Some(self.core.id))
+    }
+
+    /// Partition logs this node purged by size since it started (`--snapshot-log-bytes`).
+    pub fn log_size_purges(&self) -> u64 {
+        self.core.metrics.size_purges().get()
     }
 
     /// The node's recent log output (`/debug/logs`), if it keeps it.

@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub faults: bool,
     /// Raft entries between snapshots (small, so snapshots and log purges happen).
     pub snapshot_logs: u64,
+    /// Bytes of Raft log that make a partition snapshot and purge by size (small, so the
+    /// log keeper's snapshots and purges happen beside the entry policy's).
+    pub snapshot_log_bytes: u64,
     /// Most operations in the run; clients pause between operations to spread them over
     /// the faults (simulated time costs nothing, operations cost real CPU).
     pub max_ops: u64,
@@ -85,6 +88,7 @@ impl SimConfig {
             workload_secs: 20,
             faults: true,
             snapshot_logs: 100,
+            snapshot_log_bytes: 1 << 10,
             max_ops: 800,
             think: Duration::from_millis(200),
             stale_reads: false,
@@ -143,6 +147,7 @@ fn add_node(
         outbound_ip: None,
         limits: Limits::default(),
         snapshot_logs: cfg.snapshot_logs,
+        snapshot_log_bytes: cfg.snapshot_log_bytes,
         move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
         // The controller runs in every seed, with thresholds the small workload crosses:
         // it splits hot partitions and balances replicas and leaders beside the faults.
@@ -781,7 +786,11 @@ fn operations_summary(nodes: &BTreeMap<u64, Arc<Node>>) -> String {
         *kinds.entry(op.kind.name()).or_default() += 1;
     }
     let partitions: usize = meta.tables.values().map(|t| t.partitions.len()).sum();
-    format!("operations recorded: {kinds:?}; {partitions} partitions at the end")
+    let purges: u64 = nodes.values().map(|n| n.log_size_purges()).sum();
+    format!(
+        "operations recorded: {kinds:?}; {partitions} partitions at the end; \
+         {purges} partition logs purged by size on the nodes running at the end"
+    )
 }
 
 /// Checks the layout the nodes hold after a run: the metadata group's replicas are on its

@@ -56,6 +56,13 @@ fn sim_seed() {
             path.display()
         );
     }
+    if let Some(ops) = out
+        .faults
+        .iter()
+        .find(|f| f.starts_with("operations recorded"))
+    {
+        eprintln!("seed {seed}: {ops}");
+    }
     assert!(
         out.ok_ops > 100,
         "seed {seed}: only {} operations succeeded",

@@ -64,6 +64,7 @@ impl TestCluster {
                 join: vec![],
                 limits: Limits::default(),
                 snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+                snapshot_log_bytes: cairn_server::DEFAULT_SNAPSHOT_LOG_BYTES,
                 outbound_ip: None,
                 move_timeout: cairn_server::DEFAULT_MOVE_TIMEOUT,
                 // The tests here place and move things themselves.
