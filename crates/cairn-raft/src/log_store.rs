@@ -271,7 +271,8 @@ const SIZES_KEPT: usize = 1 << 16;
 
 /// The encoded size of each entry appended to a group's log by this process, so that the
 /// log can be bounded by bytes as well as by entries (openraft's snapshot policy counts
-/// entries only: 1,000 entries of 1 MiB values held 600 MiB per node for 10 MiB of data).
+/// entries only: 600 writes of 1 MB values to ten keys left 600 MiB per node, for 10 MB of
+/// data).
 ///
 /// `mark` is the newest snapshot index this knows of; once the entries after it exceed
 /// `limit` bytes, the group is sent once on `full` and the node's log keeper snapshots it,

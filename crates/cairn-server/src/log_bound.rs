@@ -1,8 +1,8 @@
 //! Bounds the partition Raft logs by bytes as well as by entries.
 //!
 //! openraft snapshots a group every `--snapshot-logs` entries and purges its log behind the
-//! snapshot down to a fifth of that; with large values that is a lot of bytes (1,000 entries
-//! of 1 MiB values held 600 MiB per node for 10 MiB of data). Each partition log counts the
+//! snapshot down to a fifth of that; with large values that is a lot of bytes (600 writes of
+//! 1 MB values to ten keys left 600 MiB per node, for 10 MB of data). Each partition log counts the
 //! bytes appended since the last snapshot it was told of ([`LogStore::with_byte_limit`]);
 //! past `--snapshot-log-bytes` it reports itself here, once. The keeper then asks openraft
 //! for a snapshot, waits for it, and purges the log down to [`log_bytes_kept`] behind it. A
