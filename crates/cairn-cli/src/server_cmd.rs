@@ -53,9 +53,10 @@ pub(crate) struct ServerArgs {
     /// Raft log entries between snapshots of a group; older entries are then purged.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
     snapshot_logs: u64,
-    /// Bytes of Raft log appended since a partition's last snapshot after which it
-    /// snapshots anyway and purges its log down to a quarter of this (e.g. 32MiB, 4MiB), so
-    /// large values do not keep a log of --snapshot-logs entries; 0 counts entries only.
+    /// Bytes a partition's Raft log may hold beyond its last snapshot taken for size before
+    /// it snapshots anyway and purges down to a quarter of this behind the snapshot (e.g.
+    /// 32MiB, 4MiB), so large values do not keep a log of --snapshot-logs entries; a follower
+    /// further behind catches up by snapshot. 0 counts entries only.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES", default_value = "32MiB", value_parser = cairn_server::parse_size)]
     snapshot_log_bytes: u64,
     /// Seconds after which a replica move whose new replica still does not vote (its

@@ -75,16 +75,18 @@ fn build(
 /// up by snapshot instead.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 
-/// Bytes of log appended since the last snapshot after which a partition group snapshots
-/// anyway, whatever its entry count: a thousand entries of 1 MiB values would otherwise
-/// hold a gigabyte of log per replica (TiKV bounds its Raft logs by size the same way).
-/// The log is then purged down to [`log_bytes_kept`]: a follower further behind catches up
-/// by snapshot. Small entries reach the entry count first, so this changes nothing for
-/// them. `--snapshot-log-bytes` sets it; 0 leaves the bound to the entry count.
+/// Bytes a partition's log may hold after the last snapshot taken for size (at most the
+/// whole log: the entry policy's snapshots do not count) before the group snapshots anyway,
+/// whatever its entry count: a thousand entries of 1 MiB values would otherwise hold a
+/// gigabyte of log per replica (TiKV bounds its Raft logs by size the same way). The log is
+/// then purged down to [`log_bytes_kept`] behind the snapshot. Logs of small entries stay
+/// under it: the 1,456 entries the entry policy allows are 25 MB at 17 KB each (256-client
+/// write batches). `--snapshot-log-bytes` sets it; 0 leaves the bound to the entry count.
 pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 32 << 20;
 
-/// Most bytes of log kept behind a snapshot that the byte limit `snapshot_log_bytes` took
-/// (a quarter of it, as the entry policy keeps a fifth of its interval).
+/// Bytes of log kept behind a snapshot that the byte limit `snapshot_log_bytes` took (a
+/// quarter of it, as the entry policy keeps a fifth of its interval); openraft defers a
+/// purge while a replication stream is sending the entries.
 pub fn log_bytes_kept(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes / 4
 }

@@ -265,27 +265,36 @@ impl LogCache {
     }
 }
 
-/// Most entry sizes a group's [`LogSizes`] remembers (16 bytes each); older ones are
-/// forgotten, which only makes the byte bound purge less of the oldest entries.
+/// Most entry sizes a group's [`LogSizes`] remembers (16 bytes each). Forgetting the
+/// oldest ones (only with a very large `--snapshot-logs`) makes the bound count fewer bytes.
 const SIZES_KEPT: usize = 1 << 16;
+
+/// Where a log past its byte limit reports itself: the node's log keeper.
+pub type LogFull = tokio::sync::mpsc::UnboundedSender<LogStore>;
 
 /// The encoded size of each entry appended to a group's log by this process, so that the
 /// log can be bounded by bytes as well as by entries (openraft's snapshot policy counts
 /// entries only: 600 writes of 1 MB values to ten keys left 600 MiB per node, for 10 MB of
 /// data).
 ///
-/// `mark` is the newest snapshot index this knows of; once the entries after it exceed
-/// `limit` bytes, the group is sent once on `full` and the node's log keeper snapshots it,
-/// purges it down to a byte budget and calls [`LogStore::rearm`]. Entries written before
-/// a restart have no size here: the entry count still bounds them.
+/// `mark` is the newest snapshot the keeper took for size (0 before the first), and
+/// `after_mark` the bytes the log holds after it: at most the whole log, as openraft's own
+/// snapshots do not move the mark. Once `after_mark` passes `limit`, and by half a limit
+/// more than it was at the last rearm (so a log that holds entries no snapshot can cover
+/// yet, say a follower's not yet committed, reports once per half limit appended rather
+/// than on every append), the log reports itself once on `full`. The keeper snapshots the
+/// group, calls [`LogStore::rearm`] and purges. Entries written before a restart have no
+/// size here: the entry count still bounds them.
 #[derive(Default)]
 struct LogSizes {
     sizes: VecDeque<(u64, u64)>,
     mark: u64,
     after_mark: u64,
+    /// `after_mark` at the last rearm.
+    floor: u64,
     limit: u64,
     sent: bool,
-    full: Option<tokio::sync::mpsc::UnboundedSender<PartitionId>>,
+    full: Option<LogFull>,
 }
 
 impl LogSizes {
@@ -301,8 +310,11 @@ impl LogSizes {
         }
     }
 
-    /// Records an appended entry; true if the bytes since the mark just passed the limit.
+    /// Records an appended entry; true if the log must report itself now.
     fn push(&mut self, index: u64, size: u64) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
         self.drop_back(index);
         if self.sizes.len() == SIZES_KEPT
             && let Some((i, n)) = self.sizes.pop_front()
@@ -314,7 +326,8 @@ impl LogSizes {
         if index > self.mark {
             self.after_mark += size;
         }
-        let full = self.limit > 0 && self.after_mark > self.limit && !self.sent;
+        let due = self.limit.max(self.floor.saturating_add(self.limit / 2));
+        let full = self.after_mark > due && !self.sent;
         self.sent |= full;
         full
     }
@@ -340,6 +353,7 @@ impl LogSizes {
             .take_while(|(i, _)| *i > self.mark)
             .map(|(_, n)| n)
             .sum();
+        self.floor = self.after_mark;
         self.sent = false;
     }
 
@@ -354,6 +368,16 @@ impl LogSizes {
             }
         }
         None
+    }
+
+    /// Bytes of the entries after `index` (those whose size is known).
+    fn bytes_after(&self, index: u64) -> u64 {
+        self.sizes
+            .iter()
+            .rev()
+            .take_while(|(i, _)| *i > index)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -391,14 +415,10 @@ impl LogStore {
         }
     }
 
-    /// Bounds the log by bytes too: once the entries appended since the last snapshot
-    /// [`Self::rearm`] was told of exceed `limit` bytes, the group is sent on `full` (once,
-    /// until the next rearm). A `limit` of 0 leaves the bound to the entry count alone.
-    pub fn with_byte_limit(
-        self,
-        limit: u64,
-        full: tokio::sync::mpsc::UnboundedSender<PartitionId>,
-    ) -> Self {
+    /// Bounds the log by bytes too: once it holds more than `limit` bytes after the last
+    /// snapshot [`Self::rearm`] was told of, it sends itself on `full` (once, until the next
+    /// rearm). A `limit` of 0 leaves the bound to the entry count alone.
+    pub fn with_byte_limit(self, limit: u64, full: LogFull) -> Self {
         {
             let mut s = self.sizes();
             s.limit = limit;
@@ -407,9 +427,20 @@ impl LogStore {
         self
     }
 
-    /// Takes note of a snapshot at `snapshot` and lets the byte limit fire again.
+    /// The group whose log this is.
+    pub fn group(&self) -> PartitionId {
+        self.group
+    }
+
+    /// Takes note of a snapshot at `snapshot` (0: none new) and lets the byte limit fire
+    /// again.
     pub fn rearm(&self, snapshot: u64) {
         self.sizes().rearm(snapshot);
+    }
+
+    /// Bytes of the entries after `index` whose size this process recorded.
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        self.sizes().bytes_after(index)
     }
 
     /// The newest index to purge so that the entries kept up to `snapshot` hold at most
@@ -437,7 +468,7 @@ impl LogStore {
         {
             let mut s = self.sizes();
             s.sizes.clear();
-            (s.mark, s.after_mark, s.sent) = (0, 0, false);
+            (s.mark, s.after_mark, s.floor, s.sent) = (0, 0, 0, false);
         }
         let (start, end) = keys::raft_group_range(self.group);
         cairn_storage::delete_range(&*self.engine, Space::Raft, &start, end.as_deref(), 1024)
@@ -556,7 +587,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 full |= sizes.push(e.log_id.index, *size as u64);
             }
             if full && let Some(tx) = &sizes.full {
-                let _ = tx.send(self.group);
+                let _ = tx.send(self.clone());
             }
         }
         {
@@ -624,7 +655,7 @@ mod tests {
         limit: u64,
     ) -> (
         LogSizes,
-        tokio::sync::mpsc::UnboundedReceiver<cairn_types::PartitionId>,
+        tokio::sync::mpsc::UnboundedReceiver<super::LogStore>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let s = LogSizes {
@@ -666,7 +697,7 @@ mod tests {
 
     #[test]
     fn the_purge_point_keeps_at_most_the_budget_behind_the_snapshot() {
-        let (mut s, _rx) = sizes(0);
+        let (mut s, _rx) = sizes(u64::MAX);
         for i in 1..=10 {
             s.push(i, 100);
         }
@@ -682,10 +713,28 @@ mod tests {
     }
 
     #[test]
+    fn a_log_that_cannot_shrink_reports_once_per_half_limit() {
+        let (mut s, _rx) = sizes(100);
+        for i in 1..=3 {
+            s.push(i, 60);
+        }
+        // No snapshot could cover 1..=3 (not applied yet): 180 bytes stay after the mark.
+        s.rearm(0);
+        assert_eq!(s.floor, 180);
+        assert!(!s.push(4, 10), "190: not yet half a limit more");
+        assert!(!s.push(5, 40), "230 is the floor plus exactly half a limit");
+        assert!(s.push(6, 1), "231: past the floor plus half a limit");
+        assert_eq!(s.bytes_after(2), 111);
+        assert_eq!(s.bytes_after(0), 231);
+        assert_eq!(s.bytes_after(6), 0);
+    }
+
+    #[test]
     fn no_limit_never_fires() {
         let (mut s, _rx) = sizes(0);
         for i in 1..=100 {
             assert!(!s.push(i, 1 << 20));
         }
+        assert!(s.sizes.is_empty(), "without a limit no size is kept");
     }
 }

@@ -187,7 +187,7 @@ pub(crate) struct Core {
     /// purge by size (0: off); see [`crate::log_bound`].
     pub(crate) snapshot_log_bytes: u64,
     /// Where partition logs past that many bytes report themselves to the log keeper.
-    pub(crate) log_full: tokio::sync::mpsc::UnboundedSender<PartitionId>,
+    pub(crate) log_full: cairn_raft::LogFull,
     /// When a move that makes no progress is rolled back.
     pub(crate) move_timeout: Duration,
     /// The controller's switch and thresholds.

@@ -1,20 +1,20 @@
 //! Bounds the partition Raft logs by bytes as well as by entries.
 //!
 //! openraft snapshots a group every `--snapshot-logs` entries and purges its log behind the
-//! snapshot down to a fifth of that; with large values that is a lot of bytes (600 writes of
-//! 1 MB values to ten keys left 600 MiB per node, for 10 MB of data). Each partition log counts the
-//! bytes appended since the last snapshot it was told of ([`LogStore::with_byte_limit`]);
-//! past `--snapshot-log-bytes` it reports itself here, once. The keeper then asks openraft
-//! for a snapshot, waits for it, and purges the log down to [`log_bytes_kept`] behind it. A
+//! snapshot down to a fifth of that; with large values that is a lot of bytes (600 writes
+//! of 1 MB values to ten keys left 600 MiB per node, for 10 MB of data). Each partition log
+//! counts the bytes it holds after the last snapshot taken here ([`LogStore::with_byte_limit`]);
+//! past `--snapshot-log-bytes` it reports itself, once. The keeper then asks openraft for a
+//! snapshot, waits for it, and purges the log down to [`log_bytes_kept`] behind it. A
 //! snapshot is a read view of the engine, so this costs little. A follower further behind
 //! than the kept bytes catches up by snapshot; openraft defers a purge while a replication
-//! stream still sends the entries.
+//! stream is sending the entries (so a follower that is down keeps them on its leader).
 //!
 //! [`LogStore::with_byte_limit`]: cairn_raft::LogStore::with_byte_limit
 //! [`log_bytes_kept`]: cairn_raft::log_bytes_kept
 
 use crate::core::{Core, Replica};
-use cairn_types::PartitionId;
+use cairn_raft::LogStore;
 use openraft::async_runtime::WatchReceiver;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
@@ -29,10 +29,10 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 /// own, so a group whose snapshot does not come holds up no other.
 pub(crate) async fn keeper_loop(
     core: Arc<Core>,
-    mut full: mpsc::UnboundedReceiver<PartitionId>,
+    mut full: mpsc::UnboundedReceiver<LogStore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let keep = cairn_raft::log_bytes_kept(core.snapshot_log_bytes);
+    let limit = core.snapshot_log_bytes;
     let purges = core.metrics.size_purges();
     // Dropped on return, which aborts what is still running.
     let mut running = tokio::task::JoinSet::new();
@@ -41,10 +41,14 @@ pub(crate) async fn keeper_loop(
             biased;
             _ = stop.changed() => return,
             Some(_) = running.join_next(), if !running.is_empty() => {}
-            p = full.recv() => {
-                let Some(p) = p else { return };
-                if let Some(r) = core.replica(p) {
-                    running.spawn(bound(p, r, keep, purges.clone()));
+            log = full.recv() => {
+                let Some(log) = log else { return };
+                match core.replica(log.group()) {
+                    Some(r) => {
+                        running.spawn(bound(r, limit, purges.clone()));
+                    }
+                    // Not (or no longer) hosted: let it report again should it be.
+                    None => log.rearm(0),
                 }
             }
         }
@@ -52,8 +56,9 @@ pub(crate) async fn keeper_loop(
 }
 
 /// Snapshots `r` if it applied anything since its last snapshot, and purges its log down
-/// to `keep` bytes behind the snapshot.
-async fn bound(partition: PartitionId, r: Replica, keep: u64, purges: Counter) {
+/// to a quarter of `limit` bytes behind the snapshot.
+async fn bound(r: Replica, limit: u64, purges: Counter) {
+    let partition = r.log.group();
     let (before, applied) = {
         let m = r.raft.metrics();
         let m = m.borrow_watched();
@@ -64,7 +69,7 @@ async fn bound(partition: PartitionId, r: Replica, keep: u64, purges: Counter) {
     };
     let snapshot = if applied > before {
         if r.raft.trigger().snapshot().await.is_err() {
-            return;
+            return; // The group has stopped.
         }
         let taken = r
             .raft
@@ -89,6 +94,12 @@ async fn bound(partition: PartitionId, r: Replica, keep: u64, purges: Counter) {
         return;
     };
     r.log.rearm(snapshot);
+    let Some(upto) = r
+        .log
+        .purge_point(snapshot, cairn_raft::log_bytes_kept(limit))
+    else {
+        return;
+    };
     let purged = r
         .raft
         .metrics()
@@ -96,9 +107,7 @@ async fn bound(partition: PartitionId, r: Replica, keep: u64, purges: Counter) {
         .purged
         .as_ref()
         .map(|p| p.index);
-    if let Some(upto) = r.log.purge_point(snapshot, keep)
-        && Some(upto) > purged
-    {
+    if Some(upto) > purged {
         tracing::debug!(%partition, snapshot, upto, "purging the log by size");
         if r.raft.trigger().purge_log(upto).await.is_ok() {
             purges.inc();

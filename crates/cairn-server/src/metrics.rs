@@ -261,7 +261,7 @@ impl Metrics {
         let size_purges = Counter::default();
         registry.register(
             "raft_log_size_purges",
-            "Partition Raft logs snapshotted and purged because their bytes passed \
+            "Purges of partition Raft logs asked of openraft because their bytes passed \
              --snapshot-log-bytes (large values), rather than their entry count",
             size_purges.clone(),
         );
