@@ -7,8 +7,8 @@
 //! past `--snapshot-log-bytes` it reports itself, once. The keeper then asks openraft for a
 //! snapshot, waits for it, and purges the log down to [`log_bytes_kept`] behind it. A
 //! snapshot is a read view of the engine, so this costs little. A follower further behind
-//! than the kept bytes catches up by snapshot; openraft defers a purge while a replication
-//! stream is sending the entries (so a follower that is down keeps them on its leader).
+//! than the kept bytes catches up by snapshot; openraft defers a purge only while a
+//! replication stream is sending the entries.
 //!
 //! [`LogStore::with_byte_limit`]: cairn_raft::LogStore::with_byte_limit
 //! [`log_bytes_kept`]: cairn_raft::log_bytes_kept
