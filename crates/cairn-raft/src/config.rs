@@ -91,6 +91,14 @@ pub fn log_bytes_kept(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes / 4
 }
 
+/// Bytes of log a leader holds for its slowest follower (or a replica being added) under
+/// the byte limit `snapshot_log_bytes` (twice the limit), so that a follower briefly behind
+/// catches up from the log rather than by a whole snapshot; one further behind is sent a
+/// snapshot.
+pub fn log_bytes_held(snapshot_log_bytes: u64) -> u64 {
+    snapshot_log_bytes.saturating_mul(2)
+}
+
 /// Configuration of a partition group that snapshots every `snapshot_logs` entries.
 ///
 /// With `supervised`, its tick starts off and nothing elects on its own (see the module

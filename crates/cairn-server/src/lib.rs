@@ -47,7 +47,7 @@ pub use cairn_raft::DEFAULT_COMMIT_HOLD;
 pub use cairn_raft::Syncer;
 pub use cairn_raft::fault::set_crash_point;
 pub use cairn_raft::{
-    DEFAULT_SNAPSHOT_LOG_BYTES, DEFAULT_SNAPSHOT_LOGS, log_bytes_kept, max_log_held,
+    DEFAULT_SNAPSHOT_LOG_BYTES, DEFAULT_SNAPSHOT_LOGS, log_bytes_held, log_bytes_kept, max_log_held,
 };
 pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
 pub use logs::{DEFAULT_LOG_TAIL_BYTES, LogTail};

@@ -6,17 +6,23 @@
 //! counts the bytes it holds after the last snapshot taken here ([`LogStore::with_byte_limit`]);
 //! past `--snapshot-log-bytes` it reports itself, once. The keeper then asks openraft for a
 //! snapshot, waits for it, and purges the log down to [`log_bytes_kept`] behind it. A
-//! snapshot is a read view of the engine, so this costs little. A follower further behind
-//! than the kept bytes catches up by snapshot; openraft defers a purge only while a
-//! replication stream is sending the entries.
+//! snapshot is a read view of the engine, so this costs little.
+//!
+//! openraft defers a purge only while entries are being sent, so on its own a follower
+//! briefly down or slow (or a replica being added, while its snapshot is in flight) would
+//! find the entries it needs purged and be sent a whole snapshot. A leader therefore purges
+//! no further than its slowest replica has matched while the log after that is within
+//! [`log_bytes_held`] (twice the limit); past that the replica is sent a snapshot.
 //!
 //! [`LogStore::with_byte_limit`]: cairn_raft::LogStore::with_byte_limit
 //! [`log_bytes_kept`]: cairn_raft::log_bytes_kept
+//! [`log_bytes_held`]: cairn_raft::log_bytes_held
 
 use crate::core::{Core, Replica};
 use cairn_raft::LogStore;
 use openraft::async_runtime::WatchReceiver;
 use prometheus_client::metrics::counter::Counter;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -33,7 +39,10 @@ pub(crate) async fn keeper_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = core.snapshot_log_bytes;
-    let purges = core.metrics.size_purges();
+    let counts = Counts {
+        purges: core.metrics.size_purges(),
+        holds: core.metrics.size_holds(),
+    };
     // Dropped on return, which aborts what is still running.
     let mut running = tokio::task::JoinSet::new();
     loop {
@@ -45,7 +54,7 @@ pub(crate) async fn keeper_loop(
                 let Some(log) = log else { return };
                 match core.replica(log.group()) {
                     Some(r) => {
-                        running.spawn(bound(r, limit, purges.clone()));
+                        running.spawn(bound(r, limit, counts.clone()));
                     }
                     // Not (or no longer) hosted: let it report again should it be.
                     None => log.rearm(0),
@@ -55,9 +64,17 @@ pub(crate) async fn keeper_loop(
     }
 }
 
+/// What the keeper counts: purges asked of openraft, and purges held back for a replica
+/// behind.
+#[derive(Clone)]
+struct Counts {
+    purges: Counter,
+    holds: Counter,
+}
+
 /// Snapshots `r` if it applied anything since its last snapshot, and purges its log down
 /// to a quarter of `limit` bytes behind the snapshot.
-async fn bound(r: Replica, limit: u64, purges: Counter) {
+async fn bound(r: Replica, limit: u64, counts: Counts) {
     let partition = r.log.group();
     let (before, applied) = {
         let m = r.raft.metrics();
@@ -100,17 +117,79 @@ async fn bound(r: Replica, limit: u64, purges: Counter) {
     else {
         return;
     };
-    let purged = r
-        .raft
-        .metrics()
-        .borrow_watched()
-        .purged
-        .as_ref()
-        .map(|p| p.index);
-    if Some(upto) > purged {
+    let (slowest, purged) = {
+        let m = r.raft.metrics();
+        let m = m.borrow_watched();
+        (
+            slowest_match(m.replication.as_ref()),
+            m.purged.as_ref().map(|p| p.index),
+        )
+    };
+    let held = cairn_raft::log_bytes_held(limit);
+    let allowed = hold_for(slowest, upto, held, |i| r.log.bytes_after(i));
+    if allowed < Some(upto) {
+        tracing::debug!(%partition, snapshot, upto, ?allowed, "holding the log for a replica behind");
+        counts.holds.inc();
+    }
+    if allowed > purged {
+        let upto = allowed.unwrap_or_default();
         tracing::debug!(%partition, snapshot, upto, "purging the log by size");
         if r.raft.trigger().purge_log(upto).await.is_ok() {
-            purges.inc();
+            counts.purges.inc();
         }
+    }
+}
+
+/// On a leader, the index the slowest replica it replicates to (a follower, or a learner
+/// being added) has matched: `Some(None)` for one that has matched nothing yet; `None` off
+/// a leader.
+fn slowest_match(
+    replication: Option<&BTreeMap<u64, Option<cairn_raft::typ::LogId>>>,
+) -> Option<Option<u64>> {
+    replication?
+        .values()
+        .map(|m| m.as_ref().map(|l| l.index))
+        .min()
+}
+
+/// How far a purge meant to reach `upto` may go without cutting off the slowest replica
+/// (`slowest`, from [`slowest_match`]): no further than what it has matched while the log
+/// after that (`bytes_after`) is within `held` bytes, so it catches up from the log; past
+/// that it is sent a snapshot, as openraft would. `None` when nothing may be purged.
+fn hold_for(
+    slowest: Option<Option<u64>>,
+    upto: u64,
+    held: u64,
+    bytes_after: impl Fn(u64) -> u64,
+) -> Option<u64> {
+    let Some(matched) = slowest else {
+        return Some(upto); // Not a leader: no one reads this log.
+    };
+    if matched >= Some(upto) || bytes_after(matched.unwrap_or(0)) > held {
+        return Some(upto);
+    }
+    matched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hold_for;
+
+    #[test]
+    fn a_replica_behind_holds_the_purge_within_the_held_bytes() {
+        // 10 bytes per entry after index i: (100 - i) * 10.
+        let after = |i: u64| 100u64.saturating_sub(i) * 10;
+        // Off a leader, or with every replica past the purge point: purge as asked.
+        assert_eq!(hold_for(None, 90, 500, after), Some(90));
+        assert_eq!(hold_for(Some(Some(95)), 90, 500, after), Some(90));
+        assert_eq!(hold_for(Some(Some(90)), 90, 500, after), Some(90));
+        // A replica at 60 (400 bytes behind): purge only what it has.
+        assert_eq!(hold_for(Some(Some(60)), 90, 500, after), Some(60));
+        // One at 40 (600 bytes behind, past the 500 held): it is sent a snapshot.
+        assert_eq!(hold_for(Some(Some(40)), 90, 500, after), Some(90));
+        // One that matched nothing yet (a learner awaiting its snapshot): nothing is
+        // purged while the whole log is within the held bytes.
+        assert_eq!(hold_for(Some(None), 90, 1000, after), None);
+        assert_eq!(hold_for(Some(None), 90, 500, after), Some(90));
     }
 }

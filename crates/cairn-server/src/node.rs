@@ -670,6 +670,11 @@ impl Node {
         self.core.metrics.size_purges().get()
     }
 
+    /// Purges by size this node, leading, held back for a replica behind since it started.
+    pub fn log_size_holds(&self) -> u64 {
+        self.core.metrics.size_holds().get()
+    }
+
     /// The node's recent log output (`/debug/logs`), if it keeps it.
     pub(crate) fn recent_logs(&self) -> Option<Vec<u8>> {
         self.log_tail.as_ref().map(crate::LogTail::contents)

@@ -787,9 +787,11 @@ fn operations_summary(nodes: &BTreeMap<u64, Arc<Node>>) -> String {
     }
     let partitions: usize = meta.tables.values().map(|t| t.partitions.len()).sum();
     let purges: u64 = nodes.values().map(|n| n.log_size_purges()).sum();
+    let holds: u64 = nodes.values().map(|n| n.log_size_holds()).sum();
     format!(
         "operations recorded: {kinds:?}; {partitions} partitions at the end; \
-         {purges} partition logs purged by size on the nodes running at the end"
+         {purges} partition logs purged by size and {holds} purges held for a replica \
+         behind, on the nodes running at the end"
     )
 }
 
