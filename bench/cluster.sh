@@ -1,6 +1,6 @@
 # Sourced by the bench scripts: a 3-node Cairn cluster of release processes on loopback.
 #
-#   ensure_bin; start_cluster LOG_DIR [SERVER_FLAGS...]; load_records
+#   ensure_bin; start_cluster LOG_DIR [SERVER_FLAGS...]; load_records; cpu_ticks
 #
 # starts `$BIN server` three times on free ports with data dirs under WORK (a temporary
 # folder under TMPDIR, removed on exit with the processes), logs to LOG_DIR/node-N.log, and
@@ -40,6 +40,13 @@ cleanup_cluster() {
   rm -rf "$WORK"
 }
 trap cleanup_cluster EXIT
+
+# CPU time (clock ticks, user + system) the three nodes have used so far, summed.
+cpu_ticks() {
+  local t=0
+  for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
 
 start_cluster() {
   local logs=$1

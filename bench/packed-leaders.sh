@@ -37,12 +37,6 @@ mkdir -p "$OUT"
 ensure_bin
 ticks=$(getconf CLK_TCK)
 
-cpu_ticks() {
-  local t=0
-  for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
-}
-
 # Log appends made durable and fsyncs, summed over the three nodes.
 fsyncs() {
   local i

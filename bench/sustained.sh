@@ -35,11 +35,6 @@ start_cluster "$OUT" $CAIRN_FLAGS
 load_records
 
 ticks=$(getconf CLK_TCK)
-cpu_ticks() {
-  local t=0
-  for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
-}
 rss_mb() {
   for p in "${PIDS[@]}"; do awk '/VmRSS/ {printf "%d ", $2 / 1024}' "/proc/$p/status"; done
 }
