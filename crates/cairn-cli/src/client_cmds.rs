@@ -161,15 +161,65 @@ fn show_key(k: &[u8]) -> String {
     }
 }
 
+/// Rows under a header, each column as wide as its widest cell with two spaces between, so
+/// a long range or host name does not push the columns after it out of line.
+struct Columns {
+    rows: Vec<Vec<String>>,
+}
+
+impl Columns {
+    /// A table with the column names `header`.
+    fn new(header: &[&str]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    /// Adds a row of cells, one per column.
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The lines of the table (the last column is not padded).
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = Vec::new();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                let w = cell.chars().count();
+                match widths.get_mut(i) {
+                    Some(m) => *m = (*m).max(w),
+                    None => widths.push(w),
+                }
+            }
+        }
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 < row.len() {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Prints the table to stdout.
+    fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
 fn print_table(t: &TableInfo) {
     println!(
         "table {} (id {}, replication {})",
         t.name, t.id, t.replication
     );
-    println!(
-        "{:<10} {:<28} {:<8} {:<14} LEADER",
-        "PARTITION", "RANGE", "EPOCH", "REPLICAS"
-    );
+    let mut cols = Columns::new(&["PARTITION", "RANGE", "EPOCH", "REPLICAS", "LEADER"]);
     for p in &t.partitions {
         let end = p
             .end
@@ -187,15 +237,15 @@ fn print_table(t: &TableInfo) {
             .leader
             .map(|l| l.to_string())
             .unwrap_or_else(|| "?".into());
-        println!(
-            "{:<10} {:<28} {:<8} {:<14} {}",
-            p.id,
+        cols.row(vec![
+            p.id.to_string(),
             range,
             format!("{}.{}", p.epoch.0, p.epoch.1),
             replicas,
-            leader
-        );
+            leader,
+        ]);
     }
+    cols.print();
 }
 
 pub(crate) async fn table(a: TableArgs, conn: Conn) -> anyhow::Result<ExitCode> {
@@ -478,39 +528,39 @@ fn print_controller(s: &cairn_client::ControllerInfo) {
         println!("no decisions yet");
         return;
     }
-    println!(
-        "{:<10} {:<9} {:<10} {:<24} {:<10} WHY",
-        "AGE", "KIND", "PARTITION", "WHAT", "OUTCOME"
-    );
+    let mut cols = Columns::new(&["AGE", "KIND", "PARTITION", "WHAT", "OUTCOME", "WHY"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     for d in &s.decisions {
         let age = format!("{:.0}s ago", now.saturating_sub(d.at_ms) as f64 / 1000.0);
-        println!(
-            "{:<10} {:<9} {:<10} {:<24} {:<10} {}",
-            age, d.kind, d.partition, d.detail, d.outcome, d.why
-        );
+        cols.row(vec![
+            age,
+            d.kind.to_string(),
+            d.partition.to_string(),
+            d.detail.to_string(),
+            d.outcome.to_string(),
+            d.why.to_string(),
+        ]);
     }
+    cols.print();
 }
 
 pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> {
     let c = conn.client()?;
     match a.cmd {
         AdminCmd::Nodes => {
-            println!(
-                "{:<6} {:<22} {:<22} {:<6} {:<9} {:<8} METADATA",
-                "ID", "ADDRESS", "HTTP", "LIVE", "REPLICAS", "LEADERS"
-            );
+            let mut cols = Columns::new(&[
+                "ID", "ADDRESS", "HTTP", "LIVE", "REPLICAS", "LEADERS", "METADATA",
+            ]);
             for n in c.nodes().await.map_err(fail)? {
-                println!(
-                    "{:<6} {:<22} {:<22} {:<6} {:<9} {:<8} {}",
-                    n.id,
-                    n.addr,
-                    n.http_addr,
-                    if n.live { "yes" } else { "NO" },
-                    n.replicas,
-                    n.leaders,
+                cols.row(vec![
+                    n.id.to_string(),
+                    n.addr.to_string(),
+                    n.http_addr.to_string(),
+                    if n.live { "yes" } else { "NO" }.to_string(),
+                    n.replicas.to_string(),
+                    n.leaders.to_string(),
                     [
                         if n.metadata_leader {
                             "leader"
@@ -523,8 +573,10 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                     ]
                     .join(" ")
                     .trim()
-                );
+                    .to_string(),
+                ]);
             }
+            cols.print();
         }
         AdminCmd::Partitions { table } => {
             for (name, parts) in c
@@ -598,10 +650,8 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
             }
         }
         AdminCmd::Operations => {
-            println!(
-                "{:<6} {:<8} {:<10} {:<6} {:<6} {:<12} STEP",
-                "ID", "KIND", "PARTITION", "FROM", "TO", "STATE"
-            );
+            let mut cols =
+                Columns::new(&["ID", "KIND", "PARTITION", "FROM", "TO", "STATE", "STEP"]);
             for o in c.operations().await.map_err(fail)? {
                 let node = |n: u64| {
                     if n == 0 {
@@ -610,20 +660,23 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                         n.to_string()
                     }
                 };
-                println!(
-                    "{:<6} {:<8} {:<10} {:<6} {:<6} {:<12} {}{}",
-                    o.id,
-                    o.kind,
-                    o.partition,
+                cols.row(vec![
+                    o.id.to_string(),
+                    o.kind.to_string(),
+                    o.partition.to_string(),
                     node(o.from),
                     node(o.to),
-                    o.state,
-                    o.step,
-                    o.error
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                );
+                    o.state.to_string(),
+                    format!(
+                        "{}{}",
+                        o.step,
+                        o.error
+                            .map(|e| format!(" (last error: {e})"))
+                            .unwrap_or_default()
+                    ),
+                ]);
             }
+            cols.print();
         }
         AdminCmd::TransferLeader { partition, node } => {
             c.transfer_leader(partition, node).await.map_err(fail)?;
@@ -703,15 +756,16 @@ pub(crate) async fn user(a: UserArgs, conn: Conn) -> anyhow::Result<ExitCode> {
         }
         UserCmd::List => {
             let users = c.list_users().await.map_err(fail)?;
-            println!("{:<24} {:<10} TABLES", "NAME", "ROLE");
+            let mut cols = Columns::new(&["NAME", "ROLE", "TABLES"]);
             for (name, role, tables) in users {
                 let tables = if tables.is_empty() {
                     "*".to_string()
                 } else {
                     format!("{tables}*")
                 };
-                println!("{name:<24} {role:<10} {tables}");
+                cols.row(vec![name, role.to_string(), tables]);
             }
+            cols.print();
         }
         UserCmd::Remove { name } => {
             c.remove_user(&name).await.map_err(fail)?;
@@ -719,4 +773,35 @@ pub(crate) async fn user(a: UserArgs, conn: Conn) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Columns;
+
+    #[test]
+    fn columns_line_up_under_their_headers_whatever_the_cell_widths() {
+        let mut c = Columns::new(&["PARTITION", "RANGE", "LEADER"]);
+        c.row(vec![
+            "1".into(),
+            "[\"\", \"user000000003333\")".into(),
+            "1".into(),
+        ]);
+        c.row(vec!["22".into(), "[\"a\", +inf)".into(), "?".into()]);
+        let text = c.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // Each column starts at the same offset on every line, two spaces after the widest
+        // cell before it.
+        let at = |line: &str, cell: &str| line.find(cell).unwrap();
+        assert_eq!(at(lines[0], "RANGE"), 11);
+        assert_eq!(at(lines[1], "[\"\""), 11);
+        assert_eq!(at(lines[2], "[\"a\""), 11);
+        let leader = at(lines[0], "LEADER");
+        assert_eq!(leader, 11 + "[\"\", \"user000000003333\")".len() + 2);
+        assert_eq!(lines[1].rfind('1').unwrap(), leader);
+        assert_eq!(lines[2].rfind('?').unwrap(), leader);
+        // No trailing spaces.
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
 }
