@@ -440,7 +440,8 @@ pub(crate) struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 enum AdminCmd {
-    /// Nodes with liveness, replicas and leaders.
+    /// Nodes with liveness, replicas and leaders (leaders as the nodes last reported them,
+    /// up to about two seconds ago).
     Nodes,
     /// Partitions of one table or of all tables.
     Partitions {
