@@ -521,9 +521,9 @@ if "admin" in a:
     ids = os.environ.get("FAKE_CLUSTER")
     if ids is None:
         sys.exit(1)
-    print("ID     ADDRESS                HTTP                   LIVE   REPLICAS  LEADERS  METADATA")
+    print("ID  ADDRESS  HTTP          LIVE  REPLICAS  LEADERS  METADATA")
     for i in ids.split(","):
-        print(f"{i:<6} n{i}:7001                 0.0.0.0:8001           yes    0         0")
+        print(f"{i:<2}  n{i}:7001  0.0.0.0:8001  yes   0         0")
     sys.exit(0)
 print(json.dumps(a))
 """)

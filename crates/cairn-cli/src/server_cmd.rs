@@ -55,8 +55,9 @@ pub(crate) struct ServerArgs {
     snapshot_logs: u64,
     /// Bytes a partition's Raft log may hold beyond its last snapshot taken for size before
     /// it snapshots anyway and purges down to a quarter of this behind the snapshot (e.g.
-    /// 32MiB, 4MiB), so large values do not keep a log of --snapshot-logs entries; a follower
-    /// further behind catches up by snapshot. 0 counts entries only.
+    /// 32MiB, 4MiB), so large values do not keep a log of --snapshot-logs entries. A leader
+    /// keeps up to twice this for a follower behind; one further behind catches up by
+    /// snapshot. 0 counts entries only.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES", default_value = "32MiB", value_parser = cairn_server::parse_size)]
     snapshot_log_bytes: u64,
     /// Seconds after which a replica move whose new replica still does not vote (its

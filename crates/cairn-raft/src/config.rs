@@ -79,7 +79,8 @@ pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 /// whole log: the entry policy's snapshots do not count) before the group snapshots anyway,
 /// whatever its entry count: a thousand entries of 1 MiB values would otherwise hold a
 /// gigabyte of log per replica (TiKV bounds its Raft logs by size the same way). The log is
-/// then purged down to [`log_bytes_kept`] behind the snapshot. Logs of small entries stay
+/// then purged down to [`log_bytes_kept`] behind the snapshot (more kept on a leader with a
+/// follower behind: [`log_bytes_held`]). Logs of small entries stay
 /// under it: the 1,456 entries the entry policy allows are 25 MB at 17 KB each (256-client
 /// write batches). `--snapshot-log-bytes` sets it; 0 leaves the bound to the entry count.
 pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 32 << 20;
@@ -91,10 +92,11 @@ pub fn log_bytes_kept(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes / 4
 }
 
-/// Bytes of log a leader holds for its slowest follower (or a replica being added) under
-/// the byte limit `snapshot_log_bytes` (twice the limit), so that a follower briefly behind
-/// catches up from the log rather than by a whole snapshot; one further behind is sent a
-/// snapshot.
+/// Bytes of log a leader holds for its slowest follower under the byte limit
+/// `snapshot_log_bytes` (twice the limit), so that a follower briefly behind catches up
+/// from the log rather than by a whole snapshot; one further behind is sent a snapshot.
+/// openraft's purge behind its entry-count snapshots still keeps only a fifth of
+/// `--snapshot-logs` entries.
 pub fn log_bytes_held(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes.saturating_mul(2)
 }

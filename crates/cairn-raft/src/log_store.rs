@@ -443,6 +443,12 @@ impl LogStore {
         self.sizes().bytes_after(index)
     }
 
+    /// The oldest entry whose size this process recorded (none are before a restart, a
+    /// purge, or the last 65,536 entries), if any.
+    pub fn first_sized(&self) -> Option<u64> {
+        self.sizes().sizes.front().map(|(i, _)| *i)
+    }
+
     /// The newest index to purge so that the entries kept up to `snapshot` hold at most
     /// `keep` bytes, if some must go (counting only entries appended since this process
     /// opened the log).

@@ -9,10 +9,13 @@
 //! snapshot is a read view of the engine, so this costs little.
 //!
 //! openraft defers a purge only while entries are being sent, so on its own a follower
-//! briefly down or slow (or a replica being added, while its snapshot is in flight) would
-//! find the entries it needs purged and be sent a whole snapshot. A leader therefore purges
-//! no further than its slowest replica has matched while the log after that is within
-//! [`log_bytes_held`] (twice the limit); past that the replica is sent a snapshot.
+//! briefly down or slow would find the entries it needs purged and be sent a whole
+//! snapshot. A leader therefore purges no further than its slowest replica has matched
+//! while the log after that is within [`log_bytes_held`] (twice the limit), and purges the
+//! rest once the replica has caught up; past that the replica is sent a snapshot. openraft's
+//! own purge after each snapshot (all but the fifth of `--snapshot-logs` entries it keeps)
+//! is not held back, so the hold covers the lesser of the two: it matters for values large
+//! enough to reach this bound first.
 //!
 //! [`LogStore::with_byte_limit`]: cairn_raft::LogStore::with_byte_limit
 //! [`log_bytes_kept`]: cairn_raft::log_bytes_kept
@@ -30,6 +33,10 @@ use tokio::sync::{mpsc, watch};
 /// How long the keeper waits for a snapshot it asked for (one of a group that is not
 /// applying, say without a quorum, never comes) before it lets the group report again.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the keeper waits, after holding a purge back, for the replica behind to catch
+/// up before it leaves the rest of the purge to the log's next report.
+const HOLD_WAIT: Duration = Duration::from_secs(30);
 
 /// Serves the reports of full logs until `stop`; each group is bounded in a task of its
 /// own, so a group whose snapshot does not come holds up no other.
@@ -73,7 +80,8 @@ struct Counts {
 }
 
 /// Snapshots `r` if it applied anything since its last snapshot, and purges its log down
-/// to a quarter of `limit` bytes behind the snapshot.
+/// to a quarter of `limit` bytes behind the snapshot, or on a leader no further than a
+/// replica behind needs (see the module doc).
 async fn bound(r: Replica, limit: u64, counts: Counts) {
     let partition = r.log.group();
     let (before, applied) = {
@@ -117,32 +125,56 @@ async fn bound(r: Replica, limit: u64, counts: Counts) {
     else {
         return;
     };
-    let (slowest, purged) = {
-        let m = r.raft.metrics();
-        let m = m.borrow_watched();
-        (
-            slowest_match(m.replication.as_ref()),
-            m.purged.as_ref().map(|p| p.index),
-        )
-    };
     let held = cairn_raft::log_bytes_held(limit);
-    let allowed = hold_for(slowest, upto, held, |i| r.log.bytes_after(i));
-    if allowed < Some(upto) {
-        tracing::debug!(%partition, snapshot, upto, ?allowed, "holding the log for a replica behind");
+    let allowed = |r: &Replica| {
+        let slowest = slowest_match(r.raft.metrics().borrow_watched().replication.as_ref());
+        hold_for(slowest, upto, held, r.log.first_sized(), |i| {
+            r.log.bytes_after(i)
+        })
+    };
+    if allowed(&r) < Some(upto) {
+        tracing::debug!(%partition, snapshot, upto, "holding the log for a replica behind");
         counts.holds.inc();
-    }
-    if allowed > purged {
-        let upto = allowed.unwrap_or_default();
-        tracing::debug!(%partition, snapshot, upto, "purging the log by size");
-        if r.raft.trigger().purge_log(upto).await.is_ok() {
-            counts.purges.inc();
+        purge(&r, allowed(&r), &counts).await;
+        // Once the replica has caught up, purge the rest: an idle partition would otherwise
+        // keep the held log until another limit's worth of writes.
+        let caught_up = r
+            .raft
+            .wait(Some(HOLD_WAIT))
+            .metrics(
+                |m| slowest_match(m.replication.as_ref()).is_none_or(|s| s >= Some(upto)),
+                "the replicas to catch up past the purge point",
+            )
+            .await;
+        if caught_up.is_err() {
+            return; // Still behind: the next report of the log tries again.
         }
+    }
+    purge(&r, allowed(&r), &counts).await;
+}
+
+/// Purges `r`'s log through `upto` if that is past what is purged already.
+async fn purge(r: &Replica, upto: Option<u64>, counts: &Counts) {
+    let purged = r
+        .raft
+        .metrics()
+        .borrow_watched()
+        .purged
+        .as_ref()
+        .map(|p| p.index);
+    let Some(upto) = upto.filter(|u| Some(*u) > purged) else {
+        return;
+    };
+    tracing::debug!(partition = %r.log.group(), upto, "purging the log by size");
+    if r.raft.trigger().purge_log(upto).await.is_ok() {
+        counts.purges.inc();
     }
 }
 
 /// On a leader, the index the slowest replica it replicates to (a follower, or a learner
-/// being added) has matched: `Some(None)` for one that has matched nothing yet; `None` off
-/// a leader.
+/// being added) has matched: `Some(None)` when that is not known (a new leader knows no
+/// replica's progress until it hears from it, a new learner has matched nothing); `None`
+/// off a leader.
 fn slowest_match(
     replication: Option<&BTreeMap<u64, Option<cairn_raft::typ::LogId>>>,
 ) -> Option<Option<u64>> {
@@ -154,18 +186,23 @@ fn slowest_match(
 
 /// How far a purge meant to reach `upto` may go without cutting off the slowest replica
 /// (`slowest`, from [`slowest_match`]): no further than what it has matched while the log
-/// after that (`bytes_after`) is within `held` bytes, so it catches up from the log; past
-/// that it is sent a snapshot, as openraft would. `None` when nothing may be purged.
+/// after that (`bytes_after`) is within `held` bytes, so it catches up from the log. Past
+/// that it is sent a snapshot, as openraft would; so is a replica behind the oldest entry
+/// whose size is known (`first_sized`), which is behind a purge already or behind a
+/// restart of this node, as far as the log can tell. `None` when nothing may be purged.
 fn hold_for(
     slowest: Option<Option<u64>>,
     upto: u64,
     held: u64,
+    first_sized: Option<u64>,
     bytes_after: impl Fn(u64) -> u64,
 ) -> Option<u64> {
     let Some(matched) = slowest else {
         return Some(upto); // Not a leader: no one reads this log.
     };
-    if matched >= Some(upto) || bytes_after(matched.unwrap_or(0)) > held {
+    let needs = matched.map_or(0, |m| m + 1);
+    let sized = first_sized.is_some_and(|f| f <= needs);
+    if matched >= Some(upto) || !sized || bytes_after(matched.unwrap_or(0)) > held {
         return Some(upto);
     }
     matched
@@ -177,19 +214,29 @@ mod tests {
 
     #[test]
     fn a_replica_behind_holds_the_purge_within_the_held_bytes() {
-        // 10 bytes per entry after index i: (100 - i) * 10.
+        // Sizes known from index 0; 10 bytes per entry after index i: (100 - i) * 10.
         let after = |i: u64| 100u64.saturating_sub(i) * 10;
+        let all = Some(0);
         // Off a leader, or with every replica past the purge point: purge as asked.
-        assert_eq!(hold_for(None, 90, 500, after), Some(90));
-        assert_eq!(hold_for(Some(Some(95)), 90, 500, after), Some(90));
-        assert_eq!(hold_for(Some(Some(90)), 90, 500, after), Some(90));
+        assert_eq!(hold_for(None, 90, 500, all, after), Some(90));
+        assert_eq!(hold_for(Some(Some(95)), 90, 500, all, after), Some(90));
+        assert_eq!(hold_for(Some(Some(90)), 90, 500, all, after), Some(90));
         // A replica at 60 (400 bytes behind): purge only what it has.
-        assert_eq!(hold_for(Some(Some(60)), 90, 500, after), Some(60));
+        assert_eq!(hold_for(Some(Some(60)), 90, 500, all, after), Some(60));
         // One at 40 (600 bytes behind, past the 500 held): it is sent a snapshot.
-        assert_eq!(hold_for(Some(Some(40)), 90, 500, after), Some(90));
-        // One that matched nothing yet (a learner awaiting its snapshot): nothing is
-        // purged while the whole log is within the held bytes.
-        assert_eq!(hold_for(Some(None), 90, 1000, after), None);
-        assert_eq!(hold_for(Some(None), 90, 500, after), Some(90));
+        assert_eq!(hold_for(Some(Some(40)), 90, 500, all, after), Some(90));
+        // One whose progress is not known: nothing is purged while the whole log is
+        // within the held bytes.
+        assert_eq!(hold_for(Some(None), 90, 1000, all, after), None);
+        assert_eq!(hold_for(Some(None), 90, 500, all, after), Some(90));
+        // Sizes known only from 61 (a purge through 60, or a restart): a replica at 60 is
+        // still held for, one at 50 (or unknown) is behind that and gets a snapshot, as
+        // the log cannot tell how far behind it is.
+        let from61 = Some(61);
+        assert_eq!(hold_for(Some(Some(60)), 90, 500, from61, after), Some(60));
+        assert_eq!(hold_for(Some(Some(50)), 90, 500, from61, after), Some(90));
+        assert_eq!(hold_for(Some(None), 90, 1000, from61, after), Some(90));
+        // No sizes at all: purge as asked.
+        assert_eq!(hold_for(Some(Some(60)), 90, 500, None, after), Some(90));
     }
 }
