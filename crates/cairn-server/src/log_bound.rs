@@ -132,25 +132,28 @@ async fn bound(r: Replica, limit: u64, counts: Counts) {
             r.log.bytes_after(i)
         })
     };
-    if allowed(&r) < Some(upto) {
-        tracing::debug!(%partition, snapshot, upto, "holding the log for a replica behind");
-        counts.holds.inc();
-        purge(&r, allowed(&r), &counts).await;
-        // Once the replica has caught up, purge the rest: an idle partition would otherwise
-        // keep the held log until another limit's worth of writes.
-        let caught_up = r
-            .raft
-            .wait(Some(HOLD_WAIT))
-            .metrics(
-                |m| slowest_match(m.replication.as_ref()).is_none_or(|s| s >= Some(upto)),
-                "the replicas to catch up past the purge point",
-            )
-            .await;
-        if caught_up.is_err() {
-            return; // Still behind: the next report of the log tries again.
-        }
+    let now = allowed(&r);
+    if now >= Some(upto) {
+        purge(&r, now, &counts).await;
+        return;
     }
-    purge(&r, allowed(&r), &counts).await;
+    tracing::debug!(%partition, snapshot, upto, "holding the log for a replica behind");
+    counts.holds.inc();
+    purge(&r, now, &counts).await;
+    // Once the replica has caught up, purge the rest: an idle partition would otherwise
+    // keep the held log until another limit's worth of writes.
+    let caught_up = r
+        .raft
+        .wait(Some(HOLD_WAIT))
+        .metrics(
+            |m| slowest_match(m.replication.as_ref()).is_none_or(|s| s >= Some(upto)),
+            "the replicas to catch up past the purge point",
+        )
+        .await;
+    if caught_up.is_ok() {
+        purge(&r, allowed(&r), &counts).await;
+    }
+    // Otherwise still behind: the next report of the log tries again.
 }
 
 /// Purges `r`'s log through `upto` if that is past what is purged already.

@@ -156,6 +156,19 @@ where
     }
 }
 
+/// Waits up to `timeout` until a stale read of `key` through `c` returns `want`: the node
+/// `c` talks to has applied the write of it.
+pub async fn wait_stale_value(c: &Client, table: &str, key: &[u8], want: &[u8], timeout: Duration) {
+    let what = format!(
+        "a stale read of {table}/{} to return the written value",
+        String::from_utf8_lossy(key)
+    );
+    wait_for(timeout, &what, || async {
+        (c.get_stale(table, key).await.ok()?.as_deref() == Some(want)).then_some(())
+    })
+    .await
+}
+
 /// Node `id`'s `/metrics` text, if it answers.
 pub async fn scrape(c: &Cluster, id: u64) -> Option<String> {
     reqwest::get(format!("{}/metrics", c.http(id)))
@@ -485,6 +498,25 @@ impl Cluster {
             .as_ref()
             .expect("node is running")
             .id()
+    }
+
+    /// Stops node `id` with SIGSTOP: it holds its connections and answers nothing.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Lets node `id` run again after [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, sig: &str) {
+        let pid = self.pid(id).to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} of node {id} (pid {pid}) failed");
     }
 
     /// Sends SIGKILL to node `id` and reaps it.

@@ -2,7 +2,7 @@
 //! last snapshot a partition snapshots and purges by size, long before the entry count
 //! (`--snapshot-logs`) would.
 
-use crate::cluster::{Cluster, scrape, value, wait_for};
+use crate::cluster::{Cluster, scrape, value, wait_for, wait_stale_value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     let before = keeper_runs(&c, leader).await.unwrap_or(0.0);
     let received = snapshot_bytes_received(&c, follower).await;
-    signal(c.pid(follower), "-STOP");
+    c.pause(follower);
     // 1.5 limits: the leader's log passes the limit and it snapshots and purges, while the
     // follower's lag stays within what the leader holds for it.
     let writes = (LIMIT * 3 / 2) / VALUE as u64 + 1;
@@ -111,17 +111,11 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     // paused one time out after a heartbeat interval (150 ms). Stay paused well past that,
     // so the leader's purge is not merely deferred until the follower is back.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    signal(c.pid(follower), "-CONT");
+    c.resume(follower);
     via.put("big", b"k", b"last").await.unwrap();
     let resumed = c.client_of(follower);
-    wait_for(
-        Duration::from_secs(30),
-        "the resumed follower to catch up",
-        || async {
-            (resumed.get_stale("big", b"k").await.ok()? == Some(b"last".to_vec())).then_some(())
-        },
-    )
-    .await;
+    // The follower has caught up once it has applied the write after its pause.
+    wait_stale_value(&resumed, "big", b"k", b"last", Duration::from_secs(30)).await;
     assert_eq!(
         snapshot_bytes_received(&c, follower).await,
         received,
@@ -141,7 +135,7 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     }
 
     // Paused again while forty values go in (10 MiB, past the 4 MiB held for it).
-    signal(c.pid(follower), "-STOP");
+    c.pause(follower);
     for i in 0..40u64 {
         let v = vec![(i + 100) as u8; VALUE];
         via.put("big", format!("m{i}").as_bytes(), &v)
@@ -162,16 +156,10 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
         },
     )
     .await;
-    signal(c.pid(follower), "-CONT");
+    c.resume(follower);
     via.put("big", b"k", b"end").await.unwrap();
-    wait_for(
-        Duration::from_secs(60),
-        "the follower to catch up after the long pause",
-        || async {
-            (resumed.get_stale("big", b"k").await.ok()? == Some(b"end".to_vec())).then_some(())
-        },
-    )
-    .await;
+    // The follower has caught up once it has applied the write after its pause.
+    wait_stale_value(&resumed, "big", b"k", b"end", Duration::from_secs(60)).await;
     let got = resumed.get_stale("big", b"m39").await.unwrap();
     assert_eq!(got, Some(vec![139u8; VALUE]), "key m39 on the follower");
 }
@@ -189,13 +177,4 @@ async fn keeper_runs(c: &Cluster, id: u64) -> Option<f64> {
         value(&t, "cairn_raft_log_size_purges_total", &[])?
             + value(&t, "cairn_raft_log_size_holds_total", &[])?,
     )
-}
-
-/// Sends `sig` (`-STOP`, `-CONT`) to process `pid`.
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid} failed");
 }

@@ -1,5 +1,4 @@
-use crate::cluster::{Cluster, wait_for};
-use std::process::Command;
+use crate::cluster::{Cluster, wait_for, wait_stale_value};
 use std::time::{Duration, Instant};
 
 /// SIGSTOP the leader of a partition longer than the election timeout: the others elect a
@@ -15,11 +14,7 @@ async fn t80_paused_leader_is_replaced_and_catches_up() {
         cl.describe_table("p").await.ok()?.partitions[0].leader
     })
     .await;
-    let pid = c.pid(leader);
-    Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap();
+    c.pause(leader);
     let paused_at = Instant::now();
     // Writes through the other nodes go on once a new leader is elected.
     let others: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
@@ -33,10 +28,7 @@ async fn t80_paused_leader_is_replaced_and_catches_up() {
     // Keep it paused past the election timeout either way, then wake it.
     let rest = Duration::from_secs(6).saturating_sub(paused_at.elapsed());
     tokio::time::sleep(rest).await;
-    Command::new("kill")
-        .args(["-CONT", &pid.to_string()])
-        .status()
-        .unwrap();
+    c.resume(leader);
     // A linearizable read through the old leader never returns the overwritten value.
     let old = c.client_of(leader);
     for _ in 0..20 {
@@ -48,12 +40,5 @@ async fn t80_paused_leader_is_replaced_and_catches_up() {
         );
     }
     cl.put("p", b"k", b"after").await.unwrap();
-    wait_for(
-        Duration::from_secs(30),
-        "the resumed node to catch up",
-        || async {
-            (old.get_stale("p", b"k").await.ok()? == Some(b"after".to_vec())).then_some(())
-        },
-    )
-    .await;
+    wait_stale_value(&old, "p", b"k", b"after", Duration::from_secs(30)).await;
 }

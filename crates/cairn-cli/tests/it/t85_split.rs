@@ -290,24 +290,18 @@ async fn t86_transfer_and_bad_admin_input() {
 
     // A move while another runs on the partition: the first one's target is paused, so the
     // first stays running until it resumes.
-    let signal = |sig: &str, id: u64| {
-        std::process::Command::new("kill")
-            .args([sig, &c.pid(id).to_string()])
-            .status()
-            .unwrap()
-    };
     let first = cl
         .move_replica(p.id, p.replicas[0], outsider)
         .await
         .unwrap();
-    signal("-STOP", outsider);
+    c.pause(outsider);
     // Through a node that is not paused, with time for a new metadata leader should the
     // paused node have led the metadata group.
     let via = c
         .client_of(p.replicas[1])
         .with_timeout(Duration::from_secs(30));
     let second = via.move_replica(p.id, p.replicas[1], outsider).await;
-    signal("-CONT", outsider);
+    c.resume(outsider);
     assert_eq!(second.unwrap_err().code, ErrorCode::Conflict);
     let ops = h
         .get(format!("{base}/v1/admin/operations"))
