@@ -50,14 +50,16 @@ pub(crate) struct ServerArgs {
     /// on one host at distinct addresses, e.g. 127.0.1.3.
     #[arg(long, env = "CAIRN_OUTBOUND_IP")]
     outbound_ip: Option<std::net::IpAddr>,
-    /// Raft log entries between snapshots of a group; older entries are then purged.
+    /// Raft log entries between snapshots of a group; older entries are then purged, all but
+    /// a fifth (a leader keeps more for a follower behind: see --snapshot-log-bytes).
     #[arg(long, env = "CAIRN_SNAPSHOT_LOGS", default_value_t = cairn_server::DEFAULT_SNAPSHOT_LOGS)]
     snapshot_logs: u64,
-    /// Bytes a partition's Raft log may hold beyond its last snapshot taken for size before
-    /// it snapshots anyway and purges down to a quarter of this behind the snapshot (e.g.
-    /// 32MiB, 4MiB), so large values do not keep a log of --snapshot-logs entries. A leader
-    /// keeps up to twice this for a follower behind; one further behind catches up by
-    /// snapshot. 0 counts entries only.
+    /// Bytes a partition's Raft log may hold beyond its last snapshot before it snapshots
+    /// anyway and purges down to a quarter of this behind the snapshot (e.g. 32MiB, 4MiB),
+    /// so large values do not keep a log of --snapshot-logs entries. A leader keeps up to
+    /// twice this of log for a follower behind (down, restarting, slow), so it catches up
+    /// from the log; one further behind catches up by snapshot. 0 counts entries only and
+    /// holds nothing for a follower behind.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES", default_value = "32MiB", value_parser = cairn_server::parse_size)]
     snapshot_log_bytes: u64,
     /// Seconds after which a replica move whose new replica still does not vote (its

@@ -15,15 +15,25 @@ use std::sync::Arc;
 /// Entries purged at once: openraft waits until this many can go.
 const PURGE_BATCH: u64 = 256;
 
-/// Entries kept behind a snapshot when the log is purged.
-fn logs_kept(snapshot_logs: u64) -> u64 {
+/// Entries kept behind a snapshot when the log is purged (a fifth of the interval).
+pub fn log_entries_kept(snapshot_logs: u64) -> u64 {
     (snapshot_logs / 5).max(1)
 }
 
-/// Most entries a group's log holds once its purges have caught up: those since the last
-/// snapshot, the ones kept behind it, and a purge batch not yet full.
+/// Most entries a group's log holds once its purges have caught up and no replica is behind
+/// (one that is behind holds up to [`log_bytes_held`] more): those since the last snapshot,
+/// the ones kept behind it, and slack for the appends while a snapshot is taken.
 pub fn max_log_held(snapshot_logs: u64) -> u64 {
-    snapshot_logs.max(1) + logs_kept(snapshot_logs) + PURGE_BATCH
+    snapshot_logs.max(1) + log_entries_kept(snapshot_logs) + PURGE_BATCH
+}
+
+/// Who decides when a group snapshots and how far its log is purged.
+#[derive(Clone, Copy)]
+enum Purges {
+    /// openraft: every `snapshot_logs` entries, keeping a fifth of them behind.
+    Openraft,
+    /// The node's log keeper (`cairn-server`, `log_bound.rs`), when the log reports itself.
+    Keeper,
 }
 
 fn build(
@@ -32,7 +42,20 @@ fn build(
     election_max_ms: u64,
     snapshot_logs: u64,
     supervised: bool,
+    purges: Purges,
 ) -> Arc<Config> {
+    let (snapshot_policy, max_in_snapshot_log_to_keep) = match purges {
+        Purges::Openraft => (
+            SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
+            // Keep some log behind the snapshot so a briefly lagging follower catches up
+            // from the log rather than a whole snapshot.
+            log_entries_kept(snapshot_logs),
+        ),
+        // openraft neither snapshots nor purges on its own: its purge would not wait for a
+        // follower behind (it only defers while entries are in flight), so a follower down
+        // for a few seconds on a busy partition would need a whole snapshot.
+        Purges::Keeper => (SnapshotPolicy::Never, u64::MAX),
+    };
     let cfg = Config {
         enable_tick: !supervised,
         enable_elect: !supervised,
@@ -40,10 +63,8 @@ fn build(
         heartbeat_interval: heartbeat_ms,
         election_timeout_min: election_min_ms,
         election_timeout_max: election_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
-        // Keep some log behind the snapshot so a briefly lagging follower catches up from
-        // the log rather than a whole snapshot.
-        max_in_snapshot_log_to_keep: logs_kept(snapshot_logs),
+        snapshot_policy,
+        max_in_snapshot_log_to_keep,
         purge_batch_size: PURGE_BATCH,
         install_snapshot_timeout: 10_000,
         // State machine writes are not fsynced on apply and the committed log id is not
@@ -65,43 +86,44 @@ fn build(
 /// Entries between snapshots when nothing else is configured.
 ///
 /// A snapshot here is a read view of the engine (nothing is copied), and it is what lets
-/// openraft purge the log behind it; the log is purged down to a fifth of this. The Raft
+/// the log behind it be purged, down to a fifth of this ([`log_entries_kept`]). The Raft
 /// keyspace's memtable holds 3–5 s of a busy node's appends, so an entry purged within
 /// that is dropped with its tombstone when the memtable flushes and never reaches a table.
 /// At 5,000 (openraft's default) an entry lived about 20 s under 64-client writes: every
 /// entry was flushed and compacted before its purge, and over a minute of writes on one
 /// cluster throughput fell by a fifth and p99 rose by a third; at 1,000 both hold
-/// (docs/benchmarks.md, twentieth run). A follower more than a fifth of this behind catches
-/// up by snapshot instead.
+/// (docs/benchmarks.md, twentieth run). On a leader, a follower further behind than the
+/// fifth kept is held for (up to [`log_bytes_held`]) before it is sent a snapshot.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 
-/// Bytes a partition's log may hold after the last snapshot taken for size (at most the
-/// whole log: the entry policy's snapshots do not count) before the group snapshots anyway,
-/// whatever its entry count: a thousand entries of 1 MiB values would otherwise hold a
-/// gigabyte of log per replica (TiKV bounds its Raft logs by size the same way). The log is
-/// then purged down to [`log_bytes_kept`] behind the snapshot (more kept on a leader with a
-/// follower behind: [`log_bytes_held`]). Logs of small entries stay
-/// under it: the 1,456 entries the entry policy allows are 25 MB at 17 KB each (256-client
-/// write batches). `--snapshot-log-bytes` sets it; 0 leaves the bound to the entry count.
+/// Bytes a partition's log may hold after its last snapshot before the group snapshots
+/// anyway, whatever its entry count: a thousand entries of 1 MiB values would otherwise
+/// hold a gigabyte of log per replica (TiKV bounds its Raft logs by size the same way). The
+/// log is then purged down to [`log_bytes_kept`] behind the snapshot (more kept on a leader
+/// with a follower behind: [`log_bytes_held`]). Logs of small entries stay under it: the
+/// 1,456 entries the entry interval allows are 25 MB at 17 KB each (256-client write
+/// batches). `--snapshot-log-bytes` sets it; 0 leaves the bound to the entry count, and
+/// holds nothing for a follower behind.
 pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 32 << 20;
 
 /// Bytes of log kept behind a snapshot that the byte limit `snapshot_log_bytes` took (a
-/// quarter of it, as the entry policy keeps a fifth of its interval); openraft defers a
+/// quarter of it, as the entry interval keeps a fifth of its entries); openraft defers a
 /// purge while a replication stream is sending the entries.
 pub fn log_bytes_kept(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes / 4
 }
 
 /// Bytes of log a leader holds for its slowest follower under the byte limit
-/// `snapshot_log_bytes` (twice the limit), so that a follower briefly behind catches up
-/// from the log rather than by a whole snapshot; one further behind is sent a snapshot.
-/// openraft's purge behind its entry-count snapshots still keeps only a fifth of
-/// `--snapshot-logs` entries.
+/// `snapshot_log_bytes` (twice the limit), whichever bound took the snapshot, so that a
+/// follower briefly behind (paused, restarting, slow) catches up from the log rather than
+/// by a whole snapshot; one further behind is sent a snapshot.
 pub fn log_bytes_held(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes.saturating_mul(2)
 }
 
-/// Configuration of a partition group that snapshots every `snapshot_logs` entries.
+/// Configuration of a partition group. It neither snapshots nor purges its log on its own:
+/// its log reports itself past `--snapshot-logs` entries or `--snapshot-log-bytes` bytes,
+/// and the node's log keeper (`cairn-server`, `log_bound.rs`) snapshots and purges it.
 ///
 /// With `supervised`, its tick starts off and nothing elects on its own (see the module
 /// doc). While ticking, a leader beats every 150 ms; followers refuse votes for a leader
@@ -112,11 +134,11 @@ pub fn log_bytes_held(snapshot_log_bytes: u64) -> u64 {
 /// Without it (the default), each group keeps openraft's own timers: 400 ms beats and
 /// 1.6–3.2 s election timeouts, so failover takes about the 3.2 s lease plus one election
 /// timeout (4–6 s), and idle groups cost CPU in proportion to their number.
-pub fn data_group_config(snapshot_logs: u64, supervised: bool) -> Arc<Config> {
+pub fn data_group_config(supervised: bool) -> Arc<Config> {
     if supervised {
-        build(150, 400, DATA_LEADER_LEASE_MS, snapshot_logs, true)
+        build(150, 400, DATA_LEADER_LEASE_MS, 0, true, Purges::Keeper)
     } else {
-        build(400, 1600, 3200, snapshot_logs, false)
+        build(400, 1600, 3200, 0, false, Purges::Keeper)
     }
 }
 
@@ -126,5 +148,5 @@ pub const DATA_LEADER_LEASE_MS: u64 = 750;
 
 /// Configuration of the metadata group that snapshots every `snapshot_logs` entries.
 pub fn meta_group_config(snapshot_logs: u64) -> Arc<Config> {
-    build(250, 1000, 2000, snapshot_logs, false)
+    build(250, 1000, 2000, snapshot_logs, false, Purges::Openraft)
 }

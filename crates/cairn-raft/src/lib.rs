@@ -32,7 +32,7 @@ mod state_machine;
 pub use command::{Command, KvCommand, KvOp, Reply};
 pub use config::{
     DATA_LEADER_LEASE_MS, DEFAULT_SNAPSHOT_LOG_BYTES, DEFAULT_SNAPSHOT_LOGS, data_group_config,
-    log_bytes_held, log_bytes_kept, max_log_held, meta_group_config,
+    log_bytes_held, log_bytes_kept, log_entries_kept, max_log_held, meta_group_config,
 };
 pub use error::from_raft;
 pub use fold::DEFAULT_COMMIT_HOLD;

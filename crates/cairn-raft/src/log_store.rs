@@ -269,22 +269,23 @@ impl LogCache {
 /// oldest ones (only with a very large `--snapshot-logs`) makes the bound count fewer bytes.
 const SIZES_KEPT: usize = 1 << 16;
 
-/// Where a log past its byte limit reports itself: the node's log keeper.
+/// Where a log past its entry or byte bound reports itself: the node's log keeper.
 pub type LogFull = tokio::sync::mpsc::UnboundedSender<LogStore>;
 
-/// The encoded size of each entry appended to a group's log by this process, so that the
-/// log can be bounded by bytes as well as by entries (openraft's snapshot policy counts
-/// entries only: 600 writes of 1 MB values to ten keys left 600 MiB per node, for 10 MB of
-/// data).
+/// When a group's log is due a snapshot and a purge: after `interval` entries, or `limit`
+/// bytes, past the last snapshot (bytes count too, as 600 writes of 1 MB values to ten keys
+/// would otherwise leave 600 MiB per node, for 10 MB of data). It keeps the encoded size of
+/// each entry appended by this process, for the byte bound and the keeper's purge points.
 ///
-/// `mark` is the newest snapshot the keeper took for size (0 before the first), and
-/// `after_mark` the bytes the log holds after it: at most the whole log, as openraft's own
-/// snapshots do not move the mark. Once `after_mark` passes `limit`, and by half a limit
-/// more than it was at the last rearm (so a log that holds entries no snapshot can cover
-/// yet, say a follower's not yet committed, reports once per half limit appended rather
-/// than on every append), the log reports itself once on `full`. The keeper snapshots the
-/// group, calls [`LogStore::rearm`] and purges. Entries written before a restart have no
-/// size here: the entry count still bounds them.
+/// `mark` is the newest snapshot the keeper took (0 before the first), and `after_mark`
+/// the bytes the log holds after it. Once the entries after `mark` pass `interval`, or
+/// `after_mark` passes `limit`, and in either case by half a bound more than at the last
+/// rearm (so a log that holds entries no snapshot can cover yet, say a follower's not yet
+/// committed, reports once per half bound appended rather than on every append), the log
+/// reports itself once on `full`. The keeper snapshots the group, calls
+/// [`LogStore::rearm`] and purges. Entries written before a restart have no size here: the
+/// entry bound still covers them (the mark starts at 0, so a restarted log reports on its
+/// first append).
 #[derive(Default)]
 struct LogSizes {
     sizes: VecDeque<(u64, u64)>,
@@ -293,6 +294,12 @@ struct LogSizes {
     /// `after_mark` at the last rearm.
     floor: u64,
     limit: u64,
+    /// Entries between snapshots (0: no entry bound).
+    interval: u64,
+    /// The newest index appended.
+    last: u64,
+    /// Entries after `mark` at the last rearm.
+    entries_floor: u64,
     sent: bool,
     full: Option<LogFull>,
 }
@@ -312,7 +319,7 @@ impl LogSizes {
 
     /// Records an appended entry; true if the log must report itself now.
     fn push(&mut self, index: u64, size: u64) -> bool {
-        if self.limit == 0 {
+        if self.limit == 0 && self.interval == 0 {
             return false;
         }
         self.drop_back(index);
@@ -326,8 +333,12 @@ impl LogSizes {
         if index > self.mark {
             self.after_mark += size;
         }
+        self.last = index;
         let due = self.limit.max(self.floor.saturating_add(self.limit / 2));
-        let full = self.after_mark > due && !self.sent;
+        let by_bytes = self.limit > 0 && self.after_mark > due;
+        let due = (self.interval).max(self.entries_floor.saturating_add(self.interval / 2));
+        let by_entries = self.interval > 0 && index.saturating_sub(self.mark) > due;
+        let full = (by_bytes || by_entries) && !self.sent;
         self.sent |= full;
         full
     }
@@ -354,6 +365,7 @@ impl LogSizes {
             .map(|(_, n)| n)
             .sum();
         self.floor = self.after_mark;
+        self.entries_floor = self.last.saturating_sub(self.mark);
         self.sent = false;
     }
 
@@ -415,13 +427,14 @@ impl LogStore {
         }
     }
 
-    /// Bounds the log by bytes too: once it holds more than `limit` bytes after the last
-    /// snapshot [`Self::rearm`] was told of, it sends itself on `full` (once, until the next
-    /// rearm). A `limit` of 0 leaves the bound to the entry count alone.
-    pub fn with_byte_limit(self, limit: u64, full: LogFull) -> Self {
+    /// Bounds the log: once it holds more than `entries` entries or `bytes` bytes after the
+    /// last snapshot [`Self::rearm`] was told of, it sends itself on `full` (once, until the
+    /// next rearm). 0 turns a bound off.
+    pub fn with_bounds(self, entries: u64, bytes: u64, full: LogFull) -> Self {
         {
             let mut s = self.sizes();
-            s.limit = limit;
+            s.interval = entries;
+            s.limit = bytes;
             s.full = Some(full);
         }
         self
@@ -432,8 +445,7 @@ impl LogStore {
         self.group
     }
 
-    /// Takes note of a snapshot at `snapshot` (0: none new) and lets the byte limit fire
-    /// again.
+    /// Takes note of a snapshot at `snapshot` (0: none new) and lets the bounds fire again.
     pub fn rearm(&self, snapshot: u64) {
         self.sizes().rearm(snapshot);
     }
@@ -475,6 +487,7 @@ impl LogStore {
             let mut s = self.sizes();
             s.sizes.clear();
             (s.mark, s.after_mark, s.floor, s.sent) = (0, 0, 0, false);
+            (s.last, s.entries_floor) = (0, 0);
         }
         let (start, end) = keys::raft_group_range(self.group);
         cairn_storage::delete_range(&*self.engine, Space::Raft, &start, end.as_deref(), 1024)
@@ -733,6 +746,34 @@ mod tests {
         assert_eq!(s.bytes_after(2), 111);
         assert_eq!(s.bytes_after(0), 231);
         assert_eq!(s.bytes_after(6), 0);
+    }
+
+    #[test]
+    fn the_entry_bound_fires_once_per_interval() {
+        let (mut s, _rx) = sizes(0);
+        s.interval = 10;
+        for i in 1..=10 {
+            assert!(!s.push(i, 1), "{i} entries since the mark");
+        }
+        assert!(s.push(11, 1), "11 entries since the mark pass 10");
+        assert!(!s.push(12, 1), "already sent");
+        s.rearm(8);
+        assert_eq!(s.entries_floor, 4, "9..=12 are after the snapshot");
+        assert!(!s.push(18, 1));
+        assert!(s.push(19, 1), "11 entries after the snapshot at 8");
+        // No snapshot could cover the log: the next report is half an interval on.
+        s.rearm(0);
+        assert_eq!(s.entries_floor, 11);
+        assert!(
+            !s.push(24, 1),
+            "16 after the mark: the 11 plus exactly half the interval"
+        );
+        assert!(s.push(25, 1));
+        // A log reopened after a restart knows no snapshot: it reports on its first
+        // append, so the keeper learns where the snapshot is.
+        let (mut s, _rx) = sizes(0);
+        s.interval = 10;
+        assert!(s.push(5000, 1));
     }
 
     #[test]

@@ -569,22 +569,19 @@ impl Core {
         let sm = sm
             .on_split(self.splits.clone(), id)
             .count_applied(self.peers.metrics().applied_entries.clone());
-        let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone())
-            .with_byte_limit(self.snapshot_log_bytes, self.log_full.clone());
+        let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone()).with_bounds(
+            self.snapshot_logs,
+            self.snapshot_log_bytes,
+            self.log_full.clone(),
+        );
         let net = GroupNetwork {
             peers: self.peers.clone(),
             group: desc.id.0,
             commit_hold: self.commit_hold,
         };
-        let raft = typ::Raft::new(
-            id.0,
-            data_group_config(self.snapshot_logs, self.quiesce),
-            net,
-            log.clone(),
-            sm,
-        )
-        .await
-        .map_err(io_err)?;
+        let raft = typ::Raft::new(id.0, data_group_config(self.quiesce), net, log.clone(), sm)
+            .await
+            .map_err(io_err)?;
         if seeded && desc.replicas.first() == Some(&self.id) {
             // The preferred leader campaigns at once, so leaders spread as placement chose.
             let raft = raft.clone();

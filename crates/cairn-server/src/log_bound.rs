@@ -1,23 +1,24 @@
-//! Bounds the partition Raft logs by bytes as well as by entries.
+//! Snapshots the partition groups and purges their Raft logs.
 //!
-//! openraft snapshots a group every `--snapshot-logs` entries and purges its log behind the
-//! snapshot down to a fifth of that; with large values that is a lot of bytes (600 writes
-//! of 1 MB values to ten keys left 600 MiB per node, for 10 MB of data). Each partition log
-//! counts the bytes it holds after the last snapshot taken here ([`LogStore::with_byte_limit`]);
-//! past `--snapshot-log-bytes` it reports itself, once. The keeper then asks openraft for a
-//! snapshot, waits for it, and purges the log down to [`log_bytes_kept`] behind it. A
-//! snapshot is a read view of the engine, so this costs little.
+//! A partition group neither snapshots nor purges on its own (`cairn_raft::data_group_config`).
+//! Its log reports itself past `--snapshot-logs` entries or `--snapshot-log-bytes` bytes
+//! after the last snapshot ([`LogStore::with_bounds`]; bytes count too, as 600 writes of 1 MB
+//! values to ten keys would otherwise leave 600 MiB per node, for 10 MB of data). The
+//! keeper then asks openraft for a snapshot, waits for it, and purges the log down to a
+//! fifth of the entry interval ([`log_entries_kept`]) or a quarter of the byte limit
+//! ([`log_bytes_kept`]) behind it, whichever keeps less. A snapshot is a read view of the
+//! engine, so this costs little.
 //!
-//! openraft defers a purge only while entries are being sent, so on its own a follower
-//! briefly down or slow would find the entries it needs purged and be sent a whole
-//! snapshot. A leader therefore purges no further than its slowest replica has matched
-//! while the log after that is within [`log_bytes_held`] (twice the limit), and purges the
-//! rest once the replica has caught up; past that the replica is sent a snapshot. openraft's
-//! own purge after each snapshot (all but the fifth of `--snapshot-logs` entries it keeps)
-//! is not held back, so the hold covers the lesser of the two: it matters for values large
-//! enough to reach this bound first.
+//! openraft's own purge defers only while entries are being sent, so a follower briefly
+//! down, restarting or slow would find the entries it needs purged and be sent a whole
+//! snapshot: for a big partition, a copy of all of it. A leader therefore purges no further
+//! than its slowest replica has matched while the log after that is within
+//! [`log_bytes_held`] (twice the byte limit), and purges the rest once the replica has
+//! caught up; past that the replica is sent a snapshot (TiKV holds its Raft log for a
+//! follower behind the same way, up to a size).
 //!
-//! [`LogStore::with_byte_limit`]: cairn_raft::LogStore::with_byte_limit
+//! [`LogStore::with_bounds`]: cairn_raft::LogStore::with_bounds
+//! [`log_entries_kept`]: cairn_raft::log_entries_kept
 //! [`log_bytes_kept`]: cairn_raft::log_bytes_kept
 //! [`log_bytes_held`]: cairn_raft::log_bytes_held
 
@@ -25,7 +26,7 @@ use crate::core::{Core, Replica};
 use cairn_raft::LogStore;
 use openraft::async_runtime::WatchReceiver;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -45,13 +46,17 @@ pub(crate) async fn keeper_loop(
     mut full: mpsc::UnboundedReceiver<LogStore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limit = core.snapshot_log_bytes;
+    let keep = Keep {
+        entries: cairn_raft::log_entries_kept(core.snapshot_logs),
+        bytes: core.snapshot_log_bytes,
+    };
     let counts = Counts {
         purges: core.metrics.size_purges(),
-        holds: core.metrics.size_holds(),
+        holds: core.metrics.holds(),
     };
     // Dropped on return, which aborts what is still running.
     let mut running = tokio::task::JoinSet::new();
+    let mut by_group = HashMap::new();
     loop {
         tokio::select! {
             biased;
@@ -61,18 +66,37 @@ pub(crate) async fn keeper_loop(
                 let Some(log) = log else { return };
                 match core.replica(log.group()) {
                     Some(r) => {
-                        running.spawn(bound(r, limit, counts.clone()));
+                        let task = running.spawn(bound(r, keep, counts.clone()));
+                        // A group's newer report supersedes its task still waiting (for a
+                        // snapshot, or for a replica behind to catch up), so a follower
+                        // down for long keeps one task per group, not one per report.
+                        if let Some(old) = by_group.insert(log.group(), task) {
+                            old.abort();
+                        }
                     }
                     // Not (or no longer) hosted: let it report again should it be.
-                    None => log.rearm(0),
+                    None => {
+                        by_group.remove(&log.group());
+                        log.rearm(0);
+                    }
                 }
             }
         }
     }
 }
 
-/// What the keeper counts: purges asked of openraft, and purges held back for a replica
-/// behind.
+/// What the keeper keeps behind a snapshot.
+#[derive(Clone, Copy)]
+struct Keep {
+    /// Entries ([`cairn_raft::log_entries_kept`]).
+    entries: u64,
+    /// The byte limit (`--snapshot-log-bytes`; 0: none), of which a quarter is kept and
+    /// twice is held for a replica behind.
+    bytes: u64,
+}
+
+/// What the keeper counts: purges by size asked of openraft, and purges held back for a
+/// replica behind.
 #[derive(Clone)]
 struct Counts {
     purges: Counter,
@@ -80,9 +104,9 @@ struct Counts {
 }
 
 /// Snapshots `r` if it applied anything since its last snapshot, and purges its log down
-/// to a quarter of `limit` bytes behind the snapshot, or on a leader no further than a
-/// replica behind needs (see the module doc).
-async fn bound(r: Replica, limit: u64, counts: Counts) {
+/// to what `keep` says behind the snapshot, or on a leader no further than a replica behind
+/// needs (see the module doc).
+async fn bound(r: Replica, keep: Keep, counts: Counts) {
     let partition = r.log.group();
     let (before, applied) = {
         let m = r.raft.metrics();
@@ -101,7 +125,7 @@ async fn bound(r: Replica, limit: u64, counts: Counts) {
             .wait(Some(SNAPSHOT_WAIT))
             .metrics(
                 |m| m.snapshot.as_ref().map(|s| s.index) > before,
-                "a snapshot to bound the log by bytes",
+                "a snapshot to bound the log",
             )
             .await;
         match taken {
@@ -119,13 +143,26 @@ async fn bound(r: Replica, limit: u64, counts: Counts) {
         return;
     };
     r.log.rearm(snapshot);
-    let Some(upto) = r
-        .log
-        .purge_point(snapshot, cairn_raft::log_bytes_kept(limit))
-    else {
+    let by_entries = snapshot.checked_sub(keep.entries);
+    let by_bytes = (keep.bytes > 0)
+        .then(|| {
+            r.log
+                .purge_point(snapshot, cairn_raft::log_bytes_kept(keep.bytes))
+        })
+        .flatten();
+    let Some(upto) = by_entries.max(by_bytes) else {
         return;
     };
-    let held = cairn_raft::log_bytes_held(limit);
+    let counts = Counts {
+        // Only purges the byte bound takes further than the entry bound count as by size.
+        purges: if by_bytes > by_entries {
+            counts.purges
+        } else {
+            Counter::default()
+        },
+        holds: counts.holds,
+    };
+    let held = cairn_raft::log_bytes_held(keep.bytes);
     let allowed = |r: &Replica| {
         let slowest = slowest_match(r.raft.metrics().borrow_watched().replication.as_ref());
         hold_for(slowest, upto, held, r.log.first_sized(), |i| {
@@ -141,7 +178,7 @@ async fn bound(r: Replica, limit: u64, counts: Counts) {
     counts.holds.inc();
     purge(&r, now, &counts).await;
     // Once the replica has caught up, purge the rest: an idle partition would otherwise
-    // keep the held log until another limit's worth of writes.
+    // keep the held log until another interval's worth of writes.
     let caught_up = r
         .raft
         .wait(Some(HOLD_WAIT))
@@ -168,7 +205,7 @@ async fn purge(r: &Replica, upto: Option<u64>, counts: &Counts) {
     let Some(upto) = upto.filter(|u| Some(*u) > purged) else {
         return;
     };
-    tracing::debug!(partition = %r.log.group(), upto, "purging the log by size");
+    tracing::debug!(partition = %r.log.group(), upto, "purging the log");
     if r.raft.trigger().purge_log(upto).await.is_ok() {
         counts.purges.inc();
     }

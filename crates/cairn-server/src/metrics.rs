@@ -174,7 +174,7 @@ pub(crate) struct Metrics {
     read_round_reads: Histogram,
     fsync_failures: Counter,
     size_purges: Counter,
-    size_holds: Counter,
+    holds: Counter,
     scraped: Arc<Scraped>,
     rendering: Mutex<()>,
 }
@@ -266,13 +266,13 @@ impl Metrics {
              --snapshot-log-bytes (large values), rather than their entry count",
             size_purges.clone(),
         );
-        let size_holds = Counter::default();
+        let holds = Counter::default();
         registry.register(
-            "raft_log_size_holds",
-            "Purges by size that a leader held back, in part or whole, for a replica behind it \
-             (within twice --snapshot-log-bytes), so that it catches up from the log rather \
-             than by a snapshot",
-            size_holds.clone(),
+            "raft_log_holds",
+            "Purges of partition Raft logs that a leader held back, in part or whole, for a \
+             replica behind it (within twice --snapshot-log-bytes), so that it catches up from \
+             the log rather than by a snapshot",
+            holds.clone(),
         );
         raft.register(&mut registry);
         sync.register(&mut registry);
@@ -291,7 +291,7 @@ impl Metrics {
             read_round_reads,
             fsync_failures,
             size_purges,
-            size_holds,
+            holds,
             scraped,
             rendering: Mutex::new(()),
         }
@@ -307,9 +307,9 @@ impl Metrics {
         self.size_purges.clone()
     }
 
-    /// The count of purges by size held back for a replica behind, for the log keeper.
-    pub(crate) fn size_holds(&self) -> Counter {
-        self.size_holds.clone()
+    /// The count of purges held back for a replica behind, for the log keeper.
+    pub(crate) fn holds(&self) -> Counter {
+        self.holds.clone()
     }
 
     /// Counts a request passed on to another node.
@@ -617,7 +617,7 @@ mod tests {
         m.batch(5);
         m.read_rounds().observe(2.0);
         m.size_purges().inc();
-        m.size_holds().inc();
+        m.holds().inc();
         raft.heartbeats_sent.inc();
         raft.snapshot_sent_bytes.inc_by(4096);
         sync.duration.observe(0.002);
@@ -680,7 +680,7 @@ mod tests {
         );
         assert_eq!(at(r#"cairn_fsync_failures_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_raft_log_size_purges_total{node="1"}"#), 1.0);
-        assert_eq!(at(r#"cairn_raft_log_size_holds_total{node="1"}"#), 1.0);
+        assert_eq!(at(r#"cairn_raft_log_holds_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_runtime_worker_threads{node="1"}"#), 3.0);
         assert_eq!(at(r#"cairn_forwarded_requests_total{node="1"}"#), 1.0);
         assert_eq!(at(r#"cairn_raft_proposals_total{node="1"}"#), 2.0);

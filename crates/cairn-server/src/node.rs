@@ -670,9 +670,9 @@ impl Node {
         self.core.metrics.size_purges().get()
     }
 
-    /// Purges by size this node, leading, held back for a replica behind since it started.
-    pub fn log_size_holds(&self) -> u64 {
-        self.core.metrics.size_holds().get()
+    /// Log purges this node, leading, held back for a replica behind since it started.
+    pub fn log_holds(&self) -> u64 {
+        self.core.metrics.holds().get()
     }
 
     /// The node's recent log output (`/debug/logs`), if it keeps it.

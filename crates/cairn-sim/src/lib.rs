@@ -57,7 +57,7 @@ pub struct SimConfig {
     /// Raft entries between snapshots (small, so snapshots and log purges happen).
     pub snapshot_logs: u64,
     /// Bytes of Raft log that make a partition snapshot and purge by size (small, so the
-    /// log keeper's snapshots and purges happen beside the entry policy's).
+    /// log keeper purges by size as well as by entries).
     pub snapshot_log_bytes: u64,
     /// Most operations in the run; clients pause between operations to spread them over
     /// the faults (simulated time costs nothing, operations cost real CPU).
@@ -787,7 +787,7 @@ fn operations_summary(nodes: &BTreeMap<u64, Arc<Node>>) -> String {
     }
     let partitions: usize = meta.tables.values().map(|t| t.partitions.len()).sum();
     let purges: u64 = nodes.values().map(|n| n.log_size_purges()).sum();
-    let holds: u64 = nodes.values().map(|n| n.log_size_holds()).sum();
+    let holds: u64 = nodes.values().map(|n| n.log_holds()).sum();
     format!(
         "operations recorded: {kinds:?}; {partitions} partitions at the end; \
          {purges} partition logs purged by size and {holds} purges held for a replica \

@@ -10,7 +10,7 @@ const LIMIT: u64 = 2 << 20;
 const VALUE: usize = 256 << 10;
 
 /// Forty writes of 256 KiB values to one partition, one entry each (10 MiB, far below the
-/// 1,000 entries of the entry policy, which would keep all forty): on every node the log
+/// 1,000 entries of the entry bound, which would keep all forty): on every node the log
 /// then holds at most the bytes since the last snapshot plus what is kept behind it, which
 /// on a leader with a follower behind is up to [`cairn_server::log_bytes_held`] (in entries:
 /// 2 MiB / 256 KiB + 4 MiB / 256 KiB, and a few in flight); every value reads back. With
@@ -53,7 +53,7 @@ async fn t74_large_values_bound_the_log_by_bytes() {
         },
     )
     .await;
-    // The byte bound did it, not the entry policy: the leader's log only gets under the
+    // The byte bound did it, not the entry bound: the leader's log only gets under the
     // bound by purges by size (a follower that fell far behind may have been sent
     // snapshots instead, which leave it nothing to purge).
     let mut purges = 0.0;
@@ -175,6 +175,6 @@ async fn keeper_runs(c: &Cluster, id: u64) -> Option<f64> {
     let t = scrape(c, id).await?;
     Some(
         value(&t, "cairn_raft_log_size_purges_total", &[])?
-            + value(&t, "cairn_raft_log_size_holds_total", &[])?,
+            + value(&t, "cairn_raft_log_holds_total", &[])?,
     )
 }
