@@ -12,7 +12,7 @@
 use openraft::{Config, SnapshotPolicy};
 use std::sync::Arc;
 
-/// Entries purged at once: openraft waits until this many can go.
+/// Entries purged at once in the metadata group: openraft waits until this many can go.
 const PURGE_BATCH: u64 = 256;
 
 /// Entries kept behind a snapshot when the log is purged (a fifth of the interval).
@@ -20,11 +20,15 @@ pub fn log_entries_kept(snapshot_logs: u64) -> u64 {
     (snapshot_logs / 5).max(1)
 }
 
-/// Most entries a group's log holds once its purges have caught up and no replica is behind
-/// (one that is behind holds up to [`log_bytes_held`] more): those since the last snapshot,
-/// the ones kept behind it, and slack for the appends while a snapshot is taken.
+/// Entries a partition may append between its log's report and the keeper's purge (the
+/// snapshot the keeper waits for, and the purge itself, are not instant).
+const PURGE_SLACK: u64 = 256;
+
+/// Most entries a partition's log holds once its purges have caught up and no replica is
+/// behind (one that is behind holds up to [`log_bytes_held`] more): those since the last
+/// snapshot, the ones kept behind it, and those appended while the keeper purges.
 pub fn max_log_held(snapshot_logs: u64) -> u64 {
-    snapshot_logs.max(1) + log_entries_kept(snapshot_logs) + PURGE_BATCH
+    snapshot_logs.max(1) + log_entries_kept(snapshot_logs) + PURGE_SLACK
 }
 
 /// Who decides when a group snapshots and how far its log is purged.

@@ -284,8 +284,8 @@ pub type LogFull = tokio::sync::mpsc::UnboundedSender<LogStore>;
 /// committed, reports once per half bound appended rather than on every append), the log
 /// reports itself once on `full`. The keeper snapshots the group, calls
 /// [`LogStore::rearm`] and purges. Entries written before a restart have no size here: the
-/// entry bound still covers them (the mark starts at 0, so a restarted log reports on its
-/// first append).
+/// entry bound still covers them (the mark starts at 0, so a restarted log longer than the
+/// interval reports on its first append).
 #[derive(Default)]
 struct LogSizes {
     sizes: VecDeque<(u64, u64)>,
@@ -306,6 +306,7 @@ struct LogSizes {
 
 impl LogSizes {
     fn drop_back(&mut self, from: u64) {
+        self.last = self.last.min(from.saturating_sub(1));
         while let Some(&(i, n)) = self.sizes.back() {
             if i < from {
                 break;
@@ -774,6 +775,15 @@ mod tests {
         let (mut s, _rx) = sizes(0);
         s.interval = 10;
         assert!(s.push(5000, 1));
+        // Entries a new leader truncated do not count towards the next report.
+        let (mut s, _rx) = sizes(0);
+        s.interval = 10;
+        for i in 1..=9 {
+            s.push(i, 1);
+        }
+        s.drop_back(5);
+        s.rearm(0);
+        assert_eq!(s.entries_floor, 4);
     }
 
     #[test]

@@ -569,8 +569,9 @@ impl Core {
         let sm = sm
             .on_split(self.splits.clone(), id)
             .count_applied(self.peers.metrics().applied_entries.clone());
+        // With 0 entries, small entries would never reach the byte bound: at least one.
         let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone()).with_bounds(
-            self.snapshot_logs,
+            self.snapshot_logs.max(1),
             self.snapshot_log_bytes,
             self.log_full.clone(),
         );

@@ -35,10 +35,6 @@ use tokio::sync::{mpsc, watch};
 /// applying, say without a quorum, never comes) before it lets the group report again.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
-/// How long the keeper waits, after holding a purge back, for the replica behind to catch
-/// up before it leaves the rest of the purge to the log's next report.
-const HOLD_WAIT: Duration = Duration::from_secs(30);
-
 /// Serves the reports of full logs until `stop`; each group is bounded in a task of its
 /// own, so a group whose snapshot does not come holds up no other.
 pub(crate) async fn keeper_loop(
@@ -61,7 +57,9 @@ pub(crate) async fn keeper_loop(
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {
+                by_group.retain(|_, task: &mut tokio::task::AbortHandle| !task.is_finished());
+            }
             log = full.recv() => {
                 let Some(log) = log else { return };
                 match core.replica(log.group()) {
@@ -108,6 +106,10 @@ struct Counts {
 /// needs (see the module doc).
 async fn bound(r: Replica, keep: Keep, counts: Counts) {
     let partition = r.log.group();
+    // Whatever ends this task before it takes note of a snapshot (the group stopped, a
+    // newer report, a panic), the log must be able to report again: nothing else would
+    // snapshot or purge it.
+    let mut rearm = Rearm(Some(r.log.clone()));
     let (before, applied) = {
         let m = r.raft.metrics();
         let m = m.borrow_watched();
@@ -139,9 +141,9 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
         before
     };
     let Some(snapshot) = snapshot else {
-        r.log.rearm(0);
         return;
     };
+    rearm.0 = None;
     r.log.rearm(snapshot);
     let by_entries = snapshot.checked_sub(keep.entries);
     let by_bytes = (keep.bytes > 0)
@@ -178,10 +180,11 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
     counts.holds.inc();
     purge(&r, now, &counts).await;
     // Once the replica has caught up, purge the rest: an idle partition would otherwise
-    // keep the held log until another interval's worth of writes.
+    // keep the held log until another interval's worth of writes. No timeout: the log's
+    // next report replaces this task, and one that leaves off leading stops the wait.
     let caught_up = r
         .raft
-        .wait(Some(HOLD_WAIT))
+        .wait(None)
         .metrics(
             |m| slowest_match(m.replication.as_ref()).is_none_or(|s| s >= Some(upto)),
             "the replicas to catch up past the purge point",
@@ -190,7 +193,17 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
     if caught_up.is_ok() {
         purge(&r, allowed(&r), &counts).await;
     }
-    // Otherwise still behind: the next report of the log tries again.
+}
+
+/// Lets a log report itself again when dropped holding it (see [`bound`]).
+struct Rearm(Option<LogStore>);
+
+impl Drop for Rearm {
+    fn drop(&mut self) {
+        if let Some(log) = self.0.take() {
+            log.rearm(0);
+        }
+    }
 }
 
 /// Purges `r`'s log through `upto` if that is past what is purged already.
