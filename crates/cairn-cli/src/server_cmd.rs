@@ -58,8 +58,9 @@ pub(crate) struct ServerArgs {
     /// anyway and purges down to a quarter of this behind the snapshot (e.g. 32MiB, 4MiB),
     /// so large values do not keep a log of --snapshot-logs entries. A leader keeps up to
     /// twice this of log for a follower behind (down, restarting, slow), so it catches up
-    /// from the log; one further behind catches up by snapshot. 0 counts entries only and
-    /// holds nothing for a follower behind.
+    /// from the log, but no more than the partition's size (at least a quarter of this);
+    /// one further behind catches up by snapshot. 0 counts entries only and holds nothing
+    /// for a follower behind.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES", default_value = "32MiB", value_parser = cairn_server::parse_size)]
     snapshot_log_bytes: u64,
     /// Seconds after which a replica move whose new replica still does not vote (its

@@ -117,10 +117,12 @@ pub fn log_bytes_kept(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes / 4
 }
 
-/// Bytes of log a leader holds for its slowest follower under the byte limit
+/// Most bytes of log a leader holds for its slowest follower under the byte limit
 /// `snapshot_log_bytes` (twice the limit), whichever bound took the snapshot, so that a
 /// follower briefly behind (paused, restarting, slow) catches up from the log rather than
-/// by a whole snapshot; one further behind is sent a snapshot.
+/// by a whole snapshot; one further behind is sent a snapshot. The keeper holds no more
+/// than the partition's own size (a snapshot is then the smaller catch-up), but at least
+/// [`log_bytes_kept`].
 pub fn log_bytes_held(snapshot_log_bytes: u64) -> u64 {
     snapshot_log_bytes.saturating_mul(2)
 }

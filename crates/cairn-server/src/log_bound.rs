@@ -164,7 +164,8 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
         },
         holds: counts.holds,
     };
-    let held = cairn_raft::log_bytes_held(keep.bytes);
+    let size = r.stats.measured_bytes(r.view.shared_desc().epoch.version);
+    let held = held_bytes(keep.bytes, size);
     let allowed = |r: &Replica| {
         let slowest = slowest_match(r.raft.metrics().borrow_watched().replication.as_ref());
         hold_for(slowest, upto, held, r.log.first_sized(), |i| {
@@ -237,6 +238,16 @@ fn slowest_match(
         .min()
 }
 
+/// Bytes of log a leader holds for a replica behind under the byte limit `limit`:
+/// [`cairn_raft::log_bytes_held`], but no more than the partition's own bytes (`partition`,
+/// as last measured; not known counts as large), as a snapshot of it is then the smaller
+/// catch-up (CockroachDB truncates a range's Raft log past the range's size the same way),
+/// and no less than the quarter of the limit kept behind a snapshot anyway.
+fn held_bytes(limit: u64, partition: Option<u64>) -> u64 {
+    let most = cairn_raft::log_bytes_held(limit);
+    partition.map_or(most, |p| p.clamp(cairn_raft::log_bytes_kept(limit), most))
+}
+
 /// How far a purge meant to reach `upto` may go without cutting off the slowest replica
 /// (`slowest`, from [`slowest_match`]): no further than what it has matched while the log
 /// after that (`bytes_after`) is within `held` bytes, so it catches up from the log. Past
@@ -263,7 +274,23 @@ fn hold_for(
 
 #[cfg(test)]
 mod tests {
-    use super::hold_for;
+    use super::{held_bytes, hold_for};
+
+    #[test]
+    fn a_replica_is_held_for_no_further_than_the_partition_holds() {
+        let mib = 1 << 20;
+        // 32 MiB limit: 8 MiB kept behind a snapshot, at most 64 MiB held.
+        let limit = 32 * mib;
+        assert_eq!(held_bytes(limit, None), 64 * mib, "size not known");
+        assert_eq!(held_bytes(limit, Some(20 * mib)), 20 * mib);
+        assert_eq!(
+            held_bytes(limit, Some(5 << 30)),
+            64 * mib,
+            "a large partition"
+        );
+        assert_eq!(held_bytes(limit, Some(1000)), 8 * mib, "a small one");
+        assert_eq!(held_bytes(0, Some(1000)), 0, "no byte limit: nothing held");
+    }
 
     #[test]
     fn a_replica_behind_holds_the_purge_within_the_held_bytes() {

@@ -131,6 +131,15 @@ impl ReplicaStats {
     }
 
     /// Whether the size should be measured again.
+    /// The partition's bytes as last measured for its shape `version`, if they were.
+    pub(crate) fn measured_bytes(&self, version: u64) -> Option<u64> {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.measured
+            .as_ref()
+            .filter(|m| m.version == version)
+            .map(|m| m.bytes)
+    }
+
     fn stale(&self, version: u64, rewrite_after: u64) -> bool {
         let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &s.measured {

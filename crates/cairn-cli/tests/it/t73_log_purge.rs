@@ -155,3 +155,95 @@ async fn metric(c: &Cluster, id: u64, name: &str) -> f64 {
     let t = scrape(c, id).await.expect("metrics");
     value(&t, name, &[]).unwrap_or(0.0)
 }
+
+/// A follower away while more log goes to its partition than the partition itself holds
+/// catches up by a snapshot, the smaller copy: the leader holds no more log for it than the
+/// partition's measured size (at least a quarter of `--snapshot-log-bytes`). Ten keys of
+/// 1 KiB are overwritten 300 times while the follower is paused: about 300 KiB of log, within
+/// the 512 KiB held for a follower when the size is not known, past the 64 KiB floor, and
+/// thirty times the partition's 10 KiB. The snapshot it is sent is smaller than the log it
+/// missed, and every value reads back from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t73_a_follower_behind_by_more_than_the_partition_gets_a_snapshot() {
+    const LIMIT: u64 = 256 << 10;
+    const VALUE: usize = 1 << 10;
+    let writes = 300u64;
+    let missed = writes * VALUE as u64;
+    assert!(missed > cairn_server::log_bytes_kept(LIMIT));
+    assert!(missed < cairn_server::log_bytes_held(LIMIT));
+    let limit = LIMIT.to_string();
+    // The controller measures partition sizes; a split size far above this test's data
+    // keeps it from changing the layout.
+    let c = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-log-bytes",
+            &limit,
+            "--controller",
+            "on",
+            "--split-size",
+            "1GiB",
+        ],
+    )
+    .await;
+    let cl = c.client();
+    cl.create_table("p", 3, vec![]).await.unwrap();
+    for i in 0..10u8 {
+        cl.put("p", &[b'k', i], &vec![i; VALUE]).await.unwrap();
+    }
+    let leader = wait_for(Duration::from_secs(10), "a leader", || async {
+        cl.describe_table("p").await.ok()?.partitions[0].leader
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the leader to measure the partition",
+        || async {
+            let t = scrape(&c, leader).await?;
+            (value(&t, "cairn_partition_size_bytes", &["table=\"p\""])? >= 10.0 * VALUE as f64)
+                .then_some(())
+        },
+    )
+    .await;
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let received = metric(&c, follower, "cairn_snapshot_received_bytes_total").await;
+    let via = c.client_of(leader);
+    let purges = metric(&c, leader, "cairn_raft_log_size_purges_total").await;
+    c.pause(follower);
+    for i in 0..writes {
+        let v = vec![(i % 251) as u8; VALUE];
+        via.put("p", &[b'k', (i % 10) as u8], &v).await.unwrap();
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "the leader to purge its log by size with the follower paused",
+        || async {
+            (metric(&c, leader, "cairn_raft_log_size_purges_total").await > purges).then_some(())
+        },
+    )
+    .await;
+    // Past openraft's in-flight deferral (see t73_a_follower_away_catches_up_from_the_log).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.resume(follower);
+    via.put("p", b"last", b"1").await.unwrap();
+    let resumed = c.client_of(follower);
+    wait_stale_value(&resumed, "p", b"last", b"1", Duration::from_secs(30)).await;
+    let sent = metric(&c, follower, "cairn_snapshot_received_bytes_total").await - received;
+    assert!(
+        sent > 0.0,
+        "node {follower} caught up from {missed} bytes of log held for it, not a snapshot of \
+         a 10 KiB partition:\n{}",
+        c.log(follower)
+    );
+    assert!(
+        sent < missed as f64,
+        "the snapshot ({sent} bytes) is larger than the log missed ({missed})"
+    );
+    for i in writes - 10..writes {
+        let got = resumed
+            .get_stale("p", &[b'k', (i % 10) as u8])
+            .await
+            .unwrap();
+        assert_eq!(got, Some(vec![(i % 251) as u8; VALUE]), "key k{}", i % 10);
+    }
+}
