@@ -58,7 +58,8 @@ pub(crate) struct ServerArgs {
     /// anyway and purges down to a quarter of this behind the snapshot (e.g. 32MiB, 4MiB),
     /// so large values do not keep a log of --snapshot-logs entries. A leader keeps up to
     /// twice this of log for a follower behind (down, restarting, slow), so it catches up
-    /// from the log, but no more than the partition's size (at least a quarter of this);
+    /// from the log, but no more than the partition's size as the controller measured it
+    /// (at least a quarter of this);
     /// one further behind catches up by snapshot. 0 counts entries only and holds nothing
     /// for a follower behind.
     #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES", default_value = "32MiB", value_parser = cairn_server::parse_size)]

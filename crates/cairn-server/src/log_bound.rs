@@ -74,7 +74,9 @@ pub(crate) async fn keeper_loop(
                     }
                     // Not (or no longer) hosted: let it report again should it be.
                     None => {
-                        by_group.remove(&log.group());
+                        if let Some(task) = by_group.remove(&log.group()) {
+                            task.abort();
+                        }
                         log.rearm(0);
                     }
                 }

@@ -130,7 +130,6 @@ impl ReplicaStats {
         load
     }
 
-    /// Whether the size should be measured again.
     /// The partition's bytes as last measured for its shape `version`, if they were.
     pub(crate) fn measured_bytes(&self, version: u64) -> Option<u64> {
         let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,6 +139,16 @@ impl ReplicaStats {
             .map(|m| m.bytes)
     }
 
+    /// Drops the measurement of a partition this node no longer leads: writes under another
+    /// leader are not counted in `written`, so it would be stale when this node leads again.
+    fn forget_measured(&self) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if s.measured.take().is_some() {
+            s.load = None;
+        }
+    }
+
+    /// Whether the size should be measured again.
     fn stale(&self, version: u64, rewrite_after: u64) -> bool {
         let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &s.measured {
@@ -176,8 +185,11 @@ impl Core {
             let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
             replicas
                 .iter()
-                .filter(|(_, r)| r.raft.metrics().borrow_watched().state == ServerState::Leader)
                 .filter_map(|(p, r)| {
+                    if r.raft.metrics().borrow_watched().state != ServerState::Leader {
+                        r.stats.forget_measured();
+                        return None;
+                    }
                     let desc = r.view.shared_desc();
                     r.stats
                         .stale(desc.epoch.version, rewrite_after)
