@@ -157,15 +157,8 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
     let Some(upto) = by_entries.max(by_bytes) else {
         return;
     };
-    let counts = Counts {
-        // Only purges the byte bound takes further than the entry bound count as by size.
-        purges: if by_bytes > by_entries {
-            counts.purges
-        } else {
-            Counter::default()
-        },
-        holds: counts.holds,
-    };
+    // Only purges the byte bound takes further than the entry bound count as by size.
+    let size_purges = (by_bytes > by_entries).then_some(&counts.purges);
     let size = r.stats.measured_bytes(r.view.shared_desc().epoch.version);
     let held = held_bytes(keep.bytes, size);
     let allowed = |r: &Replica| {
@@ -176,12 +169,12 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
     };
     let now = allowed(&r);
     if now >= Some(upto) {
-        purge(&r, now, &counts).await;
+        purge(&r, now, size_purges).await;
         return;
     }
     tracing::debug!(%partition, snapshot, upto, "holding the log for a replica behind");
     counts.holds.inc();
-    purge(&r, now, &counts).await;
+    purge(&r, now, size_purges).await;
     // Once the replica has caught up, purge the rest: an idle partition would otherwise
     // keep the held log until another interval's worth of writes. No timeout: the log's
     // next report replaces this task, and one that leaves off leading stops the wait.
@@ -194,7 +187,7 @@ async fn bound(r: Replica, keep: Keep, counts: Counts) {
         )
         .await;
     if caught_up.is_ok() {
-        purge(&r, allowed(&r), &counts).await;
+        purge(&r, allowed(&r), size_purges).await;
     }
 }
 
@@ -209,8 +202,9 @@ impl Drop for Rearm {
     }
 }
 
-/// Purges `r`'s log through `upto` if that is past what is purged already.
-async fn purge(r: &Replica, upto: Option<u64>, counts: &Counts) {
+/// Purges `r`'s log through `upto` if that is past what is purged already, and counts the
+/// purge in `counted` if given.
+async fn purge(r: &Replica, upto: Option<u64>, counted: Option<&Counter>) {
     let purged = r
         .raft
         .metrics()
@@ -222,8 +216,10 @@ async fn purge(r: &Replica, upto: Option<u64>, counts: &Counts) {
         return;
     };
     tracing::debug!(partition = %r.log.group(), upto, "purging the log");
-    if r.raft.trigger().purge_log(upto).await.is_ok() {
-        counts.purges.inc();
+    if r.raft.trigger().purge_log(upto).await.is_ok()
+        && let Some(c) = counted
+    {
+        c.inc();
     }
 }
 
