@@ -671,15 +671,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::LogSizes;
 
-    fn sizes(
-        limit: u64,
-    ) -> (
-        LogSizes,
-        tokio::sync::mpsc::UnboundedReceiver<super::LogStore>,
-    ) {
+    type Reports = tokio::sync::mpsc::UnboundedReceiver<super::LogStore>;
+
+    /// A log bounded by `limit` bytes only.
+    fn sizes(limit: u64) -> (LogSizes, Reports) {
+        entries_and_sizes(0, limit)
+    }
+
+    /// A log bounded by `interval` entries and by `limit` bytes (0: no byte bound).
+    fn entries_and_sizes(interval: u64, limit: u64) -> (LogSizes, Reports) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let s = LogSizes {
             limit,
+            interval,
             full: Some(tx),
             ..Default::default()
         };
@@ -751,8 +755,7 @@ mod tests {
 
     #[test]
     fn the_entry_bound_fires_once_per_interval() {
-        let (mut s, _rx) = sizes(0);
-        s.interval = 10;
+        let (mut s, _rx) = entries_and_sizes(10, 0);
         for i in 1..=10 {
             assert!(!s.push(i, 1), "{i} entries since the mark");
         }
@@ -772,12 +775,10 @@ mod tests {
         assert!(s.push(25, 1));
         // A log reopened after a restart knows no snapshot: it reports on its first
         // append, so the keeper learns where the snapshot is.
-        let (mut s, _rx) = sizes(0);
-        s.interval = 10;
+        let (mut s, _rx) = entries_and_sizes(10, 0);
         assert!(s.push(5000, 1));
         // Entries a new leader truncated do not count towards the next report.
-        let (mut s, _rx) = sizes(0);
-        s.interval = 10;
+        let (mut s, _rx) = entries_and_sizes(10, 0);
         for i in 1..=9 {
             s.push(i, 1);
         }
