@@ -454,6 +454,22 @@ impl Cluster {
         .await;
     }
 
+    /// The node leading `table`'s first partition, once the metadata knows one (10 s).
+    pub async fn leader_of(&self, table: &str) -> u64 {
+        let c = self.client();
+        wait_for(Duration::from_secs(10), "a leader", || async {
+            c.describe_table(table).await.ok()?.partitions[0].leader
+        })
+        .await
+    }
+
+    /// A node other than `id` (with 3 replicas on 3 nodes, a follower of a group `id` leads).
+    pub fn other_than(&self, id: u64) -> u64 {
+        (1..=self.nodes.len() as u64)
+            .find(|n| *n != id)
+            .expect("a cluster of more than one node")
+    }
+
     /// A client over every node.
     pub fn client(&self) -> Client {
         let endpoints = self.nodes.iter().map(|n| n.grpc.clone());

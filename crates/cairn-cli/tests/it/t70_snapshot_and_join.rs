@@ -12,11 +12,8 @@ async fn t70_lagging_replica_catches_up_across_snapshots() {
     let cl = c.client();
     cl.create_table("s", 3, vec![]).await.unwrap();
     cl.put("s", b"gone", b"soon").await.unwrap();
-    let leader = wait_for(Duration::from_secs(10), "a leader", || async {
-        cl.describe_table("s").await.ok()?.partitions[0].leader
-    })
-    .await;
-    let down = (1..=3).find(|n| *n != leader).unwrap();
+    let leader = c.leader_of("s").await;
+    let down = c.other_than(leader);
     c.kill9(down);
     let mut latest = BTreeMap::new();
     for i in 0..400 {

@@ -72,11 +72,8 @@ async fn t73_a_follower_away_catches_up_from_the_log() {
     let cl = c.client();
     cl.create_table("p", 3, vec![]).await.unwrap();
     cl.put("p", b"k", b"first").await.unwrap();
-    let leader = wait_for(Duration::from_secs(10), "a leader", || async {
-        cl.describe_table("p").await.ok()?.partitions[0].leader
-    })
-    .await;
-    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let leader = c.leader_of("p").await;
+    let follower = c.other_than(leader);
     let via = c.client_of(leader);
     let resumed = c.client_of(follower);
     for (round, restart) in [(0, false), (1, true)] {
@@ -193,10 +190,7 @@ async fn t73_a_follower_behind_by_more_than_the_partition_gets_a_snapshot() {
     .await;
     let cl = c.client();
     cl.create_table("p", 3, vec![]).await.unwrap();
-    let leader = wait_for(Duration::from_secs(10), "a leader", || async {
-        cl.describe_table("p").await.ok()?.partitions[0].leader
-    })
-    .await;
+    let leader = c.leader_of("p").await;
     // Written again until measured whole: a measurement taken half way through the first
     // writes stands until 64 KiB more are written.
     wait_for(
@@ -212,7 +206,7 @@ async fn t73_a_follower_behind_by_more_than_the_partition_gets_a_snapshot() {
         },
     )
     .await;
-    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let follower = c.other_than(leader);
     let received = metric(&c, follower, "cairn_snapshot_received_bytes_total").await;
     let via = c.client_of(leader);
     c.pause(follower);

@@ -82,11 +82,8 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     let cl = c.client();
     cl.create_table("big", 3, vec![]).await.unwrap();
     cl.put("big", b"k", b"first").await.unwrap();
-    let leader = wait_for(Duration::from_secs(10), "a leader", || async {
-        cl.describe_table("big").await.ok()?.partitions[0].leader
-    })
-    .await;
-    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let leader = c.leader_of("big").await;
+    let follower = c.other_than(leader);
     let before = keeper_runs(&c, leader).await.unwrap_or(0.0);
     let received = snapshot_bytes_received(&c, follower).await;
     c.pause(follower);

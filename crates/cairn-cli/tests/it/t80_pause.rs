@@ -1,4 +1,4 @@
-use crate::cluster::{Cluster, wait_for, wait_stale_value};
+use crate::cluster::{Cluster, wait_stale_value};
 use std::time::{Duration, Instant};
 
 /// SIGSTOP the leader of a partition longer than the election timeout: the others elect a
@@ -10,10 +10,7 @@ async fn t80_paused_leader_is_replaced_and_catches_up() {
     let cl = c.client();
     cl.create_table("p", 3, vec![]).await.unwrap();
     cl.put("p", b"k", b"before").await.unwrap();
-    let leader = wait_for(Duration::from_secs(10), "a leader", || async {
-        cl.describe_table("p").await.ok()?.partitions[0].leader
-    })
-    .await;
+    let leader = c.leader_of("p").await;
     c.pause(leader);
     let paused_at = Instant::now();
     // Writes through the other nodes go on once a new leader is elected.
