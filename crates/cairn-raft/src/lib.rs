@@ -36,7 +36,7 @@ pub use config::{
 };
 pub use error::from_raft;
 pub use fold::DEFAULT_COMMIT_HOLD;
-pub use log_store::{LogFull, LogStore, Syncer};
+pub use log_store::{LogFull, LogStore, MAX_APPEND_BYTES, Syncer};
 pub use metrics::{RaftMetrics, SyncMetrics};
 pub use network::{GroupNetwork, PeerNetwork, RaftMsg, RaftRpc, serve_raft_rpc};
 

@@ -185,6 +185,15 @@ pub(crate) fn read<T: DeserializeOwned>(
     }
 }
 
+/// Most encoded bytes of entries in one AppendEntries (beyond its first entry, which goes
+/// whole). openraft caps a message by entry count only (300), so a follower catching up on
+/// 1 MiB values would be sent 300 MiB at once: more than it can take in within the
+/// message's timeout, resent whole each time. TiKV caps its messages at 1 MiB the same way.
+pub const MAX_APPEND_BYTES: u64 = 1 << 20;
+
+/// Rows a byte-capped read takes from the engine at a time.
+const CAPPED_READ_ROWS: usize = 16;
+
 /// Most entries a group keeps in its [`LogCache`].
 const CACHE_ENTRIES: usize = 512;
 /// Most encoded bytes a group keeps in its [`LogCache`] (1,000 groups: 256 MiB at most).
@@ -383,6 +392,23 @@ impl LogSizes {
         None
     }
 
+    /// The end (exclusive, at most `end`) of a read from `start` whose entries of known size
+    /// hold at most `budget` bytes; it always takes the entry at `start`.
+    fn end_within(&self, start: u64, end: u64, budget: u64) -> u64 {
+        let from = self.sizes.partition_point(|(i, _)| *i < start);
+        let mut total = 0u64;
+        for &(i, n) in self.sizes.range(from..) {
+            if i >= end {
+                break;
+            }
+            total = total.saturating_add(n);
+            if total > budget && i > start {
+                return i;
+            }
+        }
+        end
+    }
+
     /// Bytes of the entries after `index` (those whose size is known).
     fn bytes_after(&self, index: u64) -> u64 {
         self.sizes
@@ -526,6 +552,47 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .scan(Space::Raft, &start_key, Some(&end_key), usize::MAX)
             .map_err(io::Error::other)?;
         rows.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    /// Entries from `start` holding at most [`MAX_APPEND_BYTES`] (at least one): what
+    /// replication sends in one message.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<typ::Entry>, io::Error> {
+        let end = self.sizes().end_within(start, end, MAX_APPEND_BYTES);
+        if let Some(hit) = self.cache().get(start, end) {
+            return Ok(hit);
+        }
+        // Entries written before this process opened the log have no recorded size: count
+        // their stored bytes, reading a few rows at a time so that large ones past the cap
+        // are not read at all.
+        let end_key = keys::raft_log(self.group, end);
+        let (mut out, mut bytes, mut next) = (Vec::new(), 0u64, start);
+        while next < end {
+            let rows = self
+                .engine
+                .scan(
+                    Space::Raft,
+                    &keys::raft_log(self.group, next),
+                    Some(&end_key),
+                    CAPPED_READ_ROWS,
+                )
+                .map_err(io::Error::other)?;
+            let Some(last) = rows.last().and_then(|(k, _)| keys::raft_log_index(k)) else {
+                break;
+            };
+            for (k, v) in &rows {
+                bytes = bytes.saturating_add(v.len() as u64);
+                if bytes > MAX_APPEND_BYTES && !out.is_empty() {
+                    return Ok(out);
+                }
+                out.push(decode(k, v)?);
+            }
+            next = last.saturating_add(1);
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<typ::Vote>, io::Error> {
@@ -785,6 +852,24 @@ mod tests {
         s.drop_back(5);
         s.rearm(0);
         assert_eq!(s.entries_floor, 4);
+    }
+
+    #[test]
+    fn a_capped_read_ends_within_the_budget() {
+        let (mut s, _rx) = sizes(u64::MAX);
+        for i in 1..=10 {
+            s.push(i, 300);
+        }
+        // 3 × 300 fits 1,000; the fourth would pass it.
+        assert_eq!(s.end_within(1, 11, 1000), 4);
+        assert_eq!(s.end_within(5, 11, 1000), 8);
+        assert_eq!(s.end_within(9, 11, 1000), 11, "the end comes first");
+        assert_eq!(s.end_within(2, 4, 1000), 4);
+        // An entry larger than the budget goes alone.
+        assert_eq!(s.end_within(1, 11, 100), 2);
+        // Entries of unknown size (before the first recorded) do not count.
+        s.purge(6);
+        assert_eq!(s.end_within(3, 11, 1000), 10);
     }
 
     #[test]

@@ -6,10 +6,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 /// Raft traffic of every group on one node. Clones share the same counters.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RaftMetrics {
     /// AppendEntries calls sent carrying entries.
     pub append_entries_sent: Counter,
+    /// Encoded bytes of each AppendEntries sent carrying entries.
+    pub append_bytes: Histogram,
     /// AppendEntries calls sent without entries (heartbeats and commit notices).
     pub heartbeats_sent: Counter,
     /// Commit notices (AppendEntries without entries) not sent because the group's next
@@ -25,6 +27,22 @@ pub struct RaftMetrics {
     pub applied_entries: Counter,
 }
 
+impl Default for RaftMetrics {
+    fn default() -> Self {
+        Self {
+            append_entries_sent: Counter::default(),
+            // 1 KiB to 64 MiB: a single write's append up to a follower's catch-up.
+            append_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 9)),
+            heartbeats_sent: Counter::default(),
+            commit_notices_folded: Counter::default(),
+            append_entries_received: Counter::default(),
+            snapshot_sent_bytes: Counter::default(),
+            snapshot_received_bytes: Counter::default(),
+            applied_entries: Counter::default(),
+        }
+    }
+}
+
 impl RaftMetrics {
     /// Registers the counters under `registry` (which adds the `cairn_` prefix).
     pub fn register(&self, registry: &mut Registry) {
@@ -32,6 +50,12 @@ impl RaftMetrics {
             "raft_append_entries_sent",
             "AppendEntries calls sent with entries, all groups",
             self.append_entries_sent.clone(),
+        );
+        registry.register_with_unit(
+            "raft_append",
+            "Encoded size of each AppendEntries sent with entries, all groups",
+            Unit::Bytes,
+            self.append_bytes.clone(),
         );
         registry.register(
             "raft_heartbeats_sent",

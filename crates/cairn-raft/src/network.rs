@@ -139,6 +139,18 @@ pub async fn serve_raft_rpc(
     }
 }
 
+/// Bytes a peer is given a millisecond to take in, beyond a message's own timeout: to decode
+/// it, write it and fsync it on a busy node.
+const BYTES_PER_MS: u64 = 8 << 10;
+
+/// The time a message of `bytes` is given: openraft times an append by the heartbeat interval
+/// (150 ms) whatever its size, so an append of [`crate::MAX_APPEND_BYTES`] or of one large
+/// value could time out on a loaded follower every time it is resent. 8 MiB/s adds 128 ms
+/// per MiB, and next to nothing to a small message.
+fn ttl_for(ttl: Duration, bytes: usize) -> Duration {
+    ttl.saturating_add(Duration::from_millis(bytes as u64 / BYTES_PER_MS))
+}
+
 /// Raft messages up to this size go on the node pair's stream; larger ones go as calls of
 /// their own, so that one big append does not hold up the small ones queued behind it.
 const STREAM_MAX_BYTES: usize = 256 << 10;
@@ -464,6 +476,10 @@ impl PeerNetwork {
     ) -> Result<T, RPCError<TypeConfig>> {
         let payload =
             postcard::to_allocvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = ttl_for(ttl, payload.len());
+        if matches!(&rpc.msg, RaftMsg::Append(a) if !a.entries.is_empty()) {
+            self.metrics.append_bytes.observe(payload.len() as f64);
+        }
         let streamed = self.stream
             && payload.len() <= STREAM_MAX_BYTES
             && !matches!(rpc.msg, RaftMsg::Ping | RaftMsg::SnapshotChunk(_));
@@ -730,6 +746,16 @@ mod tests {
         };
         let (r, ()) = tokio::join!(next, peer);
         assert_eq!(r.ok(), Some(b"ok".to_vec()));
+    }
+
+    #[test]
+    fn a_large_message_is_given_time_for_its_size() {
+        let hb = Duration::from_millis(150);
+        // A heartbeat or a small append keeps openraft's timeout (within a millisecond).
+        assert!(ttl_for(hb, 200) - hb < Duration::from_millis(1));
+        // A capped append of 1 MiB: 128 ms more; one 16 MiB value: 2 s more.
+        assert_eq!(ttl_for(hb, 1 << 20), Duration::from_millis(278));
+        assert_eq!(ttl_for(hb, 16 << 20), Duration::from_millis(2198));
     }
 
     #[tokio::test]

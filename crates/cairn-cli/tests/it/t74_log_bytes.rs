@@ -161,6 +161,69 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     assert_eq!(got, Some(vec![139u8; VALUE]), "key m39 on the follower");
 }
 
+/// A follower paused while forty 1 MB values go in (40 MB, within the 64 MiB a leader holds
+/// for it at the defaults) catches up from the log, in messages of at most
+/// [`cairn_raft::MAX_APPEND_BYTES`] and one entry. openraft alone sends a follower up to 300
+/// entries at once: here all forty in one 40 MB message, encoded whole on the leader and
+/// decoded whole on the follower (with 1 MiB values up to 300 MiB per message and follower).
+/// Without the cap this fails: the leader's largest append is past 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t74_a_follower_behind_by_many_large_values_catches_up_from_the_log() {
+    const BIG: usize = 1_000_000;
+    let c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("big", 3, vec![]).await.unwrap();
+    cl.put("big", b"k", b"first").await.unwrap();
+    let leader = c.leader_of("big").await;
+    let follower = c.other_than(leader);
+    let received = snapshot_bytes_received(&c, follower).await;
+    c.pause(follower);
+    let via = c.client_of(leader);
+    for i in 0..40u8 {
+        via.put("big", format!("k{i}").as_bytes(), &vec![i; BIG])
+            .await
+            .unwrap();
+    }
+    c.resume(follower);
+    via.put("big", b"k", b"last").await.unwrap();
+    let resumed = c.client_of(follower);
+    // The follower has caught up once it has applied the write after its pause.
+    wait_stale_value(&resumed, "big", b"k", b"last", Duration::from_secs(60)).await;
+    assert_eq!(
+        snapshot_bytes_received(&c, follower).await,
+        received,
+        "node {follower} needed a snapshot to catch up:\n{}",
+        c.log(follower)
+    );
+    for i in 0..40u8 {
+        let got = resumed
+            .get_stale("big", format!("k{i}").as_bytes())
+            .await
+            .unwrap();
+        assert!(
+            got.as_deref() == Some(vec![i; BIG].as_slice()),
+            "key k{i} on the resumed follower: wrong value"
+        );
+    }
+    let t = scrape(&c, leader).await.expect("metrics");
+    let sent = value(&t, "cairn_raft_append_bytes_count", &[]).unwrap_or(0.0);
+    let within = value(
+        &t,
+        "cairn_raft_append_bytes_bucket",
+        &[r#"le="4.194304e+06""#],
+    );
+    assert!(sent >= 40.0, "{sent} appends for 40 writes");
+    assert_eq!(
+        within,
+        Some(sent),
+        "appends of the leader larger than 4 MiB (of {sent}):\n{}",
+        t.lines()
+            .filter(|l| l.starts_with("cairn_raft_append_bytes"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// Snapshot bytes node `id` has received (0 before the first).
 async fn snapshot_bytes_received(c: &Cluster, id: u64) -> f64 {
     let t = scrape(c, id).await.expect("metrics");

@@ -1,7 +1,7 @@
 //! The log store's cache of recent entries answers exactly what the engine holds, through
 //! appends past its bound, truncation (a follower's conflicting suffix) and purge.
 
-use cairn_raft::{Command, KvCommand, KvOp, LogStore, Syncer, TypeConfig, typ};
+use cairn_raft::{Command, KvCommand, KvOp, LogStore, MAX_APPEND_BYTES, Syncer, TypeConfig, typ};
 use cairn_storage::{MemEngine, SharedEngine};
 use cairn_types::{Epoch, PartitionId, TableId};
 use openraft::EntryPayload;
@@ -9,6 +9,14 @@ use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use std::sync::Arc;
 
 fn entry(term: u64, index: u64) -> typ::Entry {
+    entry_with(
+        term,
+        index,
+        format!("term {term} index {index}").into_bytes(),
+    )
+}
+
+fn entry_with(term: u64, index: u64, value: Vec<u8>) -> typ::Entry {
     let cmd = KvCommand {
         request_id: None,
         epoch: Epoch {
@@ -19,7 +27,7 @@ fn entry(term: u64, index: u64) -> typ::Entry {
         op: KvOp::Put {
             table: TableId(1),
             key: format!("k{index:05}").into_bytes(),
-            value: format!("term {term} index {index}").into_bytes(),
+            value,
         },
     };
     typ::Entry {
@@ -115,4 +123,40 @@ async fn t12_log_cache_agrees_with_the_engine() {
     // Appends after the purge extend what the cache holds.
     append(&mut log, 2, 2980..2990).await;
     check(&mut log, &engine, &syncer, 2961..2990, term).await;
+}
+
+/// A follower catching up is sent at most [`MAX_APPEND_BYTES`] of entries per message (one
+/// entry larger than that goes alone), whether the entries come from the cache, with sizes
+/// recorded on append, or from the engine after a restart, with no sizes known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_replication_reads_are_capped_in_bytes() {
+    const VALUE: usize = 300 << 10;
+    let engine: SharedEngine = Arc::new(MemEngine::new());
+    let syncer = Syncer::inline(engine.clone());
+    let (full, _reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut log = LogStore::new(PartitionId(5), engine.clone(), syncer.clone()).with_bounds(
+        1000,
+        64 << 20,
+        full,
+    );
+    let mut entries: Vec<_> = (1..=10)
+        .map(|i| entry_with(1, i, vec![i as u8; VALUE]))
+        .collect();
+    // Entry 11 alone is twice the cap.
+    entries.push(entry_with(1, 11, vec![11; 2 * MAX_APPEND_BYTES as usize]));
+    log.append(entries, IOFlushed::noop()).await.unwrap();
+
+    let mut restarted = LogStore::new(PartitionId(5), engine.clone(), syncer.clone());
+    for (name, store) in [("appended here", &mut log), ("reopened", &mut restarted)] {
+        let first = store.limited_get_log_entries(1, 12).await.unwrap();
+        let indexes: Vec<u64> = first.iter().map(|e| e.log_id.index).collect();
+        // Three 300 KiB values fit 1 MiB; a fourth would not.
+        assert_eq!(indexes, vec![1, 2, 3], "{name}");
+        let rest = store.limited_get_log_entries(9, 12).await.unwrap();
+        let indexes: Vec<u64> = rest.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![9, 10], "{name}: entry 11 would pass the cap");
+        let big = store.limited_get_log_entries(11, 12).await.unwrap();
+        assert_eq!(big.len(), 1, "{name}: an entry past the cap goes alone");
+        assert_eq!(summary(&big)[0].0, 11);
+    }
 }
