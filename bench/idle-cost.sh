@@ -43,11 +43,10 @@ done
 echo "leaders: $total of $PARTITIONS partitions; settling ${SETTLE} s ..."
 sleep "$SETTLE"
 
-ticks() { local t=0; for i in 1 2 3; do t=$((t + $(awk '{print $14 + $15}' "/proc/${PIDS[$i]}/stat"))); done; echo $t; }
 # Campaigns in the window show whether leadership was still moving while it was measured.
 campaigns() { local c=0; for i in 1 2 3; do c=$((c + $(curl -s "http://${HTTP[$i]}/metrics" | awk '/^cairn_raft_campaigns_total/ {print $2}'))); done; echo $c; }
 c_before=$(campaigns)
-before=$(ticks); sleep "$MEASURE"; after=$(ticks)
+before=$(cpu_ticks); sleep "$MEASURE"; after=$(cpu_ticks)
 echo "campaigns during the window: $(( $(campaigns) - c_before ))"
 python3 - "$before" "$after" "$MEASURE" "$(getconf CLK_TCK)" "$PARTITIONS" <<'PY'
 import sys
