@@ -240,18 +240,50 @@ async fn ask_cluster(
     }
 }
 
+// The lifecycle calls return boxed futures: the body of an `async fn` is compiled again in
+// every crate that awaits it, with everything it awaits in turn, and a node's start reaches
+// nearly all of its code (the gRPC and HTTP servers, openraft, the engine). Boxed, it is
+// compiled here once; before, the `cairn` binary, the simulation and the test clusters each
+// compiled it again (about a minute of a clean build apiece on two cores).
 impl Node {
     /// Opens the data dir, joins or forms the cluster and starts serving on `cfg.listen`
     /// and `cfg.http`.
-    pub async fn start(cfg: ServerConfig) -> anyhow::Result<Arc<Node>> {
-        let grpc = bind(&cfg.listen, "gRPC").await?;
-        let http = bind(&cfg.http, "HTTP").await?;
-        Self::start_on(cfg, grpc, http).await
+    pub fn start(
+        cfg: ServerConfig,
+    ) -> futures::future::BoxFuture<'static, anyhow::Result<Arc<Node>>> {
+        Box::pin(async move {
+            let grpc = bind(&cfg.listen, "gRPC").await?;
+            let http = bind(&cfg.http, "HTTP").await?;
+            Self::open_on(cfg, grpc, http).await
+        })
     }
 
     /// Like [`Node::start`], on listeners bound by the caller (tests bind port 0 first to
     /// learn the addresses of every node before any starts).
-    pub async fn start_on(
+    pub fn start_on(
+        cfg: ServerConfig,
+        grpc: tokio::net::TcpListener,
+        http: tokio::net::TcpListener,
+    ) -> futures::future::BoxFuture<'static, anyhow::Result<Arc<Node>>> {
+        Box::pin(Self::open_on(cfg, grpc, http))
+    }
+
+    /// Starts a node on the given substrate: its connections, engine and syncer. Production
+    /// uses TCP and fjall ([`Node::start`]); a simulation supplies simulated ones.
+    pub fn start_with(
+        cfg: ServerConfig,
+        sub: Substrate,
+    ) -> futures::future::BoxFuture<'static, anyhow::Result<Arc<Node>>> {
+        Box::pin(Self::open_with(cfg, sub))
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, stops every group and makes
+    /// the engine durable.
+    pub fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.stop_all())
+    }
+
+    async fn open_on(
         cfg: ServerConfig,
         grpc: tokio::net::TcpListener,
         http: tokio::net::TcpListener,
@@ -306,7 +338,7 @@ impl Node {
         } else {
             Syncer::start(engine.clone()).context("cannot start the sync thread")?
         };
-        Self::start_with(
+        Self::open_with(
             cfg,
             Substrate {
                 grpc: incoming,
@@ -321,9 +353,7 @@ impl Node {
         .await
     }
 
-    /// Starts a node on the given substrate: its connections, engine and syncer. Production
-    /// uses TCP and fjall ([`Node::start`]); a simulation supplies simulated ones.
-    pub async fn start_with(cfg: ServerConfig, sub: Substrate) -> anyhow::Result<Arc<Node>> {
+    async fn open_with(cfg: ServerConfig, sub: Substrate) -> anyhow::Result<Arc<Node>> {
         let Substrate {
             grpc,
             grpc_addr,
@@ -509,9 +539,7 @@ impl Node {
         self.stop.subscribe()
     }
 
-    /// Stops accepting requests, lets in-flight ones finish, stops every group and makes
-    /// the engine durable.
-    pub async fn shutdown(&self) {
+    async fn stop_all(&self) {
         self.hand_off_leaderships().await;
         let _ = self.stop.send(true);
         let tasks: Vec<_> =
