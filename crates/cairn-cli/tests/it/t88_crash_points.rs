@@ -53,14 +53,12 @@ async fn lead_all(cl: &Client, table: &str, to: u64) {
 /// new rows, none of the deleted ones, and none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t88_power_cut_during_snapshot_install_leaves_no_mix() {
-    // Snapshots every 40 entries, and a leader holds at most 32 KiB of log for a replica
-    // behind (twice the byte bound), so a node that misses 1,700 writes catches up by
-    // snapshot, not from the log.
-    let mut c = Cluster::start_fault_fs(
-        3,
-        &["--snapshot-logs", "40", "--snapshot-log-bytes", "16KiB"],
-    )
-    .await;
+    // Snapshots every 40 entries, and no log is held for a replica behind (no byte bound),
+    // so a node that misses 1,700 writes catches up by snapshot, not from the log. (With a
+    // 16 KiB bound, 32 KiB held, CI once saw it catch up from the log: the purge past it
+    // had not come yet when it restarted.)
+    let mut c =
+        Cluster::start_fault_fs(3, &["--snapshot-logs", "40", "--snapshot-log-bytes", "0"]).await;
     let cl = c.client();
     cl.create_table("s", 3, vec![]).await.unwrap();
     put_all(&cl, "s", &rows("a", 0..200, "old")).await;
