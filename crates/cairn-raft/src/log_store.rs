@@ -409,6 +409,17 @@ impl LogSizes {
         end
     }
 
+    /// Whether every entry from `start` to `end` (exclusive) has a recorded size: not when
+    /// some were written before this process opened the log, nor when some were just
+    /// written and their sizes are not recorded yet.
+    fn sized(&self, start: u64, end: u64) -> bool {
+        self.sizes.front().is_some_and(|(i, _)| *i <= start)
+            && self
+                .sizes
+                .back()
+                .is_some_and(|(i, _)| i.saturating_add(1) >= end)
+    }
+
     /// Bytes of the entries after `index` (those whose size is known).
     fn bytes_after(&self, index: u64) -> u64 {
         self.sizes
@@ -495,6 +506,50 @@ impl LogStore {
         self.sizes().purge_point(snapshot, keep)
     }
 
+    /// Reads the stored entries from `start` to `end` (exclusive). With a `budget` it stops
+    /// before the entry that takes their stored bytes past it (the first entry always comes),
+    /// scanning a few rows at a time so that large entries past it are never read.
+    fn read_stored(
+        &self,
+        start: u64,
+        end: u64,
+        budget: Option<u64>,
+    ) -> Result<Vec<typ::Entry>, io::Error> {
+        let rows_per_scan = if budget.is_some() {
+            CAPPED_READ_ROWS
+        } else {
+            usize::MAX
+        };
+        let end_key = keys::raft_log(self.group, end);
+        let (mut out, mut bytes, mut next) = (Vec::new(), 0u64, start);
+        while next < end {
+            let rows = self
+                .engine
+                .scan(
+                    Space::Raft,
+                    &keys::raft_log(self.group, next),
+                    Some(&end_key),
+                    rows_per_scan,
+                )
+                .map_err(io::Error::other)?;
+            let Some(last) = rows.last().and_then(|(k, _)| keys::raft_log_index(k)) else {
+                break;
+            };
+            for (k, v) in &rows {
+                bytes = bytes.saturating_add(v.len() as u64);
+                if budget.is_some_and(|b| bytes > b) && !out.is_empty() {
+                    return Ok(out);
+                }
+                out.push(decode(k, v)?);
+            }
+            if rows.len() < rows_per_scan {
+                break;
+            }
+            next = last.saturating_add(1);
+        }
+        Ok(out)
+    }
+
     fn sizes(&self) -> std::sync::MutexGuard<'_, LogSizes> {
         self.sizes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -542,16 +597,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(hit);
         }
-        let start_key = keys::raft_log(self.group, start);
-        let end_key = match end {
-            Some(e) => keys::raft_log(self.group, e),
-            None => keys::raft_log(self.group, u64::MAX),
-        };
-        let rows = self
-            .engine
-            .scan(Space::Raft, &start_key, Some(&end_key), usize::MAX)
-            .map_err(io::Error::other)?;
-        rows.iter().map(|(k, v)| decode(k, v)).collect()
+        self.read_stored(start, end.unwrap_or(u64::MAX), None)
     }
 
     /// Entries from `start` holding at most [`MAX_APPEND_BYTES`] (at least one): what
@@ -561,38 +607,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<typ::Entry>, io::Error> {
-        let end = self.sizes().end_within(start, end, MAX_APPEND_BYTES);
+        let (end, sized) = {
+            let s = self.sizes();
+            let end = s.end_within(start, end, MAX_APPEND_BYTES);
+            (end, s.sized(start, end))
+        };
         if let Some(hit) = self.cache().get(start, end) {
             return Ok(hit);
         }
-        // Entries written before this process opened the log have no recorded size: count
-        // their stored bytes, reading a few rows at a time so that large ones past the cap
-        // are not read at all.
-        let end_key = keys::raft_log(self.group, end);
-        let (mut out, mut bytes, mut next) = (Vec::new(), 0u64, start);
-        while next < end {
-            let rows = self
-                .engine
-                .scan(
-                    Space::Raft,
-                    &keys::raft_log(self.group, next),
-                    Some(&end_key),
-                    CAPPED_READ_ROWS,
-                )
-                .map_err(io::Error::other)?;
-            let Some(last) = rows.last().and_then(|(k, _)| keys::raft_log_index(k)) else {
-                break;
-            };
-            for (k, v) in &rows {
-                bytes = bytes.saturating_add(v.len() as u64);
-                if bytes > MAX_APPEND_BYTES && !out.is_empty() {
-                    return Ok(out);
-                }
-                out.push(decode(k, v)?);
-            }
-            next = last.saturating_add(1);
-        }
-        Ok(out)
+        // Entries of no recorded size (written before this process opened the log, or a
+        // moment ago) are counted by their stored bytes as they are read instead.
+        self.read_stored(start, end, (!sized).then_some(MAX_APPEND_BYTES))
     }
 
     async fn read_vote(&mut self) -> Result<Option<typ::Vote>, io::Error> {
@@ -867,9 +892,13 @@ mod tests {
         assert_eq!(s.end_within(2, 4, 1000), 4);
         // An entry larger than the budget goes alone.
         assert_eq!(s.end_within(1, 11, 100), 2);
+        assert!(s.sized(1, 11) && s.sized(10, 11));
+        assert!(!s.sized(9, 12), "entry 11 has no recorded size yet");
         // Entries of unknown size (before the first recorded) do not count.
         s.purge(6);
         assert_eq!(s.end_within(3, 11, 1000), 10);
+        assert!(!s.sized(3, 11), "entries 3 to 6 have no recorded size");
+        assert!(s.sized(7, 11));
     }
 
     #[test]
