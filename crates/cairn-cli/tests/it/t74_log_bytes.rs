@@ -3,6 +3,7 @@
 //! (`--snapshot-logs`) would.
 
 use crate::cluster::{Cluster, scrape, value, wait_for, wait_stale_value};
+use cairn_client::Client;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -108,17 +109,7 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     // paused one time out after a heartbeat interval (150 ms). Stay paused well past that,
     // so the leader's purge is not merely deferred until the follower is back.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    c.resume(follower);
-    via.put("big", b"k", b"last").await.unwrap();
-    let resumed = c.client_of(follower);
-    // The follower has caught up once it has applied the write after its pause.
-    wait_stale_value(&resumed, "big", b"k", b"last", Duration::from_secs(30)).await;
-    assert_eq!(
-        snapshot_bytes_received(&c, follower).await,
-        received,
-        "node {follower} needed a snapshot to catch up:\n{}",
-        c.log(follower)
-    );
+    let resumed = resume_caught_up_from_the_log(&c, &via, follower, received).await;
     for i in 0..writes {
         let got = resumed
             .get_stale("big", format!("k{i}").as_bytes())
@@ -184,17 +175,7 @@ async fn t74_a_follower_behind_by_many_large_values_catches_up_from_the_log() {
             .await
             .unwrap();
     }
-    c.resume(follower);
-    via.put("big", b"k", b"last").await.unwrap();
-    let resumed = c.client_of(follower);
-    // The follower has caught up once it has applied the write after its pause.
-    wait_stale_value(&resumed, "big", b"k", b"last", Duration::from_secs(60)).await;
-    assert_eq!(
-        snapshot_bytes_received(&c, follower).await,
-        received,
-        "node {follower} needed a snapshot to catch up:\n{}",
-        c.log(follower)
-    );
+    let resumed = resume_caught_up_from_the_log(&c, &via, follower, received).await;
     for i in 0..40u8 {
         let got = resumed
             .get_stale("big", format!("k{i}").as_bytes())
@@ -222,6 +203,29 @@ async fn t74_a_follower_behind_by_many_large_values_catches_up_from_the_log() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Resumes the paused `follower`, writes once more through `via` and waits until the
+/// follower has applied that write (so it has caught up); fails if it was sent a snapshot
+/// to get there (its received snapshot bytes moved from `received`). Returns a client of
+/// the follower.
+async fn resume_caught_up_from_the_log(
+    c: &Cluster,
+    via: &Client,
+    follower: u64,
+    received: f64,
+) -> Client {
+    c.resume(follower);
+    via.put("big", b"k", b"last").await.unwrap();
+    let resumed = c.client_of(follower);
+    wait_stale_value(&resumed, "big", b"k", b"last", Duration::from_secs(60)).await;
+    assert_eq!(
+        snapshot_bytes_received(c, follower).await,
+        received,
+        "node {follower} needed a snapshot to catch up:\n{}",
+        c.log(follower)
+    );
+    resumed
 }
 
 /// Snapshot bytes node `id` has received (0 before the first).
