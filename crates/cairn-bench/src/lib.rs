@@ -126,14 +126,20 @@ impl Pace {
     }
 }
 
+/// How late a client may come to an operation before it counts as overdue: an answer a few
+/// microseconds after the next operation was due is the schedule's grain, not the store
+/// holding the client up (the latency counts from when it was due either way).
+pub(crate) const OVERDUE: Duration = Duration::from_millis(1);
+
 /// When an operation due at `due` counts as started, given that its client came to it at
 /// `ready` (the previous operation answered) and, if it had to wait for `due`, woke at
 /// `woke`. A client that came late was held up by the store: the operation started when it
 /// was due, and the wait is part of its latency (no coordinated omission). A client that
 /// came early started when it woke: a timer firing late is the load generator's delay.
+/// The flag says whether it was overdue by more than [`OVERDUE`].
 fn open_loop_start(due: Instant, ready: Instant, woke: Instant) -> (Instant, bool) {
     if ready >= due {
-        (due, ready > due)
+        (due, ready > due + OVERDUE)
     } else {
         (woke, false)
     }
@@ -165,7 +171,7 @@ struct Shared {
     gaps: std::sync::Mutex<Vec<report::Gap>>,
     /// Acknowledged operations per [`WINDOW_US`] of the run, by when they were answered.
     windows: Vec<AtomicU32>,
-    /// Open loop: operations that were overdue when their client came to them.
+    /// Open loop: operations overdue by more than [`OVERDUE`] when their client came to them.
     late: AtomicU64,
 }
 
@@ -519,8 +525,11 @@ mod tests {
             open_loop_start(due, due + 3 * ms, due + 3 * ms),
             (due, true)
         );
-        // Ready exactly on time.
+        // Ready exactly on time, or a few microseconds late: started when due, yet not
+        // counted as overdue.
         assert_eq!(open_loop_start(due, due, due), (due, false));
+        let us = Duration::from_micros(20);
+        assert_eq!(open_loop_start(due, due + us, due + us), (due, false));
         // Early, and the timer woke the client late: that delay is the load generator's.
         assert_eq!(
             open_loop_start(due, due - 5 * ms, due + ms),

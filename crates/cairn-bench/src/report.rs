@@ -68,8 +68,8 @@ pub struct Report {
     pub windows: Windows,
     /// Open loop (`--rate`): the operations per second scheduled; absent for closed loop.
     pub target_ops_per_sec: Option<f64>,
-    /// Open loop: operations already overdue when their client came to them (the previous
-    /// one was answered late). Their latency counts from when they were due.
+    /// Open loop: operations overdue by more than 1 ms (`OVERDUE`) when their client came to
+    /// them (the previous one was answered late). Every latency counts from when it was due.
     pub late_ops: u64,
 }
 
@@ -178,11 +178,12 @@ impl Report {
         let rate = self.target_ops_per_sec?;
         let mut line = format!(
             "open loop: {rate:.0} ops/s scheduled, {:.0} done; {} operations ({:.1}%) were \
-             overdue when their client came to them, and their latency counts from when they \
-             were due",
+             overdue by more than {:?} when their client came to them; latency counts from \
+             when each operation was due",
             self.ops_per_sec,
             self.late_ops,
-            self.late_ops as f64 * 100.0 / self.total_ops.max(1) as f64
+            self.late_ops as f64 * 100.0 / self.total_ops.max(1) as f64,
+            crate::OVERDUE,
         );
         // A slow answer makes the next operation of its client overdue, which the latency
         // shows; a run that did not reach the rate measured a queue, not the store at it.
