@@ -226,9 +226,7 @@ impl MetaState {
             MetaCommand::AddUser(entry) => {
                 let name = &entry.user.name;
                 if self.users.contains_key(name) {
-                    return MetaResponse::Refused(Error::AlreadyExists(format!(
-                        "user {name}; remove it first to give it a new token"
-                    )));
+                    return MetaResponse::Refused(Error::UserExists(name.clone()));
                 }
                 self.users.insert(name.clone(), entry.clone());
                 MetaResponse::Done

@@ -503,18 +503,22 @@ async fn put_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Whether a read's `consistency` parameter asks for a stale read; anything but
+/// `linearizable` (the default) or `stale` is refused rather than read as the default.
+fn stale_read(q: &HashMap<String, Vec<u8>>) -> Result<bool, ApiError> {
+    match q.get("consistency").map(|v| v.as_slice()) {
+        None | Some(b"linearizable") => Ok(false),
+        Some(b"stale") => Ok(true),
+        Some(_) => Err(bad(
+            "consistency must be linearizable (the default) or stale",
+        )),
+    }
+}
+
 async fn get_key(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let (table, key) = table_and_key(&uri)?;
     let q = query(&uri)?;
-    let stale = match q.get("consistency").map(|v| v.as_slice()) {
-        None | Some(b"linearizable") => false,
-        Some(b"stale") => true,
-        Some(_) => {
-            return Err(bad(
-                "consistency must be linearizable (the default) or stale",
-            ));
-        }
-    };
+    let stale = stale_read(&q)?;
     let started = std::time::Instant::now();
     let res = node.get(&table, key, stale, deadline()).await;
     node.record("get", res.is_ok(), started);
@@ -561,12 +565,22 @@ async fn list_keys(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
             .map_err(|_| bad("cursor is not one this server returned; pass the cursor from the previous page unchanged"))?,
         _ => Vec::new(),
     };
-    let values = matches!(
-        q.get("values").map(|v| v.as_slice()),
-        Some(b"true") | Some(b"1")
-    );
-    let stale = matches!(q.get("consistency").map(|v| v.as_slice()), Some(b"stale"));
-    let force_b64 = matches!(q.get("encoding").map(|v| v.as_slice()), Some(b"base64"));
+    let values = match q.get("values").map(|v| v.as_slice()) {
+        None | Some(b"false") | Some(b"0") => false,
+        Some(b"true") | Some(b"1") => true,
+        Some(_) => return Err(bad("values must be true or false")),
+    };
+    let stale = stale_read(&q)?;
+    let force_b64 = match q.get("encoding").map(|v| v.as_slice()) {
+        None | Some(b"utf-8") => false,
+        Some(b"base64") => true,
+        Some(_) => {
+            return Err(bad(
+                "encoding must be utf-8 (the default: base64 only for a page holding a key or \
+                 value that is not UTF-8) or base64",
+            ));
+        }
+    };
     let (start, end, limit) =
         list_bounds(&arg("prefix"), &arg("start"), &arg("end"), &cursor, limit)?;
     let started = std::time::Instant::now();
@@ -752,7 +766,9 @@ async fn not_found() -> ApiError {
     ))
 }
 
+/// Unknown fields are refused: a misspelt `tables` would otherwise make a user of every table.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AddUserBody {
     name: String,
     role: String,
@@ -880,6 +896,46 @@ async fn require_access(
     }
 }
 
+/// axum answers a body past the request limit (413) and a method a path does not take (405)
+/// in plain text or with no body; the API promises JSON errors, so those are rewritten
+/// (keeping the status and the `Allow` header).
+async fn json_errors(
+    State(limits): State<(usize, usize)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let (code, message) = match resp.status() {
+        _ if json => return resp,
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            cairn_types::ErrorCode::TooLarge,
+            format!(
+                "the request body is over the {} bytes a request may carry; values are limited \
+                 to {} bytes (the servers' --max-value-bytes)",
+                limits.0, limits.1
+            ),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            cairn_types::ErrorCode::InvalidArgument,
+            format!("{path} does not take {method}; see the README for the HTTP API"),
+        ),
+        _ => return resp,
+    };
+    let body = json!({"error": {"code": code.as_str(), "message": message}});
+    let allow = resp.headers_mut().remove(header::ALLOW);
+    let mut out = (resp.status(), Json(body)).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
 /// The HTTP routes of a node.
 pub(crate) fn app(node: Arc<Node>) -> Router {
     let body_limit = node
@@ -931,6 +987,10 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
             require_access,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            (body_limit, node.core.limits.max_value_bytes),
+            json_errors,
+        ))
         .with_state(node)
 }
 

@@ -17,7 +17,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// Key longer than the configured limit.
-    #[error("key is {len} bytes; the limit is {max} bytes")]
+    #[error("key is {len} bytes; the limit is {max} bytes (the servers' --max-key-bytes)")]
     KeyTooLarge {
         /// Length of the refused key.
         len: usize,
@@ -25,7 +25,10 @@ pub enum Error {
         max: usize,
     },
     /// Value longer than the configured limit.
-    #[error("value is {len} bytes; the limit is {max} bytes")]
+    #[error(
+        "value is {len} bytes; the limit is {max} bytes (the servers' --max-value-bytes); split \
+         larger values over several keys"
+    )]
     ValueTooLarge {
         /// Length of the refused value.
         len: usize,
@@ -105,6 +108,12 @@ pub enum Error {
     /// The caller is known but its role does not allow the request; nothing was done.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A user of that name exists already. (Last: errors travel between nodes encoded by
+    /// variant index, so new variants go at the end.)
+    #[error(
+        "user {0:?} already exists; `cairn user remove {0}` first to give it a new token or role"
+    )]
+    UserExists(String),
 }
 
 /// Stable, machine-readable error codes used on HTTP and gRPC.
@@ -203,7 +212,7 @@ impl Error {
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::KeyTooLarge { .. } | Self::ValueTooLarge { .. } => ErrorCode::TooLarge,
             Self::TableNotFound(_) => ErrorCode::TableNotFound,
-            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::AlreadyExists(_) | Self::UserExists(_) => ErrorCode::AlreadyExists,
             Self::NotEnoughNodes { .. } => ErrorCode::NotEnoughNodes,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,

@@ -72,13 +72,31 @@ async fn t40_http_bad_input() {
         "TOO_LARGE",
     )
     .await;
-    let big = vec![b'x'; (1 << 20) + 1];
-    expect_error(
-        h.put(format!("{keys}/big")).body(big).send().await.unwrap(),
-        413,
-        "TOO_LARGE",
-    )
-    .await;
+    // A value past the limit, and a body past what any request may carry (twice the value
+    // limit and 1 MiB, refused before it is read): both TOO_LARGE, in JSON.
+    for len in [(1 << 20) + 1, (3 << 20) + 1] {
+        expect_error(
+            h.put(format!("{keys}/big"))
+                .body(vec![b'x'; len])
+                .send()
+                .await
+                .unwrap(),
+            413,
+            "TOO_LARGE",
+        )
+        .await;
+    }
+    // A method a path does not take: 405 with the methods it does take, in JSON.
+    let r = h.patch(format!("{keys}/k")).body("v").send().await.unwrap();
+    let allow = r
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    assert!(
+        allow.as_deref().is_some_and(|a| a.contains("PUT")),
+        "Allow: {allow:?}"
+    );
+    expect_error(r, 405, "INVALID_ARGUMENT").await;
     expect_error(
         h.put(format!("{keys}/bad%zz"))
             .body("v")
@@ -185,6 +203,16 @@ async fn t40_http_bad_input() {
         "INVALID_ARGUMENT",
     )
     .await;
+    // A misspelt option is refused, as Get refuses it, rather than read as its default
+    // (`values=yes` used to return no values).
+    for q in ["consistency=bogus", "values=yes", "encoding=hex"] {
+        expect_error(
+            h.get(format!("{keys}?{q}")).send().await.unwrap(),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        .await;
+    }
 
     // Nothing was written, and the node still serves.
     let list: serde_json::Value = h.get(&keys).send().await.unwrap().json_text().await;

@@ -216,22 +216,37 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
     // root's client certificate is admin over HTTP too: it adds a user there.
     let cert = certs.join("client.root.crt");
     let key_file = certs.join("client.root.key");
-    let (status, body) = curl(
-        &certs,
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key_file.to_str().unwrap(),
-            "-X",
-            "POST",
-            "--data",
-            r#"{"name":"web","role":"readwrite","tables":"app_"}"#,
-            &users,
-        ],
-    );
+    let add_user = |body: &str| {
+        curl(
+            &certs,
+            &[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key_file.to_str().unwrap(),
+                "-X",
+                "POST",
+                "--data",
+                body,
+                &users,
+            ],
+        )
+    };
+    // A misspelt field is refused, not dropped: "table" for "tables" would otherwise make a
+    // user of every table.
+    let (status, body) = add_user(r#"{"name":"typo","role":"readonly","table":"app_"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown field"), "{body}");
+    let (status, body) = add_user(r#"{"name":"web","role":"readwrite","tables":"app_"}"#);
     assert_eq!(status, 201, "{body}");
     let web: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // A second user of the same name is refused, and the error says what to do.
+    let (status, again) = add_user(r#"{"name":"web","role":"admin"}"#);
+    assert_eq!(status, 409, "{again}");
+    assert!(
+        again.contains("ALREADY_EXISTS") && again.contains("cairn user remove web"),
+        "{again}"
+    );
     let web_token = web["token"].as_str().unwrap().to_string();
     let (status, body) = curl(
         &certs,
