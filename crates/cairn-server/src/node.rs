@@ -168,6 +168,14 @@ async fn load_identity(
         return Ok(id);
     }
     let meta_members = if !cfg.initial_cluster.is_empty() {
+        if !cfg.join.is_empty() {
+            bail!(
+                "both --initial-cluster and --join are given (as flags, CAIRN_INITIAL_CLUSTER \
+                 and CAIRN_JOIN, or initial-cluster and join in the config file): a new node \
+                 either forms a cluster (--initial-cluster, the same on every founding node) or \
+                 joins a running one (--join); drop one of them"
+            );
+        }
         cfg.initial_cluster.clone()
     } else if !cfg.join.is_empty() {
         ask_cluster(&cfg.join, dialer).await?

@@ -1,4 +1,4 @@
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, free_port};
 use cairn_types::ErrorCode;
 
 /// `cairn server --config FILE`: the file's keys set the node's flags, a flag typed as well
@@ -48,6 +48,44 @@ async fn t67_config_file_sets_flags_and_typed_flags_win() {
     );
     assert!(
         stderr.contains("unknown key `datadir`") && stderr.contains("data-dir"),
+        "{stderr}"
+    );
+}
+
+/// A new node told both to form a cluster and to join one stops and says to drop one of
+/// them, rather than silently ignoring `--join`.
+#[test]
+fn t67_initial_cluster_and_join_together_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["server", "--id", "1", "--listen", &grpc, "--http", &http])
+        .arg("--data-dir")
+        .arg(dir.path().join("node-1"))
+        .args(["--initial-cluster", &format!("1={grpc}")])
+        .args(["--join", "127.0.0.1:1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node started with both --initial-cluster and --join");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--initial-cluster and --join") && stderr.contains("drop one"),
         "{stderr}"
     );
 }
