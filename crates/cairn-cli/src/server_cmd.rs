@@ -134,8 +134,8 @@ pub(crate) struct ServerArgs {
     /// right half not yet open), as if the power went out there.
     #[arg(long, env = "CAIRN_FAULT_CRASH_AT")]
     fault_crash_at: Option<String>,
-    /// [testing only] Answer the first N writes this node routes with UNAVAILABLE after
-    /// they were applied, as if the answer were lost, to exercise client retries.
+    /// [testing only] Answer the first N writes (and table drops) this node routes with
+    /// UNAVAILABLE after they were applied, as if the answer were lost, to exercise retries.
     #[arg(long, env = "CAIRN_FAULT_LOSE_WRITE_REPLIES", default_value_t = 0)]
     fault_lose_write_replies: u64,
     /// [testing only] Refuse every snapshot sent to this node, so that a replica moved here

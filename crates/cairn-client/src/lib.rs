@@ -30,7 +30,7 @@ use cairn_types::entropy;
 use cairn_types::{ClientId, ErrorCode, RequestId, Session};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -642,18 +642,41 @@ impl Client {
     }
 
     /// Drops a table and all of its data.
+    ///
+    /// A retry that finds no table, after an attempt that reached a node and got no
+    /// definite answer (UNAVAILABLE from the node, or none in time), counts as done: that
+    /// attempt may have dropped it, and TABLE_NOT_FOUND would report a drop that happened as
+    /// a failure. Attempts that failed on the connection (the node was never reached) do not
+    /// count, so dropping a table that never was still fails.
     pub async fn drop_table(&self, name: &str) -> Result<()> {
         let req = pb::DropTableRequest {
             name: name.to_string(),
         };
+        let attempts = AtomicU32::new(0);
+        let unreached = AtomicU32::new(0);
         let r = self
             .retry(|ch, _| {
+                attempts.fetch_add(1, Ordering::Relaxed);
                 let r = req.clone();
-                async move { Self::kv(ch).drop_table(r).await }
+                let unreached = &unreached;
+                async move {
+                    let res = Self::kv(ch).drop_table(r).await;
+                    if let Err(s) = &res
+                        && Error::from_status(s, "").is_transport()
+                    {
+                        unreached.fetch_add(1, Ordering::Relaxed);
+                    }
+                    res
+                }
             })
             .await;
         self.leaders.forget_table(name);
-        r.map(|_| ())
+        // The last attempt is the one that found no table; were any before it uncertain?
+        let uncertain = attempts.into_inner() > unreached.into_inner() + 1;
+        match r {
+            Err(e) if e.code == ErrorCode::TableNotFound && uncertain => Ok(()),
+            r => r.map(|_| ()),
+        }
     }
 
     /// Every table.

@@ -39,8 +39,8 @@ pub struct ServerConfig {
     pub move_timeout: std::time::Duration,
     /// The controller's switch and thresholds.
     pub controller: ControllerConfig,
-    /// Testing only: answer the first N applied writes routed by this node with
-    /// `Unavailable`, as if the answer were lost, so clients retry. 0 in production.
+    /// Testing only: answer the first N applied writes (and table drops) routed by this node
+    /// with `Unavailable`, as if the answer were lost, so clients retry. 0 in production.
     pub fault_lose_write_replies: u64,
     /// Below this many free bytes on the data disk, the node refuses writes (0: never).
     pub disk_reserve: u64,

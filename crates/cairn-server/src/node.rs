@@ -69,7 +69,7 @@ pub struct Node {
     pub(crate) router: Router<NodeTransport>,
     /// Issues request ids for writes that arrive without one (HTTP, old clients).
     session: Session,
-    /// Test-only fault: answers this many applied writes with `Unavailable`.
+    /// Test-only fault: answers this many applied writes and table drops with `Unavailable`.
     lose_write_replies: AtomicU64,
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
@@ -894,7 +894,7 @@ impl Node {
             self.drop_partition(p, route.leaders.get(&p.id).copied(), deadline)
                 .await?;
         }
-        Ok(())
+        self.lose_reply("the drop")
     }
 
     async fn drop_partition(
@@ -973,17 +973,24 @@ impl Node {
             self.session.finish(rid);
         }
         let served = r?;
+        self.lose_reply("the write")?;
+        Ok(self.hint(served))
+    }
+
+    /// Test-only fault (`--fault-lose-write-replies`): while the count lasts, answers a
+    /// request that was carried out with `Unavailable`, as if the answer were lost.
+    fn lose_reply(&self, what: &str) -> Result<()> {
         let lose = |n: u64| n.checked_sub(1);
-        if self
+        match self
             .lose_write_replies
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, lose)
-            .is_ok()
         {
-            return Err(Error::Unavailable(
-                "the answer was dropped by fault injection (--fault-lose-write-replies); the write was applied".into(),
-            ));
+            Ok(_) => Err(Error::Unavailable(format!(
+                "the answer was dropped by fault injection (--fault-lose-write-replies); {what} \
+                 was applied"
+            ))),
+            Err(_) => Ok(()),
         }
-        Ok(self.hint(served))
     }
 
     /// The leader hint for a client, from a linearizable request's answer.

@@ -1,6 +1,7 @@
 use crate::cluster::{Cluster, wait_for};
 use crate::t87_moves::{finished, partition, wait_gone};
 use cairn_proto::v1::{GetRequest, PutRequest, RequestId, kv_client::KvClient};
+use cairn_types::ErrorCode;
 use std::time::Duration;
 
 fn put(key: &[u8], value: &[u8], seq: u64, first_incomplete: u64) -> PutRequest {
@@ -348,4 +349,30 @@ async fn t53_http_retries_with_one_idempotency_key_apply_once() {
     }
     let (code, _, _) = curl(&[&url(1, "c")]);
     assert_eq!(code, 404, "a refused write changed something");
+}
+
+/// A DropTable whose answer is lost after the table was dropped (fault injection) is
+/// retried by the client, which then finds no table: that is the drop done, not
+/// TABLE_NOT_FOUND. A table of the same name can be made again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t54_a_retried_drop_table_whose_answer_was_lost_succeeds() {
+    let c = Cluster::start_with(3, &["--fault-lose-write-replies", "1"]).await;
+    let cl = c.client();
+    cl.create_table("gone", 3, vec![b"m".to_vec()])
+        .await
+        .unwrap();
+    cl.drop_table("gone")
+        .await
+        .expect("the drop happened; its retry must not report TABLE_NOT_FOUND");
+    let err = cl
+        .describe_table("gone")
+        .await
+        .expect_err("the table is gone");
+    assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
+    // A drop of a table that never was is still refused.
+    let err = cl.drop_table("never").await.expect_err("no such table");
+    assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
+    cl.create_table("gone", 3, vec![]).await.unwrap();
+    cl.put("gone", b"k", b"v").await.unwrap();
+    assert_eq!(cl.get("gone", b"k").await.unwrap(), Some(b"v".to_vec()));
 }
