@@ -1,6 +1,7 @@
 //! Client subcommands: tables, keys and admin.
 
 use anyhow::Context;
+use base64::Engine as _;
 use cairn_client::{Client, ListOptions, TableInfo};
 use clap::{Args, Subcommand};
 use std::io::{Read, Write};
@@ -393,9 +394,36 @@ pub(crate) struct ListArgs {
     /// Most keys to print (0: all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
-    /// Print values too (tab-separated).
+    /// Print values too (tab-separated; a value that is not UTF-8 is shown lossily, so use
+    /// --json to export).
     #[arg(long)]
     values: bool,
+    /// One JSON object per line, `{"key":…}` (and `"value"` with --values); a line whose key
+    /// or value is not UTF-8 has both in base64 and says `"encoding":"base64"`. Lossless,
+    /// for exports.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One row of `cairn list --json`: text when key and value are UTF-8, else base64 (as the
+/// HTTP API's List does per page).
+fn json_row(k: &[u8], v: Option<&[u8]>) -> serde_json::Value {
+    let text = std::str::from_utf8(k).is_ok() && v.is_none_or(|v| std::str::from_utf8(v).is_ok());
+    let show = |b: &[u8]| {
+        if text {
+            String::from_utf8_lossy(b).into_owned()
+        } else {
+            base64::engine::general_purpose::STANDARD.encode(b)
+        }
+    };
+    let mut row = serde_json::json!({ "key": show(k) });
+    if let Some(v) = v {
+        row["value"] = show(v).into();
+    }
+    if !text {
+        row["encoding"] = "base64".into();
+    }
+    row
 }
 
 pub(crate) async fn list(a: ListArgs, conn: Conn) -> anyhow::Result<ExitCode> {
@@ -416,11 +444,11 @@ pub(crate) async fn list(a: ListArgs, conn: Conn) -> anyhow::Result<ExitCode> {
             if a.limit != 0 && printed == a.limit {
                 return Ok(ExitCode::SUCCESS);
             }
-            match page.values.get(i) {
-                Some(v) if a.values => {
-                    writeln!(out, "{}\t{}", show_key(k), String::from_utf8_lossy(v))?
-                }
-                _ => writeln!(out, "{}", show_key(k))?,
+            let v = page.values.get(i).filter(|_| a.values);
+            match v {
+                _ if a.json => writeln!(out, "{}", json_row(k, v.map(|v| v.as_slice())))?,
+                Some(v) => writeln!(out, "{}\t{}", show_key(k), String::from_utf8_lossy(v))?,
+                None => writeln!(out, "{}", show_key(k))?,
             }
             printed += 1;
         }

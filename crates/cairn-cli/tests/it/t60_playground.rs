@@ -146,6 +146,51 @@ async fn t60_playground_and_readme_tour() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"world");
+    // `list --values --json` exports losslessly: a value that is not UTF-8 (with a tab and
+    // a newline in it) comes back byte for byte; a text row stays readable.
+    let binary = vec![0xff, 0x00, b'\t', b'\n', b'x'];
+    let r = h
+        .put(format!("{http}/v1/tables/demo/keys/bin"))
+        .body(binary.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "--endpoints",
+            &endpoints,
+            "list",
+            "demo",
+            "--values",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bin = rows
+        .iter()
+        .find(|r| r["key"] == "Ymlu")
+        .unwrap_or_else(|| panic!("no base64 row for key bin in {rows:?}"));
+    assert_eq!(bin["encoding"], "base64");
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(bin["value"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(value, binary);
+    assert!(
+        rows.contains(&serde_json::json!({"key": "hello", "value": "world"})),
+        "{rows:?}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--endpoints", &endpoints, "admin", "nodes"])
         .output()
