@@ -35,6 +35,8 @@ pub struct OpError {
 }
 
 /// A handle one worker uses; cheap to clone.
+// etcd's client is held inline: a run has one driver per worker, so its size does not matter.
+#[cfg_attr(feature = "etcd", allow(clippy::large_enum_variant))]
 #[derive(Clone)]
 pub enum Driver {
     /// Cairn: the client and the table.
@@ -79,10 +81,12 @@ fn etcd_err(e: etcd_client::Error) -> OpError {
 
 impl Driver {
     /// Connects to `endpoints` and prepares `table` (Cairn: created with `partitions`
-    /// partitions split at `splits` if missing).
+    /// partitions split at `splits` if missing). Cairn is driven through `cairn` when given
+    /// (a client with the caller's TLS and credentials), else a plaintext client.
     pub async fn connect(
         kind: DriverKind,
         endpoints: &[String],
+        cairn: Option<cairn_client::Client>,
         table: &str,
         splits: Vec<Vec<u8>>,
         consistency: Consistency,
@@ -90,9 +94,12 @@ impl Driver {
     ) -> anyhow::Result<Self> {
         match kind {
             DriverKind::Cairn => {
-                let client = cairn_client::Client::new(endpoints)
-                    .map_err(|e| anyhow::anyhow!("bad --endpoints: {e}"))?
-                    .with_timeout(op_timeout);
+                let client = match cairn {
+                    Some(c) => c,
+                    None => cairn_client::Client::new(endpoints)
+                        .map_err(|e| anyhow::anyhow!("bad --endpoints: {e}"))?,
+                }
+                .with_timeout(op_timeout);
                 match client.create_table(table, 3, splits).await {
                     Ok(_) => {}
                     Err(e) if e.code == cairn_types::ErrorCode::AlreadyExists => {}
@@ -109,7 +116,7 @@ impl Driver {
             }
             #[cfg(feature = "etcd")]
             DriverKind::Etcd => {
-                let _ = splits;
+                let _ = (splits, cairn);
                 let opts = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(std::time::Duration::from_secs(5))
                     .with_timeout(op_timeout);

@@ -410,11 +410,17 @@ async fn phase(
     Ok(r)
 }
 
-/// Runs the benchmark `args` describes against `endpoints`; prints and returns the report.
-pub async fn run(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Report> {
+/// Runs the benchmark `args` describes against `endpoints` (Cairn through `cairn` when
+/// given, a client with TLS and credentials); prints and returns the report.
+pub async fn run(
+    args: &BenchArgs,
+    endpoints: &[String],
+    cairn: Option<cairn_client::Client>,
+) -> anyhow::Result<Report> {
     let driver = Driver::connect(
         args.driver,
         endpoints,
+        cairn,
         &args.table,
         splits(args.records, args.partitions),
         args.consistency,

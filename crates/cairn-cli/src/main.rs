@@ -139,7 +139,11 @@ fn main() -> ExitCode {
             Command::Health(a) => health_cmd::run(a, &conn).await,
             Command::Bench(a) => {
                 let endpoints: Vec<String> = cli.endpoints.split(',').map(str::to_string).collect();
-                cairn_bench::run(&a, &endpoints)
+                // Cairn with the global --certs-dir, --user and --token, as every command.
+                let cairn = (a.driver == cairn_bench::DriverKind::Cairn)
+                    .then(|| conn.client())
+                    .transpose()?;
+                cairn_bench::run(&a, &endpoints, cairn)
                     .await
                     .map(|_| ExitCode::SUCCESS)
             }

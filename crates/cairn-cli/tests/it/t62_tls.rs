@@ -89,6 +89,33 @@ async fn t62_secure_cluster_refuses_plaintext_and_strangers() {
     assert!(ok && out.contains("v2"), "{out}");
     let (ok, out) = cairn(None, &endpoints, &["put", "s", "plain", "x"]);
     assert!(!ok, "a plaintext client wrote: {out}");
+    // `cairn bench` takes --certs-dir like every command.
+    let (ok, out) = cairn(
+        Some(&certs),
+        &endpoints,
+        &[
+            "bench",
+            "--workload",
+            "write",
+            "--records",
+            "50",
+            "--no-load",
+            "--ops",
+            "50",
+            "--clients",
+            "2",
+            "--duration",
+            "20",
+            "--table",
+            "benchtls",
+        ],
+    );
+    assert!(ok && out.contains("ops/s"), "{out}");
+    assert!(
+        !out.contains("errors:") || out.contains("errors: none"),
+        "{out}"
+    );
+    assert!(cl.describe_table("benchtls").await.is_ok());
 
     // Plaintext gRPC from the Rust client fails too, and wrote nothing.
     let plain = cairn_client::Client::new(endpoints.split(','))
