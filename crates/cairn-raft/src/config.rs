@@ -1,12 +1,12 @@
 //! Raft timing for the two kinds of group.
 //!
 //! Idle groups are not free when each one keeps its own timers (DESIGN.md: 1,000 partitions
-//! at a 400 ms beat burned 1.73 cores doing nothing). With `cairn server --quiesce`
-//! (experimental) partition groups keep none of their own: openraft's tick, and with it its
-//! heartbeats and election timer, starts switched off. The node's group supervisor
-//! (`cairn-server`, `supervisor.rs`) turns a leader's tick on while the group is busy and
-//! campaigns for a follower when node-level liveness says its leader is gone, so an idle
-//! group costs nothing and failover takes about one leader lease. The metadata group is one
+//! at a 400 ms beat burned 1.73 cores doing nothing). With `cairn server --quiesce` (the
+//! default; `--quiesce false` turns it off) partition groups keep none of their own:
+//! openraft's tick, and with it its heartbeats and election timer, starts switched off.
+//! The node's group supervisor (`cairn-server`, `supervisor.rs`) turns a leader's tick on
+//! while the group is busy and campaigns for a follower when node-level liveness says its
+//! leader is gone, so an idle group costs nothing and failover takes about one leader lease. The metadata group is one
 //! group; it always keeps openraft's own timers.
 
 use openraft::{Config, SnapshotPolicy};

@@ -59,7 +59,7 @@ impl RaftMetrics {
         );
         registry.register(
             "raft_heartbeats_sent",
-            "AppendEntries calls sent without entries (heartbeats), all groups",
+            "AppendEntries calls sent without entries (heartbeats and commit notices), all groups",
             self.heartbeats_sent.clone(),
         );
         registry.register(
