@@ -6,8 +6,8 @@
 //!
 //! Order of concern, each pass: repair replicas on down nodes and drain draining ones
 //! (fewest live voters first), then split partitions that are too big or too hot, then even
-//! out leader counts, then replica counts. A partition gets at most one decision per pass
-//! and none while an operation on it runs or cools down.
+//! out leader counts, then replica counts, then the bytes the nodes hold. A partition gets
+//! at most one decision per pass and none while an operation on it runs or cools down.
 
 use crate::MetaState;
 pub use cairn_types::{KeySample, PartitionLoad};
@@ -36,6 +36,9 @@ pub struct PlannerConfig {
     pub max_moves_per_node: usize,
     /// No new decision on a partition this long after its last operation changed.
     pub cooldown_ms: u64,
+    /// A move for byte balance must narrow the gap between two nodes' bytes by at least
+    /// this much: copying a replica is not free, and sizes are estimates.
+    pub balance_bytes: u64,
 }
 
 impl Default for PlannerConfig {
@@ -46,6 +49,7 @@ impl Default for PlannerConfig {
             max_moves: 4,
             max_moves_per_node: 1,
             cooldown_ms: 30_000,
+            balance_bytes: 48 << 20,
         }
     }
 }
@@ -194,13 +198,21 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
     // not wait for that.
     let mut busy: BTreeSet<PartitionId> = BTreeSet::new();
     let mut cooling: BTreeSet<PartitionId> = BTreeSet::new();
-    let mut replicas: BTreeMap<NodeId, i64> = targets.iter().map(|n| (*n, 0)).collect();
-    let mut moving: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut t = Tally {
+        replicas: targets.iter().map(|n| (*n, 0)).collect(),
+        bytes: targets.iter().map(|n| (*n, 0)).collect(),
+        moving: BTreeMap::new(),
+    };
     let mut moves_running = 0;
+    // A partition's size as its leader reports it (0 when not reported yet).
+    let size = |p: PartitionId| view.loads.get(&p).map_or(0, |l| l.bytes);
     for g in groups.iter().filter(|g| g.id != META_GROUP) {
         for n in &g.replicas {
-            if let Some(c) = replicas.get_mut(n) {
+            if let Some(c) = t.replicas.get_mut(n) {
                 *c += 1;
+            }
+            if let Some(b) = t.bytes.get_mut(n) {
+                *b += size(g.id);
             }
         }
     }
@@ -220,16 +232,8 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
             // Count moves in flight as if done, so the next pass does not undo or repeat
             // them.
             moves_running += 1;
-            *moving.entry(*from).or_default() += 1;
-            *moving.entry(*to).or_default() += 1;
-            if op.partition != META_GROUP {
-                if let Some(c) = replicas.get_mut(to) {
-                    *c += 1;
-                }
-                if let Some(c) = replicas.get_mut(from) {
-                    *c -= 1;
-                }
-            }
+            let moved = (op.partition, size(op.partition));
+            t.note_move(moved, *from, *to);
         }
     }
     let mut out = Vec::new();
@@ -272,13 +276,13 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
             continue;
         }
         // A down node does no work, so only a live source counts against its limit.
-        if budget == 0 || (!free(&moving, &from) && !view.down.contains(&from)) {
+        if budget == 0 || (!free(&t.moving, &from) && !view.down.contains(&from)) {
             continue;
         }
         let to = targets
             .iter()
-            .filter(|n| !g.replicas.contains(n) && free(&moving, n))
-            .min_by_key(|n| (replicas.get(n).copied().unwrap_or(0), **n))
+            .filter(|n| !g.replicas.contains(n) && free(&t.moving, n))
+            .min_by_key(|n| (t.replicas.get(n).copied().unwrap_or(0), **n))
             .copied();
         let Some(to) = to else {
             out.push(Decision::Report {
@@ -293,14 +297,7 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         } else {
             format!("{from} is draining")
         };
-        note_move(&mut replicas, &mut moving, g.id, from, to);
-        out.push(Decision::Move {
-            partition: g.id,
-            from,
-            to,
-            why,
-        });
-        busy.insert(g.id);
+        t.decide_move(&mut out, &mut busy, (g.id, size(g.id)), (from, to), why);
         budget -= 1;
     }
 
@@ -407,9 +404,10 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         busy.insert(g.id);
     }
     // 4. Replica counts: from the fullest node to the emptiest while they differ by more
-    // than one.
+    // than one, moving the replica that best evens out the two nodes' bytes.
     while budget > 0 {
-        let counts: Vec<(i64, NodeId)> = replicas
+        let counts: Vec<(i64, NodeId)> = t
+            .replicas
             .iter()
             .filter(|(n, _)| targets.contains(n))
             .map(|(n, c)| (*c, *n))
@@ -418,26 +416,71 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
         else {
             break;
         };
-        if max - min <= 1 || !free(&moving, &from) || !free(&moving, &to) {
+        if max - min <= 1 || !free(&t.moving, &from) || !free(&t.moving, &to) {
             break;
         }
-        let pick = groups.iter().find(|g| {
-            g.id != META_GROUP
-                && !busy.contains(&g.id)
-                && !cooling.contains(&g.id)
-                && g.replicas.contains(&from)
-                && !g.replicas.contains(&to)
-        });
-        let Some(g) = pick else { break };
-        note_move(&mut replicas, &mut moving, g.id, from, to);
-        out.push(Decision::Move {
-            partition: g.id,
-            from,
-            to,
-            why: format!("{from} holds {max} replicas, {to} holds {min}"),
-        });
-        busy.insert(g.id);
+        let skip = |p| busy.contains(&p) || cooling.contains(&p);
+        let pick = closest_move(
+            &groups,
+            skip,
+            size,
+            (from, t.bytes[&from]),
+            (to, t.bytes[&to]),
+        );
+        let Some((p, _)) = pick else { break };
+        let why = format!("{from} holds {max} replicas, {to} holds {min}");
+        t.decide_move(&mut out, &mut busy, (p, size(p)), (from, to), why);
         budget -= 1;
+    }
+
+    // 5. Bytes: a replica moves from a node holding more bytes to one holding a replica
+    // fewer, when that narrows the gap between the two by at least `balance_bytes`: their
+    // counts only swap, so count balance holds, and each such move lowers the sum of the
+    // squares of the nodes' bytes, so no later one undoes it. Nodes with equal counts are
+    // left as they are (a move between them would upset count balance), and so is a node
+    // holding a partition whose size no leader has reported yet (its bytes are not known).
+    let sized: BTreeSet<NodeId> = targets
+        .iter()
+        .filter(|n| {
+            groups.iter().all(|g| {
+                g.id == META_GROUP || !g.replicas.contains(n) || view.loads.contains_key(&g.id)
+            })
+        })
+        .copied()
+        .collect();
+    'bytes: while budget > 0 {
+        let mut free_sized: Vec<NodeId> = sized
+            .iter()
+            .filter(|n| free(&t.moving, n))
+            .copied()
+            .collect();
+        // Heaviest first.
+        free_sized.sort_by_key(|n| (std::cmp::Reverse(t.bytes[n]), *n));
+        for &from in &free_sized {
+            // Lightest first: once a pair's gap is below the threshold, the rest are too.
+            for &to in free_sized.iter().rev() {
+                let (bf, bt) = (t.bytes[&from], t.bytes[&to]);
+                if bf.saturating_sub(bt) < cfg.balance_bytes.max(1) {
+                    break;
+                }
+                if t.replicas[&from] != t.replicas[&to] + 1 {
+                    continue;
+                }
+                let skip = |p| busy.contains(&p) || cooling.contains(&p);
+                let Some((p, left)) = closest_move(&groups, skip, size, (from, bf), (to, bt))
+                else {
+                    continue;
+                };
+                if (bf - bt).saturating_sub(left) < cfg.balance_bytes.max(1) {
+                    continue;
+                }
+                let why = format!("{from} holds {bf} bytes, {to} holds {bt}");
+                t.decide_move(&mut out, &mut busy, (p, size(p)), (from, to), why);
+                budget -= 1;
+                continue 'bytes;
+            }
+        }
+        break;
     }
 
     out
@@ -494,21 +537,82 @@ pub fn load_split_key(samples: &[KeySample], start: &[u8], end: Option<&[u8]>) -
     best.map(|(_, k)| k.to_vec())
 }
 
-fn note_move(
-    replicas: &mut BTreeMap<NodeId, i64>,
-    moving: &mut BTreeMap<NodeId, usize>,
-    group: PartitionId,
-    from: NodeId,
-    to: NodeId,
-) {
-    *moving.entry(from).or_default() += 1;
-    *moving.entry(to).or_default() += 1;
-    if group != META_GROUP {
-        if let Some(c) = replicas.get_mut(&from) {
-            *c -= 1;
+/// What each node holds and has in flight, as the decisions so far leave it.
+struct Tally {
+    /// Partition replicas per node that may take replicas.
+    replicas: BTreeMap<NodeId, i64>,
+    /// Bytes of those replicas, by the partitions' reported sizes.
+    bytes: BTreeMap<NodeId, u64>,
+    /// Moves in flight from or to each node.
+    moving: BTreeMap<NodeId, usize>,
+}
+
+impl Tally {
+    /// Counts a move of `group` (of `size` bytes) from `from` to `to` as done.
+    fn note_move(&mut self, (group, size): (PartitionId, u64), from: NodeId, to: NodeId) {
+        *self.moving.entry(from).or_default() += 1;
+        *self.moving.entry(to).or_default() += 1;
+        // Only nodes that may take replicas are counted (a move in flight may involve others).
+        if group != META_GROUP {
+            if let Some(c) = self.replicas.get_mut(&from) {
+                *c -= 1;
+            }
+            if let Some(c) = self.replicas.get_mut(&to) {
+                *c += 1;
+            }
+            if let Some(b) = self.bytes.get_mut(&from) {
+                *b = b.saturating_sub(size);
+            }
+            if let Some(b) = self.bytes.get_mut(&to) {
+                *b += size;
+            }
         }
-        *replicas.entry(to).or_default() += 1;
     }
+
+    /// Decides a move: counts it, adds it to `out` and marks the partition busy.
+    fn decide_move(
+        &mut self,
+        out: &mut Vec<Decision>,
+        busy: &mut BTreeSet<PartitionId>,
+        moved: (PartitionId, u64),
+        (from, to): (NodeId, NodeId),
+        why: String,
+    ) {
+        self.note_move(moved, from, to);
+        out.push(Decision::Move {
+            partition: moved.0,
+            from,
+            to,
+            why,
+        });
+        busy.insert(moved.0);
+    }
+}
+
+/// The gap between two nodes' bytes after moving `size` bytes from the first to the second.
+fn gap_after(from: u64, to: u64, size: u64) -> u64 {
+    from.saturating_sub(size).abs_diff(to.saturating_add(size))
+}
+
+/// Of the partitions on `from` and not on `to` that `skip` allows, the one whose move
+/// leaves the two nodes' bytes (`bf`, `bt`) closest, with the gap it leaves.
+fn closest_move(
+    groups: &[Group],
+    skip: impl Fn(PartitionId) -> bool,
+    size: impl Fn(PartitionId) -> u64,
+    (from, bf): (NodeId, u64),
+    (to, bt): (NodeId, u64),
+) -> Option<(PartitionId, u64)> {
+    groups
+        .iter()
+        .filter(|g| {
+            g.id != META_GROUP
+                && !skip(g.id)
+                && g.replicas.contains(&from)
+                && !g.replicas.contains(&to)
+        })
+        .map(|g| (g.id, gap_after(bf, bt, size(g.id))))
+        .min_by_key(|(_, gap)| *gap)
 }
 
 #[cfg(test)]
@@ -537,15 +641,6 @@ mod tests {
     /// A cluster of `nodes` nodes (the first three found the metadata group) holding
     /// `partitions` partitions of 3 replicas, placed at random.
     fn cluster(rng: &mut Rng, nodes: u64, partitions: usize) -> MetaState {
-        let mut s = MetaState::default();
-        for n in 1..=nodes {
-            s.apply(&MetaCommand::RegisterNode(NodeDesc {
-                id: NodeId(n),
-                addr: format!("n{n}"),
-                http_addr: String::new(),
-            }));
-        }
-        s.set_meta_voters((1..=3).map(|n| (NodeId(n), ReplicaId(n))).collect());
         let placement = (0..partitions)
             .map(|_| {
                 let mut set: Vec<NodeId> = Vec::new();
@@ -558,6 +653,22 @@ mod tests {
                 set
             })
             .collect();
+        cluster_placed(nodes, placement)
+    }
+
+    /// A cluster of `nodes` nodes holding one partition per entry of `placement`, on the
+    /// nodes it names.
+    fn cluster_placed(nodes: u64, placement: Vec<Vec<NodeId>>) -> MetaState {
+        let partitions = placement.len();
+        let mut s = MetaState::default();
+        for n in 1..=nodes {
+            s.apply(&MetaCommand::RegisterNode(NodeDesc {
+                id: NodeId(n),
+                addr: format!("n{n}"),
+                http_addr: String::new(),
+            }));
+        }
+        s.set_meta_voters((1..=3).map(|n| (NodeId(n), ReplicaId(n))).collect());
         let split_keys = (1..partitions)
             .map(|i| format!("k{i:04}").into_bytes())
             .collect();
@@ -668,6 +779,37 @@ mod tests {
         assert!(moves <= PlannerConfig::default().max_moves);
     }
 
+    /// Plans and applies each plan (its operations done at once) until a plan is empty,
+    /// checking every plan and failing after `rounds` of them; returns the plans made.
+    fn settle(
+        s: &mut MetaState,
+        leaders: &mut BTreeMap<PartitionId, NodeId>,
+        nodes: u64,
+        loads: &BTreeMap<PartitionId, PartitionLoad>,
+        rounds: usize,
+        what: &str,
+    ) -> Vec<Vec<Decision>> {
+        let mut plans = Vec::new();
+        loop {
+            let mut v = view(s, 1..=nodes);
+            v.leaders = leaders.clone();
+            v.loads = loads.clone();
+            let plan = plan(&v, &PlannerConfig::default());
+            check(&v, &plan);
+            if plan.is_empty() {
+                return plans;
+            }
+            assert!(
+                plans.len() < rounds,
+                "{what}: no convergence, last plan {plan:?}"
+            );
+            for d in &plan {
+                apply(s, leaders, d);
+            }
+            plans.push(plan);
+        }
+    }
+
     #[test]
     fn random_clusters_converge_to_balance_without_oscillating() {
         for seed in 0..300 {
@@ -677,24 +819,29 @@ mod tests {
             let mut s = cluster(&mut rng, nodes, partitions);
             let mut leaders = view(&s, 1..=nodes).leaders;
             let cfg = PlannerConfig::default();
-            let mut rounds = 0;
-            loop {
-                let mut v = view(&s, 1..=nodes);
-                v.leaders = leaders.clone();
-                let plan = plan(&v, &cfg);
-                check(&v, &plan);
-                if plan.is_empty() {
-                    break;
-                }
-                rounds += 1;
-                assert!(
-                    rounds < 200,
-                    "seed {seed}: no convergence, last plan {plan:?}"
-                );
-                for d in &plan {
-                    apply(&mut s, &mut leaders, d);
-                }
-            }
+            // Odd seeds give partitions sizes (below the split size), so byte balance runs.
+            let loads: BTreeMap<PartitionId, PartitionLoad> = s
+                .partitions()
+                .filter(|_| seed % 2 == 1)
+                .map(|(_, p)| {
+                    let bytes = rng.below(cfg.split_size);
+                    (
+                        p.id,
+                        PartitionLoad {
+                            bytes,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
+            settle(
+                &mut s,
+                &mut leaders,
+                nodes,
+                &loads,
+                200,
+                &format!("seed {seed}"),
+            );
             // Balanced: replica and leader counts within one of each other.
             let mut counts: BTreeMap<NodeId, usize> = (1..=nodes).map(|n| (NodeId(n), 0)).collect();
             for (_, p) in s.partitions() {
@@ -1018,5 +1165,86 @@ mod tests {
         let plan = plan(&down, &cfg);
         check(&down, &plan);
         assert_eq!(moves(&plan), 2, "{plan:?}");
+    }
+
+    #[test]
+    fn bytes_are_balanced_once_counts_are() {
+        const MIB: u64 = 1 << 20;
+        let n = |ids: &[u64]| ids.iter().map(|i| NodeId(*i)).collect::<Vec<_>>();
+        // Replica counts 4, 4, 4 and 3: balanced. But nodes 1 to 3 hold both 90 MiB
+        // partitions (182 MiB each in all) and node 4 holds 3 MiB.
+        let mut s = cluster_placed(
+            4,
+            vec![
+                n(&[1, 2, 3]),
+                n(&[1, 2, 3]),
+                n(&[1, 2, 4]),
+                n(&[1, 3, 4]),
+                n(&[2, 3, 4]),
+            ],
+        );
+        let sizes = [90, 90, 1, 1, 1];
+        let loads: BTreeMap<PartitionId, PartitionLoad> = s
+            .partitions()
+            .zip(sizes)
+            .map(|((_, p), mib)| {
+                let load = PartitionLoad {
+                    bytes: mib * MIB,
+                    ..Default::default()
+                };
+                (p.id, load)
+            })
+            .collect();
+        let held = |s: &MetaState| {
+            let mut b: BTreeMap<NodeId, u64> = BTreeMap::new();
+            for (_, p) in s.partitions() {
+                for r in &p.replicas {
+                    *b.entry(*r).or_default() += loads[&p.id].bytes / MIB;
+                }
+            }
+            b
+        };
+        assert_eq!(held(&s)[&NodeId(4)], 3);
+        let cfg = PlannerConfig::default();
+        // While a partition's size is not reported, the nodes holding it (here 1, 2 and 4,
+        // which hold the third) are left alone.
+        let mut v = view(&s, 1..=4);
+        v.loads = loads.clone();
+        let third = s.partitions().nth(2).unwrap().1.id;
+        v.loads.remove(&third);
+        let early = plan(&v, &cfg);
+        assert!(
+            !early.iter().any(|d| matches!(d, Decision::Move { .. })),
+            "a move on sizes not all known: {early:?}"
+        );
+        let mut leaders = view(&s, 1..=4).leaders;
+        let plans = settle(&mut s, &mut leaders, 4, &loads, 20, "four nodes");
+        // The first move takes a big partition to node 4, the one holding the fewest bytes.
+        let first = plans.first().expect("byte balance moved nothing");
+        let to_four = first.iter().find_map(|d| match d {
+            Decision::Move { to, why, .. } if *to == NodeId(4) => Some(why.clone()),
+            _ => None,
+        });
+        assert!(
+            to_four.as_deref().is_some_and(|w| w.contains("bytes")),
+            "{first:?}"
+        );
+        // Node 4 took a 90 MiB partition from node 1. Nodes 2 and 3 keep 182 MiB: a move
+        // from them to node 1 or 4 would either leave the gap as wide or upset the counts.
+        let after = held(&s);
+        assert_eq!(after[&NodeId(4)], 93, "{after:?}");
+        assert!(after.values().all(|b| *b >= 92), "{after:?}");
+        // Replica counts stay within one of each other.
+        let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (_, p) in s.partitions() {
+            for r in &p.replicas {
+                *counts.entry(*r).or_default() += 1;
+            }
+        }
+        let (lo, hi) = (
+            counts.values().min().unwrap(),
+            counts.values().max().unwrap(),
+        );
+        assert!(hi - lo <= 1, "{counts:?}");
     }
 }

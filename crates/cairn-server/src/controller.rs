@@ -67,6 +67,8 @@ pub(crate) async fn controller_loop(node: Arc<Node>, mut stop: tokio::sync::watc
     let planner = PlannerConfig {
         split_size: cfg.split_size,
         split_qps: cfg.split_qps,
+        // Half a split's worth: a move for balance is worth copying about a partition.
+        balance_bytes: cfg.split_size / 2,
         ..PlannerConfig::default()
     };
     // Consecutive passes each partition was found hot in (`load_hot`).
