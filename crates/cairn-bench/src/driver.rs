@@ -80,14 +80,14 @@ fn etcd_err(e: etcd_client::Error) -> OpError {
 }
 
 impl Driver {
-    /// Connects to `endpoints` and prepares `table` (Cairn: created with `partitions`
-    /// partitions split at `splits` if missing). Cairn is driven through `cairn` when given
-    /// (a client with the caller's TLS and credentials), else a plaintext client.
+    /// Connects to `endpoints` and prepares `table` (Cairn: created with `replication`
+    /// replicas and partitions split at `splits` if missing). Cairn is driven through `cairn`
+    /// when given (a client with the caller's TLS and credentials), else a plaintext client.
     pub async fn connect(
         kind: DriverKind,
         endpoints: &[String],
         cairn: Option<cairn_client::Client>,
-        table: &str,
+        (table, replication): (&str, u32),
         splits: Vec<Vec<u8>>,
         consistency: Consistency,
         op_timeout: std::time::Duration,
@@ -100,9 +100,12 @@ impl Driver {
                         .map_err(|e| anyhow::anyhow!("bad --endpoints: {e}"))?,
                 }
                 .with_timeout(op_timeout);
-                match client.create_table(table, 3, splits).await {
+                match client.create_table(table, replication, splits).await {
                     Ok(_) => {}
                     Err(e) if e.code == cairn_types::ErrorCode::AlreadyExists => {}
+                    Err(e) if e.code == cairn_types::ErrorCode::NotEnoughNodes => anyhow::bail!(
+                        "cannot create table {table}: {e} (cairn bench --replication N sets it)"
+                    ),
                     Err(e) => anyhow::bail!(
                         "cannot create table {table}: {e} (is a cluster running at {}?)",
                         endpoints.join(",")

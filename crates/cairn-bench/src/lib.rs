@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// Partitions of the table when Cairn creates it.
     #[arg(long, default_value_t = 3)]
     pub partitions: u64,
+    /// Replicas per partition when Cairn creates the table (at most the live nodes).
+    #[arg(long, default_value_t = 3)]
+    pub replication: u32,
     /// Read consistency.
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: Consistency,
@@ -421,7 +424,7 @@ pub async fn run(
         args.driver,
         endpoints,
         cairn,
-        &args.table,
+        (&args.table, args.replication),
         splits(args.records, args.partitions),
         args.consistency,
         Duration::from_millis(args.op_timeout_ms),

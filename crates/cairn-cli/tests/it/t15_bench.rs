@@ -97,6 +97,44 @@ async fn t15_bench_runs_every_workload() {
         stdout.contains("open loop: 100 ops/s scheduled"),
         "{stdout}"
     );
+    // The table's replication is the bench's to choose: more replicas than live nodes are
+    // refused with the flag to change, and one replica makes a table of one.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &endpoints, "bench", "--replication", "5"])
+        .args(["--table", "five", "--records", "10", "--ops", "10"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("NOT_ENOUGH_NODES") || stderr.contains("live nodes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--replication"), "{stderr}");
+    let json = dir.path().join("one-replica.json");
+    bench_json(
+        &[
+            "--endpoints",
+            &endpoints,
+            "bench",
+            "--replication",
+            "1",
+            "--table",
+            "one",
+            "--workload",
+            "write",
+            "--records",
+            "20",
+            "--ops",
+            "20",
+            "--duration",
+            "20",
+        ],
+        &json,
+    );
+    let one = c.client().describe_table("one").await.unwrap();
+    assert_eq!(one.replication, 1);
+    assert!(one.partitions.iter().all(|p| p.replicas.len() == 1));
     // A rate that is not one is refused with what to give instead.
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--endpoints", &endpoints, "bench", "--rate", "0"])
