@@ -37,9 +37,14 @@ impl IntoResponse for ApiError {
         let code = self.0.code();
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let body = json!({"error": {"code": code.as_str(), "message": self.0.to_string()}});
-        (status, Json(body)).into_response()
+        error_response(status, code, self.0.to_string())
     }
+}
+
+/// The one shape of every HTTP error: `{"error": {"code": ..., "message": ...}}`.
+fn error_response(status: StatusCode, code: cairn_types::ErrorCode, message: String) -> Response {
+    let body = json!({"error": {"code": code.as_str(), "message": message}});
+    (status, Json(body)).into_response()
 }
 
 impl From<Error> for ApiError {
@@ -930,9 +935,8 @@ async fn json_errors(
         ),
         _ => return resp,
     };
-    let body = json!({"error": {"code": code.as_str(), "message": message}});
     let allow = resp.headers_mut().remove(header::ALLOW);
-    let mut out = (resp.status(), Json(body)).into_response();
+    let mut out = error_response(resp.status(), code, message);
     if let Some(allow) = allow {
         out.headers_mut().insert(header::ALLOW, allow);
     }
