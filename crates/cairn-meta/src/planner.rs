@@ -212,7 +212,8 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
                 *c += 1;
             }
             if let Some(b) = t.bytes.get_mut(n) {
-                *b += size(g.id);
+                // Sizes come from leaders' heartbeats: never trusted not to overflow.
+                *b = b.saturating_add(size(g.id));
             }
         }
     }
@@ -564,7 +565,7 @@ impl Tally {
                 *b = b.saturating_sub(size);
             }
             if let Some(b) = self.bytes.get_mut(&to) {
-                *b += size;
+                *b = b.saturating_add(size);
             }
         }
     }

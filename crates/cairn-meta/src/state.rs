@@ -207,8 +207,15 @@ impl MetaState {
             MetaCommand::AllocPartitionIds { count } => {
                 self.next_partition_id = self.next_partition_id.max(1);
                 let first = self.next_partition_id;
-                self.next_partition_id += count;
-                MetaResponse::Ids(first)
+                match first.checked_add(*count) {
+                    Some(next) => {
+                        self.next_partition_id = next;
+                        MetaResponse::Ids(first)
+                    }
+                    None => MetaResponse::Refused(Error::Internal(format!(
+                        "no {count} partition ids are left after {first}"
+                    ))),
+                }
             }
             MetaCommand::StartMove {
                 partition,
@@ -305,7 +312,7 @@ impl MetaState {
                     t.merge_partitions(descs);
                 }
                 if let Some(max) = descs.iter().map(|d| d.id.0).max() {
-                    self.next_partition_id = self.next_partition_id.max(max + 1);
+                    self.next_partition_id = self.next_partition_id.max(max.saturating_add(1));
                 }
                 MetaResponse::Done
             }
@@ -843,6 +850,28 @@ mod reconcile_tests {
             panic!("no ids")
         };
         assert_eq!(next, 3);
+    }
+
+    #[test]
+    fn a_reported_id_at_the_end_of_the_range_exhausts_ids_without_a_panic() {
+        let mut s = MetaState::default();
+        let t = table(&mut s, "t", &[], &[1]);
+        let far = PartitionDesc {
+            id: PartitionId(u64::MAX),
+            ..t.partitions[0].clone()
+        };
+        s.apply(&MetaCommand::UpdatePartitions { descs: vec![far] });
+        assert_eq!(s.next_partition_id, u64::MAX);
+        let r = s.apply(&MetaCommand::AllocPartitionIds { count: 2 });
+        assert!(
+            matches!(r, MetaResponse::Refused(Error::Internal(_))),
+            "{r:?}"
+        );
+        assert_eq!(
+            s.next_partition_id,
+            u64::MAX,
+            "a refused allocation takes nothing"
+        );
     }
 
     #[test]
