@@ -40,7 +40,7 @@ pub(crate) struct ServerArgs {
     /// Join an existing cluster through these nodes: `HOST:PORT[,HOST:PORT...]`.
     #[arg(long, env = "CAIRN_JOIN", value_delimiter = ',')]
     join: Vec<String>,
-    /// Largest key in bytes.
+    /// Largest key in bytes (at most 65517, the storage engine's limit less Cairn's prefix).
     #[arg(long, env = "CAIRN_MAX_KEY_BYTES", default_value_t = 4096)]
     max_key_bytes: usize,
     /// Largest value in bytes.

@@ -470,8 +470,14 @@ impl kv_server::Kv for Kv {
         allow(&self.0, &req, Access::Read(&req.get_ref().table)).await?;
         let started = std::time::Instant::now();
         let r = req.into_inner();
-        let res =
-            crate::http::list_bounds(&r.prefix, &r.start, &r.end, &r.cursor, r.limit as usize);
+        let res = crate::http::list_bounds(
+            &self.0.core.limits,
+            &r.prefix,
+            &r.start,
+            &r.end,
+            &r.cursor,
+            r.limit as usize,
+        );
         let res = match res {
             Ok((start, end, limit)) => {
                 let stale = r.consistency == pb::Consistency::Stale as i32;

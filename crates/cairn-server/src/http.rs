@@ -132,12 +132,21 @@ pub(crate) type ListBounds = (Vec<u8>, Option<Vec<u8>>, usize);
 
 /// Turns List parameters into `[start, end)` and a limit; shared with gRPC.
 pub(crate) fn list_bounds(
+    limits: &cairn_types::Limits,
     prefix: &[u8],
     start: &[u8],
     end: &[u8],
     cursor: &[u8],
     limit: usize,
 ) -> Result<ListBounds, Error> {
+    for (name, bound) in [
+        ("prefix", prefix),
+        ("start", start),
+        ("end", end),
+        ("cursor", cursor),
+    ] {
+        limits.check_bound(name, bound)?;
+    }
     let limit = match limit {
         0 => DEFAULT_LIMIT,
         l if l > MAX_LIMIT => {
@@ -586,8 +595,14 @@ async fn list_keys(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
             ));
         }
     };
-    let (start, end, limit) =
-        list_bounds(&arg("prefix"), &arg("start"), &arg("end"), &cursor, limit)?;
+    let (start, end, limit) = list_bounds(
+        &node.core.limits,
+        &arg("prefix"),
+        &arg("start"),
+        &arg("end"),
+        &cursor,
+        limit,
+    )?;
     let started = std::time::Instant::now();
     let res = node
         .list(&table, start, end, limit, stale, deadline())
@@ -1103,6 +1118,7 @@ impl axum::serve::Listener for TlsListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_types::Limits;
 
     #[test]
     fn a_node_log_needs_admin_whichever_node_serves_it() {
@@ -1141,13 +1157,18 @@ mod tests {
 
     #[test]
     fn list_bounds_combine_prefix_start_and_cursor() {
-        let (s, e, l) = list_bounds(b"user/", b"", b"", b"", 0).unwrap();
+        let (s, e, l) = list_bounds(&Limits::default(), b"user/", b"", b"", b"", 0).unwrap();
         assert_eq!(
             (s, e, l),
             (b"user/".to_vec(), Some(b"user0".to_vec()), 1000)
         );
-        let (s, _, _) = list_bounds(b"user/", b"", b"", b"user/7\0", 10).unwrap();
+        let (s, _, _) =
+            list_bounds(&Limits::default(), b"user/", b"", b"", b"user/7\0", 10).unwrap();
         assert_eq!(s, b"user/7\0".to_vec());
-        assert!(list_bounds(b"", b"", b"", b"", 10_001).is_err());
+        assert!(list_bounds(&Limits::default(), b"", b"", b"", b"", 10_001).is_err());
+        // A bound longer than any key is refused before it reaches the engine.
+        let long = vec![b'a'; Limits::default().max_key_bytes + 2];
+        let err = list_bounds(&Limits::default(), b"", b"", &long, b"", 10).unwrap_err();
+        assert!(err.to_string().contains("end is 4098 bytes"), "{err}");
     }
 }

@@ -362,6 +362,7 @@ impl Node {
     }
 
     async fn open_with(cfg: ServerConfig, sub: Substrate) -> anyhow::Result<Arc<Node>> {
+        cfg.limits.validate()?;
         let Substrate {
             grpc,
             grpc_addr,

@@ -415,8 +415,10 @@ impl FjallEngine {
                 max.ok_or_else(|| Error::Engine(format!("no journal in {}", self.dir.display())))?
             }
         };
-        while path(newest + 1).try_exists().map_err(io)? {
-            newest += 1;
+        while let Some(next) = newest.checked_add(1)
+            && path(next).try_exists().map_err(io)?
+        {
+            newest = next;
         }
         if held != Some(newest) {
             if let Some(before) = newest.checked_sub(1) {
@@ -454,6 +456,7 @@ impl FjallEngine {
         limit: usize,
         rev: bool,
     ) -> Result<Vec<KeyValue>> {
+        cairn_storage::check_bounds(start, end)?;
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
@@ -484,6 +487,7 @@ fn range<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<
 
 impl Engine for FjallEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        cairn_storage::check_key(key)?;
         Ok(self.space(space).get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
@@ -511,6 +515,8 @@ impl Engine for FjallEngine {
         if batch.is_empty() {
             return Ok(());
         }
+        // fjall panics on a key or value past its limits; refuse the batch instead.
+        cairn_storage::check_batch(&batch)?;
         let mut b = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch.ops.len());
         for op in batch.ops {
             match op {
@@ -581,6 +587,7 @@ impl cairn_storage::ReadView for FjallView {
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
         use fjall::Readable;
+        cairn_storage::check_bounds(start, end)?;
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }

@@ -2,7 +2,7 @@
 //! [`run_all`] from their own tests with a factory that makes a fresh, empty engine.
 #![allow(clippy::unwrap_used)]
 
-use crate::{Engine, Space, WriteBatch, count_range, delete_range};
+use crate::{Engine, MAX_ENGINE_KEY, Space, WriteBatch, count_range, delete_range};
 
 /// Makes a fresh, empty engine for one check.
 pub type Factory<'a> = &'a dyn Fn() -> Box<dyn Engine>;
@@ -15,6 +15,57 @@ pub fn run_all(make: Factory<'_>) {
     batch_is_atomic_and_ordered(&*make());
     ranges_delete_and_count(&*make());
     read_view_is_a_point_in_time(&*make());
+    oversized_keys_are_refused(&*make());
+}
+
+/// A key past the engine's limit is an error, never a panic, and a batch holding one
+/// writes nothing.
+fn oversized_keys_are_refused(e: &dyn Engine) {
+    let longest = vec![b'k'; MAX_ENGINE_KEY];
+    let over = vec![b'k'; MAX_ENGINE_KEY + 1];
+    put(e, Space::Data, &longest, b"v");
+    assert_eq!(
+        e.get(Space::Data, &longest).unwrap(),
+        Some(b"v".to_vec()),
+        "oversized_keys: the longest key is stored"
+    );
+    let mut b = WriteBatch::new();
+    b.put(Space::Data, b"a".to_vec(), b"1".to_vec());
+    b.put(Space::Data, over.clone(), b"2".to_vec());
+    assert!(
+        e.write(b).is_err(),
+        "oversized_keys: a batch with a long key"
+    );
+    let mut b = WriteBatch::new();
+    b.put(Space::Data, Vec::new(), b"3".to_vec());
+    assert!(
+        e.write(b).is_err(),
+        "oversized_keys: a batch with an empty key"
+    );
+    assert_eq!(
+        e.get(Space::Data, b"a").unwrap(),
+        None,
+        "oversized_keys: a refused batch writes nothing"
+    );
+    assert!(e.get(Space::Data, &over).is_err(), "oversized_keys: get");
+    assert!(
+        e.scan(Space::Data, &over, None, 10).is_err(),
+        "oversized_keys: scan start"
+    );
+    assert!(
+        e.scan_rev(Space::Data, b"", Some(&over), 10).is_err(),
+        "oversized_keys: scan_rev end"
+    );
+    let view = e.read_view().unwrap();
+    assert!(
+        view.scan(Space::Data, &over, None, 10).is_err(),
+        "oversized_keys: view"
+    );
+    assert_eq!(
+        e.scan(Space::Data, b"", None, 10).unwrap().len(),
+        1,
+        "oversized_keys: only the longest key was written"
+    );
 }
 
 fn read_view_is_a_point_in_time(e: &dyn Engine) {

@@ -259,6 +259,17 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_user_key_fits_the_engine_behind_every_prefix() {
+        let longest = vec![0xffu8; cairn_types::MAX_KEY_BYTES_CEILING];
+        assert!(
+            staging_row(PartitionId(u64::MAX), u64::MAX, &longest).len() <= crate::MAX_ENGINE_KEY
+        );
+        // A List bound may be one byte longer (a page's cursor).
+        let bound = successor(&longest);
+        assert!(data(TableId(u64::MAX), &bound).len() <= crate::MAX_ENGINE_KEY);
+    }
+
+    #[test]
     fn prefix_end_handles_ff() {
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);

@@ -82,6 +82,52 @@ impl WriteBatch {
 /// A key and its value as returned by scans.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// Longest engine key (fjall's limit, which it enforces with a panic): engines refuse
+/// longer keys and bounds with an error instead. Engine keys are a user key behind at most
+/// [`keys::STAGING_ROW_PREFIX_LEN`] bytes, hence `cairn_types::MAX_KEY_BYTES_CEILING`.
+pub const MAX_ENGINE_KEY: usize = u16::MAX as usize;
+
+/// Longest engine value (fjall's limit).
+pub const MAX_ENGINE_VALUE: usize = u32::MAX as usize;
+
+/// Refuses a key, or a scan bound, longer than [`MAX_ENGINE_KEY`].
+pub fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_ENGINE_KEY {
+        return Err(Error::Engine(format!(
+            "a key or bound of {} bytes is over the engine's {MAX_ENGINE_KEY}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a scan whose bounds [`check_key`] refuses.
+pub fn check_bounds(start: &[u8], end: Option<&[u8]>) -> Result<()> {
+    check_key(start)?;
+    end.map_or(Ok(()), check_key)
+}
+
+/// Refuses a batch with an empty or over-long key or an over-long value, before any of it
+/// is applied.
+pub fn check_batch(batch: &WriteBatch) -> Result<()> {
+    for op in &batch.ops {
+        let (Op::Put(_, k, _) | Op::Delete(_, k)) = op;
+        if k.is_empty() {
+            return Err(Error::Engine("a write with an empty key".into()));
+        }
+        check_key(k)?;
+        if let Op::Put(_, _, v) = op
+            && v.len() > MAX_ENGINE_VALUE
+        {
+            return Err(Error::Engine(format!(
+                "a value of {} bytes is over the engine's {MAX_ENGINE_VALUE}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// An ordered key-value engine with atomic batches and explicit durability.
 ///
 /// Implementations are shared between threads (`Send + Sync`); reads see every batch

@@ -68,6 +68,7 @@ impl crate::ReadView for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
+        crate::check_bounds(start, end)?;
         Ok(self.range(space, start, end, limit, false))
     }
 }
@@ -96,6 +97,7 @@ fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound
 
 impl Engine for MemEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        crate::check_key(key)?;
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(g.spaces.get(&space).and_then(|t| t.get(key).cloned()))
     }
@@ -107,6 +109,7 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
+        crate::check_bounds(start, end)?;
         Ok(self.range(space, start, end, limit, false))
     }
 
@@ -117,6 +120,7 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
+        crate::check_bounds(start, end)?;
         Ok(self.range(space, start, end, limit, true))
     }
 
@@ -132,6 +136,7 @@ impl Engine for MemEngine {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {
+        crate::check_batch(&batch)?;
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         apply(&mut g.spaces, &batch);
         g.unsynced.push(batch);

@@ -20,8 +20,8 @@ pub use ids::{
     ClientId, FIRST_REPLICA_ID, META_GROUP, NodeId, PartitionId, ReplicaId, RequestId, TableId,
 };
 pub use limits::{
-    CREATE_TIME_PER_PARTITION, Limits, MAX_CREATE_PARTITIONS, check_split_count, create_table_time,
-    validate_table_name,
+    CREATE_TIME_PER_PARTITION, Limits, MAX_CREATE_PARTITIONS, MAX_KEY_BYTES_CEILING,
+    check_split_count, create_table_time, validate_table_name,
 };
 pub use model::{
     DEFAULT_REPLICATION, KeySample, NodeDesc, PartitionDesc, PartitionLoad, PartitionStatus,

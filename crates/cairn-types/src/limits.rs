@@ -32,6 +32,10 @@ pub fn check_split_count(split_keys: usize) -> Result<()> {
     Ok(())
 }
 
+/// The largest `--max-key-bytes` a node takes: the storage engine holds keys of up to
+/// 65,535 bytes, and puts up to 18 bytes in front of a user key.
+pub const MAX_KEY_BYTES_CEILING: usize = 65_535 - 18;
+
 /// Size limits applied to every write and key lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -51,6 +55,32 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Refuses limits a node cannot honour: a key limit of 0 or past
+    /// [`MAX_KEY_BYTES_CEILING`].
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_KEY_BYTES_CEILING).contains(&self.max_key_bytes) {
+            return Err(Error::InvalidArgument(format!(
+                "--max-key-bytes {} is out of range: use 1 to {MAX_KEY_BYTES_CEILING} (the \
+                 storage engine's key limit, less Cairn's key prefix)",
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a List bound (`name`: start, end, prefix or cursor) longer than any key can
+    /// be: one byte past the longest key, as a page's cursor may be.
+    pub fn check_bound(&self, name: &str, bound: &[u8]) -> Result<()> {
+        if bound.len() > self.max_key_bytes.saturating_add(1) {
+            return Err(Error::InvalidArgument(format!(
+                "{name} is {} bytes; keys are at most {} bytes (the servers' --max-key-bytes)",
+                bound.len(),
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses an empty or oversized key.
     pub fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
@@ -113,6 +143,28 @@ mod tests {
         assert!(validate_table_name("slash/").is_err());
         assert!(validate_table_name(&"a".repeat(128)).is_ok());
         assert!(validate_table_name(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn limits_past_the_engine_are_refused() {
+        let l = |max_key_bytes| Limits {
+            max_key_bytes,
+            ..Limits::default()
+        };
+        assert!(Limits::default().validate().is_ok());
+        assert!(l(MAX_KEY_BYTES_CEILING).validate().is_ok());
+        let err = l(MAX_KEY_BYTES_CEILING + 1).validate().unwrap_err();
+        assert!(err.to_string().contains("use 1 to 65517"), "{err}");
+        assert!(l(0).validate().is_err());
+    }
+
+    #[test]
+    fn list_bounds_may_pass_the_longest_key_by_one_byte() {
+        let l = Limits::default();
+        assert!(l.check_bound("start", &[7u8; 4097]).is_ok());
+        let err = l.check_bound("start", &[7u8; 4098]).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("start is 4098 bytes"), "{err}");
     }
 
     #[test]

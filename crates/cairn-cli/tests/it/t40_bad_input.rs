@@ -72,6 +72,16 @@ async fn t40_http_bad_input() {
         "TOO_LARGE",
     )
     .await;
+    // A List bound longer than any key: refused, not scanned.
+    expect_error(
+        h.get(format!("{keys}?start={}", "k".repeat(5000)))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
     // A value past the limit, and a body past what any request may carry (twice the value
     // limit and 1 MiB, refused before it is read): both TOO_LARGE, in JSON.
     for len in [(1 << 20) + 1, (3 << 20) + 1] {
@@ -336,6 +346,35 @@ async fn t41_grpc_bad_input() {
     );
     assert!(
         cl.list("t", &ListOptions::default())
+            .await
+            .unwrap()
+            .keys
+            .is_empty()
+    );
+    // A List bound longer than any key is refused, even one past the storage engine's own
+    // key limit (which once took the serving task down), linearizable or stale; one byte
+    // past the longest key (a page's cursor can be) is a bound like any other.
+    for (start, prefix, stale) in [
+        (vec![b'a'; 70_000], vec![], false),
+        (vec![], vec![b'a'; 70_000], true),
+        (vec![b'a'; 4098], vec![], false),
+    ] {
+        let opts = ListOptions {
+            start,
+            prefix,
+            stale,
+            ..Default::default()
+        };
+        let err = cl.list("t", &opts).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
+        assert!(err.message.contains("--max-key-bytes"), "{err}");
+    }
+    let past_the_longest = ListOptions {
+        start: vec![b'a'; 4097],
+        ..Default::default()
+    };
+    assert!(
+        cl.list("t", &past_the_longest)
             .await
             .unwrap()
             .keys

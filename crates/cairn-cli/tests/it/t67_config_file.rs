@@ -53,9 +53,25 @@ async fn t67_config_file_sets_flags_and_typed_flags_win() {
 }
 
 /// A new node told both to form a cluster and to join one stops and says to drop one of
-/// them, rather than silently ignoring `--join`.
+/// them, rather than silently ignoring `--join`; one given a key limit past what the storage
+/// engine holds stops and gives the range, rather than failing on the first long key.
 #[test]
-fn t67_initial_cluster_and_join_together_are_refused() {
+fn t67_conflicting_or_impossible_flags_are_refused() {
+    let stderr = refused(&["--join", "127.0.0.1:1"]);
+    assert!(
+        stderr.contains("--initial-cluster and --join") && stderr.contains("drop one"),
+        "{stderr}"
+    );
+    let stderr = refused(&["--max-key-bytes", "100000"]);
+    assert!(
+        stderr.contains("--max-key-bytes 100000") && stderr.contains("use 1 to 65517"),
+        "{stderr}"
+    );
+}
+
+/// Starts a one-node cluster with `extra` flags, expects it to exit with an error within
+/// 30 s, and returns its stderr.
+fn refused(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let grpc = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
@@ -64,7 +80,7 @@ fn t67_initial_cluster_and_join_together_are_refused() {
         .arg("--data-dir")
         .arg(dir.path().join("node-1"))
         .args(["--initial-cluster", &format!("1={grpc}")])
-        .args(["--join", "127.0.0.1:1"])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -77,15 +93,12 @@ fn t67_initial_cluster_and_join_together_are_refused() {
         if started.elapsed() > std::time::Duration::from_secs(30) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the node started with both --initial-cluster and --join");
+            panic!("the node started with {extra:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "{stderr}");
-    assert!(
-        stderr.contains("--initial-cluster and --join") && stderr.contains("drop one"),
-        "{stderr}"
-    );
+    stderr
 }
