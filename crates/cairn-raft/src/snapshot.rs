@@ -18,7 +18,7 @@
 
 use crate::log_store::read;
 use crate::typ;
-use cairn_storage::{KeyValue, ReadView, SharedEngine, Space, WriteBatch, keys};
+use cairn_storage::{KeyValue, PageLimit, ReadView, SharedEngine, Space, WriteBatch, keys};
 use cairn_types::{KeyRange, PartitionId, TableId};
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -27,10 +27,7 @@ use std::sync::Arc;
 /// Largest amount of row data in one chunk of a snapshot transfer.
 pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// Rows read from a view per engine scan while filling a chunk.
-const SCAN_ROWS: usize = 512;
-
-/// Rows written per batch while installing.
+/// Rows written per batch while installing (and at most [`CHUNK_BYTES`] of them).
 const INSTALL_ROWS: usize = 1024;
 
 /// The data of a snapshot.
@@ -80,29 +77,26 @@ impl ViewSnapshot {
         let Some((start, end)) = &self.range else {
             return Ok(Vec::new());
         };
-        let mut from = match after {
+        let from = match after {
             Some(k) => keys::successor(&keys::data(table_of(start), k)),
             None => start.clone(),
         };
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while bytes < CHUNK_BYTES {
-            let rows = self
-                .view
-                .scan(Space::Data, &from, end.as_deref(), SCAN_ROWS)
-                .map_err(io::Error::other)?;
-            let Some((last, _)) = rows.last() else { break };
-            from = keys::successor(last);
-            let full = rows.len() == SCAN_ROWS;
-            for (k, v) in rows {
-                bytes += k.len() + v.len();
-                out.push((keys::user_key(&k).to_vec(), v));
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok(out)
+        // Bounded by bytes as it is read: a chunk of large values must stay far below the
+        // largest message a peer accepts.
+        let limit = PageLimit {
+            rows: usize::MAX,
+            bytes: CHUNK_BYTES,
+            values: true,
+        };
+        let page = self
+            .view
+            .scan_page(Space::Data, &from, end.as_deref(), limit)
+            .map_err(io::Error::other)?;
+        Ok(page
+            .rows
+            .into_iter()
+            .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
+            .collect())
     }
 }
 
@@ -253,9 +247,15 @@ pub(crate) fn copy_staged(
     let mut from = rs.clone();
     let mut copied = 0u64;
     loop {
+        let limit = PageLimit {
+            rows: INSTALL_ROWS,
+            bytes: CHUNK_BYTES,
+            values: true,
+        };
         let rows = engine
-            .scan(Space::Local, &from, re.as_deref(), INSTALL_ROWS)
-            .map_err(io::Error::other)?;
+            .scan_page(Space::Local, &from, re.as_deref(), limit)
+            .map_err(io::Error::other)?
+            .rows;
         let Some((last, _)) = rows.last() else { break };
         from = keys::successor(last);
         let mut b = WriteBatch::new();

@@ -999,14 +999,14 @@ impl PartitionView {
         Ok(engine.get(Space::Data, &keys::data(desc.table_id, key))?)
     }
 
-    /// Up to `limit` pairs with user keys in `[start, end)` ∩ the partition's range.
+    /// A page of the pairs with user keys in `[start, end)` ∩ the partition's range.
     pub fn scan(
         &self,
         engine: &SharedEngine,
         start: &[u8],
         end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<cairn_storage::KeyValue>, Error> {
+        limit: cairn_storage::PageLimit,
+    ) -> Result<cairn_storage::Page, Error> {
         let desc = self.desc();
         let lo = if start > desc.range.start.as_slice() {
             start
@@ -1018,10 +1018,10 @@ impl PartitionView {
             (a, b) => a.or(b),
         };
         let (s, e) = keys::data_range(desc.table_id, lo, hi);
-        let rows = engine.scan(Space::Data, &s, e.as_deref(), limit)?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
-            .collect())
+        let mut page = engine.scan_page(Space::Data, &s, e.as_deref(), limit)?;
+        for (k, _) in &mut page.rows {
+            *k = keys::user_key(k).to_vec();
+        }
+        Ok(page)
     }
 }

@@ -16,4 +16,4 @@ pub use messages::{
     ControllerStatus, Credential, DecisionRecord, Diagnostic, Heartbeat, MetaReply, MetaRequest,
     NodeStatus, PartitionOp, PartitionReply, PartitionRequest, hosted_digest,
 };
-pub use router::{DEFAULT_DEADLINE, ListPage, Router, Served, Transport};
+pub use router::{DEFAULT_DEADLINE, LIST_PAGE_BYTES, ListPage, Router, Served, Transport};

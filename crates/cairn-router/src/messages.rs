@@ -269,7 +269,8 @@ pub enum PartitionOp {
         /// Read the local replica without a barrier.
         stale: bool,
     },
-    /// Reads up to `limit` keys in `[start, end)` ∩ the partition's range.
+    /// Reads up to `limit` keys in `[start, end)` ∩ the partition's range, ending after the
+    /// row that brings the rows' bytes to `max_bytes`.
     Scan {
         /// Inclusive start.
         start: Vec<u8>,
@@ -277,6 +278,10 @@ pub enum PartitionOp {
         end: Option<Vec<u8>>,
         /// Most rows to return.
         limit: u32,
+        /// Bytes of keys (and values, if `values`) after which the page ends.
+        max_bytes: u64,
+        /// Return values, not only keys.
+        values: bool,
         /// Read the local replica without a barrier.
         stale: bool,
     },
@@ -349,7 +354,12 @@ pub enum PartitionReply {
     /// A value, if the key exists.
     Value(Option<Vec<u8>>),
     /// Rows in key order.
-    Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    Rows {
+        /// The rows (values empty unless asked for).
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        /// The byte limit ended them: more rows may follow the last.
+        cut: bool,
+    },
     /// A leader, if known.
     Leader(Option<NodeId>),
     /// The two halves of a split.

@@ -19,6 +19,10 @@ use tokio::time::Instant;
 /// Default time a request may take, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Bytes of keys and values after which a List page ends (with a cursor), whatever its
+/// `limit`: a page of 10,000 values of 1 MiB would hold 10 GiB in the serving nodes.
+pub const LIST_PAGE_BYTES: u64 = 4 << 20;
+
 /// Longest single attempt, so a hung replica (an isolated leader waiting for a quorum it
 /// cannot reach) leaves time to try another.
 const MAX_ATTEMPT: Duration = Duration::from_secs(2);
@@ -289,13 +293,16 @@ impl<T: Transport> Router<T> {
     }
 
     /// Lists up to `limit` rows with keys in `[start, end)` from the partition owning
-    /// `start`, in one read: linearizable unless `stale`.
+    /// `start`, in one read: linearizable unless `stale`. The page also ends after about
+    /// [`LIST_PAGE_BYTES`]; values are read only if `values`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn list(
         &self,
         table: &str,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: usize,
+        values: bool,
         stale: bool,
         deadline: Instant,
     ) -> Result<ListPage> {
@@ -307,6 +314,8 @@ impl<T: Transport> Router<T> {
             start: start.clone(),
             end: end.clone(),
             limit: limit as u32 + 1,
+            max_bytes: LIST_PAGE_BYTES,
+            values,
             stale,
         };
         let Served {
@@ -322,11 +331,13 @@ impl<T: Transport> Router<T> {
                 deadline,
             )
             .await?;
-        let PartitionReply::Rows(mut rows) = reply else {
+        let PartitionReply::Rows { mut rows, cut } = reply else {
             return Err(Error::Internal("scan answered without rows".into()));
         };
         let next = if rows.len() > limit {
             rows.truncate(limit);
+            rows.last().map(|(k, _)| successor(k))
+        } else if cut {
             rows.last().map(|(k, _)| successor(k))
         } else {
             // The partition is exhausted; go on in the next one if the range does.

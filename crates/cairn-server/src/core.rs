@@ -1052,6 +1052,8 @@ impl Core {
                 start,
                 end,
                 limit,
+                max_bytes,
+                values,
                 stale,
             } => {
                 if !stale {
@@ -1068,12 +1070,18 @@ impl Core {
                     false,
                     0,
                 );
-                Ok(PartitionReply::Rows(replica.view.scan(
-                    &self.engine,
-                    &start,
-                    end.as_deref(),
-                    limit as usize,
-                )?))
+                let limit = cairn_storage::PageLimit {
+                    rows: limit as usize,
+                    bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+                    values,
+                };
+                let page = replica
+                    .view
+                    .scan(&self.engine, &start, end.as_deref(), limit)?;
+                Ok(PartitionReply::Rows {
+                    rows: page.rows,
+                    cut: page.cut,
+                })
             }
             PartitionOp::Leader => Ok(PartitionReply::Leader(leader_node(
                 &replica.raft.metrics().borrow_watched(),

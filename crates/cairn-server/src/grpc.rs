@@ -482,7 +482,15 @@ impl kv_server::Kv for Kv {
             Ok((start, end, limit)) => {
                 let stale = r.consistency == pb::Consistency::Stale as i32;
                 self.0
-                    .list(&r.table, start, end, limit, stale, deadline(r.timeout_ms))
+                    .list(
+                        &r.table,
+                        start,
+                        end,
+                        limit,
+                        r.values,
+                        stale,
+                        deadline(r.timeout_ms),
+                    )
                     .await
             }
             Err(e) => Err(e),

@@ -605,7 +605,7 @@ async fn list_keys(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     )?;
     let started = std::time::Instant::now();
     let res = node
-        .list(&table, start, end, limit, stale, deadline())
+        .list(&table, start, end, limit, values, stale, deadline())
         .await;
     node.record("list", res.is_ok(), started);
     let page = res?;

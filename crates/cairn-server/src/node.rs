@@ -1114,18 +1114,20 @@ impl Node {
             .await
     }
 
-    /// Lists keys in `[start, end)`.
+    /// Lists keys in `[start, end)`, with their values if `values`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn list(
         &self,
         table: &str,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: usize,
+        values: bool,
         stale: bool,
         deadline: Instant,
     ) -> Result<ListPage> {
         self.router
-            .list(table, start, end, limit, stale, deadline)
+            .list(table, start, end, limit, values, stale, deadline)
             .await
     }
 

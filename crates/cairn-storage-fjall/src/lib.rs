@@ -6,7 +6,7 @@
 //! keyspace: writes are made durable by [`Engine::sync`] (fjall's own workers also fsync the
 //! journal when they flush a memtable or start a new journal, which only adds durability).
 
-use cairn_storage::{Engine, Error, KeyValue, Op, Result, Space, WriteBatch};
+use cairn_storage::{Engine, Error, KeyValue, Op, Page, PageLimit, Result, Space, WriteBatch};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs::File;
 use std::ops::Bound;
@@ -501,6 +501,22 @@ impl Engine for FjallEngine {
         self.range(space, start, end, limit, false)
     }
 
+    fn scan_page(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page> {
+        cairn_storage::check_bounds(start, end)?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Page::default());
+        }
+        // One iterator: one point in time, and values are copied only when wanted.
+        let pairs = self.space(space).range::<&[u8], _>(range(start, end));
+        Page::collect(pairs.map(|g| pair(g, limit.values)), limit)
+    }
+
     fn scan_rev(
         &self,
         space: Space,
@@ -578,6 +594,16 @@ struct FjallView {
     local: Keyspace,
 }
 
+impl FjallView {
+    fn keyspace(&self, s: Space) -> &Keyspace {
+        match s {
+            Space::Raft => &self.raft,
+            Space::Data => &self.data,
+            Space::Local => &self.local,
+        }
+    }
+}
+
 impl cairn_storage::ReadView for FjallView {
     fn scan(
         &self,
@@ -591,14 +617,33 @@ impl cairn_storage::ReadView for FjallView {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
-        let ks = match space {
-            Space::Raft => &self.raft,
-            Space::Data => &self.data,
-            Space::Local => &self.local,
-        };
+        let ks = self.keyspace(space);
         let it = self.snapshot.range::<&[u8], _>(ks, range(start, end));
         FjallEngine::collect(it, limit)
     }
+
+    fn scan_page(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page> {
+        use fjall::Readable;
+        cairn_storage::check_bounds(start, end)?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Page::default());
+        }
+        let ks = self.keyspace(space);
+        let pairs = self.snapshot.range::<&[u8], _>(ks, range(start, end));
+        Page::collect(pairs.map(|g| pair(g, limit.values)), limit)
+    }
+}
+
+/// A key and (if `values`) its value, copied out of fjall.
+fn pair(g: fjall::Guard, values: bool) -> Result<KeyValue> {
+    let (k, v) = g.into_inner().map_err(err)?;
+    Ok((k.to_vec(), if values { v.to_vec() } else { Vec::new() }))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! [`run_all`] from their own tests with a factory that makes a fresh, empty engine.
 #![allow(clippy::unwrap_used)]
 
-use crate::{Engine, MAX_ENGINE_KEY, Space, WriteBatch, count_range, delete_range};
+use crate::{Engine, MAX_ENGINE_KEY, PageLimit, Space, WriteBatch, count_range, delete_range};
 
 /// Makes a fresh, empty engine for one check.
 pub type Factory<'a> = &'a dyn Fn() -> Box<dyn Engine>;
@@ -16,6 +16,42 @@ pub fn run_all(make: Factory<'_>) {
     ranges_delete_and_count(&*make());
     read_view_is_a_point_in_time(&*make());
     oversized_keys_are_refused(&*make());
+    pages_end_at_rows_or_bytes(&*make());
+}
+
+/// A page ends at its row limit or after the pair that reaches its byte limit, says which,
+/// and leaves values out when asked to.
+fn pages_end_at_rows_or_bytes(e: &dyn Engine) {
+    for k in [b"a", b"b", b"c", b"d"] {
+        put(e, Space::Data, k, &[b'v'; 99]);
+    }
+    let page = |rows, bytes, values| {
+        let limit = PageLimit {
+            rows,
+            bytes,
+            values,
+        };
+        e.scan_page(Space::Data, b"b", None, limit).unwrap()
+    };
+    let keys = |p: &crate::Page| p.rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    // 100 bytes a pair: the second pair reaches 150.
+    let p = page(10, 150, true);
+    assert_eq!(
+        keys(&p),
+        [b"b".to_vec(), b"c".to_vec()],
+        "pages: byte limit"
+    );
+    assert!(p.cut, "pages: cut by bytes");
+    assert_eq!(p.rows[1].1, vec![b'v'; 99], "pages: values");
+    let p = page(2, 1 << 20, true);
+    assert_eq!(keys(&p), [b"b".to_vec(), b"c".to_vec()], "pages: row limit");
+    assert!(!p.cut, "pages: the row limit is not a cut");
+    let p = page(10, 150, false);
+    assert_eq!(p.rows.len(), 3, "pages: keys only count only keys");
+    assert!(p.rows.iter().all(|(_, v)| v.is_empty()), "pages: no values");
+    assert!(!p.cut, "pages: keys only, the end of the space");
+    let p = page(10, 0, true);
+    assert_eq!(p.rows.len(), 1, "pages: at least one pair");
 }
 
 /// A key past the engine's limit is an error, never a panic, and a batch holding one

@@ -128,6 +128,48 @@ pub fn check_batch(batch: &WriteBatch) -> Result<()> {
     Ok(())
 }
 
+/// How much one [`Engine::scan_page`] may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLimit {
+    /// Most pairs.
+    pub rows: usize,
+    /// The page ends after the pair that brings its bytes (keys, and values when `values`)
+    /// to this many, so one read holds about this much whatever the sizes of the values.
+    pub bytes: usize,
+    /// Whether to return values; without them each pair's value is empty.
+    pub values: bool,
+}
+
+/// The pairs read by [`Engine::scan_page`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The pairs, in ascending key order.
+    pub rows: Vec<KeyValue>,
+    /// The byte limit ended the page before the row limit did: more pairs may follow.
+    pub cut: bool,
+}
+
+impl Page {
+    /// Takes `pairs` (in scan order) until `limit` is reached.
+    pub fn collect(
+        pairs: impl Iterator<Item = Result<KeyValue>>,
+        limit: PageLimit,
+    ) -> Result<Page> {
+        let mut page = Page::default();
+        let mut bytes = 0usize;
+        for pair in pairs.take(limit.rows) {
+            let (k, v) = pair?;
+            bytes = bytes.saturating_add(k.len()).saturating_add(v.len());
+            page.rows.push((k, v));
+            if bytes >= limit.bytes && page.rows.len() < limit.rows {
+                page.cut = true;
+                break;
+            }
+        }
+        Ok(page)
+    }
+}
+
 /// An ordered key-value engine with atomic batches and explicit durability.
 ///
 /// Implementations are shared between threads (`Send + Sync`); reads see every batch
@@ -145,6 +187,16 @@ pub trait Engine: Send + Sync + 'static {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>>;
+
+    /// Like [`Engine::scan`] (one point in time, ascending), but also ended by the byte
+    /// limit of `limit`, and without values if it says so.
+    fn scan_page(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page>;
 
     /// Up to `limit` pairs with `start <= key < end`, in descending key order.
     fn scan_rev(
@@ -182,10 +234,29 @@ pub trait ReadView: Send + Sync + 'static {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>>;
+
+    /// [`Engine::scan_page`] as of the moment the view was taken.
+    fn scan_page(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page>;
 }
 
 /// The engine as shared by the rest of a node.
 pub type SharedEngine = Arc<dyn Engine>;
+
+/// A page of up to `rows` keys without their values: what walking keys needs, whatever the
+/// values' sizes.
+fn keys_only(rows: usize) -> PageLimit {
+    PageLimit {
+        rows,
+        bytes: usize::MAX,
+        values: false,
+    }
+}
 
 /// Deletes every key of `space` in `[start, end)`, in batches of `chunk` keys, and returns
 /// how many were deleted. Not atomic as a whole; each chunk is.
@@ -198,15 +269,17 @@ pub fn delete_range(
 ) -> Result<u64> {
     let mut deleted = 0u64;
     loop {
-        let found = engine.scan(space, start, end, chunk.max(1))?;
+        let found = engine
+            .scan_page(space, start, end, keys_only(chunk.max(1)))?
+            .rows;
         if found.is_empty() {
             return Ok(deleted);
         }
         let mut batch = WriteBatch::new();
-        for (k, _) in &found {
-            batch.delete(space, k.clone());
-        }
         deleted += found.len() as u64;
+        for (k, _) in found {
+            batch.delete(space, k);
+        }
         engine.write(batch)?;
     }
 }
@@ -221,7 +294,7 @@ pub fn count_range(
     let mut count = 0u64;
     let mut from = start.to_vec();
     loop {
-        let page = engine.scan(space, &from, end, 1024)?;
+        let page = engine.scan_page(space, &from, end, keys_only(1024))?.rows;
         let Some((last, _)) = page.last() else {
             return Ok(count);
         };

@@ -1,7 +1,7 @@
 //! An in-memory [`Engine`] for tests and simulation. `sync` is a no-op; a "crash" is
 //! modelled by [`MemEngine::crash`], which forgets every batch written since the last sync.
 
-use crate::{Engine, KeyValue, Op, Result, Space, WriteBatch};
+use crate::{Engine, KeyValue, Op, Page, PageLimit, Result, Space, WriteBatch};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
@@ -71,6 +71,16 @@ impl crate::ReadView for MemEngine {
         crate::check_bounds(start, end)?;
         Ok(self.range(space, start, end, limit, false))
     }
+
+    fn scan_page(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page> {
+        Engine::scan_page(self, space, start, end, limit)
+    }
 }
 
 fn apply(spaces: &mut BTreeMap<Space, Tree>, batch: &WriteBatch) {
@@ -111,6 +121,28 @@ impl Engine for MemEngine {
     ) -> Result<Vec<KeyValue>> {
         crate::check_bounds(start, end)?;
         Ok(self.range(space, start, end, limit, false))
+    }
+
+    fn scan_page(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page> {
+        crate::check_bounds(start, end)?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Page::default());
+        }
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = g.spaces.get(&space) else {
+            return Ok(Page::default());
+        };
+        let pairs = t.range::<[u8], _>(bounds(start, end)).map(|(k, v)| {
+            let v = if limit.values { v.clone() } else { Vec::new() };
+            Ok((k.clone(), v))
+        });
+        Page::collect(pairs, limit)
     }
 
     fn scan_rev(

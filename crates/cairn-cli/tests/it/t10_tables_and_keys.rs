@@ -110,6 +110,39 @@ async fn t10_three_partitions_put_get_list_delete_drop() {
     .await;
     assert_eq!(prefixed.len(), 90);
 
+    // Large values: a page ends after about 4 MiB whatever its limit (four values of the
+    // largest size), with a cursor to the rest; a page of keys alone is not cut short.
+    let big = |i: u8| vec![i; 1 << 20];
+    for i in 0..6u8 {
+        any.put("t", format!("big{i}").as_bytes(), &big(i))
+            .await
+            .unwrap();
+    }
+    let mut opts = ListOptions {
+        prefix: b"big".to_vec(),
+        values: true,
+        ..Default::default()
+    };
+    let mut sizes = Vec::new();
+    loop {
+        let page = any.list("t", &opts).await.unwrap();
+        sizes.push(page.keys.len());
+        for (k, v) in page.keys.iter().zip(&page.values) {
+            assert_eq!(*v, big(k[3] - b'0'), "{}", String::from_utf8_lossy(k));
+        }
+        match page.cursor {
+            Some(cur) => opts.cursor = cur,
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [4, 2]);
+    opts = ListOptions {
+        prefix: b"big".to_vec(),
+        ..Default::default()
+    };
+    let keys_only = any.list("t", &opts).await.unwrap();
+    assert_eq!((keys_only.keys.len(), keys_only.cursor), (6, None));
+
     // DeleteTable: unknown at once, and its data leaves every engine.
     any.drop_table("t").await.unwrap();
     for cl in &clients {

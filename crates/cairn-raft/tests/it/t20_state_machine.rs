@@ -253,7 +253,10 @@ async fn t24_snapshot_round_trip() {
         .unwrap();
     assert_eq!(view.get(&dst, b"stale").unwrap(), None);
     assert_eq!(view.get(&dst, b"k050").unwrap(), Some(b"v50".to_vec()));
-    assert_eq!(view.scan(&dst, b"", None, 1000).unwrap().len(), 100);
+    assert_eq!(
+        view.scan(&dst, b"", None, rows(1000)).unwrap().rows.len(),
+        100
+    );
     // The sessions came along: a late copy of seq 100 does not apply again.
     apply(
         &mut other,
@@ -395,13 +398,54 @@ async fn t25_split_seeds_the_right_half() {
         .await
         .unwrap();
     assert_eq!(view.desc(), d);
-    assert_eq!(view.scan(&dst, b"", None, 100).unwrap().len(), 1);
+    assert_eq!(view.scan(&dst, b"", None, rows(100)).unwrap().rows.len(), 1);
 }
 
 /// A snapshot is read in chunks of bounded size from a read view taken when it was built
 /// (later writes do not leak in), staged chunk by chunk on the receiver and installed; an
 /// install cut short by a crash after its marker is finished from the staged copy at the
 /// next open, so the replica ends with the snapshot's state, never a mix.
+/// A snapshot of large values goes in chunks of about `CHUNK_BYTES` (one row over at
+/// most), not in one message as large as the partition: a chunk past what a peer accepts
+/// could never be sent, and the follower would never catch up.
+#[tokio::test]
+async fn t26_snapshot_chunks_of_large_values_stay_small() {
+    use cairn_raft::snapshot::{CHUNK_BYTES, SnapshotData};
+    let src: SharedEngine = Arc::new(MemEngine::new());
+    let (mut sm, _) = open(&src, KeyRange::full());
+    let big = "x".repeat(512 << 10);
+    let entries: Vec<_> = (1..=24u64)
+        .map(|i| put(i, &format!("k{i:02}"), &big, None, 0))
+        .collect();
+    apply(&mut sm, entries).await;
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let SnapshotData::View(view) = &snap.snapshot else {
+        panic!("a built snapshot is a view")
+    };
+    let (mut after, mut keys) = (None::<Vec<u8>>, Vec::new());
+    loop {
+        let rows = view.rows_after(after.as_deref()).unwrap();
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(last.clone());
+        let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(
+            bytes <= CHUNK_BYTES + big.len() + 64,
+            "a chunk of {bytes} bytes"
+        );
+        keys.extend(rows.into_iter().map(|(k, v)| {
+            assert_eq!(v, big.as_bytes());
+            k
+        }));
+    }
+    let want: Vec<Vec<u8>> = (1..=24).map(|i| format!("k{i:02}").into_bytes()).collect();
+    assert_eq!(keys, want, "every row once, in order");
+}
+
 #[tokio::test]
 async fn t26_streamed_snapshot_and_interrupted_install() {
     use cairn_raft::snapshot::{Installing, SnapshotChunk, SnapshotData, stage_chunk};
@@ -489,7 +533,7 @@ async fn t26_streamed_snapshot_and_interrupted_install() {
         view2.get(&dst, b"k00001").unwrap(),
         Some(big.clone().into_bytes())
     );
-    assert_eq!(view2.scan(&dst, b"", None, 5000).unwrap().len(), 1500);
+    assert_eq!(view2.scan(&dst, b"", None, rows(5000)).unwrap().rows.len(), 1500);
     let (applied, _) = reopened.applied_state().await.unwrap();
     assert_eq!(applied, snap.meta.last_log_id);
     assert!(applied < applied_at);
@@ -580,4 +624,13 @@ async fn t27_a_batch_applies_each_write_on_its_own() {
     .await;
     assert_eq!(view.get(&engine, b"b").unwrap(), Some(b"first".to_vec()));
     assert_eq!(view.get(&engine, b"c").unwrap(), Some(b"third".to_vec()));
+}
+
+/// A page limit of `n` rows, with values, and no byte limit to speak of.
+fn rows(n: usize) -> cairn_storage::PageLimit {
+    cairn_storage::PageLimit {
+        rows: n,
+        bytes: usize::MAX,
+        values: true,
+    }
 }
