@@ -713,19 +713,17 @@ impl Client {
         F: FnMut(Arc<Node>, pb::RequestId, u64) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let id = self.session.begin();
-        let r = self
-            .retry_as(
-                |node, left| {
-                    let rid = to_pb(self.session.retry(id));
-                    call(node, rid, left.as_millis() as u64)
-                },
-                true,
-                Some(keyed),
-            )
-            .await;
-        self.session.finish(id);
-        r
+        // Ends when this call does, or when its caller drops it (a timeout around it).
+        let pending = self.session.begin();
+        self.retry_as(
+            |node, left| {
+                let rid = to_pb(pending.retry());
+                call(node, rid, left.as_millis() as u64)
+            },
+            true,
+            Some(keyed),
+        )
+        .await
     }
 
     /// Sends `op` to `node` in its next batch.

@@ -965,15 +965,19 @@ impl Node {
         op: impl Fn(RequestId) -> PartitionOp,
     ) -> Result<LeaderHint> {
         self.core.limits.check_key(key)?;
-        let rid = given.unwrap_or_else(|| self.session.begin());
-        let r = self
+        // Held to the end of the call, or of the request if its caller goes away first.
+        let own;
+        let rid = match given {
+            Some(rid) => rid,
+            None => {
+                own = self.session.begin();
+                own.id()
+            }
+        };
+        let served = self
             .router
             .keyed_at(table, key, || op(rid), false, deadline)
-            .await;
-        if given.is_none() {
-            self.session.finish(rid);
-        }
-        let served = r?;
+            .await?;
         self.lose_reply("the write")?;
         Ok(self.hint(served))
     }

@@ -29,4 +29,4 @@ pub use model::{
 };
 pub use operation::{KEEP_FINISHED, OpKind, OpState, Operation};
 pub use range::{Epoch, KeyRange};
-pub use session::Session;
+pub use session::{Pending, Session};

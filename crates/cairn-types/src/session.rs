@@ -26,33 +26,54 @@ impl Session {
         self.client
     }
 
-    /// Starts a write: a fresh id, counted as outstanding until [`Session::finish`].
-    pub fn begin(&self) -> RequestId {
+    /// Starts a write: a fresh id, counted as outstanding until the returned [`Pending`]
+    /// is dropped, whether the write was answered or abandoned (its caller gone).
+    pub fn begin(&self) -> Pending<'_> {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         g.0 += 1;
         let seq = g.0;
         g.1.insert(seq);
         let first_incomplete = g.1.first().copied().unwrap_or(seq);
-        RequestId {
+        let id = RequestId {
             client: self.client,
             seq,
             first_incomplete,
-        }
+        };
+        Pending { session: self, id }
+    }
+}
+
+/// A write of a [`Session`] that has not ended. Dropping it ends it, so a write whose
+/// caller went away (a closed connection, a timeout around the call) does not hold the
+/// session's `first_incomplete` back for good: every replica would keep the outcome of
+/// every later write of the session.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    session: &'a Session,
+    id: RequestId,
+}
+
+impl Pending<'_> {
+    /// The write's id as first sent.
+    pub fn id(&self) -> RequestId {
+        self.id
     }
 
-    /// The id to use when retrying `id`: same seq, refreshed `first_incomplete`.
-    pub fn retry(&self, id: RequestId) -> RequestId {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// The id to send the write with again: same seq, refreshed `first_incomplete`.
+    pub fn retry(&self) -> RequestId {
+        let g = self.session.state.lock().unwrap_or_else(|p| p.into_inner());
         RequestId {
-            first_incomplete: g.1.first().copied().unwrap_or(id.seq).min(id.seq),
-            ..id
+            first_incomplete: g.1.first().copied().unwrap_or(self.id.seq).min(self.id.seq),
+            ..self.id
         }
     }
+}
 
-    /// Ends a write, answered or abandoned. An abandoned write must not be retried later.
-    pub fn finish(&self, id: RequestId) {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        g.1.remove(&id.seq);
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // Ended: it is never sent again (its retries all ran inside the dropped call).
+        let mut g = self.session.state.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.remove(&self.id.seq);
     }
 }
 
@@ -65,14 +86,31 @@ mod tests {
         let s = Session::new(ClientId(9));
         let a = s.begin();
         let b = s.begin();
-        assert_eq!((a.seq, a.first_incomplete), (1, 1));
-        assert_eq!((b.seq, b.first_incomplete), (2, 1));
-        s.finish(a);
+        assert_eq!((a.id().seq, a.id().first_incomplete), (1, 1));
+        assert_eq!((b.id().seq, b.id().first_incomplete), (2, 1));
+        drop(a);
         let c = s.begin();
-        assert_eq!(c.first_incomplete, 2);
-        assert_eq!(s.retry(b).first_incomplete, 2);
-        s.finish(b);
-        s.finish(c);
-        assert_eq!(s.begin().first_incomplete, 4);
+        assert_eq!(c.id().first_incomplete, 2);
+        assert_eq!(b.retry().first_incomplete, 2);
+        drop((b, c));
+        assert_eq!(s.begin().id().first_incomplete, 4);
+    }
+
+    #[test]
+    fn a_write_whose_caller_went_away_does_not_hold_the_floor() {
+        use std::future::Future;
+        let s = Session::new(ClientId(9));
+        let kept = s.begin();
+        // A write future dropped mid-call (its connection closed) drops its Pending.
+        let mut call = Box::pin(async {
+            let _pending = s.begin();
+            std::future::pending::<()>().await;
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(s.begin().id().first_incomplete, 1);
+        drop(call);
+        drop(kept);
+        assert_eq!(s.begin().id().first_incomplete, 4);
     }
 }
