@@ -41,6 +41,17 @@ impl Error {
         {
             return Self::new(code, info.message);
         }
+        if s.code() == tonic::Code::OutOfRange {
+            // gRPC's own refusal of a message over the node's size limit: retrying as is
+            // cannot succeed.
+            return Self::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "node {addr}: {}; send smaller values, or fewer operations per batch",
+                    s.message()
+                ),
+            );
+        }
         // No Cairn details: the node could not be reached or the call broke in transit.
         let message = format!("node {addr}: {} ({:?})", s.message(), s.code());
         Self {

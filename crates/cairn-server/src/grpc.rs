@@ -918,6 +918,21 @@ fn only_nodes(secure: bool) -> impl FnMut(Request<()>) -> Result<Request<()>, St
     }
 }
 
+/// The largest client request a node reads: a Batch of many writes, or one write of the
+/// largest value allowed. Anyone who reaches the port may send one, before authentication
+/// (the body is read first), so it is far below the 512 MiB peers may send each other; a
+/// request over it is refused from its length prefix, before its body is read.
+fn kv_request_bytes(limits: &cairn_types::Limits) -> usize {
+    limits
+        .max_value_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+        .clamp(KV_REQUEST_BYTES, cairn_proto::MAX_MESSAGE_BYTES)
+}
+
+/// The least [`kv_request_bytes`] is, whatever the value limit.
+const KV_REQUEST_BYTES: usize = 64 << 20;
+
 /// Serves the three services on `listener` until `stop` turns true, then drains.
 pub(crate) async fn serve(
     node: Arc<Node>,
@@ -925,6 +940,7 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let max = cairn_proto::MAX_MESSAGE_BYTES;
+    let kv_max = kv_request_bytes(&node.core.limits);
     let res = tonic::transport::Server::builder()
         // A node resets many streams at once when a caller gives up on a fan-out (say a
         // CreateTable of a thousand partitions); at h2's default of 20 pending resets the
@@ -932,7 +948,7 @@ pub(crate) async fn serve(
         .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(
             kv_server::KvServer::new(Kv(node.clone()))
-                .max_decoding_message_size(max)
+                .max_decoding_message_size(kv_max)
                 .max_encoding_message_size(max),
         )
         .add_service(admin_server::AdminServer::new(Admin(node.clone())))

@@ -380,6 +380,11 @@ async fn t41_grpc_bad_input() {
             .keys
             .is_empty()
     );
+    // A request past what a node reads at all (64 MiB) is refused from its length, before
+    // its body is read, and the client says so rather than retrying.
+    let err = cl.put("t", b"k", &vec![0u8; 65 << 20]).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
+    assert!(err.message.contains("message length too large"), "{err}");
     // A 1 MiB value is fine.
     cl.put("t", b"k", &vec![7u8; 1 << 20]).await.unwrap();
     assert_eq!(
