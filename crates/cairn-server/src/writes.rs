@@ -25,6 +25,8 @@ const MAX_WRITES: usize = 256;
 /// A batch stops growing once its keys and values reach this many bytes (so an entry is at
 /// most this plus one value).
 const MAX_BYTES: usize = 64 * 1024;
+/// Waiting writes past which a new one first drops those whose callers gave up.
+const PRUNE_AT: usize = 4 * MAX_WRITES;
 
 type Waiter = (KvCommand, oneshot::Sender<Result<()>>);
 
@@ -40,11 +42,21 @@ struct State {
     starting: bool,
     /// Writes waiting for a proposal.
     waiting: Vec<Waiter>,
+    /// Waiting writes past which [`State::queue`] prunes (doubling, so pruning a queue of
+    /// live writes costs a constant per write).
+    prune_at: usize,
 }
 
 impl State {
     /// Queues `w`; true if the caller must start a driver for it.
     fn queue(&mut self, w: Waiter) -> bool {
+        // While proposals hang (a leader cut off from its quorum), callers give up and are
+        // retried as new writes, each holding its value: drop the abandoned ones as they
+        // pile up, not only when a proposal returns and the next batch is taken.
+        if self.waiting.len() >= self.prune_at.max(PRUNE_AT) {
+            self.waiting.retain(|(_, tx)| !tx.is_closed());
+            self.prune_at = self.waiting.len() * 2;
+        }
         self.waiting.push(w);
         let start = !self.starting && self.drivers < MAX_IN_FLIGHT;
         if start {
@@ -221,6 +233,25 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn writes_abandoned_while_proposals_hang_do_not_pile_up() {
+        let mut s = State::default();
+        // Each attempt's caller gives up (its receiver dropped) and a retry queues anew,
+        // while no proposal returns to take a batch.
+        let mut live = Vec::new();
+        for i in 0..10 * PRUNE_AT {
+            let (w, rx) = put(&format!("k{i}"));
+            s.queue(w);
+            if i % 100 == 0 {
+                live.push(rx);
+            }
+        }
+        assert!(s.waiting.len() <= PRUNE_AT + live.len(), "{} waiting", s.waiting.len());
+        // Writes whose callers still wait are all kept.
+        s.waiting.retain(|(_, tx)| !tx.is_closed());
+        assert_eq!(s.waiting.len(), live.len());
     }
 
     #[test]
