@@ -20,6 +20,31 @@ use std::time::{Duration, Instant};
 /// Request keys kept per partition for choosing a load split point.
 const SAMPLES: usize = 512;
 
+/// Longest key kept in a sample. A prefix serves to choose a split point as well, and a node
+/// hosting thousands of replicas keeps [`SAMPLES`] of them for each.
+const SAMPLE_KEY_BYTES: usize = 256;
+
+/// `sample` with its keys cut to [`SAMPLE_KEY_BYTES`]: a key or a range's start to its
+/// prefix, a range's end to the first key past its prefix (so the range only grows).
+fn bounded(sample: KeySample) -> KeySample {
+    let cut = |mut k: Vec<u8>| {
+        k.truncate(SAMPLE_KEY_BYTES);
+        k
+    };
+    match sample {
+        KeySample::Key(k) => KeySample::Key(cut(k)),
+        KeySample::Range(a, b) => {
+            let b = match b {
+                Some(b) if b.len() > SAMPLE_KEY_BYTES => {
+                    b.get(..SAMPLE_KEY_BYTES).and_then(keys::prefix_end)
+                }
+                b => b,
+            };
+            KeySample::Range(cut(a), b)
+        }
+    }
+}
+
 /// Rows read per step of a size measurement; the scan yields between steps.
 const MEASURE_ROWS: usize = 512;
 
@@ -84,7 +109,7 @@ impl ReplicaStats {
         if s.samples.len() == SAMPLES {
             s.samples.pop_front();
         }
-        s.samples.push_back(sample);
+        s.samples.push_back(bounded(sample));
     }
 
     /// What the controller is told, for a partition of shape `desc`.
@@ -247,5 +272,34 @@ impl Core {
             middle,
             version: desc.epoch.version,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_keep_a_bounded_prefix_and_ranges_only_grow() {
+        let long = vec![b'k'; 4096];
+        let KeySample::Key(k) = bounded(KeySample::Key(long.clone())) else {
+            panic!("a key stays a key")
+        };
+        assert_eq!(k, long[..SAMPLE_KEY_BYTES]);
+        let end = [vec![b'a'; 300], vec![b'z']].concat();
+        let KeySample::Range(a, b) = bounded(KeySample::Range(long.clone(), Some(end.clone())))
+        else {
+            panic!("a range stays a range")
+        };
+        assert_eq!(a.len(), SAMPLE_KEY_BYTES);
+        let b = b.unwrap();
+        assert!(b.len() <= SAMPLE_KEY_BYTES && b > end, "the end moves up, not down");
+        let KeySample::Range(_, b) = bounded(KeySample::Range(vec![], Some(vec![0xff; 300])))
+        else {
+            panic!("a range stays a range")
+        };
+        assert_eq!(b, None, "no prefix end: the range runs to the partition's end");
+        let short = KeySample::Range(b"a".to_vec(), Some(b"b".to_vec()));
+        assert_eq!(bounded(short.clone()), short);
     }
 }
