@@ -27,7 +27,9 @@ const REFUSED_TTL: Duration = Duration::from_secs(1);
 /// asked (a leader election, a partition): client traffic to partitions that still serve
 /// must not stop because the metadata leader is away for a few seconds.
 const STALE_OK: Duration = Duration::from_secs(300);
-/// Entries a node remembers at most (it forgets them all when full).
+/// Entries a node remembers at most. When full it forgets refusals and outdated entries
+/// first, so that a stream of made-up tokens cannot push out the users it accepted (and
+/// with them their [`STALE_OK`] cover while the metadata group is away), then everything.
 const MAX_ENTRIES: usize = 10_000;
 /// What a token starts with, so that one pasted in the wrong place is recognisable.
 const TOKEN_PREFIX: &str = "cairn_";
@@ -62,6 +64,9 @@ impl AuthCache {
 
     fn put(&self, c: Credential, user: Option<User>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.retain(|_, (user, at)| user.is_some() && at.elapsed() < STALE_OK);
+        }
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
@@ -262,6 +267,21 @@ mod tests {
         assert_eq!(Shown::bearer(Some("bearer  abc ")), Some("abc"));
         assert_eq!(Shown::bearer(Some("Basic abc")), None);
         assert_eq!(Shown::bearer(None), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn made_up_tokens_do_not_push_out_accepted_users() {
+        let cache = AuthCache::default();
+        let ok = Credential::Token([1; 32]);
+        cache.put(ok.clone(), Some(User::root()));
+        for i in 0..3 * MAX_ENTRIES as u32 {
+            let mut made_up = [0u8; 32];
+            made_up[..4].copy_from_slice(&i.to_le_bytes());
+            made_up[31] = 9;
+            cache.put(Credential::Token(made_up), None);
+        }
+        assert_eq!(cache.get(&ok), Some(Some(User::root())));
+        assert!(cache.entries.lock().unwrap().len() <= MAX_ENTRIES);
     }
 
     #[tokio::test(start_paused = true)]
