@@ -43,7 +43,7 @@ pub(crate) struct ServerArgs {
     /// Largest key in bytes (at most 65517, the storage engine's limit less Cairn's prefix).
     #[arg(long, env = "CAIRN_MAX_KEY_BYTES", default_value_t = 4096)]
     max_key_bytes: usize,
-    /// Largest value in bytes.
+    /// Largest value in bytes (at most 256 MiB).
     #[arg(long, env = "CAIRN_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     max_value_bytes: usize,
     /// Source IP of connections to peers (default: the kernel's choice); for several nodes

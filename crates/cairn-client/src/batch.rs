@@ -180,8 +180,11 @@ impl Batcher {
     }
 }
 
-/// Takes the oldest operations, up to [`MAX_OPS`] and [`MAX_BYTES`] (at least one).
+/// Takes the oldest operations whose callers still wait, up to [`MAX_OPS`] and
+/// [`MAX_BYTES`] (at least one).
 fn take_batch(pending: &mut Vec<Pending>) -> Vec<Pending> {
+    // A caller that went away (a timeout around its call) has nobody to answer.
+    pending.retain(|p| !p.tx.is_closed());
     let mut bytes = 0;
     let mut n = 0;
     for p in pending.iter() {
@@ -210,19 +213,35 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_by_count_and_bytes_and_keep_order() {
-        let mut q: Vec<Pending> = (0..300).map(|_| pending(10).0).collect();
+        let mut waiting = Vec::new();
+        let mut queue = |sizes: &[usize]| -> Vec<Pending> {
+            sizes
+                .iter()
+                .map(|b| {
+                    let (p, rx) = pending(*b);
+                    waiting.push(rx);
+                    p
+                })
+                .collect()
+        };
+        let mut q = queue(&[10; 300]);
         assert_eq!(take_batch(&mut q).len(), MAX_OPS);
         assert_eq!(q.len(), 300 - MAX_OPS);
-        let mut q: Vec<Pending> = vec![
-            pending(MAX_BYTES / 2).0,
-            pending(MAX_BYTES / 2).0,
-            pending(1).0,
-        ];
+        let mut q = queue(&[MAX_BYTES / 2, MAX_BYTES / 2, 1]);
         assert_eq!(take_batch(&mut q).len(), 2);
         assert_eq!(take_batch(&mut q).len(), 1);
         // One operation larger than the limit still goes, alone.
-        let mut q: Vec<Pending> = vec![pending(MAX_BYTES * 2).0, pending(1).0];
+        let mut q = queue(&[MAX_BYTES * 2, 1]);
         assert_eq!(take_batch(&mut q).len(), 1);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn operations_whose_callers_went_away_are_not_sent() {
+        let (gone, _) = pending(10);
+        let (kept, _rx) = pending(10);
+        let mut q = vec![gone, kept];
+        assert_eq!(take_batch(&mut q).len(), 1);
+        assert!(q.is_empty());
     }
 }

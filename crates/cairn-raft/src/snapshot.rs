@@ -27,7 +27,8 @@ use std::sync::Arc;
 /// Largest amount of row data in one chunk of a snapshot transfer.
 pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// Rows written per batch while installing (and at most [`CHUNK_BYTES`] of them).
+/// Rows written per batch while installing (and about [`CHUNK_BYTES`] of them: one row past
+/// it at most).
 const INSTALL_ROWS: usize = 1024;
 
 /// The data of a snapshot.

@@ -41,7 +41,8 @@ pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Session {
-    /// Every seq below this has been answered to the client; a copy arriving now is stale.
+    /// Every seq below this has ended at the client (answered, or abandoned by a caller
+    /// that went away); a copy arriving now is stale and is not applied.
     first_incomplete: u64,
     /// Applied seqs at or above `first_incomplete`.
     applied: BTreeSet<u64>,
@@ -364,8 +365,8 @@ impl GroupStateMachine {
         if let Some(rid) = cmd.request_id {
             let s = sessions.entry(rid.client).or_default();
             if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
-                // A retry of a write that was applied: applying it again could overwrite
-                // a newer value.
+                // A retry of a write that was applied (applying it again could overwrite
+                // a newer value), or a late copy of one its client abandoned.
                 view.duplicates
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());

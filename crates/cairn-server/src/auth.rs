@@ -66,9 +66,10 @@ impl AuthCache {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, (user, at)| user.is_some() && at.elapsed() < STALE_OK);
-        }
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
+            // Room for a while, so the next puts do not scan the whole map again.
+            if entries.len() > MAX_ENTRIES / 4 * 3 {
+                entries.clear();
+            }
         }
         entries.insert(c, (user, Instant::now()));
     }

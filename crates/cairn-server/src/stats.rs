@@ -293,12 +293,18 @@ mod tests {
         };
         assert_eq!(a.len(), SAMPLE_KEY_BYTES);
         let b = b.unwrap();
-        assert!(b.len() <= SAMPLE_KEY_BYTES && b > end, "the end moves up, not down");
+        assert!(
+            b.len() <= SAMPLE_KEY_BYTES && b > end,
+            "the end moves up, not down"
+        );
         let KeySample::Range(_, b) = bounded(KeySample::Range(vec![], Some(vec![0xff; 300])))
         else {
             panic!("a range stays a range")
         };
-        assert_eq!(b, None, "no prefix end: the range runs to the partition's end");
+        assert_eq!(
+            b, None,
+            "no prefix end: the range runs to the partition's end"
+        );
         let short = KeySample::Range(b"a".to_vec(), Some(b"b".to_vec()));
         assert_eq!(bounded(short.clone()), short);
     }

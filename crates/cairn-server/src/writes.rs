@@ -77,6 +77,7 @@ impl State {
         // than apply a write whose client already saw it fail and may have moved on.
         self.waiting.retain(|(_, tx)| !tx.is_closed());
         if self.waiting.is_empty() {
+            self.prune_at = 0;
             self.drivers -= 1;
             return None;
         }
@@ -248,7 +249,11 @@ mod tests {
                 live.push(rx);
             }
         }
-        assert!(s.waiting.len() <= PRUNE_AT + live.len(), "{} waiting", s.waiting.len());
+        assert!(
+            s.waiting.len() <= PRUNE_AT + live.len(),
+            "{} waiting",
+            s.waiting.len()
+        );
         // Writes whose callers still wait are all kept.
         s.waiting.retain(|(_, tx)| !tx.is_closed());
         assert_eq!(s.waiting.len(), live.len());

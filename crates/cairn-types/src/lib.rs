@@ -21,7 +21,7 @@ pub use ids::{
 };
 pub use limits::{
     CREATE_TIME_PER_PARTITION, Limits, MAX_CREATE_PARTITIONS, MAX_KEY_BYTES_CEILING,
-    check_split_count, create_table_time, validate_table_name,
+    MAX_VALUE_BYTES_CEILING, check_split_count, create_table_time, validate_table_name,
 };
 pub use model::{
     DEFAULT_REPLICATION, KeySample, NodeDesc, PartitionDesc, PartitionLoad, PartitionStatus,

@@ -36,6 +36,10 @@ pub fn check_split_count(split_keys: usize) -> Result<()> {
 /// 65,535 bytes, and puts up to 18 bytes in front of a user key.
 pub const MAX_KEY_BYTES_CEILING: usize = 65_535 - 18;
 
+/// The largest `--max-value-bytes` a node takes: a value travels whole in one message
+/// between nodes (at most 512 MiB) and in one Raft entry.
+pub const MAX_VALUE_BYTES_CEILING: usize = 256 << 20;
+
 /// Size limits applied to every write and key lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -56,8 +60,15 @@ impl Default for Limits {
 
 impl Limits {
     /// Refuses limits a node cannot honour: a key limit of 0 or past
-    /// [`MAX_KEY_BYTES_CEILING`].
+    /// [`MAX_KEY_BYTES_CEILING`], a value limit past [`MAX_VALUE_BYTES_CEILING`].
     pub fn validate(&self) -> Result<()> {
+        if self.max_value_bytes > MAX_VALUE_BYTES_CEILING {
+            return Err(Error::InvalidArgument(format!(
+                "--max-value-bytes {} is out of range: use at most {MAX_VALUE_BYTES_CEILING} \
+                 (256 MiB; a value travels whole in one message between nodes)",
+                self.max_value_bytes
+            )));
+        }
         if !(1..=MAX_KEY_BYTES_CEILING).contains(&self.max_key_bytes) {
             return Err(Error::InvalidArgument(format!(
                 "--max-key-bytes {} is out of range: use 1 to {MAX_KEY_BYTES_CEILING} (the \
@@ -156,6 +167,13 @@ mod tests {
         let err = l(MAX_KEY_BYTES_CEILING + 1).validate().unwrap_err();
         assert!(err.to_string().contains("use 1 to 65517"), "{err}");
         assert!(l(0).validate().is_err());
+        let v = |max_value_bytes| Limits {
+            max_value_bytes,
+            ..Limits::default()
+        };
+        assert!(v(MAX_VALUE_BYTES_CEILING).validate().is_ok());
+        let err = v(MAX_VALUE_BYTES_CEILING + 1).validate().unwrap_err();
+        assert!(err.to_string().contains("--max-value-bytes"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ impl Session {
 
     /// Starts a write: a fresh id, counted as outstanding until the returned [`Pending`]
     /// is dropped, whether the write was answered or abandoned (its caller gone).
+    #[must_use = "the write ends when its Pending is dropped: hold it until the write returns"]
     pub fn begin(&self) -> Pending<'_> {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         g.0 += 1;
@@ -48,6 +49,7 @@ impl Session {
 /// session's `first_incomplete` back for good: every replica would keep the outcome of
 /// every later write of the session.
 #[derive(Debug)]
+#[must_use = "the write ends when its Pending is dropped: hold it until the write returns"]
 pub struct Pending<'a> {
     session: &'a Session,
     id: RequestId,
@@ -71,7 +73,8 @@ impl Pending<'_> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        // Ended: it is never sent again (its retries all ran inside the dropped call).
+        // Ended: its caller sends it no more. A copy already on its way is not applied
+        // once the floor passed it; nobody waits for its answer either way.
         let mut g = self.session.state.lock().unwrap_or_else(|p| p.into_inner());
         g.1.remove(&self.id.seq);
     }

@@ -401,10 +401,6 @@ async fn t25_split_seeds_the_right_half() {
     assert_eq!(view.scan(&dst, b"", None, rows(100)).unwrap().rows.len(), 1);
 }
 
-/// A snapshot is read in chunks of bounded size from a read view taken when it was built
-/// (later writes do not leak in), staged chunk by chunk on the receiver and installed; an
-/// install cut short by a crash after its marker is finished from the staged copy at the
-/// next open, so the replica ends with the snapshot's state, never a mix.
 /// A snapshot of large values goes in chunks of about `CHUNK_BYTES` (one row over at
 /// most), not in one message as large as the partition: a chunk past what a peer accepts
 /// could never be sent, and the follower would never catch up.
@@ -446,6 +442,10 @@ async fn t26_snapshot_chunks_of_large_values_stay_small() {
     assert_eq!(keys, want, "every row once, in order");
 }
 
+/// A snapshot is read in chunks of bounded size from a read view taken when it was built
+/// (later writes do not leak in), staged chunk by chunk on the receiver and installed; an
+/// install cut short by a crash after its marker is finished from the staged copy at the
+/// next open, so the replica ends with the snapshot's state, never a mix.
 #[tokio::test]
 async fn t26_streamed_snapshot_and_interrupted_install() {
     use cairn_raft::snapshot::{Installing, SnapshotChunk, SnapshotData, stage_chunk};
@@ -533,7 +533,10 @@ async fn t26_streamed_snapshot_and_interrupted_install() {
         view2.get(&dst, b"k00001").unwrap(),
         Some(big.clone().into_bytes())
     );
-    assert_eq!(view2.scan(&dst, b"", None, rows(5000)).unwrap().rows.len(), 1500);
+    assert_eq!(
+        view2.scan(&dst, b"", None, rows(5000)).unwrap().rows.len(),
+        1500
+    );
     let (applied, _) = reopened.applied_state().await.unwrap();
     assert_eq!(applied, snap.meta.last_log_id);
     assert!(applied < applied_at);
