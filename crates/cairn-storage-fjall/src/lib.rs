@@ -456,8 +456,7 @@ impl FjallEngine {
         limit: usize,
         rev: bool,
     ) -> Result<Vec<KeyValue>> {
-        cairn_storage::check_bounds(start, end)?;
-        if end.is_some_and(|e| e <= start) {
+        if cairn_storage::empty_scan(start, end)? {
             return Ok(Vec::new());
         }
         let it = self.space(space).range::<&[u8], _>(range(start, end));
@@ -508,8 +507,7 @@ impl Engine for FjallEngine {
         end: Option<&[u8]>,
         limit: PageLimit,
     ) -> Result<Page> {
-        cairn_storage::check_bounds(start, end)?;
-        if end.is_some_and(|e| e <= start) {
+        if cairn_storage::empty_scan(start, end)? {
             return Ok(Page::default());
         }
         // One iterator: one point in time, and values are copied only when wanted.
@@ -613,8 +611,7 @@ impl cairn_storage::ReadView for FjallView {
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
         use fjall::Readable;
-        cairn_storage::check_bounds(start, end)?;
-        if end.is_some_and(|e| e <= start) {
+        if cairn_storage::empty_scan(start, end)? {
             return Ok(Vec::new());
         }
         let ks = self.keyspace(space);
@@ -630,8 +627,7 @@ impl cairn_storage::ReadView for FjallView {
         limit: PageLimit,
     ) -> Result<Page> {
         use fjall::Readable;
-        cairn_storage::check_bounds(start, end)?;
-        if end.is_some_and(|e| e <= start) {
+        if cairn_storage::empty_scan(start, end)? {
             return Ok(Page::default());
         }
         let ks = self.keyspace(space);

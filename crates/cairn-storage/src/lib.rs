@@ -101,10 +101,12 @@ pub fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a scan whose bounds [`check_key`] refuses.
-pub fn check_bounds(start: &[u8], end: Option<&[u8]>) -> Result<()> {
+/// Refuses a scan whose bounds [`check_key`] refuses; true when `[start, end)` holds no
+/// key, so the scan has nothing to read.
+pub fn empty_scan(start: &[u8], end: Option<&[u8]>) -> Result<bool> {
     check_key(start)?;
-    end.map_or(Ok(()), check_key)
+    end.map_or(Ok(()), check_key)?;
+    Ok(end.is_some_and(|e| e <= start))
 }
 
 /// Refuses a batch with an empty or over-long key or an over-long value, before any of it

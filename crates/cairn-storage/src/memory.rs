@@ -68,7 +68,9 @@ impl crate::ReadView for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        crate::check_bounds(start, end)?;
+        if crate::empty_scan(start, end)? {
+            return Ok(Vec::new());
+        }
         Ok(self.range(space, start, end, limit, false))
     }
 
@@ -119,7 +121,9 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        crate::check_bounds(start, end)?;
+        if crate::empty_scan(start, end)? {
+            return Ok(Vec::new());
+        }
         Ok(self.range(space, start, end, limit, false))
     }
 
@@ -130,8 +134,7 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: PageLimit,
     ) -> Result<Page> {
-        crate::check_bounds(start, end)?;
-        if end.is_some_and(|e| e <= start) {
+        if crate::empty_scan(start, end)? {
             return Ok(Page::default());
         }
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -152,7 +155,9 @@ impl Engine for MemEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        crate::check_bounds(start, end)?;
+        if crate::empty_scan(start, end)? {
+            return Ok(Vec::new());
+        }
         Ok(self.range(space, start, end, limit, true))
     }
 

@@ -236,12 +236,7 @@ async fn t24_snapshot_round_trip() {
         ));
     }
     apply(&mut sm, entries).await;
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build(&mut sm).await;
     assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(100));
 
     let dst: SharedEngine = Arc::new(MemEngine::new());
@@ -385,12 +380,7 @@ async fn t25_split_seeds_the_right_half() {
         "a retry across the split applies once"
     );
     // The left's snapshot holds only the left's keys.
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build(&mut sm).await;
     let dst: SharedEngine = Arc::new(MemEngine::new());
     let (mut other, view) = open(&dst, KeyRange::full());
     other
@@ -414,12 +404,7 @@ async fn t26_snapshot_chunks_of_large_values_stay_small() {
         .map(|i| put(i, &format!("k{i:02}"), &big, None, 0))
         .collect();
     apply(&mut sm, entries).await;
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build(&mut sm).await;
     let SnapshotData::View(view) = &snap.snapshot else {
         panic!("a built snapshot is a view")
     };
@@ -457,12 +442,7 @@ async fn t26_streamed_snapshot_and_interrupted_install() {
         .map(|i| put(i, &format!("k{i:05}"), &big, Some((5, i, i)), 0))
         .collect();
     apply(&mut sm, entries).await;
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build(&mut sm).await;
     // Written after the build: not in the snapshot.
     apply(&mut sm, vec![put(1501, "late", "v", None, 0)]).await;
     let SnapshotData::View(view) = &snap.snapshot else {
@@ -627,6 +607,15 @@ async fn t27_a_batch_applies_each_write_on_its_own() {
     .await;
     assert_eq!(view.get(&engine, b"b").unwrap(), Some(b"first".to_vec()));
     assert_eq!(view.get(&engine, b"c").unwrap(), Some(b"third".to_vec()));
+}
+
+/// A snapshot of `sm` as it stands.
+async fn build(sm: &mut GroupStateMachine) -> typ::Snapshot {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
 }
 
 /// A page limit of `n` rows, with values, and no byte limit to speak of.
