@@ -918,6 +918,12 @@ fn only_nodes(secure: bool) -> impl FnMut(Request<()>) -> Result<Request<()>, St
     }
 }
 
+/// How often a node pings each gRPC connection (an answered ping costs a few bytes).
+pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection is closed; well above the
+/// pauses a busy peer may take (a stalled disk, a stop-the-world).
+pub(crate) const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The largest client request a node reads: a Batch of many writes, or one write of the
 /// largest value allowed. Anyone who reaches the port may send one, before authentication
 /// (the body is read first), so it is far below the 512 MiB peers may send each other; a
@@ -946,6 +952,11 @@ pub(crate) async fn serve(
         // CreateTable of a thousand partitions); at h2's default of 20 pending resets the
         // whole connection, and every Raft message on it, would be closed.
         .http2_max_pending_accept_reset_streams(Some(1024))
+        // A client that vanished without closing (its machine lost, a half-open socket)
+        // would keep its connection and socket for good: ping every connection and close
+        // it when no answer comes. A live peer or client answers from its h2 layer.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
             kv_server::KvServer::new(Kv(node.clone()))
                 .max_decoding_message_size(kv_max)

@@ -28,6 +28,7 @@ mod t71_raft_stream_fallback;
 mod t72_health_checks;
 mod t73_log_purge;
 mod t74_log_bytes;
+mod t75_silent_connections;
 mod t80_pause;
 mod t85_split;
 mod t87_moves;
