@@ -930,9 +930,7 @@ pub(crate) const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::f
 /// request over it is refused from its length prefix, before its body is read.
 fn kv_request_bytes(limits: &cairn_types::Limits) -> usize {
     limits
-        .max_value_bytes
-        .saturating_mul(2)
-        .saturating_add(1 << 20)
+        .request_bytes()
         .clamp(KV_REQUEST_BYTES, cairn_proto::MAX_MESSAGE_BYTES)
 }
 

@@ -960,12 +960,7 @@ async fn json_errors(
 
 /// The HTTP routes of a node.
 pub(crate) fn app(node: Arc<Node>) -> Router {
-    let body_limit = node
-        .core
-        .limits
-        .max_value_bytes
-        .saturating_mul(2)
-        .saturating_add(1 << 20);
+    let body_limit = node.core.limits.request_bytes();
     Router::new()
         .route("/", get(console))
         .route("/health", get(health))

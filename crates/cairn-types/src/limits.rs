@@ -106,6 +106,14 @@ impl Limits {
         Ok(())
     }
 
+    /// The largest request body a node reads for one write: the largest value twice over
+    /// (room for its encoding in JSON or gRPC) and 1 MiB for the rest.
+    pub fn request_bytes(&self) -> usize {
+        self.max_value_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20)
+    }
+
     /// Refuses an oversized value.
     pub fn check_value(&self, value: &[u8]) -> Result<()> {
         if value.len() > self.max_value_bytes {
