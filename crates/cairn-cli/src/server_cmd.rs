@@ -129,6 +129,13 @@ pub(crate) struct ServerArgs {
     /// them only on SIGHUP.
     #[arg(long, env = "CAIRN_CERTS_RELOAD_INTERVAL", default_value_t = 60)]
     certs_reload_interval: u64,
+    /// Seconds the node waits for an HTTP client to send a request's headers (a
+    /// connection's first request, and on HTTP/1 each next one, idle time included) or the
+    /// next piece of its body. A client silent that long, or trickling its request, is
+    /// disconnected, so it cannot hold a socket for good.
+    #[arg(long, env = "CAIRN_HTTP_READ_TIMEOUT", default_value_t = cairn_server::DEFAULT_HTTP_READ_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_read_timeout: u64,
     /// [testing only] Abort the process the moment it reaches this point (install-rows: a
     /// snapshot install has copied its first rows; split-applied: a split is applied, its
     /// right half not yet open), as if the power went out there.
@@ -221,6 +228,7 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
         fault_skip_fsync: a.fault_skip_fsync,
         log_tail: Some(tail),
         certs_dir,
+        http_read_timeout: std::time::Duration::from_secs(a.http_read_timeout),
         certs_reload_interval: (a.certs_reload_interval > 0)
             .then(|| std::time::Duration::from_secs(a.certs_reload_interval)),
     };

@@ -71,6 +71,10 @@ pub struct ServerConfig {
     /// How often a secure node looks whether its certificate files changed, and reloads
     /// them if so (none: only on SIGHUP).
     pub certs_reload_interval: Option<std::time::Duration>,
+    /// How long the node waits for an HTTP client to send a request's headers (a
+    /// connection's first, and on HTTP/1 each next, idle time included) or the next piece of
+    /// its body before it disconnects the client.
+    pub http_read_timeout: std::time::Duration,
 }
 
 /// The controller: whether it runs (beside the metadata leader) and its thresholds. Every

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Default and largest page sizes of List.
@@ -1011,103 +1010,11 @@ pub(crate) fn app(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves HTTP until `stop` turns true, over TLS when `tls` is given.
-pub(crate) async fn serve(
-    node: Arc<Node>,
-    listener: tokio::net::TcpListener,
-    tls: Option<cairn_proto::tls::Live<rustls::ServerConfig>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let res = match tls {
-        None => {
-            axum::serve(
-                listener,
-                app(node).into_make_service_with_connect_info::<HttpPeer>(),
-            )
-            .with_graceful_shutdown(stopped)
-            .await
-        }
-        Some(tls) => match TlsListener::new(listener, tls) {
-            Ok(listener) => {
-                axum::serve(
-                    listener,
-                    app(node).into_make_service_with_connect_info::<HttpPeer>(),
-                )
-                .with_graceful_shutdown(stopped)
-                .await
-            }
-            Err(e) => Err(e),
-        },
-    };
-    if let Err(e) = res {
-        tracing::error!("HTTP server stopped: {e}");
-    }
-}
-
-/// The HTTP port's connections once their TLS handshake is done (see
-/// [`cairn_proto::tls::accept`]: handshakes run concurrently, not in `accept`).
-struct TlsListener {
-    accepted: tokio::sync::mpsc::Receiver<cairn_proto::tls::Handshaken>,
-    local: std::net::SocketAddr,
-}
-
-impl TlsListener {
-    fn new(
-        listener: tokio::net::TcpListener,
-        tls: cairn_proto::tls::Live<rustls::ServerConfig>,
-    ) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        Ok(Self {
-            accepted: cairn_proto::tls::accept(listener, tls),
-            local,
-        })
-    }
-}
-
 /// Who is at the other end of an HTTP connection: the user its TLS client certificate
 /// names, if it showed one.
 #[derive(Clone, Debug, Default)]
-struct HttpPeer {
-    certificate: Option<String>,
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for HttpPeer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        HttpPeer {
-            certificate: stream.remote_addr().1.clone(),
-        }
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for HttpPeer
-{
-    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        HttpPeer::default()
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = (std::net::SocketAddr, Option<String>);
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(h) => (h.stream, (h.remote, h.peer)),
-            // The accept task ended (it does not, while this listener lives): serve no more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok((self.local, None))
-    }
+pub(crate) struct HttpPeer {
+    pub(crate) certificate: Option<String>,
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ mod disk;
 mod grpc;
 mod heartbeat;
 mod http;
+mod http_serve;
 mod log_bound;
 mod logs;
 mod meta_service;
@@ -50,6 +51,7 @@ pub use cairn_raft::{
     DEFAULT_SNAPSHOT_LOG_BYTES, DEFAULT_SNAPSHOT_LOGS, log_bytes_held, log_bytes_kept, max_log_held,
 };
 pub use config::{ControllerConfig, ServerConfig, parse_initial_cluster, parse_size};
+pub use http_serve::DEFAULT_HTTP_READ_TIMEOUT;
 pub use logs::{DEFAULT_LOG_TAIL_BYTES, LogTail};
 pub use moves::DEFAULT_MOVE_TIMEOUT;
 pub use node::{LeaderHint, Node, Substrate};

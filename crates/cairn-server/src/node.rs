@@ -506,10 +506,11 @@ impl Node {
             )));
         }
         if let Some(http) = http {
-            tasks.push(tokio::spawn(crate::http::serve(
+            tasks.push(tokio::spawn(crate::http_serve::serve(
                 node.clone(),
                 http,
                 tls.as_ref().map(|t| t.http()),
+                cfg.http_read_timeout,
                 node.stop.subscribe(),
             )));
         }

@@ -164,6 +164,7 @@ fn add_node(
         log_tail: None,
         certs_dir: None,
         certs_reload_interval: None,
+        http_read_timeout: cairn_server::DEFAULT_HTTP_READ_TIMEOUT,
         disk_reserve: 0,
         quiesce: cfg.quiesce,
         raft_stream: cfg.raft_stream,

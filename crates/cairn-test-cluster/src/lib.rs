@@ -78,6 +78,7 @@ impl TestCluster {
                 log_tail: None,
                 certs_dir: None,
                 certs_reload_interval: None,
+                http_read_timeout: cairn_server::DEFAULT_HTTP_READ_TIMEOUT,
                 disk_reserve: 0,
                 quiesce: true,
                 // Node 1 sends its Raft messages as calls, the others on streams, so every
