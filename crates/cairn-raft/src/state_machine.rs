@@ -39,6 +39,14 @@ use std::sync::{Arc, RwLock};
 /// request deadlines are far shorter.
 pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 
+/// The most write sessions a partition keeps. Each `Idempotency-Key` is a session, so a high
+/// rate of distinct keys would otherwise grow a partition's sessions (memory, the snapshot
+/// header, a split's batch) without bound within the TTL. Past this, a new session first
+/// makes the partition forget the longest-idle tenth: retries of those may apply again, as
+/// after the TTL. At the default load-split threshold (2,500 writes a second) a partition
+/// reaches it only when nearly every write carries a new key for about seven minutes.
+pub const MAX_SESSIONS: usize = 1_000_000;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Session {
     /// Every seq below this has ended at the client (answered, or abandoned by a caller
@@ -363,6 +371,9 @@ impl GroupStateMachine {
         };
         view.check(cmd.epoch, table, Some(key))?;
         if let Some(rid) = cmd.request_id {
+            if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(&rid.client) {
+                Self::forget_idlest(group, sessions, MAX_SESSIONS - MAX_SESSIONS / 10, batch);
+            }
             let s = sessions.entry(rid.client).or_default();
             if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
                 // A retry of a write that was applied (applying it again could overwrite
@@ -517,6 +528,38 @@ impl GroupStateMachine {
             }
             keep
         });
+    }
+
+    /// Forgets the longest-idle sessions until `keep` remain. Ties of idle time go by client
+    /// id, so every replica forgets the same ones.
+    fn forget_idlest(
+        group: PartitionId,
+        sessions: &mut HashMap<ClientId, Session>,
+        keep: usize,
+        batch: &mut WriteBatch,
+    ) {
+        let excess = sessions.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        let mut by_idle: Vec<(u64, ClientId)> = sessions
+            .iter()
+            .map(|(c, s)| (s.last_write_ms, *c))
+            .collect();
+        by_idle.select_nth_unstable(excess - 1);
+        let newest = by_idle[..excess]
+            .iter()
+            .map(|(ms, _)| *ms)
+            .max()
+            .unwrap_or(0);
+        for (_, client) in &by_idle[..excess] {
+            sessions.remove(client);
+            batch.delete(Space::Data, keys::group_session(group, *client));
+        }
+        tracing::info!(
+            "{group} reached {MAX_SESSIONS} write sessions and forgot the {excess} idle longest \
+             (idle since {newest} ms of group time or earlier): a retry of their writes may apply again"
+        );
     }
 
     /// A snapshot of the current state: its header and a read view of the engine. Nothing
@@ -1024,5 +1067,142 @@ impl PartitionView {
             *k = keys::user_key(k).to_vec();
         }
         Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_storage::Op;
+    use cairn_types::{KeyRange, RequestId};
+
+    fn view() -> PartitionView {
+        PartitionView::new(
+            PartitionDesc {
+                id: PartitionId(9),
+                table_id: TableId(1),
+                range: KeyRange::full(),
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
+                },
+                replicas: vec![NodeId(1)],
+                replica_ids: [(NodeId(1), ReplicaId(1))].into_iter().collect(),
+            },
+            None,
+        )
+    }
+
+    fn put(client: u64, seq: u64, at_ms: u64) -> KvCommand {
+        KvCommand {
+            request_id: Some(RequestId {
+                client: ClientId(client),
+                seq,
+                first_incomplete: seq,
+            }),
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
+            },
+            proposed_at_ms: at_ms,
+            op: KvOp::Put {
+                table: TableId(1),
+                key: b"k".to_vec(),
+                value: client.to_le_bytes().to_vec(),
+            },
+        }
+    }
+
+    fn session(last_write_ms: u64) -> Session {
+        Session {
+            first_incomplete: 1,
+            applied: [1].into_iter().collect(),
+            last_write_ms,
+        }
+    }
+
+    /// A partition holding the most sessions it keeps forgets the longest-idle tenth when a
+    /// new client writes, on disk as in memory, and still recognises a retry of a session it
+    /// kept.
+    #[test]
+    fn a_full_partition_forgets_its_idlest_sessions() {
+        let group = PartitionId(9);
+        let view = view();
+        // Client c last wrote at c ms: clients 0.. are the idlest.
+        let mut sessions: HashMap<ClientId, Session> = (0..MAX_SESSIONS as u64)
+            .map(|c| (ClientId(c), session(c)))
+            .collect();
+        let now = MAX_SESSIONS as u64;
+        // The TTL's expiry ran a moment ago (it runs once a minute): only the cap forgets.
+        let (mut last_expiry, mut dirty, mut batch) = (now, HashSet::new(), WriteBatch::new());
+        let newcomer = put(u64::MAX, 1, now);
+        GroupStateMachine::apply_kv(
+            group,
+            &view,
+            &mut sessions,
+            &mut last_expiry,
+            &mut dirty,
+            &newcomer,
+            &mut batch,
+        )
+        .unwrap();
+        let forgotten = MAX_SESSIONS / 10;
+        assert_eq!(sessions.len(), MAX_SESSIONS - forgotten + 1);
+        assert!(sessions.contains_key(&ClientId(u64::MAX)));
+        assert!(!sessions.contains_key(&ClientId(forgotten as u64 - 1)));
+        assert!(sessions.contains_key(&ClientId(forgotten as u64)));
+        let deleted: HashSet<Vec<u8>> = batch
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete(Space::Data, k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted.len(), forgotten);
+        assert!(deleted.contains(&keys::group_session(group, ClientId(0))));
+        assert!(!deleted.contains(&keys::group_session(group, ClientId(forgotten as u64))));
+
+        // A retry of a kept session's write is still a duplicate: nothing is written.
+        let mut batch = WriteBatch::new();
+        let retry = put(MAX_SESSIONS as u64 - 1, 1, now + 1);
+        GroupStateMachine::apply_kv(
+            group,
+            &view,
+            &mut sessions,
+            &mut last_expiry,
+            &mut dirty,
+            &retry,
+            &mut batch,
+        )
+        .unwrap();
+        assert!(batch.ops.is_empty(), "a kept session's retry applied again");
+        assert_eq!(view.duplicates(), 1);
+    }
+
+    /// Every replica forgets the same sessions, whatever order its map holds them in, even
+    /// when many share their last write time (a batch's writes do).
+    #[test]
+    fn replicas_forget_the_same_sessions() {
+        let order_a: Vec<u64> = (0..1000).collect();
+        let order_b: Vec<u64> = (0..1000).rev().collect();
+        let kept = |order: &[u64]| {
+            let mut sessions: HashMap<ClientId, Session> = order
+                .iter()
+                .map(|&c| (ClientId(c * 7919 % 1000), session(c / 100)))
+                .collect();
+            GroupStateMachine::forget_idlest(
+                PartitionId(1),
+                &mut sessions,
+                450,
+                &mut WriteBatch::new(),
+            );
+            let mut kept: Vec<ClientId> = sessions.into_keys().collect();
+            kept.sort();
+            kept
+        };
+        let a = kept(&order_a);
+        assert_eq!(a.len(), 450);
+        assert_eq!(a, kept(&order_b));
     }
 }
