@@ -181,6 +181,19 @@ pub(crate) async fn run(a: ServerArgs, certs_dir: Option<PathBuf>) -> anyhow::Re
     if a.id == 0 {
         anyhow::bail!("--id 0 is reserved; use ids from 1");
     }
+    match raise_open_files() {
+        Ok((now, _)) if now < WANTED_OPEN_FILES => tracing::warn!(
+            "this node may hold at most {now} open files and sockets: a burst of client connections \
+             could leave none for its data files and its peers. Raise the hard limit to at least \
+             {WANTED_OPEN_FILES} (`ulimit -Hn`, LimitNOFILE= in a systemd unit, the container \
+             runtime's nofile limit)"
+        ),
+        Ok((now, was)) if now > was => {
+            tracing::info!("open files limit raised from {was} to the hard limit, {now}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not read or raise the open files limit: {e}"),
+    }
     if let Some(point) = &a.fault_crash_at {
         cairn_server::set_crash_point(point)
             .map_err(|e| anyhow::anyhow!("--fault-crash-at: {e}"))?;
@@ -308,6 +321,34 @@ impl Signals {
             _ = one(&mut self.hup) => {}
         }
     }
+}
+
+/// Open files (sockets included) below which a node warns at start. CockroachDB asks for
+/// 15,000; etcd gets the hard limit from Go's runtime, often 1,048,576.
+const WANTED_OPEN_FILES: u64 = 10_000;
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does for etcd: the
+/// soft limit is often 1,024, which a node's data files, its peers and a few hundred client
+/// connections exhaust together. Returns the limit now and before.
+fn raise_open_files() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let was = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct; raising the soft limit up to the hard one is
+        // always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((lim.rlim_cur, was))
 }
 
 /// Hands memory the process freed back to the operating system every few seconds. glibc

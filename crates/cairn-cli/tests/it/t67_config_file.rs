@@ -102,3 +102,62 @@ fn refused(extra: &[&str]) -> String {
     assert!(!status.success(), "{stderr}");
     stderr
 }
+
+/// A node started with a soft limit of 512 open files raises it to the hard limit (here
+/// 4,096), as etcd's runtime does, and warns that 4,096 is too few to be safe under a burst
+/// of client connections.
+#[test]
+fn t67_a_node_raises_its_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -n 4096 && ulimit -Sn 512 && exec "$0" "$@""#,
+        ])
+        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .args(["server", "--id", "1", "--listen", &grpc, "--http", &http])
+        .arg("--data-dir")
+        .arg(dir.path().join("node-1"))
+        .args(["--initial-cluster", &format!("1={grpc}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("node started")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen.join("\n");
+    assert!(seen.contains("node started"), "{seen}");
+    let open_files = limits
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap();
+    assert_eq!(open_files, "Max open files 4096 4096 files");
+    assert!(
+        seen.contains("at most 4096 open files") && seen.contains("ulimit -Hn"),
+        "no warning about the limit: {seen}"
+    );
+}
