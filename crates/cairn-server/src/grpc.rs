@@ -805,6 +805,12 @@ async fn handle_raft(node: &Node, rpc: RaftRpc) -> Result<Vec<u8>, Status> {
     .await)
 }
 
+/// Frames one Raft stream may hold at a node, being handled or answered but not yet sent
+/// back. Past it the node reads no more of the stream, so HTTP/2's flow control holds back a
+/// peer that sends faster than the node answers, or reads no answers, instead of the node's
+/// memory growing. Far above what replication keeps in flight between two nodes.
+const STREAM_FRAMES_IN_FLIGHT: usize = 1024;
+
 /// Answers of one `RaftStream`, in the order they are ready.
 type RaftFrames =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RaftFrame, Status>> + Send + 'static>>;
@@ -830,7 +836,7 @@ impl internal_server::Internal for Internal {
             ));
         }
         let mut frames = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_FRAMES_IN_FLIGHT);
         let node = self.0.clone();
         // The stream lives as long as the connection: end both halves when the node stops,
         // or its graceful shutdown would wait on the stream.
@@ -840,6 +846,15 @@ impl internal_server::Internal for Internal {
         // append waiting on fsync) holds up no other group's.
         tokio::spawn(async move {
             loop {
+                // A frame is read only once its answer has a place to wait in.
+                let slot = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    s = tx.clone().reserve_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                };
                 let frame = tokio::select! {
                     biased;
                     _ = stop.wait_for(|s| *s) => break,
@@ -848,7 +863,7 @@ impl internal_server::Internal for Internal {
                         _ => break,
                     },
                 };
-                let (node, tx) = (node.clone(), tx.clone());
+                let node = node.clone();
                 tokio::spawn(async move {
                     let answer = match decode_bytes::<RaftRpc>(&frame.payload) {
                         Err(e) => Err(status(e)),
@@ -866,15 +881,14 @@ impl internal_server::Internal for Internal {
                             error: s.message().to_string(),
                         },
                     };
-                    // The caller has gone when this fails; nothing waits for the answer.
-                    let _ = tx.send(Ok(frame));
+                    // Sent into the reserved place: if the caller has gone, it is dropped.
+                    slot.send(Ok(frame));
                 });
             }
         });
-        let answers =
-            tokio_stream::wrappers::UnboundedReceiverStream::new(rx).take_until(async move {
-                let _ = stop2.wait_for(|s| *s).await;
-            });
+        let answers = tokio_stream::wrappers::ReceiverStream::new(rx).take_until(async move {
+            let _ = stop2.wait_for(|s| *s).await;
+        });
         Ok(Response::new(Box::pin(answers)))
     }
 

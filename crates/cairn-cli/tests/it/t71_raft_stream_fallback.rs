@@ -62,3 +62,70 @@ async fn t71_peers_of_a_node_without_raft_streams_fall_back_to_calls() {
         );
     }
 }
+
+/// A Raft stream whose answers nobody reads (a stuck or hostile peer) is held back once a
+/// node has about a thousand frames of it waiting, beyond what HTTP/2's windows hold, rather
+/// than read into the node's memory for good; once its answers are read, every frame sent is
+/// answered, here with the error of a frame that is not a Raft message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t71_a_stream_whose_answers_are_not_read_is_held_back() {
+    use cairn_proto::v1::RaftFrame;
+    use cairn_proto::v1::internal_client::InternalClient;
+    use futures::{SinkExt, StreamExt};
+
+    let c = Cluster::start(1).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.endpoints()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (mut tx, rx) = futures::channel::mpsc::channel::<RaftFrame>(1);
+    let mut answers = InternalClient::new(channel)
+        .raft_stream(rx)
+        .await
+        .unwrap()
+        .into_inner();
+    // Bytes that do not decode as a Raft message. The client's window takes about 17,000
+    // of the node's answers before the node has to hold any; 100,000 is far past that.
+    let frame = |id| RaftFrame {
+        id,
+        payload: vec![0xff; 64],
+        error: String::new(),
+    };
+    let mut sent = 0u64;
+    let held = loop {
+        if sent == 100_000 {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), tx.send(frame(sent))).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => panic!("the stream closed after {sent} frames: {e}"),
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        held,
+        "the node read all {sent} frames of a stream whose answers nobody read"
+    );
+    assert!(sent >= 1024, "held back after only {sent} frames");
+
+    // The frame whose send timed out may have gone too. Ending the stream ends the answers
+    // once every frame read is answered.
+    drop(tx);
+    let mut ids = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(a) = answers.next().await {
+            let a = a.unwrap();
+            assert!(!a.error.is_empty(), "frame {} was not refused", a.id);
+            ids.push(a.id);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "{} answers in 60 s", ids.len());
+    ids.sort_unstable();
+    let n = ids.len() as u64;
+    assert!(
+        (n == sent || n == sent + 1) && ids.iter().copied().eq(0..n),
+        "{n} answers to {sent} frames, not one each"
+    );
+}
