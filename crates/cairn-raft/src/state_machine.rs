@@ -343,12 +343,15 @@ impl GroupStateMachine {
     /// Applies a write into `batch`. A session it changes is only noted in `dirty`: the
     /// caller stores each changed session once per applied batch, since one client's many
     /// concurrent writes commonly land in the same batch.
-    /// Sessions idle past the TTL are expired at most once a minute of group time.
+    /// Sessions idle past the TTL are expired at most once a minute of group time; past
+    /// `max_sessions`, a new session first makes the partition forget the idlest tenth.
+    #[allow(clippy::too_many_arguments)]
     fn apply_kv(
         group: PartitionId,
         view: &PartitionView,
         sessions: &mut HashMap<ClientId, Session>,
         last_expiry_ms: &mut u64,
+        max_sessions: usize,
         dirty: &mut HashSet<ClientId>,
         cmd: &KvCommand,
         batch: &mut WriteBatch,
@@ -371,10 +374,23 @@ impl GroupStateMachine {
         };
         view.check(cmd.epoch, table, Some(key))?;
         if let Some(rid) = cmd.request_id {
-            if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(&rid.client) {
-                Self::forget_idlest(group, sessions, MAX_SESSIONS - MAX_SESSIONS / 10, batch);
+            let now = cmd.proposed_at_ms;
+            // When a replica last swept is its own (it starts again at 0 when the replica
+            // opens), so what it decides must not depend on it, or replicas would disagree
+            // about a retry: a session past the TTL counts as gone, swept or not, and the
+            // cap counts only sessions within it, which every replica holds alike.
+            let live = |s: &Session| now.saturating_sub(s.last_write_ms) < SESSION_TTL_MS;
+            if sessions.len() >= max_sessions && !sessions.get(&rid.client).is_some_and(live) {
+                *last_expiry_ms = now;
+                Self::expire_sessions(group, sessions, now, batch);
+                if sessions.len() >= max_sessions {
+                    Self::forget_idlest(group, sessions, max_sessions - max_sessions / 10, batch);
+                }
             }
             let s = sessions.entry(rid.client).or_default();
+            if !live(s) {
+                *s = Session::default();
+            }
             if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
                 // A retry of a write that was applied (applying it again could overwrite
                 // a newer value), or a late copy of one its client abandoned.
@@ -557,7 +573,7 @@ impl GroupStateMachine {
             batch.delete(Space::Data, keys::group_session(group, *client));
         }
         tracing::info!(
-            "{group} reached {MAX_SESSIONS} write sessions and forgot the {excess} idle longest \
+            "{group} reached its most write sessions and forgot the {excess} idle longest \
              (idle since {newest} ms of group time or earlier): a retry of their writes may apply again"
         );
     }
@@ -806,6 +822,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             view,
                             sessions,
                             last_expiry_ms,
+                            MAX_SESSIONS,
                             &mut dirty,
                             c,
                             &mut batch,
@@ -830,6 +847,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                                     view,
                                     sessions,
                                     last_expiry_ms,
+                                    MAX_SESSIONS,
                                     &mut dirty,
                                     c,
                                     &mut batch,
@@ -1116,9 +1134,38 @@ mod tests {
     fn session(last_write_ms: u64) -> Session {
         Session {
             first_incomplete: 1,
-            applied: [1].into_iter().collect(),
+            applied: BTreeSet::new(),
             last_write_ms,
         }
+    }
+
+    /// Applies `cmd` as a replica would, with a cap of `cap` sessions: the batch it wrote.
+    fn apply(
+        sessions: &mut HashMap<ClientId, Session>,
+        last_expiry: &mut u64,
+        cap: usize,
+        view: &PartitionView,
+        cmd: &KvCommand,
+    ) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        GroupStateMachine::apply_kv(
+            PartitionId(9),
+            view,
+            sessions,
+            last_expiry,
+            cap,
+            &mut HashSet::new(),
+            cmd,
+            &mut batch,
+        )
+        .unwrap();
+        batch
+    }
+
+    fn sorted(sessions: &HashMap<ClientId, Session>) -> Vec<ClientId> {
+        let mut ids: Vec<ClientId> = sessions.keys().copied().collect();
+        ids.sort();
+        ids
     }
 
     /// A partition holding the most sessions it keeps forgets the longest-idle tenth when a
@@ -1126,28 +1173,21 @@ mod tests {
     /// kept.
     #[test]
     fn a_full_partition_forgets_its_idlest_sessions() {
-        let group = PartitionId(9);
-        let view = view();
-        // Client c last wrote at c ms: clients 0.. are the idlest.
-        let mut sessions: HashMap<ClientId, Session> = (0..MAX_SESSIONS as u64)
-            .map(|c| (ClientId(c), session(c)))
-            .collect();
-        let now = MAX_SESSIONS as u64;
-        // The TTL's expiry ran a moment ago (it runs once a minute): only the cap forgets.
-        let (mut last_expiry, mut dirty, mut batch) = (now, HashSet::new(), WriteBatch::new());
-        let newcomer = put(u64::MAX, 1, now);
-        GroupStateMachine::apply_kv(
-            group,
-            &view,
+        let (view, cap) = (view(), 1000);
+        // Client c last wrote at c ms: clients 0.. are the idlest; none is past the TTL.
+        let mut sessions: HashMap<ClientId, Session> =
+            (0..cap as u64).map(|c| (ClientId(c), session(c))).collect();
+        let now = cap as u64;
+        let mut last_expiry = now;
+        let batch = apply(
             &mut sessions,
             &mut last_expiry,
-            &mut dirty,
-            &newcomer,
-            &mut batch,
-        )
-        .unwrap();
-        let forgotten = MAX_SESSIONS / 10;
-        assert_eq!(sessions.len(), MAX_SESSIONS - forgotten + 1);
+            cap,
+            &view,
+            &put(u64::MAX, 1, now),
+        );
+        let forgotten = cap / 10;
+        assert_eq!(sessions.len(), cap - forgotten + 1);
         assert!(sessions.contains_key(&ClientId(u64::MAX)));
         assert!(!sessions.contains_key(&ClientId(forgotten as u64 - 1)));
         assert!(sessions.contains_key(&ClientId(forgotten as u64)));
@@ -1160,34 +1200,93 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted.len(), forgotten);
-        assert!(deleted.contains(&keys::group_session(group, ClientId(0))));
-        assert!(!deleted.contains(&keys::group_session(group, ClientId(forgotten as u64))));
+        assert!(deleted.contains(&keys::group_session(PartitionId(9), ClientId(0))));
+        assert!(!deleted.contains(&keys::group_session(
+            PartitionId(9),
+            ClientId(forgotten as u64)
+        )));
 
-        // A retry of a kept session's write is still a duplicate: nothing is written.
-        let mut batch = WriteBatch::new();
-        let retry = put(MAX_SESSIONS as u64 - 1, 1, now + 1);
-        GroupStateMachine::apply_kv(
-            group,
-            &view,
+        // A retry of the newcomer's write is still a duplicate: nothing is written.
+        let retry = apply(
             &mut sessions,
             &mut last_expiry,
-            &mut dirty,
-            &retry,
-            &mut batch,
-        )
-        .unwrap();
-        assert!(batch.ops.is_empty(), "a kept session's retry applied again");
+            cap,
+            &view,
+            &put(u64::MAX, 1, now + 1),
+        );
+        assert!(retry.ops.is_empty(), "a kept session's retry applied again");
         assert_eq!(view.duplicates(), 1);
     }
 
-    /// Every replica forgets the same sessions, whatever order its map holds them in, even
-    /// when many share their last write time (a batch's writes do).
+    /// Two replicas, one of which has swept its sessions past the TTL and one of which has
+    /// not yet (sweeps run on each replica's own clock), decide alike: a retry of an expired
+    /// session's write applies on both, and the cap forgets the same sessions on both.
+    #[test]
+    fn replicas_that_swept_apart_decide_alike() {
+        let cap = 1000;
+        let now = SESSION_TTL_MS + 10_000;
+        // 989 live sessions on both; ten past the TTL left only on `a`.
+        let live: HashMap<ClientId, Session> = (0..989u64)
+            .map(|c| (ClientId(c), session(now - 5_000 + c)))
+            .collect();
+        let mut a = live.clone();
+        for c in 0..10u64 {
+            let mut s = session(0);
+            s.applied.insert(1);
+            a.insert(ClientId(1_000_000 + c), s);
+        }
+        let mut b = live;
+        let (view_a, view_b) = (view(), view());
+        // Neither sweeps on its clock during the test.
+        let (mut exp_a, mut exp_b) = (now, now);
+        let live_ids = |m: &HashMap<ClientId, Session>, at: u64| {
+            let mut ids: Vec<ClientId> = m
+                .iter()
+                .filter(|(_, s)| at - s.last_write_ms < SESSION_TTL_MS)
+                .map(|(c, _)| *c)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let mut both = |cmd: KvCommand| {
+            let wa = apply(&mut a, &mut exp_a, cap, &view_a, &cmd);
+            let wb = apply(&mut b, &mut exp_b, cap, &view_b, &cmd);
+            let puts = |w: &WriteBatch| w.ops.iter().any(|op| matches!(op, Op::Put(..)));
+            assert!(puts(&wb), "{cmd:?} was not applied");
+            assert!(
+                puts(&wa),
+                "a replica that had not swept took {cmd:?} for a retry"
+            );
+            let at = cmd.proposed_at_ms;
+            assert_eq!(live_ids(&a, at), live_ids(&b, at), "after {cmd:?}");
+            b.len()
+        };
+        // A retry, 10 minutes on, of a write whose session expired.
+        both(put(1_000_000, 1, now));
+        // New clients: both reach 1,000 live sessions at the same write and forget alike.
+        let sizes: Vec<usize> = (0..20)
+            .map(|i| both(put(2_000_000 + i, 1, now + 1 + i)))
+            .collect();
+        assert!(sizes.iter().all(|&n| n <= cap), "{sizes:?}");
+        assert!(
+            sizes.contains(&(cap - cap / 10 + 1)),
+            "nothing forgotten: {sizes:?}"
+        );
+        assert_eq!(view_a.duplicates(), 0);
+    }
+
+    /// Every replica forgets the same sessions, whatever order its map iterates them in
+    /// (each map has its own random seed), even when many share their last write time (a
+    /// batch's writes do).
     #[test]
     fn replicas_forget_the_same_sessions() {
-        let order_a: Vec<u64> = (0..1000).collect();
-        let order_b: Vec<u64> = (0..1000).rev().collect();
-        let kept = |order: &[u64]| {
-            let mut sessions: HashMap<ClientId, Session> = order
+        let kept = |seed_order: bool| {
+            let ids: Vec<u64> = if seed_order {
+                (0..1000).collect()
+            } else {
+                (0..1000).rev().collect()
+            };
+            let mut sessions: HashMap<ClientId, Session> = ids
                 .iter()
                 .map(|&c| (ClientId(c * 7919 % 1000), session(c / 100)))
                 .collect();
@@ -1197,12 +1296,10 @@ mod tests {
                 450,
                 &mut WriteBatch::new(),
             );
-            let mut kept: Vec<ClientId> = sessions.into_keys().collect();
-            kept.sort();
-            kept
+            sorted(&sessions)
         };
-        let a = kept(&order_a);
+        let a = kept(true);
         assert_eq!(a.len(), 450);
-        assert_eq!(a, kept(&order_b));
+        assert_eq!(a, kept(false));
     }
 }
