@@ -179,6 +179,31 @@ struct Waiting {
     calls: BTreeMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>,
 }
 
+/// The frames of `rx` whose call still waits for an answer. A frame whose call gave up (timed
+/// out while the peer held the stream back) is not sent: nobody waits for its answer, and it
+/// would only queue up here.
+fn waited_for(
+    rx: tokio::sync::mpsc::UnboundedReceiver<RaftFrame>,
+    waiting: Arc<Mutex<Waiting>>,
+) -> impl futures::Stream<Item = RaftFrame> + Send + 'static {
+    futures::stream::unfold(rx, move |mut rx| {
+        let waiting = waiting.clone();
+        async move {
+            loop {
+                let f = rx.recv().await?;
+                let waited = waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .calls
+                    .contains_key(&f.id);
+                if waited {
+                    return Some((f, rx));
+                }
+            }
+        }
+    })
+}
+
 /// One open `RaftStream` to a peer: frames go out through `tx`, and a reader task hands
 /// each answer to the call waiting for its id.
 struct RaftStream {
@@ -340,12 +365,8 @@ impl PeerNetwork {
             p.streams.insert(node, (addr.clone(), stream.clone()));
         }
         let peers = self.peers.clone();
+        let frames = waited_for(rx, waiting.clone());
         tokio::spawn(async move {
-            let frames =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-                );
             let why = match client.raft_stream(frames).await {
                 Err(s) if s.code() == tonic::Code::Unimplemented => {
                     peers
@@ -714,6 +735,27 @@ mod tests {
             waiting: waiting.clone(),
         };
         (s, rx, waiting)
+    }
+
+    /// Frames of calls that gave up before their frame went out are not sent; the others
+    /// are, in order.
+    #[tokio::test]
+    async fn frames_of_calls_that_gave_up_are_not_sent() {
+        use futures::StreamExt;
+        let (s, rx, waiting) = stream();
+        let slow = s.call(b"first".to_vec(), Duration::from_millis(1));
+        assert!(matches!(slow.await, Err(CallError::TimedOut(_))));
+        let (waits, _answered) = tokio::sync::oneshot::channel();
+        waiting.lock().unwrap().calls.insert(7, waits);
+        s.tx.send(RaftFrame {
+            id: 7,
+            payload: b"second".to_vec(),
+            error: String::new(),
+        })
+        .unwrap();
+        drop(s);
+        let sent: Vec<Vec<u8>> = waited_for(rx, waiting).map(|f| f.payload).collect().await;
+        assert_eq!(sent, vec![b"second".to_vec()]);
     }
 
     fn answer(waiting: &Mutex<Waiting>, id: u64, r: Result<Vec<u8>, String>) {

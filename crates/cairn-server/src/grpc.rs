@@ -808,8 +808,14 @@ async fn handle_raft(node: &Node, rpc: RaftRpc) -> Result<Vec<u8>, Status> {
 /// Frames one Raft stream may hold at a node, being handled or answered but not yet sent
 /// back. Past it the node reads no more of the stream, so HTTP/2's flow control holds back a
 /// peer that sends faster than the node answers, or reads no answers, instead of the node's
-/// memory growing. Far above what replication keeps in flight between two nodes.
+/// memory growing. Replication keeps a few appends in flight per group, so a node reaches
+/// it only when it stalls (a slow disk) with hundreds of groups led by one peer; the peer's
+/// other calls go on (see `CONNECTION_WINDOW`).
 const STREAM_FRAMES_IN_FLIGHT: usize = 1024;
+
+/// Bytes a connection may carry that the node has not read yet, over all its streams:
+/// sixteen streams' windows.
+const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Answers of one `RaftStream`, in the order they are ready.
 type RaftFrames =
@@ -964,6 +970,11 @@ pub(crate) async fn serve(
         // CreateTable of a thousand partitions); at h2's default of 20 pending resets the
         // whole connection, and every Raft message on it, would be closed.
         .http2_max_pending_accept_reset_streams(Some(1024))
+        // Each stream may hold 1 MiB unread (h2's stream window). With a connection window of
+        // the same size, one stream the node stops reading (a Raft stream held back, see
+        // `STREAM_FRAMES_IN_FLIGHT`) would stall every other call on that connection: the
+        // peer's pings, snapshot chunks and forwarded requests.
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         // A client that vanished without closing (its machine lost, a half-open socket)
         // would keep its connection and socket for good: ping every connection and close
         // it when no answer comes. A live peer or client answers from its h2 layer.

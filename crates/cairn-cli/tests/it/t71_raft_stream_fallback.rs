@@ -80,7 +80,7 @@ async fn t71_a_stream_whose_answers_are_not_read_is_held_back() {
         .await
         .unwrap();
     let (mut tx, rx) = futures::channel::mpsc::channel::<RaftFrame>(1);
-    let mut answers = InternalClient::new(channel)
+    let mut answers = InternalClient::new(channel.clone())
         .raft_stream(rx)
         .await
         .unwrap()
@@ -108,6 +108,16 @@ async fn t71_a_stream_whose_answers_are_not_read_is_held_back() {
         "the node read all {sent} frames of a stream whose answers nobody read"
     );
     assert!(sent >= 1024, "held back after only {sent} frames");
+    // The peer's other calls on the same connection still go through.
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        InternalClient::new(channel.clone()).meta(cairn_proto::v1::Envelope::default()),
+    )
+    .await;
+    assert!(
+        other.is_ok(),
+        "a call on the held stream's connection got no answer in 10 s"
+    );
 
     // The frame whose send timed out may have gone too. Ending the stream ends the answers
     // once every frame read is answered.
