@@ -351,21 +351,11 @@ pub fn accept(listener: TcpListener, config: Live<ServerConfig>) -> mpsc::Receiv
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
+            let (tcp, remote) = tokio::select! {
+                a = crate::net::accept_tcp(&listener) => a,
                 // The server stopped: close the port.
                 () = tx.closed() => return,
             };
-            let (tcp, remote) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -82,19 +82,10 @@ impl Incoming {
     /// The next connection (none: no more will come).
     async fn next(&mut self) -> Option<(Io, HttpPeer)> {
         match self {
-            Incoming::Plain(listener) => loop {
-                match listener.accept().await {
-                    Ok((tcp, _)) => {
-                        let _ = tcp.set_nodelay(true);
-                        return Some((Io::Plain(tcp), HttpPeer::default()));
-                    }
-                    Err(e) => {
-                        // Out of descriptors and the like: back off rather than spin.
-                        tracing::warn!("HTTP accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            },
+            Incoming::Plain(listener) => {
+                let (tcp, _) = cairn_proto::net::accept_tcp(listener).await;
+                Some((Io::Plain(tcp), HttpPeer::default()))
+            }
             Incoming::Tls(accepted) => accepted.recv().await.map(|h| {
                 let peer = HttpPeer {
                     certificate: h.peer,
@@ -187,8 +178,9 @@ impl Connection {
 }
 
 /// A request body that fails once its client has sent nothing of it for `idle` while the
-/// handler waits for more (hyper sets no timer on bodies). The clock runs only while the
-/// body is awaited, so a handler that reads it late is not cut short.
+/// handler waits for more (hyper sets no timer on bodies). The clock starts when the handler
+/// first waits for a piece, so one that reads the body late is not cut short, and starts
+/// again with each piece.
 struct IdleBody<B> {
     inner: B,
     idle: Duration,
