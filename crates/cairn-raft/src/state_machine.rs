@@ -57,6 +57,13 @@ struct Session {
     last_write_ms: u64,
 }
 
+impl Session {
+    /// Whether the session is still kept at `now_ms` of group time: written within the TTL.
+    fn live_at(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_write_ms) < SESSION_TTL_MS
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<typ::LogId>,
@@ -379,8 +386,9 @@ impl GroupStateMachine {
             // opens), so what it decides must not depend on it, or replicas would disagree
             // about a retry: a session past the TTL counts as gone, swept or not, and the
             // cap counts only sessions within it, which every replica holds alike.
-            let live = |s: &Session| now.saturating_sub(s.last_write_ms) < SESSION_TTL_MS;
-            if sessions.len() >= max_sessions && !sessions.get(&rid.client).is_some_and(live) {
+            if sessions.len() >= max_sessions
+                && !sessions.get(&rid.client).is_some_and(|s| s.live_at(now))
+            {
                 *last_expiry_ms = now;
                 Self::expire_sessions(group, sessions, now, batch);
                 if sessions.len() >= max_sessions {
@@ -388,7 +396,7 @@ impl GroupStateMachine {
                 }
             }
             let s = sessions.entry(rid.client).or_default();
-            if !live(s) {
+            if !s.live_at(now) {
                 *s = Session::default();
             }
             if rid.seq < s.first_incomplete || s.applied.contains(&rid.seq) {
@@ -538,7 +546,7 @@ impl GroupStateMachine {
         batch: &mut WriteBatch,
     ) {
         sessions.retain(|client, s| {
-            let keep = now_ms.saturating_sub(s.last_write_ms) < SESSION_TTL_MS;
+            let keep = s.live_at(now_ms);
             if !keep {
                 batch.delete(Space::Data, keys::group_session(group, *client));
             }
@@ -1242,7 +1250,7 @@ mod tests {
         let live_ids = |m: &HashMap<ClientId, Session>, at: u64| {
             let mut ids: Vec<ClientId> = m
                 .iter()
-                .filter(|(_, s)| at - s.last_write_ms < SESSION_TTL_MS)
+                .filter(|(_, s)| s.live_at(at))
                 .map(|(c, _)| *c)
                 .collect();
             ids.sort();
