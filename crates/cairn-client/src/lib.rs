@@ -242,6 +242,21 @@ pub struct ListPage {
     pub cursor: Option<Vec<u8>>,
 }
 
+/// One page of [`Client::export`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportPage {
+    /// Keys in byte order, all from one partition.
+    pub keys: Vec<Vec<u8>>,
+    /// Their values.
+    pub values: Vec<Vec<u8>>,
+    /// Pass to the next call to continue; `None` after the table's last page.
+    pub cursor: Option<Vec<u8>>,
+    /// The cursor that reads this page's partition again from its start, in a new view.
+    pub restart: Vec<u8>,
+    /// The partition the rows came from.
+    pub partition: u64,
+}
+
 /// Engine key counts of one table on one node (see [`Client::engine_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -837,6 +852,32 @@ impl Client {
             keys: resp.keys,
             values: resp.values,
             cursor: resp.has_more.then_some(resp.cursor),
+        })
+    }
+
+    /// A page of a backup of `table` from `cursor` (empty: its start), of about
+    /// `max_bytes` of keys and values (0: 4 MiB). Each partition is read from one view, as
+    /// of one moment. A `NotFound` error means that view is gone: drop the partition's rows
+    /// read so far and go on from the last page's `restart`.
+    pub async fn export(&self, table: &str, cursor: &[u8], max_bytes: u32) -> Result<ExportPage> {
+        let resp = self
+            .retry(|ch, left| {
+                let r = pb::ExportRequest {
+                    table: table.to_string(),
+                    cursor: cursor.to_vec(),
+                    max_bytes,
+                    timeout_ms: left.as_millis() as u64,
+                };
+                async move { Self::kv(ch).export(r).await }
+            })
+            .await?
+            .into_inner();
+        Ok(ExportPage {
+            keys: resp.keys,
+            values: resp.values,
+            cursor: (!resp.done).then_some(resp.cursor),
+            restart: resp.restart,
+            partition: resp.partition,
         })
     }
 

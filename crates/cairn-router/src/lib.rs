@@ -8,10 +8,12 @@
 //! was stale: replicas check the epoch and range of every request.
 
 mod cache;
+mod export;
 mod messages;
 mod router;
 
 pub use cache::{RouteCache, TableRoute};
+pub use export::{ExportCursor, ExportPage};
 pub use messages::{
     ControllerStatus, Credential, DecisionRecord, Diagnostic, Heartbeat, MetaReply, MetaRequest,
     NodeStatus, PartitionOp, PartitionReply, PartitionRequest, hosted_digest,

@@ -344,6 +344,18 @@ pub enum PartitionOp {
     },
     /// Who leads the partition, as this replica knows.
     Leader,
+    /// A page of a backup: on the leader with `view` 0, opens a point-in-time view of the
+    /// partition after a read barrier; with a view this node holds, reads on in it. Rows
+    /// with keys from `from`, ending after the row that brings their bytes to `max_bytes`.
+    /// (Last, so that older nodes still decode every other operation.)
+    Export {
+        /// The view to read on in; 0 opens one.
+        view: u64,
+        /// Inclusive start, within the partition.
+        from: Vec<u8>,
+        /// Bytes of keys and values after which the page ends.
+        max_bytes: u64,
+    },
 }
 
 /// Answers of a partition replica.
@@ -366,6 +378,18 @@ pub enum PartitionReply {
     Split(PartitionDesc, PartitionDesc),
     /// A partition's descriptor as its leader applied it.
     Desc(PartitionDesc),
+    /// A page of a backup.
+    Export {
+        /// The view the rows were read from (to pass on for the next page).
+        view: u64,
+        /// The rows, values included.
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Where the next page of this view starts; `None`: the partition is done (and the
+        /// view dropped).
+        next: Option<Vec<u8>>,
+        /// The partition's range as the view holds it.
+        range: cairn_types::KeyRange,
+    },
 }
 
 /// One decision of the controller and how acting on it went.

@@ -36,7 +36,7 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 /// A combinator, not an `async fn` or block: those keep `f` twice in their state (as an
 /// argument or capture, and again as the future awaited), and every request's future holds
 /// this one.
-fn bounded<T>(
+pub(crate) fn bounded<T>(
     deadline: Instant,
     f: impl Future<Output = Result<T>>,
 ) -> impl Future<Output = Result<T>> {

@@ -227,6 +227,8 @@ pub(crate) struct Core {
     pub(crate) walked: Mutex<Option<crate::supervisor::Walked>>,
     /// Retried writes recognised by replicas since destroyed here.
     pub(crate) retired_duplicates: std::sync::atomic::AtomicU64,
+    /// Point-in-time views held for backups in progress.
+    pub(crate) exports: crate::export::Exports,
 }
 
 /// Why a node stops when `group`'s Raft stopped on `error`, and what the operator checks.
@@ -840,7 +842,11 @@ impl Core {
         }
     }
 
-    async fn read_barrier(&self, replica: &Replica, partition: PartitionId) -> Result<()> {
+    pub(crate) async fn read_barrier(
+        &self,
+        replica: &Replica,
+        partition: PartitionId,
+    ) -> Result<()> {
         let raft = replica.raft.clone();
         replica
             .reads
@@ -997,6 +1003,16 @@ impl Core {
             Box::pin(self.open_replica(desc, members, *bootstrap, *replica)).await?;
             return Ok(PartitionReply::Done);
         }
+        // A backup page of a view held here is read whatever became of the replica since.
+        if let PartitionOp::Export {
+            view,
+            from,
+            max_bytes,
+        } = &req.op
+            && *view != 0
+        {
+            return self.continue_export(req.partition, *view, from, *max_bytes);
+        }
         let PartitionRequest {
             partition,
             epoch,
@@ -1102,6 +1118,16 @@ impl Core {
             }
             PartitionOp::RemoveLearner { replica: rid } => {
                 Box::pin(self.remove_learner(&replica, rid)).await
+            }
+            PartitionOp::Export {
+                view,
+                from,
+                max_bytes,
+            } => {
+                if view != 0 {
+                    return self.continue_export(partition, view, &from, max_bytes);
+                }
+                Box::pin(self.open_export(&replica, partition, epoch, table, from, max_bytes)).await
             }
         }
     }

@@ -508,6 +508,39 @@ impl kv_server::Kv for Kv {
         });
         self.done("list", started, res)
     }
+
+    async fn export(
+        &self,
+        req: Request<pb::ExportRequest>,
+    ) -> Result<Response<pb::ExportResponse>, Status> {
+        allow(&self.0, &req, Access::Read(&req.get_ref().table)).await?;
+        let started = std::time::Instant::now();
+        let r = req.into_inner();
+        let max_bytes = match r.max_bytes {
+            0 => cairn_router::LIST_PAGE_BYTES,
+            n => u64::from(n),
+        };
+        let res = match cairn_router::ExportCursor::decode(&r.cursor) {
+            Ok(at) => {
+                self.0
+                    .export(&r.table, at, max_bytes, deadline(r.timeout_ms))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let res = res.map(|page| {
+            let (keys, values): (Vec<_>, Vec<_>) = page.rows.into_iter().unzip();
+            pb::ExportResponse {
+                keys,
+                values,
+                done: page.next.is_none(),
+                cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
+                restart: page.restart.encode(),
+                partition: page.partition.0,
+            }
+        });
+        self.done("export", started, res)
+    }
 }
 
 #[tonic::async_trait]

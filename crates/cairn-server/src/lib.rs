@@ -27,6 +27,7 @@ mod config;
 mod controller;
 mod core;
 mod disk;
+mod export;
 mod grpc;
 mod heartbeat;
 mod http;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Client operations, the label values of `op`.
-const OPS: [&str; 8] = [
+const OPS: [&str; 9] = [
     "put",
     "get",
     "delete",
@@ -26,6 +26,7 @@ const OPS: [&str; 8] = [
     "drop_table",
     "list_tables",
     "describe_table",
+    "export",
 ];
 
 /// Upper bounds of the request latency buckets, in seconds.
@@ -89,6 +90,8 @@ pub(crate) struct Gauges {
     pub(crate) engine_disk_bytes: Option<u64>,
     /// Entries held in the Raft logs of the hosted partition replicas.
     pub(crate) raft_log_entries: u64,
+    /// Point-in-time views held for backups in progress.
+    pub(crate) backup_views: usize,
     /// Led groups ticking (busy) at the supervisor's last pass; the rest are quiescent.
     pub(crate) groups_ticking: u64,
     /// Campaigns the supervisor started since the node started.
@@ -491,6 +494,13 @@ fn encode_gauges(e: &mut DescriptorEncoder, g: &Gauges) -> Result<(), std::fmt::
     )?;
     gauge(
         e,
+        "backup_views",
+        "Point-in-time partition views held for backups in progress (each keeps old versions on disk)",
+        None,
+        n(g.backup_views as u64),
+    )?;
+    gauge(
+        e,
         "raft_groups_ticking",
         "Led partition groups that are busy and heartbeat; idle ones send nothing",
         None,
@@ -633,6 +643,7 @@ mod tests {
             disk_full_refusals: 3,
             engine_disk_bytes: Some(5000),
             raft_log_entries: 1234,
+            backup_views: 2,
             leader_changes: 6,
             top: vec![PartitionGauges {
                 table: "t".into(),
@@ -700,6 +711,7 @@ mod tests {
         assert_eq!(at(r#"cairn_disk_full_refusals_total{node="1"}"#), 3.0);
         assert_eq!(at(r#"cairn_engine_disk_bytes{node="1"}"#), 5000.0);
         assert_eq!(at(r#"cairn_raft_log_entries{node="1"}"#), 1234.0);
+        assert_eq!(at(r#"cairn_backup_views{node="1"}"#), 2.0);
         assert_eq!(at(r#"cairn_raft_leader_changes_total{node="1"}"#), 6.0);
         assert_eq!(at(r#"cairn_metadata_leader{node="1"}"#), 1.0);
         assert_eq!(

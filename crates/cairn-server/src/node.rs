@@ -441,6 +441,7 @@ impl Node {
             transfers: Default::default(),
             walked: Default::default(),
             retired_duplicates: Default::default(),
+            exports: Default::default(),
         });
         core.disk.check(cfg.id.0);
         core.reopen_recorded().await?;
@@ -745,6 +746,7 @@ impl Node {
             disk_full_refusals: self.core.disk.refused(),
             engine_disk_bytes: self.core.engine.disk_bytes(),
             raft_log_entries,
+            backup_views: self.core.exports.held(),
             groups_ticking: health.ticking.load(Ordering::Relaxed),
             campaigns: health.campaigns.load(Ordering::Relaxed),
             elections: health.elections.load(Ordering::Relaxed),
@@ -1134,6 +1136,17 @@ impl Node {
         self.router
             .list(table, start, end, limit, values, stale, deadline)
             .await
+    }
+
+    /// A page of a backup of `table` from `at` (see [`cairn_router::ExportCursor`]).
+    pub async fn export(
+        &self,
+        table: &str,
+        at: cairn_router::ExportCursor,
+        max_bytes: u64,
+        deadline: Instant,
+    ) -> Result<cairn_router::ExportPage> {
+        self.router.export(table, at, max_bytes, deadline).await
     }
 
     /// What this node's `/health` answers: its status ("serving" or "not serving" with a
