@@ -1,5 +1,6 @@
 //! `cairn`: the Cairn server, a one-command local cluster, and a command-line client.
 
+mod backup_cmd;
 mod cert_cmd;
 mod chaos;
 mod client_cmds;
@@ -82,6 +83,8 @@ enum Command {
     Cert(cert_cmd::CertArgs),
     /// Add, list and remove the users of a secure cluster (admin only).
     User(client_cmds::UserArgs),
+    /// Save tables to a file, check one, and restore its tables (`cairn backup save FILE`).
+    Backup(backup_cmd::BackupArgs),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
             Command::Gen(a) => gen_cmd::run(a, &conn).await,
             Command::Admin(a) => client_cmds::admin(a, conn).await,
             Command::User(a) => client_cmds::user(a, conn).await,
+            Command::Backup(a) => backup_cmd::run(a, conn).await,
             Command::Debug(a) => debug_cmd::run(a, &conn).await,
             Command::Health(a) => health_cmd::run(a, &conn).await,
             Command::Bench(a) => {

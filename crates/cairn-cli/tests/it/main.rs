@@ -29,6 +29,7 @@ mod t72_health_checks;
 mod t73_log_purge;
 mod t74_log_bytes;
 mod t75_silent_connections;
+mod t76_backup;
 mod t80_pause;
 mod t85_split;
 mod t87_moves;

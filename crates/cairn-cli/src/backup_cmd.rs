@@ -1,0 +1,567 @@
+//! `cairn backup`: save tables to a file, check a file, restore its tables.
+//!
+//! A backup is a text file of JSON lines: a header, then for each table a line with its
+//! name, replication and partition boundaries, its rows as `[key, value]` in base64 and in
+//! key order, and a line counting them; last, a line with the SHA-256 of everything before
+//! it. A file without that last line, or whose checksum does not match, is refused whole.
+//! Each partition is read from one point-in-time view on its leader (`Client::export`),
+//! so it is copied as of one moment; the partitions of a table are read one after another.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use cairn_client::Client;
+use cairn_types::ErrorCode;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::client_cmds::Conn;
+
+/// The format version this build writes and reads.
+const VERSION: u32 = 1;
+/// Times a partition is read again from a new view (its view gone) before the backup fails.
+const MAX_RESTARTS: u32 = 5;
+/// Writes a restore keeps in flight.
+const RESTORE_IN_FLIGHT: usize = 64;
+/// How often a long backup or restore says how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// `cairn backup …`.
+#[derive(Args, Debug)]
+pub(crate) struct BackupArgs {
+    #[command(subcommand)]
+    cmd: BackupCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// Save tables to FILE, each partition as of one moment (see the README's "Backups").
+    Save {
+        /// The file to write; it must not exist.
+        file: PathBuf,
+        /// Save only this table (repeat for several; default: every table).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+    /// Check FILE whole (format and checksum) and say what it holds.
+    Inspect {
+        /// A file written by `cairn backup save`.
+        file: PathBuf,
+    },
+    /// Create the tables saved in FILE, with their partitions, and write their keys. A
+    /// table that exists in the cluster is refused before anything is written.
+    Restore {
+        /// A file written by `cairn backup save`.
+        file: PathBuf,
+        /// Restore only this table (repeat for several; default: every table in FILE).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+}
+
+/// One line of a backup file: a row, or one of the other lines.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    /// A key and its value, in base64.
+    Row(String, String),
+    /// Anything else.
+    Meta(Meta),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Meta {
+    /// The first line.
+    CairnBackup(Header),
+    /// A table's rows follow.
+    Table(TableHead),
+    /// A table's rows have ended.
+    TableEnd(TableEnd),
+    /// The last line.
+    End(End),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    version: u32,
+    created_unix_ms: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct TableHead {
+    name: String,
+    replication: u32,
+    /// Partition boundaries (the start keys of all partitions but the first), in base64.
+    splits: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TableEnd {
+    name: String,
+    keys: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct End {
+    tables: u64,
+    keys: u64,
+    /// SHA-256 of every byte before this line, in hex.
+    sha256: String,
+}
+
+/// Runs `cairn backup …`.
+pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
+    match a.cmd {
+        BackupCmd::Save { file, tables } => save(&conn.client()?, &file, &tables).await?,
+        BackupCmd::Inspect { file } => {
+            let s = check(&file)?;
+            println!(
+                "{}: a Cairn backup of {} table(s) and {} key(s), taken at {} ms after the Unix epoch; its checksum matches",
+                file.display(),
+                s.tables.len(),
+                s.keys,
+                s.created_unix_ms
+            );
+            println!(
+                "{:<32} {:>12} {:>11} {:>12}",
+                "TABLE", "KEYS", "PARTITIONS", "REPLICATION"
+            );
+            for (t, keys) in &s.tables {
+                println!(
+                    "{:<32} {:>12} {:>11} {:>12}",
+                    t.name,
+                    keys,
+                    t.splits.len() + 1,
+                    t.replication
+                );
+            }
+        }
+        BackupCmd::Restore { file, tables } => restore(&conn.client()?, &file, &tables).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A backup file being written, counting its bytes so that a partition can be cut off.
+struct Writer {
+    out: std::io::BufWriter<std::fs::File>,
+    written: u64,
+}
+
+impl Writer {
+    fn line(&mut self, line: &Line) -> anyhow::Result<()> {
+        let mut b = serde_json::to_vec(line)?;
+        b.push(b'\n');
+        self.out.write_all(&b)?;
+        self.written += b.len() as u64;
+        Ok(())
+    }
+
+    /// Drops everything written after byte `at`.
+    fn cut(&mut self, at: u64) -> anyhow::Result<()> {
+        self.out.flush()?;
+        let f = self.out.get_mut();
+        f.set_len(at)?;
+        f.seek(SeekFrom::Start(at))?;
+        self.written = at;
+        Ok(())
+    }
+}
+
+async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<()> {
+    if file.exists() {
+        bail!(
+            "{} exists; pick another name (a backup never overwrites a file)",
+            file.display()
+        );
+    }
+    let all = client
+        .list_tables()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the tables: {e}"))?;
+    for name in only {
+        if !all.iter().any(|t| &t.name == name) {
+            bail!("the cluster has no table {name:?} (`cairn table list` shows its tables)");
+        }
+    }
+    let names: Vec<String> = all
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|n| only.is_empty() || only.contains(n))
+        .collect();
+    let partial = partial_name(file);
+    let out = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut w = Writer {
+        out: std::io::BufWriter::new(out),
+        written: 0,
+    };
+    let result = save_into(client, &mut w, &names).await;
+    let (tables, keys) = match result {
+        Ok(counts) => counts,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    w.out.flush()?;
+    drop(w);
+    let sha256 = hash_file(&partial, None)?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&partial)?;
+    let mut end = serde_json::to_vec(&Line::Meta(Meta::End(End {
+        tables,
+        keys,
+        sha256,
+    })))?;
+    end.push(b'\n');
+    f.write_all(&end)?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", partial.display()))?;
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    }
+    println!(
+        "saved {tables} table(s), {keys} key(s) to {} ({} bytes)",
+        file.display(),
+        std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// Where a backup is written until it is complete.
+fn partial_name(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Writes the header and tables `names`; answers how many tables and keys were saved.
+async fn save_into(
+    client: &Client,
+    w: &mut Writer,
+    names: &[String],
+) -> anyhow::Result<(u64, u64)> {
+    w.line(&Line::Meta(Meta::CairnBackup(Header {
+        version: VERSION,
+        created_unix_ms: unix_ms(),
+    })))?;
+    let mut total = 0u64;
+    let mut tables = 0u64;
+    let mut shown = Instant::now();
+    for name in names {
+        let info = match client.describe_table(name).await {
+            Ok(i) => i,
+            // Dropped since the list: nothing to save.
+            Err(e) if e.code == ErrorCode::TableNotFound => continue,
+            Err(e) => bail!("cannot describe table {name}: {e}"),
+        };
+        let splits = info
+            .partitions
+            .iter()
+            .skip(1)
+            .map(|p| B64.encode(&p.start))
+            .collect();
+        w.line(&Line::Meta(Meta::Table(TableHead {
+            name: name.clone(),
+            replication: info.replication,
+            splits,
+        })))?;
+        let mut keys = 0u64;
+        // Where the current partition's rows begin in the file, and how many keys came before.
+        let (mut mark, mut keys_at_mark) = (w.written, 0u64);
+        let mut partition_restart: Option<Vec<u8>> = None;
+        let mut cursor: Vec<u8> = Vec::new();
+        let mut restarts = 0;
+        loop {
+            let page = match client.export(name, &cursor, 0).await {
+                Ok(p) => p,
+                Err(e) if e.code == ErrorCode::NotFound && restarts < MAX_RESTARTS => {
+                    // The partition's view is gone: read the partition again from a new one.
+                    let Some(restart) = partition_restart.clone() else {
+                        bail!("cannot save table {name}: {e}");
+                    };
+                    restarts += 1;
+                    eprintln!("backup: {name}: {e}; reading that partition again");
+                    w.cut(mark)?;
+                    keys = keys_at_mark;
+                    cursor = restart;
+                    continue;
+                }
+                Err(e) if e.code == ErrorCode::TableNotFound => {
+                    bail!("table {name} was dropped during the backup")
+                }
+                Err(e) => bail!("cannot save table {name} after {keys} key(s): {e}"),
+            };
+            if partition_restart.as_ref() != Some(&page.restart) {
+                // The first page of the next partition.
+                mark = w.written;
+                keys_at_mark = keys;
+                partition_restart = Some(page.restart.clone());
+            }
+            for (k, v) in page.keys.iter().zip(&page.values) {
+                w.line(&Line::Row(B64.encode(k), B64.encode(v)))?;
+            }
+            keys += page.keys.len() as u64;
+            if shown.elapsed() >= PROGRESS_EVERY {
+                eprintln!(
+                    "backup: {name}: {keys} key(s) so far, {} bytes written",
+                    w.written
+                );
+                shown = Instant::now();
+            }
+            match page.cursor {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        w.line(&Line::Meta(Meta::TableEnd(TableEnd {
+            name: name.clone(),
+            keys,
+        })))?;
+        total += keys;
+        tables += 1;
+    }
+    Ok((tables, total))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The SHA-256 in hex of `file`'s first `len` bytes (all of it with `None`).
+fn hash_file(file: &Path, len: Option<u64>) -> anyhow::Result<String> {
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut r = BufReader::new(f).take(len.unwrap_or(u64::MAX));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a checked backup file holds.
+struct Summary {
+    created_unix_ms: u64,
+    /// Its tables, with their key counts.
+    tables: Vec<(TableHead, u64)>,
+    keys: u64,
+}
+
+/// Reads `file` whole and checks it: the header first, every line well formed, each
+/// table's key count, and the last line's checksum.
+fn check(file: &Path) -> anyhow::Result<Summary> {
+    let shown = file.display();
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {shown}"))?;
+    let mut r = BufReader::new(f);
+    let mut line = String::new();
+    let mut h = Sha256::new();
+    let mut at = 0u64;
+    let mut summary: Option<Summary> = None;
+    let mut table: Option<(TableHead, u64)> = None;
+    loop {
+        line.clear();
+        let n = r
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read {shown}"))?;
+        if n == 0 {
+            bail!(
+                "{shown} ends before its last line: the backup was cut short (copy it again, or take a new one)"
+            );
+        }
+        at += 1;
+        let parsed: Line = serde_json::from_str(line.trim_end())
+            .with_context(|| format!("{shown} line {at} is damaged: not a backup line"))?;
+        match (parsed, &mut summary, &mut table) {
+            (Line::Meta(Meta::CairnBackup(head)), None, _) => {
+                if head.version > VERSION {
+                    bail!(
+                        "{shown} is of backup format {}, newer than this cairn reads ({VERSION}); restore it with a newer cairn",
+                        head.version
+                    );
+                }
+                summary = Some(Summary {
+                    created_unix_ms: head.created_unix_ms,
+                    tables: Vec::new(),
+                    keys: 0,
+                });
+            }
+            (_, None, _) => {
+                bail!("{shown} is not a Cairn backup (its first line is not a backup header)")
+            }
+            (Line::Meta(Meta::Table(t)), Some(_), None) => {
+                for s in &t.splits {
+                    B64.decode(s)
+                        .with_context(|| format!("{shown} line {at}: a damaged split key"))?;
+                }
+                table = Some((t, 0));
+            }
+            (Line::Row(k, v), Some(_), Some((_, count))) => {
+                B64.decode(&k)
+                    .and_then(|_| B64.decode(&v))
+                    .with_context(|| format!("{shown} line {at}: a damaged row"))?;
+                *count += 1;
+            }
+            (Line::Meta(Meta::TableEnd(e)), Some(s), Some((t, count))) => {
+                if e.name != t.name || e.keys != *count {
+                    bail!(
+                        "{shown} line {at}: table {} should hold {} key(s) and holds {count}; the file is damaged",
+                        e.name,
+                        e.keys
+                    );
+                }
+                s.keys += *count;
+                s.tables.push((t.clone(), *count));
+                table = None;
+            }
+            (Line::Meta(Meta::End(end)), Some(s), None) => {
+                let sha = hex(&h.finalize());
+                if sha != end.sha256 {
+                    bail!(
+                        "{shown} is damaged: its checksum is {sha}, and {} was recorded",
+                        end.sha256
+                    );
+                }
+                if end.tables != s.tables.len() as u64 || end.keys != s.keys {
+                    bail!("{shown} is damaged: its last line's counts do not match its tables");
+                }
+                let mut rest = [0u8; 1];
+                if r.read(&mut rest)? != 0 {
+                    bail!("{shown} has bytes after its last line; the file is damaged");
+                }
+                return summary.context("no header");
+            }
+            _ => bail!("{shown} line {at} is out of place; the file is damaged"),
+        }
+        h.update(line.as_bytes());
+    }
+}
+
+async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<()> {
+    let summary = check(file)?;
+    for name in only {
+        if !summary.tables.iter().any(|(t, _)| &t.name == name) {
+            bail!(
+                "{} holds no table {name:?} (`cairn backup inspect {}` lists its tables)",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    let chosen: Vec<&(TableHead, u64)> = summary
+        .tables
+        .iter()
+        .filter(|(t, _)| only.is_empty() || only.contains(&t.name))
+        .collect();
+    let existing = client
+        .list_tables()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the tables: {e}"))?;
+    for (t, _) in &chosen {
+        if existing.iter().any(|e| e.name == t.name) {
+            bail!(
+                "table {} exists in the cluster; drop it first (`cairn table drop {}`), or restore the other tables with --table NAME for each",
+                t.name,
+                t.name
+            );
+        }
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let lines = BufReader::new(f).lines();
+    let mut current: Option<(String, u64)> = None;
+    let mut done_keys = 0u64;
+    let mut shown = Instant::now();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut restored = 0u64;
+    for line in lines {
+        let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+        match serde_json::from_str::<Line>(&line)? {
+            Line::Meta(Meta::Table(t)) if chosen.iter().any(|(c, _)| c.name == t.name) => {
+                let splits = t
+                    .splits
+                    .iter()
+                    .map(|s| B64.decode(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                client
+                    .create_table(&t.name, t.replication, splits)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot create table {}: {e}", t.name))?;
+                let keys = chosen
+                    .iter()
+                    .find(|(c, _)| c.name == t.name)
+                    .map_or(0, |(_, k)| *k);
+                current = Some((t.name, keys));
+                done_keys = 0;
+            }
+            Line::Meta(Meta::TableEnd(_)) => {
+                while let Some(r) = in_flight.next().await {
+                    put_done(r, &current, done_keys)?;
+                    done_keys += 1;
+                }
+                if let Some((name, keys)) = current.take() {
+                    eprintln!("restore: {name}: {keys} key(s) written");
+                    restored += 1;
+                }
+            }
+            Line::Row(k, v) => {
+                let Some((name, keys)) = &current else {
+                    continue;
+                };
+                let (k, v) = (B64.decode(k)?, B64.decode(v)?);
+                let table = name.clone();
+                in_flight.push(async move { client.put(&table, &k, &v).await });
+                if in_flight.len() >= RESTORE_IN_FLIGHT
+                    && let Some(r) = in_flight.next().await
+                {
+                    put_done(r, &current, done_keys)?;
+                    done_keys += 1;
+                }
+                if shown.elapsed() >= PROGRESS_EVERY {
+                    eprintln!("restore: {name}: {done_keys} of {keys} key(s) written");
+                    shown = Instant::now();
+                }
+            }
+            Line::Meta(_) => {}
+        }
+    }
+    println!(
+        "restored {restored} table(s), {} key(s) from {}",
+        chosen.iter().map(|(_, k)| k).sum::<u64>(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// Fails a restore on a write that failed, saying what state it leaves.
+fn put_done(
+    r: Result<(), cairn_client::Error>,
+    current: &Option<(String, u64)>,
+    done: u64,
+) -> anyhow::Result<()> {
+    r.map_err(|e| {
+        let name = current.as_ref().map_or("?", |(n, _)| n.as_str());
+        anyhow::anyhow!(
+            "the restore stopped in table {name} after {done} key(s): {e}; the table is partly written: drop it (`cairn table drop {name}`) and restore it again (--table {name})"
+        )
+    })
+}
