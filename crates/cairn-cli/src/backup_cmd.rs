@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cairn_client::Client;
+use cairn_client::{Client, ExportPage};
 use cairn_types::ErrorCode;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -213,7 +213,7 @@ async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<(
     };
     w.out.flush()?;
     drop(w);
-    let sha256 = hash_file(&partial, None)?;
+    let sha256 = hash_file(&partial)?;
     let mut f = std::fs::OpenOptions::new().append(true).open(&partial)?;
     let mut end = serde_json::to_vec(&Line::Meta(Meta::End(End {
         tables,
@@ -256,7 +256,6 @@ async fn save_into(
     })))?;
     let mut total = 0u64;
     let mut tables = 0u64;
-    let mut shown = Instant::now();
     for name in names {
         let info = match client.describe_table(name).await {
             Ok(i) => i,
@@ -275,54 +274,10 @@ async fn save_into(
             replication: info.replication,
             splits,
         })))?;
-        let mut keys = 0u64;
-        // Where the current partition's rows begin in the file, and how many keys came before.
-        let (mut mark, mut keys_at_mark) = (w.written, 0u64);
-        let mut partition_restart: Option<Vec<u8>> = None;
-        let mut cursor: Vec<u8> = Vec::new();
-        let mut restarts = 0;
-        loop {
-            let page = match client.export(name, &cursor, 0).await {
-                Ok(p) => p,
-                Err(e) if e.code == ErrorCode::NotFound && restarts < MAX_RESTARTS => {
-                    // The partition's view is gone: read the partition again from a new one.
-                    let Some(restart) = partition_restart.clone() else {
-                        bail!("cannot save table {name}: {e}");
-                    };
-                    restarts += 1;
-                    eprintln!("backup: {name}: {e}; reading that partition again");
-                    w.cut(mark)?;
-                    keys = keys_at_mark;
-                    cursor = restart;
-                    continue;
-                }
-                Err(e) if e.code == ErrorCode::TableNotFound => {
-                    bail!("table {name} was dropped during the backup")
-                }
-                Err(e) => bail!("cannot save table {name} after {keys} key(s): {e}"),
-            };
-            if partition_restart.as_ref() != Some(&page.restart) {
-                // The first page of the next partition.
-                mark = w.written;
-                keys_at_mark = keys;
-                partition_restart = Some(page.restart.clone());
-            }
-            for (k, v) in page.keys.iter().zip(&page.values) {
-                w.line(&Line::Row(B64.encode(k), B64.encode(v)))?;
-            }
-            keys += page.keys.len() as u64;
-            if shown.elapsed() >= PROGRESS_EVERY {
-                eprintln!(
-                    "backup: {name}: {keys} key(s) so far, {} bytes written",
-                    w.written
-                );
-                shown = Instant::now();
-            }
-            match page.cursor {
-                Some(c) => cursor = c,
-                None => break,
-            }
-        }
+        let keys = save_rows(w, name, |cursor| async move {
+            client.export(name, &cursor, 0).await
+        })
+        .await?;
         w.line(&Line::Meta(Meta::TableEnd(TableEnd {
             name: name.clone(),
             keys,
@@ -333,6 +288,66 @@ async fn save_into(
     Ok((tables, total))
 }
 
+/// Writes the rows of table `name`, page by page from `fetch` (a cursor to the page there),
+/// reading a partition again from its start when its view is gone; answers the count.
+async fn save_rows<F, Fut>(w: &mut Writer, name: &str, mut fetch: F) -> anyhow::Result<u64>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<ExportPage, cairn_client::Error>>,
+{
+    let mut shown = Instant::now();
+    let mut keys = 0u64;
+    // Where the current partition's rows begin in the file, and how many keys came before.
+    let (mut mark, mut keys_at_mark) = (w.written, 0u64);
+    let mut partition_restart: Option<Vec<u8>> = None;
+    let mut cursor: Vec<u8> = Vec::new();
+    let mut restarts = 0;
+    loop {
+        let page = match fetch(cursor.clone()).await {
+            Ok(p) => p,
+            Err(e) if e.code == ErrorCode::NotFound && restarts < MAX_RESTARTS => {
+                // The partition's view is gone: read the partition again from a new one.
+                let Some(restart) = partition_restart.clone() else {
+                    bail!("cannot save table {name}: {e}");
+                };
+                restarts += 1;
+                eprintln!("backup: {name}: {e}; reading that partition again");
+                w.cut(mark)?;
+                keys = keys_at_mark;
+                cursor = restart;
+                continue;
+            }
+            Err(e) if e.code == ErrorCode::TableNotFound => {
+                bail!("table {name} was dropped during the backup")
+            }
+            Err(e) => bail!("cannot save table {name} after {keys} key(s): {e}"),
+        };
+        if partition_restart.as_ref() != Some(&page.restart) {
+            // The first page of the next partition.
+            mark = w.written;
+            keys_at_mark = keys;
+            partition_restart = Some(page.restart.clone());
+            restarts = 0;
+        }
+        for (k, v) in page.keys.iter().zip(&page.values) {
+            w.line(&Line::Row(B64.encode(k), B64.encode(v)))?;
+        }
+        keys += page.keys.len() as u64;
+        if shown.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "backup: {name}: {keys} key(s) so far, {} bytes written",
+                w.written
+            );
+            shown = Instant::now();
+        }
+        match page.cursor {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    Ok(keys)
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -340,10 +355,10 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The SHA-256 in hex of `file`'s first `len` bytes (all of it with `None`).
-fn hash_file(file: &Path, len: Option<u64>) -> anyhow::Result<String> {
+/// The SHA-256 in hex of `file`.
+fn hash_file(file: &Path) -> anyhow::Result<String> {
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut r = BufReader::new(f).take(len.unwrap_or(u64::MAX));
+    let mut r = BufReader::new(f);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -564,4 +579,93 @@ fn put_done(
             "the restore stopped in table {name} after {done} key(s): {e}; the table is partly written: drop it (`cairn table drop {name}`) and restore it again (--table {name})"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str], restart: &str, cursor: Option<&str>) -> ExportPage {
+        ExportPage {
+            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            values: keys.iter().map(|k| format!("v{k}").into_bytes()).collect(),
+            cursor: cursor.map(|c| c.as_bytes().to_vec()),
+            restart: restart.as_bytes().to_vec(),
+            partition: 1,
+        }
+    }
+
+    /// A partition whose view is lost after its first page is read again from its start:
+    /// the rows of its first reading are cut from the file, and every key is there once.
+    #[tokio::test]
+    async fn a_partition_whose_view_is_gone_is_read_again_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let mut w = Writer {
+            out: std::io::BufWriter::new(std::fs::File::create(&path).unwrap()),
+            written: 0,
+        };
+        w.line(&Line::Meta(Meta::Table(TableHead {
+            name: "t".into(),
+            replication: 3,
+            splits: vec![],
+        })))
+        .unwrap();
+        // Partition A (restart "A") in two pages, partition B (restart "B") in two; the
+        // view of B is gone at its second page the first time round.
+        let mut gone_once = false;
+        let mut asked = Vec::new();
+        let keys = save_rows(&mut w, "t", |cursor| {
+            asked.push(String::from_utf8_lossy(&cursor).into_owned());
+            let r = match cursor.as_slice() {
+                b"" => Ok(page(&["a1", "a2"], "A", Some("a-more"))),
+                b"a-more" => Ok(page(&["a3"], "A", Some("B"))),
+                b"B" => Ok(page(&["b1", "b2"], "B", Some("b-more"))),
+                b"b-more" if !gone_once => {
+                    gone_once = true;
+                    Err(cairn_client::Error::new(ErrorCode::NotFound, "view gone"))
+                }
+                b"b-more" => Ok(page(&["b3"], "B", None)),
+                other => panic!("unexpected cursor {other:?}"),
+            };
+            async move { r }
+        })
+        .await
+        .unwrap();
+        w.out.flush().unwrap();
+        assert_eq!(keys, 6);
+        assert_eq!(asked, ["", "a-more", "B", "b-more", "B", "b-more"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rows: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|l| match serde_json::from_str::<Line>(l).unwrap() {
+                Line::Row(k, _) => String::from_utf8(B64.decode(k).unwrap()).unwrap(),
+                Line::Meta(_) => panic!("a meta line among the rows: {l}"),
+            })
+            .collect();
+        assert_eq!(rows, ["a1", "a2", "a3", "b1", "b2", "b3"]);
+        assert_eq!(w.written, text.len() as u64);
+    }
+
+    /// A view lost again and again fails the backup instead of looping.
+    #[tokio::test]
+    async fn a_view_lost_every_time_fails_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer {
+            out: std::io::BufWriter::new(std::fs::File::create(dir.path().join("b")).unwrap()),
+            written: 0,
+        };
+        let err = save_rows(&mut w, "t", |cursor| {
+            let r = if cursor.is_empty() || cursor == b"A" {
+                Ok(page(&["a1"], "A", Some("a-more")))
+            } else {
+                Err(cairn_client::Error::new(ErrorCode::NotFound, "view gone"))
+            };
+            async move { r }
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("view gone"), "{err}");
+    }
 }
