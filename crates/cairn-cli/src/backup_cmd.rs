@@ -302,11 +302,21 @@ where
     let mut partition_restart: Option<Vec<u8>> = None;
     let mut cursor: Vec<u8> = Vec::new();
     let mut restarts = 0;
+    // Whether `cursor` reads on in a partition's view (the last page was not its last).
+    let mut mid_partition = false;
     loop {
         let page = match fetch(cursor.clone()).await {
             Ok(p) => p,
-            Err(e) if e.code == ErrorCode::NotFound && restarts < MAX_RESTARTS => {
-                // The partition's view is gone: read the partition again from a new one.
+            Err(e) if e.code == ErrorCode::TableNotFound => {
+                bail!("table {name} was dropped during the backup")
+            }
+            // The view is gone (its node restarted), or its node does not answer (a crash):
+            // read the partition again, from a new view on whichever replica leads it now.
+            Err(e)
+                if mid_partition
+                    && matches!(e.code, ErrorCode::NotFound | ErrorCode::Unavailable)
+                    && restarts < MAX_RESTARTS =>
+            {
                 let Some(restart) = partition_restart.clone() else {
                     bail!("cannot save table {name}: {e}");
                 };
@@ -315,20 +325,19 @@ where
                 w.cut(mark)?;
                 keys = keys_at_mark;
                 cursor = restart;
+                mid_partition = false;
                 continue;
-            }
-            Err(e) if e.code == ErrorCode::TableNotFound => {
-                bail!("table {name} was dropped during the backup")
             }
             Err(e) => bail!("cannot save table {name} after {keys} key(s): {e}"),
         };
-        if partition_restart.as_ref() != Some(&page.restart) {
-            // The first page of the next partition.
+        if !mid_partition && partition_restart.as_ref() != Some(&page.restart) {
+            // The first page of the next partition (not of one read again).
             mark = w.written;
             keys_at_mark = keys;
             partition_restart = Some(page.restart.clone());
             restarts = 0;
         }
+        mid_partition = !page.partition_done;
         for (k, v) in page.keys.iter().zip(&page.values) {
             w.line(&Line::Row(B64.encode(k), B64.encode(v)))?;
         }
@@ -508,15 +517,25 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
     let mut shown = Instant::now();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut restored = 0u64;
-    for line in lines {
+    // Rows sent of the current table: checked against the count `check` found.
+    let mut sent = 0u64;
+    let changed = |at: usize| {
+        format!(
+            "{} line {at}: the file changed after it was checked; restore from a copy that does not change",
+            file.display()
+        )
+    };
+    for (at, line) in lines.enumerate() {
+        let at = at + 1;
         let line = line.with_context(|| format!("cannot read {}", file.display()))?;
-        match serde_json::from_str::<Line>(&line)? {
+        match serde_json::from_str::<Line>(&line).with_context(|| changed(at))? {
             Line::Meta(Meta::Table(t)) if chosen.iter().any(|(c, _)| c.name == t.name) => {
                 let splits = t
                     .splits
                     .iter()
                     .map(|s| B64.decode(s))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| changed(at))?;
                 client
                     .create_table(&t.name, t.replication, splits)
                     .await
@@ -527,6 +546,7 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
                     .map_or(0, |(_, k)| *k);
                 current = Some((t.name, keys));
                 done_keys = 0;
+                sent = 0;
             }
             Line::Meta(Meta::TableEnd(_)) => {
                 while let Some(r) = in_flight.next().await {
@@ -534,6 +554,9 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
                     done_keys += 1;
                 }
                 if let Some((name, keys)) = current.take() {
+                    if sent != keys {
+                        bail!("{}", changed(at));
+                    }
                     eprintln!("restore: {name}: {keys} key(s) written");
                     restored += 1;
                 }
@@ -542,7 +565,11 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
                 let Some((name, keys)) = &current else {
                     continue;
                 };
-                let (k, v) = (B64.decode(k)?, B64.decode(v)?);
+                let (k, v) = B64
+                    .decode(k)
+                    .and_then(|k| Ok((k, B64.decode(v)?)))
+                    .with_context(|| changed(at))?;
+                sent += 1;
                 let table = name.clone();
                 in_flight.push(async move { client.put(&table, &k, &v).await });
                 if in_flight.len() >= RESTORE_IN_FLIGHT
@@ -576,7 +603,7 @@ fn put_done(
     r.map_err(|e| {
         let name = current.as_ref().map_or("?", |(n, _)| n.as_str());
         anyhow::anyhow!(
-            "the restore stopped in table {name} after {done} key(s): {e}; the table is partly written: drop it (`cairn table drop {name}`) and restore it again (--table {name})"
+            "the restore stopped in table {name} after {done} key(s): {e}; the table is partly written, and the tables after it in the file were not restored: drop it (`cairn table drop {name}`) and restore it and those again (--table NAME for each)"
         )
     })
 }
@@ -585,8 +612,9 @@ fn put_done(
 mod tests {
     use super::*;
 
-    fn page(keys: &[&str], restart: &str, cursor: Option<&str>) -> ExportPage {
+    fn page(keys: &[&str], restart: &str, cursor: Option<&str>, done: bool) -> ExportPage {
         ExportPage {
+            partition_done: done,
             keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             values: keys.iter().map(|k| format!("v{k}").into_bytes()).collect(),
             cursor: cursor.map(|c| c.as_bytes().to_vec()),
@@ -595,7 +623,8 @@ mod tests {
         }
     }
 
-    /// A partition whose view is lost after its first page is read again from its start:
+    /// A partition whose view is lost (its node does not answer) after its first page is
+    /// read again from its start:
     /// the rows of its first reading are cut from the file, and every key is there once.
     #[tokio::test]
     async fn a_partition_whose_view_is_gone_is_read_again_without_duplicates() {
@@ -618,14 +647,17 @@ mod tests {
         let keys = save_rows(&mut w, "t", |cursor| {
             asked.push(String::from_utf8_lossy(&cursor).into_owned());
             let r = match cursor.as_slice() {
-                b"" => Ok(page(&["a1", "a2"], "A", Some("a-more"))),
-                b"a-more" => Ok(page(&["a3"], "A", Some("B"))),
-                b"B" => Ok(page(&["b1", "b2"], "B", Some("b-more"))),
+                b"" => Ok(page(&["a1", "a2"], "A", Some("a-more"), false)),
+                b"a-more" => Ok(page(&["a3"], "A", Some("B"), true)),
+                b"B" => Ok(page(&["b1", "b2"], "B", Some("b-more"), false)),
                 b"b-more" if !gone_once => {
                     gone_once = true;
-                    Err(cairn_client::Error::new(ErrorCode::NotFound, "view gone"))
+                    Err(cairn_client::Error::new(
+                        ErrorCode::Unavailable,
+                        "node 2 down",
+                    ))
                 }
-                b"b-more" => Ok(page(&["b3"], "B", None)),
+                b"b-more" => Ok(page(&["b3"], "B", None, true)),
                 other => panic!("unexpected cursor {other:?}"),
             };
             async move { r }
@@ -658,7 +690,7 @@ mod tests {
         };
         let err = save_rows(&mut w, "t", |cursor| {
             let r = if cursor.is_empty() || cursor == b"A" {
-                Ok(page(&["a1"], "A", Some("a-more")))
+                Ok(page(&["a1"], "A", Some("a-more"), false))
             } else {
                 Err(cairn_client::Error::new(ErrorCode::NotFound, "view gone"))
             };

@@ -255,6 +255,8 @@ pub struct ExportPage {
     pub restart: Vec<u8>,
     /// The partition the rows came from.
     pub partition: u64,
+    /// This page is its partition's last: `cursor` starts the next partition.
+    pub partition_done: bool,
 }
 
 /// Engine key counts of one table on one node (see [`Client::engine_stats`]).
@@ -878,6 +880,7 @@ impl Client {
             cursor: (!resp.done).then_some(resp.cursor),
             restart: resp.restart,
             partition: resp.partition,
+            partition_done: resp.partition_done,
         })
     }
 

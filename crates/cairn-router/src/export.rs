@@ -56,6 +56,15 @@ impl ExportCursor {
         }
     }
 
+    /// The keys the cursor holds (to check against the key size limit).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let (a, b) = match self {
+            ExportCursor::Begin { start } => (start.as_slice(), None),
+            ExportCursor::Continue { start, next, .. } => (start.as_slice(), Some(next.as_slice())),
+        };
+        std::iter::once(a).chain(b)
+    }
+
     /// The cursor as bytes, for a client to hand back unchanged.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
@@ -99,6 +108,10 @@ impl ExportCursor {
                     let w = rest.get(i * 8..i * 8 + 8).ok_or_else(bad)?;
                     *v = u64::from_le_bytes(w.try_into().map_err(|_| bad())?);
                 }
+                // View 0 would mean "open one" at the node the cursor names.
+                if n[3] == 0 {
+                    return Err(bad());
+                }
                 let keys = &rest[40..];
                 let split = usize::try_from(n[4])
                     .ok()
@@ -130,6 +143,8 @@ pub struct ExportPage {
     /// The cursor that reads this page's partition again from a new view, for when its
     /// view is gone (its node restarted, or the view went unread too long).
     pub restart: ExportCursor,
+    /// This page is its partition's last (its view is dropped).
+    pub partition_done: bool,
 }
 
 impl<T: Transport> Router<T> {
@@ -173,7 +188,7 @@ impl<T: Transport> Router<T> {
                 // The caller was allowed to read `table`: the view must be of that table.
                 if self.route(table, deadline).await?.table.id != table_id {
                     return Err(Error::InvalidArgument(format!(
-                        "the export cursor belongs to another table than {table}"
+                        "the export cursor belongs to another table than {table} (or to one dropped and made again); start the export over with an empty cursor"
                     )));
                 }
                 let req = PartitionRequest {
@@ -217,6 +232,7 @@ fn page(
             "{partition} answered an export page with {reply:?}"
         )));
     };
+    let partition_done = next.is_none();
     let next = match next {
         Some(next) => Some(ExportCursor::Continue {
             node,
@@ -233,6 +249,7 @@ fn page(
         partition,
         next,
         restart,
+        partition_done,
     })
 }
 
@@ -264,6 +281,15 @@ mod tests {
                 next: vec![],
             },
         ];
+        let no_view = ExportCursor::Continue {
+            node: NodeId(1),
+            partition: PartitionId(2),
+            table: TableId(3),
+            view: 0,
+            start: vec![],
+            next: vec![],
+        };
+        assert!(ExportCursor::decode(&no_view.encode()).is_err());
         for c in cursors {
             assert_eq!(ExportCursor::decode(&c.encode()).ok(), Some(c.clone()));
         }

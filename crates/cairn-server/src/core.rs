@@ -1011,7 +1011,7 @@ impl Core {
         } = &req.op
             && *view != 0
         {
-            return self.continue_export(req.partition, *view, from, *max_bytes);
+            return self.continue_export(req.partition, req.table, *view, from, *max_bytes);
         }
         let PartitionRequest {
             partition,
@@ -1125,7 +1125,7 @@ impl Core {
                 max_bytes,
             } => {
                 if view != 0 {
-                    return self.continue_export(partition, view, &from, max_bytes);
+                    return self.continue_export(partition, table, view, &from, max_bytes);
                 }
                 Box::pin(self.open_export(&replica, partition, epoch, table, from, max_bytes)).await
             }

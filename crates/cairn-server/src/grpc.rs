@@ -520,7 +520,16 @@ impl kv_server::Kv for Kv {
             0 => cairn_router::LIST_PAGE_BYTES,
             n => u64::from(n),
         };
-        let res = match cairn_router::ExportCursor::decode(&r.cursor) {
+        let at = cairn_router::ExportCursor::decode(&r.cursor).and_then(|at| {
+            for k in at.keys() {
+                self.0
+                    .core
+                    .limits
+                    .check_bound("the export cursor's key", k)?;
+            }
+            Ok(at)
+        });
+        let res = match at {
             Ok(at) => {
                 self.0
                     .export(&r.table, at, max_bytes, deadline(r.timeout_ms))
@@ -537,6 +546,7 @@ impl kv_server::Kv for Kv {
                 cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
                 restart: page.restart.encode(),
                 partition: page.partition.0,
+                partition_done: page.partition_done,
             }
         });
         self.done("export", started, res)

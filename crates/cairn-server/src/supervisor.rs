@@ -485,6 +485,7 @@ pub(crate) async fn supervise_loop(node: Arc<Node>, mut stop: watch::Receiver<bo
             // a second under the replicas' read lock, which the opening replicas need.
             if walk_due {
                 last_walk = Some(Instant::now());
+                core.exports.sweep();
             }
             urgent = pass(&core, &mut groups, walk_due);
         }

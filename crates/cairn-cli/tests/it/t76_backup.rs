@@ -251,3 +251,50 @@ async fn t76_each_partition_is_saved_as_of_one_moment() {
         .unwrap_err();
     assert_eq!(refused.code, ErrorCode::InvalidArgument, "{refused}");
 }
+
+/// The node holding a partition's view is killed between two pages: the next page fails
+/// UNAVAILABLE (what `cairn backup save` reads the partition again on), and the page's
+/// restart cursor reads the whole partition from the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t76_a_partition_whose_view_died_is_read_again_from_the_new_leader() {
+    let mut c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("crash", 3, vec![]).await.unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..100u32)
+        .map(|i| (format!("k{i:03}").into_bytes(), b"v".to_vec()))
+        .collect();
+    write_all(&cl, "crash", &rows).await;
+
+    let first = cl.export("crash", &[], 50).await.unwrap();
+    let cursor = first.cursor.clone().unwrap();
+    let Ok(cairn_router::ExportCursor::Continue { node, .. }) =
+        cairn_router::ExportCursor::decode(&cursor)
+    else {
+        panic!("the first page of a partition of 100 rows is not its last");
+    };
+    c.kill9(node.0);
+    let survivor = c.other_than(node.0);
+    let err = c
+        .client_of(survivor)
+        .with_timeout(Duration::from_secs(3))
+        .export("crash", &cursor, 50)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+
+    let mut got = Vec::new();
+    let mut at = first.restart.clone();
+    loop {
+        let page = c
+            .client_of(survivor)
+            .export("crash", &at, 50)
+            .await
+            .unwrap();
+        got.extend(page.keys.into_iter().zip(page.values));
+        match page.cursor {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    assert_eq!(got, rows);
+}
