@@ -163,6 +163,28 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
         ErrorCode::PermissionDenied
     );
 
+    // A backup page is a read: of the tables a user may read, and only those; a cursor
+    // of a readable table does not open another.
+    let page = writer.export("app_t", &[], 0).await.unwrap();
+    assert_eq!(page.keys, vec![b"k".to_vec()]);
+    assert_eq!(page.values, vec![b"v1".to_vec()]);
+    assert_eq!(
+        code(writer.export("other", &[], 0).await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        code(writer.export("other", &page.restart, 0).await),
+        ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        code(anon.export("app_t", &[], 0).await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        reader.export("other", &[], 0).await.unwrap().values,
+        vec![b"o0".to_vec()]
+    );
+
     // HTTP: 401 without a token, 403 for a forbidden one, and the write did not happen.
     let key = format!("{}/v1/tables/app_t/keys/k", c.http(1));
     let (status, body) = curl(&certs, &[&key]);
