@@ -29,7 +29,7 @@ const VERSION: u32 = 1;
 /// Times a partition is read again from a new view (its view gone) before the backup fails.
 const MAX_RESTARTS: u32 = 5;
 /// Writes a restore keeps in flight.
-const RESTORE_IN_FLIGHT: usize = 64;
+const RESTORE_IN_FLIGHT: usize = 256;
 /// How often a long backup or restore says how far it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
