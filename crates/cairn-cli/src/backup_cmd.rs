@@ -47,7 +47,7 @@ enum BackupCmd {
         /// The file to write; it must not exist.
         file: PathBuf,
         /// Save only this table (repeat for several; default: every table).
-        #[arg(long = "table")]
+        #[arg(long = "table", value_name = "NAME")]
         tables: Vec<String>,
     },
     /// Check FILE whole (format and checksum) and say what it holds.
@@ -61,7 +61,7 @@ enum BackupCmd {
         /// A file written by `cairn backup save`.
         file: PathBuf,
         /// Restore only this table (repeat for several; default: every table in FILE).
-        #[arg(long = "table")]
+        #[arg(long = "table", value_name = "NAME")]
         tables: Vec<String>,
     },
 }
