@@ -197,8 +197,12 @@ async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<(
         .filter(|n| only.is_empty() || only.contains(n))
         .collect();
     let partial = partial_name(file);
-    let out = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let out = std::fs::File::create_new(&partial).with_context(|| {
+        format!(
+            "cannot create {} (if it is left from a save that did not finish, remove it)",
+            partial.display()
+        )
+    })?;
     let mut w = Writer {
         out: std::io::BufWriter::new(out),
         written: 0,
@@ -224,8 +228,11 @@ async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<(
     f.write_all(&end)?;
     f.sync_all()
         .with_context(|| format!("cannot sync {}", partial.display()))?;
-    std::fs::rename(&partial, file)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
+    // A link, not a rename: it fails rather than replace a file made meanwhile.
+    std::fs::hard_link(&partial, file)
+        .with_context(|| format!("cannot link {} to {}", partial.display(), file.display()))?;
+    std::fs::remove_file(&partial)
+        .with_context(|| format!("cannot remove {}", partial.display()))?;
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     }
@@ -328,8 +335,26 @@ where
                 mid_partition = false;
                 continue;
             }
+            // A partition's first page: nothing of it written yet, so just ask again (a
+            // leader being elected after the crash that lost the view).
+            Err(e)
+                if !mid_partition
+                    && matches!(e.code, ErrorCode::NotFound | ErrorCode::Unavailable)
+                    && restarts < MAX_RESTARTS =>
+            {
+                restarts += 1;
+                eprintln!("backup: {name}: {e}; asking again");
+                continue;
+            }
             Err(e) => bail!("cannot save table {name} after {keys} key(s): {e}"),
         };
+        if page.keys.len() != page.values.len() {
+            bail!(
+                "cannot save table {name}: a page of {} key(s) came with {} value(s)",
+                page.keys.len(),
+                page.values.len()
+            );
+        }
         if !mid_partition && partition_restart.as_ref() != Some(&page.restart) {
             // The first page of the next partition (not of one read again).
             mark = w.written;
@@ -433,7 +458,13 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
             (_, None, _) => {
                 bail!("{shown} is not a Cairn backup (its first line is not a backup header)")
             }
-            (Line::Meta(Meta::Table(t)), Some(_), None) => {
+            (Line::Meta(Meta::Table(t)), Some(s), None) => {
+                if s.tables.iter().any(|(seen, _)| seen.name == t.name) {
+                    bail!(
+                        "{shown} line {at}: table {} is in the file twice; the file is damaged",
+                        t.name
+                    );
+                }
                 for s in &t.splits {
                     B64.decode(s)
                         .with_context(|| format!("{shown} line {at}: a damaged split key"))?;
@@ -525,21 +556,35 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
             file.display()
         )
     };
+    // The table whose rows come now (chosen or not), as `check` saw the file: a file that
+    // changed since must not put one table's rows into another.
+    let mut open: Option<String> = None;
+    let mut last = 0;
     for (at, line) in lines.enumerate() {
         let at = at + 1;
+        last = at;
         let line = line.with_context(|| format!("cannot read {}", file.display()))?;
         match serde_json::from_str::<Line>(&line).with_context(|| changed(at))? {
-            Line::Meta(Meta::Table(t)) if chosen.iter().any(|(c, _)| c.name == t.name) => {
+            Line::Meta(Meta::Table(t)) => {
+                if open.is_some() {
+                    bail!("{}", changed(at));
+                }
+                open = Some(t.name.clone());
+                if !chosen.iter().any(|(c, _)| c.name == t.name) {
+                    continue;
+                }
                 let splits = t
                     .splits
                     .iter()
                     .map(|s| B64.decode(s))
                     .collect::<Result<Vec<_>, _>>()
                     .with_context(|| changed(at))?;
-                client
-                    .create_table(&t.name, t.replication, splits)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot create table {}: {e}", t.name))?;
+                client.create_table(&t.name, t.replication, splits).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create table {}: {e}; {restored} table(s) before it in the file were restored",
+                        t.name
+                    )
+                })?;
                 let keys = chosen
                     .iter()
                     .find(|(c, _)| c.name == t.name)
@@ -548,7 +593,10 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
                 done_keys = 0;
                 sent = 0;
             }
-            Line::Meta(Meta::TableEnd(_)) => {
+            Line::Meta(Meta::TableEnd(e)) => {
+                if open.take().as_ref() != Some(&e.name) {
+                    bail!("{}", changed(at));
+                }
                 while let Some(r) = in_flight.next().await {
                     put_done(r, &current, done_keys)?;
                     done_keys += 1;
@@ -562,6 +610,9 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
                 }
             }
             Line::Row(k, v) => {
+                if open.is_none() {
+                    bail!("{}", changed(at));
+                }
                 let Some((name, keys)) = &current else {
                     continue;
                 };
@@ -585,6 +636,13 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
             }
             Line::Meta(_) => {}
         }
+    }
+    while let Some(r) = in_flight.next().await {
+        put_done(r, &current, done_keys)?;
+        done_keys += 1;
+    }
+    if open.is_some() || restored != chosen.len() as u64 {
+        bail!("{}", changed(last));
     }
     println!(
         "restored {restored} table(s), {} key(s) from {}",
@@ -642,13 +700,18 @@ mod tests {
         .unwrap();
         // Partition A (restart "A") in two pages, partition B (restart "B") in two; the
         // view of B is gone at its second page the first time round.
-        let mut gone_once = false;
+        let (mut gone_once, mut electing) = (false, true);
         let mut asked = Vec::new();
         let keys = save_rows(&mut w, "t", |cursor| {
             asked.push(String::from_utf8_lossy(&cursor).into_owned());
             let r = match cursor.as_slice() {
                 b"" => Ok(page(&["a1", "a2"], "A", Some("a-more"), false)),
                 b"a-more" => Ok(page(&["a3"], "A", Some("B"), true)),
+                // B's first page, while its leader is being elected: asked again.
+                b"B" if electing => {
+                    electing = false;
+                    Err(cairn_client::Error::new(ErrorCode::Unavailable, "electing"))
+                }
                 b"B" => Ok(page(&["b1", "b2"], "B", Some("b-more"), false)),
                 b"b-more" if !gone_once => {
                     gone_once = true;
@@ -666,7 +729,7 @@ mod tests {
         .unwrap();
         w.out.flush().unwrap();
         assert_eq!(keys, 6);
-        assert_eq!(asked, ["", "a-more", "B", "b-more", "B", "b-more"]);
+        assert_eq!(asked, ["", "a-more", "B", "B", "b-more", "B", "b-more"]);
         let text = std::fs::read_to_string(&path).unwrap();
         let rows: Vec<String> = text
             .lines()
@@ -699,5 +762,47 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("view gone"), "{err}");
+    }
+
+    /// A file listing one table twice is refused by `check`, even with a good checksum.
+    #[test]
+    fn a_table_twice_in_one_file_is_refused() {
+        let table = |n: &str| {
+            let head = Line::Meta(Meta::Table(TableHead {
+                name: n.into(),
+                replication: 3,
+                splits: vec![],
+            }));
+            let end = Line::Meta(Meta::TableEnd(TableEnd {
+                name: n.into(),
+                keys: 0,
+            }));
+            [head, end]
+        };
+        let header = Line::Meta(Meta::CairnBackup(Header {
+            version: VERSION,
+            created_unix_ms: 1,
+        }));
+        let mut text = String::new();
+        for l in std::iter::once(header).chain(table("t")).chain(table("t")) {
+            text += &serde_json::to_string(&l).unwrap();
+            text.push('\n');
+        }
+        let sha256 = hex(&Sha256::digest(text.as_bytes()));
+        let end = Line::Meta(Meta::End(End {
+            tables: 2,
+            keys: 0,
+            sha256,
+        }));
+        text += &serde_json::to_string(&end).unwrap();
+        text.push('\n');
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twice");
+        std::fs::write(&path, text).unwrap();
+        let err = check(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("twice"), "{err}");
     }
 }

@@ -45,17 +45,6 @@ impl ExportCursor {
         ExportCursor::Begin { start: Vec::new() }
     }
 
-    /// The cursor that reads the current partition again from a new view.
-    pub fn restart(&self) -> Self {
-        match self {
-            ExportCursor::Begin { start } | ExportCursor::Continue { start, .. } => {
-                ExportCursor::Begin {
-                    start: start.clone(),
-                }
-            }
-        }
-    }
-
     /// The keys the cursor holds (to check against the key size limit).
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         let (a, b) = match self {

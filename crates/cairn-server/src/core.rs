@@ -842,6 +842,7 @@ impl Core {
         }
     }
 
+    /// Waits until `replica` leads and has applied everything committed before the call.
     pub(crate) async fn read_barrier(
         &self,
         replica: &Replica,
@@ -1119,14 +1120,10 @@ impl Core {
             PartitionOp::RemoveLearner { replica: rid } => {
                 Box::pin(self.remove_learner(&replica, rid)).await
             }
+            // Pages of a view held here were served above, before the replica lookup.
             PartitionOp::Export {
-                view,
-                from,
-                max_bytes,
+                from, max_bytes, ..
             } => {
-                if view != 0 {
-                    return self.continue_export(partition, table, view, &from, max_bytes);
-                }
                 Box::pin(self.open_export(&replica, partition, epoch, table, from, max_bytes)).await
             }
         }
