@@ -63,6 +63,10 @@ enum BackupCmd {
         /// Restore only this table (repeat for several; default: every table in FILE).
         #[arg(long = "table", value_name = "NAME")]
         tables: Vec<String>,
+        /// Replicas per partition of the restored tables, instead of those saved (say 1,
+        /// to restore a production backup into a one-node playground).
+        #[arg(long)]
+        replication: Option<u32>,
     },
 }
 
@@ -144,7 +148,11 @@ pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        BackupCmd::Restore { file, tables } => restore(&conn.client()?, &file, &tables).await?,
+        BackupCmd::Restore {
+            file,
+            tables,
+            replication,
+        } => restore(&conn.client()?, &file, &tables, replication).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -512,7 +520,12 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
     }
 }
 
-async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<()> {
+async fn restore(
+    client: &Client,
+    file: &Path,
+    only: &[String],
+    replication: Option<u32>,
+) -> anyhow::Result<()> {
     let summary = check(file)?;
     for name in only {
         if !summary.tables.iter().any(|(t, _)| &t.name == name) {
@@ -579,7 +592,9 @@ async fn restore(client: &Client, file: &Path, only: &[String]) -> anyhow::Resul
                     .map(|s| B64.decode(s))
                     .collect::<Result<Vec<_>, _>>()
                     .with_context(|| changed(at))?;
-                client.create_table(&t.name, t.replication, splits).await.map_err(|e| {
+                client
+                    .create_table(&t.name, replication.unwrap_or(t.replication), splits)
+                    .await.map_err(|e| {
                     anyhow::anyhow!(
                         "cannot create table {}: {e}; {restored} table(s) before it in the file were restored",
                         t.name

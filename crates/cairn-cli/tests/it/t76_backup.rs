@@ -108,6 +108,18 @@ async fn t76_a_backup_restores_its_tables_with_their_partitions() {
     assert_eq!(starts, vec![&b""[..], b"g", b"p"]);
     assert_eq!(t.replication, 3);
 
+    // With another replication (what a one-node playground needs), under the same rows.
+    cl.drop_table("b").await.unwrap();
+    let (ok, out) = backup(
+        &c,
+        &["restore", path(&file), "--table", "b", "--replication", "1"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("restored 1 table(s), 50 key(s)"), "{out}");
+    assert_eq!(cl.describe_table("b").await.unwrap().replication, 1);
+    assert_eq!(list_all_values(&cl, "b").await, b);
+
     // Into an existing table: refused, and nothing written.
     cl.put("b", b"key00", b"changed").await.unwrap();
     let (ok, out) = backup(&c, &["restore", path(&file), "--table", "b"]).await;
