@@ -612,10 +612,7 @@ async fn restore(
                 if open.take().as_ref() != Some(&e.name) {
                     bail!("{}", changed(at));
                 }
-                while let Some(r) = in_flight.next().await {
-                    put_done(r, &current, done_keys)?;
-                    done_keys += 1;
-                }
+                settle(&mut in_flight, &current, &mut done_keys).await?;
                 if let Some((name, keys)) = current.take() {
                     if sent != keys {
                         bail!("{}", changed(at));
@@ -652,10 +649,7 @@ async fn restore(
             Line::Meta(_) => {}
         }
     }
-    while let Some(r) = in_flight.next().await {
-        put_done(r, &current, done_keys)?;
-        done_keys += 1;
-    }
+    settle(&mut in_flight, &current, &mut done_keys).await?;
     if open.is_some() || restored != chosen.len() as u64 {
         bail!("{}", changed(last));
     }
@@ -664,6 +658,22 @@ async fn restore(
         chosen.iter().map(|(_, k)| k).sum::<u64>(),
         file.display()
     );
+    Ok(())
+}
+
+/// Waits for every write in flight, failing on the first that failed.
+async fn settle<F>(
+    in_flight: &mut futures::stream::FuturesUnordered<F>,
+    current: &Option<(String, u64)>,
+    done: &mut u64,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), cairn_client::Error>>,
+{
+    while let Some(r) = in_flight.next().await {
+        put_done(r, current, *done)?;
+        *done += 1;
+    }
     Ok(())
 }
 

@@ -43,10 +43,16 @@ pub(crate) struct Exports {
 }
 
 impl Exports {
-    /// Keeps `view`, answering its id.
-    fn open(&self, view: View) -> Result<u64> {
+    /// The views, those past their time dropped first.
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, View>> {
         let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
         views.retain(|_, v| v.live());
+        views
+    }
+
+    /// Keeps `view`, answering its id.
+    fn open(&self, view: View) -> Result<u64> {
+        let mut views = self.live();
         if views.len() >= MAX_VIEWS {
             return Err(Error::Unavailable(format!(
                 "this node holds {MAX_VIEWS} backup views already (each kept until its partition is read, or {VIEW_IDLE:?} unread); retry when a backup has finished"
@@ -70,8 +76,7 @@ impl Exports {
         partition: PartitionId,
         table: TableId,
     ) -> Result<(Arc<dyn ReadView>, KeyRange)> {
-        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-        views.retain(|_, v| v.live());
+        let mut views = self.live();
         match views.get_mut(&id) {
             // The table too: the caller was allowed to read `table`, and no other.
             Some(v) if v.partition == partition && v.table == table => {
@@ -95,8 +100,7 @@ impl Exports {
 
     /// Drops the views past their time, whether or not anyone asks for a view again.
     pub(crate) fn sweep(&self) {
-        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-        views.retain(|_, v| v.live());
+        drop(self.live());
     }
 
     /// Views held now.
@@ -186,11 +190,7 @@ impl Core {
             .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
             .collect();
         let next = match rows.last() {
-            Some((k, _)) if page.cut => {
-                let mut n = k.clone();
-                n.push(0);
-                Some(n)
-            }
+            Some((k, _)) if page.cut => Some(keys::successor(k)),
             _ => None,
         };
         if next.is_none() {
