@@ -1,9 +1,10 @@
 //! `cairn backup`: save tables to a file, check a file, restore its tables.
 //!
-//! A backup is a text file of JSON lines: a header, then for each table a line with its
-//! name, replication and partition boundaries, its rows as `[key, value]` in base64 and in
-//! key order, and a line counting them; last, a line with the SHA-256 of everything before
-//! it. A file without that last line, or whose checksum does not match, is refused whole.
+//! A backup is a text file of JSON lines: a header; the users with the SHA-256 of their
+//! tokens (a backup of every table by an admin); then for each table a line with its name,
+//! replication and partition boundaries, its rows as `[key, value]` in base64 and in key
+//! order, and a line counting them; last, a line with the SHA-256 of everything before it.
+//! A file without that last line, or whose checksum does not match, is refused whole.
 //! Each partition is read from one point-in-time view on its leader (`Client::export`),
 //! so it is copied as of one moment; the partitions of a table are read one after another.
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cairn_client::{Client, ExportPage};
+use cairn_client::{Client, ExportPage, UserRecord};
 use cairn_types::ErrorCode;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -24,8 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::client_cmds::Conn;
 
-/// The format version this build writes and reads.
-const VERSION: u32 = 1;
+/// The format version this build writes; it reads this one and those before it (version 1
+/// had no users line).
+const VERSION: u32 = 2;
 /// Times a partition is read again from a new view (its view gone) before the backup fails.
 const MAX_RESTARTS: u32 = 5;
 /// Writes a restore keeps in flight.
@@ -46,23 +48,32 @@ enum BackupCmd {
     Save {
         /// The file to write; it must not exist.
         file: PathBuf,
-        /// Save only this table (repeat for several; default: every table).
+        /// Save only this table (repeat for several; default: every table, and the users).
         #[arg(long = "table", value_name = "NAME")]
         tables: Vec<String>,
+        /// Do not save the users (a backup of every table saves them, with their token
+        /// hashes, when the caller is an admin).
+        #[arg(long)]
+        no_users: bool,
     },
     /// Check FILE whole (format and checksum) and say what it holds.
     Inspect {
         /// A file written by `cairn backup save`.
         file: PathBuf,
     },
-    /// Create the tables saved in FILE, with their partitions, and write their keys. A
-    /// table that exists in the cluster is refused before anything is written.
+    /// Create the users and tables saved in FILE, the tables with their partitions, and
+    /// write their keys. A table that exists in the cluster is refused before anything is
+    /// written; a user that exists is kept as the cluster has it.
     Restore {
         /// A file written by `cairn backup save`.
         file: PathBuf,
-        /// Restore only this table (repeat for several; default: every table in FILE).
+        /// Restore only this table (repeat for several; default: every table in FILE, and
+        /// its users).
         #[arg(long = "table", value_name = "NAME")]
         tables: Vec<String>,
+        /// Do not restore the users saved in FILE.
+        #[arg(long)]
+        no_users: bool,
         /// Replicas per partition of the restored tables, instead of those saved (say 1,
         /// to restore a production backup into a one-node playground).
         #[arg(long)]
@@ -85,6 +96,8 @@ enum Line {
 enum Meta {
     /// The first line.
     CairnBackup(Header),
+    /// The cluster's users, right after the header (version 2 on).
+    Users(Vec<SavedUser>),
     /// A table's rows follow.
     Table(TableHead),
     /// A table's rows have ended.
@@ -97,6 +110,48 @@ enum Meta {
 struct Header {
     version: u32,
     created_unix_ms: u64,
+}
+
+/// A user with the SHA-256 of its token, so that its token works on the restored cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedUser {
+    name: String,
+    role: String,
+    /// The prefix of the tables it may use (empty: all).
+    tables: String,
+    /// In hex.
+    token_sha256: String,
+}
+
+impl SavedUser {
+    fn of(u: &UserRecord) -> Self {
+        Self {
+            name: u.name.clone(),
+            role: u.role.clone(),
+            tables: u.tables.clone(),
+            token_sha256: hex(&u.token_sha256),
+        }
+    }
+
+    /// The user as the cluster takes it; `None` if the hash is not 64 hex digits.
+    fn record(&self) -> Option<UserRecord> {
+        let h = self.token_sha256.as_bytes();
+        if h.len() != 64 {
+            return None;
+        }
+        let mut token_sha256 = [0u8; 32];
+        for (i, b) in token_sha256.iter_mut().enumerate() {
+            let pair = std::str::from_utf8(&h[2 * i..2 * i + 2]).ok()?;
+            *b = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(UserRecord {
+            name: self.name.clone(),
+            role: self.role.clone(),
+            tables: self.tables.clone(),
+            token_sha256,
+        })
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -124,7 +179,11 @@ struct End {
 /// Runs `cairn backup …`.
 pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
     match a.cmd {
-        BackupCmd::Save { file, tables } => save(&conn.client()?, &file, &tables).await?,
+        BackupCmd::Save {
+            file,
+            tables,
+            no_users,
+        } => save(&conn.client()?, &file, &tables, no_users).await?,
         BackupCmd::Inspect { file } => {
             let s = check(&file)?;
             println!(
@@ -134,6 +193,20 @@ pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
                 s.keys,
                 s.created_unix_ms
             );
+            match &s.users {
+                None => println!("users: not saved"),
+                Some(users) => {
+                    println!("users: {}", users.len());
+                    for u in users {
+                        let tables = if u.tables.is_empty() {
+                            "*".to_string()
+                        } else {
+                            format!("{}*", u.tables)
+                        };
+                        println!("  {:<30} {:<10} {tables}", u.name, u.role);
+                    }
+                }
+            }
             println!(
                 "{:<32} {:>12} {:>11} {:>12}",
                 "TABLE", "KEYS", "PARTITIONS", "REPLICATION"
@@ -151,8 +224,12 @@ pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
         BackupCmd::Restore {
             file,
             tables,
+            no_users,
             replication,
-        } => restore(&conn.client()?, &file, &tables, replication).await?,
+        } => {
+            let with_users = tables.is_empty() && !no_users;
+            restore(&conn.client()?, &file, &tables, with_users, replication).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -183,13 +260,29 @@ impl Writer {
     }
 }
 
-async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<()> {
+async fn save(client: &Client, file: &Path, only: &[String], no_users: bool) -> anyhow::Result<()> {
     if file.exists() {
         bail!(
             "{} exists; pick another name (a backup never overwrites a file)",
             file.display()
         );
     }
+    let users = if only.is_empty() && !no_users {
+        match client.user_records().await {
+            Ok(u) => Some(u.iter().map(SavedUser::of).collect::<Vec<_>>()),
+            Err(e) if e.code == ErrorCode::PermissionDenied => {
+                eprintln!(
+                    "backup: the users are not saved: only an admin may read them ({e}); the tables are"
+                );
+                None
+            }
+            Err(e) => {
+                bail!("cannot read the users: {e}; pass --no-users to save the tables without them")
+            }
+        }
+    } else {
+        None
+    };
     let all = client
         .list_tables()
         .await
@@ -215,7 +308,7 @@ async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<(
         out: std::io::BufWriter::new(out),
         written: 0,
     };
-    let result = save_into(client, &mut w, &names).await;
+    let result = save_into(client, &mut w, users.as_deref(), &names).await;
     let (tables, keys) = match result {
         Ok(counts) => counts,
         Err(e) => {
@@ -244,8 +337,9 @@ async fn save(client: &Client, file: &Path, only: &[String]) -> anyhow::Result<(
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     }
+    let users = users.map_or(String::new(), |u| format!(", {} user(s)", u.len()));
     println!(
-        "saved {tables} table(s), {keys} key(s) to {} ({} bytes)",
+        "saved {tables} table(s), {keys} key(s){users} to {} ({} bytes)",
         file.display(),
         std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
     );
@@ -259,16 +353,21 @@ fn partial_name(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes the header and tables `names`; answers how many tables and keys were saved.
+/// Writes the header, `users` and tables `names`; answers how many tables and keys were
+/// saved.
 async fn save_into(
     client: &Client,
     w: &mut Writer,
+    users: Option<&[SavedUser]>,
     names: &[String],
 ) -> anyhow::Result<(u64, u64)> {
     w.line(&Line::Meta(Meta::CairnBackup(Header {
         version: VERSION,
         created_unix_ms: unix_ms(),
     })))?;
+    if let Some(users) = users {
+        w.line(&Line::Meta(Meta::Users(users.to_vec())))?;
+    }
     let mut total = 0u64;
     let mut tables = 0u64;
     for name in names {
@@ -420,6 +519,8 @@ fn hex(b: &[u8]) -> String {
 /// What a checked backup file holds.
 struct Summary {
     created_unix_ms: u64,
+    /// Its users, if it saved them.
+    users: Option<Vec<SavedUser>>,
     /// Its tables, with their key counts.
     tables: Vec<(TableHead, u64)>,
     keys: u64,
@@ -459,12 +560,33 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
                 }
                 summary = Some(Summary {
                     created_unix_ms: head.created_unix_ms,
+                    users: None,
                     tables: Vec::new(),
                     keys: 0,
                 });
             }
             (_, None, _) => {
                 bail!("{shown} is not a Cairn backup (its first line is not a backup header)")
+            }
+            // Right after the header: before any table, and once.
+            (Line::Meta(Meta::Users(users)), Some(s), None)
+                if s.users.is_none() && s.tables.is_empty() && at == 2 =>
+            {
+                for (i, u) in users.iter().enumerate() {
+                    if u.record().is_none() {
+                        bail!(
+                            "{shown} line {at}: user {:?} has a damaged token hash",
+                            u.name
+                        );
+                    }
+                    if users[..i].iter().any(|seen| seen.name == u.name) {
+                        bail!(
+                            "{shown} line {at}: user {:?} is in the file twice; the file is damaged",
+                            u.name
+                        );
+                    }
+                }
+                s.users = Some(users);
             }
             (Line::Meta(Meta::Table(t)), Some(s), None) => {
                 if s.tables.iter().any(|(seen, _)| seen.name == t.name) {
@@ -520,10 +642,64 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
     }
 }
 
+/// Adds the users saved in a backup that the cluster does not have, each with its saved
+/// token; a user the cluster has is kept as it is.
+async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<()> {
+    let cannot = |e: cairn_client::Error| {
+        anyhow::anyhow!(
+            "cannot restore the users: {e}; restore as an admin, or pass --no-users to restore the tables alone (no table was written)"
+        )
+    };
+    let existing = client.user_records().await.map_err(cannot)?;
+    let (mut added, mut there) = (0, 0);
+    for saved in users {
+        let Some(u) = saved.record() else {
+            bail!("user {:?} has a damaged token hash", saved.name);
+        };
+        match existing.iter().find(|e| e.name == u.name) {
+            Some(e) if *e == u => there += 1,
+            Some(e) => eprintln!(
+                "restore: user {} exists in the cluster as {} of {:?}, with a token of its own; kept as it is (its saved token does not work here)",
+                e.name,
+                e.role,
+                if e.tables.is_empty() {
+                    "every table"
+                } else {
+                    &e.tables
+                }
+            ),
+            None => match client.restore_user(&u).await {
+                Ok(()) => added += 1,
+                // A retry of an add whose answer was lost finds the user it made.
+                Err(e) if e.code == ErrorCode::AlreadyExists => {
+                    let now = client.user_records().await.map_err(cannot)?;
+                    if !now.contains(&u) {
+                        bail!(
+                            "cannot restore user {}: {e}; the users before it in the file were restored, the tables not yet (pass --no-users to restore them without users)",
+                            u.name
+                        );
+                    }
+                    added += 1;
+                }
+                Err(e) => bail!(
+                    "cannot restore user {}: {e}; the users before it in the file were restored, the tables not yet",
+                    u.name
+                ),
+            },
+        }
+    }
+    eprintln!(
+        "restore: users: {added} added with their saved tokens, {there} already there, {} kept as the cluster has them",
+        users.len() - added - there
+    );
+    Ok(())
+}
+
 async fn restore(
     client: &Client,
     file: &Path,
     only: &[String],
+    with_users: bool,
     replication: Option<u32>,
 ) -> anyhow::Result<()> {
     let summary = check(file)?;
@@ -553,6 +729,14 @@ async fn restore(
                 t.name
             );
         }
+    }
+    match (&summary.users, with_users) {
+        (Some(users), true) => restore_users(client, users).await?,
+        (None, true) => eprintln!(
+            "restore: {} holds no users (saved with --table or --no-users, or by a non-admin)",
+            file.display()
+        ),
+        (_, false) => {}
     }
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let lines = BufReader::new(f).lines();
@@ -789,45 +973,114 @@ mod tests {
         assert!(err.to_string().contains("view gone"), "{err}");
     }
 
-    /// A file listing one table twice is refused by `check`, even with a good checksum.
-    #[test]
-    fn a_table_twice_in_one_file_is_refused() {
-        let table = |n: &str| {
-            let head = Line::Meta(Meta::Table(TableHead {
-                name: n.into(),
-                replication: 3,
-                splits: vec![],
-            }));
-            let end = Line::Meta(Meta::TableEnd(TableEnd {
-                name: n.into(),
-                keys: 0,
-            }));
-            [head, end]
-        };
-        let header = Line::Meta(Meta::CairnBackup(Header {
-            version: VERSION,
-            created_unix_ms: 1,
+    /// An empty table's two lines.
+    fn table(n: &str) -> [Line; 2] {
+        let head = Line::Meta(Meta::Table(TableHead {
+            name: n.into(),
+            replication: 3,
+            splits: vec![],
         }));
+        let end = Line::Meta(Meta::TableEnd(TableEnd {
+            name: n.into(),
+            keys: 0,
+        }));
+        [head, end]
+    }
+
+    fn header(version: u32) -> Line {
+        Line::Meta(Meta::CairnBackup(Header {
+            version,
+            created_unix_ms: 1,
+        }))
+    }
+
+    fn user(name: &str, hash_byte: u8) -> SavedUser {
+        SavedUser::of(&UserRecord {
+            name: name.into(),
+            role: "readwrite".into(),
+            tables: "app_".into(),
+            token_sha256: [hash_byte; 32],
+        })
+    }
+
+    /// `check`'s verdict on a file of `lines` (empty tables) closed with a good checksum.
+    fn checked(lines: impl IntoIterator<Item = Line>, tables: u64) -> anyhow::Result<Summary> {
         let mut text = String::new();
-        for l in std::iter::once(header).chain(table("t")).chain(table("t")) {
+        for l in lines {
             text += &serde_json::to_string(&l).unwrap();
             text.push('\n');
         }
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
         let end = Line::Meta(Meta::End(End {
-            tables: 2,
+            tables,
             keys: 0,
             sha256,
         }));
         text += &serde_json::to_string(&end).unwrap();
         text.push('\n');
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("twice");
+        let path = dir.path().join("backup");
         std::fs::write(&path, text).unwrap();
-        let err = check(&path)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        check(&path)
+    }
+
+    fn refusal(r: anyhow::Result<Summary>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    /// A file listing one table twice is refused by `check`, even with a good checksum.
+    #[test]
+    fn a_table_twice_in_one_file_is_refused() {
+        let lines = std::iter::once(header(VERSION))
+            .chain(table("t"))
+            .chain(table("t"));
+        let err = refusal(checked(lines, 2));
         assert!(err.contains("twice"), "{err}");
+    }
+
+    /// The users line is read back as written, right after the header; a file of version 1
+    /// (before users were saved) is still read; a users line anywhere else, a user listed
+    /// twice or a damaged token hash is refused.
+    #[test]
+    fn users_are_read_back_and_only_from_their_place() {
+        let users = vec![user("alice", 0xab), user("bob", 0x01)];
+        assert_eq!(users[0].token_sha256, "ab".repeat(32));
+        assert_eq!(users[0].record().unwrap().token_sha256, [0xab; 32]);
+        let lines = [header(VERSION), Line::Meta(Meta::Users(users.clone()))]
+            .into_iter()
+            .chain(table("t"));
+        let s = checked(lines, 1).unwrap();
+        assert_eq!(s.users, Some(users.clone()));
+        assert_eq!(s.tables.len(), 1);
+
+        let old = std::iter::once(header(1)).chain(table("t"));
+        let s = checked(old, 1).unwrap();
+        assert_eq!(s.users, None);
+
+        let after_a_table = std::iter::once(header(VERSION))
+            .chain(table("t"))
+            .chain([Line::Meta(Meta::Users(users.clone()))]);
+        assert!(refusal(checked(after_a_table, 1)).contains("out of place"));
+
+        let twice = [
+            header(VERSION),
+            Line::Meta(Meta::Users(users.clone())),
+            Line::Meta(Meta::Users(users.clone())),
+        ];
+        assert!(refusal(checked(twice, 0)).contains("out of place"));
+
+        let same_name = [
+            header(VERSION),
+            Line::Meta(Meta::Users(vec![user("alice", 1), user("alice", 2)])),
+        ];
+        assert!(refusal(checked(same_name, 0)).contains("twice"));
+
+        let mut damaged = user("carol", 7);
+        damaged.token_sha256.replace_range(0..1, "g");
+        let bad_hash = [header(VERSION), Line::Meta(Meta::Users(vec![damaged]))];
+        assert!(refusal(checked(bad_hash, 0)).contains("damaged token hash"));
+        let mut short = user("dave", 7);
+        short.token_sha256.pop();
+        assert_eq!(short.record(), None);
     }
 }

@@ -83,7 +83,7 @@ enum Command {
     Cert(cert_cmd::CertArgs),
     /// Add, list and remove the users of a secure cluster (admin only).
     User(client_cmds::UserArgs),
-    /// Save tables to a file, check one, and restore its tables (`cairn backup save FILE`).
+    /// Save tables and users to a file, check one, and restore them (`cairn backup save FILE`).
     Backup(backup_cmd::BackupArgs),
 }
 

@@ -242,6 +242,19 @@ pub struct ListPage {
     pub cursor: Option<Vec<u8>>,
 }
 
+/// A user as a backup keeps it ([`Client::user_records`], [`Client::restore_user`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user's name.
+    pub name: String,
+    /// `admin`, `readwrite` or `readonly`.
+    pub role: String,
+    /// The prefix of the tables it may use (empty: all).
+    pub tables: String,
+    /// The SHA-256 of its token (the token itself is kept nowhere).
+    pub token_sha256: [u8; 32],
+}
+
 /// One page of [`Client::export`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportPage {
@@ -1054,6 +1067,7 @@ impl Client {
                 name: name.into(),
                 role: role.into(),
                 tables: tables.into(),
+                token_sha256: Vec::new(),
             }),
         };
         // A retry after a lost answer is refused ALREADY_EXISTS (the token was never seen):
@@ -1067,12 +1081,75 @@ impl Client {
         Ok(r.into_inner().token)
     }
 
+    /// Every user with the SHA-256 of its token, as a backup keeps them (admins only).
+    pub async fn user_records(&self) -> Result<Vec<UserRecord>> {
+        let r = self
+            .retry(|ch, _| async move {
+                AdminClient::new(ch)
+                    .list_users(pb::ListUsersRequest { token_hashes: true })
+                    .await
+            })
+            .await?;
+        let mut records = Vec::new();
+        for u in r.into_inner().users {
+            let Ok(token_sha256) = <[u8; 32]>::try_from(u.token_sha256.as_slice()) else {
+                // A node of an older build ignores the request's `token_hashes`.
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "the cluster answered user {:?} without its token hash: its nodes are older than this client; upgrade them first",
+                        u.name
+                    ),
+                ));
+            };
+            records.push(UserRecord {
+                name: u.name,
+                role: u.role,
+                tables: u.tables,
+                token_sha256,
+            });
+        }
+        Ok(records)
+    }
+
+    /// Adds user `u` with the token it had (a restore): its old token works, and no new
+    /// one is made. Refused ALREADY_EXISTS if a user of that name, or of that token, exists.
+    pub async fn restore_user(&self, u: &UserRecord) -> Result<()> {
+        let req = pb::AddUserRequest {
+            user: Some(pb::User {
+                name: u.name.clone(),
+                role: u.role.clone(),
+                tables: u.tables.clone(),
+                token_sha256: u.token_sha256.to_vec(),
+            }),
+        };
+        let r = self
+            .retry(|ch, _| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).add_user(req).await }
+            })
+            .await?;
+        if !r.into_inner().token.is_empty() {
+            // A node of an older build ignored the hash and made a new token.
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "the cluster gave user {:?} a new token instead of its saved one: its nodes are older than this client; upgrade them, then `cairn user remove {}` and restore again",
+                    u.name, u.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Users of a secure cluster: `(name, role, table prefix)`.
     pub async fn list_users(&self) -> Result<Vec<(String, String, String)>> {
         let r = self
             .retry(|ch, _| async move {
                 AdminClient::new(ch)
-                    .list_users(pb::ListUsersRequest {})
+                    .list_users(pb::ListUsersRequest {
+                        token_hashes: false,
+                    })
                     .await
             })
             .await?;

@@ -107,6 +107,8 @@ pub enum MetaRequest {
     /// another node's console charts its metrics, and `cairn debug zip` collects a node whose
     /// own HTTP address it cannot reach through one it can.
     NodeDiagnostic(Diagnostic),
+    /// Every user with the hash of its token, for a backup (admins only).
+    UserRecords,
 }
 
 /// What a node tells about itself on its HTTP port, asked of it through another node.
@@ -228,6 +230,8 @@ pub enum MetaReply {
     /// A node's diagnostic, as its own HTTP port serves it (for
     /// [`MetaRequest::NodeDiagnostic`]).
     Diagnostic(Vec<u8>),
+    /// Users with the SHA-256 of their tokens (for [`MetaRequest::UserRecords`]).
+    UserRecords(Vec<(cairn_types::User, [u8; 32])>),
 }
 
 /// A request for one partition replica.

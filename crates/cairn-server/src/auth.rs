@@ -209,10 +209,24 @@ impl Node {
         }
     }
 
-    /// Adds a user and answers its token, which is shown only now.
-    pub async fn add_user(&self, name: &str, role: Role, tables: &str) -> Result<String> {
+    /// Adds a user and answers its token, which is shown only now. With `token_hash` (a
+    /// user restored from a backup) the user keeps the token it had, and none is answered.
+    pub async fn add_user(
+        &self,
+        name: &str,
+        role: Role,
+        tables: &str,
+        token_hash: Option<[u8; 32]>,
+    ) -> Result<Option<String>> {
         cairn_types::validate_user_name(name)?;
-        let token = new_token();
+        let (token, hash) = match token_hash {
+            Some(h) => (None, h),
+            None => {
+                let t = new_token();
+                let h = self::token_hash(&t);
+                (Some(t), h)
+            }
+        };
         let user = User {
             name: name.to_string(),
             role,
@@ -223,7 +237,7 @@ impl Node {
             .meta(
                 MetaRequest::AddUser {
                     user,
-                    token_hash: token_hash(&token),
+                    token_hash: hash,
                 },
                 deadline,
             )
@@ -246,6 +260,17 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(10);
         match self.router.meta(MetaRequest::ListUsers, deadline).await? {
             MetaReply::Users(u) => Ok(u),
+            other => Err(Error::Internal(format!(
+                "the metadata leader answered {other:?} to a user list"
+            ))),
+        }
+    }
+
+    /// Every user with the SHA-256 of its token, by name (for a backup).
+    pub async fn user_records(&self) -> Result<Vec<(User, [u8; 32])>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        match self.router.meta(MetaRequest::UserRecords, deadline).await? {
+            MetaReply::UserRecords(u) => Ok(u),
             other => Err(Error::Internal(format!(
                 "the metadata leader answered {other:?} to a user list"
             ))),

@@ -757,11 +757,24 @@ impl admin_server::Admin for Admin {
                 u.role
             )))
         })?;
+        let hash = match u.token_sha256.len() {
+            0 => None,
+            _ => Some(
+                <[u8; 32]>::try_from(u.token_sha256.as_slice()).map_err(|_| {
+                    status(Error::InvalidArgument(format!(
+                        "token_sha256 of user {:?} has {} bytes; a SHA-256 has 32",
+                        u.name,
+                        u.token_sha256.len()
+                    )))
+                })?,
+            ),
+        };
         let token = self
             .0
-            .add_user(&u.name, role, &u.tables)
+            .add_user(&u.name, role, &u.tables, hash)
             .await
-            .map_err(status)?;
+            .map_err(status)?
+            .unwrap_or_default();
         Ok(Response::new(pb::AddUserResponse { token }))
     }
 
@@ -770,14 +783,21 @@ impl admin_server::Admin for Admin {
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         allow(&self.0, &req, Access::Admin).await?;
-        let users = self.0.list_users().await.map_err(status)?;
+        let users: Vec<(cairn_types::User, Vec<u8>)> = if req.get_ref().token_hashes {
+            let records = self.0.user_records().await.map_err(status)?;
+            records.into_iter().map(|(u, h)| (u, h.to_vec())).collect()
+        } else {
+            let users = self.0.list_users().await.map_err(status)?;
+            users.into_iter().map(|u| (u, Vec::new())).collect()
+        };
         Ok(Response::new(pb::ListUsersResponse {
             users: users
                 .into_iter()
-                .map(|u| pb::User {
+                .map(|(u, token_sha256)| pb::User {
                     name: u.name,
                     role: u.role.as_str().to_string(),
                     tables: u.tables,
+                    token_sha256,
                 })
                 .collect(),
         }))

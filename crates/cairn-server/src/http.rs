@@ -808,7 +808,10 @@ async fn add_user(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult {
             b.role
         ))
     })?;
-    let token = node.add_user(&b.name, role, &b.tables).await?;
+    let token = node
+        .add_user(&b.name, role, &b.tables, None)
+        .await?
+        .unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         Json(json!({"name": b.name, "token": token})),

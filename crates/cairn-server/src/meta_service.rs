@@ -481,6 +481,20 @@ impl Core {
             }
             MetaRequest::AddUser { user, token_hash } => {
                 cairn_types::validate_user_name(&user.name)?;
+                // Two users of one token would be one user to `Authenticate`. A new token is
+                // random; a token hash from a backup may be one this cluster already holds.
+                if let Some(other) = self
+                    .meta_barrier()
+                    .await?
+                    .users
+                    .values()
+                    .find(|e| e.token_hash == token_hash && e.user.name != user.name)
+                {
+                    return Err(Error::AlreadyExists(format!(
+                        "user {} has that token already; a user needs a token of its own",
+                        other.user.name
+                    )));
+                }
                 match self
                     .propose_meta(MetaCommand::AddUser(cairn_meta::UserEntry {
                         user,
@@ -504,6 +518,14 @@ impl Core {
                     .users
                     .values()
                     .map(|e| e.user.clone())
+                    .collect(),
+            )),
+            MetaRequest::UserRecords => Ok(MetaReply::UserRecords(
+                self.meta_barrier()
+                    .await?
+                    .users
+                    .values()
+                    .map(|e| (e.user.clone(), e.token_hash))
                     .collect(),
             )),
             MetaRequest::Authenticate(credential) => {

@@ -479,6 +479,21 @@ impl Cluster {
         }
     }
 
+    /// A client of a secure cluster that shows no client certificate, only `token` if given.
+    pub fn token_client(&self, token: Option<&str>) -> Client {
+        let certs = self.certs.as_ref().expect("a secure cluster");
+        // "nobody" has no certificate in the directory: the client shows only the token.
+        let tls = cairn_proto::tls::client_config(certs, "nobody", b"h2").unwrap();
+        let dialer = cairn_proto::tls::TlsDialer::new(std::sync::Arc::new(tls), None);
+        Client::with_auth(
+            self.nodes.iter().map(|n| n.grpc.clone()),
+            Some(std::sync::Arc::new(dialer)),
+            token,
+        )
+        .unwrap()
+        .with_timeout(Duration::from_secs(5))
+    }
+
     /// Every node's gRPC address, comma-separated, for `cairn --endpoints`.
     pub fn endpoints(&self) -> String {
         self.nodes

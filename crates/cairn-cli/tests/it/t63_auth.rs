@@ -9,21 +9,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A TLS client with no client certificate, sending `token` if given.
-fn token_client(c: &Cluster, token: Option<&str>) -> cairn_client::Client {
-    let certs = c.certs.as_ref().unwrap();
-    // "nobody" has no certificate in the directory: the client shows only the token.
-    let tls = cairn_proto::tls::client_config(certs, "nobody", b"h2").unwrap();
-    let dialer = cairn_proto::tls::TlsDialer::new(Arc::new(tls), None);
-    cairn_client::Client::with_auth(
-        c.nodes.iter().map(|n| n.grpc.clone()),
-        Some(Arc::new(dialer)),
-        token,
-    )
-    .unwrap()
-    .with_timeout(Duration::from_secs(5))
-}
-
 fn cairn(certs: &Path, endpoints: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--endpoints", endpoints])
@@ -112,7 +97,7 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
     );
 
     // No credential: refused, nothing written.
-    let anon = token_client(&c, None);
+    let anon = c.token_client(None);
     assert_eq!(
         code(anon.put("app_t", b"k", b"anon").await),
         ErrorCode::Unauthenticated
@@ -121,14 +106,14 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
         code(anon.get("app_t", b"k").await),
         ErrorCode::Unauthenticated
     );
-    let forged = token_client(&c, Some("cairn_not-a-token"));
+    let forged = c.token_client(Some("cairn_not-a-token"));
     assert_eq!(
         code(forged.get("app_t", b"k").await),
         ErrorCode::Unauthenticated
     );
 
     // readonly reads everything and writes nothing.
-    let reader = token_client(&c, Some(&ro));
+    let reader = c.token_client(Some(&ro));
     assert_eq!(
         reader.get("other", b"k").await.unwrap().as_deref(),
         Some(&b"o0"[..])
@@ -148,7 +133,7 @@ async fn t63_tokens_and_roles_allow_only_what_they_say() {
     assert_eq!(code(reader.list_users().await), ErrorCode::PermissionDenied);
 
     // readwrite on app_ tables writes those only.
-    let writer = token_client(&c, Some(&app));
+    let writer = c.token_client(Some(&app));
     writer.put("app_t", b"k", b"v1").await.unwrap();
     assert_eq!(
         code(writer.put("other", b"k", b"app").await),

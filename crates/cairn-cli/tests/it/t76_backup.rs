@@ -9,10 +9,22 @@ use std::time::Duration;
 
 /// Runs `cairn backup ARGS` against `c`; answers whether it succeeded, and its output.
 async fn backup(c: &Cluster, args: &[&str]) -> (bool, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--endpoints", &c.endpoints(), "backup"])
-        .args(args)
-        .output();
+    backup_as(c, None, args).await
+}
+
+/// Runs `cairn backup ARGS` against `c` as the user of `token` (default: root's client
+/// certificate on a secure cluster).
+async fn backup_as(c: &Cluster, token: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(["--endpoints", &c.endpoints()])
+        .env_remove("CAIRN_TOKEN");
+    if let Some(certs) = &c.certs {
+        cmd.arg("--certs-dir").arg(certs);
+    }
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let run = cmd.arg("backup").args(args).output();
     let run = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("cairn backup finished within two minutes")
@@ -309,4 +321,127 @@ async fn t76_a_partition_whose_view_died_is_read_again_from_the_new_leader() {
         }
     }
     assert_eq!(got, rows);
+}
+
+/// A backup of every table taken by an admin carries the users: restored into a new
+/// cluster (its own CA), each user's old token works there with its old role; a user the
+/// new cluster has is kept as it is; a non-admin can neither save nor restore users, and a
+/// restore refused for that writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t76_a_cluster_backup_brings_its_users_back() {
+    let old = Cluster::start_secure(3).await;
+    let root = old.client();
+    root.create_table("app_t", 3, vec![]).await.unwrap();
+    root.create_table("other", 3, vec![]).await.unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..20u32)
+        .map(|i| {
+            (
+                format!("k{i:02}").into_bytes(),
+                format!("v{i}").into_bytes(),
+            )
+        })
+        .collect();
+    write_all(&root, "app_t", &rows).await;
+    root.put("other", b"k", b"o").await.unwrap();
+    let alice = root.add_user("alice", "readwrite", "app_").await.unwrap();
+    let ops = root.add_user("ops", "readonly", "").await.unwrap();
+    let boss = root.add_user("boss", "admin", "").await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    // A readonly user reads every table but not the users: the tables are saved alone.
+    let tables_only = dir.path().join("tables-only.backup");
+    let (ok, out) = backup_as(&old, Some(&ops), &["save", path(&tables_only)]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("users are not saved"), "{out}");
+    assert!(out.contains("saved 2 table(s), 21 key(s) to"), "{out}");
+    let (ok, out) = backup(&old, &["inspect", path(&tables_only)]).await;
+    assert!(ok && out.contains("users: not saved"), "{out}");
+
+    let file = dir.path().join("cluster.backup");
+    let (ok, out) = backup(&old, &["save", path(&file)]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("saved 2 table(s), 21 key(s), 3 user(s)"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(&alice) && !text.contains(&ops) && !text.contains(&boss),
+        "a token itself is in the file"
+    );
+    let (ok, out) = backup(&old, &["inspect", path(&file)]).await;
+    assert!(ok && out.contains("users: 3"), "{out}");
+    let alice_line = out.lines().find(|l| l.trim_start().starts_with("alice"));
+    assert_eq!(
+        alice_line.map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["alice", "readwrite", "app_*"]),
+        "{out}"
+    );
+
+    // A new cluster, with a user "ops" of its own (another role, another token).
+    let new = Cluster::start_secure(3).await;
+    let new_root = new.client();
+    let new_ops = new_root.add_user("ops", "readonly", "").await.unwrap();
+    // Its readonly user may not add users: refused, and no table written.
+    let (ok, out) = backup_as(&new, Some(&new_ops), &["restore", path(&file)]).await;
+    assert!(!ok && out.contains("cannot restore the users"), "{out}");
+    assert!(out.contains("--no-users"), "{out}");
+    assert!(new_root.list_tables().await.unwrap().is_empty());
+
+    let (ok, out) = backup(&new, &["restore", path(&file)]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("users: 2 added with their saved tokens, 0 already there, 1 kept"),
+        "{out}"
+    );
+    assert!(out.contains("user ops exists in the cluster"), "{out}");
+    assert!(out.contains("restored 2 table(s), 21 key(s)"), "{out}");
+
+    // alice's old token works here, with her old role: her tables, and no others.
+    let alice_new = new.token_client(Some(&alice));
+    assert_eq!(list_all_values(&alice_new, "app_t").await, rows);
+    alice_new.put("app_t", b"k00", b"new").await.unwrap();
+    let e = alice_new.get("other", b"k").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::PermissionDenied, "{e}");
+    // boss is an admin here too.
+    let listed = new.token_client(Some(&boss)).list_users().await.unwrap();
+    let mut names: Vec<&str> = listed.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "boss", "ops"]);
+    // ops is the new cluster's: its old token is refused, its new one still reads.
+    let e = new
+        .token_client(Some(&ops))
+        .get("other", b"k")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthenticated, "{e}");
+    assert_eq!(
+        new.token_client(Some(&new_ops))
+            .get("other", b"k")
+            .await
+            .unwrap(),
+        Some(b"o".to_vec())
+    );
+
+    // Restored again (tables dropped): the users are all there already.
+    new_root.drop_table("app_t").await.unwrap();
+    new_root.drop_table("other").await.unwrap();
+    let (ok, out) = backup(&new, &["restore", path(&file)]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("users: 0 added with their saved tokens, 2 already there, 1 kept"),
+        "{out}"
+    );
+
+    // Users with their token hashes are for admins only, and no two users share a token.
+    let e = alice_new.user_records().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::PermissionDenied, "{e}");
+    let records = root.user_records().await.unwrap();
+    let twin = cairn_client::UserRecord {
+        name: "twin".into(),
+        ..records.iter().find(|u| u.name == "alice").unwrap().clone()
+    };
+    let e = root.restore_user(&twin).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::AlreadyExists, "{e}");
+    assert!(e.message.contains("alice"), "{e}");
 }
