@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use crate::client_cmds::Conn;
 
-/// The format version this build writes; it reads this one and those before it (version 1
-/// had no users line).
+/// The newest format version, which this build writes when the file has users (a file
+/// without is of version 1, which had no users line); it reads every version up to it.
 const VERSION: u32 = 2;
 /// Times a partition is read again from a new view (its view gone) before the backup fails.
 const MAX_RESTARTS: u32 = 5;
@@ -137,7 +137,7 @@ impl SavedUser {
     /// The user as the cluster takes it; `None` if the hash is not 64 hex digits.
     fn record(&self) -> Option<UserRecord> {
         let h = self.token_sha256.as_bytes();
-        if h.len() != 64 {
+        if h.len() != 64 || !h.iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
         let mut token_sha256 = [0u8; 32];
@@ -361,8 +361,9 @@ async fn save_into(
     users: Option<&[SavedUser]>,
     names: &[String],
 ) -> anyhow::Result<(u64, u64)> {
+    // Without users the file is of version 1, which older builds read too.
     w.line(&Line::Meta(Meta::CairnBackup(Header {
-        version: VERSION,
+        version: if users.is_some() { VERSION } else { 1 },
         created_unix_ms: unix_ms(),
     })))?;
     if let Some(users) = users {
@@ -519,6 +520,7 @@ fn hex(b: &[u8]) -> String {
 /// What a checked backup file holds.
 struct Summary {
     created_unix_ms: u64,
+    version: u32,
     /// Its users, if it saved them.
     users: Option<Vec<SavedUser>>,
     /// Its tables, with their key counts.
@@ -560,6 +562,7 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
                 }
                 summary = Some(Summary {
                     created_unix_ms: head.created_unix_ms,
+                    version: head.version,
                     users: None,
                     tables: Vec::new(),
                     keys: 0,
@@ -570,7 +573,7 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
             }
             // Right after the header: before any table, and once.
             (Line::Meta(Meta::Users(users)), Some(s), None)
-                if s.users.is_none() && s.tables.is_empty() && at == 2 =>
+                if s.users.is_none() && s.tables.is_empty() && at == 2 && s.version >= 2 =>
             {
                 for (i, u) in users.iter().enumerate() {
                     if u.record().is_none() {
@@ -643,54 +646,100 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
 }
 
 /// Adds the users saved in a backup that the cluster does not have, each with its saved
-/// token; a user the cluster has is kept as it is.
+/// token; a user the cluster has is kept as it is. Every user is checked before the first
+/// is added, so that a refusal leaves the cluster's users as they were.
 async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<()> {
     let cannot = |e: cairn_client::Error| {
+        let what = if e.code == ErrorCode::PermissionDenied {
+            "restore as an admin"
+        } else {
+            "check that every node runs this version (`cairn admin nodes`)"
+        };
         anyhow::anyhow!(
-            "cannot restore the users: {e}; restore as an admin, or pass --no-users to restore the tables alone (no table was written)"
+            "cannot restore the users: {e}; {what}, or pass --no-users to restore the tables alone (nothing was written)"
         )
     };
     let existing = client.user_records().await.map_err(cannot)?;
-    let (mut added, mut there) = (0, 0);
+    let mut to_add = Vec::new();
+    let mut kept = Vec::new();
+    let mut there = 0;
     for saved in users {
         let Some(u) = saved.record() else {
             bail!("user {:?} has a damaged token hash", saved.name);
         };
+        let refused = |why: String| {
+            anyhow::anyhow!(
+                "cannot restore user {:?}: {why}; pass --no-users to restore the tables alone (nothing was written)",
+                u.name
+            )
+        };
+        cairn_types::validate_user_name(&u.name).map_err(|e| refused(e.to_string()))?;
+        if cairn_types::Role::parse(&u.role).is_none() {
+            return Err(refused(format!(
+                "role {:?} is not one this cairn knows",
+                u.role
+            )));
+        }
         match existing.iter().find(|e| e.name == u.name) {
             Some(e) if *e == u => there += 1,
-            Some(e) => eprintln!(
-                "restore: user {} exists in the cluster as {} of {:?}, with a token of its own; kept as it is (its saved token does not work here)",
-                e.name,
-                e.role,
-                if e.tables.is_empty() {
-                    "every table"
-                } else {
-                    &e.tables
+            Some(e) => kept.push(e),
+            None => {
+                if let Some(other) = existing.iter().find(|e| e.token_sha256 == u.token_sha256) {
+                    return Err(refused(format!(
+                        "the cluster's user {:?} has the same token",
+                        other.name
+                    )));
                 }
-            ),
-            None => match client.restore_user(&u).await {
-                Ok(()) => added += 1,
-                // A retry of an add whose answer was lost finds the user it made.
-                Err(e) if e.code == ErrorCode::AlreadyExists => {
-                    let now = client.user_records().await.map_err(cannot)?;
-                    if !now.contains(&u) {
-                        bail!(
-                            "cannot restore user {}: {e}; the users before it in the file were restored, the tables not yet (pass --no-users to restore them without users)",
-                            u.name
-                        );
-                    }
-                    added += 1;
-                }
-                Err(e) => bail!(
-                    "cannot restore user {}: {e}; the users before it in the file were restored, the tables not yet",
-                    u.name
-                ),
-            },
+                to_add.push(u);
+            }
         }
     }
+    for e in &kept {
+        let tables = if e.tables.is_empty() {
+            "every table".to_string()
+        } else {
+            format!("tables {}*", e.tables)
+        };
+        eprintln!(
+            "restore: user {} exists in the cluster ({}, {tables}); kept as the cluster has it, so its saved role and token do not apply",
+            e.name, e.role
+        );
+    }
+    for (i, u) in to_add.iter().enumerate() {
+        let failed = |e: cairn_client::Error| {
+            anyhow::anyhow!(
+                "cannot restore user {}: {e}; {i} user(s) before it were added, and no table was written",
+                u.name
+            )
+        };
+        match client.restore_user(u).await {
+            Ok(()) => {}
+            // A retry of an add whose answer was lost finds the user it made.
+            Err(e) if e.code == ErrorCode::AlreadyExists => {
+                let now = client.user_records().await.map_err(failed)?;
+                if !now.contains(u) {
+                    return Err(failed(e));
+                }
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        // Named one by one: a user removed since the backup (say, for a leaked token) is
+        // back with that token, and must be removed again.
+        eprintln!(
+            "restore: user {} added ({}, {}), with its saved token",
+            u.name,
+            u.role,
+            if u.tables.is_empty() {
+                "every table".to_string()
+            } else {
+                format!("tables {}*", u.tables)
+            }
+        );
+    }
     eprintln!(
-        "restore: users: {added} added with their saved tokens, {there} already there, {} kept as the cluster has them",
-        users.len() - added - there
+        "restore: users: {} added with their saved tokens, {there} already there, {} kept as the cluster has them",
+        to_add.len(),
+        kept.len()
     );
     Ok(())
 }
@@ -1062,6 +1111,9 @@ mod tests {
             .chain([Line::Meta(Meta::Users(users.clone()))]);
         assert!(refusal(checked(after_a_table, 1)).contains("out of place"));
 
+        let in_a_version_1_file = [header(1), Line::Meta(Meta::Users(users.clone()))];
+        assert!(refusal(checked(in_a_version_1_file, 0)).contains("out of place"));
+
         let twice = [
             header(VERSION),
             Line::Meta(Meta::Users(users.clone())),
@@ -1082,5 +1134,8 @@ mod tests {
         let mut short = user("dave", 7);
         short.token_sha256.pop();
         assert_eq!(short.record(), None);
+        let mut signed = user("erin", 7);
+        signed.token_sha256.replace_range(0..2, "+a");
+        assert_eq!(signed.record(), None);
     }
 }

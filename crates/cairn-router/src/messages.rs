@@ -90,7 +90,7 @@ pub enum MetaRequest {
     Nodes,
     /// The metadata members, answered by any node without forwarding (used to join).
     ClusterInfo,
-    /// Adds a user with the hash of its new token.
+    /// Adds a user with the hash of its token (a new one, or one restored from a backup).
     AddUser {
         /// The user.
         user: cairn_types::User,

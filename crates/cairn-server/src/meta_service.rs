@@ -483,6 +483,9 @@ impl Core {
                 cairn_types::validate_user_name(&user.name)?;
                 // Two users of one token would be one user to `Authenticate`. A new token is
                 // random; a token hash from a backup may be one this cluster already holds.
+                // Checked here, not in the state machine (where replicas of different builds
+                // would disagree), so two such adds at once could both pass: best effort
+                // against a mistake, only admins can add users.
                 if let Some(other) = self
                     .meta_barrier()
                     .await?

@@ -387,6 +387,13 @@ async fn t76_a_cluster_backup_brings_its_users_back() {
     assert!(!ok && out.contains("cannot restore the users"), "{out}");
     assert!(out.contains("--no-users"), "{out}");
     assert!(new_root.list_tables().await.unwrap().is_empty());
+    // A table of the file exists: refused before any user is added.
+    new_root.create_table("other", 3, vec![]).await.unwrap();
+    let (ok, out) = backup(&new, &["restore", path(&file)]).await;
+    assert!(!ok && out.contains("table other exists"), "{out}");
+    let users = new_root.list_users().await.unwrap();
+    assert_eq!(users.len(), 1, "{users:?}");
+    new_root.drop_table("other").await.unwrap();
 
     let (ok, out) = backup(&new, &["restore", path(&file)]).await;
     assert!(ok, "{out}");
@@ -395,6 +402,10 @@ async fn t76_a_cluster_backup_brings_its_users_back() {
         "{out}"
     );
     assert!(out.contains("user ops exists in the cluster"), "{out}");
+    assert!(
+        out.contains("user alice added (readwrite, tables app_*)"),
+        "{out}"
+    );
     assert!(out.contains("restored 2 table(s), 21 key(s)"), "{out}");
 
     // alice's old token works here, with her old role: her tables, and no others.
