@@ -194,8 +194,7 @@ impl<T: Transport> Router<T> {
                 // Only `node` holds the view: when it cannot be reached (killed, restarted,
                 // paused), no other node can serve the page, and a retry until the caller's
                 // deadline would only delay the read from a new view.
-                let reply = match bounded(deadline, self.transport().partition(node, req)).await
-                {
+                let reply = match bounded(deadline, self.transport().partition(node, req)).await {
                     Err(Error::Unavailable(why)) => {
                         return Err(Error::NotFound(format!(
                             "the export view of partition {partition} on node {node} cannot be read ({why}); read the partition again from its restart cursor"

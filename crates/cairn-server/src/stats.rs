@@ -173,12 +173,17 @@ impl ReplicaStats {
         }
     }
 
-    /// Whether the size should be measured again.
+    /// Whether the size should be measured again: after `rewrite_after` bytes written, or
+    /// a quarter of the partition's size when that is more. A measurement reads the whole
+    /// partition, so one that grows past the split size without splitting (the controller
+    /// paused, no key to split at) would otherwise be read whole every `rewrite_after`
+    /// bytes, a cost growing with the square of its size; this way a partition is read
+    /// about five times for the bytes written to it, whatever its size.
     fn stale(&self, version: u64, rewrite_after: u64) -> bool {
         let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &s.measured {
             None => true,
-            Some(m) => m.version != version || s.written >= rewrite_after,
+            Some(m) => m.version != version || s.written >= rewrite_after.max(m.bytes / 4),
         }
     }
 
@@ -278,6 +283,55 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partition is measured again after 1/8 of the split size written, or after a
+    /// quarter of its own size when that is more; a split (a new version) always asks for
+    /// a new measurement.
+    #[test]
+    fn a_large_partition_is_measured_again_after_a_quarter_of_its_size() {
+        let stats = ReplicaStats::default();
+        let split = 96u64 << 20;
+        let every = split / 8;
+        assert!(stats.stale(1, every), "never measured");
+        let measured = |bytes: u64| Measured {
+            bytes,
+            keys: 1,
+            middle: None,
+            version: 1,
+        };
+        stats.set_measured(measured(40 << 20));
+        stats.record(
+            KeySample::Key(b"k".to_vec()),
+            true,
+            every - 1,
+            Duration::from_secs(10),
+        );
+        assert!(!stats.stale(1, every));
+        stats.record(
+            KeySample::Key(b"k".to_vec()),
+            true,
+            1,
+            Duration::from_secs(10),
+        );
+        assert!(stats.stale(1, every), "12 MiB written into 40 MiB");
+
+        stats.set_measured(measured(1 << 30));
+        stats.record(
+            KeySample::Key(b"k".to_vec()),
+            true,
+            200 << 20,
+            Duration::from_secs(10),
+        );
+        assert!(!stats.stale(1, every), "200 MiB written into 1 GiB");
+        assert!(stats.stale(2, every), "split since");
+        stats.record(
+            KeySample::Key(b"k".to_vec()),
+            true,
+            56 << 20,
+            Duration::from_secs(10),
+        );
+        assert!(stats.stale(1, every), "256 MiB written into 1 GiB");
+    }
 
     #[test]
     fn samples_keep_a_bounded_prefix_and_ranges_only_grow() {
