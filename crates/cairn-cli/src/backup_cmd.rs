@@ -194,7 +194,7 @@ pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
                 s.created_unix_ms
             );
             match &s.users {
-                None => println!("users: not saved"),
+                None => println!("users: none saved"),
                 Some(users) => {
                     println!("users: {}", users.len());
                     for u in users {
@@ -269,6 +269,9 @@ async fn save(client: &Client, file: &Path, only: &[String], no_users: bool) -> 
     }
     let users = if only.is_empty() && !no_users {
         match client.user_records().await {
+            // None to save (an insecure cluster, say): no users line, so that the file
+            // stays of version 1, which older builds read.
+            Ok(u) if u.is_empty() => None,
             Ok(u) => Some(u.iter().map(SavedUser::of).collect::<Vec<_>>()),
             Err(e) if e.code == ErrorCode::PermissionDenied => {
                 eprintln!(
@@ -650,10 +653,10 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
 /// is added, so that a refusal leaves the cluster's users as they were.
 async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<()> {
     let cannot = |e: cairn_client::Error| {
-        let what = if e.code == ErrorCode::PermissionDenied {
-            "restore as an admin"
-        } else {
-            "check that every node runs this version (`cairn admin nodes`)"
+        let what = match e.code {
+            ErrorCode::PermissionDenied => "restore as an admin",
+            ErrorCode::Unavailable => "check that the cluster is up (`cairn admin nodes`)",
+            _ => "check that every node runs this version of cairn",
         };
         anyhow::anyhow!(
             "cannot restore the users: {e}; {what}, or pass --no-users to restore the tables alone (nothing was written)"
@@ -687,6 +690,15 @@ async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<(
                 if let Some(other) = existing.iter().find(|e| e.token_sha256 == u.token_sha256) {
                     return Err(refused(format!(
                         "the cluster's user {:?} has the same token",
+                        other.name
+                    )));
+                }
+                if let Some(other) = to_add
+                    .iter()
+                    .find(|o: &&UserRecord| o.token_sha256 == u.token_sha256)
+                {
+                    return Err(refused(format!(
+                        "user {:?} of the file has the same token",
                         other.name
                     )));
                 }
@@ -782,7 +794,7 @@ async fn restore(
     match (&summary.users, with_users) {
         (Some(users), true) => restore_users(client, users).await?,
         (None, true) => eprintln!(
-            "restore: {} holds no users (saved with --table or --no-users, or by a non-admin)",
+            "restore: {} holds no users (the cluster had none, or it was saved with --table or --no-users, or by a non-admin)",
             file.display()
         ),
         (_, false) => {}

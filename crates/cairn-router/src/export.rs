@@ -191,16 +191,23 @@ impl<T: Transport> Router<T> {
                         max_bytes,
                     },
                 };
-                // Only `node` holds the view: when it cannot be reached (killed, restarted,
-                // paused), no other node can serve the page, and a retry until the caller's
-                // deadline would only delay the read from a new view.
-                let reply = match bounded(deadline, self.transport().partition(node, req)).await {
-                    Err(Error::Unavailable(why)) => {
-                        return Err(Error::NotFound(format!(
-                            "the export view of partition {partition} on node {node} cannot be read ({why}); read the partition again from its restart cursor"
-                        )));
+                // Only `node` holds the view: when it cannot be reached twice running
+                // (killed, restarted, paused), no other node can serve the page, and retries
+                // until the caller's deadline would only delay the read from a new view. It
+                // is asked again once, so that one slow answer does not cost the partition's
+                // pages read so far.
+                let mut asked = 0;
+                let reply = loop {
+                    asked += 1;
+                    match bounded(deadline, self.transport().partition(node, req.clone())).await {
+                        Err(Error::Unavailable(_)) if asked < 2 && Instant::now() < deadline => {}
+                        Err(Error::Unavailable(why)) => {
+                            return Err(Error::NotFound(format!(
+                                "the export view of partition {partition} on node {node} cannot be read ({why}); read the partition again from its restart cursor"
+                            )));
+                        }
+                        r => break r?,
                     }
-                    r => r?,
                 };
                 let restart = ExportCursor::Begin {
                     start: start.clone(),

@@ -4,8 +4,9 @@
 //!
 //! Size is measured by a scan of the partition's range on the leader, in the background
 //! and paced, never on the request path: when the leader first leads it, after the
-//! partition's shape changed (a split), and once an eighth of the split size has been
-//! written since the last measurement. A partition that is not written is not scanned again.
+//! partition's shape changed (a split), and once an eighth of the split size, or a quarter
+//! of the partition's own size when that is more, has been written since the last
+//! measurement. A partition that is not written is not scanned again.
 
 use crate::core::Core;
 use cairn_storage::{Space, keys};

@@ -261,9 +261,8 @@ fn keys_only(rows: usize) -> PageLimit {
 }
 
 /// Deletes every key of `space` in `[start, end)`, in batches of `chunk` keys, and returns
-/// how many were deleted. Not atomic as a whole; each chunk is. Keys written into the part
-/// of the range already passed, while it runs, are not deleted: its callers delete ranges
-/// nothing writes to (a destroyed replica, a snapshot being replaced).
+/// how many were deleted. Not atomic as a whole; each chunk is. A key written meanwhile into
+/// the part already passed is deleted too (one last scan from `start` looks for such keys).
 pub fn delete_range(
     engine: &dyn Engine,
     space: Space,
@@ -278,11 +277,18 @@ pub fn delete_range(
             .scan_page(space, &from, end, keys_only(chunk.max(1)))?
             .rows;
         let Some((last, _)) = found.last() else {
-            return Ok(deleted);
+            if from == start {
+                return Ok(deleted);
+            }
+            // Once more from the start, for keys written behind the scan while it ran.
+            from = start.to_vec();
+            continue;
         };
-        // The next chunk starts past this one: scanning from `start` again would step over
-        // every tombstone written so far, and a large range would cost its square.
-        from = keys::successor(last);
+        // The next chunk starts at this one's last key, deleted by then: scanning from
+        // `start` each time would step over every tombstone written so far, and a large
+        // range would cost its square. (Not past the last key: its successor may be longer
+        // than a key may be.)
+        from = last.clone();
         let mut batch = WriteBatch::new();
         deleted += found.len() as u64;
         for (k, _) in found {
@@ -367,8 +373,9 @@ mod tests {
     }
 
     /// A range of many chunks is deleted whole, keys outside it stay, and each chunk's scan
-    /// starts past the keys already deleted (in an LSM engine, scanning from the range's
-    /// start again steps over every tombstone so far: a cost quadratic in the range).
+    /// starts at the last key already deleted, not at the range's start (in an LSM engine,
+    /// scanning from the start again steps over every tombstone so far: a cost quadratic
+    /// in the range); one last scan from the start looks for keys written behind it.
     #[test]
     fn delete_range_deletes_everything_once_and_never_rescans_what_it_deleted() {
         let e = Recording::default();
@@ -387,12 +394,32 @@ mod tests {
         assert_eq!(left, vec![&b"a"[..], b"z"]);
 
         let starts = e.starts.lock().unwrap().clone();
-        // 16 chunks (15 of 64 and one of 40) and the empty scan that ends it.
-        assert_eq!(starts.len(), 17);
+        // 16 chunks (15 of 64 and one of 40), the empty scan past them, and the last one
+        // from the start.
+        assert_eq!(starts.len(), 18);
         assert_eq!(starts[0], b"k");
-        for (i, s) in starts.iter().enumerate().skip(1) {
+        for (i, s) in starts.iter().enumerate().take(17).skip(1) {
             let last_deleted = format!("k{:04}", (i * 64 - 1).min(999)).into_bytes();
-            assert_eq!(*s, keys::successor(&last_deleted), "scan {i}");
+            assert_eq!(*s, last_deleted, "scan {i}");
         }
+        assert_eq!(starts[17], b"k");
+    }
+
+    /// A range ending in a key of the largest length the engine takes is deleted whole (the
+    /// next scan never starts past it with a longer key).
+    #[test]
+    fn delete_range_takes_keys_of_the_largest_length() {
+        let e = MemEngine::new();
+        let mut b = WriteBatch::new();
+        let longest = vec![0xffu8; MAX_ENGINE_KEY];
+        b.put(Space::Local, vec![0xff], vec![1]);
+        b.put(Space::Local, longest, vec![2]);
+        e.write(b).unwrap();
+        assert_eq!(delete_range(&e, Space::Local, &[0xff], None, 1).unwrap(), 2);
+        assert!(
+            Engine::scan(&e, Space::Local, b"", None, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

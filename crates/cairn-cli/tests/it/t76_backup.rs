@@ -358,7 +358,7 @@ async fn t76_a_cluster_backup_brings_its_users_back() {
     assert!(out.contains("users are not saved"), "{out}");
     assert!(out.contains("saved 2 table(s), 21 key(s) to"), "{out}");
     let (ok, out) = backup(&old, &["inspect", path(&tables_only)]).await;
-    assert!(ok && out.contains("users: not saved"), "{out}");
+    assert!(ok && out.contains("users: none saved"), "{out}");
 
     let file = dir.path().join("cluster.backup");
     let (ok, out) = backup(&old, &["save", path(&file)]).await;
