@@ -23,7 +23,7 @@ ensure_bin() {
 load_records() {
   echo "loading $RECORDS records ..."
   "$BIN" --endpoints "$EP" bench --workload load --clients 64 --records "$RECORDS" \
-    --value-size "$VALUE_SIZE" --ops 100000000 --partitions "$PARTITIONS" >/dev/null 2>&1
+    --value-size "$VALUE_SIZE" --ops 100000000 --duration 3600 --partitions "$PARTITIONS" >/dev/null 2>&1
 }
 
 # shellcheck source=bench/threads.inc.sh
