@@ -23,7 +23,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::client_cmds::Conn;
+use crate::client_cmds::{Columns, Conn, tables_scope};
 
 /// The newest format version, which this build writes when the file has users (a file
 /// without is of version 1, which had no users line); it reads every version up to it.
@@ -120,7 +120,7 @@ struct SavedUser {
     role: String,
     /// The prefix of the tables it may use (empty: all).
     tables: String,
-    /// In hex.
+    /// In base64, as every byte string of the file.
     token_sha256: String,
 }
 
@@ -130,25 +130,26 @@ impl SavedUser {
             name: u.name.clone(),
             role: u.role.clone(),
             tables: u.tables.clone(),
-            token_sha256: hex(&u.token_sha256),
+            token_sha256: B64.encode(u.token_sha256),
         }
     }
 
-    /// The user as the cluster takes it; `None` if the hash is not 64 hex digits.
-    fn record(&self) -> Option<UserRecord> {
-        let h = self.token_sha256.as_bytes();
-        if h.len() != 64 || !h.iter().all(u8::is_ascii_hexdigit) {
-            return None;
+    /// The user as the cluster takes it, or what is wrong with it: a name or role the
+    /// cluster would refuse, or a hash that is not 32 bytes of base64.
+    fn record(self) -> Result<UserRecord, String> {
+        cairn_types::validate_user_name(&self.name).map_err(|e| e.to_string())?;
+        if cairn_types::Role::parse(&self.role).is_none() {
+            return Err(format!("role {:?} is not one this cairn knows", self.role));
         }
-        let mut token_sha256 = [0u8; 32];
-        for (i, b) in token_sha256.iter_mut().enumerate() {
-            let pair = std::str::from_utf8(&h[2 * i..2 * i + 2]).ok()?;
-            *b = u8::from_str_radix(pair, 16).ok()?;
-        }
-        Some(UserRecord {
-            name: self.name.clone(),
-            role: self.role.clone(),
-            tables: self.tables.clone(),
+        let token_sha256 = B64
+            .decode(&self.token_sha256)
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or("a damaged token hash")?;
+        Ok(UserRecord {
+            name: self.name,
+            role: self.role,
+            tables: self.tables,
             token_sha256,
         })
     }
@@ -197,29 +198,27 @@ pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
                 None => println!("users: none saved"),
                 Some(users) => {
                     println!("users: {}", users.len());
+                    let mut cols = Columns::new(&["NAME", "ROLE", "TABLES"]);
                     for u in users {
-                        let tables = if u.tables.is_empty() {
-                            "*".to_string()
-                        } else {
-                            format!("{}*", u.tables)
-                        };
-                        println!("  {:<30} {:<10} {tables}", u.name, u.role);
+                        cols.row(vec![
+                            u.name.clone(),
+                            u.role.clone(),
+                            tables_scope(&u.tables),
+                        ]);
                     }
+                    cols.print();
                 }
             }
-            println!(
-                "{:<32} {:>12} {:>11} {:>12}",
-                "TABLE", "KEYS", "PARTITIONS", "REPLICATION"
-            );
+            let mut cols = Columns::new(&["TABLE", "KEYS", "PARTITIONS", "REPLICATION"]);
             for (t, keys) in &s.tables {
-                println!(
-                    "{:<32} {:>12} {:>11} {:>12}",
-                    t.name,
-                    keys,
-                    t.splits.len() + 1,
-                    t.replication
-                );
+                cols.row(vec![
+                    t.name.clone(),
+                    keys.to_string(),
+                    (t.splits.len() + 1).to_string(),
+                    t.replication.to_string(),
+                ]);
             }
+            cols.print();
         }
         BackupCmd::Restore {
             file,
@@ -234,29 +233,61 @@ pub(crate) async fn run(a: BackupArgs, conn: Conn) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A backup file being written, counting its bytes so that a partition can be cut off.
+/// A backup file being written, counting and hashing its bytes so that a partition can be
+/// cut off and the last line can hold the checksum without reading the file again.
 struct Writer {
     out: std::io::BufWriter<std::fs::File>,
     written: u64,
+    sha256: Sha256,
+}
+
+/// A place in a [`Writer`]'s file to cut back to.
+#[derive(Clone)]
+struct Mark {
+    at: u64,
+    sha256: Sha256,
 }
 
 impl Writer {
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            out: std::io::BufWriter::new(file),
+            written: 0,
+            sha256: Sha256::new(),
+        }
+    }
+
     fn line(&mut self, line: &Line) -> anyhow::Result<()> {
         let mut b = serde_json::to_vec(line)?;
         b.push(b'\n');
         self.out.write_all(&b)?;
+        self.sha256.update(&b);
         self.written += b.len() as u64;
         Ok(())
     }
 
-    /// Drops everything written after byte `at`.
-    fn cut(&mut self, at: u64) -> anyhow::Result<()> {
+    /// Where the file is now.
+    fn mark(&self) -> Mark {
+        Mark {
+            at: self.written,
+            sha256: self.sha256.clone(),
+        }
+    }
+
+    /// Drops everything written after `mark`.
+    fn cut(&mut self, mark: &Mark) -> anyhow::Result<()> {
         self.out.flush()?;
         let f = self.out.get_mut();
-        f.set_len(at)?;
-        f.seek(SeekFrom::Start(at))?;
-        self.written = at;
+        f.set_len(mark.at)?;
+        f.seek(SeekFrom::Start(mark.at))?;
+        self.written = mark.at;
+        self.sha256 = mark.sha256.clone();
         Ok(())
+    }
+
+    /// The SHA-256 in hex of everything written so far.
+    fn checksum(&self) -> String {
+        hex(&self.sha256.clone().finalize())
     }
 }
 
@@ -307,10 +338,7 @@ async fn save(client: &Client, file: &Path, only: &[String], no_users: bool) -> 
             partial.display()
         )
     })?;
-    let mut w = Writer {
-        out: std::io::BufWriter::new(out),
-        written: 0,
-    };
+    let mut w = Writer::new(out);
     let result = save_into(client, &mut w, users.as_deref(), &names).await;
     let (tables, keys) = match result {
         Ok(counts) => counts,
@@ -319,19 +347,18 @@ async fn save(client: &Client, file: &Path, only: &[String], no_users: bool) -> 
             return Err(e);
         }
     };
-    w.out.flush()?;
-    drop(w);
-    let sha256 = hash_file(&partial)?;
-    let mut f = std::fs::OpenOptions::new().append(true).open(&partial)?;
-    let mut end = serde_json::to_vec(&Line::Meta(Meta::End(End {
+    let sha256 = w.checksum();
+    w.line(&Line::Meta(Meta::End(End {
         tables,
         keys,
         sha256,
     })))?;
-    end.push(b'\n');
-    f.write_all(&end)?;
-    f.sync_all()
+    w.out.flush()?;
+    w.out
+        .get_ref()
+        .sync_all()
         .with_context(|| format!("cannot sync {}", partial.display()))?;
+    drop(w);
     // A link, not a rename: it fails rather than replace a file made meanwhile.
     std::fs::hard_link(&partial, file)
         .with_context(|| format!("cannot link {} to {}", partial.display(), file.display()))?;
@@ -416,7 +443,7 @@ where
     let mut shown = Instant::now();
     let mut keys = 0u64;
     // Where the current partition's rows begin in the file, and how many keys came before.
-    let (mut mark, mut keys_at_mark) = (w.written, 0u64);
+    let (mut mark, mut keys_at_mark) = (w.mark(), 0u64);
     let mut partition_restart: Option<Vec<u8>> = None;
     let mut cursor: Vec<u8> = Vec::new();
     let mut restarts = 0;
@@ -440,7 +467,7 @@ where
                 };
                 restarts += 1;
                 eprintln!("backup: {name}: {e}; reading that partition again");
-                w.cut(mark)?;
+                w.cut(&mark)?;
                 keys = keys_at_mark;
                 cursor = restart;
                 mid_partition = false;
@@ -468,7 +495,7 @@ where
         }
         if !mid_partition && partition_restart.as_ref() != Some(&page.restart) {
             // The first page of the next partition (not of one read again).
-            mark = w.written;
+            mark = w.mark();
             keys_at_mark = keys;
             partition_restart = Some(page.restart.clone());
             restarts = 0;
@@ -500,22 +527,6 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The SHA-256 in hex of `file`.
-fn hash_file(file: &Path) -> anyhow::Result<String> {
-    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut r = BufReader::new(f);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -525,7 +536,7 @@ struct Summary {
     created_unix_ms: u64,
     version: u32,
     /// Its users, if it saved them.
-    users: Option<Vec<SavedUser>>,
+    users: Option<Vec<UserRecord>>,
     /// Its tables, with their key counts.
     tables: Vec<(TableHead, u64)>,
     keys: u64,
@@ -575,22 +586,27 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
                 bail!("{shown} is not a Cairn backup (its first line is not a backup header)")
             }
             // Right after the header: before any table, and once.
-            (Line::Meta(Meta::Users(users)), Some(s), None)
+            (Line::Meta(Meta::Users(saved)), Some(s), None)
                 if s.users.is_none() && s.tables.is_empty() && at == 2 && s.version >= 2 =>
             {
-                for (i, u) in users.iter().enumerate() {
-                    if u.record().is_none() {
+                let mut users: Vec<UserRecord> = Vec::with_capacity(saved.len());
+                for u in saved {
+                    let name = u.name.clone();
+                    let u = u.record().map_err(|why| {
+                        anyhow::anyhow!("{shown} line {at}: user {name:?}: {why}")
+                    })?;
+                    if users.iter().any(|seen| seen.name == u.name) {
                         bail!(
-                            "{shown} line {at}: user {:?} has a damaged token hash",
-                            u.name
+                            "{shown} line {at}: user {name:?} is in the file twice; the file is damaged"
                         );
                     }
-                    if users[..i].iter().any(|seen| seen.name == u.name) {
+                    if let Some(twin) = users.iter().find(|o| o.token_sha256 == u.token_sha256) {
                         bail!(
-                            "{shown} line {at}: user {:?} is in the file twice; the file is damaged",
-                            u.name
+                            "{shown} line {at}: users {:?} and {name:?} have one token; the file is damaged",
+                            twin.name
                         );
                     }
+                    users.push(u);
                 }
                 s.users = Some(users);
             }
@@ -651,7 +667,7 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
 /// Adds the users saved in a backup that the cluster does not have, each with its saved
 /// token; a user the cluster has is kept as it is. Every user is checked before the first
 /// is added, so that a refusal leaves the cluster's users as they were.
-async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<()> {
+async fn restore_users(client: &Client, users: &[UserRecord]) -> anyhow::Result<()> {
     let cannot = |e: cairn_client::Error| {
         let what = match e.code {
             ErrorCode::PermissionDenied => "restore as an admin",
@@ -666,55 +682,29 @@ async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<(
     let mut to_add = Vec::new();
     let mut kept = Vec::new();
     let mut there = 0;
-    for saved in users {
-        let Some(u) = saved.record() else {
-            bail!("user {:?} has a damaged token hash", saved.name);
-        };
-        let refused = |why: String| {
-            anyhow::anyhow!(
-                "cannot restore user {:?}: {why}; pass --no-users to restore the tables alone (nothing was written)",
-                u.name
-            )
-        };
-        cairn_types::validate_user_name(&u.name).map_err(|e| refused(e.to_string()))?;
-        if cairn_types::Role::parse(&u.role).is_none() {
-            return Err(refused(format!(
-                "role {:?} is not one this cairn knows",
-                u.role
-            )));
-        }
+    // Names, roles and one token per user were checked with the file (`check`).
+    for u in users {
         match existing.iter().find(|e| e.name == u.name) {
-            Some(e) if *e == u => there += 1,
+            Some(e) if e == u => there += 1,
             Some(e) => kept.push(e),
             None => {
                 if let Some(other) = existing.iter().find(|e| e.token_sha256 == u.token_sha256) {
-                    return Err(refused(format!(
-                        "the cluster's user {:?} has the same token",
+                    bail!(
+                        "cannot restore user {:?}: the cluster's user {:?} has the same token; pass --no-users to restore the tables alone (nothing was written)",
+                        u.name,
                         other.name
-                    )));
-                }
-                if let Some(other) = to_add
-                    .iter()
-                    .find(|o: &&UserRecord| o.token_sha256 == u.token_sha256)
-                {
-                    return Err(refused(format!(
-                        "user {:?} of the file has the same token",
-                        other.name
-                    )));
+                    );
                 }
                 to_add.push(u);
             }
         }
     }
     for e in &kept {
-        let tables = if e.tables.is_empty() {
-            "every table".to_string()
-        } else {
-            format!("tables {}*", e.tables)
-        };
         eprintln!(
-            "restore: user {} exists in the cluster ({}, {tables}); kept as the cluster has it, so its saved role and token do not apply",
-            e.name, e.role
+            "restore: user {} exists in the cluster ({}, tables {}); kept as the cluster has it, so its saved role and token do not apply",
+            e.name,
+            e.role,
+            tables_scope(&e.tables)
         );
     }
     for (i, u) in to_add.iter().enumerate() {
@@ -738,14 +728,10 @@ async fn restore_users(client: &Client, users: &[SavedUser]) -> anyhow::Result<(
         // Named one by one: a user removed since the backup (say, for a leaked token) is
         // back with that token, and must be removed again.
         eprintln!(
-            "restore: user {} added ({}, {}), with its saved token",
+            "restore: user {} added ({}, tables {}), with its saved token",
             u.name,
             u.role,
-            if u.tables.is_empty() {
-                "every table".to_string()
-            } else {
-                format!("tables {}*", u.tables)
-            }
+            tables_scope(&u.tables)
         );
     }
     eprintln!(
@@ -958,10 +944,7 @@ mod tests {
     async fn a_partition_whose_view_is_gone_is_read_again_without_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b");
-        let mut w = Writer {
-            out: std::io::BufWriter::new(std::fs::File::create(&path).unwrap()),
-            written: 0,
-        };
+        let mut w = Writer::new(std::fs::File::create(&path).unwrap());
         w.line(&Line::Meta(Meta::Table(TableHead {
             name: "t".into(),
             replication: 3,
@@ -1011,16 +994,15 @@ mod tests {
             .collect();
         assert_eq!(rows, ["a1", "a2", "a3", "b1", "b2", "b3"]);
         assert_eq!(w.written, text.len() as u64);
+        // The checksum kept while writing is the file's, the rows cut out included.
+        assert_eq!(w.checksum(), hex(&Sha256::digest(text.as_bytes())));
     }
 
     /// A view lost again and again fails the backup instead of looping.
     #[tokio::test]
     async fn a_view_lost_every_time_fails_the_backup() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer {
-            out: std::io::BufWriter::new(std::fs::File::create(dir.path().join("b")).unwrap()),
-            written: 0,
-        };
+        let mut w = Writer::new(std::fs::File::create(dir.path().join("b")).unwrap());
         let err = save_rows(&mut w, "t", |cursor| {
             let r = if cursor.is_empty() || cursor == b"A" {
                 Ok(page(&["a1"], "A", Some("a-more"), false))
@@ -1101,17 +1083,18 @@ mod tests {
 
     /// The users line is read back as written, right after the header; a file of version 1
     /// (before users were saved) is still read; a users line anywhere else, a user listed
-    /// twice or a damaged token hash is refused.
+    /// twice, two users of one token, a damaged token hash or an unknown role is refused.
     #[test]
     fn users_are_read_back_and_only_from_their_place() {
         let users = vec![user("alice", 0xab), user("bob", 0x01)];
-        assert_eq!(users[0].token_sha256, "ab".repeat(32));
-        assert_eq!(users[0].record().unwrap().token_sha256, [0xab; 32]);
+        assert_eq!(users[0].token_sha256, B64.encode([0xab; 32]));
+        assert_eq!(users[0].clone().record().unwrap().token_sha256, [0xab; 32]);
         let lines = [header(VERSION), Line::Meta(Meta::Users(users.clone()))]
             .into_iter()
             .chain(table("t"));
         let s = checked(lines, 1).unwrap();
-        assert_eq!(s.users, Some(users.clone()));
+        let records: Vec<UserRecord> = users.iter().map(|u| u.clone().record().unwrap()).collect();
+        assert_eq!(s.users, Some(records));
         assert_eq!(s.tables.len(), 1);
 
         let old = std::iter::once(header(1)).chain(table("t"));
@@ -1139,15 +1122,21 @@ mod tests {
         ];
         assert!(refusal(checked(same_name, 0)).contains("twice"));
 
+        let one_token = [
+            header(VERSION),
+            Line::Meta(Meta::Users(vec![user("alice", 1), user("bob", 1)])),
+        ];
+        assert!(refusal(checked(one_token, 0)).contains("have one token"));
+
         let mut damaged = user("carol", 7);
-        damaged.token_sha256.replace_range(0..1, "g");
+        damaged.token_sha256.replace_range(0..1, "!");
         let bad_hash = [header(VERSION), Line::Meta(Meta::Users(vec![damaged]))];
         assert!(refusal(checked(bad_hash, 0)).contains("damaged token hash"));
         let mut short = user("dave", 7);
-        short.token_sha256.pop();
-        assert_eq!(short.record(), None);
-        let mut signed = user("erin", 7);
-        signed.token_sha256.replace_range(0..2, "+a");
-        assert_eq!(signed.record(), None);
+        short.token_sha256 = B64.encode([7u8; 31]);
+        assert!(short.record().is_err());
+        let mut role = user("erin", 7);
+        role.role = "superuser".into();
+        assert!(role.record().unwrap_err().contains("superuser"));
     }
 }

@@ -164,20 +164,25 @@ fn show_key(k: &[u8]) -> String {
 
 /// Rows under a header, each column as wide as its widest cell with two spaces between, so
 /// a long range or host name does not push the columns after it out of line.
-struct Columns {
+pub(crate) struct Columns {
     rows: Vec<Vec<String>>,
+}
+
+/// The tables a user's prefix allows, as `user list` shows them: `*`, or `PREFIX*`.
+pub(crate) fn tables_scope(prefix: &str) -> String {
+    format!("{prefix}*")
 }
 
 impl Columns {
     /// A table with the column names `header`.
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Self {
             rows: vec![header.iter().map(|h| h.to_string()).collect()],
         }
     }
 
     /// Adds a row of cells, one per column.
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
@@ -210,7 +215,7 @@ impl Columns {
     }
 
     /// Prints the table to stdout.
-    fn print(&self) {
+    pub(crate) fn print(&self) {
         print!("{}", self.render());
     }
 }
@@ -787,12 +792,7 @@ pub(crate) async fn user(a: UserArgs, conn: Conn) -> anyhow::Result<ExitCode> {
             let users = c.list_users().await.map_err(fail)?;
             let mut cols = Columns::new(&["NAME", "ROLE", "TABLES"]);
             for (name, role, tables) in users {
-                let tables = if tables.is_empty() {
-                    "*".to_string()
-                } else {
-                    format!("{tables}*")
-                };
-                cols.row(vec![name, role.to_string(), tables]);
+                cols.row(vec![name, role.to_string(), tables_scope(&tables)]);
             }
             cols.print();
         }

@@ -7,7 +7,7 @@
 //! partitions are read at different moments, one after the other.
 
 use crate::router::bounded;
-use crate::{PartitionOp, PartitionReply, PartitionRequest, Router, TableRoute, Transport};
+use crate::{PartitionOp, PartitionReply, PartitionRequest, Router, Transport};
 use cairn_types::{Epoch, Error, NodeId, PartitionId, Result, TableId};
 use tokio::time::Instant;
 
@@ -152,18 +152,13 @@ impl<T: Transport> Router<T> {
                     from: start.clone(),
                     max_bytes,
                 };
-                let pick = |r: &TableRoute| r.locate(&start).map(|(p, _)| p.clone());
-                let served = self.on_partition(table, pick, op, false, deadline).await?;
-                let restart = ExportCursor::Begin {
-                    start: start.clone(),
-                };
+                let served = self.keyed_at(table, &start, op, false, deadline).await?;
                 page(
                     served.reply,
                     served.node,
                     served.partition.id,
                     served.partition.table_id,
                     start,
-                    restart,
                 )
             }
             ExportCursor::Continue {
@@ -209,10 +204,7 @@ impl<T: Transport> Router<T> {
                         r => break r?,
                     }
                 };
-                let restart = ExportCursor::Begin {
-                    start: start.clone(),
-                };
-                page(reply, node, partition, table_id, start, restart)
+                page(reply, node, partition, table_id, start)
             }
         }
     }
@@ -225,8 +217,11 @@ fn page(
     partition: PartitionId,
     table: TableId,
     start: Vec<u8>,
-    restart: ExportCursor,
 ) -> Result<ExportPage> {
+    // A partition is read again from where this export of it began, in a new view.
+    let restart = ExportCursor::Begin {
+        start: start.clone(),
+    };
     let PartitionReply::Export {
         view,
         rows,
@@ -333,19 +328,7 @@ mod tests {
                 end: end.map(<[u8]>::to_vec),
             },
         };
-        let restart = ExportCursor::Begin {
-            start: b"g".to_vec(),
-        };
-        let go = |r| {
-            page(
-                r,
-                NodeId(2),
-                PartitionId(4),
-                TableId(1),
-                b"g".to_vec(),
-                restart.clone(),
-            )
-        };
+        let go = |r| page(r, NodeId(2), PartitionId(4), TableId(1), b"g".to_vec());
         let more = go(reply(Some(b"h\x00"), Some(b"p")))
             .ok()
             .and_then(|p| p.next);
