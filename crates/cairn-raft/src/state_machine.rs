@@ -1078,22 +1078,32 @@ impl PartitionView {
         limit: cairn_storage::PageLimit,
     ) -> Result<cairn_storage::Page, Error> {
         let desc = self.desc();
-        let lo = if start > desc.range.start.as_slice() {
-            start
-        } else {
-            &desc.range.start
-        };
-        let hi = match (end, desc.range.end.as_deref()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let (s, e) = keys::data_range(desc.table_id, lo, hi);
-        let mut page = engine.scan_page(Space::Data, &s, e.as_deref(), limit)?;
-        for (k, _) in &mut page.rows {
-            *k = keys::user_key(k).to_vec();
-        }
-        Ok(page)
+        range_page(desc.table_id, &desc.range, start, end, |s, e| {
+            engine.scan_page(Space::Data, s, e, limit)
+        })
     }
+}
+
+/// A page of table `table`'s pairs with user keys in `[start, end)` ∩ `range`, read by
+/// `scan_page` (of the engine, or of a view of it) between the engine keys it is given.
+pub fn range_page(
+    table: TableId,
+    range: &cairn_types::KeyRange,
+    start: &[u8],
+    end: Option<&[u8]>,
+    scan_page: impl FnOnce(&[u8], Option<&[u8]>) -> cairn_storage::Result<cairn_storage::Page>,
+) -> Result<cairn_storage::Page, Error> {
+    let lo = start.max(range.start.as_slice());
+    let hi = match (end, range.end.as_deref()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let (s, e) = keys::data_range(table, lo, hi);
+    let mut page = scan_page(&s, e.as_deref())?;
+    for (k, _) in &mut page.rows {
+        *k = keys::user_key(k).to_vec();
+    }
+    Ok(page)
 }
 
 #[cfg(test)]

@@ -174,8 +174,6 @@ impl Core {
         from: &[u8],
         max_bytes: u64,
     ) -> Result<PartitionReply> {
-        let lo = from.max(range.start.as_slice());
-        let (s, e) = keys::data_range(table, lo, range.end.as_deref());
         let limit = PageLimit {
             // Every row has a key, so the byte bound bounds the rows too.
             rows: usize::MAX,
@@ -183,12 +181,10 @@ impl Core {
                 .unwrap_or(usize::MAX),
             values: true,
         };
-        let page = engine.scan_page(Space::Data, &s, e.as_deref(), limit)?;
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = page
-            .rows
-            .into_iter()
-            .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
-            .collect();
+        let page = cairn_raft::range_page(table, &range, from, None, |s, e| {
+            engine.scan_page(Space::Data, s, e, limit)
+        })?;
+        let rows = page.rows;
         let next = match rows.last() {
             Some((k, _)) if page.cut => Some(keys::successor(k)),
             _ => None,
