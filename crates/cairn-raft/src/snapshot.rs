@@ -245,20 +245,13 @@ pub(crate) fn copy_staged(
     cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), INSTALL_ROWS)
         .map_err(io::Error::other)?;
     let (rs, re) = keys::staging_rows_range(group, m.id);
-    let mut from = rs.clone();
     let mut copied = 0u64;
-    loop {
-        let limit = PageLimit {
-            rows: INSTALL_ROWS,
-            bytes: CHUNK_BYTES,
-            values: true,
-        };
-        let rows = engine
-            .scan_page(Space::Local, &from, re.as_deref(), limit)
-            .map_err(io::Error::other)?
-            .rows;
-        let Some((last, _)) = rows.last() else { break };
-        from = keys::successor(last);
+    let limit = PageLimit {
+        rows: INSTALL_ROWS,
+        bytes: CHUNK_BYTES,
+        values: true,
+    };
+    cairn_storage::for_each_page(&**engine, Space::Local, &rs, re.as_deref(), limit, |rows| {
         let mut b = WriteBatch::new();
         for (k, v) in rows {
             let user = k.get(keys::STAGING_ROW_PREFIX_LEN..).unwrap_or_default();
@@ -267,9 +260,11 @@ pub(crate) fn copy_staged(
                 copied += 1;
             }
         }
-        engine.write(b).map_err(io::Error::other)?;
+        engine.write(b)?;
         crate::fault::crash_point("install-rows");
-    }
+        Ok::<_, cairn_storage::Error>(())
+    })
+    .map_err(io::Error::other)?;
     let mut last = WriteBatch::new();
     finish(&mut last)?;
     last.delete(Space::Data, keys::group_installing(group));
@@ -278,4 +273,62 @@ pub(crate) fn copy_staged(
     cairn_storage::delete_range(&**engine, Space::Local, &s, e.as_deref(), INSTALL_ROWS)
         .map_err(io::Error::other)?;
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_storage::MemEngine;
+    use cairn_types::MAX_KEY_BYTES_CEILING;
+
+    /// An install copies every staged row once, over several batches, even when the keys
+    /// are the longest a node may be set to take (a batch must not start past the engine's
+    /// key limit) and some pages fill by bytes, others by rows.
+    #[test]
+    fn an_install_copies_rows_of_the_longest_keys() {
+        let engine: SharedEngine = Arc::new(MemEngine::new());
+        let group = PartitionId(7);
+        let long = |i: u8| {
+            let mut k = vec![b'k'; MAX_KEY_BYTES_CEILING];
+            k[MAX_KEY_BYTES_CEILING - 1] = i;
+            k
+        };
+        // 1,500 short rows (more than a batch of rows), then 70 of the longest keys (more
+        // than a chunk of bytes).
+        let mut rows: Vec<KeyValue> = (0..1500u32)
+            .map(|i| (format!("a{i:05}").into_bytes(), i.to_be_bytes().to_vec()))
+            .collect();
+        rows.extend((0..70u8).map(|i| (long(i), vec![i])));
+        let mut chunk = SnapshotChunk {
+            id: 11,
+            seq: 0,
+            header: Some(b"header".to_vec()),
+            rows: rows.clone(),
+            last: None,
+        };
+        stage_chunk(&engine, group, &mut chunk).unwrap();
+        let m = Installing {
+            id: 11,
+            table: TableId(3),
+            range: KeyRange::full(),
+            applied: Vec::new(),
+        };
+        let copied = copy_staged(&engine, group, &m, |_| Ok(())).unwrap();
+        assert_eq!(copied, rows.len() as u64);
+        let (s, e) = keys::data_range(TableId(3), b"", None);
+        let got = engine
+            .scan(Space::Data, &s, e.as_deref(), usize::MAX)
+            .unwrap();
+        let got: Vec<KeyValue> = got
+            .into_iter()
+            .map(|(k, v)| (keys::user_key(&k).to_vec(), v))
+            .collect();
+        assert_eq!(got, rows);
+        let (s, e) = keys::staging_group_range(group);
+        assert_eq!(
+            cairn_storage::count_range(&*engine, Space::Local, &s, e.as_deref()).unwrap(),
+            0,
+            "the staged copy is dropped"
+        );
+    }
 }

@@ -306,22 +306,47 @@ pub fn count_range(
     end: Option<&[u8]>,
 ) -> Result<u64> {
     let mut count = 0u64;
+    for_each_page(engine, space, start, end, keys_only(1024), |rows| {
+        count += rows.len() as u64;
+        Ok::<_, Error>(())
+    })?;
+    Ok(count)
+}
+
+/// Reads `[start, end)` of `space` in pages of `limit` and hands each page's pairs to `f`,
+/// in key order, each pair once.
+///
+/// A page after the first starts at the last key of the one before and leaves that key
+/// out: not at its successor, which may be longer than a key may be. The left-out pair's
+/// bytes are added to the byte limit, so a large pair cannot fill a page alone.
+pub fn for_each_page<E: From<Error>>(
+    engine: &dyn Engine,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: PageLimit,
+    mut f: impl FnMut(Vec<KeyValue>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let mut from = start.to_vec();
-    // After the first page, each page starts at the last key counted (not its successor,
-    // which may be longer than a key may be), and that key is not counted again.
-    let mut seen = 0;
+    // The bytes of the pair at `from`, once it has been handed out.
+    let mut handed: Option<usize> = None;
     loop {
-        let page = engine
-            .scan_page(space, &from, end, keys_only(1024 + seen))?
-            .rows;
-        if page.len() <= seen {
-            return Ok(count);
+        let mut l = limit;
+        if let Some(b) = handed {
+            l.rows = l.rows.saturating_add(1);
+            l.bytes = l.bytes.saturating_add(b);
         }
-        count += (page.len() - seen) as u64;
-        if let Some((last, _)) = page.last() {
-            from = last.clone();
+        let mut rows = engine.scan_page(space, &from, end, l)?.rows;
+        // The pair handed out last is the first here, unless it was deleted meanwhile.
+        if handed.is_some() && rows.first().is_some_and(|(k, _)| *k == from) {
+            rows.remove(0);
         }
-        seen = 1;
+        let Some((last, v)) = rows.last() else {
+            return Ok(());
+        };
+        handed = Some(last.len().saturating_add(v.len()));
+        from = last.clone();
+        f(rows)?;
     }
 }
 
@@ -430,5 +455,49 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// Pages hand every pair out once, in order, even when each pair alone is past the byte
+    /// limit (the pair a page starts at, handed out before, does not fill it) and when that
+    /// pair is deleted between two pages.
+    #[test]
+    fn for_each_page_hands_out_each_pair_once() {
+        let e = MemEngine::new();
+        let mut b = WriteBatch::new();
+        for i in 0..10u8 {
+            b.put(Space::Data, vec![b'k', i], vec![i; 100]);
+        }
+        e.write(b).unwrap();
+        let limit = PageLimit {
+            rows: 3,
+            bytes: 50,
+            values: true,
+        };
+        let mut pages = Vec::new();
+        for_each_page(&e, Space::Data, b"", None, limit, |rows| {
+            pages.push(rows.iter().map(|(k, _)| k[1]).collect::<Vec<_>>());
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let one_each: Vec<Vec<u8>> = (0..10).map(|i| vec![i]).collect();
+        assert_eq!(pages, one_each);
+
+        // By rows, with the last key of each page deleted before the next page is read.
+        let mut seen = Vec::new();
+        let limit = PageLimit {
+            rows: 4,
+            bytes: usize::MAX,
+            values: false,
+        };
+        for_each_page(&e, Space::Data, b"", None, limit, |rows| {
+            let mut d = WriteBatch::new();
+            if let Some((k, _)) = rows.last() {
+                d.delete(Space::Data, k.clone());
+            }
+            seen.extend(rows.iter().map(|(k, _)| k[1]));
+            e.write(d)
+        })
+        .unwrap();
+        assert_eq!(seen, (0..10).collect::<Vec<u8>>());
     }
 }
