@@ -239,10 +239,7 @@ fn print_table(t: &TableInfo) {
             .map(|r| r.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let leader = p
-            .leader
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "?".into());
+        let leader = p.leader.map_or_else(|| "-".into(), |l| l.to_string());
         cols.row(vec![
             p.id.to_string(),
             range,
@@ -252,6 +249,13 @@ fn print_table(t: &TableInfo) {
         ]);
     }
     cols.print();
+    if t.partitions.iter().any(|p| p.leader.is_none()) {
+        // A new partition's leader is known once it reports to the metadata group.
+        eprintln!(
+            "LEADER \"-\": no leader reported yet (a new partition, or an election under way); \
+             run this again in a few seconds"
+        );
+    }
 }
 
 pub(crate) async fn table(a: TableArgs, conn: Conn) -> anyhow::Result<ExitCode> {

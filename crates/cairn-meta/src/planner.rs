@@ -87,10 +87,12 @@ pub fn load_hot(view: &ClusterView<'_>, cfg: &PlannerConfig) -> BTreeSet<Partiti
             view.meta.nodes.contains_key(n) && !view.down.contains(n) && !view.draining.contains(n)
         })
         .count();
+    // A set, not a lookup per load: a partition's lookup walks every table.
+    let known: BTreeSet<PartitionId> = view.meta.partitions().map(|(_, p)| p.id).collect();
     let loads = || {
         view.loads
             .iter()
-            .filter(|(p, _)| **p != META_GROUP && view.meta.partition(**p).is_some())
+            .filter(|(p, _)| **p != META_GROUP && known.contains(*p))
     };
     let total_qps: f64 = loads().map(|(_, l)| l.qps).sum();
     let fair_share = total_qps / targets.max(1) as f64;
@@ -351,10 +353,8 @@ pub fn plan(view: &ClusterView<'_>, cfg: &PlannerConfig) -> Vec<Decision> {
     // cheap and quick, and the two halves of a hot range split a moment ago (both led by
     // the left half's leader) must not wait behind moves and their cool-down.
     let mut leaders: BTreeMap<NodeId, i64> = targets.iter().map(|n| (*n, 0)).collect();
-    for (p, l) in &view.leaders {
-        if groups.iter().any(|g| g.id == *p && g.id != META_GROUP)
-            && let Some(c) = leaders.get_mut(l)
-        {
+    for g in groups.iter().filter(|g| g.id != META_GROUP) {
+        if let Some(c) = view.leaders.get(&g.id).and_then(|l| leaders.get_mut(l)) {
             *c += 1;
         }
     }
