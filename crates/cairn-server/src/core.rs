@@ -521,10 +521,15 @@ impl Core {
         }
         // Replicas on one node never overlap: destroying one must never touch another's
         // keys. A stale replica still covering this range goes first (reconcile).
-        let overlapping = self.hosted_descs().into_iter().find(|(h, _)| {
-            h.table_id == desc.table_id && h.id != desc.id && h.range.overlaps(&desc.range)
-        });
-        if let Some((h, _)) = overlapping {
+        // Looked at in place: creating a table opens each of its replicas in turn, and a
+        // copy of every hosted descriptor per open costs the square of their number.
+        let overlapping = {
+            let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+            replicas.values().map(|r| r.view.shared_desc()).find(|h| {
+                h.table_id == desc.table_id && h.id != desc.id && h.range.overlaps(&desc.range)
+            })
+        };
+        if let Some(h) = overlapping {
             return Err(Error::Conflict(format!(
                 "this node hosts {} {} which overlaps {} {}; retry once it is split or destroyed",
                 h.id, h.range, desc.id, desc.range
