@@ -249,13 +249,6 @@ fn print_table(t: &TableInfo) {
         ]);
     }
     cols.print();
-    if t.partitions.iter().any(|p| p.leader.is_none()) {
-        // A new partition's leader is known once it reports to the metadata group.
-        eprintln!(
-            "LEADER \"-\": no leader reported yet (a new partition, or an election under way); \
-             run this again in a few seconds"
-        );
-    }
 }
 
 pub(crate) async fn table(a: TableArgs, conn: Conn) -> anyhow::Result<ExitCode> {
@@ -294,7 +287,17 @@ pub(crate) async fn table(a: TableArgs, conn: Conn) -> anyhow::Result<ExitCode> 
                 );
             }
         }
-        TableCmd::Describe { name } => print_table(&c.describe_table(&name).await.map_err(fail)?),
+        TableCmd::Describe { name } => {
+            let t = c.describe_table(&name).await.map_err(fail)?;
+            print_table(&t);
+            if t.partitions.iter().any(|p| p.leader.is_none()) {
+                // A partition's leader is known once it reports to the metadata group.
+                eprintln!(
+                    "LEADER \"-\": no leader reported yet (a new partition, or an election under way); \
+                     run `cairn table describe {name}` again in a few seconds"
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -327,6 +327,10 @@ pub fn for_each_page<E: From<Error>>(
     limit: PageLimit,
     mut f: impl FnMut(Vec<KeyValue>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
+    let limit = PageLimit {
+        rows: limit.rows.max(1),
+        ..limit
+    };
     let mut from = start.to_vec();
     // The bytes of the pair at `from`, once it has been handed out.
     let mut handed: Option<usize> = None;
@@ -334,13 +338,20 @@ pub fn for_each_page<E: From<Error>>(
         let mut l = limit;
         if let Some(b) = handed {
             l.rows = l.rows.saturating_add(1);
-            l.bytes = l.bytes.saturating_add(b);
+            l.bytes = l.bytes.max(1).saturating_add(b);
         }
-        let mut rows = engine.scan_page(space, &from, end, l)?.rows;
+        let page = engine.scan_page(space, &from, end, l)?;
+        let mut rows = page.rows;
         // The pair handed out last is the first here, unless it was deleted meanwhile.
         if handed.is_some() && rows.first().is_some_and(|(k, _)| *k == from) {
-            rows.remove(0);
+            let (k, v) = rows.remove(0);
+            if rows.is_empty() && page.cut {
+                // It grew since and filled the page alone: read again past its new size.
+                handed = Some(k.len().saturating_add(v.len()));
+                continue;
+            }
         }
+        rows.truncate(limit.rows);
         let Some((last, v)) = rows.last() else {
             return Ok(());
         };
@@ -480,6 +491,25 @@ mod tests {
         })
         .unwrap();
         let one_each: Vec<Vec<u8>> = (0..10).map(|i| vec![i]).collect();
+        assert_eq!(pages, one_each);
+
+        // No byte budget at all, and each page's last value grown past any budget before
+        // the next page is read: still one pair a page, none skipped.
+        let mut pages = Vec::new();
+        let limit = PageLimit {
+            rows: 3,
+            bytes: 0,
+            values: true,
+        };
+        for_each_page(&e, Space::Data, b"", None, limit, |rows| {
+            pages.push(rows.iter().map(|(k, _)| k[1]).collect::<Vec<_>>());
+            let mut g = WriteBatch::new();
+            if let Some((k, _)) = rows.last() {
+                g.put(Space::Data, k.clone(), vec![0; 10_000]);
+            }
+            e.write(g)
+        })
+        .unwrap();
         assert_eq!(pages, one_each);
 
         // By rows, with the last key of each page deleted before the next page is read.

@@ -38,8 +38,8 @@ impl TableDesc {
     ///
     /// Every request looks one up, so it is a binary search by range start: the partition
     /// starting last at or before `key` owns it when it contains it. Ranges only ever split,
-    /// so a descriptor overlapping it (left over from a lost split record) is an older,
-    /// wider one, which starts earlier. Only when that partition does not contain `key` (a
+    /// and a split's left half keeps its id and start, so a descriptor overlapping it (left
+    /// over from a lost split record) is an older, wider one that starts earlier. Only when that partition does not contain `key` (a
     /// gap a newer descriptor will fill) is every descriptor looked at.
     pub fn partition_for(&self, key: &[u8]) -> Option<&PartitionDesc> {
         let after = self
@@ -245,14 +245,12 @@ mod tests {
             tiled.partitions.push(part(i as u64 + 1, s, end, 1));
         }
         assert!(tiled.tiles());
-        // The parent [k0007, k0014) (partition 3) split twice, into [k0007, k0010) and
-        // [k0010, k0012), which are known, and [k0012, k0014), which is not yet: the
-        // parent's old descriptor stays under the two.
+        // Partition 3, [k0007, k0014), split at k0010 (it keeps its id and start, the
+        // right half is 5000), then 5000 split at k0012 (its right half 5001). Only 5000's
+        // last descriptor has come in: 3's old one still spans all three, and k0012..k0014
+        // is covered by it alone until 5001 is known.
         let mut overlapped = tiled.clone();
-        overlapped.merge_partitions(&[
-            part(5000, "k0010", Some("k0012"), 3),
-            part(5001, "k0007", Some("k0010"), 3),
-        ]);
+        overlapped.merge_partitions(&[part(5000, "k0010", Some("k0012"), 3)]);
         for t in [&tiled, &overlapped] {
             let mut probes: Vec<Vec<u8>> = vec![b"".to_vec(), b"a".to_vec(), vec![0xff; 8]];
             for i in 0..7000 {
@@ -268,10 +266,17 @@ mod tests {
                 );
             }
         }
+        let owner = |key: &[u8]| overlapped.partition_for(key).map(|p| p.id.0);
         assert_eq!(
-            overlapped.partition_for(b"k0013").map(|p| p.id),
-            Some(PartitionId(3)),
-            "the gap is served by the old, wider descriptor"
+            owner(b"k0011"),
+            Some(5000),
+            "the newer, narrower descriptor"
+        );
+        assert_eq!(owner(b"k0008"), Some(3));
+        assert_eq!(
+            owner(b"k0013"),
+            Some(3),
+            "the old, wider descriptor fills the gap"
         );
     }
 }
