@@ -125,6 +125,24 @@ pub struct PartitionInfo {
     pub leader: Option<u64>,
 }
 
+/// What one replica of a partition held as of the last log entry it applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaDigest {
+    /// The replica's node.
+    pub node: u64,
+    /// Why the replica could not answer (its node down, a snapshot being installed); the
+    /// fields below are then empty.
+    pub error: Option<String>,
+    /// The index of the last log entry it applied.
+    pub applied: u64,
+    /// Rows in its range.
+    pub rows: u64,
+    /// SHA-256 of its rows in key order.
+    pub sha256: Vec<u8>,
+    /// The partition's range as of that entry: start, and end (`None`: unbounded).
+    pub range: (Vec<u8>, Option<Vec<u8>>),
+}
+
 /// A layout operation as the metadata records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationInfo {
@@ -1185,6 +1203,46 @@ impl Client {
         self.retry(|ch, _| async move { AdminClient::new(ch).transfer_leader(req).await })
             .await?;
         Ok(())
+    }
+
+    /// Each replica's digest of `partition`, with the partition as the metadata records
+    /// it. A node hashes its replica whole, so a large partition is given `timeout`.
+    pub async fn verify_partition(
+        &self,
+        partition: u64,
+        timeout: Duration,
+    ) -> Result<(PartitionInfo, Vec<ReplicaDigest>)> {
+        let req = pb::VerifyPartitionRequest {
+            partition,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let r = self
+            .retry_within(timeout, |n: Arc<Node>, _| async move {
+                AdminClient::new(n.channel.clone())
+                    .verify_partition(req)
+                    .await
+            })
+            .await?
+            .into_inner();
+        let p = r.partition.ok_or_else(|| {
+            Error::new(
+                ErrorCode::Internal,
+                "the server answered without the partition",
+            )
+        })?;
+        let replicas = r
+            .replicas
+            .into_iter()
+            .map(|d| ReplicaDigest {
+                node: d.node,
+                error: (!d.error.is_empty()).then_some(d.error),
+                applied: d.applied,
+                rows: d.rows,
+                sha256: d.sha256,
+                range: (d.start, d.has_end.then_some(d.end)),
+            })
+            .collect();
+        Ok((partition_info(p), replicas))
     }
 
     /// Engine key counts for a table on the node behind the first endpoint.

@@ -68,7 +68,8 @@ pub fn member_on(membership: &typ::Membership, node: cairn_types::NodeId) -> Opt
 }
 pub use state_machine::{
     GroupStateMachine, MAX_SESSIONS, PartitionView, ReplicaRecord, SESSION_TTL_MS, SplitSink,
-    group_is_pristine, range_page, seed_group, split_allowed, split_seed_log_id, staged_desc,
+    applied_in_view, group_is_pristine, range_page, seed_group, split_allowed, split_seed_log_id,
+    staged_desc,
 };
 
 openraft::declare_raft_types!(

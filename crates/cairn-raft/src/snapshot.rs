@@ -251,7 +251,8 @@ pub(crate) fn copy_staged(
         bytes: CHUNK_BYTES,
         values: true,
     };
-    cairn_storage::for_each_page(&**engine, Space::Local, &rs, re.as_deref(), limit, |rows| {
+    let scan = |s: &[u8], e: Option<&[u8]>, l| engine.scan_page(Space::Local, s, e, l);
+    cairn_storage::for_each_page(scan, &rs, re.as_deref(), limit, |rows| {
         let mut b = WriteBatch::new();
         for (k, v) in rows {
             let user = k.get(keys::STAGING_ROW_PREFIX_LEN..).unwrap_or_default();

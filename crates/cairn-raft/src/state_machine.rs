@@ -717,6 +717,34 @@ pub fn group_is_pristine(engine: &SharedEngine, group: PartitionId) -> io::Resul
     Ok(applied.is_none() && raft.is_empty())
 }
 
+/// Where partition replica `group` stood in `view`: the index of the last entry it applied
+/// and its descriptor as of that entry, read at the same moment as its data (apply writes
+/// them in one batch). `None` before it applied anything, once its table was dropped, and
+/// while it installs a snapshot (the view may hold part of the snapshot's rows).
+pub fn applied_in_view(
+    view: &dyn cairn_storage::ReadView,
+    group: PartitionId,
+) -> io::Result<Option<(u64, PartitionDesc)>> {
+    let get = |k: Vec<u8>| -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let end = keys::successor(&k);
+        let found = view
+            .scan(Space::Data, &k, Some(&end), 1)
+            .map_err(io::Error::other)?;
+        Ok(found.into_iter().next())
+    };
+    if get(keys::group_installing(group))?.is_some() {
+        return Ok(None);
+    }
+    let Some((k, v)) = get(keys::group_applied(group))? else {
+        return Ok(None);
+    };
+    let a: Applied = decode(&k, &v)?;
+    Ok(match (a.last_applied, a.desc) {
+        (Some(id), Some(desc)) if !a.dropped => Some((id.index, desc)),
+        _ => None,
+    })
+}
+
 /// Refuses a split while the group changes its membership: a joint configuration or a
 /// learner would be copied into the right half, which has no way to finish the change.
 pub fn split_allowed(m: &typ::Membership) -> Result<(), Error> {
@@ -1319,5 +1347,41 @@ mod tests {
         let a = kept(true);
         assert_eq!(a.len(), 450);
         assert_eq!(a, kept(false));
+    }
+
+    /// A replica's applied entry and descriptor are read from a view as written; a replica
+    /// installing a snapshot, dropped, or that applied nothing has none to compare.
+    #[test]
+    fn applied_in_view_reads_the_entry_and_descriptor_or_none() {
+        use cairn_storage::{Engine, MemEngine};
+        use openraft::vote::RaftLeaderId;
+        let e = MemEngine::new();
+        let group = PartitionId(9);
+        let at = |e: &MemEngine| applied_in_view(&*e.read_view().unwrap(), group).unwrap();
+        assert_eq!(at(&e), None, "nothing applied");
+        let desc = view().desc();
+        let mut a = Applied {
+            last_applied: Some(typ::LogId::new(
+                openraft::vote::leader_id_adv::LeaderId::new(3, 1),
+                42,
+            )),
+            desc: Some(desc.clone()),
+            ..Applied::default()
+        };
+        let write = |e: &MemEngine, k: Vec<u8>, v: Vec<u8>| {
+            let mut b = WriteBatch::new();
+            b.put(Space::Data, k, v);
+            e.write(b).unwrap();
+        };
+        write(&e, keys::group_applied(group), encode(&a).unwrap());
+        assert_eq!(at(&e), Some((42, desc)));
+        write(&e, keys::group_installing(group), vec![1]);
+        assert_eq!(at(&e), None, "a snapshot being installed");
+        let mut b = WriteBatch::new();
+        b.delete(Space::Data, keys::group_installing(group));
+        e.write(b).unwrap();
+        a.dropped = true;
+        write(&e, keys::group_applied(group), encode(&a).unwrap());
+        assert_eq!(at(&e), None, "a dropped table");
     }
 }

@@ -16,6 +16,6 @@ pub use cache::{RouteCache, TableRoute};
 pub use export::{ExportCursor, ExportPage};
 pub use messages::{
     ControllerStatus, Credential, DecisionRecord, Diagnostic, Heartbeat, MetaReply, MetaRequest,
-    NodeStatus, PartitionOp, PartitionReply, PartitionRequest, hosted_digest,
+    NodeStatus, PartitionOp, PartitionReply, PartitionRequest, ReplicaDigest, hosted_digest,
 };
 pub use router::{DEFAULT_DEADLINE, LIST_PAGE_BYTES, ListPage, Router, Served, Transport};

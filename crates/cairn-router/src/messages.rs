@@ -360,6 +360,10 @@ pub enum PartitionOp {
         /// Bytes of keys and values after which the page ends.
         max_bytes: u64,
     },
+    /// A digest of this node's replica (not the leader's): the SHA-256 of its rows as of
+    /// the last entry it applied, to compare replicas (`cairn admin verify`). (Last, so that
+    /// older nodes still decode every other operation.)
+    Digest,
 }
 
 /// Answers of a partition replica.
@@ -394,6 +398,22 @@ pub enum PartitionReply {
         /// The partition's range as the view holds it.
         range: cairn_types::KeyRange,
     },
+    /// A replica's digest: what it held as of one applied log entry.
+    Digest(ReplicaDigest),
+}
+
+/// What one replica of a partition held as of the last entry it applied. Replicas that
+/// applied the same entry must hold the same rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDigest {
+    /// The index of the last log entry the replica applied.
+    pub applied: u64,
+    /// The partition's range as of that entry.
+    pub range: cairn_types::KeyRange,
+    /// Rows in the range.
+    pub rows: u64,
+    /// SHA-256 of the rows, each key and value with its length, in key order.
+    pub sha256: Vec<u8>,
 }
 
 /// One decision of the controller and how acting on it went.

@@ -1131,6 +1131,7 @@ impl Core {
             } => {
                 Box::pin(self.open_export(&replica, partition, epoch, table, from, max_bytes)).await
             }
+            PartitionOp::Digest => self.replica_digest(partition).await,
         }
     }
 

@@ -814,6 +814,44 @@ impl admin_server::Admin for Admin {
             .map_err(status)?;
         Ok(Response::new(pb::RemoveUserResponse {}))
     }
+
+    async fn verify_partition(
+        &self,
+        req: Request<pb::VerifyPartitionRequest>,
+    ) -> Result<Response<pb::VerifyPartitionResponse>, Status> {
+        // Admin only: it reads every replica of the partition whole.
+        allow(&self.0, &req, Access::Admin).await?;
+        let r = req.into_inner();
+        let (p, answers) = self
+            .0
+            .verify_partition(PartitionId(r.partition), deadline(r.timeout_ms))
+            .await
+            .map_err(status)?;
+        let replicas = answers
+            .into_iter()
+            .map(|(node, d)| match d {
+                Ok(d) => pb::ReplicaDigest {
+                    node: node.0,
+                    error: String::new(),
+                    applied: d.applied,
+                    rows: d.rows,
+                    sha256: d.sha256,
+                    start: d.range.start,
+                    has_end: d.range.end.is_some(),
+                    end: d.range.end.unwrap_or_default(),
+                },
+                Err(e) => pb::ReplicaDigest {
+                    node: node.0,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::VerifyPartitionResponse {
+            partition: Some(partition_pb(&p, None)),
+            replicas,
+        }))
+    }
 }
 
 /// Hands one Raft message to the replica it names and encodes the answer; shared by the

@@ -42,6 +42,7 @@ mod reads;
 mod stats;
 mod supervisor;
 mod transport;
+mod verify;
 mod writes;
 
 pub use auth::AUTH_TTL;

@@ -306,22 +306,23 @@ pub fn count_range(
     end: Option<&[u8]>,
 ) -> Result<u64> {
     let mut count = 0u64;
-    for_each_page(engine, space, start, end, keys_only(1024), |rows| {
+    let scan = |s: &[u8], e: Option<&[u8]>, l| engine.scan_page(space, s, e, l);
+    for_each_page(scan, start, end, keys_only(1024), |rows| {
         count += rows.len() as u64;
         Ok::<_, Error>(())
     })?;
     Ok(count)
 }
 
-/// Reads `[start, end)` of `space` in pages of `limit` and hands each page's pairs to `f`,
-/// in key order, each pair once.
+/// Reads `[start, end)` in pages of `limit` through `scan` (an engine's or a read view's
+/// `scan_page` of one space) and hands each page's pairs to `f`, in key order, each pair
+/// once.
 ///
 /// A page after the first starts at the last key of the one before and leaves that key
 /// out: not at its successor, which may be longer than a key may be. The left-out pair's
 /// bytes are added to the byte limit, so a large pair cannot fill a page alone.
 pub fn for_each_page<E: From<Error>>(
-    engine: &dyn Engine,
-    space: Space,
+    mut scan: impl FnMut(&[u8], Option<&[u8]>, PageLimit) -> Result<Page>,
     start: &[u8],
     end: Option<&[u8]>,
     limit: PageLimit,
@@ -340,7 +341,7 @@ pub fn for_each_page<E: From<Error>>(
             l.rows = l.rows.saturating_add(1);
             l.bytes = l.bytes.max(1).saturating_add(b);
         }
-        let page = engine.scan_page(space, &from, end, l)?;
+        let page = scan(&from, end, l)?;
         let mut rows = page.rows;
         // The pair handed out last is the first here, unless it was deleted meanwhile.
         if handed.is_some() && rows.first().is_some_and(|(k, _)| *k == from) {
@@ -485,10 +486,16 @@ mod tests {
             values: true,
         };
         let mut pages = Vec::new();
-        for_each_page(&e, Space::Data, b"", None, limit, |rows| {
-            pages.push(rows.iter().map(|(k, _)| k[1]).collect::<Vec<_>>());
-            Ok::<_, Error>(())
-        })
+        for_each_page(
+            |s, end, l| e.scan_page(Space::Data, s, end, l),
+            b"",
+            None,
+            limit,
+            |rows| {
+                pages.push(rows.iter().map(|(k, _)| k[1]).collect::<Vec<_>>());
+                Ok::<_, Error>(())
+            },
+        )
         .unwrap();
         let one_each: Vec<Vec<u8>> = (0..10).map(|i| vec![i]).collect();
         assert_eq!(pages, one_each);
@@ -501,14 +508,20 @@ mod tests {
             bytes: 0,
             values: true,
         };
-        for_each_page(&e, Space::Data, b"", None, limit, |rows| {
-            pages.push(rows.iter().map(|(k, _)| k[1]).collect::<Vec<_>>());
-            let mut g = WriteBatch::new();
-            if let Some((k, _)) = rows.last() {
-                g.put(Space::Data, k.clone(), vec![0; 10_000]);
-            }
-            e.write(g)
-        })
+        for_each_page(
+            |s, end, l| e.scan_page(Space::Data, s, end, l),
+            b"",
+            None,
+            limit,
+            |rows| {
+                pages.push(rows.iter().map(|(k, _)| k[1]).collect::<Vec<_>>());
+                let mut g = WriteBatch::new();
+                if let Some((k, _)) = rows.last() {
+                    g.put(Space::Data, k.clone(), vec![0; 10_000]);
+                }
+                e.write(g)
+            },
+        )
         .unwrap();
         assert_eq!(pages, one_each);
 
@@ -519,14 +532,20 @@ mod tests {
             bytes: usize::MAX,
             values: false,
         };
-        for_each_page(&e, Space::Data, b"", None, limit, |rows| {
-            let mut d = WriteBatch::new();
-            if let Some((k, _)) = rows.last() {
-                d.delete(Space::Data, k.clone());
-            }
-            seen.extend(rows.iter().map(|(k, _)| k[1]));
-            e.write(d)
-        })
+        for_each_page(
+            |s, end, l| e.scan_page(Space::Data, s, end, l),
+            b"",
+            None,
+            limit,
+            |rows| {
+                let mut d = WriteBatch::new();
+                if let Some((k, _)) = rows.last() {
+                    d.delete(Space::Data, k.clone());
+                }
+                seen.extend(rows.iter().map(|(k, _)| k[1]));
+                e.write(d)
+            },
+        )
         .unwrap();
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
     }
