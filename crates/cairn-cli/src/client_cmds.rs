@@ -539,6 +539,14 @@ enum AdminCmd {
         /// Node id.
         node: u64,
     },
+    /// Checks that every replica of each partition holds the same rows (each node hashes
+    /// its replica as of the last entry it applied). A partition taking writes is asked
+    /// again until its replicas stand at one log position. Exits 1 if replicas differ, 2
+    /// if a partition could not be compared.
+    Verify {
+        /// Table name (default: all tables).
+        table: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -746,6 +754,9 @@ pub(crate) async fn admin(a: AdminArgs, conn: Conn) -> anyhow::Result<ExitCode> 
         AdminCmd::Undrain { node } => {
             c.set_draining(node, false).await.map_err(fail)?;
             println!("node {node} takes replicas and leadership again");
+        }
+        AdminCmd::Verify { table } => {
+            return crate::verify_cmd::verify(&c, table.as_deref()).await;
         }
     }
     Ok(ExitCode::SUCCESS)

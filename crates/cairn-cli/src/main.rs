@@ -10,6 +10,7 @@ mod gen_cmd;
 mod health_cmd;
 mod playground;
 mod server_cmd;
+mod verify_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;

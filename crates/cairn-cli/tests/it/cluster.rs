@@ -625,6 +625,11 @@ impl Cluster {
         status
     }
 
+    /// The data dir of node `id`.
+    pub fn dir(&self, id: u64) -> PathBuf {
+        self.nodes[(id - 1) as usize].dir.clone()
+    }
+
     /// The log of node `id`, for failure messages.
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.tmp.path().join(format!("node-{id}.log"))).unwrap_or_default()

@@ -30,6 +30,7 @@ mod t73_log_purge;
 mod t74_log_bytes;
 mod t75_silent_connections;
 mod t76_backup;
+mod t77_verify;
 mod t80_pause;
 mod t85_split;
 mod t87_moves;
