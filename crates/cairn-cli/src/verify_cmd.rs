@@ -11,75 +11,116 @@ const PARTITION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Times a partition is asked again while its replicas stand at different log positions.
 const ATTEMPTS: u32 = 10;
 
+/// A partition's range as a replica reports it: start, and end (`None`: unbounded).
+type Range = (Vec<u8>, Option<Vec<u8>>);
+
 /// What one round of digests says about a partition.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Verdict {
-    /// Every replica applied the same entry and holds the same rows.
+    /// The replicas compared applied the same entry and hold the same rows; `compared` of
+    /// `of` replicas could be compared (the rest are named in `missing`).
     Agree {
         /// The entry.
         applied: u64,
         /// Rows in the partition.
         rows: u64,
+        /// Replicas compared.
+        compared: usize,
+        /// Replicas of the partition.
+        of: usize,
+        /// Why the others were not compared.
+        missing: String,
     },
-    /// Replicas that applied the same entry hold different rows: the nodes of each group
-    /// of equal digests, the largest group first.
+    /// Replicas that applied the same entry hold different rows: the nodes of each group of
+    /// equal digests, the largest first, and whether that group is a strict majority.
     Differ {
         /// The entry.
         applied: u64,
         /// (nodes, rows) of each group.
         groups: Vec<(Vec<u64>, u64)>,
+        /// Whether the first group holds more than half of the replicas compared.
+        majority: bool,
     },
     /// Not comparable this time, and why.
     Unknown(String),
 }
 
-/// Judges one round of digests.
-pub(crate) fn judge(digests: &[ReplicaDigest]) -> Verdict {
-    if let Some(d) = digests.iter().find(|d| d.error.is_some()) {
-        return Verdict::Unknown(format!(
-            "node {}: {}",
-            d.node,
-            d.error.as_deref().unwrap_or_default()
-        ));
-    }
-    let Some(first) = digests.first() else {
-        return Verdict::Unknown("no replica answered".into());
-    };
-    if digests
+/// Judges one round of digests; also answers whether asking again may compare more (some
+/// replicas stood at other entries, rather than failed to answer).
+pub(crate) fn judge(digests: &[ReplicaDigest]) -> (Verdict, bool) {
+    let of = digests.len();
+    let failed: Vec<String> = digests
         .iter()
-        .any(|d| d.applied != first.applied || d.range != first.range)
-    {
-        let at: Vec<String> = digests
+        .filter_map(|d| d.error.as_ref().map(|e| format!("node {}: {e}", d.node)))
+        .collect();
+    let answered: Vec<&ReplicaDigest> = digests.iter().filter(|d| d.error.is_none()).collect();
+    // The replicas standing at the same entry (and so the same range), the most of them.
+    let mut at: BTreeMap<(u64, &Range), Vec<&ReplicaDigest>> = BTreeMap::new();
+    for d in &answered {
+        at.entry((d.applied, &d.range)).or_default().push(d);
+    }
+    let best = at
+        .into_iter()
+        .max_by_key(|((applied, _), ds)| (ds.len(), *applied))
+        .map(|((applied, _), ds)| (applied, ds));
+    let positions = || {
+        let at: Vec<String> = answered
             .iter()
             .map(|d| format!("node {} at entry {}", d.node, d.applied))
             .collect();
-        return Verdict::Unknown(format!(
+        format!(
             "the replicas stand at different log positions ({}): writes are coming in",
             at.join(", ")
-        ));
-    }
+        )
+    };
+    let lagging = answered.len() > best.as_ref().map_or(0, |(_, ds)| ds.len());
+    let Some((applied, same)) = best.filter(|(_, ds)| ds.len() >= 2) else {
+        return if answered.len() >= 2 {
+            (Verdict::Unknown(positions()), true)
+        } else if failed.is_empty() {
+            (
+                Verdict::Unknown("fewer than two replicas answered".into()),
+                false,
+            )
+        } else {
+            (Verdict::Unknown(failed.join("; ")), false)
+        };
+    };
     let mut groups: BTreeMap<(&[u8], u64), Vec<u64>> = BTreeMap::new();
-    for d in digests {
+    for d in &same {
         groups.entry((&d.sha256, d.rows)).or_default().push(d.node);
     }
-    if groups.len() == 1 {
-        return Verdict::Agree {
-            applied: first.applied,
-            rows: first.rows,
-        };
+    if groups.len() > 1 {
+        let mut groups: Vec<(Vec<u64>, u64)> = groups
+            .into_iter()
+            .map(|((_, rows), mut nodes)| {
+                nodes.sort_unstable();
+                (nodes, rows)
+            })
+            .collect();
+        groups.sort_by_key(|(nodes, _)| std::cmp::Reverse(nodes.len()));
+        let majority = groups[0].0.len() * 2 > same.len();
+        return (
+            Verdict::Differ {
+                applied,
+                groups,
+                majority,
+            },
+            false,
+        );
     }
-    let mut groups: Vec<(Vec<u64>, u64)> = groups
-        .into_iter()
-        .map(|((_, rows), mut nodes)| {
-            nodes.sort_unstable();
-            (nodes, rows)
-        })
-        .collect();
-    groups.sort_by_key(|(nodes, _)| std::cmp::Reverse(nodes.len()));
-    Verdict::Differ {
-        applied: first.applied,
-        groups,
+    let mut missing = failed;
+    if lagging {
+        missing.push(positions());
     }
+    let verdict = Verdict::Agree {
+        applied,
+        rows: same[0].rows,
+        compared: same.len(),
+        of,
+        missing: missing.join("; "),
+    };
+    (verdict, lagging)
 }
 
 /// Compares the replicas of each partition of `table` (every table when `None`).
@@ -99,20 +140,44 @@ pub(crate) async fn verify(c: &Client, table: Option<&str>) -> anyhow::Result<Ex
         for p in parts {
             done += 1;
             let line = match verify_one(c, p).await {
-                Ok(Verdict::Agree { applied, rows }) => {
+                Ok(Verdict::Agree {
+                    applied,
+                    rows,
+                    compared,
+                    of,
+                    ..
+                }) if compared == of => {
                     agree += 1;
+                    format!("{rows} key(s) on {of} replicas agree at entry {applied}")
+                }
+                Ok(Verdict::Agree {
+                    applied,
+                    rows,
+                    compared,
+                    of,
+                    missing,
+                }) => {
+                    unknown.push(p.id);
                     format!(
-                        "{rows} key(s) on {} replicas agree at entry {applied}",
-                        p.replicas.len()
+                        "{compared} of {of} replicas agree at entry {applied} ({rows} key(s)); not compared: {missing}"
                     )
                 }
-                Ok(Verdict::Differ { applied, groups }) => {
+                Ok(Verdict::Differ {
+                    applied,
+                    groups,
+                    majority,
+                }) => {
                     let what: Vec<String> = groups
                         .iter()
                         .map(|(nodes, rows)| format!("nodes {nodes:?} hold {rows} key(s)"))
                         .collect();
-                    differ.push((name.clone(), p.id, groups));
-                    format!("DIFFER at entry {applied}: {}", what.join("; "))
+                    let line = format!(
+                        "DIFFER at entry {applied}: {}{}",
+                        what.join("; "),
+                        if majority { "" } else { " (no majority)" }
+                    );
+                    differ.push((name.clone(), p.id, groups, majority));
+                    line
                 }
                 Ok(Verdict::Unknown(why)) => {
                     unknown.push(p.id);
@@ -131,26 +196,35 @@ pub(crate) async fn verify(c: &Client, table: Option<&str>) -> anyhow::Result<Ex
         differ.len(),
         unknown.len()
     );
-    if !differ.is_empty() {
-        for (name, id, groups) in &differ {
+    for (name, id, groups, majority) in &differ {
+        if *majority {
             let odd: Vec<u64> = groups.iter().skip(1).flat_map(|(n, _)| n.clone()).collect();
             eprintln!(
-                "{name} partition {id}: the replica(s) on node(s) {odd:?} differ from the rest. This is a bug: please report it with `cairn debug zip`. To rebuild such a replica from the others, move it away and back (`cairn admin move {id} FROM TO`)."
+                "{name} partition {id}: the replica(s) on node(s) {odd:?} differ from the majority. This is a bug: please report it with `cairn debug zip`. To rebuild such a replica from the others, move it to a node without one (`cairn admin move {id} NODE TO`; add a node first if every node holds one)."
+            );
+        } else {
+            eprintln!(
+                "{name} partition {id}: no majority of its replicas agrees, so none can be trusted over the others; do not rebuild any of them. This is a bug: please report it with `cairn debug zip`."
             );
         }
-        return Ok(ExitCode::FAILURE);
     }
     if !unknown.is_empty() {
         eprintln!(
-            "partition(s) {unknown:?} could not be compared: verify again when they take fewer writes, or once every node is up"
+            "partition(s) {unknown:?} could not be compared whole: verify them again once every node is up, or when they take fewer writes"
         );
-        return Ok(ExitCode::from(2));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if !differ.is_empty() {
+        ExitCode::FAILURE
+    } else if !unknown.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Asks for the digests of `p` until its replicas stand at one log position (a partition
-/// taking writes rarely does), at most [`ATTEMPTS`] times.
+/// taking writes rarely does), at most [`ATTEMPTS`] times; a replica that fails to answer
+/// is not asked again.
 async fn verify_one(c: &Client, p: &PartitionInfo) -> anyhow::Result<Verdict> {
     let mut last = Verdict::Unknown("not asked".into());
     for attempt in 0..ATTEMPTS {
@@ -161,8 +235,9 @@ async fn verify_one(c: &Client, p: &PartitionInfo) -> anyhow::Result<Verdict> {
             .verify_partition(p.id, PARTITION_TIMEOUT)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        last = judge(&digests);
-        if !matches!(last, Verdict::Unknown(_)) {
+        let (verdict, again) = judge(&digests);
+        last = verdict;
+        if !again {
             break;
         }
     }
@@ -186,37 +261,59 @@ mod tests {
 
     #[test]
     fn replicas_agree_differ_or_cannot_be_compared() {
+        let agree = |compared, of, missing: &str| Verdict::Agree {
+            applied: 9,
+            rows: 5,
+            compared,
+            of,
+            missing: missing.into(),
+        };
         assert_eq!(
             judge(&[d(1, 9, 5, 1), d(2, 9, 5, 1), d(3, 9, 5, 1)]),
-            Verdict::Agree {
-                applied: 9,
-                rows: 5
-            }
+            (agree(3, 3, ""), false)
         );
         // The odd one out is named after the majority.
         assert_eq!(
-            judge(&[d(3, 9, 5, 1), d(2, 9, 6, 2), d(1, 9, 5, 1)]),
+            judge(&[d(3, 9, 5, 1), d(2, 9, 6, 2), d(1, 9, 5, 1)]).0,
             Verdict::Differ {
                 applied: 9,
-                groups: vec![(vec![1, 3], 5), (vec![2], 6)]
+                groups: vec![(vec![1, 3], 5), (vec![2], 6)],
+                majority: true,
             }
         );
-        // Same count, different rows.
+        // Same count, different rows, and no majority of two.
         assert!(matches!(
-            judge(&[d(1, 9, 5, 1), d(2, 9, 5, 3)]),
-            Verdict::Differ { .. }
+            judge(&[d(1, 9, 5, 1), d(2, 9, 5, 3)]).0,
+            Verdict::Differ {
+                majority: false,
+                ..
+            }
         ));
-        // Different entries applied: not comparable.
-        assert!(matches!(
-            judge(&[d(1, 9, 5, 1), d(2, 8, 4, 2)]),
-            Verdict::Unknown(w) if w.contains("different log positions")
-        ));
+        // Two at one entry are compared even while the third lags or is down: a difference
+        // between them shows, and agreement is partial (asked again only for a lagging one).
+        let (v, again) = judge(&[d(1, 9, 5, 1), d(2, 9, 5, 1), d(3, 8, 4, 2)]);
+        assert!(again);
+        assert!(
+            matches!(v, Verdict::Agree { compared: 2, of: 3, ref missing, .. } if missing.contains("node 3 at entry 8"))
+        );
         let mut down = d(3, 0, 0, 0);
-        down.error = Some("node 3 is unreachable".into());
+        down.error = Some("unreachable".into());
+        let (v, again) = judge(&[d(1, 9, 5, 1), d(2, 9, 7, 2), down.clone()]);
+        assert!(!again);
         assert!(matches!(
-            judge(&[d(1, 9, 5, 1), down]),
-            Verdict::Unknown(w) if w.contains("node 3")
+            v,
+            Verdict::Differ {
+                majority: false,
+                ..
+            }
         ));
-        assert!(matches!(judge(&[]), Verdict::Unknown(_)));
+        let (v, again) = judge(&[d(1, 9, 5, 1), d(2, 9, 5, 1), down.clone()]);
+        assert_eq!((v, again), (agree(2, 3, "node 3: unreachable"), false));
+        // Nothing to compare: at different entries (ask again), or too few answers (do not).
+        let (v, again) = judge(&[d(1, 9, 5, 1), d(2, 8, 4, 2)]);
+        assert!(again && matches!(v, Verdict::Unknown(w) if w.contains("different log positions")));
+        let (v, again) = judge(&[d(1, 9, 5, 1), down]);
+        assert!(!again && matches!(v, Verdict::Unknown(w) if w.contains("node 3: unreachable")));
+        assert!(matches!(judge(&[]), (Verdict::Unknown(_), false)));
     }
 }

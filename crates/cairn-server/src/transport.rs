@@ -44,7 +44,39 @@ impl NodeTransport {
             .await
     }
 
+    /// Like [`Transport::partition`], with `hop` instead of the usual per-hop limit: for
+    /// the rare request a replica takes long over (hashing a whole replica).
+    pub(crate) async fn partition_within(
+        &self,
+        node: NodeId,
+        req: PartitionRequest,
+        hop: Duration,
+    ) -> Result<PartitionReply> {
+        if node == self.core.id {
+            return self.core.handle_partition(req).await;
+        }
+        let env = encode(&req);
+        Box::pin(self.remote_within(node, hop, |mut c| async move { c.partition(env).await })).await
+    }
+
     async fn remote<T: DeserializeOwned, F, Fut>(&self, node: NodeId, call: F) -> Result<T>
+    where
+        F: FnOnce(
+            cairn_proto::v1::internal_client::InternalClient<tonic::transport::Channel>,
+        ) -> Fut,
+        Fut: std::future::Future<
+                Output = std::result::Result<tonic::Response<Envelope>, tonic::Status>,
+            >,
+    {
+        self.remote_within(node, HOP_TIMEOUT, call).await
+    }
+
+    async fn remote_within<T: DeserializeOwned, F, Fut>(
+        &self,
+        node: NodeId,
+        hop: Duration,
+        call: F,
+    ) -> Result<T>
     where
         F: FnOnce(
             cairn_proto::v1::internal_client::InternalClient<tonic::transport::Channel>,
@@ -58,9 +90,9 @@ impl NodeTransport {
             .peers
             .client(node.0)
             .ok_or_else(|| Error::Unavailable(format!("no address known for node {node}")))?;
-        match tokio::time::timeout(HOP_TIMEOUT, call(client)).await {
+        match tokio::time::timeout(hop, call(client)).await {
             Err(_) => Err(Error::Unavailable(format!(
-                "node {node} did not answer within {HOP_TIMEOUT:?}"
+                "node {node} did not answer within {hop:?}"
             ))),
             Ok(Err(status)) => Err(Error::Unavailable(format!(
                 "node {node}: {}",

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use cairn_router::Transport;
 use tokio::time::Instant;
 
 use cairn_router::{
@@ -23,13 +22,22 @@ const DIGEST_PAGE: PageLimit = PageLimit {
     values: true,
 };
 
+/// One replica hashed at a time on a node: a hash reads the replica whole and cannot be
+/// stopped once started, so callers that gave up and asked again must not pile scans up.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 impl Core {
     /// The digest of this node's replica of `partition`, from one read view of the engine:
     /// its rows and the entry it last applied are of the same moment. Hashing runs on a
     /// blocking thread, as a partition may hold gigabytes.
     pub(crate) async fn replica_digest(&self, partition: PartitionId) -> Result<PartitionReply> {
+        let permit = HASHING
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(format!("hashing {partition}: {e}")))?;
         let engine = self.engine.clone();
         let d = tokio::task::spawn_blocking(move || {
+            let _held = permit;
             let view = engine.read_view()?;
             digest(&*view, partition)
         })
@@ -46,8 +54,8 @@ fn digest(view: &dyn ReadView, partition: PartitionId) -> Result<ReplicaDigest> 
         .map_err(|e| Error::Internal(format!("{partition}: {e}")))?
     else {
         return Err(Error::Unavailable(format!(
-            "the replica of {partition} here is installing a snapshot, or has applied nothing \
-             yet; verify it again in a moment"
+            "the replica of {partition} here is installing a snapshot, has applied nothing \
+             yet, or belongs to a dropped table; verify it again in a moment"
         )));
     };
     let (start, end) =
@@ -106,14 +114,13 @@ impl Node {
             };
             async move {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let answer = tokio::time::timeout(left, self.router.transport().partition(*n, req))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::Unavailable(format!(
-                            "{n} did not answer within {:?}",
-                            left.max(Duration::from_millis(1))
-                        )))
-                    });
+                let ask = self.router.transport().partition_within(*n, req, left);
+                let answer = tokio::time::timeout(left, ask).await.unwrap_or_else(|_| {
+                    Err(Error::Unavailable(format!(
+                        "{n} did not answer within {:?}",
+                        left.max(Duration::from_millis(1))
+                    )))
+                });
                 let digest = answer.and_then(|reply| match reply {
                     PartitionReply::Digest(d) => Ok(d),
                     other => Err(Error::Internal(format!("{n} answered {other:?}"))),

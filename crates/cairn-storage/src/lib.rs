@@ -487,7 +487,7 @@ mod tests {
         };
         let mut pages = Vec::new();
         for_each_page(
-            |s, end, l| e.scan_page(Space::Data, s, end, l),
+            |s, end, l| Engine::scan_page(&e, Space::Data, s, end, l),
             b"",
             None,
             limit,
@@ -509,7 +509,7 @@ mod tests {
             values: true,
         };
         for_each_page(
-            |s, end, l| e.scan_page(Space::Data, s, end, l),
+            |s, end, l| Engine::scan_page(&e, Space::Data, s, end, l),
             b"",
             None,
             limit,
@@ -533,7 +533,7 @@ mod tests {
             values: false,
         };
         for_each_page(
-            |s, end, l| e.scan_page(Space::Data, s, end, l),
+            |s, end, l| Engine::scan_page(&e, Space::Data, s, end, l),
             b"",
             None,
             limit,
