@@ -1381,13 +1381,12 @@ impl Node {
         Ok((left, right_desc))
     }
 
-    /// Moves leadership of `partition` to its replica on `to`; returns once `to` leads.
-    pub async fn transfer_leader(
+    /// The route of `partition`'s table as the metadata records it, and the partition.
+    pub(crate) async fn partition_route(
         &self,
         partition: PartitionId,
-        to: NodeId,
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<(TableRoute, PartitionDesc)> {
         let route = match self
             .router
             .meta(MetaRequest::GetPartition(partition), deadline)
@@ -1396,15 +1395,34 @@ impl Node {
             MetaReply::Table(r) => r,
             other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
         };
+        let p = route
+            .table
+            .partitions
+            .iter()
+            .find(|p| p.id == partition)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "partition {partition}; `cairn admin partitions` lists them"
+                ))
+            })?;
+        Ok((route, p))
+    }
+
+    /// Moves leadership of `partition` to its replica on `to`; returns once `to` leads.
+    pub async fn transfer_leader(
+        &self,
+        partition: PartitionId,
+        to: NodeId,
+        deadline: Instant,
+    ) -> Result<()> {
+        let (route, p) = self.partition_route(partition, deadline).await?;
         let nodes = self.nodes(deadline).await?;
         if !nodes.iter().any(|n| n.node.id == to) {
             return Err(Error::NotFound(format!(
                 "node {to} is not part of the cluster; `cairn admin nodes` lists the nodes"
             )));
         }
-        let Some(p) = route.table.partitions.iter().find(|p| p.id == partition) else {
-            return Err(Error::NotFound(format!("partition {partition}")));
-        };
         if !p.replicas.contains(&to) {
             return Err(Error::Conflict(format!(
                 "{to} holds no replica of {partition} (its replicas: {}); move a replica there first",

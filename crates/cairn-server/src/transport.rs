@@ -40,7 +40,7 @@ impl NodeTransport {
     /// answers without forwarding, such as its diagnostics.
     pub(crate) async fn meta_of(&self, node: NodeId, req: &MetaRequest) -> Result<MetaReply> {
         let env = encode(req);
-        self.remote(node, |mut c| async move { c.meta(env).await })
+        self.remote(node, HOP_TIMEOUT, |mut c| async move { c.meta(env).await })
             .await
     }
 
@@ -56,22 +56,11 @@ impl NodeTransport {
             return self.core.handle_partition(req).await;
         }
         let env = encode(&req);
-        Box::pin(self.remote_within(node, hop, |mut c| async move { c.partition(env).await })).await
+        Box::pin(self.remote(node, hop, |mut c| async move { c.partition(env).await })).await
     }
 
-    async fn remote<T: DeserializeOwned, F, Fut>(&self, node: NodeId, call: F) -> Result<T>
-    where
-        F: FnOnce(
-            cairn_proto::v1::internal_client::InternalClient<tonic::transport::Channel>,
-        ) -> Fut,
-        Fut: std::future::Future<
-                Output = std::result::Result<tonic::Response<Envelope>, tonic::Status>,
-            >,
-    {
-        self.remote_within(node, HOP_TIMEOUT, call).await
-    }
-
-    async fn remote_within<T: DeserializeOwned, F, Fut>(
+    /// Calls node `node`'s internal service, allowing the call `hop`.
+    async fn remote<T: DeserializeOwned, F, Fut>(
         &self,
         node: NodeId,
         hop: Duration,
@@ -132,7 +121,7 @@ impl Transport for NodeTransport {
                 self.core.handle_meta(req.clone()).await
             } else {
                 let env = encode(&req);
-                self.remote(node, |mut c| async move { c.meta(env).await })
+                self.remote(node, HOP_TIMEOUT, |mut c| async move { c.meta(env).await })
                     .await
             };
             match res {
@@ -179,6 +168,11 @@ impl Transport for NodeTransport {
         let env = encode(&req);
         // Boxed: a gRPC call's future is KiBs, and inline it would grow every request's
         // future, forwarded or not (each one is allocated and moved whole).
-        Box::pin(self.remote(node, |mut c| async move { c.partition(env).await })).await
+        Box::pin(self.remote(
+            node,
+            HOP_TIMEOUT,
+            |mut c| async move { c.partition(env).await },
+        ))
+        .await
     }
 }

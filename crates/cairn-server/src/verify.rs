@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use cairn_router::{
-    MetaReply, MetaRequest, PartitionOp, PartitionReply, PartitionRequest, ReplicaDigest,
-};
+use cairn_router::{PartitionOp, PartitionReply, PartitionRequest, ReplicaDigest};
 use cairn_storage::{PageLimit, ReadView, Space, keys};
 use cairn_types::{Error, NodeId, PartitionDesc, PartitionId, Result};
 use sha2::{Digest, Sha256};
@@ -92,19 +90,7 @@ impl Node {
         partition: PartitionId,
         deadline: Instant,
     ) -> Result<(PartitionDesc, Vec<(NodeId, Result<ReplicaDigest>)>)> {
-        let route = match self
-            .router
-            .meta(MetaRequest::GetPartition(partition), deadline)
-            .await?
-        {
-            MetaReply::Table(r) => r,
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
-        };
-        let Some(p) = route.table.partitions.iter().find(|p| p.id == partition) else {
-            return Err(Error::NotFound(format!(
-                "partition {partition}; `cairn admin partitions` lists them"
-            )));
-        };
+        let (_, p) = self.partition_route(partition, deadline).await?;
         let asks = p.replicas.iter().map(|n| {
             let req = PartitionRequest {
                 partition,
@@ -129,6 +115,6 @@ impl Node {
             }
         });
         let answers = futures::future::join_all(asks).await;
-        Ok((p.clone(), answers))
+        Ok((p, answers))
     }
 }
