@@ -222,35 +222,6 @@ pub(crate) async fn verify(c: &Client, table: Option<&str>) -> anyhow::Result<Ex
     })
 }
 
-/// Compares the replicas of every partition of `table` (for `cairn chaos`, once its faults
-/// are healed): answers how many partitions agree whole, how many there are, and a line for
-/// each that differs. A partition not compared (a node still catching up) is not a fault.
-pub(crate) async fn check_replicas(
-    c: &Client,
-    table: &str,
-) -> anyhow::Result<(usize, usize, Vec<String>)> {
-    let tables = c
-        .partitions(table)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list the partitions of {table}: {e}"))?;
-    let (mut agree, mut total, mut differ) = (0, 0, Vec::new());
-    for p in tables.iter().flat_map(|(_, parts)| parts) {
-        total += 1;
-        match verify_one(c, p).await? {
-            Verdict::Agree { compared, of, .. } if compared == of => agree += 1,
-            Verdict::Differ {
-                applied, groups, ..
-            } => differ.push(format!(
-                "the replicas of {table} partition {} differ at entry {applied}: {groups:?} \
-                 (nodes, keys)",
-                p.id
-            )),
-            _ => {}
-        }
-    }
-    Ok((agree, total, differ))
-}
-
 /// Asks for the digests of `p` until its replicas stand at one log position (a partition
 /// taking writes rarely does), at most [`ATTEMPTS`] times; a replica that fails to answer
 /// is not asked again.
