@@ -463,6 +463,28 @@ impl Cluster {
         .await
     }
 
+    /// Waits until node `leader` leads the cluster's one partition (the `cairn_leaders` gauge,
+    /// read live, not the metadata's hint, which lags a change by a heartbeat) and node
+    /// `follower` has applied the write of `key` = `want` to `table`, so that the leader
+    /// knows how far the follower is (a new leader knows none of it until it hears from it).
+    pub async fn wait_in_step(
+        &self,
+        leader: u64,
+        follower: u64,
+        table: &str,
+        key: &[u8],
+        want: &[u8],
+    ) {
+        let own = self.client_of(follower);
+        let what = format!("node {leader} to lead and node {follower} to be in step");
+        wait_for(Duration::from_secs(30), &what, || async {
+            let leads = async |id| value(&scrape(self, id).await?, "cairn_leaders", &[]);
+            (leads(leader).await? == 1.0 && leads(follower).await? == 0.0).then_some(())?;
+            (own.get_stale(table, key).await.ok()?.as_deref() == Some(want)).then_some(())
+        })
+        .await
+    }
+
     /// A node other than `id` (with 3 replicas on 3 nodes, a follower of a group `id` leads).
     pub fn other_than(&self, id: u64) -> u64 {
         (1..=self.nodes.len() as u64)
@@ -491,7 +513,7 @@ impl Cluster {
             token,
         )
         .unwrap()
-        .with_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(30))
     }
 
     /// Every node's gRPC address, comma-separated, for `cairn --endpoints`.

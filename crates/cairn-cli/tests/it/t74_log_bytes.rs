@@ -86,8 +86,7 @@ async fn t74_a_paused_follower_catches_up_from_the_log() {
     let leader = c.leader_of("big").await;
     let follower = c.other_than(leader);
     let before = keeper_runs(&c, leader).await.unwrap_or(0.0);
-    let received = snapshot_bytes_received(&c, follower).await;
-    c.pause(follower);
+    let received = pause_in_step(&c, leader, follower).await;
     // 1.5 limits: the leader's log passes the limit and it snapshots and purges, while the
     // follower's lag stays within what the leader holds for it.
     let writes = (LIMIT * 3 / 2) / VALUE as u64 + 1;
@@ -167,8 +166,7 @@ async fn t74_a_follower_behind_by_many_large_values_catches_up_from_the_log() {
     cl.put("big", b"k", b"first").await.unwrap();
     let leader = c.leader_of("big").await;
     let follower = c.other_than(leader);
-    let received = snapshot_bytes_received(&c, follower).await;
-    c.pause(follower);
+    let received = pause_in_step(&c, leader, follower).await;
     let via = c.client_of(leader);
     for i in 0..40u8 {
         via.put("big", format!("k{i}").as_bytes(), &vec![i; BIG])
@@ -203,6 +201,20 @@ async fn t74_a_follower_behind_by_many_large_values_catches_up_from_the_log() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Pauses `follower` once `leader` leads and the follower has applied the first write
+/// (`k` = "first"), and returns the snapshot bytes it had received. Pausing it any earlier
+/// may leave the leader with no match for it (its replica opened after the leader's first
+/// appends, say, on a busy machine, or leadership moved since the metadata's hint): a
+/// leader holds no log for a replica whose progress it does not know, so the follower
+/// would rightly be sent a snapshot.
+async fn pause_in_step(c: &Cluster, leader: u64, follower: u64) -> f64 {
+    c.wait_in_step(leader, follower, "big", b"k", b"first")
+        .await;
+    let received = snapshot_bytes_received(c, follower).await;
+    c.pause(follower);
+    received
 }
 
 /// Resumes the paused `follower`, writes once more through `via` and waits until the

@@ -31,6 +31,10 @@ async fn t85_ten_splits_under_load() {
             "24",
             "--seed",
             "85",
+            // No operation may end without an answer (below); give each one time for
+            // a split's leader change on a busy machine.
+            "--op-timeout-ms",
+            "15000",
         ],
         &path,
     );
@@ -110,7 +114,7 @@ async fn t86_transfer_and_bad_admin_input() {
         cl.transfer_leader(p.id, to).await.unwrap();
         let cl = &cl;
         wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             "the leader to be reported",
             || async move {
                 let t = cl.describe_table("adm").await.ok()?;
