@@ -30,7 +30,7 @@ use cairn_types::entropy;
 use cairn_types::{ClientId, ErrorCode, RequestId, Session};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -691,40 +691,24 @@ impl Client {
 
     /// Drops a table and all of its data.
     ///
-    /// A retry that finds no table, after an attempt that reached a node and got no
-    /// definite answer (UNAVAILABLE from the node, or none in time), counts as done: that
-    /// attempt may have dropped it, and TABLE_NOT_FOUND would report a drop that happened as
-    /// a failure. Attempts that failed on the connection (the node was never reached) do not
-    /// count, so dropping a table that never was still fails.
+    /// The table's id is read first and sent with every attempt: a retry after an attempt
+    /// with no definite answer (its drop may have happened) succeeds once that table is
+    /// gone, and never drops a table made again under the name since. Dropping a table
+    /// that does not exist fails with TABLE_NOT_FOUND.
     pub async fn drop_table(&self, name: &str) -> Result<()> {
+        let id = self.describe_table(name).await?.id;
         let req = pb::DropTableRequest {
             name: name.to_string(),
+            table_id: id,
         };
-        let attempts = AtomicU32::new(0);
-        let unreached = AtomicU32::new(0);
         let r = self
             .retry(|ch, _| {
-                attempts.fetch_add(1, Ordering::Relaxed);
                 let r = req.clone();
-                let unreached = &unreached;
-                async move {
-                    let res = Self::kv(ch).drop_table(r).await;
-                    if let Err(s) = &res
-                        && Error::from_status(s, "").is_transport()
-                    {
-                        unreached.fetch_add(1, Ordering::Relaxed);
-                    }
-                    res
-                }
+                async move { Self::kv(ch).drop_table(r).await }
             })
             .await;
         self.leaders.forget_table(name);
-        // The last attempt is the one that found no table; were any before it uncertain?
-        let uncertain = attempts.into_inner() > unreached.into_inner() + 1;
-        match r {
-            Err(e) if e.code == ErrorCode::TableNotFound && uncertain => Ok(()),
-            r => r.map(|_| ()),
-        }
+        r.map(|_| ())
     }
 
     /// Every table.

@@ -70,7 +70,8 @@ pub enum MetaCommand {
         /// The request's id, chosen at random by the node that took it from a client.
         request_id: u64,
     },
-    /// Removes a table: from this command on it is unknown to every router.
+    /// Removes a table: from this command on it is unknown to every router. Proposed by
+    /// builds before [`MetaCommand::DropTableIf`]; still applied from their logs.
     DropTable {
         /// Table name.
         name: String,
@@ -147,6 +148,17 @@ pub enum MetaCommand {
         /// The user's name.
         name: String,
     },
+    /// Removes the table `name` if its id is `id`, the id the request resolved before its
+    /// first attempt: a retry of a drop that happened never drops a table made again under
+    /// the name since. Answers [`MetaResponse::Done`] when no table has that id any more
+    /// (that first attempt, or another drop, removed it), and refuses with `TableNotFound`
+    /// an id never handed out or held by a table of another name.
+    DropTableIf {
+        /// Table name.
+        name: String,
+        /// The id the table must have.
+        id: TableId,
+    },
 }
 
 /// The outcome of applying a [`MetaCommand`].
@@ -197,12 +209,15 @@ impl MetaState {
                     Err(e) => MetaResponse::Refused(e),
                 }
             }
-            MetaCommand::DropTable { name } => match self.tables.remove(name) {
-                Some(t) => {
-                    self.create_requests.remove(name);
-                    MetaResponse::Table(t)
+            MetaCommand::DropTable { name } => self.drop_table(name),
+            MetaCommand::DropTableIf { name, id } => match self.tables.get(name) {
+                Some(t) if t.id == *id => self.drop_table(name),
+                // Ids are handed out in order and never reused, and tables are never
+                // renamed: an id handed out that no table holds was dropped.
+                _ if (1..self.next_table_id).contains(&id.0) && self.table_by_id(*id).is_none() => {
+                    MetaResponse::Done
                 }
-                None => MetaResponse::Refused(Error::TableNotFound(name.clone())),
+                _ => MetaResponse::Refused(Error::TableNotFound(name.clone())),
             },
             MetaCommand::AllocPartitionIds { count } => {
                 self.next_partition_id = self.next_partition_id.max(1);
@@ -581,6 +596,17 @@ impl MetaState {
         out
     }
 
+    /// Removes the table `name`, answering it as it was.
+    fn drop_table(&mut self, name: &str) -> MetaResponse {
+        match self.tables.remove(name) {
+            Some(t) => {
+                self.create_requests.remove(name);
+                MetaResponse::Table(t)
+            }
+            None => MetaResponse::Refused(Error::TableNotFound(name.to_string())),
+        }
+    }
+
     /// The table `name` if the CreateTable request `request_id` made it (a retry of it).
     pub fn created_by(&self, name: &str, request_id: u64) -> Option<&TableDesc> {
         match self.create_requests.get(name) {
@@ -788,6 +814,42 @@ mod tests {
             s.apply(&MetaCommand::DropTable { name: "t".into() }),
             MetaResponse::Refused(Error::TableNotFound("t".into()))
         );
+    }
+
+    #[test]
+    fn a_drop_by_id_never_drops_the_table_made_again_under_its_name() {
+        let mut s = MetaState::default();
+        let id_of = |r: MetaResponse| match r {
+            MetaResponse::Table(t) => t.id,
+            other => panic!("no table: {other:?}"),
+        };
+        let first = id_of(create(&mut s, "t", &[]));
+        let other = id_of(create(&mut s, "u", &[]));
+        let drop_if = |s: &mut MetaState, name: &str, id: TableId| {
+            s.apply(&MetaCommand::DropTableIf {
+                name: name.into(),
+                id,
+            })
+        };
+        // The id of another table, or one never handed out: refused, nothing dropped.
+        let not_found = MetaResponse::Refused(Error::TableNotFound("t".into()));
+        assert_eq!(drop_if(&mut s, "t", other), not_found);
+        assert_eq!(drop_if(&mut s, "t", TableId(99)), not_found);
+        assert_eq!(drop_if(&mut s, "t", TableId(0)), not_found);
+        assert_eq!(s.tables.len(), 2);
+        // The right id drops it, answering the table as it was.
+        assert_eq!(id_of(drop_if(&mut s, "t", first)), first);
+        // Made again under the name: a late retry of that drop answers done and leaves the
+        // new table alone.
+        let again = id_of(create(&mut s, "t", &[]));
+        assert_ne!(again, first);
+        let before = s.clone();
+        assert_eq!(drop_if(&mut s, "t", first), MetaResponse::Done);
+        assert_eq!(s, before, "the new table stays");
+        assert_eq!(id_of(drop_if(&mut s, "t", again)), again);
+        // With the name free, the late retry still answers done.
+        assert_eq!(drop_if(&mut s, "t", first), MetaResponse::Done);
+        assert!(s.tables.contains_key("u"));
     }
 }
 

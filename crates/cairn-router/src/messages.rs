@@ -27,8 +27,14 @@ pub enum MetaRequest {
         /// made the table is answered that table rather than `AlreadyExists`.
         request_id: u64,
     },
-    /// Removes a table from the metadata; answers its last descriptor.
-    DropTable(String),
+    /// Removes the table `name` of id `id` from the metadata; answers its last descriptor,
+    /// or `Done` if no table has that id any more (see `MetaCommand::DropTableIf`).
+    DropTable {
+        /// Table name.
+        name: String,
+        /// The id it had when the request began, the same on every retry.
+        id: TableId,
+    },
     /// A node's liveness beat with the state of its replicas; answers the metadata group's
     /// current voters, so every node keeps up with a metadata member moved elsewhere.
     Heartbeat(Heartbeat),

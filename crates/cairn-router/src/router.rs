@@ -140,7 +140,16 @@ impl<T: Transport> Router<T> {
         }
         // Boxed: a cache miss is rare, and inline its metadata call would make every
         // request's future (which holds this one) several KiB larger.
-        match Box::pin(self.meta(MetaRequest::GetTable(table.to_string()), deadline)).await? {
+        Box::pin(self.fetch(table, deadline)).await
+    }
+
+    /// The route of `table` from the metadata group (a linearizable read there), which
+    /// then replaces the cached one.
+    async fn fetch(&self, table: &str, deadline: Instant) -> Result<Arc<TableRoute>> {
+        match self
+            .meta(MetaRequest::GetTable(table.to_string()), deadline)
+            .await?
+        {
             MetaReply::Table(r) => {
                 self.transport.learn(&r.nodes);
                 let r = Arc::new(r);
@@ -351,8 +360,11 @@ impl<T: Transport> Router<T> {
 
     /// Every partition's descriptor of `table`, fresh from the metadata group.
     pub async fn describe(&self, table: &str, deadline: Instant) -> Result<Arc<TableRoute>> {
+        cairn_types::validate_table_name(table)?;
         self.cache.invalidate(table);
-        self.route(table, deadline).await
+        // Not read through the cache: a request that fetched the route before a drop could
+        // put the old one back between the invalidation and this read.
+        self.fetch(table, deadline).await
     }
 
     /// Every table.

@@ -351,7 +351,9 @@ impl kv_server::Kv for Kv {
     ) -> Result<Response<pb::DropTableResponse>, Status> {
         allow(&self.0, &req, Access::Admin).await?;
         let started = std::time::Instant::now();
-        let res = self.0.drop_table(&req.into_inner().name, deadline(0)).await;
+        let req = req.into_inner();
+        let id = (req.table_id != 0).then_some(cairn_types::TableId(req.table_id));
+        let res = self.0.drop_table(&req.name, id, deadline(0)).await;
         self.done("drop_table", started, res.map(|_| pb::DropTableResponse {}))
     }
 

@@ -487,8 +487,22 @@ async fn describe_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
 
 async fn drop_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let name = table_name(&uri)?;
+    // `?id=` (the id a describe showed) makes a retried DELETE safe: it drops only the
+    // table of that id, and answers 204 once that table is gone.
+    let id = match query(&uri)?.get("id") {
+        None => None,
+        Some(v) => Some(
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(cairn_types::TableId)
+                .ok_or_else(|| {
+                    bad("id must be the table's numeric id (GET /v1/tables/{t} shows it)")
+                })?,
+        ),
+    };
     let started = std::time::Instant::now();
-    let res = node.drop_table(&name, deadline()).await;
+    let res = node.drop_table(&name, id, deadline()).await;
     node.record("drop_table", res.is_ok(), started);
     res?;
     Ok(StatusCode::NO_CONTENT.into_response())

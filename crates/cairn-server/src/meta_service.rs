@@ -253,6 +253,7 @@ impl Core {
                     .clone();
                 Ok(MetaReply::Table(self.route_of(&state, t)))
             }
+            MetaResponse::Done => Ok(MetaReply::Done),
             MetaResponse::Refused(e) => Err(e),
             other => Err(Error::Internal(format!(
                 "a table change answered {other:?}"
@@ -361,8 +362,8 @@ impl Core {
                 };
                 self.propose_table_change(cmd).await
             }
-            MetaRequest::DropTable(name) => {
-                self.propose_table_change(MetaCommand::DropTable { name })
+            MetaRequest::DropTable { name, id } => {
+                self.propose_table_change(MetaCommand::DropTableIf { name, id })
                     .await
             }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,

@@ -15,7 +15,7 @@ use cairn_storage::{SharedEngine, Space, WriteBatch, keys};
 use cairn_storage_fjall::FjallEngine;
 use cairn_types::{
     ClientId, DEFAULT_REPLICATION, Error, NodeDesc, NodeId, PartitionDesc, PartitionId, RequestId,
-    Result, Session, TableDesc,
+    Result, Session, TableDesc, TableId,
 };
 use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
@@ -884,13 +884,33 @@ impl Node {
     /// Drops a table: it is unknown to every router at once; each partition then refuses
     /// every request through its own log before this returns, and its replicas are
     /// destroyed by the nodes shortly after.
-    pub async fn drop_table(&self, name: &str, deadline: Instant) -> Result<()> {
-        let MetaReply::Table(route) = self
-            .router
-            .meta(MetaRequest::DropTable(name.to_string()), deadline)
-            .await?
-        else {
-            return Err(Error::Internal("drop table answered no table".into()));
+    pub async fn drop_table(
+        &self,
+        name: &str,
+        id: Option<TableId>,
+        deadline: Instant,
+    ) -> Result<()> {
+        // The id is fixed before the first attempt, so that a retry (here, or the client's
+        // with the id it sent) never drops a table made again under the name since.
+        let id = match id {
+            Some(id) => id,
+            None => self.router.describe(name, deadline).await?.table.id,
+        };
+        let req = MetaRequest::DropTable {
+            name: name.to_string(),
+            id,
+        };
+        let route = match self.router.meta(req, deadline).await? {
+            MetaReply::Table(route) => route,
+            // Dropped already: by an attempt of this request whose answer was lost, or by
+            // another drop. Either way the table is gone, and its replicas go with it.
+            MetaReply::Done => {
+                self.router.cache().invalidate(name);
+                return Ok(());
+            }
+            other => {
+                return Err(Error::Internal(format!("drop table answered {other:?}")));
+            }
         };
         self.router.cache().invalidate(name);
         self.router.transport().learn(&route.nodes);

@@ -1,6 +1,6 @@
 use crate::cluster::{Cluster, wait_for};
 use crate::t87_moves::{finished, partition, wait_gone};
-use cairn_proto::v1::{GetRequest, PutRequest, RequestId, kv_client::KvClient};
+use cairn_proto::v1::{DropTableRequest, GetRequest, PutRequest, RequestId, kv_client::KvClient};
 use cairn_types::ErrorCode;
 use std::time::Duration;
 
@@ -388,4 +388,67 @@ async fn t54_a_retried_drop_table_whose_answer_was_lost_succeeds() {
     cl.create_table("gone", 3, vec![]).await.unwrap();
     cl.put("gone", b"k", b"v").await.unwrap();
     assert_eq!(cl.get("gone", b"k").await.unwrap(), Some(b"v".to_vec()));
+}
+
+/// A late retry of a DropTable (it carries the id of the table it meant, as the client
+/// sends it) arriving after the table was made again under its name leaves the new table
+/// and its data alone, and answers success (the table it meant is gone), over gRPC and
+/// over HTTP (`?id=`). A drop naming an id the table does not have is refused, dropping
+/// nothing; with the right id it drops the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t55_a_late_drop_retry_spares_the_table_made_again() {
+    let c = Cluster::start(3).await;
+    let cl = c.client();
+    cl.create_table("d", 3, vec![]).await.unwrap();
+    let first = cl.describe_table("d").await.unwrap().id;
+    cl.drop_table("d").await.unwrap();
+    cl.create_table("d", 3, vec![b"m".to_vec()]).await.unwrap();
+    let again = cl.describe_table("d").await.unwrap().id;
+    assert_ne!(again, first, "table ids are never reused");
+    cl.put("d", b"k", b"kept").await.unwrap();
+    cl.put("d", b"z", b"kept too").await.unwrap();
+    let other = {
+        cl.create_table("o", 3, vec![]).await.unwrap();
+        cl.describe_table("o").await.unwrap().id
+    };
+
+    let mut kv = KvClient::connect(format!("http://{}", c.nodes[1].grpc))
+        .await
+        .unwrap();
+    let drop = |table_id: u64| DropTableRequest {
+        name: "d".into(),
+        table_id,
+    };
+    // The late retry through gRPC and through HTTP: both succeed, neither drops "d".
+    kv.drop_table(drop(first))
+        .await
+        .expect("a retry of a drop that happened succeeds");
+    let (code, body, _) = curl(&[
+        "-X",
+        "DELETE",
+        &format!("{}/v1/tables/d?id={first}", c.http(3)),
+    ]);
+    assert_eq!(code, 204, "{body}");
+    for k in [&b"k"[..], b"z"] {
+        assert!(
+            cl.get("d", k).await.unwrap().is_some(),
+            "the table made again lost {}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    // Another table's id, or one never handed out: refused, nothing dropped.
+    for wrong in [other, 1_000_000] {
+        let err = kv.drop_table(drop(wrong)).await.expect_err("the wrong id");
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    }
+    let (code, body, _) = curl(&["-X", "DELETE", &format!("{}/v1/tables/d?id=x", c.http(1))]);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(cl.describe_table("d").await.unwrap().id, again);
+    assert_eq!(cl.describe_table("o").await.unwrap().id, other);
+    // The right id drops it; a drop by name alone of a table not there still fails.
+    kv.drop_table(drop(again)).await.unwrap();
+    let err = cl.describe_table("d").await.expect_err("dropped");
+    assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
+    let err = cl.drop_table("d").await.expect_err("no such table");
+    assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
 }
