@@ -1,4 +1,5 @@
 use crate::cluster::Cluster;
+use std::time::Duration;
 
 /// Kill -9 every node after acknowledged writes and restart them from their data dirs:
 /// every acknowledged write is there.
@@ -22,7 +23,9 @@ async fn t30_kill_all_nodes_and_restart() {
         c.restart(id);
     }
     c.wait_live(3).await;
-    let cl = c.client();
+    // Every partition elects a leader after the restart before it answers: room for that
+    // on a busy machine.
+    let cl = c.client().with_timeout(Duration::from_secs(30));
     for (k, v) in &expect {
         let want = if k == "a000" {
             None
@@ -51,7 +54,11 @@ async fn t31_graceful_stop_and_restart() {
     c.restart(2);
     c.wait_live(3).await;
     assert_eq!(
-        c.client_of(2).get("g", b"k2").await.unwrap(),
+        c.client_of(2)
+            .with_timeout(Duration::from_secs(30))
+            .get("g", b"k2")
+            .await
+            .unwrap(),
         Some(b"v2".to_vec())
     );
 }

@@ -314,6 +314,7 @@ async fn t76_a_partition_whose_view_died_is_read_again_from_the_new_leader() {
     loop {
         let page = c
             .client_of(survivor)
+            .with_timeout(Duration::from_secs(30))
             .export("crash", &at, 50)
             .await
             .unwrap();
