@@ -696,17 +696,22 @@ impl Client {
     /// gone, and never drops a table made again under the name since. Dropping a table
     /// that does not exist fails with TABLE_NOT_FOUND.
     pub async fn drop_table(&self, name: &str) -> Result<()> {
+        let started = Instant::now();
         let id = self.describe_table(name).await?.id;
         let req = pb::DropTableRequest {
             name: name.to_string(),
             table_id: id,
         };
-        let r = self
-            .retry(|ch, _| {
-                let r = req.clone();
-                async move { Self::kv(ch).drop_table(r).await }
-            })
-            .await;
+        // One timeout for the describe and the drop (at least a second for the drop).
+        let left = self
+            .timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        let call = |n: Arc<Node>, _| {
+            let r = req.clone();
+            async move { Self::kv(n.channel.clone()).drop_table(r).await }
+        };
+        let r = self.retry_full(left, call, false, None, false).await;
         self.leaders.forget_table(name);
         r.map(|_| ())
     }

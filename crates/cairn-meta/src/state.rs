@@ -149,15 +149,18 @@ pub enum MetaCommand {
         name: String,
     },
     /// Removes the table `name` if its id is `id`, the id the request resolved before its
-    /// first attempt: a retry of a drop that happened never drops a table made again under
-    /// the name since. Answers [`MetaResponse::Done`] when no table has that id any more
-    /// (that first attempt, or another drop, removed it), and refuses with `TableNotFound`
-    /// an id never handed out or held by a table of another name.
+    /// first attempt, and records the drop as a finished operation: a retry of a drop that
+    /// happened never drops a table made again under the name since. Answers
+    /// [`MetaResponse::Done`] when that table was dropped already (the drop is among the
+    /// [`KEEP_FINISHED`] operations kept: by that first attempt, or by another drop), and
+    /// refuses with `TableNotFound` any other id.
     DropTableIf {
         /// Table name.
         name: String,
         /// The id the table must have.
         id: TableId,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: u64,
     },
 }
 
@@ -210,13 +213,17 @@ impl MetaState {
                 }
             }
             MetaCommand::DropTable { name } => self.drop_table(name),
-            MetaCommand::DropTableIf { name, id } => match self.tables.get(name) {
-                Some(t) if t.id == *id => self.drop_table(name),
-                // Ids are handed out in order and never reused, and tables are never
-                // renamed: an id handed out that no table holds was dropped.
-                _ if (1..self.next_table_id).contains(&id.0) && self.table_by_id(*id).is_none() => {
-                    MetaResponse::Done
+            MetaCommand::DropTableIf { name, id, now_ms } => match self.tables.get(name) {
+                Some(t) if t.id == *id => {
+                    let first = t.partitions.first().map_or(PartitionId(0), |p| p.id);
+                    let dropped = self.drop_table(name);
+                    let kind = OpKind::DropTable { name: name.clone() };
+                    let step = format!("dropped table {name} (id {})", id.0);
+                    self.record_done(kind, first, *id, step, *now_ms);
+                    dropped
                 }
+                // Ids are never reused: a recorded drop of this very table means it is gone.
+                _ if self.dropped(name, *id) => MetaResponse::Done,
                 _ => MetaResponse::Refused(Error::TableNotFound(name.clone())),
             },
             MetaCommand::AllocPartitionIds { count } => {
@@ -279,21 +286,7 @@ impl MetaState {
                 now_ms,
             } => {
                 let table = self.partition(*partition).map_or(TableId(0), |(t, _)| t.id);
-                self.next_operation_id = self.next_operation_id.max(1);
-                let op = Operation {
-                    id: self.next_operation_id,
-                    kind: kind.clone(),
-                    partition: *partition,
-                    table,
-                    state: OpState::Done,
-                    step: step.clone(),
-                    error: None,
-                    started_ms: *now_ms,
-                    updated_ms: *now_ms,
-                };
-                self.next_operation_id += 1;
-                self.operations.insert(op.id, op.clone());
-                self.forget_old_operations();
+                let op = self.record_done(kind.clone(), *partition, table, step.clone(), *now_ms);
                 MetaResponse::Operation(op)
             }
             MetaCommand::UpdateOperation {
@@ -596,6 +589,40 @@ impl MetaState {
         out
     }
 
+    /// Records an operation that finished in one step, and forgets the oldest finished ones.
+    fn record_done(
+        &mut self,
+        kind: OpKind,
+        partition: PartitionId,
+        table: TableId,
+        step: String,
+        now_ms: u64,
+    ) -> Operation {
+        self.next_operation_id = self.next_operation_id.max(1);
+        let op = Operation {
+            id: self.next_operation_id,
+            kind,
+            partition,
+            table,
+            state: OpState::Done,
+            step,
+            error: None,
+            started_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        self.next_operation_id += 1;
+        self.operations.insert(op.id, op.clone());
+        self.forget_old_operations();
+        op
+    }
+
+    /// Whether a drop of the table `name` of id `id` is among the recorded operations.
+    fn dropped(&self, name: &str, id: TableId) -> bool {
+        self.operations.values().any(|op| {
+            op.table == id && matches!(&op.kind, OpKind::DropTable { name: n } if n == name)
+        })
+    }
+
     /// Removes the table `name`, answering it as it was.
     fn drop_table(&mut self, name: &str) -> MetaResponse {
         match self.tables.remove(name) {
@@ -829,6 +856,7 @@ mod tests {
             s.apply(&MetaCommand::DropTableIf {
                 name: name.into(),
                 id,
+                now_ms: 5,
             })
         };
         // The id of another table, or one never handed out: refused, nothing dropped.
@@ -837,8 +865,16 @@ mod tests {
         assert_eq!(drop_if(&mut s, "t", TableId(99)), not_found);
         assert_eq!(drop_if(&mut s, "t", TableId(0)), not_found);
         assert_eq!(s.tables.len(), 2);
-        // The right id drops it, answering the table as it was.
+        // The right id drops it, answering the table as it was, and records the drop.
         assert_eq!(id_of(drop_if(&mut s, "t", first)), first);
+        let op = s.operations.values().last().expect("the drop recorded");
+        assert_eq!(op.kind, OpKind::DropTable { name: "t".into() });
+        assert_eq!((op.table, op.state), (first, OpState::Done));
+        // Another dropped table's id (say, mistyped) is refused: nothing is said done.
+        assert_eq!(
+            drop_if(&mut s, "u", first),
+            MetaResponse::Refused(Error::TableNotFound("u".into()))
+        );
         // Made again under the name: a late retry of that drop answers done and leaves the
         // new table alone.
         let again = id_of(create(&mut s, "t", &[]));

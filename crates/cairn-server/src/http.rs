@@ -253,6 +253,7 @@ fn operation_json(op: &cairn_types::Operation) -> Value {
         }
         cairn_types::OpKind::Split { right, .. } => v["right"] = json!(right.0),
         cairn_types::OpKind::TransferLeader { to } => v["to"] = json!(to.0),
+        cairn_types::OpKind::DropTable { name } => v["table"] = json!(name),
     }
     v
 }
@@ -495,6 +496,7 @@ async fn drop_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
             std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
+                .filter(|id| *id > 0)
                 .map(cairn_types::TableId)
                 .ok_or_else(|| {
                     bad("id must be the table's numeric id (GET /v1/tables/{t} shows it)")

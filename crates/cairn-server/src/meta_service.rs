@@ -363,7 +363,8 @@ impl Core {
                 self.propose_table_change(cmd).await
             }
             MetaRequest::DropTable { name, id } => {
-                self.propose_table_change(MetaCommand::DropTableIf { name, id })
+                let now_ms = crate::core::now_ms();
+                self.propose_table_change(MetaCommand::DropTableIf { name, id, now_ms })
                     .await
             }
             MetaRequest::Heartbeat(hb) => self.heartbeat(hb).await,

@@ -881,15 +881,18 @@ impl Node {
         }
     }
 
-    /// Drops a table: it is unknown to every router at once; each partition then refuses
-    /// every request through its own log before this returns, and its replicas are
-    /// destroyed by the nodes shortly after.
+    /// Drops the table `name` (of id `id`, if given): it is unknown to every router at
+    /// once; each partition then refuses every request through its own log before this
+    /// returns, and its replicas are destroyed by the nodes shortly after. A retry that
+    /// finds the table dropped already (its first attempt's answer lost) returns at once:
+    /// partitions that attempt could not reach are left to the nodes' reconcile.
     pub async fn drop_table(
         &self,
         name: &str,
         id: Option<TableId>,
         deadline: Instant,
     ) -> Result<()> {
+        cairn_types::validate_table_name(name)?;
         // The id is fixed before the first attempt, so that a retry (here, or the client's
         // with the id it sent) never drops a table made again under the name since.
         let id = match id {

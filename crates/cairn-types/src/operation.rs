@@ -35,6 +35,12 @@ pub enum OpKind {
         /// The new leader's node.
         to: NodeId,
     },
+    /// Dropped the table `name` (the operation's table; its partition is the table's
+    /// first). Recorded once done; a retry of the drop recognises its table by it.
+    DropTable {
+        /// The table's name.
+        name: String,
+    },
 }
 
 impl OpKind {
@@ -44,6 +50,7 @@ impl OpKind {
             OpKind::Move { from, to, .. } => (Some(*from), Some(*to)),
             OpKind::Split { .. } => (None, None),
             OpKind::TransferLeader { to } => (None, Some(*to)),
+            OpKind::DropTable { .. } => (None, None),
         }
     }
 
@@ -53,6 +60,7 @@ impl OpKind {
             OpKind::Move { .. } => "move",
             OpKind::Split { .. } => "split",
             OpKind::TransferLeader { .. } => "transfer",
+            OpKind::DropTable { .. } => "drop",
         }
     }
 }

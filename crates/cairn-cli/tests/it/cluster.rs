@@ -467,6 +467,7 @@ impl Cluster {
     /// read live, not the metadata's hint, which lags a change by a heartbeat) and node
     /// `follower` has applied the write of `key` = `want` to `table`, so that the leader
     /// knows how far the follower is (a new leader knows none of it until it hears from it).
+    /// The leader is not looked for again: should leadership move, this times out.
     pub async fn wait_in_step(
         &self,
         leader: u64,
@@ -478,8 +479,11 @@ impl Cluster {
         let own = self.client_of(follower);
         let what = format!("node {leader} to lead and node {follower} to be in step");
         wait_for(Duration::from_secs(30), &what, || async {
-            let leads = async |id| value(&scrape(self, id).await?, "cairn_leaders", &[]);
-            (leads(leader).await? == 1.0 && leads(follower).await? == 0.0).then_some(())?;
+            let gauge = async |id, name| value(&scrape(self, id).await?, name, &[]);
+            (gauge(leader, "cairn_leaders").await? == 1.0).then_some(())?;
+            (gauge(follower, "cairn_leaders").await? == 0.0).then_some(())?;
+            // Its own replica open, or a stale read through it would be another node's.
+            (gauge(follower, "cairn_replicas").await? >= 1.0).then_some(())?;
             (own.get_stale(table, key).await.ok()?.as_deref() == Some(want)).then_some(())
         })
         .await

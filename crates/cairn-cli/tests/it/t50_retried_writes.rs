@@ -365,8 +365,8 @@ async fn t53_http_retries_with_one_idempotency_key_apply_once() {
 }
 
 /// A DropTable whose answer is lost after the table was dropped (fault injection) is
-/// retried by the client, which then finds no table: that is the drop done, not
-/// TABLE_NOT_FOUND. A table of the same name can be made again at once.
+/// retried by the client with the table's id, and the metadata recognises its own drop:
+/// success, not TABLE_NOT_FOUND. A table of the same name can be made again at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t54_a_retried_drop_table_whose_answer_was_lost_succeeds() {
     let c = Cluster::start_with(3, &["--fault-lose-write-replies", "1"]).await;
@@ -436,8 +436,12 @@ async fn t55_a_late_drop_retry_spares_the_table_made_again() {
             String::from_utf8_lossy(k)
         );
     }
-    // Another table's id, or one never handed out: refused, nothing dropped.
-    for wrong in [other, 1_000_000] {
+    // Another table's id, live or dropped, or one never handed out: refused, nothing
+    // dropped.
+    cl.create_table("gone", 3, vec![]).await.unwrap();
+    let gone = cl.describe_table("gone").await.unwrap().id;
+    cl.drop_table("gone").await.unwrap();
+    for wrong in [other, gone, 1_000_000] {
         let err = kv.drop_table(drop(wrong)).await.expect_err("the wrong id");
         assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     }
@@ -445,8 +449,12 @@ async fn t55_a_late_drop_retry_spares_the_table_made_again() {
     assert_eq!(code, 400, "{body}");
     assert_eq!(cl.describe_table("d").await.unwrap().id, again);
     assert_eq!(cl.describe_table("o").await.unwrap().id, other);
-    // The right id drops it; a drop by name alone of a table not there still fails.
+    // The right id drops it; the drops are in the operations; a drop by name alone of a
+    // table not there still fails.
     kv.drop_table(drop(again)).await.unwrap();
+    let ops = cl.operations().await.unwrap();
+    let drops = ops.iter().filter(|o| o.kind == "drop").count();
+    assert_eq!(drops, 3, "{ops:?}");
     let err = cl.describe_table("d").await.expect_err("dropped");
     assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
     let err = cl.drop_table("d").await.expect_err("no such table");
