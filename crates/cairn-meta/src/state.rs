@@ -152,8 +152,9 @@ pub enum MetaCommand {
     /// first attempt, and records the drop as a finished operation: a retry of a drop that
     /// happened never drops a table made again under the name since. Answers
     /// [`MetaResponse::Done`] when that table was dropped already (the drop is among the
-    /// [`KEEP_FINISHED`] operations kept: by that first attempt, or by another drop), and
-    /// refuses with `TableNotFound` any other id.
+    /// [`KEEP_FINISHED`] operations kept: by that first attempt, or by another drop). Any
+    /// other id is refused: with `NotFound` naming the table's id when the name is taken,
+    /// with `TableNotFound` when it is not.
     DropTableIf {
         /// Table name.
         name: String,
@@ -224,7 +225,11 @@ impl MetaState {
                 }
                 // Ids are never reused: a recorded drop of this very table means it is gone.
                 _ if self.dropped(name, *id) => MetaResponse::Done,
-                _ => MetaResponse::Refused(Error::TableNotFound(name.clone())),
+                Some(t) => MetaResponse::Refused(Error::NotFound(format!(
+                    "table {name:?} has id {}, not {}; nothing was dropped",
+                    t.id.0, id.0
+                ))),
+                None => MetaResponse::Refused(Error::TableNotFound(name.clone())),
             },
             MetaCommand::AllocPartitionIds { count } => {
                 self.next_partition_id = self.next_partition_id.max(1);
@@ -859,11 +864,18 @@ mod tests {
                 now_ms: 5,
             })
         };
-        // The id of another table, or one never handed out: refused, nothing dropped.
-        let not_found = MetaResponse::Refused(Error::TableNotFound("t".into()));
-        assert_eq!(drop_if(&mut s, "t", other), not_found);
-        assert_eq!(drop_if(&mut s, "t", TableId(99)), not_found);
-        assert_eq!(drop_if(&mut s, "t", TableId(0)), not_found);
+        // The id of another table, or one never handed out: refused, saying the table's
+        // id, nothing dropped.
+        let other_id = |want: TableId| {
+            let m = format!(
+                "table \"t\" has id {}, not {}; nothing was dropped",
+                first.0, want.0
+            );
+            MetaResponse::Refused(Error::NotFound(m))
+        };
+        for wrong in [other, TableId(99), TableId(0)] {
+            assert_eq!(drop_if(&mut s, "t", wrong), other_id(wrong));
+        }
         assert_eq!(s.tables.len(), 2);
         // The right id drops it, answering the table as it was, and records the drop.
         assert_eq!(id_of(drop_if(&mut s, "t", first)), first);
@@ -871,9 +883,13 @@ mod tests {
         assert_eq!(op.kind, OpKind::DropTable { name: "t".into() });
         assert_eq!((op.table, op.state), (first, OpState::Done));
         // Another dropped table's id (say, mistyped) is refused: nothing is said done.
-        assert_eq!(
+        assert!(matches!(
             drop_if(&mut s, "u", first),
-            MetaResponse::Refused(Error::TableNotFound("u".into()))
+            MetaResponse::Refused(Error::NotFound(_))
+        ));
+        assert_eq!(
+            drop_if(&mut s, "none", first),
+            MetaResponse::Refused(Error::TableNotFound("none".into()))
         );
         // Made again under the name: a late retry of that drop answers done and leaves the
         // new table alone.

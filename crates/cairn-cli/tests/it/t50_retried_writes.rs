@@ -444,6 +444,8 @@ async fn t55_a_late_drop_retry_spares_the_table_made_again() {
     for wrong in [other, gone, 1_000_000] {
         let err = kv.drop_table(drop(wrong)).await.expect_err("the wrong id");
         assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+        let says = format!("has id {again}, not {wrong}; nothing was dropped");
+        assert!(err.message().contains(&says), "{err}");
     }
     let (code, body, _) = curl(&["-X", "DELETE", &format!("{}/v1/tables/d?id=x", c.http(1))]);
     assert_eq!(code, 400, "{body}");
