@@ -205,6 +205,19 @@ impl MetaState {
                 if let Some(t) = self.created_by(name, *request_id) {
                     return MetaResponse::Table(t.clone());
                 }
+                // A late retry of a create whose table was dropped since must not make it
+                // again: the request was carried out once, and the drop came after.
+                if *request_id != 0
+                    && self.operations.values().any(|op| {
+                        matches!(&op.kind, OpKind::DropTable { name: n, created_by }
+                            if n == name && created_by == request_id)
+                    })
+                {
+                    return MetaResponse::Refused(Error::Conflict(format!(
+                        "table {name:?} was made by this very request and dropped since; it was \
+                         not made again"
+                    )));
+                }
                 match self.create_table(name, *replication, split_keys, placement) {
                     Ok(t) => {
                         self.create_requests.insert(name.clone(), *request_id);
@@ -217,8 +230,12 @@ impl MetaState {
             MetaCommand::DropTableIf { name, id, now_ms } => match self.tables.get(name) {
                 Some(t) if t.id == *id => {
                     let first = t.partitions.first().map_or(PartitionId(0), |p| p.id);
+                    let created_by = self.create_requests.get(name).copied().unwrap_or(0);
                     let dropped = self.drop_table(name);
-                    let kind = OpKind::DropTable { name: name.clone() };
+                    let kind = OpKind::DropTable {
+                        name: name.clone(),
+                        created_by,
+                    };
                     let step = format!("dropped table {name} (id {})", id.0);
                     self.record_done(kind, first, *id, step, *now_ms);
                     dropped
@@ -624,7 +641,7 @@ impl MetaState {
     /// Whether a drop of the table `name` of id `id` is among the recorded operations.
     fn dropped(&self, name: &str, id: TableId) -> bool {
         self.operations.values().any(|op| {
-            op.table == id && matches!(&op.kind, OpKind::DropTable { name: n } if n == name)
+            op.table == id && matches!(&op.kind, OpKind::DropTable { name: n, .. } if n == name)
         })
     }
 
@@ -880,7 +897,7 @@ mod tests {
         // The right id drops it, answering the table as it was, and records the drop.
         assert_eq!(id_of(drop_if(&mut s, "t", first)), first);
         let op = s.operations.values().last().expect("the drop recorded");
-        assert_eq!(op.kind, OpKind::DropTable { name: "t".into() });
+        assert!(matches!(&op.kind, OpKind::DropTable { name, .. } if name == "t"));
         assert_eq!((op.table, op.state), (first, OpState::Done));
         // Another dropped table's id (say, mistyped) is refused: nothing is said done.
         assert!(matches!(
@@ -902,6 +919,31 @@ mod tests {
         // With the name free, the late retry still answers done.
         assert_eq!(drop_if(&mut s, "t", first), MetaResponse::Done);
         assert!(s.tables.contains_key("u"));
+    }
+
+    #[test]
+    fn a_late_create_retry_does_not_make_a_dropped_table_again() {
+        let mut s = MetaState::default();
+        let MetaResponse::Table(t) = create_as(&mut s, "t", &[], 42) else {
+            panic!("not created");
+        };
+        let dropped = s.apply(&MetaCommand::DropTableIf {
+            name: "t".into(),
+            id: t.id,
+            now_ms: 5,
+        });
+        assert!(matches!(dropped, MetaResponse::Table(_)));
+        let before = s.clone();
+        assert!(matches!(
+            create_as(&mut s, "t", &[], 42),
+            MetaResponse::Refused(Error::Conflict(_))
+        ));
+        assert_eq!(s, before, "the late retry made nothing");
+        // Another request makes the table again.
+        assert!(matches!(
+            create_as(&mut s, "t", &[], 43),
+            MetaResponse::Table(_)
+        ));
     }
 }
 

@@ -253,7 +253,7 @@ fn operation_json(op: &cairn_types::Operation) -> Value {
         }
         cairn_types::OpKind::Split { right, .. } => v["right"] = json!(right.0),
         cairn_types::OpKind::TransferLeader { to } => v["to"] = json!(to.0),
-        cairn_types::OpKind::DropTable { name } => v["table"] = json!(name),
+        cairn_types::OpKind::DropTable { name, .. } => v["table"] = json!(name),
     }
     v
 }

@@ -36,10 +36,13 @@ pub enum OpKind {
         to: NodeId,
     },
     /// Dropped the table `name` (the operation's table; its partition is the table's
-    /// first). Recorded once done; a retry of the drop recognises its table by it.
+    /// first). Recorded once done; a retry of the drop recognises its table by it, and a
+    /// late retry of the CreateTable that made the table does not make it again.
     DropTable {
         /// The table's name.
         name: String,
+        /// The id of the CreateTable request that made it (0: not known).
+        created_by: u64,
     },
 }
 

@@ -1,6 +1,8 @@
 use crate::cluster::{Cluster, wait_for};
 use crate::t87_moves::{finished, partition, wait_gone};
-use cairn_proto::v1::{DropTableRequest, GetRequest, PutRequest, RequestId, kv_client::KvClient};
+use cairn_proto::v1::{
+    CreateTableRequest, DropTableRequest, GetRequest, PutRequest, RequestId, kv_client::KvClient,
+};
 use cairn_types::ErrorCode;
 use std::time::Duration;
 
@@ -394,7 +396,8 @@ async fn t54_a_retried_drop_table_whose_answer_was_lost_succeeds() {
 /// sends it) arriving after the table was made again under its name leaves the new table
 /// and its data alone, and answers success (the table it meant is gone), over gRPC and
 /// over HTTP (`?id=`). A drop naming an id the table does not have is refused, dropping
-/// nothing; with the right id it drops the table.
+/// nothing; with the right id it drops the table. A late retry of a CreateTable whose
+/// table was dropped since does not make it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t55_a_late_drop_retry_spares_the_table_made_again() {
     let c = Cluster::start(3).await;
@@ -460,5 +463,24 @@ async fn t55_a_late_drop_retry_spares_the_table_made_again() {
     let err = cl.describe_table("d").await.expect_err("dropped");
     assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
     let err = cl.drop_table("d").await.expect_err("no such table");
+    assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
+
+    // A late retry of the CreateTable that made a table dropped since does not make it
+    // again: it fails, saying so.
+    let create = CreateTableRequest {
+        name: "c".into(),
+        replication: 3,
+        split_keys: vec![],
+        request_id: 77,
+    };
+    kv.create_table(create.clone()).await.unwrap();
+    cl.drop_table("c").await.unwrap();
+    let err = kv
+        .create_table(create)
+        .await
+        .expect_err("made once, dropped since");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("dropped since"), "{err}");
+    let err = cl.describe_table("c").await.expect_err("not made again");
     assert_eq!(err.code, ErrorCode::TableNotFound, "{err}");
 }
