@@ -148,7 +148,7 @@ pub struct ReplicaDigest {
 pub struct OperationInfo {
     /// Operation id.
     pub id: u64,
-    /// What it does ("move", "split" or "transfer").
+    /// What it does ("move", "split", "transfer" or "drop").
     pub kind: String,
     /// The partition it changes.
     pub partition: u64,
@@ -692,9 +692,10 @@ impl Client {
     /// Drops a table and all of its data.
     ///
     /// The table's id is read first and sent with every attempt: a retry after an attempt
-    /// with no definite answer (its drop may have happened) succeeds once that table is
-    /// gone, and never drops a table made again under the name since. Dropping a table
-    /// that does not exist fails with TABLE_NOT_FOUND.
+    /// with no definite answer (its drop may have happened) succeeds once that table's drop
+    /// is recorded (the metadata keeps the last 1,000), and never drops a table made again
+    /// under the name since. Dropping a table that does not exist fails with
+    /// TABLE_NOT_FOUND.
     pub async fn drop_table(&self, name: &str) -> Result<()> {
         let started = Instant::now();
         let id = self.describe_table(name).await?.id;
@@ -711,7 +712,9 @@ impl Client {
             let r = req.clone();
             async move { Self::kv(n.channel.clone()).drop_table(r).await }
         };
-        let r = self.retry_full(left, call, false, None, false).await;
+        // As a write: a refusal after an attempt that may have dropped it is UNAVAILABLE,
+        // not a definite "no".
+        let r = self.retry_full(left, call, true, None, false).await;
         self.leaders.forget_table(name);
         r.map(|_| ())
     }

@@ -11,5 +11,5 @@ pub mod placement;
 pub mod planner;
 mod state;
 
-pub use cairn_types::{KEEP_FINISHED, OpKind, OpState, Operation};
+pub use cairn_types::{KEEP_DROPS, KEEP_FINISHED, OpKind, OpState, Operation};
 pub use state::{MetaCommand, MetaResponse, MetaState, Reconcile, UserEntry, validate_split_keys};

@@ -1,6 +1,6 @@
 //! The replicated metadata state and its commands.
 
-use crate::{KEEP_FINISHED, OpKind, OpState, Operation};
+use crate::{KEEP_DROPS, KEEP_FINISHED, OpKind, OpState, Operation};
 use cairn_types::{
     Epoch, Error, FIRST_REPLICA_ID, KeyRange, META_GROUP, NodeDesc, NodeId, PartitionDesc,
     PartitionId, ReplicaId, TableDesc, TableId, TableState, validate_table_name,
@@ -67,7 +67,8 @@ pub enum MetaCommand {
         split_keys: Vec<Vec<u8>>,
         /// Replica nodes of each partition.
         placement: Vec<Vec<NodeId>>,
-        /// The request's id, chosen at random by the node that took it from a client.
+        /// The request's id: the client's (random, or from an HTTP `Idempotency-Key`), or
+        /// one the node drew at random.
         request_id: u64,
     },
     /// Removes a table: from this command on it is unknown to every router. Proposed by
@@ -152,7 +153,7 @@ pub enum MetaCommand {
     /// first attempt, and records the drop as a finished operation: a retry of a drop that
     /// happened never drops a table made again under the name since. Answers
     /// [`MetaResponse::Done`] when that table was dropped already (the drop is among the
-    /// [`KEEP_FINISHED`] operations kept: by that first attempt, or by another drop). Any
+    /// last [`KEEP_DROPS`] drops kept: by that first attempt, or by another drop). Any
     /// other id is refused: with `NotFound` naming the table's id when the name is taken,
     /// with `TableNotFound` when it is not.
     DropTableIf {
@@ -215,7 +216,7 @@ impl MetaState {
                 {
                     return MetaResponse::Refused(Error::Conflict(format!(
                         "table {name:?} was made by this very request and dropped since; it was \
-                         not made again"
+                         not made again (a new request, or a new Idempotency-Key, makes it)"
                     )));
                 }
                 match self.create_table(name, *replication, split_keys, placement) {
@@ -307,6 +308,13 @@ impl MetaState {
                 step,
                 now_ms,
             } => {
+                // Drops are recorded by their own command only: a record of one vouches
+                // for retries.
+                if matches!(kind, OpKind::DropTable { .. }) {
+                    return MetaResponse::Refused(Error::InvalidArgument(
+                        "a drop is recorded by DropTable only".into(),
+                    ));
+                }
                 let table = self.partition(*partition).map_or(TableId(0), |(t, _)| t.id);
                 let op = self.record_done(kind.clone(), *partition, table, step.clone(), *now_ms);
                 MetaResponse::Operation(op)
@@ -503,17 +511,19 @@ impl MetaState {
     }
 
     fn forget_old_operations(&mut self) {
-        let finished: Vec<u64> = self
-            .operations
-            .values()
-            .filter(|o| o.state != OpState::Running)
-            .map(|o| o.id)
-            .collect();
-        for id in finished
-            .iter()
-            .take(finished.len().saturating_sub(KEEP_FINISHED))
-        {
-            self.operations.remove(id);
+        // Drops and layout operations are kept apart (see [`KEEP_DROPS`]).
+        let is_drop = |o: &Operation| matches!(o.kind, OpKind::DropTable { .. });
+        for drops in [false, true] {
+            let finished: Vec<u64> = self
+                .operations
+                .values()
+                .filter(|o| o.state != OpState::Running && is_drop(o) == drops)
+                .map(|o| o.id)
+                .collect();
+            let keep = if drops { KEEP_DROPS } else { KEEP_FINISHED };
+            for id in finished.iter().take(finished.len().saturating_sub(keep)) {
+                self.operations.remove(id);
+            }
         }
     }
 
@@ -919,6 +929,54 @@ mod tests {
         // With the name free, the late retry still answers done.
         assert_eq!(drop_if(&mut s, "t", first), MetaResponse::Done);
         assert!(s.tables.contains_key("u"));
+    }
+
+    #[test]
+    fn drops_are_kept_apart_from_layout_operations() {
+        let mut s = MetaState::default();
+        let MetaResponse::Table(t) = create(&mut s, "t", &[]) else {
+            panic!("not created");
+        };
+        let (name, id) = ("t".to_string(), t.id);
+        s.apply(&MetaCommand::DropTableIf {
+            name,
+            id,
+            now_ms: 1,
+        });
+        let transfer = |s: &mut MetaState| {
+            s.apply(&MetaCommand::RecordOperation {
+                partition: PartitionId(9),
+                kind: OpKind::TransferLeader { to: NodeId(2) },
+                step: "done".into(),
+                now_ms: 2,
+            })
+        };
+        for _ in 0..KEEP_FINISHED + 50 {
+            assert!(matches!(transfer(&mut s), MetaResponse::Operation(_)));
+        }
+        assert_eq!(
+            s.operations.len(),
+            KEEP_FINISHED + 1,
+            "100 transfers and the drop"
+        );
+        assert!(
+            s.dropped("t", id),
+            "a storm of transfers pushed the drop out"
+        );
+        // A drop is not recorded any other way.
+        let forged = s.apply(&MetaCommand::RecordOperation {
+            partition: PartitionId(9),
+            kind: OpKind::DropTable {
+                name: "x".into(),
+                created_by: 1,
+            },
+            step: "done".into(),
+            now_ms: 3,
+        });
+        assert!(matches!(
+            forged,
+            MetaResponse::Refused(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

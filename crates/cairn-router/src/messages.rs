@@ -28,7 +28,7 @@ pub enum MetaRequest {
         request_id: u64,
     },
     /// Removes the table `name` of id `id` from the metadata; answers its last descriptor,
-    /// or `Done` if no table has that id any more (see `MetaCommand::DropTableIf`).
+    /// or `Done` if that table's drop is recorded already (see `MetaCommand::DropTableIf`).
     DropTable {
         /// Table name.
         name: String,

@@ -489,7 +489,7 @@ async fn describe_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
 async fn drop_table(State(node): State<Arc<Node>>, uri: Uri) -> ApiResult {
     let name = table_name(&uri)?;
     // `?id=` (the id a describe showed) makes a retried DELETE safe: it drops only the
-    // table of that id, and answers 204 once that table is gone.
+    // table of that id, and answers 204 once that table's drop is recorded.
     let id = match query(&uri)?.get("id") {
         None => None,
         Some(v) => Some(

@@ -27,6 +27,6 @@ pub use model::{
     DEFAULT_REPLICATION, KeySample, NodeDesc, PartitionDesc, PartitionLoad, PartitionStatus,
     TableDesc, TableState,
 };
-pub use operation::{KEEP_FINISHED, OpKind, OpState, Operation};
+pub use operation::{KEEP_DROPS, KEEP_FINISHED, OpKind, OpState, Operation};
 pub use range::{Epoch, KeyRange};
 pub use session::{Pending, Session};

@@ -1,13 +1,18 @@
-//! Layout operations recorded in the metadata group: what is being changed, how far it got
-//! and how it ended. At most one runs per partition. The metadata leader's executor drives
-//! each running operation one idempotent step at a time, so a new leader picks up where the
-//! old one stopped.
+//! Operations recorded in the metadata group: layout changes (what is being changed, how
+//! far it got and how it ended) and table drops. At most one runs per partition. The
+//! metadata leader's executor drives each running operation one idempotent step at a time,
+//! so a new leader picks up where the old one stopped.
 
 use crate::{NodeId, PartitionId, ReplicaId, TableId};
 use serde::{Deserialize, Serialize};
 
-/// How many finished operations the metadata keeps for `cairn admin operations`.
+/// How many finished layout operations the metadata keeps for `cairn admin operations`.
 pub const KEEP_FINISHED: usize = 100;
+
+/// How many table drops the metadata keeps beside them: a retried DropTable, or a late
+/// retry of the CreateTable that made a dropped table, is recognised while its drop is kept
+/// (a split or transfer storm does not push drops out, as they are counted apart).
+pub const KEEP_DROPS: usize = 1000;
 
 /// What an operation changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
