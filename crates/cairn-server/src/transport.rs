@@ -44,8 +44,8 @@ impl NodeTransport {
             .await
     }
 
-    /// Like [`Transport::partition`], with `hop` instead of the usual per-hop limit: for
-    /// the rare request a replica takes long over (hashing a whole replica).
+    /// [`Transport::partition`] with `hop` as the per-hop limit: longer for the rare
+    /// request a replica takes long over (hashing a whole replica).
     pub(crate) async fn partition_within(
         &self,
         node: NodeId,
@@ -55,7 +55,10 @@ impl NodeTransport {
         if node == self.core.id {
             return self.core.handle_partition(req).await;
         }
+        self.core.metrics.forwarded();
         let env = encode(&req);
+        // Boxed: a gRPC call's future is KiBs, and inline it would grow every request's
+        // future, forwarded or not (each one is allocated and moved whole).
         Box::pin(self.remote(node, hop, |mut c| async move { c.partition(env).await })).await
     }
 
@@ -161,18 +164,6 @@ impl Transport for NodeTransport {
     }
 
     async fn partition(&self, node: NodeId, req: PartitionRequest) -> Result<PartitionReply> {
-        if node == self.core.id {
-            return self.core.handle_partition(req).await;
-        }
-        self.core.metrics.forwarded();
-        let env = encode(&req);
-        // Boxed: a gRPC call's future is KiBs, and inline it would grow every request's
-        // future, forwarded or not (each one is allocated and moved whole).
-        Box::pin(self.remote(
-            node,
-            HOP_TIMEOUT,
-            |mut c| async move { c.partition(env).await },
-        ))
-        .await
+        self.partition_within(node, req, HOP_TIMEOUT).await
     }
 }

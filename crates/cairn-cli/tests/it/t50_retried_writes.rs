@@ -1,4 +1,4 @@
-use crate::cluster::{Cluster, wait_for};
+use crate::cluster::{Cluster, scrape, value, wait_for};
 use crate::t87_moves::{finished, partition, wait_gone};
 use cairn_proto::v1::{
     CreateTableRequest, DropTableRequest, GetRequest, PutRequest, RequestId, kv_client::KvClient,
@@ -66,17 +66,8 @@ async fn t50_late_retry_does_not_overwrite() {
 
 /// Sum of `cairn_duplicate_writes_total` reported by node `id`.
 async fn duplicates(c: &Cluster, id: u64) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", c.http(id)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("cairn_duplicate_writes_total{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    let t = scrape(c, id).await.expect("metrics");
+    value(&t, "cairn_duplicate_writes_total", &[]).expect("the duplicates counter") as u64
 }
 
 /// Sum of `cairn_duplicate_writes_total` over every node.

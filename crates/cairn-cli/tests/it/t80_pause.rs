@@ -18,6 +18,11 @@ async fn t80_paused_leader_is_replaced_and_catches_up() {
     // Attempts against the paused leader hang until they time out: room for several.
     let via = c.client_of(others[0]).with_timeout(Duration::from_secs(30));
     via.put("p", b"k", b"during").await.unwrap();
+    let took = paused_at.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "a write took {took:?} with the leader paused"
+    );
     // Keep it paused past the election timeout either way, then wake it.
     let rest = Duration::from_secs(6).saturating_sub(paused_at.elapsed());
     tokio::time::sleep(rest).await;
