@@ -1,17 +1,23 @@
-//! Testing only: crash points. A node started with `--fault-crash-at POINT` aborts the
-//! moment it reaches that point, as if its power went out right there, so that a test can
-//! cut the disk's power too and check what a restart recovers. Unset in production.
+//! Testing only: crash points and hold points. A node started with `--fault-crash-at POINT`
+//! aborts the moment it reaches that point, as if its power went out right there, so that a
+//! test can cut the disk's power too and check what a restart recovers. A point a test
+//! holds ([`hold`]) stops every thread that reaches it until the test releases it, so that
+//! the test can look at a node in the middle of a long operation. Unset in production.
 
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 static CRASH_AT: OnceLock<String> = OnceLock::new();
 
 /// The points a node can be told to crash at.
-pub const CRASH_POINTS: [&str; 2] = [
+pub const CRASH_POINTS: [&str; 3] = [
     // A snapshot install has copied its first batch of rows over the old state.
     "install-rows",
     // A split is applied on this replica, before its right half opens.
     "split-applied",
+    // A replica being destroyed has lost its log and state, not yet its rows.
+    "destroy-rows",
 ];
 
 /// Makes the process abort at `point` (one of [`CRASH_POINTS`]); set once, at start.
@@ -32,5 +38,88 @@ pub(crate) fn crash_point(point: &str) {
     if CRASH_AT.get().is_some_and(|p| p == point) {
         eprintln!("crash point {point} reached (--fault-crash-at): aborting");
         std::process::abort();
+    }
+}
+
+/// Points held by a test, and how many times each was reached.
+#[derive(Default)]
+struct Holds {
+    held: HashSet<&'static str>,
+    reached: HashMap<&'static str, usize>,
+}
+
+/// Whether any point was ever held: reaching a point costs one load otherwise.
+static ANY_HELD: AtomicBool = AtomicBool::new(false);
+static HOLDS: Mutex<Option<Holds>> = Mutex::new(None);
+static RELEASED: Condvar = Condvar::new();
+
+fn holds() -> std::sync::MutexGuard<'static, Option<Holds>> {
+    HOLDS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Testing only: every thread that reaches `point` from now on waits there until
+/// [`release`]. The process's nodes all share it.
+pub fn hold(point: &'static str) {
+    ANY_HELD.store(true, Ordering::SeqCst);
+    holds()
+        .get_or_insert_with(Default::default)
+        .held
+        .insert(point);
+}
+
+/// Lets the threads waiting at `point` go on, and those that reach it later pass.
+pub fn release(point: &'static str) {
+    if let Some(h) = holds().as_mut() {
+        h.held.remove(point);
+    }
+    RELEASED.notify_all();
+}
+
+/// How many times a thread reached `point` since the process started holding points.
+pub fn reached(point: &'static str) -> usize {
+    holds()
+        .as_ref()
+        .and_then(|h| h.reached.get(point).copied())
+        .unwrap_or(0)
+}
+
+/// Waits here (blocking the thread) while a test holds `point`.
+pub(crate) fn hold_point(point: &'static str) {
+    if !ANY_HELD.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut guard = holds();
+    let Some(h) = guard.as_mut() else { return };
+    *h.reached.entry(point).or_default() += 1;
+    while guard.as_ref().is_some_and(|h| h.held.contains(point)) {
+        guard = RELEASED.wait(guard).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_point_stops_its_thread_until_released() {
+        hold("destroy-rows");
+        let t = std::thread::spawn(|| {
+            hold_point("destroy-rows");
+            reached("destroy-rows")
+        });
+        let start = std::time::Instant::now();
+        while reached("destroy-rows") == 0 {
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "the thread never reached the point"
+            );
+            std::thread::yield_now();
+        }
+        assert!(!t.is_finished(), "the thread passed a held point");
+        release("destroy-rows");
+        assert_eq!(t.join().unwrap(), 1);
+        // Released: passing it does not wait.
+        hold_point("destroy-rows");
+        assert_eq!(reached("destroy-rows"), 2);
     }
 }

@@ -120,6 +120,22 @@ impl Syncer {
         })
     }
 
+    /// Runs `f`, engine work too long for an async worker (deleting a replica's rows), on
+    /// tokio's blocking threads, so that the node's other groups keep their heartbeats and
+    /// requests meanwhile. In a simulation it runs at once on the caller's thread, whose
+    /// time a thread of its own would run outside.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        match self.inner {
+            SyncerKind::Inline(_) => f(),
+            SyncerKind::Thread(_) | SyncerKind::Skip(_) => tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| io::Error::other(format!("engine work failed: {e}")))?,
+        }
+    }
+
     /// The fsync time and batch-size histograms of the sync thread.
     pub fn metrics(&self) -> &crate::SyncMetrics {
         &self.metrics

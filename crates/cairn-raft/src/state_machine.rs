@@ -328,8 +328,12 @@ impl GroupStateMachine {
 
     /// Deletes the replica's state-machine bookkeeping, any snapshot staged for it, and the
     /// user data of its range.
+    /// As many engine writes as the range has keys: run it off the async workers
+    /// ([`crate::Syncer::blocking`]).
     pub fn destroy(engine: &SharedEngine, desc: &PartitionDesc) -> io::Result<u64> {
         let mut n = Self::destroy_state(engine, desc.id)?;
+        crate::fault::crash_point("destroy-rows");
+        crate::fault::hold_point("destroy-rows");
         let (s, e) = keys::data_range(desc.table_id, &desc.range.start, desc.range.end.as_deref());
         n += cairn_storage::delete_range(&**engine, Space::Data, &s, e.as_deref(), 1024)
             .map_err(io::Error::other)?;

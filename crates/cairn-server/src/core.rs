@@ -204,6 +204,9 @@ pub(crate) struct Core {
     /// requests reach the metadata group after its members changed.
     pub(crate) meta_members: RwLock<Vec<(NodeId, String)>>,
     pub(crate) replicas: RwLock<BTreeMap<PartitionId, Replica>>,
+    /// Replicas taken out of `replicas` whose log, state and rows are still being deleted:
+    /// no replica of the same partition, or of a range overlapping theirs, opens until then.
+    pub(crate) destroying: Mutex<BTreeMap<PartitionId, Arc<PartitionDesc>>>,
     /// Serializes replica creation and destruction.
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
     pub(crate) liveness: Mutex<crate::meta_service::Liveness>,
@@ -535,6 +538,23 @@ impl Core {
                 h.id, h.range, desc.id, desc.range
             )));
         }
+        // Nor one whose keys a destroy still deletes.
+        let destroying = {
+            let destroying = self.destroying.lock().unwrap_or_else(|p| p.into_inner());
+            destroying
+                .values()
+                .find(|d| {
+                    d.id == desc.id
+                        || (d.table_id == desc.table_id && d.range.overlaps(&desc.range))
+                })
+                .cloned()
+        };
+        if let Some(d) = destroying {
+            return Err(Error::Conflict(format!(
+                "this node is still deleting its earlier replica of {} {}; {} {} opens once that is done",
+                d.id, d.range, desc.id, desc.range
+            )));
+        }
         for m in members {
             self.peers.set_addr(m.id.0, &m.addr);
         }
@@ -633,9 +653,13 @@ impl Core {
     }
 
     /// Stops the replica of `partition` and deletes its log, state and data.
-    pub(crate) async fn destroy_replica(&self, partition: PartitionId) -> Result<()> {
-        let _guard = self.lifecycle.lock().await;
-        let counted = {
+    ///
+    /// The deletes (one per key of the partition: seconds for a large one) run off the
+    /// async workers, so the node's other groups keep serving meanwhile; until they are
+    /// done, [`Core::open_replica`] refuses the partition and ranges overlapping it.
+    pub(crate) async fn destroy_replica(self: &Arc<Self>, partition: PartitionId) -> Result<()> {
+        let (r, counted) = {
+            let _guard = self.lifecycle.lock().await;
             let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
             let Some(r) = replicas.remove(&partition) else {
                 return Ok(());
@@ -644,9 +668,30 @@ impl Core {
             let counted = r.view.duplicates();
             self.retired_duplicates
                 .fetch_add(counted, std::sync::atomic::Ordering::Relaxed);
+            // With the removal, under the lifecycle lock: an open sees one or the other.
+            self.destroying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(partition, r.view.shared_desc());
             (r, counted)
         };
-        let (r, counted) = counted;
+        // A task of its own: once started, the deletes finish and the partition is unmarked
+        // even should the caller stop waiting.
+        let core = self.clone();
+        tokio::spawn(async move {
+            let done = core.delete_replica(partition, r, counted).await;
+            core.destroying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&partition);
+            done
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("destroying {partition}: {e}")))?
+    }
+
+    /// The rest of [`Core::destroy_replica`], once `r` is out of the hosted replicas.
+    async fn delete_replica(&self, partition: PartitionId, r: Replica, counted: u64) -> Result<()> {
         if let Err(e) = r.raft.shutdown().await {
             tracing::warn!("{partition}: shutdown: {e}");
         }
@@ -656,8 +701,14 @@ impl Core {
             std::sync::atomic::Ordering::Relaxed,
         );
         let desc = r.view.desc();
-        let n = r.log.destroy().map_err(io_err)?
-            + GroupStateMachine::destroy(&self.engine, &desc).map_err(io_err)?;
+        let (engine, log) = (self.engine.clone(), r.log.clone());
+        let n = self
+            .syncer
+            .blocking(move || Ok(log.destroy()? + GroupStateMachine::destroy(&engine, &desc)?))
+            .await
+            .map_err(io_err)?;
+        // The record goes last: a crash before this reopens the replica, and reconcile
+        // destroys it again.
         let mut b = WriteBatch::new();
         b.delete(Space::Local, keys::local_replica(partition));
         self.engine.write(b)?;

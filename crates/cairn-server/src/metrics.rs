@@ -74,6 +74,8 @@ pub(crate) struct Gauges {
     pub(crate) replicas: usize,
     /// Replicas led.
     pub(crate) leaders: usize,
+    /// Replicas whose keys are still being deleted (destroyed, not yet gone).
+    pub(crate) replicas_destroying: usize,
     /// Worker threads of the node's async runtime (`cairn server --threads`).
     pub(crate) worker_threads: usize,
     /// Whether this node leads the metadata group.
@@ -429,6 +431,13 @@ fn encode_gauges(e: &mut DescriptorEncoder, g: &Gauges) -> Result<(), std::fmt::
     )?;
     gauge(
         e,
+        "replicas_destroying",
+        "Replicas no longer hosted whose log and keys this node is still deleting (after a drop or a move away)",
+        None,
+        n(g.replicas_destroying as u64),
+    )?;
+    gauge(
+        e,
         "leaders",
         "Partition replicas this node leads",
         None,
@@ -635,6 +644,7 @@ mod tests {
         let g = Gauges {
             replicas: 2,
             leaders: 1,
+            replicas_destroying: 5,
             worker_threads: 3,
             meta_leader: true,
             duplicate_writes: 4,
@@ -712,6 +722,7 @@ mod tests {
         assert_eq!(at(r#"cairn_engine_disk_bytes{node="1"}"#), 5000.0);
         assert_eq!(at(r#"cairn_raft_log_entries{node="1"}"#), 1234.0);
         assert_eq!(at(r#"cairn_backup_views{node="1"}"#), 2.0);
+        assert_eq!(at(r#"cairn_replicas_destroying{node="1"}"#), 5.0);
         assert_eq!(at(r#"cairn_raft_leader_changes_total{node="1"}"#), 6.0);
         assert_eq!(at(r#"cairn_metadata_leader{node="1"}"#), 1.0);
         assert_eq!(

@@ -428,6 +428,7 @@ impl Node {
             meta_members: RwLock::new(identity.meta_members),
             meta: RwLock::new(meta),
             replicas: Default::default(),
+            destroying: Default::default(),
             lifecycle: Default::default(),
             liveness: Default::default(),
             meta_leader_hint: Default::default(),
@@ -734,9 +735,16 @@ impl Node {
         let raft_log_entries = self.core.raft_log_entries();
         let health = &self.core.peer_health;
         let (leaders, top) = self.core.led_gauges(crate::metrics::TOP_PARTITIONS);
+        let replicas_destroying = self
+            .core
+            .destroying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         let gauges = crate::metrics::Gauges {
             replicas,
             leaders,
+            replicas_destroying,
             worker_threads: tokio::runtime::Handle::try_current()
                 .map_or(0, |h| h.metrics().num_workers()),
             meta_leader: self.is_meta_leader(),

@@ -275,3 +275,91 @@ async fn t40_health_answers_503_while_a_node_is_drained() {
     cl.set_draining(3, false).await.unwrap();
     wait_http(addr, "/health", "HTTP/1.1 200", "\"serving\"").await;
 }
+
+/// `cairn_replicas_destroying` of the node whose metrics are `text`.
+fn destroying(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("cairn_replicas_destroying{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A node deletes a destroyed replica's keys off its async workers: while every node is
+/// held in the middle of deleting its replica of a dropped table (all three nodes on one
+/// thread, as `--threads 1` runs a node), another table still takes writes and reads and
+/// the nodes answer HTTP; the metric shows the deletes pending, and they finish once let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
+    const POINT: &str = "destroy-rows";
+    // The nodes run on a runtime of one thread of their own, so that a node blocking its
+    // worker would stall all of them (and not this test's clock).
+    let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let nodes = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let c = TestCluster::start(3).await.unwrap();
+            let grpc: Vec<_> = (1..=3).map(|i| c.grpc(i).unwrap()).collect();
+            let http: Vec<_> = (1..=3).map(|i| c.http(i).unwrap()).collect();
+            addrs_tx.send((grpc, http)).unwrap();
+            let _ = stop_rx.await;
+            drop(c);
+        });
+    });
+    let (grpc, http) = addrs_rx.await.unwrap();
+    let cl = cairn_client::Client::new(grpc.iter().map(|a| a.to_string()))
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    cl.create_table("big", 3, vec![]).await.unwrap();
+    for i in 0..200u32 {
+        cl.put("big", format!("k{i:04}").as_bytes(), &[7u8; 256])
+            .await
+            .unwrap();
+    }
+    cl.create_table("other", 3, vec![]).await.unwrap();
+    cl.put("other", b"k", b"v1").await.unwrap();
+
+    cairn_raft::fault::hold(POINT);
+    cl.drop_table("big").await.unwrap();
+    // Every node's reconcile destroys its replica, and each stops at the point.
+    let start = Instant::now();
+    while cairn_raft::fault::reached(POINT) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "only {} of 3 nodes began deleting the dropped table's replica within 60 s (a node \
+             deleting on its async worker stalls the others)",
+            cairn_raft::fault::reached(POINT)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Held there, the nodes serve.
+    cl.put("other", b"k", b"v2").await.unwrap();
+    assert_eq!(cl.get("other", b"k").await.unwrap(), Some(b"v2".to_vec()));
+    let e = cl.get("big", b"k0000").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TableNotFound, "{e}");
+    for a in &http {
+        let text = http_get(*a, "/metrics").await;
+        assert_eq!(destroying(&text), Some(1), "node at {a}: {text}");
+    }
+
+    cairn_raft::fault::release(POINT);
+    for a in &http {
+        let start = Instant::now();
+        while destroying(&http_get(*a, "/metrics").await) != Some(0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node at {a} still deleting 60 s after it was let go"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A table of the same name starts empty.
+    cl.create_table("big", 3, vec![]).await.unwrap();
+    assert_eq!(cl.get("big", b"k0000").await.unwrap(), None);
+    assert_eq!(cl.get("other", b"k").await.unwrap(), Some(b"v2".to_vec()));
+    let _ = stop_tx.send(());
+    nodes.join().unwrap();
+}
