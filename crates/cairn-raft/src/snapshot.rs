@@ -263,6 +263,7 @@ pub(crate) fn copy_staged(
         }
         engine.write(b)?;
         crate::fault::crash_point("install-rows");
+        crate::fault::hold_point("install-rows");
         Ok::<_, cairn_storage::Error>(())
     })
     .map_err(io::Error::other)?;

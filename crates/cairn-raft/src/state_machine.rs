@@ -31,7 +31,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A write session is forgotten after this long without writes, in group time (monotonic
 /// time carried in the entries, see [`KvCommand::proposed_at_ms`]; a wall clock that jumps
@@ -96,6 +96,9 @@ pub struct PartitionView {
     duplicates: Arc<std::sync::atomic::AtomicU64>,
     /// The group's time (see [`KvCommand::proposed_at_ms`]) as of the last applied write.
     time_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Held while a snapshot install replaces the rows and while a destroy deletes them,
+    /// which sets it: an install never runs beside a destroy, nor after one.
+    destroyed: Arc<Mutex<bool>>,
 }
 
 impl PartitionView {
@@ -106,7 +109,16 @@ impl PartitionView {
             dropped: Default::default(),
             duplicates: Default::default(),
             time_ms: Default::default(),
+            destroyed: Default::default(),
         }
+    }
+
+    /// Marks the replica destroyed, once a snapshot install in progress is done; hold the
+    /// answer while deleting its rows. Blocks: call it off the async workers.
+    pub fn destroying(&self) -> std::sync::MutexGuard<'_, bool> {
+        let mut held = self.destroyed.lock().unwrap_or_else(|p| p.into_inner());
+        *held = true;
+        held
     }
 
     /// The group's time as of the last applied write, in ms: a new leader's proposals
@@ -241,6 +253,8 @@ pub struct GroupStateMachine {
     me: ReplicaId,
     /// Counts applied entries for the node's metrics.
     applied_count: Option<prometheus_client::metrics::counter::Counter>,
+    /// Runs a snapshot install's copy off the async workers (none: on the caller's thread).
+    work: Option<crate::Syncer>,
 }
 
 /// What a node records about each replica it hosts (under [`keys::local_replica`]), so it
@@ -263,6 +277,26 @@ impl GroupStateMachine {
             splits: None,
             me: ReplicaId::default(),
             applied_count: None,
+            work: None,
+        }
+    }
+
+    /// Copies installed snapshots through `syncer` ([`crate::Syncer::blocking`]): a
+    /// partition's install rewrites every row, seconds that would hold up the node's other
+    /// groups on an async worker.
+    pub fn work_on(mut self, syncer: crate::Syncer) -> Self {
+        self.work = Some(syncer);
+        self
+    }
+
+    /// Runs `f` through `work` (see [`Self::work_on`]).
+    async fn blocking<T: Send + 'static>(
+        work: &Option<crate::Syncer>,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        match work {
+            Some(s) => s.blocking(f).await,
+            None => f(),
         }
     }
 
@@ -1015,23 +1049,33 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     desc: Some(desc.clone()),
                     ..applied
                 };
-                // The staged copy is durable before the old state starts to go.
-                self.engine.sync().map_err(io::Error::other)?;
                 let marker = Installing {
                     id,
                     table: desc.table_id,
                     range,
                     applied: encode(&applied)?,
                 };
-                let mut b = WriteBatch::new();
-                b.put(
-                    Space::Data,
-                    keys::group_installing(self.group),
-                    encode(&marker)?,
-                );
-                self.engine.write(b).map_err(io::Error::other)?;
-                let rows = finish_partition_install(&self.engine, self.group, &marker)?;
-                *sessions = load_sessions(&self.engine, self.group)?;
+                let (engine, group, destroyed) =
+                    (self.engine.clone(), self.group, view.destroyed.clone());
+                let installed = Self::blocking(&self.work, move || {
+                    let gone = destroyed.lock().unwrap_or_else(|p| p.into_inner());
+                    if *gone {
+                        return Ok(None);
+                    }
+                    // The staged copy is durable before the old state starts to go.
+                    engine.sync().map_err(io::Error::other)?;
+                    let mut b = WriteBatch::new();
+                    b.put(Space::Data, keys::group_installing(group), encode(&marker)?);
+                    engine.write(b).map_err(io::Error::other)?;
+                    let rows = finish_partition_install(&engine, group, &marker)?;
+                    Ok(Some((rows, load_sessions(&engine, group)?)))
+                })
+                .await?;
+                let Some((rows, loaded)) = installed else {
+                    tracing::info!(group = %self.group, "replica destroyed meanwhile: snapshot not installed");
+                    return Ok(());
+                };
+                *sessions = loaded;
                 view.recover_time(sessions);
                 view.dropped
                     .store(applied.dropped, std::sync::atomic::Ordering::Release);

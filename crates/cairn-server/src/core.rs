@@ -595,7 +595,8 @@ impl Core {
             GroupStateMachine::partition(self.engine.clone(), desc.clone()).map_err(io_err)?;
         let sm = sm
             .on_split(self.splits.clone(), id)
-            .count_applied(self.peers.metrics().applied_entries.clone());
+            .count_applied(self.peers.metrics().applied_entries.clone())
+            .work_on(self.syncer.clone());
         // With 0 entries, small entries would never reach the byte bound: at least one.
         let log = LogStore::new(desc.id, self.engine.clone(), self.syncer.clone()).with_bounds(
             self.snapshot_logs.max(1),
@@ -701,10 +702,15 @@ impl Core {
             std::sync::atomic::Ordering::Relaxed,
         );
         let desc = r.view.desc();
-        let (engine, log) = (self.engine.clone(), r.log.clone());
+        let (engine, log, view) = (self.engine.clone(), r.log.clone(), r.view.clone());
         let n = self
             .syncer
-            .blocking(move || Ok(log.destroy()? + GroupStateMachine::destroy(&engine, &desc)?))
+            .blocking(move || {
+                // After a snapshot install the group may still be running (a shutdown does
+                // not wait for it), and before any that would start.
+                let _destroying = view.destroying();
+                Ok(log.destroy()? + GroupStateMachine::destroy(&engine, &desc)?)
+            })
             .await
             .map_err(io_err)?;
         // The record goes last: a crash before this reopens the replica, and reconcile

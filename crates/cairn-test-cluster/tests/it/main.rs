@@ -288,31 +288,79 @@ fn destroying(text: &str) -> Option<u64> {
 /// held in the middle of deleting its replica of a dropped table (all three nodes on one
 /// thread, as `--threads 1` runs a node), another table still takes writes and reads and
 /// the nodes answer HTTP; the metric shows the deletes pending, and they finish once let go.
+/// `n` nodes on a runtime of one thread of their own (as `--threads 1` runs a node), so that
+/// a node blocking its worker stalls all of them, and not the test's clock. They stop when
+/// the sender is dropped or sent to.
+struct OneThread {
+    grpc: Vec<std::net::SocketAddr>,
+    http: Vec<std::net::SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OneThread {
+    async fn start(n: u64) -> Self {
+        let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let c = TestCluster::start(n).await.unwrap();
+                let grpc: Vec<_> = (1..=n).map(|i| c.grpc(i).unwrap()).collect();
+                let http: Vec<_> = (1..=n).map(|i| c.http(i).unwrap()).collect();
+                addrs_tx.send((grpc, http)).unwrap();
+                let _ = stop_rx.await;
+                drop(c);
+            });
+        });
+        let (grpc, http) = addrs_rx.await.unwrap();
+        Self {
+            grpc,
+            http,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn client(&self) -> cairn_client::Client {
+        cairn_client::Client::new(self.grpc.iter().map(|a| a.to_string()))
+            .unwrap()
+            .with_timeout(Duration::from_secs(30))
+    }
+
+    fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// Waits until `point` was reached `n` times.
+async fn wait_reached(point: &'static str, n: usize, what: &str) {
+    let start = Instant::now();
+    while cairn_raft::fault::reached(point) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: reached {} of {n} times within 60 s (a node doing it on its async worker \
+             stalls the others)",
+            cairn_raft::fault::reached(point)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
     const POINT: &str = "destroy-rows";
-    // The nodes run on a runtime of one thread of their own, so that a node blocking its
-    // worker would stall all of them (and not this test's clock).
-    let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let nodes = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let c = TestCluster::start(3).await.unwrap();
-            let grpc: Vec<_> = (1..=3).map(|i| c.grpc(i).unwrap()).collect();
-            let http: Vec<_> = (1..=3).map(|i| c.http(i).unwrap()).collect();
-            addrs_tx.send((grpc, http)).unwrap();
-            let _ = stop_rx.await;
-            drop(c);
-        });
-    });
-    let (grpc, http) = addrs_rx.await.unwrap();
-    let cl = cairn_client::Client::new(grpc.iter().map(|a| a.to_string()))
-        .unwrap()
-        .with_timeout(Duration::from_secs(30));
+    let nodes = OneThread::start(3).await;
+    let http = nodes.http.clone();
+    let cl = nodes.client();
     cl.create_table("big", 3, vec![]).await.unwrap();
     for i in 0..200u32 {
         cl.put("big", format!("k{i:04}").as_bytes(), &[7u8; 256])
@@ -325,16 +373,7 @@ async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
     cairn_raft::fault::hold(POINT);
     cl.drop_table("big").await.unwrap();
     // Every node's reconcile destroys its replica, and each stops at the point.
-    let start = Instant::now();
-    while cairn_raft::fault::reached(POINT) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "only {} of 3 nodes began deleting the dropped table's replica within 60 s (a node \
-             deleting on its async worker stalls the others)",
-            cairn_raft::fault::reached(POINT)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_reached(POINT, 3, "deleting the dropped table's replicas").await;
     // Held there, the nodes serve.
     cl.put("other", b"k", b"v2").await.unwrap();
     assert_eq!(cl.get("other", b"k").await.unwrap(), Some(b"v2".to_vec()));
@@ -360,6 +399,68 @@ async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
     cl.create_table("big", 3, vec![]).await.unwrap();
     assert_eq!(cl.get("big", b"k0000").await.unwrap(), None);
     assert_eq!(cl.get("other", b"k").await.unwrap(), Some(b"v2".to_vec()));
-    let _ = stop_tx.send(());
-    nodes.join().unwrap();
+    nodes.stop();
+}
+
+/// A node installs a snapshot off its async workers: while the node receiving a moved
+/// replica is held in the middle of replacing its rows (all four nodes on one thread),
+/// another table takes writes and reads; let go, the move completes and every row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t51_a_node_serves_while_it_installs_a_snapshot() {
+    const POINT: &str = "install-rows";
+    let nodes = OneThread::start(4).await;
+    let cl = nodes.client();
+    cl.create_table("big", 3, vec![]).await.unwrap();
+    for i in 0..300u32 {
+        cl.put("big", format!("k{i:04}").as_bytes(), &[7u8; 256])
+            .await
+            .unwrap();
+    }
+    cl.create_table("other", 3, vec![]).await.unwrap();
+    cl.put("other", b"k", b"v1").await.unwrap();
+    let p = cl.describe_table("big").await.unwrap().partitions[0].clone();
+    let to = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
+    let from = *p.replicas.iter().find(|&&n| Some(n) != p.leader).unwrap();
+
+    cairn_raft::fault::hold(POINT);
+    let op = cl.move_replica(p.id, from, to).await.unwrap();
+    wait_reached(POINT, 1, "installing the moved replica's snapshot").await;
+    // Held there, the nodes serve.
+    cl.put("other", b"k", b"v2").await.unwrap();
+    assert_eq!(cl.get("other", b"k").await.unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(cl.get("big", b"k0123").await.unwrap(), Some(vec![7u8; 256]));
+
+    cairn_raft::fault::release(POINT);
+    let start = Instant::now();
+    loop {
+        let ops = cl.operations().await.unwrap();
+        let o = ops.iter().find(|o| o.id == op.id).unwrap();
+        if o.state == "done" {
+            break;
+        }
+        assert!(
+            o.error.is_none() && start.elapsed() < Duration::from_secs(90),
+            "the move did not complete within 90 s of being let go: {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = cl.describe_table("big").await.unwrap().partitions[0].clone();
+    assert!(
+        p.replicas.contains(&to) && !p.replicas.contains(&from),
+        "{p:?}"
+    );
+    // The new replica holds every row: read it alone (stale reads are served by the
+    // node's own replica).
+    let at_to = cairn_client::Client::new([nodes.grpc[to as usize - 1].to_string()])
+        .unwrap()
+        .with_timeout(Duration::from_secs(30));
+    let opts = cairn_client::ListOptions {
+        limit: 1000,
+        stale: true,
+        ..Default::default()
+    };
+    let page = at_to.list("big", &opts).await.unwrap();
+    assert_eq!(page.keys.len(), 300);
+    assert_eq!(page.keys[123], b"k0123");
+    nodes.stop();
 }
