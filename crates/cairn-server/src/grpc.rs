@@ -620,7 +620,8 @@ impl admin_server::Admin for Admin {
         let parts: Vec<PartitionId> = r.partitions.into_iter().map(PartitionId).collect();
         let (data_keys, raft_keys, replica_keys, open_replicas) = self
             .0
-            .engine_stats(TableId(r.table_id), &parts)
+            .engine_stats(TableId(r.table_id), parts)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::EngineStatsResponse {
             data_keys,

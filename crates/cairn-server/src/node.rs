@@ -1250,13 +1250,19 @@ impl Node {
         }
     }
 
-    /// Engine key counts for a table on this node.
-    pub(crate) fn engine_stats(
+    /// Engine key counts for a table on this node: a count of every key, so off the
+    /// async workers.
+    pub(crate) async fn engine_stats(
         &self,
         table: cairn_types::TableId,
-        partitions: &[cairn_types::PartitionId],
+        partitions: Vec<cairn_types::PartitionId>,
     ) -> Result<(u64, u64, u64, u32)> {
-        self.core.engine_stats(table, partitions)
+        let core = self.core.clone();
+        self.core
+            .syncer
+            .blocking(move || Ok(core.engine_stats(table, &partitions)))
+            .await
+            .map_err(|e| Error::Internal(format!("counting keys: {e}")))?
     }
 
     /// Opens the replicas the metadata places here and this node lacks, and destroys those
