@@ -57,25 +57,37 @@ fn holds() -> std::sync::MutexGuard<'static, Option<Holds>> {
     HOLDS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Testing only: every thread that reaches `point` from now on waits there until
-/// [`release`]. The process's nodes all share it.
-pub fn hold(point: &'static str) {
+/// Testing only: every thread that reaches `point` from now on waits there until the answer
+/// is dropped or released (so a test that fails lets its nodes go). The process's nodes all
+/// share it. Counts the point's arrivals from 0 again.
+#[must_use = "the point is released when this is dropped"]
+pub fn hold(point: &'static str) -> Held {
     ANY_HELD.store(true, Ordering::SeqCst);
-    holds()
-        .get_or_insert_with(Default::default)
-        .held
-        .insert(point);
+    let mut h = holds();
+    let h = h.get_or_insert_with(Default::default);
+    h.held.insert(point);
+    h.reached.insert(point, 0);
+    Held(point)
 }
 
-/// Lets the threads waiting at `point` go on, and those that reach it later pass.
-pub fn release(point: &'static str) {
-    if let Some(h) = holds().as_mut() {
-        h.held.remove(point);
+/// A point held ([`hold`]) until this is dropped.
+pub struct Held(&'static str);
+
+impl Held {
+    /// Lets the threads waiting at the point go on, and those that reach it later pass.
+    pub fn release(self) {}
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(h) = holds().as_mut() {
+            h.held.remove(self.0);
+        }
+        RELEASED.notify_all();
     }
-    RELEASED.notify_all();
 }
 
-/// How many times a thread reached `point` since the process started holding points.
+/// How many times a thread reached `point` since it was last held.
 pub fn reached(point: &'static str) -> usize {
     holds()
         .as_ref()
@@ -102,7 +114,7 @@ mod tests {
 
     #[test]
     fn a_held_point_stops_its_thread_until_released() {
-        hold("destroy-rows");
+        let held = hold("destroy-rows");
         let t = std::thread::spawn(|| {
             hold_point("destroy-rows");
             reached("destroy-rows")
@@ -116,7 +128,7 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(!t.is_finished(), "the thread passed a held point");
-        release("destroy-rows");
+        held.release();
         assert_eq!(t.join().unwrap(), 1);
         // Released: passing it does not wait.
         hold_point("destroy-rows");

@@ -73,10 +73,13 @@ impl RaftRpc {
 /// `shape` is the `epoch.version` of the replica's descriptor (none for the metadata group):
 /// a snapshot of an older shape (from before a split this replica already knows of) is
 /// refused, since it would hand the replica keys that another partition owns now.
+/// `view` is the partition replica's (none for the metadata group): a transfer's first
+/// chunk clears the staging area only while no install or destroy holds its rows.
 pub async fn serve_raft_rpc(
     raft: &typ::Raft,
     me: u64,
     shape: Option<u64>,
+    view: Option<&crate::PartitionView>,
     engine: &cairn_storage::SharedEngine,
     metrics: &crate::RaftMetrics,
     rpc: RaftRpc,
@@ -102,7 +105,24 @@ pub async fn serve_raft_rpc(
         RaftMsg::SnapshotChunk(mut c) => {
             metrics.snapshot_received_bytes.inc_by(c.bytes());
             let group = cairn_types::PartitionId(rpc.group);
-            if let Err(e) = stage_chunk(engine, group, &mut c) {
+            let staged = {
+                // Its own scope: the lock must be let go before the install below takes it.
+                let rows = match (c.seq, view) {
+                    (0, Some(v)) => match v.try_rows() {
+                        Some(held) if !*held => Some(held),
+                        _ => {
+                            return enc::<(), String>(Err(format!(
+                                "{group} is installing a snapshot or being deleted on this node; a new transfer waits until it is done"
+                            )));
+                        }
+                    },
+                    _ => None,
+                };
+                let staged = stage_chunk(engine, group, &mut c);
+                drop(rows);
+                staged
+            };
+            if let Err(e) = staged {
                 return enc::<(), _>(Err(format!("cannot stage snapshot chunk: {e}")));
             }
             let Some((vote, meta, rows)) = c.last else {

@@ -96,9 +96,15 @@ pub struct PartitionView {
     duplicates: Arc<std::sync::atomic::AtomicU64>,
     /// The group's time (see [`KvCommand::proposed_at_ms`]) as of the last applied write.
     time_ms: Arc<std::sync::atomic::AtomicU64>,
-    /// Held while a snapshot install replaces the rows and while a destroy deletes them,
-    /// which sets it: an install never runs beside a destroy, nor after one.
+    /// Held while a snapshot install replaces the rows, while a destroy deletes them (and
+    /// sets it), and while a new snapshot transfer clears the staging area: none of them
+    /// runs beside another, no install or apply writes after a destroy, and no transfer
+    /// deletes the rows an install copies.
     destroyed: Arc<Mutex<bool>>,
+    /// Set while a snapshot install replaces the rows: the replica serves no read then.
+    installing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set as a destroy begins, before it waits for `destroyed`: applies stop writing.
+    gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PartitionView {
@@ -110,12 +116,34 @@ impl PartitionView {
             duplicates: Default::default(),
             time_ms: Default::default(),
             destroyed: Default::default(),
+            installing: Default::default(),
+            gone: Default::default(),
+        }
+    }
+
+    /// The rows' lock for an apply's write, or none once the replica is being destroyed.
+    fn rows_for_apply(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
+        if self.gone.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let held = self.destroyed.lock().unwrap_or_else(|p| p.into_inner());
+        (!*held).then_some(held)
+    }
+
+    /// The rows' lock if nothing holds it (no install, destroy or staging clean-up under
+    /// way), for the brief work of a snapshot transfer's first chunk. Never blocks.
+    pub fn try_rows(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
+        match self.destroyed.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 
     /// Marks the replica destroyed, once a snapshot install in progress is done; hold the
     /// answer while deleting its rows. Blocks: call it off the async workers.
     pub fn destroying(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.gone.store(true, std::sync::atomic::Ordering::Release);
         let mut held = self.destroyed.lock().unwrap_or_else(|p| p.into_inner());
         *held = true;
         held
@@ -191,6 +219,13 @@ impl PartitionView {
     ) -> Result<Arc<PartitionDesc>, Error> {
         // Shared, not copied: every applied write and every request checks its partition.
         let desc = self.shared_desc();
+        if self.installing.load(std::sync::atomic::Ordering::Acquire) {
+            // Its rows are part old, part new; a stale read would see neither state.
+            return Err(Error::Unavailable(format!(
+                "{} is installing a snapshot on this node; retry, or read from the leader",
+                desc.id
+            )));
+        }
         if self.dropped() || table != desc.table_id {
             // A partition id belongs to one table forever; a request naming another table
             // was routed with a view this replica has nothing to do with.
@@ -973,7 +1008,28 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             keys::group_applied(self.group),
             encode(&self.applied)?,
         );
+        // A destroyed replica's group may still apply what was queued before its shutdown:
+        // nothing of it may outlive the destroy (a later replica of the partition here
+        // would start from it).
+        let rows = match &self.kind {
+            Kind::Partition { view, .. } => match view.rows_for_apply() {
+                Some(held) => Some(held),
+                None => {
+                    for (responder, _) in responders {
+                        if let Some(r) = responder {
+                            r.send(Reply::Kv(Err(Error::Unavailable(format!(
+                                "{}: the replica was destroyed on this node",
+                                self.group
+                            )))));
+                        }
+                    }
+                    return Ok(());
+                }
+            },
+            Kind::Meta { .. } => None,
+        };
         self.engine.write(batch).map_err(io::Error::other)?;
+        drop(rows);
         if let Some(c) = &self.applied_count {
             c.inc_by(count);
         }
@@ -1055,13 +1111,32 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     range,
                     applied: encode(&applied)?,
                 };
-                let (engine, group, destroyed) =
-                    (self.engine.clone(), self.group, view.destroyed.clone());
+                let (engine, group, destroyed, installing) = (
+                    self.engine.clone(),
+                    self.group,
+                    view.destroyed.clone(),
+                    view.installing.clone(),
+                );
                 let installed = Self::blocking(&self.work, move || {
                     let gone = destroyed.lock().unwrap_or_else(|p| p.into_inner());
                     if *gone {
                         return Ok(None);
                     }
+                    // A newer transfer's first chunk clears the staging area under this
+                    // lock: had one come since the last chunk was checked, this would copy
+                    // nothing. Fail before the old rows go.
+                    if engine
+                        .get(Space::Local, &keys::staging_header(group, marker.id))
+                        .map_err(io::Error::other)?
+                        .is_none()
+                    {
+                        return Err(io::Error::other(format!(
+                            "{group}: staged snapshot {} was cleared by a newer transfer before it was installed",
+                            marker.id
+                        )));
+                    }
+                    installing.store(true, std::sync::atomic::Ordering::Release);
+                    let _done = Unset(&installing);
                     // The staged copy is durable before the old state starts to go.
                     engine.sync().map_err(io::Error::other)?;
                     let mut b = WriteBatch::new();
@@ -1134,6 +1209,15 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(None);
         }
         self.snapshot_view().map(Some)
+    }
+}
+
+/// Clears a flag when dropped (however the work under it ends).
+struct Unset<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Unset<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -207,7 +207,8 @@ pub(crate) struct Core {
     /// Replicas taken out of `replicas` whose log, state and rows are still being deleted:
     /// no replica of the same partition, or of a range overlapping theirs, opens until then.
     pub(crate) destroying: Mutex<BTreeMap<PartitionId, Arc<PartitionDesc>>>,
-    /// Serializes replica creation and destruction.
+    /// Serializes replica creation with the start of a destruction (its removal from
+    /// `replicas` into `destroying`).
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
     pub(crate) liveness: Mutex<crate::meta_service::Liveness>,
     pub(crate) meta_leader_hint: Mutex<Option<NodeId>>,
@@ -232,6 +233,19 @@ pub(crate) struct Core {
     pub(crate) retired_duplicates: std::sync::atomic::AtomicU64,
     /// Point-in-time views held for backups in progress.
     pub(crate) exports: crate::export::Exports,
+}
+
+/// Takes a partition out of [`Core::destroying`] when dropped, however its destroy ended.
+struct Unmark<'a>(&'a Core, PartitionId);
+
+impl Drop for Unmark<'_> {
+    fn drop(&mut self) {
+        self.0
+            .destroying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// Why a node stops when `group`'s Raft stopped on `error`, and what the operator checks.
@@ -680,18 +694,16 @@ impl Core {
         // even should the caller stop waiting.
         let core = self.clone();
         tokio::spawn(async move {
-            let done = core.delete_replica(partition, r, counted).await;
-            core.destroying
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&partition);
-            done
+            let _unmark = Unmark(&core, partition);
+            core.delete_replica(partition, r, counted).await
         })
         .await
         .map_err(|e| Error::Internal(format!("destroying {partition}: {e}")))?
     }
 
-    /// The rest of [`Core::destroy_replica`], once `r` is out of the hosted replicas.
+    /// The rest of [`Core::destroy_replica`], once `r` is out of the hosted replicas. An
+    /// error leaves the replica's record, so the next start reopens it and reconcile
+    /// destroys it again.
     async fn delete_replica(&self, partition: PartitionId, r: Replica, counted: u64) -> Result<()> {
         if let Err(e) = r.raft.shutdown().await {
             tracing::warn!("{partition}: shutdown: {e}");

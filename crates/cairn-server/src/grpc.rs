@@ -884,7 +884,7 @@ async fn handle_raft(node: &Node, rpc: RaftRpc) -> Result<Vec<u8>, Status> {
     }
     let group = PartitionId(rpc.group());
     let raft = if group == META_GROUP {
-        node.core.meta().map(|m| (m.raft, m.id.0, None))
+        node.core.meta().map(|m| (m.raft, m.id.0, None, None))
     } else {
         node.core.replica(group).map(|r| {
             if matches!(rpc.msg, cairn_raft::RaftMsg::Append(_)) {
@@ -892,16 +892,18 @@ async fn handle_raft(node: &Node, rpc: RaftRpc) -> Result<Vec<u8>, Status> {
                 let now = node.core.peer_health.now_ms().max(r.opened_ms + 1);
                 r.heard_ms.store(now, std::sync::atomic::Ordering::Relaxed);
             }
-            (r.raft, r.id.0, Some(r.view.desc().epoch.version))
+            let shape = r.view.desc().epoch.version;
+            (r.raft, r.id.0, Some(shape), Some(r.view))
         })
     };
-    let (raft, me, shape) = raft.ok_or_else(|| {
+    let (raft, me, shape, view) = raft.ok_or_else(|| {
         Status::not_found(format!("{group} has no replica on node {}", node.id()))
     })?;
     Ok(serve_raft_rpc(
         &raft,
         me,
         shape,
+        view.as_ref(),
         &node.core.engine,
         node.core.peers.metrics(),
         rpc,

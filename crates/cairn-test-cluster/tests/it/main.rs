@@ -284,10 +284,6 @@ fn destroying(text: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A node deletes a destroyed replica's keys off its async workers: while every node is
-/// held in the middle of deleting its replica of a dropped table (all three nodes on one
-/// thread, as `--threads 1` runs a node), another table still takes writes and reads and
-/// the nodes answer HTTP; the metric shows the deletes pending, and they finish once let go.
 /// `n` nodes on a runtime of one thread of their own (as `--threads 1` runs a node), so that
 /// a node blocking its worker stalls all of them, and not the test's clock. They stop when
 /// the sender is dropped or sent to.
@@ -355,6 +351,10 @@ async fn wait_reached(point: &'static str, n: usize, what: &str) {
     }
 }
 
+/// A node deletes a destroyed replica's keys off its async workers: while every node is
+/// held in the middle of deleting its replica of a dropped table (all three nodes on one
+/// thread, as `--threads 1` runs a node), another table still takes writes and reads and
+/// the nodes answer HTTP; the metric shows the deletes pending, and they finish once let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
     const POINT: &str = "destroy-rows";
@@ -370,7 +370,7 @@ async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
     cl.create_table("other", 3, vec![]).await.unwrap();
     cl.put("other", b"k", b"v1").await.unwrap();
 
-    cairn_raft::fault::hold(POINT);
+    let held = cairn_raft::fault::hold(POINT);
     cl.drop_table("big").await.unwrap();
     // Every node's reconcile destroys its replica, and each stops at the point.
     wait_reached(POINT, 3, "deleting the dropped table's replicas").await;
@@ -384,7 +384,7 @@ async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
         assert_eq!(destroying(&text), Some(1), "node at {a}: {text}");
     }
 
-    cairn_raft::fault::release(POINT);
+    held.release();
     for a in &http {
         let start = Instant::now();
         while destroying(&http_get(*a, "/metrics").await) != Some(0) {
@@ -404,14 +404,16 @@ async fn t50_a_node_serves_while_it_deletes_a_dropped_table() {
 
 /// A node installs a snapshot off its async workers: while the node receiving a moved
 /// replica is held in the middle of replacing its rows (all four nodes on one thread),
-/// another table takes writes and reads; let go, the move completes and every row is there.
+/// another table takes writes and reads, and a stale read there is refused rather than
+/// served from the half-copied rows; let go, the move completes and every row is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t51_a_node_serves_while_it_installs_a_snapshot() {
     const POINT: &str = "install-rows";
     let nodes = OneThread::start(4).await;
     let cl = nodes.client();
     cl.create_table("big", 3, vec![]).await.unwrap();
-    for i in 0..300u32 {
+    // More rows than an install copies in one batch, so the hold finds them half copied.
+    for i in 0..1300u32 {
         cl.put("big", format!("k{i:04}").as_bytes(), &[7u8; 256])
             .await
             .unwrap();
@@ -422,15 +424,24 @@ async fn t51_a_node_serves_while_it_installs_a_snapshot() {
     let to = (1..=4).find(|n| !p.replicas.contains(n)).unwrap();
     let from = *p.replicas.iter().find(|&&n| Some(n) != p.leader).unwrap();
 
-    cairn_raft::fault::hold(POINT);
+    let held = cairn_raft::fault::hold(POINT);
     let op = cl.move_replica(p.id, from, to).await.unwrap();
     wait_reached(POINT, 1, "installing the moved replica's snapshot").await;
     // Held there, the nodes serve.
     cl.put("other", b"k", b"v2").await.unwrap();
     assert_eq!(cl.get("other", b"k").await.unwrap(), Some(b"v2".to_vec()));
     assert_eq!(cl.get("big", b"k0123").await.unwrap(), Some(vec![7u8; 256]));
+    // A stale read through the installing node never sees the half-copied rows: it is
+    // refused (UNAVAILABLE) or served whole by another replica.
+    let at_to = cairn_client::Client::new([nodes.grpc[to as usize - 1].to_string()])
+        .unwrap()
+        .with_timeout(Duration::from_secs(2));
+    match at_to.get_stale("big", b"k1299").await {
+        Ok(v) => assert_eq!(v, Some(vec![7u8; 256])),
+        Err(e) => assert_eq!(e.code, ErrorCode::Unavailable, "{e}"),
+    }
 
-    cairn_raft::fault::release(POINT);
+    held.release();
     let start = Instant::now();
     loop {
         let ops = cl.operations().await.unwrap();
@@ -451,16 +462,14 @@ async fn t51_a_node_serves_while_it_installs_a_snapshot() {
     );
     // The new replica holds every row: read it alone (stale reads are served by the
     // node's own replica).
-    let at_to = cairn_client::Client::new([nodes.grpc[to as usize - 1].to_string()])
-        .unwrap()
-        .with_timeout(Duration::from_secs(30));
+    let at_to = at_to.with_timeout(Duration::from_secs(30));
     let opts = cairn_client::ListOptions {
-        limit: 1000,
+        limit: 2000,
         stale: true,
         ..Default::default()
     };
     let page = at_to.list("big", &opts).await.unwrap();
-    assert_eq!(page.keys.len(), 300);
+    assert_eq!(page.keys.len(), 1300);
     assert_eq!(page.keys[123], b"k0123");
     nodes.stop();
 }
