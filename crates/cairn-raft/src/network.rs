@@ -109,7 +109,7 @@ pub async fn serve_raft_rpc(
                 // Its own scope: the lock must be let go before the install below takes it.
                 let rows = match (c.seq, view) {
                     (0, Some(v)) => match v.try_rows() {
-                        Some(held) if !*held => Some(held),
+                        Some(held) if !*held && !v.install_pending() => Some(held),
                         _ => {
                             return enc::<(), String>(Err(format!(
                                 "{group} is installing a snapshot or being deleted on this node; a new transfer waits until it is done"
@@ -128,6 +128,18 @@ pub async fn serve_raft_rpc(
             let Some((vote, meta, rows)) = c.last else {
                 return enc::<(), String>(Ok(()));
             };
+            // Checked complete and marked pending under the rows' lock, so that no newer
+            // transfer clears the staging between the check and the install (a failed
+            // install stops the group).
+            let held = match view.map(|v| (v, v.try_rows())) {
+                Some((v, Some(held))) if !*held => Some((v, held)),
+                None => None,
+                Some(_) => {
+                    return enc::<(), String>(Err(format!(
+                        "{group} is installing a snapshot or being deleted on this node; retry"
+                    )));
+                }
+            };
             match staged_complete(engine, group, c.id, rows) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -138,6 +150,11 @@ pub async fn serve_raft_rpc(
                 }
                 Err(e) => return enc::<(), _>(Err(e.to_string())),
             }
+            let _pending = held.map(|(v, held)| {
+                let p = v.mark_pending();
+                drop(held);
+                p
+            });
             let staged = crate::staged_desc(engine, group, c.id);
             if let (Some(local), Ok(Some(d))) = (shape, &staged)
                 && d.epoch.version < local

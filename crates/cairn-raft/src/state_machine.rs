@@ -101,8 +101,12 @@ pub struct PartitionView {
     /// runs beside another, no install or apply writes after a destroy, and no transfer
     /// deletes the rows an install copies.
     destroyed: Arc<Mutex<bool>>,
-    /// Set while a snapshot install replaces the rows: the replica serves no read then.
-    installing: Arc<std::sync::atomic::AtomicBool>,
+    /// Counts snapshot installs' starts and ends (odd while one replaces the rows and the
+    /// replica's state): a read that saw it change, or odd, is refused.
+    installs: Arc<std::sync::atomic::AtomicU64>,
+    /// Set from the check of a transfer's last chunk until its install returns: a newer
+    /// transfer's first chunk may not clear the staging area meanwhile.
+    pending: Arc<std::sync::atomic::AtomicBool>,
     /// Set as a destroy begins, before it waits for `destroyed`: applies stop writing.
     gone: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -116,18 +120,67 @@ impl PartitionView {
             duplicates: Default::default(),
             time_ms: Default::default(),
             destroyed: Default::default(),
-            installing: Default::default(),
+            installs: Default::default(),
+            pending: Default::default(),
             gone: Default::default(),
         }
     }
 
     /// The rows' lock for an apply's write, or none once the replica is being destroyed.
-    fn rows_for_apply(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
-        if self.gone.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
+    /// Waits without blocking the thread: a transfer's first chunk may hold it a moment.
+    async fn rows_for_apply(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
+        loop {
+            if self.gone.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            // Its own scope: no guard may be held across the wait below.
+            {
+                if let Some(held) = self.try_rows() {
+                    return (!*held).then_some(held);
+                }
+            }
+            tokio::task::yield_now().await;
         }
-        let held = self.destroyed.lock().unwrap_or_else(|p| p.into_inner());
-        (!*held).then_some(held)
+    }
+
+    /// Marks a transfer checked complete as about to be installed (call it holding
+    /// [`Self::try_rows`]): until the answer is dropped, no newer transfer clears the
+    /// staging.
+    pub fn mark_pending(&self) -> PendingInstall {
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        PendingInstall(self.pending.clone())
+    }
+
+    /// Whether a transfer's last chunk was checked and its install has not returned.
+    pub fn install_pending(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The install count a read starts from, or an error while an install runs.
+    pub fn read_begin(&self) -> Result<u64, Error> {
+        let n = self.installs.load(std::sync::atomic::Ordering::Acquire);
+        if n % 2 == 1 {
+            return Err(self.installing_error());
+        }
+        Ok(n)
+    }
+
+    /// Checks that no install started since [`Self::read_begin`] answered `n`: what was
+    /// read is then all from one state.
+    pub fn read_end(&self, n: u64) -> Result<(), Error> {
+        if self.installs.load(std::sync::atomic::Ordering::Acquire) != n {
+            return Err(self.installing_error());
+        }
+        Ok(())
+    }
+
+    fn installing_error(&self) -> Error {
+        // Its rows are part old, part new; a stale read would see neither state.
+        Error::Unavailable(format!(
+            "{} is installing a snapshot on this node; retry, or read from the leader",
+            self.shared_desc().id
+        ))
     }
 
     /// The rows' lock if nothing holds it (no install, destroy or staging clean-up under
@@ -219,13 +272,6 @@ impl PartitionView {
     ) -> Result<Arc<PartitionDesc>, Error> {
         // Shared, not copied: every applied write and every request checks its partition.
         let desc = self.shared_desc();
-        if self.installing.load(std::sync::atomic::Ordering::Acquire) {
-            // Its rows are part old, part new; a stale read would see neither state.
-            return Err(Error::Unavailable(format!(
-                "{} is installing a snapshot on this node; retry, or read from the leader",
-                desc.id
-            )));
-        }
         if self.dropped() || table != desc.table_id {
             // A partition id belongs to one table forever; a request naming another table
             // was routed with a view this replica has nothing to do with.
@@ -1010,26 +1056,19 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         );
         // A destroyed replica's group may still apply what was queued before its shutdown:
         // nothing of it may outlive the destroy (a later replica of the partition here
-        // would start from it).
+        // would start from it). The group committed these entries, so the answers stand.
         let rows = match &self.kind {
-            Kind::Partition { view, .. } => match view.rows_for_apply() {
-                Some(held) => Some(held),
-                None => {
-                    for (responder, _) in responders {
-                        if let Some(r) = responder {
-                            r.send(Reply::Kv(Err(Error::Unavailable(format!(
-                                "{}: the replica was destroyed on this node",
-                                self.group
-                            )))));
-                        }
-                    }
-                    return Ok(());
-                }
-            },
+            Kind::Partition { view, .. } => Some(view.rows_for_apply().await),
             Kind::Meta { .. } => None,
         };
-        self.engine.write(batch).map_err(io::Error::other)?;
+        let destroyed = matches!(rows, Some(None));
+        if !destroyed {
+            self.engine.write(batch).map_err(io::Error::other)?;
+        }
         drop(rows);
+        if destroyed {
+            opened.clear();
+        }
         if let Some(c) = &self.applied_count {
             c.inc_by(count);
         }
@@ -1111,11 +1150,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     range,
                     applied: encode(&applied)?,
                 };
-                let (engine, group, destroyed, installing) = (
+                let (engine, group, destroyed, installs) = (
                     self.engine.clone(),
                     self.group,
                     view.destroyed.clone(),
-                    view.installing.clone(),
+                    view.installs.clone(),
                 );
                 let installed = Self::blocking(&self.work, move || {
                     let gone = destroyed.lock().unwrap_or_else(|p| p.into_inner());
@@ -1135,8 +1174,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             marker.id
                         )));
                     }
-                    installing.store(true, std::sync::atomic::Ordering::Release);
-                    let _done = Unset(&installing);
+                    // Odd until the replica's state below is updated too (a failed install
+                    // stops the group, and the node).
+                    installs.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     // The staged copy is durable before the old state starts to go.
                     engine.sync().map_err(io::Error::other)?;
                     let mut b = WriteBatch::new();
@@ -1157,6 +1197,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 view.set_desc(desc);
                 *view.last_split.write().unwrap_or_else(|p| p.into_inner()) =
                     applied.last_split.clone();
+                // Even again: reads may go on, from the new state.
+                view.installs
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 self.applied = applied;
                 tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, rows, "installed snapshot");
             }
@@ -1212,10 +1255,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 }
 
-/// Clears a flag when dropped (however the work under it ends).
-struct Unset<'a>(&'a std::sync::atomic::AtomicBool);
+/// A transfer checked complete and not yet installed ([`PartitionView::mark_pending`]);
+/// dropped once its install returns, whatever the outcome.
+pub struct PendingInstall(Arc<std::sync::atomic::AtomicBool>);
 
-impl Drop for Unset<'_> {
+impl Drop for PendingInstall {
     fn drop(&mut self) {
         self.0.store(false, std::sync::atomic::Ordering::Release);
     }

@@ -1135,9 +1135,13 @@ impl Core {
                 if !stale {
                     self.read_barrier(&replica, partition).await?;
                 }
+                // Not from rows a snapshot install is replacing (a follower's stale read).
+                let installs = replica.view.read_begin()?;
                 replica.view.check(epoch, table, Some(&key))?;
                 self.note_load(&replica, KeySample::Key(key.clone()), false, 0);
-                Ok(PartitionReply::Value(replica.view.get(&self.engine, &key)?))
+                let value = replica.view.get(&self.engine, &key)?;
+                replica.view.read_end(installs)?;
+                Ok(PartitionReply::Value(value))
             }
             PartitionOp::Scan {
                 start,
@@ -1150,6 +1154,7 @@ impl Core {
                 if !stale {
                     self.read_barrier(&replica, partition).await?;
                 }
+                let installs = replica.view.read_begin()?;
                 replica.view.check(epoch, table, None)?;
                 let desc = replica.view.desc();
                 if !desc.range.contains(&start) {
@@ -1169,6 +1174,7 @@ impl Core {
                 let page = replica
                     .view
                     .scan(&self.engine, &start, end.as_deref(), limit)?;
+                replica.view.read_end(installs)?;
                 Ok(PartitionReply::Rows {
                     rows: page.rows,
                     cut: page.cut,
