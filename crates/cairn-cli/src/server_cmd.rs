@@ -138,7 +138,8 @@ pub(crate) struct ServerArgs {
     http_read_timeout: u64,
     /// [testing only] Abort the process the moment it reaches this point (install-rows: a
     /// snapshot install has copied its first rows; split-applied: a split is applied, its
-    /// right half not yet open), as if the power went out there.
+    /// right half not yet open; destroy-rows: a replica being destroyed has lost its log and
+    /// state, not its rows), as if the power went out there.
     #[arg(long, env = "CAIRN_FAULT_CRASH_AT")]
     fault_crash_at: Option<String>,
     /// [testing only] Answer the first N writes (and table drops) this node routes with

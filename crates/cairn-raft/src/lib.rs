@@ -67,9 +67,9 @@ pub fn member_on(membership: &typ::Membership, node: cairn_types::NodeId) -> Opt
         .map(|(id, _)| *id)
 }
 pub use state_machine::{
-    GroupStateMachine, MAX_SESSIONS, PartitionView, PendingInstall, ReplicaRecord, SESSION_TTL_MS,
-    SplitSink, applied_in_view, group_is_pristine, range_page, seed_group, split_allowed,
-    split_seed_log_id, staged_desc,
+    GroupStateMachine, MAX_SESSIONS, PartitionView, ReplicaRecord, SESSION_TTL_MS, SplitSink,
+    applied_in_view, group_is_pristine, range_page, seed_group, split_allowed, split_seed_log_id,
+    staged_desc,
 };
 
 openraft::declare_raft_types!(

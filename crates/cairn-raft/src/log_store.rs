@@ -120,7 +120,8 @@ impl Syncer {
         })
     }
 
-    /// Runs `f`, engine work too long for an async worker (deleting a replica's rows), on
+    /// Runs `f`, engine work too long for an async worker (deleting a replica's rows,
+    /// copying a snapshot's, counting a table's keys), on
     /// tokio's blocking threads, so that the node's other groups keep their heartbeats and
     /// requests meanwhile. In a simulation it runs at once on the caller's thread, whose
     /// time a thread of its own would run outside.

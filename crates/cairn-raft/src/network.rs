@@ -128,9 +128,20 @@ pub async fn serve_raft_rpc(
             let Some((vote, meta, rows)) = c.last else {
                 return enc::<(), String>(Ok(()));
             };
-            // Checked complete and marked pending under the rows' lock, so that no newer
-            // transfer clears the staging between the check and the install (a failed
-            // install stops the group).
+            // Counted first (it reads every staged row); then, under the rows' lock, the
+            // header is still there (a newer transfer's first chunk clears the staging under
+            // that lock) and the transfer is marked pending, so that none clears it before
+            // the install (a failed install stops the group).
+            match staged_complete(engine, group, c.id, rows) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return enc::<(), String>(Err(format!(
+                        "snapshot transfer {} of {group} is incomplete (a newer one replaced it?)",
+                        c.id
+                    )));
+                }
+                Err(e) => return enc::<(), _>(Err(e.to_string())),
+            }
             let held = match view.map(|v| (v, v.try_rows())) {
                 Some((v, Some(held))) if !*held => Some((v, held)),
                 None => None,
@@ -140,11 +151,14 @@ pub async fn serve_raft_rpc(
                     )));
                 }
             };
-            match staged_complete(engine, group, c.id, rows) {
-                Ok(true) => {}
-                Ok(false) => {
+            match engine.get(
+                cairn_storage::Space::Local,
+                &cairn_storage::keys::staging_header(group, c.id),
+            ) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
                     return enc::<(), String>(Err(format!(
-                        "snapshot transfer {} of {group} is incomplete (a newer one replaced it?)",
+                        "snapshot transfer {} of {group} was replaced by a newer one",
                         c.id
                     )));
                 }

@@ -96,9 +96,10 @@ pub struct PartitionView {
     duplicates: Arc<std::sync::atomic::AtomicU64>,
     /// The group's time (see [`KvCommand::proposed_at_ms`]) as of the last applied write.
     time_ms: Arc<std::sync::atomic::AtomicU64>,
-    /// Held while a snapshot install replaces the rows, while a destroy deletes them (and
-    /// sets it), and while a new snapshot transfer clears the staging area: none of them
-    /// runs beside another, no install or apply writes after a destroy, and no transfer
+    /// The rows' lock. Held while a snapshot install replaces the rows, while a destroy
+    /// deletes them (and sets it), while an apply writes, while a new snapshot transfer
+    /// clears the staging area and while a last chunk marks its transfer pending: none of
+    /// them runs beside another, no install or apply writes after a destroy, and no transfer
     /// deletes the rows an install copies.
     destroyed: Arc<Mutex<bool>>,
     /// Counts snapshot installs' starts and ends (odd while one replaces the rows and the
@@ -146,14 +147,14 @@ impl PartitionView {
     /// Marks a transfer checked complete as about to be installed (call it holding
     /// [`Self::try_rows`]): until the answer is dropped, no newer transfer clears the
     /// staging.
-    pub fn mark_pending(&self) -> PendingInstall {
+    pub(crate) fn mark_pending(&self) -> PendingInstall {
         self.pending
             .store(true, std::sync::atomic::Ordering::Release);
         PendingInstall(self.pending.clone())
     }
 
     /// Whether a transfer's last chunk was checked and its install has not returned.
-    pub fn install_pending(&self) -> bool {
+    pub(crate) fn install_pending(&self) -> bool {
         self.pending.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -183,9 +184,9 @@ impl PartitionView {
         ))
     }
 
-    /// The rows' lock if nothing holds it (no install, destroy or staging clean-up under
-    /// way), for the brief work of a snapshot transfer's first chunk. Never blocks.
-    pub fn try_rows(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
+    /// The rows' lock if nothing holds it (no install, destroy, staging clean-up or apply
+    /// under way), for a snapshot transfer's first and last chunks. Never blocks.
+    pub(crate) fn try_rows(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
         match self.destroyed.try_lock() {
             Ok(g) => Some(g),
             Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -1257,7 +1258,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
 /// A transfer checked complete and not yet installed ([`PartitionView::mark_pending`]);
 /// dropped once its install returns, whatever the outcome.
-pub struct PendingInstall(Arc<std::sync::atomic::AtomicBool>);
+pub(crate) struct PendingInstall(Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for PendingInstall {
     fn drop(&mut self) {
